@@ -1,0 +1,15 @@
+//! pgbk: a PostgreSQL backup manager.
+//!
+//! Data flows one way: PostgreSQL → [`pg`] client → method → [`repo`] (compressed,
+//! checksummed files) → [`catalog`] (SQLite index), and back for recovery.
+//! The binary in `src/main.rs` only parses the command line and calls [`commands`].
+
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod lock;
+pub mod output;
+pub mod pg;
+pub mod repo;
+pub mod wal;
