@@ -1,1 +1,149 @@
-//! TODO
+//! One lock file per kind of job and server (`<home>/<server>/lock/<kind>.lock`), held
+//! with `flock` so a killed holder releases it, and carrying the holder's pid so a
+//! refused second run can name it.
+
+use crate::repo::durable::create_dir_all_private;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// A lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("{what} is already running (pid {pid}, lock {path})")]
+    Held {
+        what: String,
+        pid: String,
+        path: PathBuf,
+    },
+    /// The lock file could not be opened.
+    #[error("lock {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A held lock; released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct JobLock {
+    file: File,
+    path: PathBuf,
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        create_dir_all_private(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+fn try_flock(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+fn read_pid(file: &mut File) -> String {
+    let mut s = String::new();
+    let _ = file.seek(SeekFrom::Start(0));
+    let _ = file.read_to_string(&mut s);
+    let pid = s.trim();
+    if pid.is_empty() {
+        "unknown".to_string()
+    } else {
+        pid.to_string()
+    }
+}
+
+impl JobLock {
+    /// Takes the lock at `path` for `what` (e.g. "receive-wal for server 'pg1'").
+    pub fn acquire(path: &Path, what: &str) -> Result<JobLock, LockError> {
+        let ioerr = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = open(path).map_err(ioerr)?;
+        if !try_flock(&file).map_err(ioerr)? {
+            return Err(LockError::Held {
+                what: what.to_string(),
+                pid: read_pid(&mut file),
+                path: path.to_path_buf(),
+            });
+        }
+        file.set_len(0).map_err(ioerr)?;
+        file.seek(SeekFrom::Start(0)).map_err(ioerr)?;
+        writeln!(file, "{}", std::process::id()).map_err(ioerr)?;
+        file.sync_all().map_err(ioerr)?;
+        Ok(JobLock {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The pid of the process holding the lock at `path`, or `None` if nobody holds it.
+    pub fn holder(path: &Path) -> io::Result<Option<i32>> {
+        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if try_flock(&file)? {
+            // SAFETY: unlock our own descriptor; closing would do it too.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            return Ok(None);
+        }
+        Ok(Some(read_pid(&mut file).parse().unwrap_or(0)))
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock/receive-wal.lock");
+        assert_eq!(JobLock::holder(&p).unwrap(), None);
+        let l = JobLock::acquire(&p, "receive-wal for server 'pg1'").unwrap();
+        let e = JobLock::acquire(&p, "receive-wal for server 'pg1'").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        assert_eq!(
+            JobLock::holder(&p).unwrap(),
+            Some(std::process::id() as i32)
+        );
+        drop(l);
+        assert_eq!(JobLock::holder(&p).unwrap(), None);
+        JobLock::acquire(&p, "x").unwrap();
+    }
+}

@@ -1,1 +1,431 @@
-//! TODO
+//! The SQLite catalog at `<home>/catalog.db`: an index of what the repository holds
+//! (servers' identities, archived WAL; later backups and measurements). Every fact is
+//! also in the repository's files, so a lost catalog can be rebuilt.
+
+use crate::repo::durable::create_dir_all_private;
+use crate::wal::{SystemId, TimeLineId};
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Schema migrations, in order; `schema_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: servers' identities and archived WAL files.
+    "CREATE TABLE servers (
+        name TEXT PRIMARY KEY,
+        system_id TEXT NOT NULL,
+        wal_segment_size INTEGER NOT NULL,
+        first_seen TEXT NOT NULL
+    );
+    CREATE TABLE wal_files (
+        server TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        timeline INTEGER NOT NULL,
+        segno INTEGER,
+        size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        checksum TEXT NOT NULL,
+        archived_at TEXT NOT NULL,
+        PRIMARY KEY (server, name)
+    );
+    CREATE INDEX wal_files_by_segno ON wal_files (server, segno, timeline);",
+];
+
+/// A catalog failure; names the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite refused an operation.
+    #[error("catalog {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// The catalog folder could not be created.
+    #[error("catalog {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The catalog was written by a newer pgbk.
+    #[error(
+        "catalog {path}: schema version {found} is newer than this pgbk understands ({known})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    /// The server now reports another system identifier than the one archived before.
+    #[error("server '{server}': system identifier {found} differs from {expected} recorded in the catalog (another cluster behind the same conninfo?)")]
+    SystemIdChanged {
+        server: String,
+        expected: SystemId,
+        found: SystemId,
+    },
+    /// The WAL segment size changed for a server.
+    #[error("server '{server}': wal_segment_size {found} differs from {expected} recorded in the catalog")]
+    SegSizeChanged {
+        server: String,
+        expected: u64,
+        found: u64,
+    },
+}
+
+/// What kind of file a WAL archive entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalKind {
+    /// A complete segment.
+    Segment,
+    /// An old timeline's incomplete last segment.
+    Partial,
+    /// A timeline history file.
+    History,
+}
+
+impl WalKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            WalKind::Segment => "segment",
+            WalKind::Partial => "partial",
+            WalKind::History => "history",
+        }
+    }
+    fn parse(s: &str) -> WalKind {
+        match s {
+            "partial" => WalKind::Partial,
+            "history" => WalKind::History,
+            _ => WalKind::Segment,
+        }
+    }
+}
+
+/// One archived WAL file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalRecord {
+    /// File name as PostgreSQL names it (`000000010000000000000003`, `….partial`, `00000002.history`).
+    pub name: String,
+    /// Segment, partial or history.
+    pub kind: WalKind,
+    /// Timeline of the file.
+    pub timeline: TimeLineId,
+    /// Segment number (none for history files).
+    pub segno: Option<u64>,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Size on disk.
+    pub stored_size: u64,
+    /// BLAKE3 of the uncompressed content.
+    pub checksum: String,
+    /// When it was stored.
+    pub archived_at: DateTime<Utc>,
+}
+
+/// An open catalog.
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// The catalog file under a repository home.
+    pub fn path_in(home: &Path) -> PathBuf {
+        home.join("catalog.db")
+    }
+
+    /// Opens the catalog, creating `home` (0700) and the database and applying migrations.
+    pub fn open(home: &Path) -> Result<Catalog, CatalogError> {
+        let path = Self::path_in(home);
+        create_dir_all_private(home).map_err(|source| CatalogError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::open_path(path)
+    }
+
+    /// Opens the catalog only if it exists (read-only verbs must not create a repository).
+    pub fn open_existing(home: &Path) -> Result<Option<Catalog>, CatalogError> {
+        let path = Self::path_in(home);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Self::open_path(path).map(Some)
+    }
+
+    fn open_path(path: PathBuf) -> Result<Catalog, CatalogError> {
+        let err = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let mut cat = Catalog { conn, path };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let err = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            [],
+        )
+        .map_err(err)?;
+        let version: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(err)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(CatalogError::TooNew {
+                path: path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql).map_err(err)?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![known.to_string()],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> Result<i64, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .map(|v| v.parse().unwrap_or(0))
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// The system identifier and segment size first seen for a server, if any.
+    pub fn server_identity(&self, server: &str) -> Result<Option<(SystemId, u64)>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT system_id, wal_segment_size FROM servers WHERE name = ?1",
+                params![server],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql_err(e))
+            .map(|o| o.and_then(|(s, z)| s.parse().ok().map(|s| (s, z as u64))))
+    }
+
+    /// Records a server's identity the first time, and refuses a different one later.
+    pub fn check_server_identity(
+        &self,
+        server: &str,
+        system_id: SystemId,
+        seg_size: u64,
+    ) -> Result<(), CatalogError> {
+        match self.server_identity(server)? {
+            Some((expected, _)) if expected != system_id => Err(CatalogError::SystemIdChanged {
+                server: server.to_string(),
+                expected,
+                found: system_id,
+            }),
+            Some((_, expected)) if expected != seg_size => Err(CatalogError::SegSizeChanged {
+                server: server.to_string(),
+                expected,
+                found: seg_size,
+            }),
+            Some(_) => Ok(()),
+            None => self
+                .conn
+                .execute(
+                    "INSERT INTO servers (name, system_id, wal_segment_size, first_seen) VALUES (?1, ?2, ?3, ?4)",
+                    params![server, system_id.to_string(), seg_size as i64, Utc::now().to_rfc3339()],
+                )
+                .map(|_| ())
+                .map_err(|e| self.sql_err(e)),
+        }
+    }
+
+    /// Forgets a server's identity (receive-wal --reset after a cluster was rebuilt).
+    pub fn forget_server_identity(&self, server: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM servers WHERE name = ?1", params![server])
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Records an archived WAL file (idempotent for the same name).
+    pub fn insert_wal(&self, server: &str, w: &WalRecord) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO wal_files (server, name, kind, timeline, segno, size, stored_size, checksum, archived_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (server, name) DO UPDATE SET kind = excluded.kind, timeline = excluded.timeline,
+                   segno = excluded.segno, size = excluded.size, stored_size = excluded.stored_size,
+                   checksum = excluded.checksum, archived_at = excluded.archived_at",
+                params![
+                    server,
+                    w.name,
+                    w.kind.as_str(),
+                    w.timeline.0,
+                    w.segno.map(|s| s as i64),
+                    w.size as i64,
+                    w.stored_size as i64,
+                    w.checksum,
+                    w.archived_at.to_rfc3339()
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
+    }
+
+    fn wal_query(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+    ) -> Result<Vec<WalRecord>, CatalogError> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(p, |r| {
+                let archived: String = r.get(8)?;
+                Ok(WalRecord {
+                    name: r.get(1)?,
+                    kind: WalKind::parse(&r.get::<_, String>(2)?),
+                    timeline: TimeLineId(r.get(3)?),
+                    segno: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
+                    size: r.get::<_, i64>(5)? as u64,
+                    stored_size: r.get::<_, i64>(6)? as u64,
+                    checksum: r.get(7)?,
+                    archived_at: DateTime::parse_from_rfc3339(&archived)
+                        .map(|d| d.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                })
+            })
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql_err(e))
+    }
+
+    const WAL_COLUMNS: &'static str =
+        "server, name, kind, timeline, segno, size, stored_size, checksum, archived_at";
+
+    /// Every archived WAL file of a server, in WAL order (history files first).
+    pub fn wal_files(&self, server: &str) -> Result<Vec<WalRecord>, CatalogError> {
+        self.wal_query(
+            &format!(
+                "SELECT {} FROM wal_files WHERE server = ?1 ORDER BY segno IS NOT NULL, segno, timeline, name",
+                Self::WAL_COLUMNS
+            ),
+            params![server],
+        )
+    }
+
+    /// The newest archived complete segment (highest segment number, then timeline).
+    pub fn last_segment(&self, server: &str) -> Result<Option<WalRecord>, CatalogError> {
+        Ok(self
+            .wal_query(
+                &format!(
+                    "SELECT {} FROM wal_files WHERE server = ?1 AND kind = 'segment'
+                     ORDER BY segno DESC, timeline DESC LIMIT 1",
+                    Self::WAL_COLUMNS
+                ),
+                params![server],
+            )?
+            .pop())
+    }
+
+    /// One archived WAL file by name.
+    pub fn wal_file(&self, server: &str, name: &str) -> Result<Option<WalRecord>, CatalogError> {
+        Ok(self
+            .wal_query(
+                &format!(
+                    "SELECT {} FROM wal_files WHERE server = ?1 AND name = ?2",
+                    Self::WAL_COLUMNS
+                ),
+                params![server, name],
+            )?
+            .pop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, segno: u64) -> WalRecord {
+        WalRecord {
+            name: name.into(),
+            kind: WalKind::Segment,
+            timeline: TimeLineId(1),
+            segno: Some(segno),
+            size: 16,
+            stored_size: 4,
+            checksum: "x".into(),
+            archived_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn migrates_records_and_checks_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        assert!(Catalog::open_existing(&home).unwrap().is_none());
+        let cat = Catalog::open(&home).unwrap();
+        assert_eq!(cat.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        cat.check_server_identity("pg1", SystemId(7), 16).unwrap();
+        cat.check_server_identity("pg1", SystemId(7), 16).unwrap();
+        assert!(matches!(
+            cat.check_server_identity("pg1", SystemId(8), 16),
+            Err(CatalogError::SystemIdChanged { .. })
+        ));
+        cat.insert_wal("pg1", &rec("000000010000000000000002", 2))
+            .unwrap();
+        cat.insert_wal("pg1", &rec("000000010000000000000003", 3))
+            .unwrap();
+        cat.insert_wal("pg1", &rec("000000010000000000000003", 3))
+            .unwrap();
+        assert_eq!(cat.wal_files("pg1").unwrap().len(), 2);
+        assert_eq!(cat.last_segment("pg1").unwrap().unwrap().segno, Some(3));
+        drop(cat);
+        // Reopening is a no-op migration.
+        let cat = Catalog::open(&home).unwrap();
+        assert_eq!(cat.wal_files("pg1").unwrap().len(), 2);
+    }
+}

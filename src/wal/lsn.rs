@@ -62,7 +62,10 @@ impl fmt::Display for Lsn {
 impl FromStr for Lsn {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseError { what: "LSN", text: s.to_string() };
+        let err = || ParseError {
+            what: "LSN",
+            text: s.to_string(),
+        };
         let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
         if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
             return Err(err());
@@ -97,7 +100,10 @@ impl FromStr for TimeLineId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().parse::<u32>() {
             Ok(n) if n > 0 => Ok(TimeLineId(n)),
-            _ => Err(ParseError { what: "timeline", text: s.to_string() }),
+            _ => Err(ParseError {
+                what: "timeline",
+                text: s.to_string(),
+            }),
         }
     }
 }
@@ -114,7 +120,10 @@ impl FromStr for SystemId {
         s.trim()
             .parse::<u64>()
             .map(SystemId)
-            .map_err(|_| ParseError { what: "system identifier", text: s.to_string() })
+            .map_err(|_| ParseError {
+                what: "system identifier",
+                text: s.to_string(),
+            })
     }
 }
 
