@@ -1,1 +1,98 @@
-//! TODO
+//! Command-line definitions (clap). The help text of each verb is also the source of
+//! its man page entry, so keep the two in step.
+
+use crate::output::Format;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// pgbk: PostgreSQL backup manager — continuous WAL streaming, base backups and
+/// point-in-time recovery for many servers from one host.
+#[derive(Debug, Parser)]
+#[command(name = "pgbk", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Main configuration file (default: $PGBK_CONFIG, then /etc/pgbk/pgbk.conf).
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Only errors on stderr.
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+
+    /// Debug logging on stderr (or the log file).
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+
+    /// The verb to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A server name argument.
+#[derive(Debug, Args)]
+pub struct ServerArg {
+    /// Server name (a section of a conf.d file).
+    pub server: String,
+}
+
+/// Every verb.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the configured servers.
+    ListServers {
+        /// Names only, one per line.
+        #[arg(long)]
+        minimal: bool,
+    },
+    /// Show every setting of a server (passwords masked).
+    ShowServer(ServerArg),
+    /// Check a server's configuration and health ('all' for every server).
+    Check {
+        /// Server name, or 'all'.
+        server: String,
+        /// One Nagios plugin line and exit code (0 OK, 2 CRITICAL).
+        #[arg(long)]
+        nagios: bool,
+    },
+    /// Show a server's state: versions, WAL position, archive, streaming lag (RPO).
+    Status(ServerArg),
+    /// Force PostgreSQL to close the current WAL segment.
+    #[command(visible_alias = "switch-xlog")]
+    SwitchWal {
+        /// Server name.
+        server: String,
+        /// Run a CHECKPOINT first, so there is something to switch even on an idle server.
+        #[arg(long)]
+        force: bool,
+        /// Wait until the closed segment is in the archive.
+        #[arg(long)]
+        archive: bool,
+        /// Seconds to wait with --archive.
+        #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+        archive_timeout: u64,
+    },
+    /// Stream WAL from a server continuously (runs until SIGTERM/SIGINT).
+    ReceiveWal(ReceiveWalArgs),
+}
+
+/// Options of `receive-wal`.
+#[derive(Debug, Args)]
+pub struct ReceiveWalArgs {
+    /// Server name.
+    pub server: String,
+    /// Create the server's replication slot and exit.
+    #[arg(long, group = "action")]
+    pub create_slot: bool,
+    /// Drop the server's replication slot and exit.
+    #[arg(long, group = "action")]
+    pub drop_slot: bool,
+    /// Forget the streaming position: the next start begins at the server's current position.
+    #[arg(long, group = "action")]
+    pub reset: bool,
+    /// Stop the running receive-wal of this server and exit.
+    #[arg(long, group = "action")]
+    pub stop: bool,
+}

@@ -12,4 +12,5 @@ pub mod lock;
 pub mod output;
 pub mod pg;
 pub mod repo;
+pub mod verify;
 pub mod wal;

@@ -1,1 +1,33 @@
-fn main() {}
+//! The `pgbk` command: parse the command line, run the verb, map errors to exit codes
+//! (0 ok, 1 a failed check or operation, 2 bad usage or configuration).
+
+use clap::Parser;
+use pgbk::cli::Cli;
+use pgbk::commands::{self, UsageError};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("pgbk: {e:#}");
+            let usage = e
+                .chain()
+                .any(|c| c.is::<UsageError>() || c.is::<pgbk::config::ConfigError>());
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

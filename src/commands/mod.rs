@@ -1,1 +1,178 @@
-//! TODO
+//! One small file per verb: each wires the library modules together and formats the
+//! result (text or `--format json`). Nothing here knows PostgreSQL's wire format or
+//! the repository layout beyond calling the modules that do.
+
+pub mod check;
+pub mod list_servers;
+pub mod receive_wal;
+pub mod show_server;
+pub mod status;
+pub mod switch_wal;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, ServerConfig};
+use crate::output::Format;
+use crate::pg::{ConnInfo, ConnectOptions, Connection};
+use anyhow::{Context as _, Result};
+use std::path::Path;
+use std::time::Duration;
+
+/// A user mistake (bad arguments or configuration): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// What every verb gets: the loaded configuration and the output choices.
+pub struct Context {
+    /// The configuration, validated.
+    pub config: Config,
+    /// Text or JSON.
+    pub format: Format,
+    /// Fewer messages.
+    pub quiet: bool,
+}
+
+/// Exit codes: 0 ok, 1 a failed check or operation, 2 bad usage or configuration.
+pub type ExitCode = i32;
+
+/// Loads the configuration and runs the verb; returns the process exit code.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let path = Config::default_path(cli.config.as_deref());
+    let config = Config::load(&path)?;
+    init_logging(&config, &cli);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let ctx = Context {
+        config,
+        format: cli.format,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::ListServers { minimal } => list_servers::run(&ctx, minimal),
+        Command::ShowServer(a) => show_server::run(&ctx, &a.server),
+        Command::Check { server, nagios } => check::run(&ctx, &server, nagios),
+        Command::Status(a) => status::run(&ctx, &a.server),
+        Command::SwitchWal {
+            server,
+            force,
+            archive,
+            archive_timeout,
+        } => switch_wal::run(
+            &ctx,
+            &server,
+            force,
+            archive,
+            Duration::from_secs(archive_timeout),
+        ),
+        Command::ReceiveWal(a) => receive_wal::run(&ctx, &a),
+    }
+}
+
+fn init_logging(config: &Config, cli: &Cli) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = if cli.debug {
+        LevelFilter::DEBUG
+    } else if cli.quiet {
+        LevelFilter::ERROR
+    } else {
+        match config.log_level.as_str() {
+            "debug" => LevelFilter::DEBUG,
+            "warning" | "warn" => LevelFilter::WARN,
+            "error" | "critical" => LevelFilter::ERROR,
+            _ => LevelFilter::INFO,
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false);
+    let file = config.log_file.as_deref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| {
+                eprintln!("pgbk: log file {}: {e}; logging to stderr", p.display());
+            })
+            .ok()
+    });
+    let _ = match file {
+        Some(f) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Looks a server up, as a usage error when it is unknown.
+pub fn server<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
+    Ok(ctx.config.server(name)?)
+}
+
+/// Parses one of a server's connection strings, naming the option on failure.
+pub fn conninfo(server: &ServerConfig, option: &str, text: &str) -> Result<ConnInfo> {
+    ConnInfo::parse(text).map_err(|e| {
+        UsageError(format!(
+            "server '{}': option '{option}' in {}: {e}",
+            server.name,
+            server.file.display()
+        ))
+        .into()
+    })
+}
+
+/// Opens an ordinary SQL connection (`conninfo`).
+pub async fn connect_sql(server: &ServerConfig) -> Result<Connection> {
+    let info = conninfo(server, "conninfo", &server.conninfo)?;
+    let opts = ConnectOptions {
+        replication: false,
+        application_name: Some("pgbk".into()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    Connection::connect(&info, &opts)
+        .await
+        .with_context(|| format!("server '{}'", server.name))
+}
+
+/// Opens a replication connection (`streaming_conninfo`).
+pub async fn connect_replication(server: &ServerConfig) -> Result<Connection> {
+    let info = conninfo(server, "streaming_conninfo", &server.streaming_conninfo)?;
+    let opts = ConnectOptions {
+        replication: true,
+        application_name: Some(server.streaming_archiver_name.clone()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    Connection::connect(&info, &opts)
+        .await
+        .with_context(|| format!("server '{}' (streaming)", server.name))
+}
+
+/// A single-threaded tokio runtime for one verb.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The receive-wal lock file of a server.
+pub fn receive_wal_lock(home: &Path, server: &str) -> std::path::PathBuf {
+    crate::repo::ServerRepo::new(home, server)
+        .lock_dir()
+        .join("receive-wal.lock")
+}
+
+/// Quotes a string as an SQL literal.
+pub fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Writes a line to stdout; a closed pipe becomes an error main() ends on quietly.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}

@@ -1,0 +1,188 @@
+//! `receive-wal`: run the WAL receiver for one server, or manage its slot and state.
+
+use super::{connect_replication, receive_wal_lock, runtime, Context, ExitCode, UsageError};
+use crate::cli::ReceiveWalArgs;
+use crate::config::ServerConfig;
+use crate::lock::JobLock;
+use crate::outln;
+use crate::repo::durable::{remove_durable, write_atomic};
+use crate::repo::ServerRepo;
+use crate::wal::receiver::{receive_wal, ReceiverOptions, RESET_MARKER};
+use crate::wal::WalFileName;
+use anyhow::{anyhow, Context as _, Result};
+use std::time::{Duration, Instant};
+
+fn slot_name(s: &ServerConfig) -> Result<&str> {
+    s.slot_name.as_deref().ok_or_else(|| {
+        UsageError(format!(
+            "server '{}': slot_name is not set in {}",
+            s.name,
+            s.file.display()
+        ))
+        .into()
+    })
+}
+
+/// Runs the verb.
+pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
+    let s = super::server(ctx, &args.server)?;
+    let lock_path = receive_wal_lock(&ctx.config.home, &s.name);
+    if args.stop {
+        return stop(ctx, s, &lock_path);
+    }
+    if args.create_slot || args.drop_slot {
+        let slot = slot_name(s)?.to_string();
+        return runtime()?.block_on(async {
+            let mut conn = connect_replication(s).await?;
+            if args.create_slot {
+                match conn.create_physical_slot(&slot, true).await {
+                    Ok(()) => outln!("Replication slot '{slot}' created on server '{}'", s.name)?,
+                    Err(e) if e.code() == Some("42710") => {
+                        return Err(anyhow!(
+                            "server '{}': replication slot '{slot}' already exists",
+                            s.name
+                        ))
+                    }
+                    Err(e) => return Err(anyhow!("server '{}': {e}", s.name)),
+                }
+            } else {
+                match conn.drop_slot(&slot, false).await {
+                    Ok(()) => outln!("Replication slot '{slot}' dropped on server '{}'", s.name)?,
+                    Err(e) if e.code() == Some("42704") => {
+                        return Err(anyhow!(
+                            "server '{}': replication slot '{slot}' does not exist",
+                            s.name
+                        ))
+                    }
+                    Err(e) => return Err(anyhow!("server '{}': {e}", s.name)),
+                }
+            }
+            conn.close().await;
+            Ok(0)
+        });
+    }
+    if !s.streaming_archiver {
+        return Err(UsageError(format!(
+            "server '{}': streaming_archiver is off in {}; set streaming_archiver = on to use receive-wal",
+            s.name,
+            s.file.display()
+        ))
+        .into());
+    }
+    let lock = JobLock::acquire(&lock_path, &format!("receive-wal for server '{}'", s.name))?;
+    if args.reset {
+        reset(ctx, s)?;
+        drop(lock);
+        return Ok(0);
+    }
+    let opts = ReceiverOptions {
+        server: s.name.clone(),
+        conninfo: super::conninfo(s, "streaming_conninfo", &s.streaming_conninfo)?,
+        application_name: s.streaming_archiver_name.clone(),
+        slot: s.slot_name.clone(),
+        create_slot: s.create_slot == crate::config::CreateSlot::Auto,
+        home: ctx.config.home.clone(),
+        status_interval: Duration::from_secs(10),
+    };
+    tracing::info!(server = %s.name, pid = std::process::id(), "receive-wal starting");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stop requested; flushing and exiting");
+            let _ = tx.send(true);
+        });
+        receive_wal(opts, rx).await
+    });
+    drop(lock);
+    result?;
+    tracing::info!(server = %s.name, "receive-wal stopped");
+    Ok(0)
+}
+
+/// `--stop`: SIGTERM to the holder of the lock, then wait for it to go.
+fn stop(_ctx: &Context, s: &ServerConfig, lock_path: &std::path::Path) -> Result<ExitCode> {
+    let Some(pid) =
+        JobLock::holder(lock_path).with_context(|| format!("lock {}", lock_path.display()))?
+    else {
+        outln!("receive-wal is not running for server '{}'", s.name)?;
+        return Ok(0);
+    };
+    if pid <= 0 {
+        return Err(anyhow!(
+            "server '{}': lock {} is held but names no pid",
+            s.name,
+            lock_path.display()
+        ));
+    }
+    // SAFETY: sending a signal to a pid read from our own lock file.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(anyhow!(
+            "server '{}': cannot signal receive-wal pid {pid}: {}",
+            s.name,
+            std::io::Error::last_os_error()
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if JobLock::holder(lock_path)?.is_none() {
+            outln!("Stopped receive-wal for server '{}' (pid {pid})", s.name)?;
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(anyhow!(
+        "server '{}': receive-wal (pid {pid}) did not stop within 60 seconds",
+        s.name
+    ))
+}
+
+/// `--reset`: drop the in-progress partial segment and start next time from the
+/// server's current position (or the slot's).
+fn reset(ctx: &Context, s: &ServerConfig) -> Result<()> {
+    let repo = ServerRepo::new(&ctx.config.home, &s.name);
+    repo.ensure_dirs()
+        .with_context(|| format!("creating {}", repo.root().display()))?;
+    let dir = repo.streaming_dir();
+    let mut removed = 0;
+    for e in std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if matches!(
+            WalFileName::parse(&name, 1 << 24),
+            Some(WalFileName::Partial(_))
+        ) || name.ends_with(".partial")
+        {
+            remove_durable(&e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+            removed += 1;
+        }
+    }
+    write_atomic(
+        &dir.join(RESET_MARKER),
+        b"start at the server's current position\n",
+    )
+    .with_context(|| format!("writing {}", dir.display()))?;
+    outln!(
+        "Reset receive-wal state of server '{}' ({removed} partial file(s) removed); it restarts from the server's current WAL position",
+        s.name
+    )?;
+    Ok(())
+}

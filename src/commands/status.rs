@@ -1,0 +1,119 @@
+//! `status`: what a DBA wants at a glance — versions, WAL position, the archive, and
+//! the live RPO (how much WAL the backup host is missing right now).
+
+use super::{runtime, Context, ExitCode};
+use crate::outln;
+use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::verify::probe::probe;
+use anyhow::Result;
+use chrono::Utc;
+
+/// Runs the verb.
+pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
+    let s = super::server(ctx, name)?;
+    let st = runtime()?.block_on(probe(s, &ctx.config.home));
+    let rpo = st.rpo();
+    if ctx.format == Format::Json {
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("description".into(), s.description.clone().into());
+            obj.insert("rpo".into(), serde_json::to_value(rpo)?);
+            obj.insert("active".into(), s.active.into());
+        }
+        print_json(&v)?;
+        return Ok(if st.sql.is_ok() { 0 } else { 1 });
+    }
+    outln!("Server {}:", s.name)?;
+    outln!("\tDescription: {}", s.description)?;
+    match &st.sql {
+        Ok(sql) => {
+            outln!("\tPostgreSQL version: {}", sql.version)?;
+            outln!(
+                "\tRole: {}",
+                if sql.in_recovery {
+                    "standby"
+                } else {
+                    "primary"
+                }
+            )?;
+            outln!("\twal_level: {}", sql.wal_level)?;
+            outln!("\tCurrent WAL position: {}", sql.current_lsn)?;
+            if !sql.synchronous_standby_names.is_empty() {
+                outln!(
+                    "\tsynchronous_standby_names: {}",
+                    sql.synchronous_standby_names
+                )?;
+            }
+            if let Some(slot) = &s.slot_name {
+                match &sql.slot {
+                    Some(sl) => outln!(
+                        "\tReplication slot: {slot} ({}, restart_lsn {}, wal_status {})",
+                        if sl.active { "active" } else { "inactive" },
+                        sl.restart_lsn
+                            .map(|l| l.to_string())
+                            .unwrap_or_else(|| "none".into()),
+                        sl.wal_status.as_deref().unwrap_or("-")
+                    )?,
+                    None => outln!("\tReplication slot: {slot} (missing)")?,
+                }
+            }
+        }
+        Err(e) => outln!("\tPostgreSQL: unreachable ({e})")?,
+    }
+    match &st.streaming {
+        Ok(rs) => {
+            outln!("\tSystem identifier: {}", rs.system_id)?;
+            outln!("\tTimeline: {}", rs.timeline)?;
+        }
+        Err(e) => outln!("\tStreaming connection: failed ({e})")?,
+    }
+    let l = &st.local;
+    match l.receive_wal_pid {
+        Some(pid) => outln!("\treceive-wal: running (pid {pid})")?,
+        None => outln!("\treceive-wal: not running")?,
+    }
+    if let Ok(sql) = &st.sql {
+        if let Some(r) = &sql.receiver {
+            outln!(
+                "\tStreaming: flushed {} ({})",
+                r.flush_lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.sync_state
+            )?;
+        }
+    }
+    match &l.last_segment {
+        Some(last) => {
+            let age = (Utc::now() - last.archived_at).num_milliseconds().max(0) as f64 / 1000.0;
+            outln!(
+                "\tLast archived WAL: {} ({} ago)",
+                last.name,
+                human_seconds(age)
+            )?;
+        }
+        None => outln!("\tLast archived WAL: none")?,
+    }
+    outln!(
+        "\tArchived WAL: {} file(s), {} ({} stored)",
+        l.archived_files,
+        human_bytes(l.archived_bytes),
+        human_bytes(l.stored_bytes)
+    )?;
+    if let Some(p) = &l.partial {
+        outln!("\tPartial segment: {} up to {}", p.segment, p.end_lsn)?;
+    }
+    match rpo {
+        Some(r) if r.seconds.is_finite() => outln!(
+            "\tRPO (streaming lag): {} ({})",
+            human_bytes(r.bytes),
+            human_seconds(r.seconds)
+        )?,
+        Some(r) => outln!(
+            "\tRPO (streaming lag): {} (nothing received yet)",
+            human_bytes(r.bytes)
+        )?,
+        None => outln!("\tRPO (streaming lag): unknown (server unreachable)")?,
+    }
+    Ok(if st.sql.is_ok() { 0 } else { 1 })
+}

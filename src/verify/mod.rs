@@ -1,0 +1,5 @@
+//! Health of servers and of the repository: the facts `status` shows and the items
+//! `check` judges.
+
+pub mod probe;
+pub mod server_check;

@@ -1,0 +1,420 @@
+//! One look at a server and its part of the repository: what PostgreSQL reports over
+//! SQL and over a replication connection, and what pgbk holds locally. Each part that
+//! fails is kept as its error so that `status` and `check` can still report the rest.
+
+use crate::catalog::{Catalog, WalKind, WalRecord};
+use crate::config::ServerConfig;
+use crate::lock::JobLock;
+use crate::pg::{ConnInfo, ConnectOptions, Connection, Row};
+use crate::repo::ServerRepo;
+use crate::wal::continuity::find_gaps;
+use crate::wal::history::{parse_history, HistoryEntry};
+use crate::wal::{Lsn, SystemId, TimeLineId, WalFileName, WalSegment};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// What the ordinary SQL connection reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SqlState {
+    /// `server_version`.
+    pub version: String,
+    /// `server_version_num`.
+    pub version_num: u32,
+    /// The connecting role is a superuser.
+    pub superuser: bool,
+    /// The connecting role has REPLICATION.
+    pub replication_role: bool,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// The server is a standby.
+    pub in_recovery: bool,
+    /// Current WAL position (on a standby: last received or replayed).
+    pub current_lsn: Lsn,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
+    /// `synchronous_standby_names`.
+    pub synchronous_standby_names: String,
+    /// The configured slot, if it exists.
+    pub slot: Option<SlotState>,
+    /// receive-wal's row in `pg_stat_replication`, if connected.
+    pub receiver: Option<ReceiverStat>,
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotState {
+    /// Someone streams from it.
+    pub active: bool,
+    /// Oldest WAL it retains.
+    pub restart_lsn: Option<Lsn>,
+    /// `wal_status` (reserved, extended, unreserved, lost).
+    pub wal_status: Option<String>,
+}
+
+/// receive-wal as the server sees it (`pg_stat_replication`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiverStat {
+    /// Walsender pid.
+    pub pid: i32,
+    /// Last position receive-wal reported written.
+    pub write_lsn: Option<Lsn>,
+    /// Last position receive-wal reported safely on disk.
+    pub flush_lsn: Option<Lsn>,
+    /// `flush_lag` in seconds.
+    pub flush_lag_seconds: Option<f64>,
+    /// `sync_state`: async, potential, sync, quorum.
+    pub sync_state: String,
+}
+
+/// What the replication connection reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamingState {
+    /// System identifier.
+    pub system_id: SystemId,
+    /// Current timeline.
+    pub timeline: TimeLineId,
+    /// Current flush position.
+    pub xlogpos: Lsn,
+}
+
+/// What pgbk holds for the server.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LocalState {
+    /// System identifier recorded when WAL was first archived.
+    pub catalog_system_id: Option<SystemId>,
+    /// Segment size recorded with it.
+    pub wal_segment_size: Option<u64>,
+    /// pid of the running receive-wal.
+    pub receive_wal_pid: Option<i32>,
+    /// Newest archived segment.
+    pub last_segment: Option<WalRecord>,
+    /// Archived WAL files (segments and partials).
+    pub archived_files: u64,
+    /// Their uncompressed bytes.
+    pub archived_bytes: u64,
+    /// Their bytes on disk.
+    pub stored_bytes: u64,
+    /// Timelines with a history file.
+    pub history_files: u64,
+    /// receive-wal's in-progress segment.
+    pub partial: Option<PartialState>,
+    /// Segments missing between the oldest and newest archived one.
+    pub gaps: Vec<String>,
+    /// Files quarantined in `errors/`.
+    pub error_files: u64,
+    /// Why the repository folders cannot be written (or created); `None` when they can.
+    pub not_writable: Option<String>,
+    /// The newest position safely on the backup host.
+    pub safe_lsn: Option<Lsn>,
+    /// When WAL last arrived.
+    pub last_receive_time: Option<DateTime<Utc>>,
+}
+
+/// The `.partial` segment receive-wal is writing.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartialState {
+    /// Its name (without `.partial`).
+    pub segment: String,
+    /// The position just past its last byte.
+    pub end_lsn: Lsn,
+    /// When it was last written.
+    pub modified: DateTime<Utc>,
+}
+
+/// Everything one probe learned.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerState {
+    /// Server name.
+    pub server: String,
+    /// The SQL side, or why it failed.
+    #[serde(serialize_with = "ser_result")]
+    pub sql: Result<SqlState, String>,
+    /// The replication side, or why it failed.
+    #[serde(serialize_with = "ser_result")]
+    pub streaming: Result<StreamingState, String>,
+    /// The repository side.
+    pub local: LocalState,
+}
+
+fn ser_result<T: Serialize, S: serde::Serializer>(
+    r: &Result<T, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Ok(v) => v.serialize(s),
+        Err(e) => serde_json::json!({ "error": e }).serialize(s),
+    }
+}
+
+/// The recovery point objective right now: how much WAL a disaster would lose.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Rpo {
+    /// Bytes of WAL the server has that the backup host does not.
+    pub bytes: u64,
+    /// Age in seconds of the oldest WAL not yet on the backup host (0 when none).
+    pub seconds: f64,
+}
+
+impl ServerState {
+    /// The live RPO, when the server's position is known.
+    pub fn rpo(&self) -> Option<Rpo> {
+        let sql = self.sql.as_ref().ok()?;
+        let current = match &self.streaming {
+            Ok(st) if !sql.in_recovery => sql.current_lsn.max(st.xlogpos),
+            _ => sql.current_lsn,
+        };
+        let connected_flush = sql.receiver.as_ref().and_then(|r| r.flush_lsn);
+        let safe = match (connected_flush, self.local.safe_lsn) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(Lsn::INVALID),
+        };
+        let bytes = current.0.saturating_sub(safe.0);
+        let seconds = if bytes == 0 {
+            0.0
+        } else if let Some(lag) = sql.receiver.as_ref().and_then(|r| r.flush_lag_seconds) {
+            lag
+        } else {
+            self.local
+                .last_receive_time
+                .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(f64::INFINITY)
+        };
+        Some(Rpo { bytes, seconds })
+    }
+}
+
+fn first(rows: &[Row], col: &str) -> Option<String> {
+    rows.first().and_then(|r| r.get(col)).map(str::to_string)
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
+    let info = ConnInfo::parse(&server.conninfo).map_err(|e| format!("conninfo: {e}"))?;
+    let opts = ConnectOptions {
+        replication: false,
+        application_name: Some("pgbk".into()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    let mut c = Connection::connect(&info, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = c
+        .simple_query(
+            "SELECT current_setting('server_version') AS version,
+                    current_setting('server_version_num') AS version_num,
+                    r.rolsuper AS superuser, r.rolreplication AS replication,
+                    current_setting('wal_level') AS wal_level,
+                    pg_is_in_recovery() AS in_recovery,
+                    CASE WHEN pg_is_in_recovery()
+                         THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+                         ELSE pg_current_wal_lsn() END AS current_lsn,
+                    (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') AS seg_size,
+                    current_setting('synchronous_standby_names') AS sync_names
+               FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let get = |k: &str| first(&rows, k).unwrap_or_default();
+    let mut st = SqlState {
+        version: get("version"),
+        version_num: get("version_num").parse().unwrap_or(0),
+        superuser: get("superuser") == "t",
+        replication_role: get("replication") == "t",
+        wal_level: get("wal_level"),
+        in_recovery: get("in_recovery") == "t",
+        current_lsn: get("current_lsn").parse().unwrap_or_default(),
+        wal_segment_size: get("seg_size").parse().unwrap_or(16 << 20),
+        synchronous_standby_names: get("sync_names"),
+        slot: None,
+        receiver: None,
+    };
+    if let Some(slot) = &server.slot_name {
+        let rows = c
+            .simple_query(&format!(
+                "SELECT active, restart_lsn, wal_status FROM pg_replication_slots WHERE slot_name = {}",
+                literal(slot)
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        st.slot = rows.first().map(|r| SlotState {
+            active: r.get("active") == Some("t"),
+            restart_lsn: r.get("restart_lsn").and_then(|l| l.parse().ok()),
+            wal_status: r.get("wal_status").map(str::to_string),
+        });
+    }
+    let rows = c
+        .simple_query(&format!(
+            "SELECT pid, write_lsn, flush_lsn, extract(epoch FROM flush_lag) AS flush_lag, sync_state
+               FROM pg_stat_replication WHERE application_name = {} ORDER BY backend_start DESC LIMIT 1",
+            literal(&server.streaming_archiver_name)
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    st.receiver = rows.first().map(|r| ReceiverStat {
+        pid: r.get("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+        write_lsn: r.get("write_lsn").and_then(|l| l.parse().ok()),
+        flush_lsn: r.get("flush_lsn").and_then(|l| l.parse().ok()),
+        flush_lag_seconds: r.get("flush_lag").and_then(|l| l.parse().ok()),
+        sync_state: r.get("sync_state").unwrap_or("").to_string(),
+    });
+    c.close().await;
+    Ok(st)
+}
+
+async fn streaming_state(server: &ServerConfig) -> Result<StreamingState, String> {
+    let info = ConnInfo::parse(&server.streaming_conninfo)
+        .map_err(|e| format!("streaming_conninfo: {e}"))?;
+    let opts = ConnectOptions {
+        replication: true,
+        application_name: Some("pgbk_check".into()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    let mut c = Connection::connect(&info, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = c.identify_system().await.map_err(|e| e.to_string())?;
+    c.close().await;
+    Ok(StreamingState {
+        system_id: id.system_id,
+        timeline: id.timeline,
+        xlogpos: id.xlogpos,
+    })
+}
+
+fn writable(repo: &ServerRepo, home: &Path) -> Result<(), String> {
+    let mut dir = repo.root().to_path_buf();
+    if !dir.exists() {
+        dir = home.to_path_buf();
+        while !dir.exists() {
+            match dir.parent() {
+                Some(p) => dir = p.to_path_buf(),
+                None => return Err(format!("{} does not exist", home.display())),
+            }
+        }
+    }
+    let probe = dir.join(format!(".pgbk-write-test.{}", std::process::id()));
+    std::fs::write(&probe, b"x").map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Reads the history files of the archive, newest timeline's first.
+pub fn archived_history(repo: &ServerRepo, files: &[WalRecord]) -> (TimeLineId, Vec<HistoryEntry>) {
+    let newest = files
+        .iter()
+        .map(|f| f.timeline)
+        .max()
+        .unwrap_or(TimeLineId(1));
+    let content = std::fs::read_to_string(repo.history_path(newest)).unwrap_or_default();
+    (newest, parse_history(&content).unwrap_or_default())
+}
+
+fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String> {
+    let repo = ServerRepo::new(home, &server.name);
+    let mut st = LocalState {
+        not_writable: writable(&repo, home).err(),
+        receive_wal_pid: JobLock::holder(&repo.lock_dir().join("receive-wal.lock"))
+            .ok()
+            .flatten(),
+        ..Default::default()
+    };
+    let Some(cat) = Catalog::open_existing(home).map_err(|e| e.to_string())? else {
+        return Ok(st);
+    };
+    if let Some((id, seg)) = cat
+        .server_identity(&server.name)
+        .map_err(|e| e.to_string())?
+    {
+        st.catalog_system_id = Some(id);
+        st.wal_segment_size = Some(seg);
+    }
+    let seg_size = st.wal_segment_size.unwrap_or(16 << 20);
+    let files = cat.wal_files(&server.name).map_err(|e| e.to_string())?;
+    let mut complete = Vec::new();
+    for f in &files {
+        match f.kind {
+            WalKind::History => st.history_files += 1,
+            kind => {
+                st.archived_files += 1;
+                st.archived_bytes += f.size;
+                st.stored_bytes += f.stored_size;
+                if kind == WalKind::Segment {
+                    if let Some(segno) = f.segno {
+                        complete.push((f.timeline, segno));
+                    }
+                }
+            }
+        }
+    }
+    st.last_segment = cat.last_segment(&server.name).map_err(|e| e.to_string())?;
+    let (target, history) = archived_history(&repo, &files);
+    st.gaps = find_gaps(&complete, &history, target, seg_size)
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    if let Some(last) = &st.last_segment {
+        if let Some(segno) = last.segno {
+            st.safe_lsn = Some(
+                WalSegment {
+                    tli: last.timeline,
+                    segno,
+                    seg_size,
+                }
+                .end_lsn(),
+            );
+            st.last_receive_time = Some(last.archived_at);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(repo.streaming_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(WalFileName::Partial(seg)) = WalFileName::parse(&name, seg_size) {
+                let Ok(meta) = e.metadata() else { continue };
+                let end = Lsn(seg.start_lsn().0 + meta.len());
+                let modified: DateTime<Utc> =
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH).into();
+                if st.partial.as_ref().is_none_or(|p| end > p.end_lsn) {
+                    st.partial = Some(PartialState {
+                        segment: seg.name(),
+                        end_lsn: end,
+                        modified,
+                    });
+                }
+            }
+        }
+    }
+    if let Some(p) = &st.partial {
+        if st.safe_lsn.is_none_or(|s| p.end_lsn > s) {
+            st.safe_lsn = Some(p.end_lsn);
+            st.last_receive_time = Some(p.modified);
+        }
+    }
+    st.error_files = std::fs::read_dir(repo.errors_dir())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().contains(".reason"))
+                .count() as u64
+        })
+        .unwrap_or(0);
+    Ok(st)
+}
+
+/// Probes a server: SQL, replication and repository, each independently.
+pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
+    let (sql, streaming) = tokio::join!(sql_state(server), streaming_state(server));
+    let local = local_state(server, home).unwrap_or_else(|e| LocalState {
+        not_writable: Some(e),
+        ..Default::default()
+    });
+    ServerState {
+        server: server.name.clone(),
+        sql,
+        streaming,
+        local,
+    }
+}
