@@ -1,0 +1,86 @@
+//! check and status: a healthy setup passes; stopping receive-wal or dropping the slot
+//! fails the check naming the item; --nagios gives the plugin line and exit code.
+
+mod common;
+use common::{wait_until, Cluster, ClusterOptions, Pgbk};
+use std::time::Duration;
+
+#[test]
+fn check_passes_when_healthy_and_names_what_breaks() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    let pg = Pgbk::new();
+    pg.streaming_server("pg1", &cluster);
+    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_until(Duration::from_secs(60), "receive-wal streaming", || {
+        cluster
+            .try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'")
+            .map(|s| s == "1")
+            .unwrap_or(false)
+    });
+    pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
+
+    let out = pg.run(&["check", "pg1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("FAILED"), "{}", out.stdout);
+    for item in [
+        "PostgreSQL: OK",
+        "wal_level: OK",
+        "replication slot: OK",
+        "receive-wal running: OK",
+        "archived WAL continuity: OK",
+    ] {
+        assert!(
+            out.stdout.contains(item),
+            "missing {item:?} in\n{}",
+            out.stdout
+        );
+    }
+    let nag = pg.run(&["check", "pg1", "--nagios"]);
+    assert_eq!(nag.code, 0, "{nag:?}");
+    assert!(nag.stdout.starts_with("PGBK OK"), "{nag:?}");
+    let js = pg.json(&["check", "pg1"]);
+    assert_eq!(js["pg1"]["ok"], true, "{js}");
+
+    let status = pg.ok(&["status", "pg1"]);
+    assert!(status.contains(&cluster.system_id()), "{status}");
+    assert!(status.contains("receive-wal: running"), "{status}");
+    let st = pg.json(&["status", "pg1"]);
+    assert!(st["rpo"]["bytes"].as_u64().is_some(), "{st}");
+    assert_eq!(st["streaming"]["system_id"], cluster.system_id());
+
+    // receive-wal stopped: the check names it, nagios goes CRITICAL.
+    let stop = pg.ok(&["receive-wal", "--stop", "pg1"]);
+    assert!(stop.contains("Stopped"), "{stop}");
+    assert!(!rw.is_running());
+    let out = pg.run(&["check", "pg1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("receive-wal running: FAILED"),
+        "{}",
+        out.stdout
+    );
+    let nag = pg.run(&["check", "all", "--nagios"]);
+    assert_eq!(nag.code, 2, "{nag:?}");
+    assert!(
+        nag.stdout.starts_with("PGBK CRITICAL") && nag.stdout.contains("receive-wal running"),
+        "{nag:?}"
+    );
+
+    // Slot dropped: named too.
+    cluster.psql("select pg_drop_replication_slot('pgbk')");
+    let out = pg.run(&["check", "pg1"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("replication slot: FAILED (replication slot 'pgbk' does not exist)"),
+        "{}",
+        out.stdout
+    );
+
+    // Started again, it recreates the slot (create_slot = auto) and resumes after the archive.
+    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_until(Duration::from_secs(60), "check to pass again", || {
+        pg.run(&["check", "pg1"]).code == 0
+    });
+    rw.term();
+}
