@@ -76,6 +76,97 @@ pub enum Command {
     },
     /// Stream WAL from a server continuously (runs until SIGTERM/SIGINT).
     ReceiveWal(ReceiveWalArgs),
+    /// Take a base backup of a server.
+    Backup(BackupArgs),
+    /// List the backups of a server ('all' for every server).
+    #[command(visible_alias = "list-backup")]
+    ListBackups {
+        /// Server name, or 'all'.
+        server: String,
+        /// Ids only, one per line.
+        #[arg(long)]
+        minimal: bool,
+    },
+    /// Show everything about one backup.
+    ShowBackup(BackupRef),
+    /// List the files of a backup, or the WAL it needs.
+    ListFiles {
+        /// Server name.
+        server: String,
+        /// Backup id, name, latest/last or oldest/first.
+        backup_id: String,
+        /// data (the data directory), wal (the archived segments it needs) or full (both).
+        #[arg(long, default_value = "data", value_parser = ["data", "wal", "full", "standalone"])]
+        target: String,
+    },
+    /// Check that every WAL segment a backup needs is archived and readable.
+    CheckBackup(BackupRef),
+    /// Re-read every stored file of a backup and compare checksums.
+    VerifyBackup(BackupRef),
+    /// Delete a backup and the WAL no remaining backup needs.
+    Delete {
+        /// Server name.
+        server: String,
+        /// Backup id, name, latest/last or oldest/first.
+        backup_id: String,
+        /// Allow deleting the last DONE backup.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep a backup forever (outside retention), release it, or show its keep status.
+    Keep(KeepArgs),
+}
+
+/// A server and one of its backups.
+#[derive(Debug, Args)]
+pub struct BackupRef {
+    /// Server name.
+    pub server: String,
+    /// Backup id, name, latest/last or oldest/first.
+    pub backup_id: String,
+}
+
+/// Options of `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Server name.
+    pub server: String,
+    /// A name for the backup, usable wherever an id is.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Ask for an immediate (fast) checkpoint.
+    #[arg(long, overrides_with = "no_immediate_checkpoint")]
+    pub immediate_checkpoint: bool,
+    /// Let the checkpoint spread (the default unless immediate_checkpoint = on).
+    #[arg(long)]
+    pub no_immediate_checkpoint: bool,
+    /// Compression threads (default: parallel_jobs, or all cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Return once the files are stored, without waiting for the WAL (status WAITING_FOR_WALS).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the WAL the backup needs (0 = forever).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub wait_timeout: u64,
+}
+
+/// Options of `keep`.
+#[derive(Debug, Args)]
+pub struct KeepArgs {
+    /// Server name.
+    pub server: String,
+    /// Backup id, name, latest/last or oldest/first.
+    pub backup_id: String,
+    /// full (backup and all later WAL) or standalone (only the WAL it needs).
+    #[arg(long, value_parser = ["full", "standalone"], conflicts_with_all = ["release", "status"])]
+    pub target: Option<String>,
+    /// Remove the keep annotation.
+    #[arg(long, conflicts_with = "status")]
+    pub release: bool,
+    /// Show the keep annotation.
+    #[arg(long)]
+    pub status: bool,
 }
 
 /// Options of `receive-wal`.

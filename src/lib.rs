@@ -4,6 +4,7 @@
 //! checksummed files) → [`catalog`] (SQLite index), and back for recovery.
 //! The binary in `src/main.rs` only parses the command line and calls [`commands`].
 
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod commands;

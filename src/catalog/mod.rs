@@ -2,6 +2,7 @@
 //! (servers' identities, archived WAL; later backups and measurements). Every fact is
 //! also in the repository's files, so a lost catalog can be rebuilt.
 
+use crate::backup::BackupInfo;
 use crate::repo::durable::create_dir_all_private;
 use crate::wal::{SystemId, TimeLineId};
 use chrono::{DateTime, Utc};
@@ -32,6 +33,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (server, name)
     );
     CREATE INDEX wal_files_by_segno ON wal_files (server, segno, timeline);",
+    // 2: base backups; `info` holds the whole backup.json so listings read no files.
+    "CREATE TABLE backups (
+        server TEXT NOT NULL,
+        backup_id TEXT NOT NULL,
+        name TEXT,
+        status TEXT NOT NULL,
+        begin_time TEXT NOT NULL,
+        info TEXT NOT NULL,
+        PRIMARY KEY (server, backup_id)
+    );",
 ];
 
 /// A catalog failure; names the database file.
@@ -382,6 +393,65 @@ impl Catalog {
                 params![server, name],
             )?
             .pop())
+    }
+}
+
+impl Catalog {
+    /// Records or updates a backup from its backup.json content.
+    pub fn upsert_backup(&self, info: &BackupInfo) -> Result<(), CatalogError> {
+        let json = serde_json::to_string(info).unwrap_or_default();
+        self.conn
+            .execute(
+                "INSERT INTO backups (server, backup_id, name, status, begin_time, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (server, backup_id) DO UPDATE SET name = excluded.name,
+                   status = excluded.status, begin_time = excluded.begin_time, info = excluded.info",
+                params![
+                    info.server,
+                    info.backup_id,
+                    info.name,
+                    info.status.as_str(),
+                    info.begin_time.to_rfc3339(),
+                    json
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Every backup of a server, oldest first.
+    pub fn backups(&self, server: &str) -> Result<Vec<BackupInfo>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT info FROM backups WHERE server = ?1 ORDER BY backup_id")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params![server], |r| r.get::<_, String>(0))
+            .map_err(|e| self.sql_err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let text = r.map_err(|e| self.sql_err(e))?;
+            if let Ok(info) = serde_json::from_str::<BackupInfo>(&text) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a backup (its files are removed by the caller first).
+    pub fn delete_backup(&self, server: &str, backup_id: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM backups WHERE server = ?1 AND backup_id = ?2", params![server, backup_id])
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Forgets an archived WAL file (its file is removed by the caller first).
+    pub fn delete_wal(&self, server: &str, name: &str) -> Result<(), CatalogError> {
+        self.conn
+            .execute("DELETE FROM wal_files WHERE server = ?1 AND name = ?2", params![server, name])
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
     }
 }
 

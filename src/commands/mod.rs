@@ -2,12 +2,20 @@
 //! result (text or `--format json`). Nothing here knows PostgreSQL's wire format or
 //! the repository layout beyond calling the modules that do.
 
+pub mod backup;
 pub mod check;
+pub mod check_backup;
+pub mod delete;
+pub mod keep;
+pub mod list_backups;
+pub mod list_files;
 pub mod list_servers;
 pub mod receive_wal;
+pub mod show_backup;
 pub mod show_server;
 pub mod status;
 pub mod switch_wal;
+pub mod verify_backup;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
@@ -66,6 +74,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Duration::from_secs(archive_timeout),
         ),
         Command::ReceiveWal(a) => receive_wal::run(&ctx, &a),
+        Command::Backup(a) => backup::run(&ctx, &a),
+        Command::ListBackups { server, minimal } => list_backups::run(&ctx, &server, minimal),
+        Command::ShowBackup(r) => show_backup::run(&ctx, &r.server, &r.backup_id),
+        Command::ListFiles { server, backup_id, target } => list_files::run(&ctx, &server, &backup_id, &target),
+        Command::CheckBackup(r) => check_backup::run(&ctx, &r.server, &r.backup_id),
+        Command::VerifyBackup(r) => verify_backup::run(&ctx, &r.server, &r.backup_id),
+        Command::Delete { server, backup_id, force } => delete::run(&ctx, &server, &backup_id, force),
+        Command::Keep(a) => keep::run(&ctx, &a),
     }
 }
 

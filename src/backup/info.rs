@@ -1,0 +1,199 @@
+//! `backup.json` and `files.jsonl`: a backup's metadata and its file list, the
+//! repository's own record of a backup (the catalog only indexes them).
+
+use crate::wal::{Lsn, SystemId, TimeLineId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A backup's life: `STARTED` → `WAITING_FOR_WALS` → `DONE`, or `FAILED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BackupStatus {
+    /// Files are being received.
+    Started,
+    /// Files are stored; WAL from `begin_wal` to `end_wal` is not all archived yet.
+    WaitingForWals,
+    /// Every file and every WAL segment it needs is stored and fsynced.
+    Done,
+    /// It can never be used; `error` says why.
+    Failed,
+    /// Copied from a peer, not complete yet (replicate).
+    Syncing,
+}
+
+impl BackupStatus {
+    /// The spelling used in backup.json, the catalog and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Started => "STARTED",
+            BackupStatus::WaitingForWals => "WAITING_FOR_WALS",
+            BackupStatus::Done => "DONE",
+            BackupStatus::Failed => "FAILED",
+            BackupStatus::Syncing => "SYNCING",
+        }
+    }
+}
+
+impl fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "STARTED" => BackupStatus::Started,
+            "WAITING_FOR_WALS" => BackupStatus::WaitingForWals,
+            "DONE" => BackupStatus::Done,
+            "FAILED" => BackupStatus::Failed,
+            "SYNCING" => BackupStatus::Syncing,
+            other => return Err(format!("unknown backup status '{other}'")),
+        })
+    }
+}
+
+/// What a `keep` annotation retains (Barman's recovery targets for kept backups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepTarget {
+    /// The backup and all WAL after it (point-in-time recovery stays possible).
+    Full,
+    /// The backup and only the WAL it needs to be consistent.
+    Standalone,
+}
+
+impl fmt::Display for KeepTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeepTarget::Full => "full",
+            KeepTarget::Standalone => "standalone",
+        })
+    }
+}
+
+impl FromStr for KeepTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(KeepTarget::Full),
+            "standalone" => Ok(KeepTarget::Standalone),
+            other => Err(format!("unknown keep target '{other}' (expected full or standalone)")),
+        }
+    }
+}
+
+/// A tablespace as the server reported it at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceInfo {
+    /// `pg_tablespace.oid`; its files are under `tablespaces/<oid>/`.
+    pub oid: u32,
+    /// `spcname`, when known.
+    pub name: Option<String>,
+    /// Where it lived on the server.
+    pub location: String,
+}
+
+/// The content of `backup.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    /// `YYYYMMDDTHHMMSS` (UTC), unique per server.
+    pub backup_id: String,
+    /// Optional friendly name (`backup --name`), usable wherever an id is.
+    pub name: Option<String>,
+    /// Server (config section) name.
+    pub server: String,
+    /// Lifecycle state.
+    pub status: BackupStatus,
+    /// `postgres` (streaming BASE_BACKUP) or `rsync`.
+    pub method: String,
+    /// `server_version_num` of the server.
+    pub server_version: u32,
+    /// The cluster's system identifier.
+    pub system_id: SystemId,
+    /// Timeline at the backup's start.
+    pub timeline: TimeLineId,
+    /// `wal_segment_size`.
+    pub wal_segment_size: u64,
+    /// Start LSN (the checkpoint's redo point).
+    pub begin_lsn: Option<Lsn>,
+    /// End LSN: recovery from this backup is consistent once replay passes it.
+    pub end_lsn: Option<Lsn>,
+    /// Timeline at the backup's end.
+    pub end_timeline: Option<TimeLineId>,
+    /// Segment holding `begin_lsn`.
+    pub begin_wal: Option<String>,
+    /// Segment holding the last byte before `end_lsn`.
+    pub end_wal: Option<String>,
+    /// When the backup started.
+    pub begin_time: DateTime<Utc>,
+    /// When the files were all stored.
+    pub end_time: Option<DateTime<Utc>>,
+    /// Uncompressed bytes of all files.
+    pub size_bytes: u64,
+    /// Bytes on disk.
+    pub stored_bytes: u64,
+    /// Number of files (regular files only).
+    pub file_count: u64,
+    /// Tablespaces other than pg_default/pg_global.
+    pub tablespaces: Vec<TablespaceInfo>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The pid of the pgbk process taking it (while STARTED).
+    pub pid: Option<u32>,
+    /// A `keep` annotation: excluded from retention.
+    pub keep: Option<KeepTarget>,
+    /// The checksum algorithm of `files.jsonl` (`blake3`).
+    pub checksum_algorithm: String,
+    /// PostgreSQL's `backup_manifest` is stored beside backup.json.
+    pub has_manifest: bool,
+}
+
+/// The kind of one entry of `files.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file, stored compressed (or plain for rsync backups).
+    File,
+    /// A directory (recreated on restore, even when empty).
+    Dir,
+    /// A symbolic link (`pg_tblspc/<oid>`), recorded only.
+    Symlink,
+}
+
+/// One line of `files.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path inside the data directory (or inside the tablespace for tablespace files).
+    pub path: String,
+    /// `None` for the data directory, else the tablespace oid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<u32>,
+    /// File, directory or symlink.
+    pub kind: FileKind,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Modification time (seconds since the epoch).
+    pub mtime: i64,
+    /// Uncompressed size.
+    #[serde(default)]
+    pub size: u64,
+    /// BLAKE3 of the content, hex (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Object holding the content, relative to the backup folder (files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// `zstd` or `none` (rsync backups keep plain files so rsync can compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Bytes of the object on disk.
+    #[serde(default)]
+    pub stored_size: u64,
+    /// Link target (symlinks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}

@@ -1,0 +1,103 @@
+//! Keeping backup statuses true: a `STARTED` backup whose pgbk process is gone becomes
+//! `FAILED` (its partial files removed), a `WAITING_FOR_WALS` backup whose WAL is all
+//! archived becomes `DONE`, and backup.json (the truth) wins over the catalog.
+
+use super::wal_range::missing_segments;
+use super::{save, BackupDir, BackupError, BackupInfo, BackupStatus};
+use crate::catalog::Catalog;
+use crate::lock::JobLock;
+use crate::repo::durable::{fsync_dir, remove_durable};
+use crate::repo::ServerRepo;
+use std::path::{Path, PathBuf};
+
+/// The lock a running backup of the server holds.
+pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
+    repo.lock_dir().join("backup.lock")
+}
+
+/// Removes a backup's stored content (data, tablespaces, file list), keeping
+/// backup.json so the failure stays on record.
+pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackupError::Io { path, source }
+    };
+    for sub in [dir.data_dir(), dir.root().join("tablespaces")] {
+        match std::fs::remove_dir_all(&sub) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&sub)(e)),
+        }
+    }
+    remove_durable(&dir.files_path()).map_err(io(&dir.files_path()))?;
+    fsync_dir(dir.root()).map_err(io(dir.root()))
+}
+
+/// Marks a backup `FAILED` with a reason and removes its partial content.
+pub fn mark_failed(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    info: &mut BackupInfo,
+    reason: &str,
+) -> Result<(), BackupError> {
+    info.status = BackupStatus::Failed;
+    info.error = Some(reason.to_string());
+    info.pid = None;
+    let dir = BackupDir::new(repo, &info.backup_id);
+    let removed = remove_content(&dir);
+    save(repo, catalog, info)?;
+    removed
+}
+
+/// Brings every backup of a server up to date and returns them, oldest first.
+pub fn refresh(home: &Path, server: &str, catalog: &Catalog) -> Result<Vec<BackupInfo>, BackupError> {
+    let repo = ServerRepo::new(home, server);
+    let mut known = catalog.backups(server)?;
+    // Backups on disk that the catalog missed (a crash between the two writes).
+    if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            if !super::is_backup_id(&id) || known.iter().any(|b| b.backup_id == id) {
+                continue;
+            }
+            if let Ok(info) = BackupDir::new(&repo, &id).read_info() {
+                catalog.upsert_backup(&info)?;
+                known.push(info);
+            }
+        }
+        known.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    }
+    let holder = JobLock::holder(&backup_lock_path(&repo)).ok().flatten();
+    for info in known.iter_mut() {
+        if !matches!(info.status, BackupStatus::Started | BackupStatus::WaitingForWals) {
+            continue;
+        }
+        // backup.json is the truth; the catalog row may be behind it.
+        if let Ok(disk) = BackupDir::new(&repo, &info.backup_id).read_info() {
+            if disk != *info {
+                catalog.upsert_backup(&disk)?;
+                *info = disk;
+            }
+        }
+        match info.status {
+            BackupStatus::Started => {
+                let alive = info.pid.is_some_and(|p| holder == Some(p as i32));
+                if !alive {
+                    let pid = info.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                    mark_failed(
+                        &repo,
+                        catalog,
+                        info,
+                        &format!("the pgbk process taking it (pid {pid}) ended before the backup finished"),
+                    )?;
+                }
+            }
+            BackupStatus::WaitingForWals if missing_segments(info, &repo, catalog)?.is_empty() => {
+                info.status = BackupStatus::Done;
+                save(&repo, catalog, info)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(known)
+}

@@ -1,0 +1,10 @@
+//! `show-backup`: everything about one backup.
+
+use super::{Context, ExitCode};
+use anyhow::Result;
+
+/// Runs the verb.
+pub fn run(_ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
+    let _ = (server, backup_id);
+    anyhow::bail!("not implemented yet")
+}
