@@ -81,7 +81,9 @@ impl FromStr for KeepTarget {
         match s {
             "full" => Ok(KeepTarget::Full),
             "standalone" => Ok(KeepTarget::Standalone),
-            other => Err(format!("unknown keep target '{other}' (expected full or standalone)")),
+            other => Err(format!(
+                "unknown keep target '{other}' (expected full or standalone)"
+            )),
         }
     }
 }

@@ -50,7 +50,11 @@ pub fn mark_failed(
 }
 
 /// Brings every backup of a server up to date and returns them, oldest first.
-pub fn refresh(home: &Path, server: &str, catalog: &Catalog) -> Result<Vec<BackupInfo>, BackupError> {
+pub fn refresh(
+    home: &Path,
+    server: &str,
+    catalog: &Catalog,
+) -> Result<Vec<BackupInfo>, BackupError> {
     let repo = ServerRepo::new(home, server);
     let mut known = catalog.backups(server)?;
     // Backups on disk that the catalog missed (a crash between the two writes).
@@ -69,7 +73,10 @@ pub fn refresh(home: &Path, server: &str, catalog: &Catalog) -> Result<Vec<Backu
     }
     let holder = JobLock::holder(&backup_lock_path(&repo)).ok().flatten();
     for info in known.iter_mut() {
-        if !matches!(info.status, BackupStatus::Started | BackupStatus::WaitingForWals) {
+        if !matches!(
+            info.status,
+            BackupStatus::Started | BackupStatus::WaitingForWals
+        ) {
             continue;
         }
         // backup.json is the truth; the catalog row may be behind it.
@@ -83,7 +90,10 @@ pub fn refresh(home: &Path, server: &str, catalog: &Catalog) -> Result<Vec<Backu
             BackupStatus::Started => {
                 let alive = info.pid.is_some_and(|p| holder == Some(p as i32));
                 if !alive {
-                    let pid = info.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into());
+                    let pid = info
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "unknown".into());
                     mark_failed(
                         &repo,
                         catalog,

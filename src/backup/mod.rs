@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 pub enum BackupError {
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// backup.json or a files.jsonl line does not parse.
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
@@ -27,7 +30,11 @@ pub enum BackupError {
     Catalog(#[from] CatalogError),
     /// No backup matches what the user named.
     #[error("server '{server}': no backup '{wanted}'{hint}")]
-    NotFound { server: String, wanted: String, hint: String },
+    NotFound {
+        server: String,
+        wanted: String,
+        hint: String,
+    },
 }
 
 /// The id of a new backup taken at `t`: `YYYYMMDDTHHMMSS` in UTC, as Barman names them.
@@ -39,7 +46,9 @@ pub fn backup_id_at(t: DateTime<Utc>) -> String {
 pub fn is_backup_id(s: &str) -> bool {
     s.len() == 15
         && s.as_bytes()[8] == b'T'
-        && s.bytes().enumerate().all(|(i, b)| i == 8 || b.is_ascii_digit())
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| i == 8 || b.is_ascii_digit())
 }
 
 /// The folder of one backup: `<home>/<server>/backups/<id>/`.
@@ -51,7 +60,9 @@ pub struct BackupDir {
 impl BackupDir {
     /// The folder of backup `id` of the server.
     pub fn new(repo: &ServerRepo, id: &str) -> BackupDir {
-        BackupDir { root: repo.backups_dir().join(id) }
+        BackupDir {
+            root: repo.backups_dir().join(id),
+        }
     }
 
     /// The folder itself.
@@ -87,33 +98,52 @@ impl BackupDir {
     /// Reads `backup.json`.
     pub fn read_info(&self) -> Result<BackupInfo, BackupError> {
         let path = self.info_path();
-        let text = std::fs::read_to_string(&path).map_err(|source| BackupError::Io { path: path.clone(), source })?;
-        serde_json::from_str(&text).map_err(|e| BackupError::Corrupt { path, message: e.to_string() })
+        let text = std::fs::read_to_string(&path).map_err(|source| BackupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| BackupError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
     }
 
     /// Writes `backup.json` atomically and durably.
     pub fn write_info(&self, info: &BackupInfo) -> Result<(), BackupError> {
         let path = self.info_path();
-        let mut text = serde_json::to_vec_pretty(info)
-            .map_err(|e| BackupError::Corrupt { path: path.clone(), message: e.to_string() })?;
+        let mut text = serde_json::to_vec_pretty(info).map_err(|e| BackupError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         text.push(b'\n');
         write_atomic(&path, &text).map_err(|source| BackupError::Io { path, source })
     }
 
     /// Streams `files.jsonl` one entry at a time (never the whole list in memory).
-    pub fn files(&self) -> Result<impl Iterator<Item = Result<FileEntry, BackupError>>, BackupError> {
+    pub fn files(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<FileEntry, BackupError>>, BackupError> {
         use std::io::BufRead;
         let path = self.files_path();
-        let f = std::fs::File::open(&path).map_err(|source| BackupError::Io { path: path.clone(), source })?;
+        let f = std::fs::File::open(&path).map_err(|source| BackupError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let reader = std::io::BufReader::new(f);
-        Ok(reader.lines().enumerate().filter_map(move |(i, line)| match line {
-            Err(source) => Some(Err(BackupError::Io { path: path.clone(), source })),
-            Ok(l) if l.trim().is_empty() => None,
-            Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
-                path: path.clone(),
-                message: format!("line {}: {e}", i + 1),
-            })),
-        }))
+        Ok(reader
+            .lines()
+            .enumerate()
+            .filter_map(move |(i, line)| match line {
+                Err(source) => Some(Err(BackupError::Io {
+                    path: path.clone(),
+                    source,
+                })),
+                Ok(l) if l.trim().is_empty() => None,
+                Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
+                    path: path.clone(),
+                    message: format!("line {}: {e}", i + 1),
+                })),
+            }))
     }
 }
 
@@ -156,7 +186,9 @@ mod tests {
 
     #[test]
     fn ids_look_like_barmans() {
-        let t = DateTime::parse_from_rfc3339("2026-11-25T01:02:03Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-25T01:02:03Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(backup_id_at(t), "20261125T010203");
         assert!(is_backup_id("20261125T010203"));
         assert!(!is_backup_id("2026112XT010203"));

@@ -441,7 +441,10 @@ impl Catalog {
     /// Forgets a backup (its files are removed by the caller first).
     pub fn delete_backup(&self, server: &str, backup_id: &str) -> Result<(), CatalogError> {
         self.conn
-            .execute("DELETE FROM backups WHERE server = ?1 AND backup_id = ?2", params![server, backup_id])
+            .execute(
+                "DELETE FROM backups WHERE server = ?1 AND backup_id = ?2",
+                params![server, backup_id],
+            )
             .map(|_| ())
             .map_err(|e| self.sql_err(e))
     }
@@ -449,7 +452,10 @@ impl Catalog {
     /// Forgets an archived WAL file (its file is removed by the caller first).
     pub fn delete_wal(&self, server: &str, name: &str) -> Result<(), CatalogError> {
         self.conn
-            .execute("DELETE FROM wal_files WHERE server = ?1 AND name = ?2", params![server, name])
+            .execute(
+                "DELETE FROM wal_files WHERE server = ?1 AND name = ?2",
+                params![server, name],
+            )
             .map(|_| ())
             .map_err(|e| self.sql_err(e))
     }

@@ -77,10 +77,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(&ctx, &a),
         Command::ListBackups { server, minimal } => list_backups::run(&ctx, &server, minimal),
         Command::ShowBackup(r) => show_backup::run(&ctx, &r.server, &r.backup_id),
-        Command::ListFiles { server, backup_id, target } => list_files::run(&ctx, &server, &backup_id, &target),
+        Command::ListFiles {
+            server,
+            backup_id,
+            target,
+        } => list_files::run(&ctx, &server, &backup_id, &target),
         Command::CheckBackup(r) => check_backup::run(&ctx, &r.server, &r.backup_id),
         Command::VerifyBackup(r) => verify_backup::run(&ctx, &r.server, &r.backup_id),
-        Command::Delete { server, backup_id, force } => delete::run(&ctx, &server, &backup_id, force),
+        Command::Delete {
+            server,
+            backup_id,
+            force,
+        } => delete::run(&ctx, &server, &backup_id, force),
         Command::Keep(a) => keep::run(&ctx, &a),
     }
 }
