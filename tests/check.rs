@@ -2,7 +2,7 @@
 //! fails the check naming the item; --nagios gives the plugin line and exit code.
 
 mod common;
-use common::{wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -11,12 +11,7 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
     let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_until(Duration::from_secs(60), "receive-wal streaming", || {
-        cluster
-            .try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'")
-            .map(|s| s == "1")
-            .unwrap_or(false)
-    });
+    wait_receive_wal(&cluster);
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
 
     let out = pg.run(&["check", "pg1"]);

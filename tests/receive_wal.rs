@@ -3,7 +3,7 @@
 //! and byte-identical (after plain `zstd -d`) to the server's own copy in pg_wal.
 
 mod common;
-use common::{parse_segment_name, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{parse_segment_name, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
 use std::time::{Duration, Instant};
 
 /// Every archived segment from the first to the last is there and identical to pg_wal.
@@ -33,15 +33,6 @@ fn assert_archive_matches_pg_wal(pg: &Pgbk, cluster: &Cluster, seg_size: u64) ->
     segs
 }
 
-fn wait_streaming(cluster: &Cluster) {
-    wait_until(Duration::from_secs(60), "receive-wal to stream", || {
-        cluster
-            .try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'")
-            .map(|s| s == "1")
-            .unwrap_or(false)
-    });
-}
-
 #[test]
 fn receive_wal_killed_twice_under_load_loses_nothing() {
     let seg_mb = 2;
@@ -55,7 +46,7 @@ fn receive_wal_killed_twice_under_load_loses_nothing() {
     pg.streaming_server("pg1", &cluster);
 
     let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_streaming(&cluster);
+    wait_receive_wal(&cluster);
     let first_server_segment = cluster.current_wal_file();
 
     let started = Instant::now();
@@ -67,7 +58,7 @@ fn receive_wal_killed_twice_under_load_loses_nothing() {
         rw.kill9();
         std::thread::sleep(Duration::from_secs(2));
         rw = pg.spawn(&["receive-wal", "pg1"]);
-        wait_streaming(&cluster);
+        wait_receive_wal(&cluster);
     }
     assert!(
         load.wait().unwrap().success(),
@@ -119,7 +110,7 @@ fn server_restarts_fast_and_immediate_leave_no_gap() {
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
     let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_streaming(&cluster);
+    wait_receive_wal(&cluster);
     let write = |n: i32| {
         cluster.psql(&format!(
             "insert into t select g, repeat('x', 500) from generate_series(1, {n}) g; select pg_switch_wal()"
@@ -128,10 +119,10 @@ fn server_restarts_fast_and_immediate_leave_no_gap() {
     write(20000);
     cluster.restart("fast");
     write(20000);
-    wait_streaming(&cluster);
+    wait_receive_wal(&cluster);
     cluster.restart("immediate");
     write(20000);
-    wait_streaming(&cluster);
+    wait_receive_wal(&cluster);
     assert!(
         rw.is_running(),
         "receive-wal must survive server restarts: {}",

@@ -2,7 +2,7 @@
 //! streams from it: the history file and the new timeline are archived, no gap.
 
 mod common;
-use common::{parse_segment_name, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{parse_segment_name, wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -14,16 +14,7 @@ fn promotion_of_the_streamed_standby_is_followed() {
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &standby);
     let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_until(
-        Duration::from_secs(60),
-        "receive-wal streaming from the standby",
-        || {
-            standby
-            .try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'")
-            .map(|s| s == "1")
-            .unwrap_or(false)
-        },
-    );
+    wait_receive_wal(&standby);
     for _ in 0..3 {
         primary.psql("insert into t select g, repeat('x', 500) from generate_series(1, 20000) g; select pg_switch_wal()");
     }

@@ -280,3 +280,16 @@ pub fn parse_segment_name(name: &str, seg_size: u64) -> (u32, u64) {
 pub fn is_segment_name(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
 }
+
+/// Wait (up to 60 s) until pgbk's receive-wal streams from `cluster` (its row, under
+/// the default `streaming_archiver_name`, is in `pg_stat_replication`).
+pub fn wait_receive_wal(cluster: &Cluster) {
+    wait_until(Duration::from_secs(60), "receive-wal to stream", || {
+        cluster
+            .try_psql(
+                "select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'",
+            )
+            .map(|s| s == "1")
+            .unwrap_or(false)
+    });
+}
