@@ -41,6 +41,9 @@ fn receive_wal_refusals_reset_and_manual_slot() {
     // --stop with nothing running is fine.
     let out = pg.ok(&["receive-wal", "--stop", "pg1"]);
     assert!(out.contains("not running"), "{out}");
+    let js = pg.json(&["receive-wal", "--stop", "pg1"]);
+    assert_eq!(js["action"], "stop");
+    assert_eq!(js["was_running"], false);
 
     pg.ok(&["receive-wal", "--create-slot", "pg1"]);
     let dup = pg.run(&["receive-wal", "--create-slot", "pg1"]);

@@ -12,6 +12,27 @@ use crate::wal::WalFileName;
 use anyhow::{anyhow, Context as _, Result};
 use std::time::{Duration, Instant};
 
+/// Prints what an administrative action did: a sentence, or with `--format json` an
+/// object naming the server, the action and its details.
+fn report(
+    ctx: &Context,
+    server: &str,
+    action: &str,
+    detail: serde_json::Value,
+    text: &str,
+) -> Result<()> {
+    if ctx.format == crate::output::Format::Json {
+        let mut obj = serde_json::json!({ "server": server, "action": action });
+        if let (Some(o), serde_json::Value::Object(d)) = (obj.as_object_mut(), detail) {
+            o.extend(d);
+        }
+        crate::output::print_json(&obj)?;
+    } else {
+        outln!("{text}")?;
+    }
+    Ok(())
+}
+
 fn slot_name(s: &ServerConfig) -> Result<&str> {
     s.slot_name.as_deref().ok_or_else(|| {
         UsageError(format!(
@@ -36,7 +57,13 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
             let mut conn = connect_replication(s).await?;
             if args.create_slot {
                 match conn.create_physical_slot(&slot, true).await {
-                    Ok(()) => outln!("Replication slot '{slot}' created on server '{}'", s.name)?,
+                    Ok(()) => report(
+                        ctx,
+                        &s.name,
+                        "create-slot",
+                        serde_json::json!({ "slot": slot }),
+                        &format!("Replication slot '{slot}' created on server '{}'", s.name),
+                    )?,
                     Err(e) if e.code() == Some("42710") => {
                         return Err(anyhow!(
                             "server '{}': replication slot '{slot}' already exists",
@@ -47,7 +74,13 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
                 }
             } else {
                 match conn.drop_slot(&slot, false).await {
-                    Ok(()) => outln!("Replication slot '{slot}' dropped on server '{}'", s.name)?,
+                    Ok(()) => report(
+                        ctx,
+                        &s.name,
+                        "drop-slot",
+                        serde_json::json!({ "slot": slot }),
+                        &format!("Replication slot '{slot}' dropped on server '{}'", s.name),
+                    )?,
                     Err(e) if e.code() == Some("42704") => {
                         return Err(anyhow!(
                             "server '{}': replication slot '{slot}' does not exist",
@@ -116,11 +149,17 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
 }
 
 /// `--stop`: SIGTERM to the holder of the lock, then wait for it to go.
-fn stop(_ctx: &Context, s: &ServerConfig, lock_path: &std::path::Path) -> Result<ExitCode> {
+fn stop(ctx: &Context, s: &ServerConfig, lock_path: &std::path::Path) -> Result<ExitCode> {
     let Some(pid) =
         JobLock::holder(lock_path).with_context(|| format!("lock {}", lock_path.display()))?
     else {
-        outln!("receive-wal is not running for server '{}'", s.name)?;
+        report(
+            ctx,
+            &s.name,
+            "stop",
+            serde_json::json!({ "was_running": false }),
+            &format!("receive-wal is not running for server '{}'", s.name),
+        )?;
         return Ok(0);
     };
     if pid <= 0 {
@@ -141,7 +180,13 @@ fn stop(_ctx: &Context, s: &ServerConfig, lock_path: &std::path::Path) -> Result
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if JobLock::holder(lock_path)?.is_none() {
-            outln!("Stopped receive-wal for server '{}' (pid {pid})", s.name)?;
+            report(
+                ctx,
+                &s.name,
+                "stop",
+                serde_json::json!({ "was_running": true, "pid": pid }),
+                &format!("Stopped receive-wal for server '{}' (pid {pid})", s.name),
+            )?;
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -180,9 +225,14 @@ fn reset(ctx: &Context, s: &ServerConfig) -> Result<()> {
         b"start at the server's current position\n",
     )
     .with_context(|| format!("writing {}", dir.display()))?;
-    outln!(
-        "Reset receive-wal state of server '{}' ({removed} partial file(s) removed); it restarts from the server's current WAL position",
-        s.name
-    )?;
-    Ok(())
+    report(
+        ctx,
+        &s.name,
+        "reset",
+        serde_json::json!({ "removed_partial_files": removed }),
+        &format!(
+            "Reset receive-wal state of server '{}' ({removed} partial file(s) removed); it restarts from the slot's position, else the server's current WAL position",
+            s.name
+        ),
+    )
 }
