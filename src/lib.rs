@@ -13,5 +13,6 @@ pub mod lock;
 pub mod output;
 pub mod pg;
 pub mod repo;
+pub mod retention;
 pub mod verify;
 pub mod wal;

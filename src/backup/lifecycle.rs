@@ -1,6 +1,7 @@
 //! Keeping backup statuses true: a `STARTED` backup whose pgbk process is gone becomes
 //! `FAILED` (its partial files removed), a `WAITING_FOR_WALS` backup whose WAL is all
-//! archived becomes `DONE`, and backup.json (the truth) wins over the catalog.
+//! archived becomes `DONE`, backup.json (the truth) wins over the catalog, and a
+//! delete a crash interrupted (`.deleting-<id>`) is finished.
 
 use super::wal_range::missing_segments;
 use super::{save, BackupDir, BackupError, BackupInfo, BackupStatus};
@@ -56,6 +57,8 @@ pub fn refresh(
     catalog: &Catalog,
 ) -> Result<Vec<BackupInfo>, BackupError> {
     let repo = ServerRepo::new(home, server);
+    // A delete a crash interrupted is finished first: its folder is already hidden.
+    crate::retention::finish_interrupted_deletes(&repo, catalog, server)?;
     let mut known = catalog.backups(server)?;
     // Backups on disk that the catalog missed (a crash between the two writes).
     if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {

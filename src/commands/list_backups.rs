@@ -1,10 +1,84 @@
-//! `list-backups`: the backups of a server or of all servers.
+//! `list-backups` (alias `list-backup`): the backups of a server or of all servers,
+//! newest first, one line each as Barman prints them.
 
 use super::{Context, ExitCode};
+use crate::backup::{BackupInfo, BackupStatus};
+use crate::outln;
+use crate::output::{human_bytes, print_json, Format};
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 
-/// Runs the verb.
-pub fn run(_ctx: &Context, server: &str, minimal: bool) -> Result<ExitCode> {
-    let _ = (server, minimal);
-    anyhow::bail!("not implemented yet")
+/// A time as backup listings show it (UTC, like backup ids): `Wed Nov 25 01:02:09 2026`.
+pub fn show_time(t: DateTime<Utc>) -> String {
+    t.format("%a %b %e %H:%M:%S %Y").to_string()
+}
+
+/// `begin_wal..end_wal`, or `-` while unknown.
+pub fn wal_span(b: &BackupInfo) -> String {
+    match (&b.begin_wal, &b.end_wal) {
+        (Some(a), Some(z)) => format!("{a}..{z}"),
+        (Some(a), None) => format!("{a}.."),
+        _ => "-".to_string(),
+    }
+}
+
+/// The status, with the reason of a failure.
+pub fn status_text(b: &BackupInfo) -> String {
+    match (&b.status, &b.error) {
+        (BackupStatus::Failed, Some(e)) => format!("FAILED ({e})"),
+        (s, _) => s.to_string(),
+    }
+}
+
+fn line(b: &BackupInfo) -> String {
+    let name = b
+        .name
+        .as_deref()
+        .map(|n| format!(" '{n}'"))
+        .unwrap_or_default();
+    let when = match b.end_time {
+        Some(t) => show_time(t),
+        None => format!("started {}", show_time(b.begin_time)),
+    };
+    let keep = b
+        .keep
+        .map(|k| format!(" - KEEP:{}", k.to_string().to_uppercase()))
+        .unwrap_or_default();
+    format!(
+        "{} {}{name} - {when} - Size: {} - Stored: {} - WAL: {}{keep} - {}",
+        b.server,
+        b.backup_id,
+        human_bytes(b.size_bytes),
+        human_bytes(b.stored_bytes),
+        wal_span(b),
+        status_text(b)
+    )
+}
+
+/// Runs the verb for one server or `all`.
+pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
+    let servers: Vec<&str> = if target == "all" {
+        ctx.config.servers.keys().map(String::as_str).collect()
+    } else {
+        vec![super::server(ctx, target)?.name.as_str()]
+    };
+    let mut rows: Vec<BackupInfo> = Vec::new();
+    for s in servers {
+        if let Some((_, list)) = super::backups_of(ctx, s)? {
+            rows.extend(list.into_iter().rev());
+        }
+    }
+    match ctx.format {
+        Format::Json => print_json(&rows)?,
+        Format::Text => {
+            for b in &rows {
+                match (minimal, target == "all") {
+                    (true, true) => outln!("{} {}", b.server, b.backup_id)?,
+                    (true, false) => outln!("{}", b.backup_id)?,
+                    (false, _) => outln!("{}", line(b))?,
+                }
+            }
+        }
+    }
+    Ok(0)
 }

@@ -17,6 +17,8 @@ pub mod status;
 pub mod switch_wal;
 pub mod verify_backup;
 
+use crate::backup::BackupInfo;
+use crate::catalog::Catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
 use crate::output::Format;
@@ -199,4 +201,35 @@ macro_rules! outln {
         use std::io::Write as _;
         writeln!(std::io::stdout(), $($arg)*)
     }};
+}
+
+/// A server's backups, oldest first, with their statuses brought up to date
+/// ([`crate::backup::lifecycle::refresh`]); `None` when the repository has no catalog
+/// yet (so no backup). Read-only verbs never create a repository.
+pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<BackupInfo>)>> {
+    let Some(catalog) = Catalog::open_existing(&ctx.config.home)? else {
+        return Ok(None);
+    };
+    let list = crate::backup::lifecycle::refresh(&ctx.config.home, server, &catalog)
+        .with_context(|| format!("server '{server}'"))?;
+    Ok(Some((catalog, list)))
+}
+
+/// The backup a user named (id, `--name`, `latest`/`last`, `oldest`/`first`) among a
+/// server's up-to-date backups; an unknown one is a usage error.
+pub fn find_backup(ctx: &Context, server: &str, wanted: &str) -> Result<(Catalog, BackupInfo)> {
+    self::server(ctx, server)?;
+    let Some((catalog, _)) = backups_of(ctx, server)? else {
+        return Err(UsageError(format!(
+            "server '{server}': no backup '{wanted}' (the server has no backups)"
+        ))
+        .into());
+    };
+    match crate::backup::resolve(&catalog, server, wanted) {
+        Ok(info) => Ok((catalog, info)),
+        Err(e @ crate::backup::BackupError::NotFound { .. }) => {
+            Err(UsageError(e.to_string()).into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -1,10 +1,176 @@
-//! `show-backup`: everything about one backup.
+//! `show-backup`: everything about one backup — all of backup.json, plus duration,
+//! throughput, compression ratio, the WAL range it needs and whether it is archived.
 
+use super::list_backups::{show_time, status_text};
 use super::{Context, ExitCode};
+use crate::backup::wal_range::{missing_segments, required_segments};
+use crate::backup::BackupInfo;
+use crate::outln;
+use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::repo::ServerRepo;
+use crate::wal::WalSegment;
 use anyhow::Result;
+use serde::Serialize;
+
+/// The WAL a backup needs and what of it the archive holds.
+#[derive(Serialize)]
+struct WalNeeds {
+    /// First segment needed.
+    first: Option<String>,
+    /// Last segment needed.
+    last: Option<String>,
+    /// Number of segments needed.
+    segments: usize,
+    /// All of them are archived (`null` while the range is unknown).
+    present: Option<bool>,
+    /// Those that are not.
+    missing: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    info: &'a BackupInfo,
+    duration_seconds: Option<f64>,
+    throughput_bytes_per_second: Option<f64>,
+    compression_ratio: Option<f64>,
+    wal: WalNeeds,
+}
 
 /// Runs the verb.
-pub fn run(_ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
-    let _ = (server, backup_id);
-    anyhow::bail!("not implemented yet")
+pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
+    let (catalog, b) = super::find_backup(ctx, server, wanted)?;
+    let repo = ServerRepo::new(&ctx.config.home, server);
+    let need = required_segments(&b, &repo);
+    let missing: Vec<String> = missing_segments(&b, &repo, &catalog)?
+        .iter()
+        .map(WalSegment::name)
+        .collect();
+    let duration = b
+        .end_time
+        .map(|end| (end - b.begin_time).num_milliseconds().max(0) as f64 / 1000.0);
+    let shown = Shown {
+        info: &b,
+        duration_seconds: duration,
+        throughput_bytes_per_second: duration
+            .filter(|d| *d > 0.0)
+            .map(|d| b.size_bytes as f64 / d),
+        compression_ratio: (b.stored_bytes > 0)
+            .then(|| b.size_bytes as f64 / b.stored_bytes as f64),
+        wal: WalNeeds {
+            first: need.first().map(WalSegment::name),
+            last: need.last().map(WalSegment::name),
+            segments: need.len(),
+            present: (!need.is_empty()).then_some(missing.is_empty()),
+            missing,
+        },
+    };
+    if ctx.format == Format::Json {
+        print_json(&shown)?;
+        return Ok(0);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    outln!("Backup {}:", b.backup_id)?;
+    outln!("  Server Name            : {}", b.server)?;
+    outln!("  Name                   : {}", opt(b.name.clone()))?;
+    outln!("  Status                 : {}", status_text(&b))?;
+    outln!("  PostgreSQL Version     : {}", b.server_version)?;
+    outln!("  System Id              : {}", b.system_id)?;
+    outln!("  Backup Method          : {}", b.method)?;
+    outln!(
+        "  Keep                   : {}",
+        b.keep
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "nokeep".into())
+    )?;
+    if let Some(pid) = b.pid {
+        outln!("  Taken by pid           : {pid}")?;
+    }
+    if !b.tablespaces.is_empty() {
+        outln!("  Tablespaces:")?;
+        for t in &b.tablespaces {
+            outln!(
+                "    {} (oid {}): {}",
+                t.name.as_deref().unwrap_or("-"),
+                t.oid,
+                t.location
+            )?;
+        }
+    }
+    outln!()?;
+    outln!("  Base backup information:")?;
+    outln!("    Size                 : {}", human_bytes(b.size_bytes))?;
+    outln!("    Stored size          : {}", human_bytes(b.stored_bytes))?;
+    outln!(
+        "    Compression ratio    : {}",
+        opt(shown.compression_ratio.map(|r| format!("{r:.2}")))
+    )?;
+    outln!("    Files                : {}", b.file_count)?;
+    outln!("    Timeline             : {}", b.timeline)?;
+    if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {
+        outln!("    End timeline         : {t}")?;
+    }
+    outln!(
+        "    WAL segment size     : {}",
+        human_bytes(b.wal_segment_size)
+    )?;
+    outln!("    Begin WAL            : {}", opt(b.begin_wal.clone()))?;
+    outln!("    End WAL              : {}", opt(b.end_wal.clone()))?;
+    outln!(
+        "    Begin LSN            : {}",
+        opt(b.begin_lsn.map(|l| l.to_string()))
+    )?;
+    outln!(
+        "    End LSN              : {}",
+        opt(b.end_lsn.map(|l| l.to_string()))
+    )?;
+    outln!("    Begin time           : {}", show_time(b.begin_time))?;
+    outln!(
+        "    End time             : {}",
+        opt(b.end_time.map(show_time))
+    )?;
+    outln!(
+        "    Duration             : {}",
+        opt(duration.map(human_seconds))
+    )?;
+    outln!(
+        "    Throughput           : {}",
+        opt(shown
+            .throughput_bytes_per_second
+            .map(|t| format!("{}/s", human_bytes(t as u64))))
+    )?;
+    outln!(
+        "    Checksums            : {} (files.jsonl)",
+        b.checksum_algorithm
+    )?;
+    outln!(
+        "    backup_manifest      : {}",
+        if b.has_manifest { "stored" } else { "none" }
+    )?;
+    outln!()?;
+    outln!("  WAL information:")?;
+    let w = &shown.wal;
+    match (&w.first, &w.last) {
+        (Some(first), Some(last)) => {
+            outln!(
+                "    Needed               : {} segment(s), {first} to {last}",
+                w.segments
+            )?;
+            if w.missing.is_empty() {
+                outln!("    Archived             : all")?;
+            } else {
+                outln!(
+                    "    Archived             : no, {} missing: {}",
+                    w.missing.len(),
+                    w.missing.join(", ")
+                )?;
+            }
+        }
+        _ => outln!("    Needed               : unknown (the backup has no WAL range)")?,
+    }
+    if let Some(e) = &b.error {
+        outln!()?;
+        outln!("  Error                  : {e}")?;
+    }
+    Ok(0)
 }

@@ -1,5 +1,6 @@
 //! Health of servers and of the repository: the facts `status` shows and the items
 //! `check` judges.
 
+pub mod backup_check;
 pub mod probe;
 pub mod server_check;

@@ -1,0 +1,477 @@
+//! Retention: which backups and which archived WAL may go, and removing them
+//! crash-safely (`delete`). The rules are pure functions over backup metadata and the
+//! WAL catalog, so they are tested without a repository.
+
+use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus, KeepTarget};
+use crate::catalog::{Catalog, WalKind, WalRecord};
+use crate::repo::durable::{fsync_dir, rename_durable};
+use crate::repo::ServerRepo;
+use crate::wal::WalSegment;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The prefix a backup folder is renamed to while it is being deleted.
+pub const DELETING_PREFIX: &str = ".deleting-";
+
+/// The WAL segment range (segment numbers, inclusive) a backup needs, if known.
+fn own_range(b: &BackupInfo) -> Option<(u64, u64)> {
+    let seg = b.wal_segment_size;
+    let (begin, end) = (b.begin_lsn?, b.end_lsn?);
+    let first = begin.segno(seg);
+    Some((first, end.prev_segno(seg).max(first)))
+}
+
+/// The archived WAL files (segments and partial segments, never history files) that no
+/// backup in `remaining` needs, by name, in WAL order.
+///
+/// - A backup that is not `FAILED` and not kept `standalone` (an ordinary backup, or
+///   one kept `full`) needs every segment from its `begin_wal` on: point-in-time
+///   recovery from it replays all later WAL. The oldest of them is the anchor; WAL
+///   from the anchor on stays.
+/// - A backup kept `standalone` needs only its own range, `begin_wal`..`end_wal`.
+/// - A backup whose start is not known yet (a backup starting right now) might need
+///   anything: nothing is removed.
+/// - Without any remaining backup that needs WAL, nothing is removed: WAL is only
+///   ever removed because a backup makes it obsolete.
+/// - When only `standalone` backups remain, WAL after the newest of them stays.
+pub fn removable_wal(remaining: &[BackupInfo], wal_files: &[WalRecord]) -> Vec<String> {
+    let needing: Vec<&BackupInfo> = remaining
+        .iter()
+        .filter(|b| b.status != BackupStatus::Failed)
+        .collect();
+    if needing.is_empty() {
+        return Vec::new();
+    }
+    let mut anchor: Option<u64> = None;
+    let mut standalone: Vec<(u64, u64)> = Vec::new();
+    for b in &needing {
+        let Some((first, last)) = own_range(b) else {
+            // Start unknown: be safe, keep everything.
+            return Vec::new();
+        };
+        if b.keep == Some(KeepTarget::Standalone) {
+            standalone.push((first, last));
+        } else {
+            anchor = Some(anchor.map_or(first, |a| a.min(first)));
+        }
+    }
+    // With only standalone backups, nothing after the newest one's end is removed.
+    let limit = anchor.unwrap_or_else(|| standalone.iter().map(|r| r.1 + 1).max().unwrap_or(0));
+    wal_files
+        .iter()
+        .filter(|w| matches!(w.kind, WalKind::Segment | WalKind::Partial))
+        .filter(|w| {
+            w.segno
+                .is_some_and(|s| s < limit && !standalone.iter().any(|&(a, z)| a <= s && s <= z))
+        })
+        .map(|w| w.name.clone())
+        .collect()
+}
+
+/// Why a backup may not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteRefusal {
+    /// It is being taken right now.
+    #[error("server '{server}': backup {backup_id} is still being taken (pid {pid}); wait for it to end")]
+    Running {
+        server: String,
+        backup_id: String,
+        pid: String,
+    },
+    /// It carries a keep annotation.
+    #[error("server '{server}': backup {backup_id} is kept ({keep}); release it first with 'pgbk keep {server} {backup_id} --release'")]
+    Kept {
+        server: String,
+        backup_id: String,
+        keep: KeepTarget,
+    },
+    /// It is the only DONE backup.
+    #[error("server '{server}': backup {backup_id} is the last DONE backup; add --force to delete it anyway")]
+    LastDone { server: String, backup_id: String },
+}
+
+/// Checks the rules that forbid deleting `target` (one of `all`, the server's backups).
+pub fn refuse_delete(
+    target: &BackupInfo,
+    all: &[BackupInfo],
+    force: bool,
+) -> Result<(), DeleteRefusal> {
+    let ids = || (target.server.clone(), target.backup_id.clone());
+    if target.status == BackupStatus::Started {
+        let (server, backup_id) = ids();
+        let pid = target
+            .pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        return Err(DeleteRefusal::Running {
+            server,
+            backup_id,
+            pid,
+        });
+    }
+    if let Some(keep) = target.keep {
+        let (server, backup_id) = ids();
+        return Err(DeleteRefusal::Kept {
+            server,
+            backup_id,
+            keep,
+        });
+    }
+    let done = all
+        .iter()
+        .filter(|b| b.status == BackupStatus::Done)
+        .count();
+    if !force && target.status == BackupStatus::Done && done <= 1 {
+        let (server, backup_id) = ids();
+        return Err(DeleteRefusal::LastDone { server, backup_id });
+    }
+    Ok(())
+}
+
+/// What `delete_backup` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deleted {
+    /// Server name.
+    pub server: String,
+    /// The backup removed.
+    pub backup_id: String,
+    /// Bytes the backup's files took on disk.
+    pub freed_bytes: u64,
+    /// The WAL files removed, in WAL order.
+    pub removed_wal: Vec<String>,
+    /// Bytes those WAL files took on disk.
+    pub removed_wal_bytes: u64,
+    /// No backup that needs WAL remains, so no WAL was removed.
+    pub no_backup_left: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The folder a backup is moved to while it is deleted.
+fn deleting_path(repo: &ServerRepo, backup_id: &str) -> PathBuf {
+    repo.backups_dir()
+        .join(format!("{DELETING_PREFIX}{backup_id}"))
+}
+
+/// Deletes a backup crash-safely, then the archived WAL no remaining backup needs:
+/// 1. the folder is renamed to `.deleting-<id>` (durably): from here the backup is
+///    gone for every reader, and [`finish_interrupted_deletes`] completes the job if
+///    pgbk dies;
+/// 2. its catalog row is removed; 3. the folder is removed;
+/// 4. each WAL file of [`removable_wal`]: the file first, then its catalog row.
+///
+/// The caller has checked [`refuse_delete`].
+pub fn delete_backup(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    info: &BackupInfo,
+) -> Result<Deleted, BackupError> {
+    let server = info.server.as_str();
+    let dir = BackupDir::new(repo, &info.backup_id);
+    let freed_bytes = disk_usage(dir.root());
+    let hidden = deleting_path(repo, &info.backup_id);
+    rename_durable(dir.root(), &hidden).map_err(io_err(dir.root()))?;
+    catalog.delete_backup(server, &info.backup_id)?;
+    remove_tree(&hidden, &repo.backups_dir())?;
+
+    let remaining = catalog.backups(server)?;
+    let wal = catalog.wal_files(server)?;
+    let names: BTreeSet<String> = removable_wal(&remaining, &wal).into_iter().collect();
+    let doomed: Vec<&WalRecord> = wal.iter().filter(|w| names.contains(&w.name)).collect();
+    let seg_size = info.wal_segment_size;
+    let mut dirs = BTreeSet::new();
+    for w in &doomed {
+        let path = wal_path(repo, w, seg_size);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        if let Some(d) = path.parent() {
+            dirs.insert(d.to_path_buf());
+        }
+    }
+    // Files first (durably), catalog rows second: a crash in between leaves rows whose
+    // file is gone, which every reader already treats as missing.
+    for d in &dirs {
+        fsync_dir(d).map_err(io_err(d))?;
+    }
+    for w in &doomed {
+        catalog.delete_wal(server, &w.name)?;
+    }
+    Ok(Deleted {
+        server: server.to_string(),
+        backup_id: info.backup_id.clone(),
+        freed_bytes,
+        removed_wal: doomed.iter().map(|w| w.name.clone()).collect(),
+        removed_wal_bytes: doomed.iter().map(|w| w.stored_size).sum(),
+        no_backup_left: remaining.iter().all(|b| b.status == BackupStatus::Failed),
+    })
+}
+
+/// Where an archived segment or partial segment is stored.
+fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
+    let seg = WalSegment {
+        tli: w.timeline,
+        segno: w.segno.unwrap_or(0),
+        seg_size,
+    };
+    match w.kind {
+        WalKind::Partial => repo.partial_segment_path(&seg),
+        _ => repo.segment_path(&seg),
+    }
+}
+
+/// Removes a folder tree and makes its removal durable in `parent`.
+fn remove_tree(path: &Path, parent: &Path) -> Result<(), BackupError> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    fsync_dir(parent).map_err(io_err(parent))
+}
+
+/// Completes deletes a crash interrupted: every `.deleting-<id>` folder loses its
+/// catalog row and is removed. Returns the ids finished.
+pub fn finish_interrupted_deletes(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    server: &str,
+) -> Result<Vec<String>, BackupError> {
+    let dir = repo.backups_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut done = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(id) = name.strip_prefix(DELETING_PREFIX) else {
+            continue;
+        };
+        if crate::backup::is_backup_id(id) {
+            catalog.delete_backup(server, id)?;
+        }
+        remove_tree(&e.path(), &dir)?;
+        tracing::info!(server, "finished the interrupted delete of backup {id}");
+        done.push(id.to_string());
+    }
+    Ok(done)
+}
+
+/// Bytes the files under a folder take (apparent sizes); 0 when unreadable.
+fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{Lsn, SystemId, TimeLineId};
+    use chrono::Utc;
+
+    const MB16: u64 = 16 << 20;
+
+    fn backup(
+        id: &str,
+        first: u64,
+        last: u64,
+        status: BackupStatus,
+        keep: Option<KeepTarget>,
+    ) -> BackupInfo {
+        BackupInfo {
+            backup_id: id.into(),
+            name: None,
+            server: "pg1".into(),
+            status,
+            method: "postgres".into(),
+            server_version: 150000,
+            system_id: SystemId(1),
+            timeline: TimeLineId(1),
+            wal_segment_size: MB16,
+            begin_lsn: Some(Lsn(first * MB16 + 0x28)),
+            end_lsn: Some(Lsn(last * MB16 + 0x100)),
+            end_timeline: None,
+            begin_wal: None,
+            end_wal: None,
+            begin_time: Utc::now(),
+            end_time: None,
+            size_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            tablespaces: Vec::new(),
+            error: None,
+            pid: None,
+            keep,
+            checksum_algorithm: "blake3".into(),
+            has_manifest: false,
+        }
+    }
+
+    fn wal(segnos: std::ops::RangeInclusive<u64>) -> Vec<WalRecord> {
+        let mut v = vec![WalRecord {
+            name: "00000002.history".into(),
+            kind: WalKind::History,
+            timeline: TimeLineId(2),
+            segno: None,
+            size: 1,
+            stored_size: 1,
+            checksum: "h".into(),
+            archived_at: Utc::now(),
+        }];
+        for s in segnos {
+            v.push(WalRecord {
+                name: WalSegment {
+                    tli: TimeLineId(1),
+                    segno: s,
+                    seg_size: MB16,
+                }
+                .name(),
+                kind: WalKind::Segment,
+                timeline: TimeLineId(1),
+                segno: Some(s),
+                size: MB16,
+                stored_size: 10,
+                checksum: "x".into(),
+                archived_at: Utc::now(),
+            });
+        }
+        v
+    }
+
+    fn segnos(names: &[String]) -> Vec<u64> {
+        names
+            .iter()
+            .map(|n| WalSegment::parse(n, MB16).unwrap().segno)
+            .collect()
+    }
+
+    use BackupStatus::*;
+
+    #[test]
+    fn wal_before_the_oldest_remaining_backup_goes_never_history() {
+        let remaining = [
+            backup("b2", 5, 6, Done, None),
+            backup("b3", 8, 8, Done, None),
+        ];
+        assert_eq!(
+            segnos(&removable_wal(&remaining, &wal(1..=10))),
+            [1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn no_backup_left_removes_nothing() {
+        assert!(removable_wal(&[], &wal(1..=10)).is_empty());
+        let failed = [backup("b1", 5, 6, Failed, None)];
+        assert!(removable_wal(&failed, &wal(1..=10)).is_empty());
+    }
+
+    #[test]
+    fn failed_backups_need_no_wal() {
+        let remaining = [
+            backup("b1", 2, 2, Failed, None),
+            backup("b2", 5, 6, WaitingForWals, None),
+        ];
+        assert_eq!(
+            segnos(&removable_wal(&remaining, &wal(1..=10))),
+            [1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn standalone_keeps_only_its_own_range_full_keeps_everything_after() {
+        let remaining = [
+            backup("b1", 2, 3, Done, Some(KeepTarget::Standalone)),
+            backup("b2", 7, 7, Done, None),
+        ];
+        assert_eq!(
+            segnos(&removable_wal(&remaining, &wal(1..=10))),
+            [1, 4, 5, 6]
+        );
+        let remaining = [
+            backup("b1", 2, 3, Done, Some(KeepTarget::Full)),
+            backup("b2", 7, 7, Done, None),
+        ];
+        assert_eq!(segnos(&removable_wal(&remaining, &wal(1..=10))), [1]);
+    }
+
+    #[test]
+    fn only_standalone_backups_left_keep_wal_after_the_newest() {
+        let remaining = [
+            backup("b1", 2, 3, Done, Some(KeepTarget::Standalone)),
+            backup("b2", 6, 6, Done, Some(KeepTarget::Standalone)),
+        ];
+        assert_eq!(segnos(&removable_wal(&remaining, &wal(1..=10))), [1, 4, 5]);
+    }
+
+    #[test]
+    fn a_backup_whose_start_is_unknown_blocks_removal() {
+        let mut starting = backup("b3", 0, 0, Started, None);
+        starting.begin_lsn = None;
+        let remaining = [backup("b2", 5, 6, Done, None), starting];
+        assert!(removable_wal(&remaining, &wal(1..=10)).is_empty());
+    }
+
+    #[test]
+    fn partial_segments_follow_the_same_rule() {
+        let mut files = wal(3..=6);
+        files.push(WalRecord {
+            name: "000000010000000000000004.partial".into(),
+            kind: WalKind::Partial,
+            segno: Some(4),
+            ..files[1].clone()
+        });
+        let remaining = [backup("b2", 5, 6, Done, None)];
+        let names = removable_wal(&remaining, &files);
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000003",
+                "000000010000000000000004",
+                "000000010000000000000004.partial"
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let all = [
+            backup("b1", 2, 3, Done, None),
+            backup("b2", 5, 6, Failed, None),
+        ];
+        assert!(matches!(
+            refuse_delete(&all[0], &all, false),
+            Err(DeleteRefusal::LastDone { .. })
+        ));
+        assert!(refuse_delete(&all[0], &all, true).is_ok());
+        assert!(refuse_delete(&all[1], &all, false).is_ok());
+        let kept = backup("b3", 7, 7, Done, Some(KeepTarget::Full));
+        let all2 = [all[0].clone(), kept.clone()];
+        assert!(matches!(
+            refuse_delete(&kept, &all2, true),
+            Err(DeleteRefusal::Kept { .. })
+        ));
+        let running = backup("b4", 8, 8, Started, None);
+        assert!(matches!(
+            refuse_delete(&running, &all2, true),
+            Err(DeleteRefusal::Running { .. })
+        ));
+        assert!(refuse_delete(&all2[0], &all2, false).is_ok());
+    }
+}
