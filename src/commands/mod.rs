@@ -6,11 +6,13 @@ pub mod backup;
 pub mod check;
 pub mod check_backup;
 pub mod delete;
+pub mod get_wal;
 pub mod keep;
 pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
 pub mod receive_wal;
+pub mod recover;
 pub mod show_backup;
 pub mod show_server;
 pub mod status;
@@ -92,6 +94,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             force,
         } => delete::run(&ctx, &server, &backup_id, force),
         Command::Keep(a) => keep::run(&ctx, &a),
+        Command::Recover(a) => recover::run(&ctx, &a),
+        Command::GetWal(a) => get_wal::run(&ctx, &a),
     }
 }
 
@@ -127,7 +131,13 @@ fn init_logging(config: &Config, cli: &Cli) {
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(f))
             .try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
     };
 }
 
