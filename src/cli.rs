@@ -115,6 +115,11 @@ pub enum Command {
     },
     /// Keep a backup forever (outside retention), release it, or show its keep status.
     Keep(KeepArgs),
+    /// Restore a backup into a directory and set up recovery (to a point in time).
+    #[command(visible_alias = "restore")]
+    Recover(RecoverArgs),
+    /// Write one archived WAL file to a path or stdout (PostgreSQL's restore_command).
+    GetWal(GetWalArgs),
 }
 
 /// A server and one of its backups.
@@ -186,4 +191,90 @@ pub struct ReceiveWalArgs {
     /// Stop the running receive-wal of this server and exit.
     #[arg(long, group = "action")]
     pub stop: bool,
+}
+
+/// Options of `recover` (Barman's names).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").multiple(false).args(
+    ["target_time", "target_xid", "target_lsn", "target_name", "target_immediate"]
+)))]
+pub struct RecoverArgs {
+    /// Server name.
+    pub server: String,
+    /// Backup id, name, latest/last, oldest/first, or auto (the newest DONE backup that
+    /// ended before the target).
+    pub backup_id: String,
+    /// The data directory to create: missing or empty (or an older copy with --delta).
+    pub destination: PathBuf,
+    /// Stop at the first commit after this time ('2026-01-31 12:00:00+00', RFC 3339;
+    /// without a zone: this host's local time).
+    #[arg(long, value_name = "TIMESTAMP", value_parser = crate::restore::target::parse_time)]
+    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop at this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// Stop at this WAL location (e.g. 0/3000148).
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<crate::wal::Lsn>,
+    /// Stop at this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// Timeline to follow: a number, current or latest (PostgreSQL's default).
+    #[arg(long, value_name = "TLI")]
+    pub target_tli: Option<crate::restore::TargetTimeline>,
+    /// What the server does at the target (PostgreSQL's default: pause).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub target_action: Option<crate::restore::TargetAction>,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Restore a tablespace elsewhere (repeatable); NAME may also be its oid.
+    #[arg(long, value_name = "NAME:LOCATION")]
+    pub tablespace: Vec<String>,
+    /// Start as a standby (standby.signal instead of recovery.signal).
+    #[arg(long)]
+    pub standby_mode: bool,
+    /// restore_command runs `pgbk get-wal` instead of reading WAL copied into the
+    /// destination.
+    #[arg(long, overrides_with = "no_get_wal")]
+    pub get_wal: bool,
+    /// Copy the WAL recovery needs into <destination>/pgbk_wal (the default).
+    #[arg(long)]
+    pub no_get_wal: bool,
+    /// With --get-wal: restore_command also serves receive-wal's in-progress segment,
+    /// so recovery reaches the last streamed transaction.
+    #[arg(long, requires = "get_wal")]
+    pub partial: bool,
+    /// Decompression threads (default: every core).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// The destination holds an older copy: rewrite only files that differ, remove
+    /// what the backup does not hold.
+    #[arg(long)]
+    pub delta: bool,
+}
+
+/// Options of `get-wal`.
+#[derive(Debug, Args)]
+pub struct GetWalArgs {
+    /// Server name.
+    pub server: String,
+    /// The WAL segment or history file PostgreSQL asks for (%f).
+    pub wal_name: String,
+    /// Where to write it (%p); default stdout.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Also serve receive-wal's in-progress .partial segment, zero-padded.
+    #[arg(long)]
+    pub partial: bool,
+    /// Decompress the next N segments into the spool in the background.
+    #[arg(long, short = 'P', value_name = "N", default_value_t = 0)]
+    pub prefetch: u32,
+    /// Only fill the spool after segment WAL_NAME of this segment size (the
+    /// background part of --prefetch).
+    #[arg(long, hide = true, value_name = "SEG_SIZE")]
+    pub prefetch_only: Option<u64>,
 }

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod output;
 pub mod pg;
 pub mod repo;
+pub mod restore;
 pub mod retention;
 pub mod verify;
 pub mod wal;

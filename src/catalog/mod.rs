@@ -43,6 +43,20 @@ const MIGRATIONS: &[&str] = &[
         info TEXT NOT NULL,
         PRIMARY KEY (server, backup_id)
     );",
+    // 3: measured figures (restore duration and throughput first) for RPO/RTO estimates.
+    "CREATE TABLE measurements (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        backup_id TEXT,
+        measured_at TEXT NOT NULL,
+        duration_secs REAL NOT NULL,
+        bytes INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        bytes_per_sec REAL NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX measurements_by_kind ON measurements (server, kind, measured_at);",
 ];
 
 /// A catalog failure; names the database file.
@@ -461,6 +475,86 @@ impl Catalog {
     }
 }
 
+/// One measured run of a job (a restore, …): how long it took for how much data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measurement {
+    /// Server name.
+    pub server: String,
+    /// What was measured: `restore`, `restore-delta`, …
+    pub kind: String,
+    /// The backup involved, if any.
+    pub backup_id: Option<String>,
+    /// When the run ended.
+    pub measured_at: DateTime<Utc>,
+    /// Wall-clock duration.
+    pub duration_secs: f64,
+    /// Bytes handled.
+    pub bytes: u64,
+    /// Files handled.
+    pub files: u64,
+    /// `bytes / duration_secs`.
+    pub bytes_per_sec: f64,
+    /// More figures, as a JSON object.
+    pub detail: String,
+}
+
+impl Catalog {
+    /// Records a measurement.
+    pub fn insert_measurement(&self, m: &Measurement) -> Result<(), CatalogError> {
+        self.conn
+            .execute(
+                "INSERT INTO measurements (server, kind, backup_id, measured_at, duration_secs,
+                   bytes, files, bytes_per_sec, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    m.server,
+                    m.kind,
+                    m.backup_id,
+                    m.measured_at.to_rfc3339(),
+                    m.duration_secs,
+                    m.bytes as i64,
+                    m.files as i64,
+                    m.bytes_per_sec,
+                    m.detail
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// A server's measurements of one kind, oldest first.
+    pub fn measurements(&self, server: &str, kind: &str) -> Result<Vec<Measurement>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT server, kind, backup_id, measured_at, duration_secs, bytes, files,
+                   bytes_per_sec, detail
+                 FROM measurements WHERE server = ?1 AND kind = ?2 ORDER BY measured_at, id",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params![server, kind], |r| {
+                let at: String = r.get(3)?;
+                Ok(Measurement {
+                    server: r.get(0)?,
+                    kind: r.get(1)?,
+                    backup_id: r.get(2)?,
+                    measured_at: DateTime::parse_from_rfc3339(&at)
+                        .map(|d| d.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    duration_secs: r.get(4)?,
+                    bytes: r.get::<_, i64>(5)? as u64,
+                    files: r.get::<_, i64>(6)? as u64,
+                    bytes_per_sec: r.get(7)?,
+                    detail: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql_err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +597,28 @@ mod tests {
         // Reopening is a no-op migration.
         let cat = Catalog::open(&home).unwrap();
         assert_eq!(cat.wal_files("pg1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn records_measurements() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        let m = Measurement {
+            server: "pg1".into(),
+            kind: "restore".into(),
+            backup_id: Some("20260101T000000".into()),
+            measured_at: Utc::now(),
+            duration_secs: 2.5,
+            bytes: 1000,
+            files: 3,
+            bytes_per_sec: 400.0,
+            detail: "{}".into(),
+        };
+        cat.insert_measurement(&m).unwrap();
+        let got = cat.measurements("pg1", "restore").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].bytes, 1000);
+        assert_eq!(got[0].backup_id, m.backup_id);
+        assert!(cat.measurements("pg1", "backup").unwrap().is_empty());
     }
 }

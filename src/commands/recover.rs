@@ -1,0 +1,156 @@
+//! `recover` (alias `restore`): restore a backup into a directory and write the
+//! settings that make PostgreSQL recover to the chosen target when it starts.
+
+use super::{Context, ExitCode, UsageError};
+use crate::cli::RecoverArgs;
+use crate::outln;
+use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::restore::target::shell_quote;
+use crate::restore::{self, RecoverRequest, RecoveryTarget, RestoreError, WalSource};
+use anyhow::{Context as _, Result};
+use std::path::PathBuf;
+
+/// Parses `NAME:LOCATION` (the location may itself hold colons).
+fn tablespace_arg(s: &str) -> Result<(String, PathBuf)> {
+    match s.split_once(':') {
+        Some((name, loc)) if !name.is_empty() && !loc.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(loc)))
+        }
+        _ => Err(UsageError(format!("--tablespace '{s}': expected NAME:LOCATION")).into()),
+    }
+}
+
+/// `<absolute pgbk binary> -c <absolute config file>`, shell-quoted, for a
+/// restore_command that may run as another user from another directory.
+fn get_wal_command(ctx: &Context) -> Result<String> {
+    let exe = std::env::current_exe().context("locating the pgbk binary")?;
+    let config = std::fs::canonicalize(&ctx.config.file)
+        .with_context(|| format!("{}", ctx.config.file.display()))?;
+    Ok(format!(
+        "{} -c {}",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&config.to_string_lossy())
+    ))
+}
+
+/// Runs the verb.
+pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
+    let server = super::server(ctx, &a.server)?;
+    let target = if let Some(t) = a.target_time {
+        Some(RecoveryTarget::Time(t))
+    } else if let Some(x) = a.target_xid {
+        Some(RecoveryTarget::Xid(x))
+    } else if let Some(l) = a.target_lsn {
+        Some(RecoveryTarget::Lsn(l))
+    } else if let Some(n) = &a.target_name {
+        Some(RecoveryTarget::Name(n.clone()))
+    } else if a.target_immediate {
+        Some(RecoveryTarget::Immediate)
+    } else {
+        None
+    };
+    let tablespaces = a
+        .tablespace
+        .iter()
+        .map(|t| tablespace_arg(t))
+        .collect::<Result<Vec<_>>>()?;
+    let wal = if a.get_wal && !a.no_get_wal {
+        WalSource::GetWal {
+            command: get_wal_command(ctx)?,
+            partial: a.partial,
+        }
+    } else {
+        WalSource::Copy
+    };
+    let jobs = a.jobs.filter(|&j| j > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let req = RecoverRequest {
+        server: server.name.clone(),
+        backup_id: a.backup_id.clone(),
+        destination: a.destination.clone(),
+        target,
+        exclusive: a.exclusive,
+        target_tli: a.target_tli,
+        target_action: a.target_action,
+        tablespaces,
+        standby_mode: a.standby_mode,
+        wal,
+        jobs,
+        delta: a.delta,
+    };
+    let progress = crate::progress::for_cli(ctx.quiet);
+    let summary = match restore::recover(&ctx.config.home, req, progress.as_ref()) {
+        Ok(s) => s,
+        Err(RestoreError::Usage(m)) => return Err(UsageError(m).into()),
+        Err(e) => return Err(e.into()),
+    };
+    if ctx.format == Format::Json {
+        print_json(&summary)?;
+        return Ok(0);
+    }
+    if ctx.quiet {
+        return Ok(0);
+    }
+    let f = &summary.files;
+    outln!(
+        "Recovered backup {} of server '{}' into {}",
+        summary.backup_id,
+        summary.server,
+        summary.destination.display()
+    )?;
+    if summary.delta {
+        outln!(
+            "  files: {} written ({}), {} unchanged ({} skipped), {} removed",
+            f.files_written,
+            human_bytes(f.bytes_written),
+            f.files_skipped,
+            human_bytes(f.bytes_skipped),
+            f.removed
+        )?;
+    } else {
+        outln!(
+            "  files: {} ({}), {} directories",
+            f.files_written,
+            human_bytes(f.bytes_written),
+            f.dirs
+        )?;
+    }
+    for t in &summary.tablespaces {
+        outln!(
+            "  tablespace {} ({}): {}",
+            t.name.as_deref().unwrap_or("-"),
+            t.oid,
+            t.location.display()
+        )?;
+    }
+    if summary.wal_files > 0 {
+        outln!(
+            "  WAL: {} files ({}) in {}",
+            summary.wal_files,
+            human_bytes(summary.wal_bytes),
+            summary.destination.join(restore::wal::WAL_DIR).display()
+        )?;
+    }
+    outln!(
+        "  duration: {}, throughput {}/s",
+        human_seconds(summary.duration_secs),
+        human_bytes(summary.bytes_per_sec as u64)
+    )?;
+    match &summary.target {
+        Some(t) => outln!("  recovery target: {t}")?,
+        None => outln!("  recovery target: none (replays all available WAL)")?,
+    }
+    outln!(
+        "  recovery settings appended to postgresql.auto.conf; {} created",
+        summary.signal_file
+    )?;
+    outln!("  restore_command = {}", summary.settings.restore_command)?;
+    outln!(
+        "Start PostgreSQL on it to recover: pg_ctl -D {} start",
+        shell_quote(&summary.destination.to_string_lossy())
+    )?;
+    Ok(0)
+}

@@ -1,0 +1,477 @@
+//! `get-wal`: PostgreSQL's `restore_command` side. Serves one WAL segment or history
+//! file from the repository's files alone (no catalog: the command may run as the
+//! postgres OS user), from the prefetch spool first, then the archive, then a
+//! finished segment receive-wal has not archived yet, and with `partial` the
+//! in-progress `.partial` segment zero-padded to a whole segment.
+//!
+//! Prefetch decompresses the next segments into `<home>/<server>/spool/` so the next
+//! requests are a plain copy.
+
+use super::{io_err, RestoreError};
+use crate::repo::ServerRepo;
+use crate::wal::header::read_long_header;
+use crate::wal::{WalFileName, WalSegment};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where a served file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Decompressed earlier by a prefetch.
+    Spool,
+    /// `wals/<prefix>/<segment>.zst` or `wals/<tli>.history`.
+    Archive,
+    /// A finished segment still in `streaming/` (not archived yet).
+    Streaming,
+    /// receive-wal's in-progress `streaming/<segment>.partial`, zero-padded.
+    Partial,
+}
+
+/// What was served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Served {
+    /// The file name PostgreSQL asked for.
+    pub name: String,
+    /// Where it came from.
+    pub source: Source,
+    /// Bytes written.
+    pub bytes: u64,
+    /// The segment, when a segment was served (its size read from its page header).
+    #[serde(skip)]
+    pub segment: Option<WalSegment>,
+}
+
+/// What PostgreSQL may ask for.
+enum Wanted {
+    Segment(String),
+    History(String),
+}
+
+fn parse_name(name: &str) -> Result<Wanted, RestoreError> {
+    // Parsed for the smallest segment size (1 MiB), which every valid name fits; the
+    // real size comes from the served segment's page header.
+    match WalFileName::parse(name, 1 << 20) {
+        Some(WalFileName::Segment(_)) if name.bytes().all(|b| !b.is_ascii_lowercase()) => {
+            Ok(Wanted::Segment(name.to_string()))
+        }
+        Some(WalFileName::History(_)) => Ok(Wanted::History(name.to_string())),
+        _ => Err(RestoreError::Usage(format!(
+            "'{name}' is not a WAL segment or timeline history file name"
+        ))),
+    }
+}
+
+/// `<home>/<server>/spool/`.
+pub fn spool_dir(repo: &ServerRepo) -> PathBuf {
+    repo.root().join("spool")
+}
+
+/// A writer that keeps the first bytes it sees (the segment's long page header).
+struct Head<W> {
+    inner: W,
+    head: Vec<u8>,
+    total: u64,
+}
+
+impl<W: Write> Write for Head<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let want = crate::wal::header::LONG_HEADER_SIZE.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&buf[..n.min(want)]);
+        self.total += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Where the served bytes go: a path (written through a temporary name in its folder
+/// and renamed, so PostgreSQL never sees half a file) or stdout.
+pub enum Destination<'a> {
+    /// `--output PATH`.
+    Path(&'a Path),
+    /// stdout.
+    Stdout,
+}
+
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "wal".into());
+    path.with_file_name(format!(".{name}.pgbk-tmp.{}", std::process::id()))
+}
+
+/// Writes whatever `fill` produces to the destination atomically.
+fn deliver(
+    dest: &Destination,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    match dest {
+        Destination::Stdout => {
+            let out = io::stdout();
+            let mut lock = io::BufWriter::with_capacity(256 * 1024, out.lock());
+            fill(&mut lock)?;
+            lock.flush().map_err(io_err(Path::new("stdout")))
+        }
+        Destination::Path(path) => {
+            let tmp = temp_beside(path);
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+            let result = fill(&mut w)
+                .and_then(|_| w.flush().map_err(io_err(&tmp)))
+                .and_then(|_| fs::rename(&tmp, path).map_err(io_err(path)));
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result
+        }
+    }
+}
+
+fn copy_file(src: &Path, out: &mut dyn Write) -> Result<u64, RestoreError> {
+    let mut f = File::open(src).map_err(io_err(src))?;
+    io::copy(&mut f, out).map_err(io_err(src))
+}
+
+fn segment_of(name: &str, head: &[u8]) -> Option<WalSegment> {
+    let h = read_long_header(head)?;
+    let ok = h.seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&h.seg_size);
+    ok.then(|| WalSegment::parse(name, h.seg_size)).flatten()
+}
+
+/// Serves one WAL file; [`RestoreError::NotFound`] (a one-line message) when the
+/// repository does not have it, so PostgreSQL tries its next source.
+pub fn serve(
+    repo: &ServerRepo,
+    server: &str,
+    name: &str,
+    dest: &Destination,
+    partial: bool,
+) -> Result<Served, RestoreError> {
+    let name = match parse_name(name)? {
+        Wanted::History(h) => {
+            let src = repo.wals_dir().join(&h);
+            if !src.is_file() {
+                return Err(not_found(server, &h));
+            }
+            let mut bytes = 0;
+            deliver(dest, |w| {
+                bytes = copy_file(&src, w)?;
+                Ok(())
+            })?;
+            return Ok(Served {
+                name: h,
+                source: Source::Archive,
+                bytes,
+                segment: None,
+            });
+        }
+        Wanted::Segment(s) => s,
+    };
+    let spooled = spool_dir(repo).join(&name);
+    let archived = repo
+        .wals_dir()
+        .join(&name[..16])
+        .join(format!("{name}.zst"));
+    let finished = repo.streaming_dir().join(&name);
+    let in_progress = repo.streaming_dir().join(format!("{name}.partial"));
+    let plain = |src: &Path, source: Source| -> Result<Served, RestoreError> {
+        let mut head = Vec::new();
+        let mut bytes = 0;
+        deliver(dest, |w| {
+            let mut h = Head {
+                inner: w,
+                head: Vec::new(),
+                total: 0,
+            };
+            copy_file(src, &mut h)?;
+            head = h.head;
+            bytes = h.total;
+            Ok(())
+        })?;
+        Ok(Served {
+            segment: segment_of(&name, &head),
+            name: name.clone(),
+            source,
+            bytes,
+        })
+    };
+    if spooled.is_file() {
+        match plain(&spooled, Source::Spool) {
+            Ok(s) => {
+                let _ = fs::remove_file(&spooled);
+                return Ok(s);
+            }
+            // A prefetch removed or replaced it meanwhile: fall through to the archive.
+            Err(RestoreError::Io { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if archived.is_file() {
+        let mut head = Vec::new();
+        let mut bytes = 0;
+        deliver(dest, |w| {
+            let mut h = Head {
+                inner: w,
+                head: Vec::new(),
+                total: 0,
+            };
+            crate::repo::compress::decompress_to(&archived, &mut h).map_err(io_err(&archived))?;
+            head = h.head;
+            bytes = h.total;
+            Ok(())
+        })?;
+        return Ok(Served {
+            segment: segment_of(&name, &head),
+            name,
+            source: Source::Archive,
+            bytes,
+        });
+    }
+    if finished.is_file() {
+        return plain(&finished, Source::Streaming);
+    }
+    if partial && in_progress.is_file() {
+        let data = fs::read(&in_progress).map_err(io_err(&in_progress))?;
+        let seg = segment_of(&name, &data).filter(|s| data.len() as u64 <= s.seg_size);
+        let Some(seg) = seg else {
+            return Err(RestoreError::Refused(format!(
+                "server '{server}': {} has no valid WAL page header yet",
+                in_progress.display()
+            )));
+        };
+        deliver(dest, |w| {
+            w.write_all(&data).map_err(io_err(&in_progress))?;
+            let zeros = vec![0u8; 256 * 1024];
+            let mut left = seg.seg_size - data.len() as u64;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write_all(&zeros[..n]).map_err(io_err(&in_progress))?;
+                left -= n as u64;
+            }
+            Ok(())
+        })?;
+        return Ok(Served {
+            name,
+            source: Source::Partial,
+            bytes: seg.seg_size,
+            segment: Some(seg),
+        });
+    }
+    Err(not_found(server, &name))
+}
+
+fn not_found(server: &str, name: &str) -> RestoreError {
+    RestoreError::NotFound(format!(
+        "server '{server}': WAL file {name} is not in the archive"
+    ))
+}
+
+/// Decompresses up to `n` archived segments following `after` into the spool (those
+/// already there are skipped; it stops at the first one not archived yet), and
+/// removes spooled segments older than `after`. Returns how many it decompressed.
+pub fn prefetch(repo: &ServerRepo, after: &WalSegment, n: u32) -> Result<usize, RestoreError> {
+    let spool = spool_dir(repo);
+    if !spool.is_dir() {
+        match fs::DirBuilder::new().mode(0o700).create(&spool) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&spool)(e)),
+        }
+    }
+    clean_spool(&spool, after);
+    let mut todo = Vec::new();
+    let mut seg = *after;
+    for _ in 0..n {
+        seg = seg.next();
+        let src = repo.segment_path(&seg);
+        if !src.is_file() {
+            break;
+        }
+        if !spool.join(seg.name()).is_file() {
+            todo.push((seg, src));
+        }
+    }
+    todo.par_iter().try_for_each(|(seg, src)| {
+        let dest = spool.join(seg.name());
+        let tmp = temp_beside(&dest);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+        let r = crate::repo::compress::decompress_to(src, &mut w)
+            .and_then(|_| w.flush())
+            .map_err(io_err(src))
+            .and_then(|_| fs::rename(&tmp, &dest).map_err(io_err(&dest)));
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    })?;
+    Ok(todo.len())
+}
+
+/// Removes spooled segments before `current` (on any timeline: recovery moved past
+/// them) and leftovers of interrupted prefetches.
+fn clean_spool(spool: &Path, current: &WalSegment) {
+    let Ok(rd) = fs::read_dir(spool) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let stale = match WalSegment::parse(&name, current.seg_size) {
+            Some(s) => s.segno < current.segno,
+            None => {
+                name.contains(".pgbk-tmp.") && !name.ends_with(&format!(".{}", std::process::id()))
+            }
+        };
+        if stale {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Runs `f` holding the spool's prefetch lock; `None` when another prefetch holds it.
+pub fn with_prefetch_lock<T>(repo: &ServerRepo, f: impl FnOnce() -> T) -> Option<T> {
+    use std::os::fd::AsRawFd;
+    let spool = spool_dir(repo);
+    let _ = fs::DirBuilder::new().mode(0o700).create(&spool);
+    let path = spool.join(".prefetch.lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .ok()?;
+    // SAFETY: flock on a valid descriptor; released when `file` is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return None;
+    }
+    let out = f();
+    drop(file);
+    Some(out)
+}
+
+/// Reads a whole file (the helper tests use to compare outputs).
+pub fn read_all(path: &Path) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    File::open(path)?.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::compress::{store_compressed, DEFAULT_LEVEL};
+    use crate::wal::TimeLineId;
+
+    const SEG: u64 = 1 << 20;
+
+    fn fake(seg: &WalSegment) -> Vec<u8> {
+        let mut d = vec![0u8; seg.seg_size as usize];
+        d[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        d[2..4].copy_from_slice(&2u16.to_le_bytes());
+        d[32..36].copy_from_slice(&(seg.seg_size as u32).to_le_bytes());
+        d[100] = seg.segno as u8;
+        d
+    }
+
+    fn seg(n: u64) -> WalSegment {
+        WalSegment {
+            tli: TimeLineId(1),
+            segno: n,
+            seg_size: SEG,
+        }
+    }
+
+    #[test]
+    fn serves_archive_history_partial_and_prefetched_segments() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(d.path(), "pg1");
+        repo.ensure_dirs().unwrap();
+        for n in 3..=6 {
+            let s = seg(n);
+            fs::create_dir_all(repo.segment_path(&s).parent().unwrap()).unwrap();
+            store_compressed(&fake(&s), &repo.segment_path(&s), DEFAULT_LEVEL).unwrap();
+        }
+        fs::write(
+            repo.wals_dir().join("00000002.history"),
+            "1\t0/5000000\tx\n",
+        )
+        .unwrap();
+        let out = d.path().join("pg_wal_RECOVERYXLOG");
+        let dest = Destination::Path(&out);
+
+        let s = serve(&repo, "pg1", &seg(3).name(), &dest, false).unwrap();
+        assert_eq!(s.source, Source::Archive);
+        assert_eq!(s.segment, Some(seg(3)));
+        assert_eq!(read_all(&out).unwrap(), fake(&seg(3)));
+
+        assert_eq!(prefetch(&repo, &seg(3), 2).unwrap(), 2);
+        assert_eq!(prefetch(&repo, &seg(3), 2).unwrap(), 0, "already spooled");
+        let s = serve(&repo, "pg1", &seg(4).name(), &dest, false).unwrap();
+        assert_eq!(s.source, Source::Spool);
+        assert_eq!(read_all(&out).unwrap(), fake(&seg(4)));
+        assert!(
+            !spool_dir(&repo).join(seg(4).name()).exists(),
+            "served spool file removed"
+        );
+        // After 5 (already spooled) only 6 is left to do: 7 is not archived.
+        assert_eq!(prefetch(&repo, &seg(5), 5).unwrap(), 1);
+        assert!(spool_dir(&repo).join(seg(6).name()).exists());
+        assert!(!spool_dir(&repo).join(seg(7).name()).exists());
+
+        let s = serve(&repo, "pg1", "00000002.history", &dest, false).unwrap();
+        assert_eq!(s.source, Source::Archive);
+        assert_eq!(fs::read_to_string(&out).unwrap(), "1\t0/5000000\tx\n");
+
+        // Segment 7 only exists as receive-wal's partial.
+        let mut part = fake(&seg(7));
+        part.truncate(3 * 8192);
+        fs::write(
+            repo.streaming_dir()
+                .join(format!("{}.partial", seg(7).name())),
+            &part,
+        )
+        .unwrap();
+        let e = serve(&repo, "pg1", &seg(7).name(), &dest, false).unwrap_err();
+        assert!(matches!(e, RestoreError::NotFound(_)), "{e}");
+        assert!(e.to_string().contains("is not in the archive"));
+        let s = serve(&repo, "pg1", &seg(7).name(), &dest, true).unwrap();
+        assert_eq!(s.source, Source::Partial);
+        let got = read_all(&out).unwrap();
+        assert_eq!(got.len() as u64, SEG);
+        assert_eq!(&got[..part.len()], &part[..]);
+        assert!(got[part.len()..].iter().all(|&b| b == 0));
+
+        for bad in ["../../etc/passwd", "00000001000000000000000g", "x.history"] {
+            assert!(matches!(
+                serve(&repo, "pg1", bad, &dest, true),
+                Err(RestoreError::Usage(_))
+            ));
+        }
+        // Nothing half-written is left beside the output.
+        let leftovers: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("pgbk-tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
