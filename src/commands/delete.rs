@@ -7,7 +7,7 @@ use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
 use crate::repo::ServerRepo;
 use crate::retention::{delete_backup, refuse_delete};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 /// The lock `delete` and `keep` hold while they change a server's backups.
 pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
@@ -20,10 +20,16 @@ pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {
-    super::server(ctx, server)?;
-    let (catalog, b) = super::find_backup(ctx, server, wanted)?;
+    let (catalog, found) = super::find_backup(ctx, server, wanted)?;
     let _lock = retention_lock(ctx, server)?;
+    // Under the lock, the backup as it is now (a keep may have landed meanwhile).
     let all = catalog.backups(server)?;
+    let Some(b) = all.iter().find(|b| b.backup_id == found.backup_id).cloned() else {
+        bail!(
+            "server '{server}': backup {} was deleted meanwhile",
+            found.backup_id
+        );
+    };
     refuse_delete(&b, &all, force)?;
     let repo = ServerRepo::new(&ctx.config.home, server);
     let d = delete_backup(&repo, &catalog, &b)

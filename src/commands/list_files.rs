@@ -76,6 +76,12 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, target: &str) -> Result<Ex
             b.error.as_deref().unwrap_or("no reason recorded")
         );
     }
+    if data && b.status == BackupStatus::Started {
+        bail!(
+            "server '{server}': backup {} is still being taken; its file list is not written yet",
+            b.backup_id
+        );
+    }
     let mut sink = Sink {
         out: BufWriter::new(std::io::stdout().lock()),
         json: ctx.format == Format::Json,

@@ -17,6 +17,9 @@ pub const DELETING_PREFIX: &str = ".deleting-";
 fn own_range(b: &BackupInfo) -> Option<(u64, u64)> {
     let seg = b.wal_segment_size;
     let (begin, end) = (b.begin_lsn?, b.end_lsn?);
+    if seg == 0 {
+        return None;
+    }
     let first = begin.segno(seg);
     Some((first, end.prev_segno(seg).max(first)))
 }
@@ -175,15 +178,27 @@ pub fn delete_backup(
     let dir = BackupDir::new(repo, &info.backup_id);
     let freed_bytes = disk_usage(dir.root());
     let hidden = deleting_path(repo, &info.backup_id);
-    rename_durable(dir.root(), &hidden).map_err(io_err(dir.root()))?;
+    match rename_durable(dir.root(), &hidden) {
+        Ok(()) => {}
+        // The folder is already gone (removed by hand): only the catalog row is left.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.root().exists() => {}
+        Err(e) => return Err(io_err(dir.root())(e)),
+    }
     catalog.delete_backup(server, &info.backup_id)?;
     remove_tree(&hidden, &repo.backups_dir())?;
 
     let remaining = catalog.backups(server)?;
     let wal = catalog.wal_files(server)?;
     let names: BTreeSet<String> = removable_wal(&remaining, &wal).into_iter().collect();
-    let doomed: Vec<&WalRecord> = wal.iter().filter(|w| names.contains(&w.name)).collect();
-    let seg_size = info.wal_segment_size;
+    let mut doomed: Vec<&WalRecord> = wal.iter().filter(|w| names.contains(&w.name)).collect();
+    // The cluster's segment size, as the archive recorded it.
+    let seg_size = match catalog.server_identity(server)? {
+        Some((_, size)) if size > 0 => size,
+        _ => info.wal_segment_size,
+    };
+    if seg_size == 0 {
+        doomed.clear();
+    }
     let mut dirs = BTreeSet::new();
     for w in &doomed {
         let path = wal_path(repo, w, seg_size);
@@ -447,6 +462,94 @@ mod tests {
                 "000000010000000000000004.partial"
             ]
         );
+    }
+
+    #[test]
+    fn delete_removes_folder_row_and_unneeded_wal_files_then_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path();
+        let repo = ServerRepo::new(home, "pg1");
+        let catalog = Catalog::open(home).unwrap();
+        catalog
+            .check_server_identity("pg1", SystemId(1), MB16)
+            .unwrap();
+        let b1 = backup("20260101T000000", 2, 3, Done, None);
+        let b2 = backup("20260102T000000", 5, 5, Done, None);
+        for b in [&b1, &b2] {
+            std::fs::create_dir_all(BackupDir::new(&repo, &b.backup_id).data_dir()).unwrap();
+            crate::backup::save(&repo, &catalog, b).unwrap();
+        }
+        for w in wal(1..=6) {
+            let path = match w.kind {
+                WalKind::History => repo.history_path(w.timeline),
+                _ => wal_path(&repo, &w, MB16),
+            };
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+            catalog.insert_wal("pg1", &w).unwrap();
+        }
+        let d = delete_backup(&repo, &catalog, &b1).unwrap();
+        assert_eq!(segnos(&d.removed_wal), [1, 2, 3, 4]);
+        assert!(!d.no_backup_left);
+        assert!(!BackupDir::new(&repo, &b1.backup_id).root().exists());
+        assert!(!deleting_path(&repo, &b1.backup_id).exists());
+        let ids: Vec<String> = catalog
+            .backups("pg1")
+            .unwrap()
+            .into_iter()
+            .map(|b| b.backup_id)
+            .collect();
+        assert_eq!(ids, [b2.backup_id.as_str()]);
+        let left: Vec<String> = catalog
+            .wal_files("pg1")
+            .unwrap()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "00000002.history",
+                "000000010000000000000005",
+                "000000010000000000000006"
+            ]
+        );
+        assert!(repo.history_path(TimeLineId(2)).exists());
+        let seg = |n| WalSegment {
+            tli: TimeLineId(1),
+            segno: n,
+            seg_size: MB16,
+        };
+        assert!(!repo.segment_path(&seg(4)).exists());
+        assert!(repo.segment_path(&seg(5)).exists());
+
+        // The last backup: nothing needs WAL any more, none is removed.
+        let d = delete_backup(&repo, &catalog, &b2).unwrap();
+        assert!(d.no_backup_left && d.removed_wal.is_empty());
+        assert_eq!(catalog.wal_files("pg1").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_interrupted_delete_is_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(tmp.path(), "pg1");
+        let catalog = Catalog::open(tmp.path()).unwrap();
+        let b = backup("20260101T000000", 2, 3, Done, None);
+        std::fs::create_dir_all(BackupDir::new(&repo, &b.backup_id).data_dir()).unwrap();
+        crate::backup::save(&repo, &catalog, &b).unwrap();
+        std::fs::rename(
+            BackupDir::new(&repo, &b.backup_id).root(),
+            deleting_path(&repo, &b.backup_id),
+        )
+        .unwrap();
+        let done = finish_interrupted_deletes(&repo, &catalog, "pg1").unwrap();
+        assert_eq!(done, [b.backup_id.as_str()]);
+        assert!(catalog.backups("pg1").unwrap().is_empty());
+        assert!(!deleting_path(&repo, &b.backup_id).exists());
+        // A row whose folder vanished can still be deleted.
+        catalog.upsert_backup(&b).unwrap();
+        delete_backup(&repo, &catalog, &b).unwrap();
+        assert!(catalog.backups("pg1").unwrap().is_empty());
     }
 
     #[test]
