@@ -138,7 +138,7 @@ pub struct Deleted {
     pub server: String,
     /// The backup removed.
     pub backup_id: String,
-    /// Bytes the backup's files took on disk.
+    /// Bytes the backup's stored files took (its `stored_bytes`).
     pub freed_bytes: u64,
     /// The WAL files removed, in WAL order.
     pub removed_wal: Vec<String>,
@@ -176,7 +176,12 @@ pub fn delete_backup(
 ) -> Result<Deleted, BackupError> {
     let server = info.server.as_str();
     let dir = BackupDir::new(repo, &info.backup_id);
-    let freed_bytes = disk_usage(dir.root());
+    // A failed backup's content was removed already; only backup.json is left.
+    let freed_bytes = if info.status == BackupStatus::Failed {
+        0
+    } else {
+        info.stored_bytes
+    };
     let hidden = deleting_path(repo, &info.backup_id);
     match rename_durable(dir.root(), &hidden) {
         Ok(()) => {}
@@ -279,19 +284,6 @@ pub fn finish_interrupted_deletes(
         done.push(id.to_string());
     }
     Ok(done)
-}
-
-/// Bytes the files under a folder take (apparent sizes); 0 when unreadable.
-fn disk_usage(path: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| disk_usage(&e.path())).sum())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

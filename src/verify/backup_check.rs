@@ -12,7 +12,6 @@ use crate::wal::WalSegment;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Component, Path};
 
 /// files.jsonl entries checked together: bounds memory whatever the number of files.
@@ -371,19 +370,9 @@ fn verify_file(root: &Path, entry: &FileEntry) -> Option<FileProblem> {
 
 /// Length and BLAKE3 of a plain (uncompressed) stored file.
 fn hash_plain(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hasher.finalize().to_hex().to_string()))
+    let len = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok((len, hasher.finalize().to_hex().to_string()))
 }
 
 #[cfg(test)]
@@ -434,6 +423,7 @@ mod tests {
         let repo = ServerRepo::new(root, "pg1");
         let dir = BackupDir::new(&repo, "20260101T000000");
         std::fs::create_dir_all(dir.root()).unwrap();
+        std::fs::create_dir_all(dir.data_dir()).unwrap();
         let mut list = std::fs::File::create(dir.files_path()).unwrap();
         for (path, ts, content) in files {
             let object = match ts {
@@ -522,6 +512,33 @@ mod tests {
         assert_eq!(got[1], ("base/1/b", FileIssue::Missing));
         assert_eq!(got[2], ("base/1/gone", FileIssue::Missing));
         assert_eq!(got[3], ("global/c", FileIssue::Mismatch));
+    }
+
+    #[test]
+    fn plain_stored_files_are_hashed_as_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = folder(tmp.path(), &[], None);
+        std::fs::write(dir.root().join("data/plain"), b"as is").unwrap();
+        let entry = |checksum: &str| FileEntry {
+            path: "plain".into(),
+            tablespace: None,
+            kind: FileKind::File,
+            mode: 0o600,
+            mtime: 0,
+            size: 5,
+            checksum: Some(checksum.into()),
+            object: Some("data/plain".into()),
+            compression: Some("none".into()),
+            stored_size: 5,
+            target: None,
+        };
+        let good = crate::repo::compress::checksum(b"as is");
+        assert!(verify_file(dir.root(), &entry(&good)).is_none());
+        let bad = verify_file(dir.root(), &entry("0000")).unwrap();
+        assert_eq!(
+            (bad.path.as_str(), bad.issue),
+            ("plain", FileIssue::Mismatch)
+        );
     }
 
     #[test]
