@@ -12,6 +12,7 @@ pub mod config;
 pub mod lock;
 pub mod output;
 pub mod pg;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retention;

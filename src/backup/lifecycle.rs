@@ -7,7 +7,7 @@ use super::wal_range::missing_segments;
 use super::{save, BackupDir, BackupError, BackupInfo, BackupStatus};
 use crate::catalog::Catalog;
 use crate::lock::JobLock;
-use crate::repo::durable::{fsync_dir, remove_durable};
+use crate::repo::durable::{fsync_dir, remove_durable, remove_stale_temp_files};
 use crate::repo::ServerRepo;
 use std::path::{Path, PathBuf};
 
@@ -16,8 +16,8 @@ pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
     repo.lock_dir().join("backup.lock")
 }
 
-/// Removes a backup's stored content (data, tablespaces, file list), keeping
-/// backup.json so the failure stays on record.
+/// Removes a backup's stored content (data, tablespaces, file list, manifest and
+/// leftover temporary files), keeping backup.json so the failure stays on record.
 pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -31,6 +31,9 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
         }
     }
     remove_durable(&dir.files_path()).map_err(io(&dir.files_path()))?;
+    remove_durable(&dir.manifest_path()).map_err(io(&dir.manifest_path()))?;
+    // files.jsonl / backup_manifest still under their temporary names (a killed backup).
+    remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
     fsync_dir(dir.root()).map_err(io(dir.root()))
 }
 

@@ -1,8 +1,11 @@
 //! Base backups: their metadata (`backup.json`, `files.jsonl`), ids, the folder of
 //! each backup in the repository, and the catalog index kept in step with them.
 
+pub mod base_backup;
 pub mod info;
 pub mod lifecycle;
+pub mod take;
+pub mod tar_store;
 pub mod wal_range;
 
 pub use info::{BackupInfo, BackupStatus, FileEntry, FileKind, KeepTarget, TablespaceInfo};

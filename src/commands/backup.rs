@@ -1,10 +1,195 @@
-//! `backup`: take a base backup of a server.
+//! `backup`: take a base backup of a server (BASE_BACKUP streamed into the
+//! repository), then wait for the WAL it needs.
 
-use super::{Context, ExitCode};
-use anyhow::Result;
+use super::{runtime, Context, ExitCode, UsageError};
+use crate::backup::base_backup::max_rate_for;
+use crate::backup::take::{take_backup, validate_name, BackupRequest, Outcome, TakeError, WalWait};
+use crate::backup::tar_store::StoreOptions;
+use crate::backup::BackupInfo;
+use crate::cli::BackupArgs;
+use crate::config::BackupMethod;
+use crate::outln;
+use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::progress::{for_cli, Progress};
+use anyhow::{anyhow, Result};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs the verb.
-pub fn run(_ctx: &Context, args: &crate::cli::BackupArgs) -> Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("not implemented yet")
+pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
+    let s = super::server(ctx, &args.server)?;
+    if s.backup_method == BackupMethod::Rsync {
+        return Err(UsageError(format!(
+            "server '{}': backup_method = rsync is not supported yet (use backup_method = postgres)",
+            s.name
+        ))
+        .into());
+    }
+    if !s.active {
+        return Err(UsageError(format!(
+            "server '{}' is not active (active = off in {})",
+            s.name,
+            s.file.display()
+        ))
+        .into());
+    }
+    if let Some(name) = &args.name {
+        validate_name(name).map_err(|m| UsageError(format!("server '{}': {m}", s.name)))?;
+    }
+    let jobs = args.jobs.unwrap_or(s.parallel_jobs as usize);
+    if jobs == 0 {
+        return Err(UsageError("--jobs must be at least 1".into()).into());
+    }
+    let immediate_checkpoint = if args.immediate_checkpoint {
+        true
+    } else if args.no_immediate_checkpoint {
+        false
+    } else {
+        s.immediate_checkpoint
+    };
+    let wait = if args.no_wait {
+        WalWait::No
+    } else if args.wait_timeout == 0 {
+        WalWait::Forever
+    } else {
+        WalWait::Timeout(Duration::from_secs(args.wait_timeout))
+    };
+    let req = BackupRequest {
+        home: ctx.config.home.clone(),
+        server: s.name.clone(),
+        conninfo: super::conninfo(s, "conninfo", &s.conninfo)?,
+        streaming_conninfo: super::conninfo(s, "streaming_conninfo", &s.streaming_conninfo)?,
+        application_name: "pgbk_backup".to_string(),
+        name: args.name.clone(),
+        immediate_checkpoint,
+        jobs,
+        max_rate: s.bandwidth_limit.map(max_rate_for),
+        wait,
+        store: StoreOptions::default(),
+    };
+    let progress: Arc<dyn Progress> = Arc::from(for_cli(ctx.quiet));
+    let result = runtime()?.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("interrupted; stopping the backup");
+            let _ = tx.send(true);
+        });
+        take_backup(&req, progress.clone(), rx).await
+    });
+    progress.finish();
+    match result {
+        Ok(Outcome::Done(info)) => {
+            show(ctx, &info, None)?;
+            Ok(0)
+        }
+        Ok(Outcome::WaitingForWals(info)) => {
+            show(
+                ctx,
+                &info,
+                Some("the backup becomes DONE once its WAL is archived (receive-wal)"),
+            )?;
+            Ok(0)
+        }
+        Ok(Outcome::WalNotArchived {
+            info,
+            missing,
+            interrupted,
+        }) => {
+            show(ctx, &info, None)?;
+            let first = missing.first().map(|m| m.name()).unwrap_or_default();
+            let why = if interrupted {
+                "interrupted while waiting for".to_string()
+            } else {
+                format!("waited {} seconds for", args.wait_timeout)
+            };
+            Err(anyhow!(
+                "backup {} of server '{}' is WAITING_FOR_WALS: {why} {} WAL segment(s) from {first}; \
+                 it becomes DONE once they are archived (is `pgbk receive-wal {}` running?)",
+                info.backup_id,
+                info.server,
+                missing.len(),
+                info.server
+            ))
+        }
+        Err(TakeError::Refused(m)) => Err(UsageError(m).into()),
+        Err(TakeError::Failed(info)) => {
+            if ctx.format == Format::Json {
+                print_json(&*info)?;
+            }
+            Err(TakeError::Failed(info).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The backup as text or JSON.
+fn show(ctx: &Context, info: &BackupInfo, note: Option<&str>) -> Result<()> {
+    if ctx.format == Format::Json {
+        print_json(info)?;
+        return Ok(());
+    }
+    let secs = info
+        .end_time
+        .map(|e| (e - info.begin_time).num_milliseconds().max(1) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let ratio = if info.stored_bytes > 0 {
+        info.size_bytes as f64 / info.stored_bytes as f64
+    } else {
+        0.0
+    };
+    outln!(
+        "Backup {} of server '{}'{}: {}",
+        info.backup_id,
+        info.server,
+        info.name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default(),
+        info.status
+    )?;
+    outln!(
+        "  Size: {} ({} stored, ratio {ratio:.2}), {} files{}",
+        human_bytes(info.size_bytes),
+        human_bytes(info.stored_bytes),
+        info.file_count,
+        if info.tablespaces.is_empty() {
+            String::new()
+        } else {
+            format!(", {} tablespace(s)", info.tablespaces.len())
+        }
+    )?;
+    if secs > 0.0 {
+        outln!(
+            "  Duration: {} ({}/s)",
+            human_seconds(secs),
+            human_bytes((info.size_bytes as f64 / secs) as u64)
+        )?;
+    }
+    outln!(
+        "  WAL: {} to {} (LSN {} to {}, timeline {})",
+        info.begin_wal.as_deref().unwrap_or("?"),
+        info.end_wal.as_deref().unwrap_or("?"),
+        info.begin_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into()),
+        info.end_lsn
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "?".into()),
+        info.end_timeline.unwrap_or(info.timeline)
+    )?;
+    if let Some(n) = note {
+        outln!("  Note: {n}")?;
+    }
+    Ok(())
 }

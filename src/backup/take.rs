@@ -1,0 +1,579 @@
+//! Taking a base backup with the `postgres` method: BASE_BACKUP streamed straight
+//! into the repository, then the WAL it needs waited for.
+//!
+//! States, in order: the backup lock is taken and stale backups are refreshed;
+//! backup.json is written `STARTED` (with our pid) before the first byte is stored;
+//! files arrive ([`super::tar_store`]); once they are all durable, files.jsonl,
+//! backup_manifest and backup.json `WAITING_FOR_WALS` are written; the server
+//! switches WAL so the end segment gets archived; the backup becomes `DONE` when
+//! every segment from `begin_wal` to `end_wal` is in the archive. Any failure
+//! while receiving marks it `FAILED` with the reason and removes its files.
+
+use super::base_backup::{
+    BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
+};
+use super::lifecycle::{backup_lock_path, mark_failed, refresh};
+use super::tar_store::{store_stream, StoreError, StoreOptions, Stored, StreamMsg};
+use super::wal_range::missing_segments;
+use super::{
+    backup_id_at, is_backup_id, save, BackupDir, BackupError, BackupInfo, BackupStatus,
+    TablespaceInfo,
+};
+use crate::catalog::{Catalog, CatalogError};
+use crate::lock::{JobLock, LockError};
+use crate::pg::{ConnInfo, ConnectOptions, Connection, PgError};
+use crate::progress::Progress;
+use crate::repo::durable::create_dir_all_private;
+use crate::repo::ServerRepo;
+use crate::wal::{Lsn, SystemId, TimeLineId, WalSegment};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long `backup` waits for the WAL the backup needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalWait {
+    /// Return as soon as the files are stored (`--no-wait`).
+    No,
+    /// Up to this long.
+    Timeout(Duration),
+    /// Until it arrives.
+    Forever,
+}
+
+/// Everything a backup needs, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// The repository's home.
+    pub home: PathBuf,
+    /// Server (config section) name.
+    pub server: String,
+    /// Ordinary SQL connection (pg_switch_wal, tablespace names).
+    pub conninfo: ConnInfo,
+    /// Replication connection (BASE_BACKUP).
+    pub streaming_conninfo: ConnInfo,
+    /// `application_name` of the replication connection.
+    pub application_name: String,
+    /// Optional friendly name (checked with [`validate_name`]).
+    pub name: Option<String>,
+    /// `CHECKPOINT 'fast'`.
+    pub immediate_checkpoint: bool,
+    /// Compression threads.
+    pub jobs: usize,
+    /// `MAX_RATE` in kB/s.
+    pub max_rate: Option<u32>,
+    /// Waiting for WAL at the end.
+    pub wait: WalWait,
+    /// Storage tuning.
+    pub store: StoreOptions,
+}
+
+/// How a backup that did not fail ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every file and every WAL segment it needs is stored.
+    Done(BackupInfo),
+    /// Files stored; WAL not all archived yet (`--no-wait`).
+    WaitingForWals(BackupInfo),
+    /// Files stored; the wait for WAL timed out or was interrupted.
+    WalNotArchived {
+        /// The backup, `WAITING_FOR_WALS`.
+        info: BackupInfo,
+        /// What is still missing.
+        missing: Vec<WalSegment>,
+        /// Interrupted by a signal rather than timed out.
+        interrupted: bool,
+    },
+}
+
+/// Why a backup could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// Another backup of the server is running.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The request is not acceptable (name in use, server too old...).
+    #[error("{0}")]
+    Refused(String),
+    /// Talking to the server failed before the backup started.
+    #[error("server '{server}': {source}")]
+    Pg { server: String, source: PgError },
+    /// Reading or writing metadata failed before the backup started.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// The catalog failed before the backup started.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A folder of the repository could not be created.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The backup started and failed: it is recorded `FAILED` with the reason.
+    #[error("backup {} of server '{}' failed: {}", .0.backup_id, .0.server, .0.error.as_deref().unwrap_or("unknown error"))]
+    Failed(Box<BackupInfo>),
+}
+
+/// Refuses a `--name` that could be mistaken for an id or a keyword.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("a backup name cannot be empty".to_string());
+    }
+    if is_backup_id(name) {
+        return Err(format!(
+            "backup name '{name}' looks like a backup id; choose another name"
+        ));
+    }
+    if matches!(name, "latest" | "last" | "oldest" | "first") {
+        return Err(format!(
+            "backup name '{name}' is reserved (latest/last/oldest/first); choose another name"
+        ));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err("a backup name cannot hold control characters".to_string());
+    }
+    Ok(())
+}
+
+/// Depth of the channel between the protocol task and the tar thread (messages of
+/// at most ~64 KiB each).
+const CHANNEL_DEPTH: usize = 128;
+
+async fn connect(info: &ConnInfo, replication: bool, app: &str) -> Result<Connection, PgError> {
+    let opts = ConnectOptions {
+        replication,
+        application_name: Some(app.to_string()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    Connection::connect(info, &opts).await
+}
+
+/// Resolves once `stop` says so (never if its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What the server tells before the backup starts.
+struct ServerFacts {
+    version: u32,
+    system_id: SystemId,
+    timeline: TimeLineId,
+    seg_size: u64,
+    in_recovery: bool,
+    tablespace_names: HashMap<u32, String>,
+}
+
+async fn server_facts(
+    req: &BackupRequest,
+    repl: &mut Connection,
+) -> Result<ServerFacts, TakeError> {
+    let pg = |source| TakeError::Pg {
+        server: req.server.clone(),
+        source,
+    };
+    let version = repl.server_version_num().unwrap_or(0);
+    if version < MIN_SERVER_VERSION {
+        return Err(TakeError::Refused(format!(
+            "server '{}' runs PostgreSQL {}; pgbk backups need PostgreSQL 15 or later",
+            req.server,
+            repl.parameter("server_version")
+                .unwrap_or("of an unknown version")
+        )));
+    }
+    let ident = repl.identify_system().await.map_err(pg)?;
+    let seg_size = repl.wal_segment_size().await.map_err(pg)?;
+    let mut sql = connect(&req.conninfo, false, "pgbk").await.map_err(pg)?;
+    let rows = sql
+        .simple_query("SELECT pg_is_in_recovery()")
+        .await
+        .map_err(pg)?;
+    let in_recovery = rows.first().and_then(|r| r.get_idx(0)) == Some("t");
+    let rows = sql
+        .simple_query("SELECT oid, spcname FROM pg_tablespace")
+        .await
+        .map_err(pg)?;
+    let tablespace_names = rows
+        .iter()
+        .filter_map(|r| Some((r.get_idx(0)?.parse().ok()?, r.get_idx(1)?.to_string())))
+        .collect();
+    sql.close().await;
+    Ok(ServerFacts {
+        version,
+        system_id: ident.system_id,
+        timeline: ident.timeline,
+        seg_size,
+        in_recovery,
+        tablespace_names,
+    })
+}
+
+/// A fresh id (the current second, UTC), waiting for the next second if a backup
+/// already has this one.
+async fn new_backup_id(repo: &ServerRepo, existing: &[BackupInfo]) -> (String, DateTime<Utc>) {
+    loop {
+        let now = Utc::now();
+        let id = backup_id_at(now);
+        if !existing.iter().any(|b| b.backup_id == id) && !BackupDir::new(repo, &id).root().exists()
+        {
+            return (id, now);
+        }
+        let ms = 1000 - u64::from(now.timestamp_subsec_millis()).min(999);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// Takes a backup of one server. `stop` turning true (SIGINT/SIGTERM) interrupts it.
+pub async fn take_backup(
+    req: &BackupRequest,
+    progress: Arc<dyn Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Outcome, TakeError> {
+    let repo = ServerRepo::new(&req.home, &req.server);
+    let io = |path: PathBuf| move |source| TakeError::Io { path, source };
+    repo.ensure_dirs().map_err(io(repo.root().to_path_buf()))?;
+    let _lock = JobLock::acquire(
+        &backup_lock_path(&repo),
+        &format!("backup of server '{}'", req.server),
+    )?;
+    let catalog = Catalog::open(&req.home)?;
+    let existing = refresh(&req.home, &req.server, &catalog)?;
+    if let Some(name) = &req.name {
+        validate_name(name).map_err(TakeError::Refused)?;
+        if let Some(b) = existing
+            .iter()
+            .find(|b| b.name.as_deref() == Some(name.as_str()))
+        {
+            return Err(TakeError::Refused(format!(
+                "server '{}': the name '{name}' is already used by backup {}",
+                req.server, b.backup_id
+            )));
+        }
+    }
+
+    let mut repl = connect(&req.streaming_conninfo, true, &req.application_name)
+        .await
+        .map_err(|source| TakeError::Pg {
+            server: req.server.clone(),
+            source,
+        })?;
+    let facts = server_facts(req, &mut repl).await?;
+    catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
+
+    let (id, begin_time) = new_backup_id(&repo, &existing).await;
+    let dir = BackupDir::new(&repo, &id);
+    let mut info = BackupInfo {
+        backup_id: id.clone(),
+        name: req.name.clone(),
+        server: req.server.clone(),
+        status: BackupStatus::Started,
+        method: "postgres".to_string(),
+        server_version: facts.version,
+        system_id: facts.system_id,
+        timeline: facts.timeline,
+        wal_segment_size: facts.seg_size,
+        begin_lsn: None,
+        end_lsn: None,
+        end_timeline: None,
+        begin_wal: None,
+        end_wal: None,
+        begin_time,
+        end_time: None,
+        size_bytes: 0,
+        stored_bytes: 0,
+        file_count: 0,
+        tablespaces: Vec::new(),
+        error: None,
+        pid: Some(std::process::id()),
+        keep: None,
+        checksum_algorithm: "blake3".to_string(),
+        has_manifest: false,
+    };
+    create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
+    if let Err(e) = save(&repo, &catalog, &info) {
+        // Nothing was stored: leave no trace but the error.
+        let _ = std::fs::remove_dir_all(dir.root());
+        let _ = catalog.delete_backup(&req.server, &id);
+        return Err(e.into());
+    }
+    tracing::info!(server = %req.server, backup = %id, "backup started");
+
+    let received = receive(
+        req,
+        &mut repl,
+        &mut info,
+        &dir,
+        &repo,
+        &catalog,
+        &facts,
+        progress.clone(),
+        &mut stop,
+    )
+    .await;
+    progress.finish();
+    drop(repl);
+    let stored = match received {
+        Ok(s) => s,
+        Err(reason) => return Err(fail(&repo, &catalog, info, &reason)),
+    };
+    let (size, stored_bytes, count, has_manifest) = (
+        stored.size_bytes,
+        stored.stored_bytes,
+        stored.file_count,
+        stored.has_manifest(),
+    );
+    if let Err(e) = stored.commit() {
+        return Err(fail(&repo, &catalog, info, &e.to_string()));
+    }
+    info.status = BackupStatus::WaitingForWals;
+    info.end_time = Some(Utc::now());
+    info.size_bytes = size;
+    info.stored_bytes = stored_bytes;
+    info.file_count = count;
+    info.has_manifest = has_manifest;
+    info.pid = None;
+    if let Err(e) = save(&repo, &catalog, &info) {
+        return Err(fail(&repo, &catalog, info, &e.to_string()));
+    }
+    tracing::info!(
+        server = %req.server,
+        backup = %id,
+        "files stored; waiting for WAL {} to {}",
+        info.begin_wal.as_deref().unwrap_or("?"),
+        info.end_wal.as_deref().unwrap_or("?")
+    );
+
+    if !facts.in_recovery {
+        if let Err(e) = switch_wal(req).await {
+            tracing::warn!(server = %req.server, "pg_switch_wal() failed: {e}; the end segment is archived once the server fills it");
+        }
+    }
+    let deadline = match req.wait {
+        WalWait::No => return Ok(Outcome::WaitingForWals(info)),
+        WalWait::Timeout(d) => Some(Instant::now() + d),
+        WalWait::Forever => None,
+    };
+    loop {
+        let missing = missing_segments(&info, &repo, &catalog)?;
+        if missing.is_empty() {
+            info.status = BackupStatus::Done;
+            save(&repo, &catalog, &info)?;
+            tracing::info!(server = %req.server, backup = %id, "backup DONE");
+            return Ok(Outcome::Done(info));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Outcome::WalNotArchived {
+                info,
+                missing,
+                interrupted: false,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stopped(&mut stop) => {
+                return Ok(Outcome::WalNotArchived { info, missing, interrupted: true });
+            }
+        }
+    }
+}
+
+/// Records the failure (removing the partial files) and builds the error.
+fn fail(repo: &ServerRepo, catalog: &Catalog, mut info: BackupInfo, reason: &str) -> TakeError {
+    tracing::error!(server = %info.server, backup = %info.backup_id, "backup failed: {reason}");
+    if let Err(e) = mark_failed(repo, catalog, &mut info, reason) {
+        tracing::error!(backup = %info.backup_id, "could not record the failure completely: {e}");
+        info.status = BackupStatus::Failed;
+        info.error = Some(format!("{reason} (and recording the failure: {e})"));
+    }
+    TakeError::Failed(Box::new(info))
+}
+
+async fn switch_wal(req: &BackupRequest) -> Result<(), PgError> {
+    let mut sql = connect(&req.conninfo, false, "pgbk").await?;
+    let r = sql.simple_query("SELECT pg_switch_wal()").await;
+    sql.close().await;
+    r.map(|_| ())
+}
+
+fn segment_name(tli: TimeLineId, segno: u64, seg_size: u64) -> String {
+    WalSegment {
+        tli,
+        segno,
+        seg_size,
+    }
+    .name()
+}
+
+/// Runs BASE_BACKUP and stores what it sends. Returns the reason on failure.
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    req: &BackupRequest,
+    repl: &mut Connection,
+    info: &mut BackupInfo,
+    dir: &BackupDir,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    facts: &ServerFacts,
+    progress: Arc<dyn Progress>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Stored, String> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(req.jobs.max(1))
+        .thread_name(|i| format!("pgbk-zstd-{i}"))
+        .build()
+        .map_err(|e| format!("starting compression threads: {e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<StreamMsg>(CHANNEL_DEPTH);
+    let store = {
+        let dir = dir.clone();
+        let opts = req.store.clone();
+        let progress = progress.clone();
+        std::thread::Builder::new()
+            .name("pgbk-tar".into())
+            .spawn(move || store_stream(rx, &dir, &pool, &opts, &*progress))
+            .map_err(|e| format!("starting the tar thread: {e}"))?
+    };
+    let streamed = stream(req, repl, info, repo, catalog, facts, &*progress, tx, stop).await;
+    // The channel is closed now: the tar thread ends whatever happened.
+    let stored = match store.join() {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Invalid("the tar thread panicked".into())),
+    };
+    match (streamed, stored) {
+        (Ok(()), Ok(s)) => Ok(s),
+        // The store stopped taking data: its error is the cause.
+        (Err(Failure::StoreGone), Err(e)) | (Ok(()), Err(e)) => Err(e.to_string()),
+        (Err(Failure::StoreGone), Ok(_)) => Err("the tar thread stopped early".into()),
+        (Err(Failure::Reason(r)), _) => Err(r),
+    }
+}
+
+enum Failure {
+    StoreGone,
+    Reason(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    req: &BackupRequest,
+    repl: &mut Connection,
+    info: &mut BackupInfo,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    facts: &ServerFacts,
+    progress: &dyn Progress,
+    tx: tokio::sync::mpsc::Sender<StreamMsg>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let opts = BaseBackupOptions {
+        label: format!("pgbk backup {}", info.backup_id),
+        fast_checkpoint: req.immediate_checkpoint,
+        max_rate: req.max_rate,
+        progress: true,
+    };
+    let interrupted = || Failure::Reason("interrupted".to_string());
+    let pg = |e: PgError| Failure::Reason(format!("BASE_BACKUP: {e}"));
+    let seg = facts.seg_size;
+    let mut bb = tokio::select! {
+        r = BaseBackupStream::start(repl, &opts) => r.map_err(pg)?,
+        _ = stopped(stop) => return Err(interrupted()),
+    };
+    let mut ended = false;
+    loop {
+        let ev = tokio::select! {
+            ev = bb.next() => ev.map_err(pg)?,
+            _ = stopped(stop) => return Err(interrupted()),
+        };
+        let msg = match ev {
+            None => break,
+            Some(BaseBackupEvent::Start { lsn, timeline }) => {
+                info.begin_lsn = Some(lsn);
+                info.timeline = timeline;
+                info.begin_wal = Some(segment_name(timeline, lsn.segno(seg), seg));
+                save(repo, catalog, info).map_err(|e| Failure::Reason(e.to_string()))?;
+                tracing::info!(backup = %info.backup_id, "checkpoint done; backup starts at {lsn} on timeline {timeline}");
+                continue;
+            }
+            Some(BaseBackupEvent::Tablespaces(rows)) => {
+                let total: Option<u64> = rows
+                    .iter()
+                    .map(|r| r.size_kb)
+                    .sum::<Option<u64>>()
+                    .map(|kb| kb * 1024);
+                progress.start(&format!("backup {}", info.backup_id), total);
+                info.tablespaces = rows
+                    .iter()
+                    .filter_map(|r| {
+                        let oid = r.oid?;
+                        Some(TablespaceInfo {
+                            oid,
+                            name: facts.tablespace_names.get(&oid).cloned(),
+                            location: r.location.clone().unwrap_or_default(),
+                        })
+                    })
+                    .collect();
+                continue;
+            }
+            Some(BaseBackupEvent::Progress(_)) => continue,
+            Some(BaseBackupEvent::End { lsn, timeline }) => {
+                info.end_lsn = Some(lsn);
+                info.end_timeline = Some(timeline);
+                let begin = info.begin_lsn.unwrap_or(Lsn(lsn.0)).segno(seg);
+                info.end_wal = Some(segment_name(timeline, lsn.prev_segno(seg).max(begin), seg));
+                ended = true;
+                continue;
+            }
+            Some(BaseBackupEvent::Archive { name, location }) => {
+                StreamMsg::Archive { name, location }
+            }
+            Some(BaseBackupEvent::Data(b)) => StreamMsg::Data(b),
+            Some(BaseBackupEvent::ManifestStart) => StreamMsg::ManifestStart,
+            Some(BaseBackupEvent::ManifestData(b)) => StreamMsg::ManifestData(b),
+        };
+        tokio::select! {
+            r = tx.send(msg) => r.map_err(|_| Failure::StoreGone)?,
+            _ = stopped(stop) => return Err(interrupted()),
+        }
+    }
+    if !ended {
+        return Err(Failure::Reason(
+            "BASE_BACKUP: the server did not report the end of the backup".into(),
+        ));
+    }
+    tokio::select! {
+        r = tx.send(StreamMsg::End) => r.map_err(|_| Failure::StoreGone)?,
+        _ = stopped(stop) => return Err(interrupted()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_be_ids_or_keywords_are_refused() {
+        assert!(validate_name("before-upgrade").is_ok());
+        for bad in [
+            "20260101T000000",
+            "latest",
+            "last",
+            "oldest",
+            "first",
+            "",
+            " ",
+            "a\nb",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

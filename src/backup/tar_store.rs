@@ -1,0 +1,940 @@
+//! Tar members → stored files: the blocking half of a streamed backup.
+//!
+//! The protocol task hands the archives' bytes over a bounded channel as they
+//! arrive ([`StreamMsg`]). This side parses the tar stream, and for every member:
+//! a directory is created (0700) under `data/` (or `tablespaces/<oid>/`) and
+//! recorded; a symlink is only recorded; a regular file is cut into chunks, each
+//! compressed into an independent zstd frame on the rayon pool, and a writer thread
+//! writes the frames in order to `<path>.zst` (0600) while the checksum of the
+//! content is computed on the way. `files.jsonl` is written as entries complete and
+//! `backup_manifest` as it arrives, both under temporary names until [`Stored::commit`].
+//!
+//! Memory stays bounded: a byte budget caps the uncompressed chunks in flight
+//! (being compressed or waiting to be written), whatever the size of the files.
+//!
+//! Nothing from the stream is trusted: absolute paths, `..` and empty components
+//! are refused (`.` components are dropped), symlinks are never created, an existing file is never
+//! overwritten.
+
+use super::{BackupDir, FileEntry, FileKind};
+use crate::progress::Progress;
+use crate::repo::compress::CHUNK_SIZE;
+use crate::repo::durable::{create_dir_all_private, AtomicFile};
+use bytes::{Buf, Bytes};
+use std::cell::RefCell;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+
+/// What the protocol task sends to the store, in stream order.
+#[derive(Debug)]
+pub enum StreamMsg {
+    /// A tar archive starts (`base.tar`, `<oid>.tar`).
+    Archive { name: String, location: String },
+    /// Bytes of the current archive.
+    Data(Bytes),
+    /// `backup_manifest` follows.
+    ManifestStart,
+    /// Bytes of `backup_manifest`.
+    ManifestData(Bytes),
+    /// The server confirmed the end of the backup.
+    End,
+}
+
+/// Why storing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing a file of the repository failed.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    /// The stream holds something pgbk refuses to store.
+    #[error("{0}")]
+    Invalid(String),
+    /// The stream stopped before the server confirmed the end of the backup.
+    #[error("the backup stream ended before the backup was complete")]
+    Aborted,
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Tuning of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// zstd level.
+    pub level: i32,
+    /// Uncompressed bytes per frame.
+    pub chunk_size: usize,
+    /// Uncompressed bytes allowed in flight between the tar reader and the writer.
+    pub in_flight: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            level: crate::repo::compress::DEFAULT_LEVEL,
+            chunk_size: CHUNK_SIZE,
+            in_flight: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Every file is stored; what remains is making it durable ([`Stored::commit`]).
+pub struct Stored {
+    /// Uncompressed bytes of all regular files.
+    pub size_bytes: u64,
+    /// Bytes of their stored objects.
+    pub stored_bytes: u64,
+    /// Regular files.
+    pub file_count: u64,
+    /// Tablespace archives received (oid, location).
+    pub tablespaces: Vec<(u32, String)>,
+    root: PathBuf,
+    files: AtomicFile,
+    manifest: Option<AtomicFile>,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("size_bytes", &self.size_bytes)
+            .field("stored_bytes", &self.stored_bytes)
+            .field("file_count", &self.file_count)
+            .field("tablespaces", &self.tablespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stored {
+    /// Whether the server sent a manifest.
+    pub fn has_manifest(&self) -> bool {
+        self.manifest.is_some()
+    }
+
+    /// Flushes every stored file to disk at once (`syncfs` on the backup's
+    /// filesystem rather than an fsync per file), then puts `files.jsonl` and
+    /// `backup_manifest` in place atomically and durably.
+    pub fn commit(self) -> Result<(), StoreError> {
+        sync_filesystem(&self.root).map_err(io_at(&self.root))?;
+        let files = self.files.dest().to_path_buf();
+        self.files.commit().map_err(io_at(&files))?;
+        if let Some(m) = self.manifest {
+            let path = m.dest().to_path_buf();
+            m.commit().map_err(io_at(&path))?;
+        }
+        Ok(())
+    }
+}
+
+/// `syncfs(2)` on the filesystem holding `path`: writes back every dirty file and
+/// directory of it and reports write-back errors.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: syncfs on a valid descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Checks a member name from the stream and returns it as a relative path.
+pub fn safe_path(raw: &[u8]) -> Result<String, StoreError> {
+    let shown = || String::from_utf8_lossy(raw).escape_debug().to_string();
+    let s = std::str::from_utf8(raw)
+        .map_err(|_| StoreError::Invalid(format!("member name \"{}\" is not UTF-8", shown())))?;
+    let s = s.trim_end_matches('/');
+    if s.is_empty() || s.starts_with('/') {
+        return Err(StoreError::Invalid(format!(
+            "refusing member name \"{}\" (empty or absolute)",
+            shown()
+        )));
+    }
+    // PostgreSQL itself writes `./pg_wal/archive_status`: `.` components are dropped.
+    let parts: Vec<&str> = s.split('/').filter(|c| *c != ".").collect();
+    if parts.is_empty() || parts.iter().any(|c| c.is_empty() || *c == "..") {
+        return Err(StoreError::Invalid(format!(
+            "refusing member name \"{}\" (empty or '..' component)",
+            shown()
+        )));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Where an archive's members go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Base,
+    Tablespace(u32),
+}
+
+fn archive_target(name: &str) -> Result<Target, StoreError> {
+    if name == "base.tar" {
+        return Ok(Target::Base);
+    }
+    name.strip_suffix(".tar")
+        .and_then(|oid| oid.parse::<u32>().ok())
+        .filter(|oid| *oid > 0)
+        .map(Target::Tablespace)
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "unexpected archive \"{}\" (expected base.tar or <oid>.tar)",
+                name.escape_debug()
+            ))
+        })
+}
+
+/// Caps the uncompressed bytes in flight; closed when the writer ends.
+struct Budget {
+    state: Mutex<(usize, bool)>,
+    cv: Condvar,
+    limit: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget {
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+            limit,
+        }
+    }
+    /// Waits for room for `n` bytes; false once the writer is gone.
+    fn acquire(&self, n: usize) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.1 && s.0 > 0 && s.0 + n > self.limit {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if s.1 {
+            return false;
+        }
+        s.0 += n;
+        true
+    }
+    fn release(&self, n: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = s.0.saturating_sub(n);
+        self.cv.notify_all();
+    }
+    fn close(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1 = true;
+        self.cv.notify_all();
+    }
+}
+
+struct CloseOnDrop<'a>(&'a Budget);
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Bytes a small job is charged, so millions of tiny files stay bounded too.
+const MIN_CHARGE: usize = 4096;
+
+/// Work for the writer, in stream order.
+enum Job {
+    Dir {
+        disk: PathBuf,
+        entry: FileEntry,
+    },
+    Symlink {
+        entry: FileEntry,
+    },
+    FileStart {
+        disk: PathBuf,
+    },
+    Chunk {
+        frame: mpsc::Receiver<io::Result<Vec<u8>>>,
+        raw: usize,
+        charge: usize,
+    },
+    FileEnd {
+        entry: FileEntry,
+    },
+}
+
+/// The archive bytes of the channel as a `Read`, stopping at the next control message.
+struct Feed {
+    rx: tokio::sync::mpsc::Receiver<StreamMsg>,
+    cur: Bytes,
+    pending: Option<StreamMsg>,
+    boundary: bool,
+    closed: bool,
+}
+
+impl Feed {
+    fn next_msg(&mut self) -> Option<StreamMsg> {
+        if let Some(m) = self.pending.take() {
+            return Some(m);
+        }
+        if self.closed {
+            return None;
+        }
+        let m = self.rx.blocking_recv();
+        if m.is_none() {
+            self.closed = true;
+        }
+        m
+    }
+}
+
+impl Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if !self.cur.is_empty() {
+                let n = buf.len().min(self.cur.len());
+                buf[..n].copy_from_slice(&self.cur[..n]);
+                self.cur.advance(n);
+                return Ok(n);
+            }
+            if self.boundary || buf.is_empty() {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(StreamMsg::Data(b)) => self.cur = b,
+                Some(other) => {
+                    self.pending = Some(other);
+                    self.boundary = true;
+                }
+                None => {
+                    self.closed = true;
+                    self.boundary = true;
+                }
+            }
+        }
+    }
+}
+
+fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    }
+    CCTX.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if !matches!(slot.as_ref(), Some((l, _)) if *l == level) {
+            let mut c = zstd::bulk::Compressor::new(level)?;
+            c.include_checksum(true)?;
+            *slot = Some((level, c));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(data),
+            None => Err(io::Error::other("no zstd context")),
+        }
+    })
+}
+
+/// Receives the whole stream and stores it under `dir`. Returns once the
+/// protocol task sent [`StreamMsg::End`]; [`StoreError::Aborted`] if the channel
+/// closes before.
+pub fn store_stream(
+    rx: tokio::sync::mpsc::Receiver<StreamMsg>,
+    dir: &BackupDir,
+    pool: &rayon::ThreadPool,
+    opts: &StoreOptions,
+    progress: &dyn Progress,
+) -> Result<Stored, StoreError> {
+    let data = dir.data_dir();
+    create_dir_all_private(&data).map_err(io_at(&data))?;
+    let files_path = dir.files_path();
+    let files = AtomicFile::create(&files_path).map_err(io_at(&files_path))?;
+    let budget = Budget::new(opts.in_flight.max(opts.chunk_size + MIN_CHARGE));
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let mut feed = Feed {
+        rx,
+        cur: Bytes::new(),
+        pending: None,
+        boundary: false,
+        closed: false,
+    };
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("pgbk-writer".into())
+            .spawn_scoped(scope, || {
+                write_jobs(jobs_rx, files, &files_path, &budget, progress)
+            })
+            .map_err(|e| StoreError::Io {
+                path: files_path.clone(),
+                source: e,
+            })?;
+        let mut reader = Reader {
+            dir,
+            pool,
+            opts,
+            budget: &budget,
+            jobs: jobs_tx,
+            manifest: None,
+            tablespaces: Vec::new(),
+        };
+        let read = reader.run(&mut feed);
+        let Reader {
+            jobs,
+            manifest,
+            tablespaces,
+            ..
+        } = reader;
+        drop(jobs);
+        if read.is_err() {
+            // Unblock nothing else: the writer ends when the job channel closes.
+            budget.close();
+        }
+        let written = match writer.join() {
+            Ok(w) => w,
+            Err(_) => Err(StoreError::Invalid("the writer thread panicked".into())),
+        };
+        match (read, written) {
+            // The writer's own failure (disk full...) explains the reader's.
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok(w)) => Ok(Stored {
+                size_bytes: w.size,
+                stored_bytes: w.stored,
+                file_count: w.count,
+                tablespaces,
+                root: dir.root().to_path_buf(),
+                files: w.files,
+                manifest,
+            }),
+        }
+    })
+}
+
+struct Reader<'a> {
+    dir: &'a BackupDir,
+    pool: &'a rayon::ThreadPool,
+    opts: &'a StoreOptions,
+    budget: &'a Budget,
+    jobs: mpsc::Sender<Job>,
+    manifest: Option<AtomicFile>,
+    tablespaces: Vec<(u32, String)>,
+}
+
+impl Reader<'_> {
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        // A closed channel means the writer failed; its error is the one reported.
+        self.jobs.send(job).map_err(|_| StoreError::Aborted)
+    }
+
+    fn run(&mut self, feed: &mut Feed) -> Result<(), StoreError> {
+        let mut base_seen = false;
+        loop {
+            match feed.next_msg() {
+                None => return Err(StoreError::Aborted),
+                Some(StreamMsg::Archive { name, location }) => {
+                    if self.manifest.is_some() {
+                        return Err(StoreError::Invalid("an archive after the manifest".into()));
+                    }
+                    let target = archive_target(&name)?;
+                    match target {
+                        Target::Tablespace(oid)
+                            if !self.tablespaces.iter().any(|(o, _)| *o == oid) =>
+                        {
+                            self.tablespaces.push((oid, location));
+                        }
+                        Target::Base if !base_seen => base_seen = true,
+                        _ => return Err(StoreError::Invalid(format!("archive {name} sent twice"))),
+                    }
+                    feed.boundary = false;
+                    self.archive(feed, &name, target)?;
+                }
+                Some(StreamMsg::Data(_)) => {
+                    return Err(StoreError::Invalid(
+                        "archive data outside an archive".into(),
+                    ))
+                }
+                Some(StreamMsg::ManifestStart) => {
+                    if self.manifest.is_some() {
+                        return Err(StoreError::Invalid("a second manifest".into()));
+                    }
+                    let path = self.dir.manifest_path();
+                    self.manifest = Some(AtomicFile::create(&path).map_err(io_at(&path))?);
+                }
+                Some(StreamMsg::ManifestData(b)) => {
+                    let path = self.dir.manifest_path();
+                    match self.manifest.as_mut() {
+                        Some(m) => m.write_all(&b).map_err(io_at(&path))?,
+                        None => {
+                            return Err(StoreError::Invalid(
+                                "manifest data before the manifest".into(),
+                            ))
+                        }
+                    }
+                }
+                Some(StreamMsg::End) if !base_seen => {
+                    return Err(StoreError::Invalid(
+                        "the backup ended without base.tar".into(),
+                    ))
+                }
+                Some(StreamMsg::End) => return Ok(()),
+            }
+        }
+    }
+
+    fn archive(&mut self, feed: &mut Feed, name: &str, target: Target) -> Result<(), StoreError> {
+        let bad = |e: io::Error| StoreError::Invalid(format!("archive {name}: {e}"));
+        let (root, object_prefix, tablespace) = match target {
+            Target::Base => (self.dir.data_dir(), "data".to_string(), None),
+            Target::Tablespace(oid) => {
+                let root = self.dir.tablespace_dir(oid);
+                create_dir_all_private(&root).map_err(io_at(&root))?;
+                (root, format!("tablespaces/{oid}"), Some(oid))
+            }
+        };
+        {
+            let mut ar = tar::Archive::new(&mut *feed);
+            for entry in ar.entries().map_err(bad)? {
+                let mut entry = entry.map_err(bad)?;
+                let header = entry.header();
+                let kind = header.entry_type();
+                let mode = header.mode().unwrap_or(0o600) & 0o7777;
+                let mtime = header.mtime().unwrap_or(0) as i64;
+                let path = safe_path(&entry.path_bytes())?;
+                let base = FileEntry {
+                    path: path.clone(),
+                    tablespace,
+                    kind: FileKind::File,
+                    mode,
+                    mtime,
+                    size: 0,
+                    checksum: None,
+                    object: None,
+                    compression: None,
+                    stored_size: 0,
+                    target: None,
+                };
+                match kind {
+                    tar::EntryType::Directory => self.send(Job::Dir {
+                        disk: root.join(&path),
+                        entry: FileEntry {
+                            kind: FileKind::Dir,
+                            ..base
+                        },
+                    })?,
+                    tar::EntryType::Symlink => {
+                        let target = entry
+                            .link_name_bytes()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default();
+                        self.send(Job::Symlink {
+                            entry: FileEntry {
+                                kind: FileKind::Symlink,
+                                target: Some(target),
+                                ..base
+                            },
+                        })?
+                    }
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        let object = format!("{object_prefix}/{path}.zst");
+                        let disk = root.join(format!("{path}.zst"));
+                        self.file(&mut entry, disk, base, object, name)?;
+                    }
+                    other => {
+                        return Err(StoreError::Invalid(format!(
+                            "archive {name}: member \"{}\" has unsupported type {other:?}",
+                            path.escape_debug()
+                        )))
+                    }
+                }
+            }
+        }
+        // The two zero blocks that end a tar archive: an archive cut short by a
+        // lost connection ends without them.
+        if feed.boundary && feed.cur.is_empty() {
+            return Err(if feed.closed {
+                StoreError::Aborted
+            } else {
+                StoreError::Invalid(format!("archive {name} ended without a tar end marker"))
+            });
+        }
+        let mut rest = [0u8; 8192];
+        loop {
+            let n = feed.read(&mut rest).map_err(bad)?;
+            if n == 0 {
+                break;
+            }
+            if rest[..n].iter().any(|&b| b != 0) {
+                return Err(StoreError::Invalid(format!(
+                    "archive {name}: data after the end marker"
+                )));
+            }
+        }
+        if feed.closed {
+            return Err(StoreError::Aborted);
+        }
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        entry: &mut tar::Entry<'_, &mut Feed>,
+        disk: PathBuf,
+        mut meta: FileEntry,
+        object: String,
+        archive: &str,
+    ) -> Result<(), StoreError> {
+        let size = entry.size();
+        self.send(Job::FileStart { disk })?;
+        let mut hasher = blake3::Hasher::new();
+        let mut remaining = size;
+        let mut first = true;
+        while remaining > 0 || first {
+            first = false;
+            let n = remaining.min(self.opts.chunk_size as u64) as usize;
+            let charge = n.max(MIN_CHARGE);
+            if !self.budget.acquire(charge) {
+                return Err(StoreError::Aborted);
+            }
+            let mut buf = Vec::with_capacity(n);
+            let got = (&mut *entry)
+                .take(n as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| StoreError::Invalid(format!("archive {archive}: {e}")))?;
+            if got != n {
+                self.budget.release(charge);
+                return Err(StoreError::Aborted);
+            }
+            hasher.update(&buf);
+            let (tx, rx) = mpsc::sync_channel(1);
+            let level = self.opts.level;
+            self.pool.spawn(move || {
+                let _ = tx.send(compress_frame(&buf, level));
+            });
+            self.send(Job::Chunk {
+                frame: rx,
+                raw: n,
+                charge,
+            })?;
+            remaining -= n as u64;
+        }
+        meta.size = size;
+        meta.checksum = Some(hasher.finalize().to_hex().to_string());
+        meta.object = Some(object);
+        meta.compression = Some("zstd".to_string());
+        self.send(Job::FileEnd { entry: meta })
+    }
+}
+
+struct Written {
+    files: AtomicFile,
+    size: u64,
+    stored: u64,
+    count: u64,
+}
+
+fn create_file(disk: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(disk)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = disk.parent() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
+            }
+            open()
+        }
+        r => r,
+    }
+}
+
+fn write_jobs(
+    jobs: mpsc::Receiver<Job>,
+    files: AtomicFile,
+    files_path: &Path,
+    budget: &Budget,
+    progress: &dyn Progress,
+) -> Result<Written, StoreError> {
+    let _close = CloseOnDrop(budget);
+    let mut list = BufWriter::with_capacity(256 * 1024, files);
+    let record = |list: &mut BufWriter<AtomicFile>, e: &FileEntry| -> Result<(), StoreError> {
+        serde_json::to_writer(&mut *list, e).map_err(|e| StoreError::Io {
+            path: files_path.to_path_buf(),
+            source: io::Error::other(e),
+        })?;
+        list.write_all(b"\n").map_err(io_at(files_path))
+    };
+    let mut current: Option<(File, PathBuf, u64)> = None;
+    let (mut size, mut stored, mut count) = (0u64, 0u64, 0u64);
+    for job in jobs {
+        match job {
+            Job::Dir { disk, entry } => {
+                match DirBuilder::new().recursive(true).mode(0o700).create(&disk) {
+                    Ok(()) => {}
+                    Err(e) => return Err(io_at(&disk)(e)),
+                }
+                record(&mut list, &entry)?;
+            }
+            Job::Symlink { entry } => record(&mut list, &entry)?,
+            Job::FileStart { disk } => {
+                let f = create_file(&disk).map_err(io_at(&disk))?;
+                current = Some((f, disk, 0));
+            }
+            Job::Chunk { frame, raw, charge } => {
+                let Some((f, disk, written)) = current.as_mut() else {
+                    return Err(StoreError::Invalid("chunk outside a file".into()));
+                };
+                let frame = frame
+                    .recv()
+                    .map_err(|_| StoreError::Invalid("a compression worker died".into()))?
+                    .map_err(io_at(disk))?;
+                f.write_all(&frame).map_err(io_at(disk))?;
+                *written += frame.len() as u64;
+                budget.release(charge);
+                size += raw as u64;
+                progress.set(size);
+            }
+            Job::FileEnd { mut entry } => {
+                let Some((f, _disk, written)) = current.take() else {
+                    return Err(StoreError::Invalid("file end outside a file".into()));
+                };
+                drop(f);
+                entry.stored_size = written;
+                stored += written;
+                count += 1;
+                record(&mut list, &entry)?;
+            }
+        }
+    }
+    let files = list.into_inner().map_err(|e| StoreError::Io {
+        path: files_path.to_path_buf(),
+        source: io::Error::new(e.error().kind(), e.error().to_string()),
+    })?;
+    Ok(Written {
+        files,
+        size,
+        stored,
+        count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::ServerRepo;
+
+    #[test]
+    fn refuses_unsafe_member_names() {
+        assert_eq!(safe_path(b"base/1/1234").unwrap(), "base/1/1234");
+        assert_eq!(safe_path(b"pg_wal/").unwrap(), "pg_wal");
+        assert_eq!(
+            safe_path(b"./pg_wal/archive_status/").unwrap(),
+            "pg_wal/archive_status"
+        );
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"./",
+            b".",
+            b"",
+            b"/",
+            b"\xff",
+        ] {
+            assert!(
+                safe_path(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(archive_target("base.tar").unwrap(), Target::Base);
+        assert_eq!(
+            archive_target("16385.tar").unwrap(),
+            Target::Tablespace(16385)
+        );
+        assert!(archive_target("base.tar.gz").is_err());
+        assert!(archive_target("0.tar").is_err());
+    }
+
+    fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o700
+        } else {
+            0o600
+        });
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    fn run(
+        msgs: Vec<StreamMsg>,
+        opts: StoreOptions,
+    ) -> (tempfile::TempDir, BackupDir, Result<Stored, StoreError>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(tmp.path(), "pg1");
+        let dir = BackupDir::new(&repo, "20260101T000000");
+        std::fs::create_dir_all(dir.root()).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let sender = std::thread::spawn(move || {
+            for m in msgs {
+                if tx.blocking_send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let r = store_stream(rx, &dir, &pool, &opts, &NoProgress);
+        sender.join().unwrap();
+        (tmp, dir, r)
+    }
+
+    fn split(data: Vec<u8>, piece: usize) -> Vec<StreamMsg> {
+        data.chunks(piece)
+            .map(|c| StreamMsg::Data(Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    #[test]
+    fn stores_members_as_zstd_files_with_checksums() {
+        let big: Vec<u8> = (0..(3 * 1024 * 1024 + 17))
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        let base = tar_bytes(|b| {
+            b.append_data(&mut header(tar::EntryType::Directory, 0), "base", &[][..])
+                .unwrap();
+            b.append_data(&mut header(tar::EntryType::Directory, 0), "pg_wal", &[][..])
+                .unwrap();
+            b.append_data(
+                &mut header(tar::EntryType::Regular, big.len() as u64),
+                "base/big",
+                &big[..],
+            )
+            .unwrap();
+            b.append_data(&mut header(tar::EntryType::Regular, 0), "empty", &[][..])
+                .unwrap();
+            let mut h = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut h, "pg_tblspc/16385", "/srv/ts").unwrap();
+        });
+        let ts = tar_bytes(|b| {
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 5),
+                "PG_15_1/5/6",
+                &b"hello"[..],
+            )
+            .unwrap();
+        });
+        let mut msgs = vec![StreamMsg::Archive {
+            name: "16385.tar".into(),
+            location: "/srv/ts".into(),
+        }];
+        msgs.extend(split(ts, 1000));
+        msgs.push(StreamMsg::Archive {
+            name: "base.tar".into(),
+            location: String::new(),
+        });
+        msgs.extend(split(base, 32 * 1024 + 3));
+        msgs.push(StreamMsg::ManifestStart);
+        msgs.push(StreamMsg::ManifestData(Bytes::from_static(b"{\"m\":1}\n")));
+        msgs.push(StreamMsg::End);
+        let opts = StoreOptions {
+            chunk_size: 1024 * 1024,
+            in_flight: 2 * 1024 * 1024,
+            ..StoreOptions::default()
+        };
+        let (_tmp, dir, r) = run(msgs, opts);
+        let stored = r.unwrap();
+        assert_eq!(stored.file_count, 3);
+        assert_eq!(stored.size_bytes, big.len() as u64 + 5);
+        assert_eq!(stored.tablespaces, vec![(16385, "/srv/ts".to_string())]);
+        stored.commit().unwrap();
+        let back =
+            zstd::stream::decode_all(File::open(dir.data_dir().join("base/big.zst")).unwrap())
+                .unwrap();
+        assert_eq!(back, big);
+        let empty = zstd::stream::decode_all(File::open(dir.data_dir().join("empty.zst")).unwrap())
+            .unwrap();
+        assert!(empty.is_empty());
+        assert!(dir.data_dir().join("pg_wal").is_dir());
+        assert!(!dir.data_dir().join("pg_tblspc/16385").exists());
+        let hello = dir.tablespace_dir(16385).join("PG_15_1/5/6.zst");
+        assert_eq!(
+            zstd::stream::decode_all(File::open(hello).unwrap()).unwrap(),
+            b"hello"
+        );
+        let entries: Vec<FileEntry> = dir.files().unwrap().map(|e| e.unwrap()).collect();
+        let big_e = entries.iter().find(|e| e.path == "base/big").unwrap();
+        assert_eq!(
+            big_e.checksum.as_deref(),
+            Some(crate::repo::compress::checksum(&big).as_str())
+        );
+        assert_eq!(big_e.object.as_deref(), Some("data/base/big.zst"));
+        let link = entries
+            .iter()
+            .find(|e| e.kind == FileKind::Symlink)
+            .unwrap();
+        assert_eq!(link.target.as_deref(), Some("/srv/ts"));
+        let ts_e = entries
+            .iter()
+            .find(|e| e.tablespace == Some(16385))
+            .unwrap();
+        assert_eq!(
+            ts_e.object.as_deref(),
+            Some("tablespaces/16385/PG_15_1/5/6.zst")
+        );
+        assert_eq!(std::fs::read(dir.manifest_path()).unwrap(), b"{\"m\":1}\n");
+    }
+
+    #[test]
+    fn refuses_traversal_and_cut_streams() {
+        let evil = tar_bytes(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            // Bypass the builder's own checks: write the name bytes directly.
+            h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        let msgs = vec![
+            StreamMsg::Archive {
+                name: "base.tar".into(),
+                location: String::new(),
+            },
+            StreamMsg::Data(Bytes::from(evil)),
+            StreamMsg::End,
+        ];
+        let (tmp, _dir, r) = run(msgs, StoreOptions::default());
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+        assert!(!tmp.path().join("pg1/backups/escape.zst").exists());
+
+        let ok = tar_bytes(|b| {
+            b.append_data(&mut header(tar::EntryType::Regular, 3), "a", &b"abc"[..])
+                .unwrap();
+        });
+        let cut = ok[..512 + 512].to_vec();
+        let msgs = vec![
+            StreamMsg::Archive {
+                name: "base.tar".into(),
+                location: String::new(),
+            },
+            StreamMsg::Data(Bytes::from(cut)),
+        ];
+        let (_tmp, _dir, r) = run(msgs, StoreOptions::default());
+        assert!(matches!(r, Err(StoreError::Aborted)), "{r:?}");
+    }
+}
