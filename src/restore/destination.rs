@@ -318,10 +318,8 @@ pub fn write_settings(plan: &RecoverPlan) -> Result<String, RestoreError> {
         text.push('\n');
     }
     text.push_str(&plan.settings.render(&format!(
-        "Recovery settings written by pgbk recover of backup {} of server '{}' at {}",
-        plan.info.backup_id,
-        plan.request.server,
-        super::target::format_time(chrono::Utc::now())
+        "Recovery settings written by pgbk recover of backup {} of server '{}'",
+        plan.info.backup_id, plan.request.server,
     )));
     write_small(&conf, text.as_bytes(), plan.owner)?;
     let (signal, other) = if plan.request.standby_mode {
