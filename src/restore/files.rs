@@ -608,7 +608,7 @@ mod tests {
         let repo = ServerRepo::new(home, "pg1");
         let dir = BackupDir::new(&repo, "20260101T000000");
         let mut lines = Vec::new();
-        let mut add_file = |path: &str, tbs: Option<u32>, data: &[u8], mode: u32| {
+        let add_file = |path: &str, tbs: Option<u32>, data: &[u8], mode: u32| {
             let object = match tbs {
                 None => format!("data/{path}.zst"),
                 Some(o) => format!("tablespaces/{o}/{path}.zst"),
