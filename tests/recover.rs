@@ -230,8 +230,9 @@ fn get_wal_replays_all_archived_wal_and_partial_reaches_the_last_streamed_row() 
     ]);
     let spool = pg.home.join("pg1/spool");
     let second = &segs[1];
+    let prefetched: Vec<&String> = segs[1..].iter().take(2).collect();
     wait_until(Duration::from_secs(30), "the prefetch", || {
-        spool.join(second).exists()
+        prefetched.iter().all(|s| spool.join(s).exists())
     });
     pg.ok(&["get-wal", "pg1", second, "--output", out.to_str().unwrap()]);
     assert!(fs::read(&out).unwrap() == pg.decompress_segment("pg1", second));
@@ -457,6 +458,16 @@ fn delta_over_an_older_started_copy_equals_a_fresh_recovery() {
         full["bytes_per_sec"].as_f64().unwrap() / 1e6,
         written + delta["files"]["bytes_skipped"].as_u64().unwrap()
     );
+    // Both runs are recorded for RTO estimates.
+    let cat = pgbk::catalog::Catalog::open_existing(&src.pg.home)
+        .unwrap()
+        .unwrap();
+    let m = cat.measurements("pg1", "restore").unwrap();
+    assert!(
+        m.len() >= 2 && m.iter().all(|m| m.bytes_per_sec > 0.0),
+        "{m:?}"
+    );
+    assert_eq!(cat.measurements("pg1", "restore-delta").unwrap().len(), 1);
     assert_same_tree(&fresh, &old);
     assert_same_tree(&fresh_ts, &old_ts);
 

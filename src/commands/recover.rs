@@ -148,6 +148,9 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         summary.signal_file
     )?;
     outln!("  restore_command = {}", summary.settings.restore_command)?;
+    if summary.settings.disable_archive_command {
+        outln!("  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
+    }
     outln!(
         "Start PostgreSQL on it to recover: pg_ctl -D {} start",
         shell_quote(&summary.destination.to_string_lossy())

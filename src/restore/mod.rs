@@ -228,6 +228,7 @@ pub fn prepare(
         inclusive: req.exclusive.then_some(false),
         timeline: req.target_tli,
         action: req.target_action,
+        disable_archive_command: true,
     };
     Ok(RecoverPlan {
         owner: dest_state.owner,

@@ -171,6 +171,10 @@ pub struct RecoverySettings {
     pub timeline: Option<TargetTimeline>,
     /// `recovery_target_action`.
     pub action: Option<TargetAction>,
+    /// `archive_command = 'false'`, as Barman writes it: a recovered copy shares the
+    /// server's system identifier, and must not archive its new timeline into the
+    /// server's repository.
+    pub disable_archive_command: bool,
 }
 
 impl RecoverySettings {
@@ -188,6 +192,9 @@ impl RecoverySettings {
         }
         if let Some(a) = self.action {
             out.push(("recovery_target_action", a.as_str().to_string()));
+        }
+        if self.disable_archive_command {
+            out.push(("archive_command", "false".to_string()));
         }
         out
     }
@@ -258,6 +265,7 @@ mod tests {
             inclusive: Some(false),
             timeline: Some(TargetTimeline::Latest),
             action: Some(TargetAction::Promote),
+            disable_archive_command: true,
         };
         let text = s.render("pgbk");
         assert_eq!(
@@ -267,7 +275,8 @@ mod tests {
              recovery_target_time = '2026-03-01 10:20:30.500000+00'\n\
              recovery_target_inclusive = 'false'\n\
              recovery_target_timeline = 'latest'\n\
-             recovery_target_action = 'promote'\n"
+             recovery_target_action = 'promote'\n\
+             archive_command = 'false'\n"
         );
         assert_eq!(conf_quote("a\\b"), "'a\\\\b'");
         assert_eq!(

@@ -269,6 +269,128 @@ pub fn copy_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Duration, Utc};
+
+    const SEG: u64 = 16 << 20;
+
+    /// A repository where timeline 2 branched off timeline 1 inside segment 4:
+    /// 1/1..1/3 archived, 1/4 only as a partial, 2/4..2/7 archived; segment n was
+    /// archived at `t0 + n minutes`.
+    fn fixture(home: &Path) -> (ServerRepo, Catalog, BackupInfo, DateTime<Utc>) {
+        let repo = ServerRepo::new(home, "pg1");
+        repo.ensure_dirs().unwrap();
+        let cat = Catalog::open(home).unwrap();
+        let t0 = Utc::now() - Duration::hours(1);
+        let add = |tli: u32, segno: u64| {
+            let seg = WalSegment {
+                tli: TimeLineId(tli),
+                segno,
+                seg_size: SEG,
+            };
+            let p = repo.segment_path(&seg);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, b"x").unwrap();
+            cat.insert_wal(
+                "pg1",
+                &WalRecord {
+                    name: seg.name(),
+                    kind: WalKind::Segment,
+                    timeline: seg.tli,
+                    segno: Some(segno),
+                    size: SEG,
+                    stored_size: 1,
+                    checksum: format!("sum{tli}-{segno}"),
+                    archived_at: t0 + Duration::minutes(segno as i64),
+                },
+            )
+            .unwrap();
+        };
+        for n in 1..=3 {
+            add(1, n);
+        }
+        for n in 4..=7 {
+            add(2, n);
+        }
+        fs::write(repo.history_path(TimeLineId(2)), "1\t0/4800000\tpromoted\n").unwrap();
+        let mut info: BackupInfo = serde_json::from_str(
+            r#"{"backup_id":"20260101T000000","name":null,"server":"pg1","status":"DONE",
+            "method":"postgres","server_version":150000,"system_id":"1","timeline":1,
+            "wal_segment_size":16777216,"begin_lsn":"0/2000028","end_lsn":"0/2000100",
+            "end_timeline":1,"begin_wal":null,"end_wal":null,"begin_time":"2026-01-01T00:00:00Z",
+            "end_time":null,"size_bytes":0,"stored_bytes":0,"file_count":0,"tablespaces":[],
+            "error":null,"pid":null,"keep":null,"checksum_algorithm":"blake3","has_manifest":false}"#,
+        )
+        .unwrap();
+        info.server = "pg1".into();
+        (repo, cat, info, t0)
+    }
+
+    fn names(p: &WalPlan) -> Vec<String> {
+        p.segments
+            .iter()
+            .map(|(s, _)| format!("{}/{}", s.tli, s.segno))
+            .collect()
+    }
+
+    #[test]
+    fn follows_the_latest_timeline_and_stops_at_the_target() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, cat, info, t0) = fixture(d.path());
+        let all = plan(&info, &repo, &cat, None, None).unwrap();
+        assert_eq!(all.timeline, TimeLineId(2));
+        assert_eq!(names(&all), ["1/2", "1/3", "2/4", "2/5", "2/6", "2/7"]);
+        assert_eq!(all.histories, [TimeLineId(2)]);
+        assert_eq!(all.segments[0].1, "sum1-2");
+        // Staying on timeline 1 stops where its archive stops (4 is only a partial).
+        let current = plan(&info, &repo, &cat, None, Some(TargetTimeline::Current)).unwrap();
+        assert_eq!(names(&current), ["1/2", "1/3"]);
+        let lsn = RecoveryTarget::Lsn("0/4100000".parse().unwrap());
+        assert_eq!(
+            names(&plan(&info, &repo, &cat, Some(&lsn), None).unwrap()),
+            ["1/2", "1/3", "2/4", "2/5"]
+        );
+        // Segment 4 is the first archived after t0 + 3m30s: it and one more.
+        let time = RecoveryTarget::Time(t0 + Duration::seconds(210));
+        assert_eq!(
+            names(&plan(&info, &repo, &cat, Some(&time), None).unwrap()),
+            ["1/2", "1/3", "2/4", "2/5"]
+        );
+        let imm = plan(&info, &repo, &cat, Some(&RecoveryTarget::Immediate), None).unwrap();
+        assert_eq!(names(&imm), ["1/2"]);
+        assert!(matches!(
+            plan(
+                &info,
+                &repo,
+                &cat,
+                None,
+                Some(TargetTimeline::Id(TimeLineId(3)))
+            ),
+            Err(RestoreError::Refused(_))
+        ));
+        // A backup ending after the branch point cannot follow timeline 2.
+        let mut late = info.clone();
+        late.begin_lsn = Some("0/5000028".parse().unwrap());
+        late.end_lsn = Some("0/5000100".parse().unwrap());
+        late.timeline = TimeLineId(1);
+        late.end_timeline = Some(TimeLineId(1));
+        let e = plan(
+            &late,
+            &repo,
+            &cat,
+            None,
+            Some(TargetTimeline::Id(TimeLineId(2))),
+        );
+        assert!(matches!(e, Err(RestoreError::Refused(_))), "{e:?}");
+        // A segment the backup needs is missing: refused.
+        fs::remove_file(repo.segment_path(&WalSegment {
+            tli: TimeLineId(1),
+            segno: 2,
+            seg_size: SEG,
+        }))
+        .unwrap();
+        let e = plan(&info, &repo, &cat, None, None).unwrap_err();
+        assert!(e.to_string().contains("is not in the archive"), "{e}");
+    }
 
     #[test]
     fn a_child_timeline_descends_only_past_the_backup_end() {
