@@ -558,6 +558,7 @@ fn refusals_leave_the_destination_untouched() {
             "cannot be used with",
         ),
         (vec!["nope"], 2, "no backup 'nope'"),
+        (vec!["auto", "--target-xid", "5"], 2, "name the backup"),
         (vec!["20000101T000000"], 1, "is FAILED"),
         (
             vec!["latest", "--tablespace", "nope:/tmp/x"],

@@ -256,6 +256,15 @@ fn choose_backup(
             e => e.into(),
         });
     }
+    if let Some(t @ (RecoveryTarget::Xid(_) | RecoveryTarget::Name(_))) = &req.target {
+        return Err(RestoreError::Usage(format!(
+            "'auto' cannot tell which backup precedes a {}: name the backup (or use --target-time / --target-lsn)",
+            match t {
+                RecoveryTarget::Xid(_) => "transaction id",
+                _ => "restore point",
+            }
+        )));
+    }
     let mut done = backups.iter().filter(|b| b.status == BackupStatus::Done);
     let fits = |b: &&BackupInfo| match &req.target {
         Some(RecoveryTarget::Time(t)) => b.end_time.is_some_and(|e| e <= *t),
