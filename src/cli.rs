@@ -242,7 +242,7 @@ pub struct RecoverArgs {
     #[arg(long, overrides_with = "no_get_wal")]
     pub get_wal: bool,
     /// Copy the WAL recovery needs into <destination>/pgbk_wal (the default).
-    #[arg(long)]
+    #[arg(long, overrides_with = "get_wal")]
     pub no_get_wal: bool,
     /// With --get-wal: restore_command also serves receive-wal's in-progress segment,
     /// so recovery reaches the last streamed transaction.

@@ -128,8 +128,9 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     }
     if summary.wal_files > 0 {
         outln!(
-            "  WAL: {} files ({}) in {}",
+            "  WAL: {} file{} ({}) in {}",
             summary.wal_files,
+            if summary.wal_files == 1 { "" } else { "s" },
             human_bytes(summary.wal_bytes),
             summary.destination.join(restore::wal::WAL_DIR).display()
         )?;
@@ -151,9 +152,13 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     if summary.settings.disable_archive_command {
         outln!("  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
     }
-    outln!(
-        "Start PostgreSQL on it to recover: pg_ctl -D {} start",
-        shell_quote(&summary.destination.to_string_lossy())
-    )?;
+    let dest = shell_quote(&summary.destination.to_string_lossy());
+    let root_owned = std::fs::metadata(&summary.destination)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root_owned {
+        outln!("The files belong to root: give them to the PostgreSQL user first (chown -R postgres: {dest}), or recover into a directory that user owns")?;
+    }
+    outln!("Start PostgreSQL on it to recover: pg_ctl -D {dest} start")?;
     Ok(0)
 }
