@@ -613,5 +613,42 @@ fn refusals_leave_the_destination_untouched() {
     );
     // Each refusal is one line.
     assert_eq!(missing_line(&out).lines().count(), 1, "{out:?}");
+
+    // The same repository, asked properly: every setting lands in postgresql.auto.conf.
+    let lsn = c.psql("select pg_current_wal_lsn()");
+    src.archive_now();
+    let js = recover(
+        pg,
+        &[
+            "pg1",
+            &backup,
+            missing.to_str().unwrap(),
+            "--target-lsn",
+            &lsn,
+            "--exclusive",
+            "--target-tli",
+            "current",
+            "--target-action",
+            "shutdown",
+            "--standby-mode",
+        ],
+    );
+    assert_eq!(js["signal_file"], "standby.signal", "{js}");
+    assert!(missing.join("standby.signal").exists());
+    assert!(!missing.join("recovery.signal").exists());
+    let conf = fs::read_to_string(missing.join("postgresql.auto.conf")).unwrap();
+    for line in [
+        format!("recovery_target_lsn = '{lsn}'"),
+        "recovery_target_inclusive = 'false'".to_string(),
+        "recovery_target_timeline = 'current'".to_string(),
+        "recovery_target_action = 'shutdown'".to_string(),
+        "archive_command = 'false'".to_string(),
+        format!(
+            "restore_command = 'cp {}/pgbk_wal/%f %p'",
+            missing.display()
+        ),
+    ] {
+        assert!(conf.contains(&line), "no {line:?} in\n{conf}");
+    }
     drop(src.rw);
 }
