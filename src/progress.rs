@@ -117,9 +117,10 @@ impl Progress for LogProgress {
         s.total = Some(total);
     }
     fn finish(&self) {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !s.what.is_empty() {
             tracing::info!("{}", Self::line(&s));
+            s.what.clear();
         }
     }
 }

@@ -363,6 +363,7 @@ pub async fn take_backup(
         WalWait::Timeout(d) => Some(Instant::now() + d),
         WalWait::Forever => None,
     };
+    let mut poll = Duration::from_millis(10);
     loop {
         let missing = missing_segments(&info, &repo, &catalog)?;
         if missing.is_empty() {
@@ -378,8 +379,12 @@ pub async fn take_backup(
                 interrupted: false,
             });
         }
+        // The end segment usually arrives within milliseconds of the switch: poll
+        // fast first, then back off.
+        let pause = poll;
+        poll = (poll * 2).min(Duration::from_millis(500));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stopped(&mut stop) => {
                 return Ok(Outcome::WalNotArchived { info, missing, interrupted: true });
             }

@@ -315,20 +315,25 @@ impl Read for Feed {
 }
 
 fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    type Ctx = (i32, zstd::bulk::Compressor<'static>, Vec<u8>);
     thread_local! {
-        static CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+        static CCTX: RefCell<Option<Ctx>> = const { RefCell::new(None) };
     }
     CCTX.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if !matches!(slot.as_ref(), Some((l, _)) if *l == level) {
+        if !matches!(slot.as_ref(), Some((l, _, _)) if *l == level) {
             let mut c = zstd::bulk::Compressor::new(level)?;
             c.include_checksum(true)?;
-            *slot = Some((level, c));
+            *slot = Some((level, c, Vec::new()));
         }
-        match slot.as_mut() {
-            Some((_, c)) => c.compress(data),
-            None => Err(io::Error::other("no zstd context")),
-        }
+        let Some((_, c, out)) = slot.as_mut() else {
+            return Err(io::Error::other("no zstd context"));
+        };
+        // One output buffer per thread, reused: only the frame itself is copied out.
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(data, out)?;
+        Ok(out.clone())
     })
 }
 
@@ -365,6 +370,7 @@ pub fn store_stream(
                 path: files_path.clone(),
                 source: e,
             })?;
+        let (spare_tx, spare) = mpsc::channel();
         let mut reader = Reader {
             dir,
             pool,
@@ -373,6 +379,8 @@ pub fn store_stream(
             jobs: jobs_tx,
             manifest: None,
             tablespaces: Vec::new(),
+            spare,
+            spare_tx,
         };
         let read = reader.run(&mut feed);
         let Reader {
@@ -415,6 +423,9 @@ struct Reader<'a> {
     jobs: mpsc::Sender<Job>,
     manifest: Option<AtomicFile>,
     tablespaces: Vec<(u32, String)>,
+    /// Chunk buffers back from compression, for reuse.
+    spare: mpsc::Receiver<Vec<u8>>,
+    spare_tx: mpsc::Sender<Vec<u8>>,
 }
 
 impl Reader<'_> {
@@ -588,24 +599,41 @@ impl Reader<'_> {
         while remaining > 0 || first {
             first = false;
             let n = remaining.min(self.opts.chunk_size as u64) as usize;
-            let charge = n.max(MIN_CHARGE);
+            // Large pieces go through recycled buffers (no page faults, no zeroing
+            // per chunk); small files get an exact allocation.
+            let large = n >= self.opts.chunk_size / 4;
+            let charge = if large {
+                self.opts.chunk_size
+            } else {
+                n.max(MIN_CHARGE)
+            };
             if !self.budget.acquire(charge) {
                 return Err(StoreError::Aborted);
             }
-            let mut buf = Vec::with_capacity(n);
-            let got = (&mut *entry)
-                .take(n as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| StoreError::Invalid(format!("archive {archive}: {e}")))?;
-            if got != n {
+            let mut buf = if large {
+                self.spare
+                    .try_recv()
+                    .unwrap_or_else(|_| vec![0u8; self.opts.chunk_size])
+            } else {
+                vec![0u8; n]
+            };
+            if let Err(e) = entry.read_exact(&mut buf[..n]) {
                 self.budget.release(charge);
-                return Err(StoreError::Aborted);
+                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    StoreError::Aborted
+                } else {
+                    StoreError::Invalid(format!("archive {archive}: {e}"))
+                });
             }
-            hasher.update(&buf);
+            hasher.update(&buf[..n]);
             let (tx, rx) = mpsc::sync_channel(1);
             let level = self.opts.level;
+            let recycle = large.then(|| self.spare_tx.clone());
             self.pool.spawn(move || {
-                let _ = tx.send(compress_frame(&buf, level));
+                let _ = tx.send(compress_frame(&buf[..n], level));
+                if let Some(r) = recycle {
+                    let _ = r.send(buf);
+                }
             });
             self.send(Job::Chunk {
                 frame: rx,
