@@ -5,7 +5,8 @@
 //! - a tablespace outside the data directory is stored and listed;
 //! - a backup killed with SIGKILL is marked FAILED by the next one, which is DONE,
 //!   and a second concurrent backup is refused naming the first one's pid;
-//! - the server stopping mid-backup leaves it FAILED with the reason;
+//! - the server stopping mid-backup leaves it FAILED with the reason, SIGTERM leaves
+//!   it FAILED "interrupted";
 //! - a full filesystem fails it cleanly (catalog consistent, nothing left behind),
 //!   and a backup after growing the filesystem is DONE;
 //! - `--no-wait` leaves it WAITING_FOR_WALS until receive-wal archives its WAL.
@@ -370,6 +371,25 @@ fn the_server_stopping_mid_backup_leaves_it_failed_with_the_reason() {
     );
     assert_only_backup_json_left(&pg, &id);
     assert_catalog_matches_disk(&pg);
+}
+
+#[test]
+fn sigterm_mid_backup_leaves_it_failed_interrupted_and_frees_the_lock() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    let pg = Pgbk::new();
+    configure(&pg, &cluster, "bandwidth_limit = 1024\n");
+    let mut bg = pg.spawn(&["backup", "pg1"]);
+    let id = wait_started(&pg, &mut bg);
+    assert_eq!(bg.term(), 1, "{}", bg.log_tail(30));
+    let info = info_of(&pg, &id);
+    assert_eq!(info["status"], "FAILED", "{info}");
+    assert_eq!(info["error"], "interrupted");
+    assert_only_backup_json_left(&pg, &id);
+    assert_catalog_matches_disk(&pg);
+    // The lock went with the process: the next backup runs (and waits for no WAL).
+    configure(&pg, &cluster, "");
+    let next = pg.json(&["backup", "pg1", "--no-wait"]);
+    assert_eq!(next["status"], "WAITING_FOR_WALS", "{next}");
 }
 
 /// A tmpfs mounted for one test; unmounted (lazily) on drop, panics included.
