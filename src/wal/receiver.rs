@@ -67,7 +67,10 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
-    /// Whether reconnecting may help (connection lost, server restarting).
+    /// Whether retrying later may help: the connection was lost, the server is
+    /// restarting, or the backup host's disk is full (the WAL stays safe in the slot
+    /// and in `streaming/` until there is room again). Wrong credentials, another
+    /// cluster's WAL, or corrupt content are final.
     fn is_transient(&self) -> bool {
         match self {
             ReceiveError::Pg { source, .. } => match source.code() {
@@ -81,6 +84,10 @@ impl ReceiveError {
                 Some(c) => c.starts_with("57") || c.starts_with("08") || c == "53300",
                 None => source.is_connection_error(),
             },
+            ReceiveError::Io { .. } => true,
+            ReceiveError::Archive(ArchiveError::Io { .. }) => true,
+            ReceiveError::Archive(ArchiveError::Catalog(CatalogError::Sqlite { .. })) => true,
+            ReceiveError::Catalog(CatalogError::Sqlite { .. }) => true,
             _ => false,
         }
     }
