@@ -964,8 +964,10 @@ impl Connection {
     /// Reads more bytes into the buffer. Cancel-safe.
     async fn fill(&mut self) -> Result<(), PgError> {
         let want = match message::frame_len(&self.rbuf) {
-            Ok(Some(len)) => len.saturating_sub(self.rbuf.len()).max(8192),
-            _ => 64 * 1024,
+            // Generous reservations: a small one makes BytesMut reallocate and copy the
+            // partial frame on almost every read of a fast COPY stream.
+            Ok(Some(len)) => len.saturating_sub(self.rbuf.len()).max(512 * 1024),
+            _ => 512 * 1024,
         };
         self.rbuf.reserve(want);
         match self.transport.read_buf(&mut self.rbuf).await {

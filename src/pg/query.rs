@@ -63,7 +63,12 @@ impl QueryStream<'_> {
             return Ok(None);
         }
         loop {
-            let f = self.conn.recv().await?;
+            let f = match self.conn.recv().await {
+                Ok(f) => f,
+                // A server that reports an error and then hangs up (FATAL) said why:
+                // that reason beats "connection closed".
+                Err(e) => return Err(self.error.take().unwrap_or(e)),
+            };
             let event = match f.tag {
                 b'T' => {
                     let cols = message::row_description(&f.body);
