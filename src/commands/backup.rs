@@ -69,22 +69,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     };
     let progress: Arc<dyn Progress> = Arc::from(for_cli(ctx.quiet));
     let result = runtime()?.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("interrupted; stopping the backup");
-            let _ = tx.send(true);
-        });
+        let rx = super::stop_on_signal("stopping the backup");
         take_backup(&req, progress.clone(), rx).await
     });
     progress.finish();

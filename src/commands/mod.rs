@@ -192,6 +192,28 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// A channel that turns true on SIGTERM or SIGINT, so a long job can stop cleanly
+/// (flush, record its state) instead of dying mid-write. Call inside a runtime.
+pub fn stop_on_signal(what: &'static str) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("stop requested; {what}");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 /// The receive-wal lock file of a server.
 pub fn receive_wal_lock(home: &Path, server: &str) -> std::path::PathBuf {
     crate::repo::ServerRepo::new(home, server)

@@ -124,22 +124,7 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("stop requested; flushing and exiting");
-            let _ = tx.send(true);
-        });
+        let rx = super::stop_on_signal("flushing and exiting");
         receive_wal(opts, rx).await
     });
     drop(lock);
