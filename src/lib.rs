@@ -16,5 +16,6 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod ssh;
 pub mod verify;
 pub mod wal;
