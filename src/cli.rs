@@ -120,6 +120,26 @@ pub enum Command {
     Recover(RecoverArgs),
     /// Write one archived WAL file to a path or stdout (PostgreSQL's restore_command).
     GetWal(GetWalArgs),
+    /// Run the whole loop on a throwaway local cluster: stream, back up under load,
+    /// verify, recover to a point in time, check the data, measure RPO and RTO.
+    Demo(DemoArgs),
+}
+
+/// Options of `demo` (it needs no configuration file).
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder of the PostgreSQL 15 binaries (initdb, pg_ctl, pgbench).
+    #[arg(long, value_name = "DIR", default_value = crate::demo::DEFAULT_PG_BIN)]
+    pub pg_bin: PathBuf,
+    /// pgbench scale factor (about 15 MB of data per unit).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub scale: u32,
+    /// Keep the scratch folder (clusters stopped) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Create the scratch folder in DIR instead of the temporary directory ($TMPDIR).
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
 }
 
 /// A server and one of its backups.

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod lock;
 pub mod output;
 pub mod pg;

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod check_backup;
 pub mod delete;
+pub mod demo;
 pub mod get_wal;
 pub mod keep;
 pub mod list_backups;
@@ -49,6 +50,20 @@ pub type ExitCode = i32;
 
 /// Loads the configuration and runs the verb; returns the process exit code.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Demo(a) = &cli.command {
+        // The demo writes its own configuration in its scratch folder.
+        let defaults = Config {
+            file: Default::default(),
+            home: Default::default(),
+            configuration_files_directory: Default::default(),
+            log_file: None,
+            log_level: "info".into(),
+            servers: Default::default(),
+            warnings: Vec::new(),
+        };
+        init_logging(&defaults, &cli);
+        return demo::run(cli.format, a);
+    }
     let path = Config::default_path(cli.config.as_deref());
     let config = Config::load(&path)?;
     init_logging(&config, &cli);
@@ -96,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keep(a) => keep::run(&ctx, &a),
         Command::Recover(a) => recover::run(&ctx, &a),
         Command::GetWal(a) => get_wal::run(&ctx, &a),
+        Command::Demo(a) => demo::run(ctx.format, &a),
     }
 }
 
