@@ -275,6 +275,11 @@ pub struct RecoverArgs {
     /// what the backup does not hold.
     #[arg(long)]
     pub delta: bool,
+    /// The destination is on another host, reached with this ssh command line
+    /// (e.g. "ssh -p 2222 postgres@pg2"); files are streamed over one SSH
+    /// connection into tar on that host, the host key checked against known_hosts.
+    #[arg(long, value_name = "CMD")]
+    pub remote_ssh_command: Option<String>,
 }
 
 /// Options of `get-wal`.

@@ -67,6 +67,13 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
             .map(|n| n.get())
             .unwrap_or(2)
     });
+    let remote = match &a.remote_ssh_command {
+        Some(cmd) => Some(
+            crate::ssh::SshTarget::parse(cmd)
+                .map_err(|e| UsageError(format!("--remote-ssh-command: {e}")))?,
+        ),
+        None => None,
+    };
     let req = RecoverRequest {
         server: server.name.clone(),
         backup_id: a.backup_id.clone(),
@@ -80,6 +87,7 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         wal,
         jobs,
         delta: a.delta,
+        remote,
     };
     let progress = crate::progress::for_cli(ctx.quiet);
     let summary = match restore::recover(&ctx.config.home, req, progress.as_ref()) {
@@ -96,10 +104,14 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     }
     let f = &summary.files;
     outln!(
-        "Recovered backup {} of server '{}' into {}",
+        "Recovered backup {} of server '{}' into {}{}",
         summary.backup_id,
         summary.server,
-        summary.destination.display()
+        summary.destination.display(),
+        match &summary.remote {
+            Some(r) => format!(" on {r}"),
+            None => String::new(),
+        }
     )?;
     if summary.delta {
         outln!(
@@ -153,12 +165,16 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         outln!("  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
     }
     let dest = shell_quote(&summary.destination.to_string_lossy());
-    let root_owned = std::fs::metadata(&summary.destination)
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
+    let root_owned = summary.remote.is_none()
+        && std::fs::metadata(&summary.destination)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false);
     if root_owned {
         outln!("The files belong to root: give them to the PostgreSQL user first (chown -R postgres: {dest}), or recover into a directory that user owns")?;
     }
-    outln!("Start PostgreSQL on it to recover: pg_ctl -D {dest} start")?;
+    match &summary.remote {
+        Some(r) => outln!("Start PostgreSQL on it (on {r}) to recover: pg_ctl -D {dest} start")?,
+        None => outln!("Start PostgreSQL on it to recover: pg_ctl -D {dest} start")?,
+    }
     Ok(0)
 }

@@ -106,13 +106,13 @@ fn key(tablespace: Option<u32>, rel: &Path) -> u128 {
     u128::from_le_bytes(b)
 }
 
-fn corrupt(info: &BackupInfo, msg: String) -> RestoreError {
+pub(crate) fn corrupt(info: &BackupInfo, msg: String) -> RestoreError {
     RestoreError::Corrupt(format!("backup {}: {msg}", info.backup_id))
 }
 
 /// Whether `rel` (of the data directory) lies inside a tablespace link
 /// `pg_tblspc/<oid>/…`: such paths would be written through the link.
-fn through_tablespace_link(rel: &Path) -> bool {
+pub(crate) fn through_tablespace_link(rel: &Path) -> bool {
     let mut c = rel.components();
     c.next().is_some_and(|f| f.as_os_str() == "pg_tblspc")
         && c.next().is_some()
@@ -256,9 +256,11 @@ fn set_mtime(f: &File, path: &Path, mtime: i64) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Writes the content of one stored object into `out`; its size and checksum.
-fn copy_object(
-    ctx: &Ctx,
+/// Writes the content of one stored object into `out` (decompressed); its size and
+/// BLAKE3 checksum. The object's path is checked like every path of `files.jsonl`.
+pub(crate) fn copy_object(
+    dir: &BackupDir,
+    info: &BackupInfo,
     e: &FileEntry,
     out: &mut impl Write,
 ) -> Result<(u64, String), RestoreError> {
@@ -267,20 +269,20 @@ fn copy_object(
             return Ok((0, blake3::hash(b"").to_hex().to_string()));
         }
         return Err(corrupt(
-            ctx.info,
+            info,
             format!("'{}' has {} bytes but no stored object", e.path, e.size),
         ));
     };
     let rel = safe_relative(object)
         .filter(|r| !r.as_os_str().is_empty())
-        .ok_or_else(|| corrupt(ctx.info, format!("unsafe object path '{object}'")))?;
-    let src = ctx.dir.root().join(rel);
+        .ok_or_else(|| corrupt(info, format!("unsafe object path '{object}'")))?;
+    let src = dir.root().join(rel);
     let zstd = match e.compression.as_deref() {
         Some("zstd") => true,
         Some("none") => false,
         Some(other) => {
             return Err(corrupt(
-                ctx.info,
+                info,
                 format!("'{}' uses unknown compression '{other}'", e.path),
             ))
         }
@@ -304,6 +306,31 @@ fn copy_object(
         }
         Ok((n_total, h.finalize().to_hex().to_string()))
     }
+}
+
+/// Refuses content that does not read back as `files.jsonl` records it.
+pub(crate) fn check_content(
+    info: &BackupInfo,
+    e: &FileEntry,
+    size: u64,
+    sum: &str,
+) -> Result<(), RestoreError> {
+    if size != e.size
+        || e.checksum
+            .as_deref()
+            .is_some_and(|c| !c.eq_ignore_ascii_case(sum))
+    {
+        return Err(corrupt(
+            info,
+            format!(
+                "'{}' reads back as {size} bytes with checksum {sum}, files.jsonl records {} bytes and {}: the stored object is damaged (run verify-backup)",
+                e.path,
+                e.size,
+                e.checksum.as_deref().unwrap_or("no checksum")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn open_for_write(path: &Path, mode: u32) -> io::Result<File> {
@@ -363,25 +390,11 @@ fn restore_file(ctx: &Ctx, e: &FileEntry) -> Result<(), RestoreError> {
         Err(err) => return Err(io_err(&path)(err)),
     };
     let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let (size, sum) = copy_object(ctx, e, &mut w)?;
+    let (size, sum) = copy_object(ctx.dir, ctx.info, e, &mut w)?;
     let file = w
         .into_inner()
         .map_err(|err| io_err(&path)(err.into_error()))?;
-    if size != e.size
-        || e.checksum
-            .as_deref()
-            .is_some_and(|c| !c.eq_ignore_ascii_case(&sum))
-    {
-        return Err(corrupt(
-            ctx.info,
-            format!(
-                "'{}' reads back as {size} bytes with checksum {sum}, files.jsonl records {} bytes and {}: the stored object is damaged (run verify-backup)",
-                e.path,
-                e.size,
-                e.checksum.as_deref().unwrap_or("no checksum")
-            ),
-        ));
-    }
+    check_content(ctx.info, e, size, &sum)?;
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(&path))?;
     ctx.opts.owner.apply_file(&file, &path)?;
@@ -550,7 +563,7 @@ pub fn restore(
 }
 
 /// Folders a base backup may leave out but PostgreSQL needs to start.
-const STANDARD_DIRS: &[&str] = &[
+pub(crate) const STANDARD_DIRS: &[&str] = &[
     "pg_wal",
     "pg_wal/archive_status",
     "pg_tblspc",

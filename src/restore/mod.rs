@@ -9,6 +9,8 @@
 pub mod destination;
 pub mod files;
 pub mod get_wal;
+pub mod remote;
+pub mod tar_stream;
 pub mod target;
 pub mod wal;
 
@@ -52,6 +54,9 @@ pub enum RestoreError {
     /// get-wal: the repository does not hold the WAL file asked for.
     #[error("{0}")]
     NotFound(String),
+    /// The SSH connection to a remote destination failed.
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
@@ -105,6 +110,8 @@ pub struct RecoverRequest {
     pub jobs: usize,
     /// The destination holds an older copy: rewrite only what differs.
     pub delta: bool,
+    /// The destination is on this host (reached over SSH); `None`: this machine.
+    pub remote: Option<crate::ssh::SshTarget>,
 }
 
 /// One tablespace of the backup and where it is restored.
@@ -174,6 +181,8 @@ pub struct RecoverSummary {
     pub signal_file: String,
     /// Whether the backup's `backup_manifest` was written into the destination.
     pub manifest: bool,
+    /// The host the destination is on (`user@host:port`), for a remote recovery.
+    pub remote: Option<String>,
 }
 
 /// Checks everything a recovery needs without changing anything.
@@ -204,12 +213,25 @@ pub fn prepare(
     check_target_against_backup(&req, &info)?;
     check_target_against_archive(catalog, &req)?;
     let dir = BackupDir::new(&repo, &info.backup_id);
-    let destination = destination::absolute(&req.destination)?;
-    let tablespaces = destination::plan_tablespaces(&info, &req.tablespaces, &destination)?;
-    let dest_state = destination::check(&destination, req.delta)?;
-    for t in &tablespaces {
-        destination::check_tablespace_location(&t.location, t.oid, req.delta)?;
-    }
+    let (destination, tablespaces, owner) = match &req.remote {
+        None => {
+            let destination = destination::absolute(&req.destination)?;
+            let tablespaces = destination::plan_tablespaces(&info, &req.tablespaces, &destination)?;
+            let dest_state = destination::check(&destination, req.delta)?;
+            for t in &tablespaces {
+                destination::check_tablespace_location(&t.location, t.oid, req.delta)?;
+            }
+            (destination, tablespaces, dest_state.owner)
+        }
+        // The remote destination is checked over SSH when the recovery starts,
+        // before anything is written.
+        Some(t) => {
+            remote::check_request(&req, t)?;
+            let destination = destination::absolute(&req.destination)?;
+            let tablespaces = destination::plan_tablespaces(&info, &req.tablespaces, &destination)?;
+            (destination, tablespaces, Owner::default())
+        }
+    };
     let wal = wal::plan(&info, &repo, catalog, req.target.as_ref(), req.target_tli)?;
     let restore_command = match &req.wal {
         WalSource::Copy => format!(
@@ -231,7 +253,7 @@ pub fn prepare(
         disable_archive_command: true,
     };
     Ok(RecoverPlan {
-        owner: dest_state.owner,
+        owner,
         wal: matches!(req.wal, WalSource::Copy).then_some(wal),
         request: req,
         info,
@@ -390,6 +412,86 @@ pub fn execute(
 ) -> Result<RecoverSummary, RestoreError> {
     let started = Instant::now();
     let req = &plan.request;
+    let done = match &req.remote {
+        None => execute_local(plan, progress)?,
+        Some(t) => remote::execute(plan, t, progress)?,
+    };
+    let (file_stats, wal_files, wal_bytes, manifest, signal_file) = (
+        done.files,
+        done.wal_files,
+        done.wal_bytes,
+        done.manifest,
+        done.signal_file,
+    );
+    let duration = started.elapsed().as_secs_f64();
+    let restored = file_stats.bytes_written + file_stats.bytes_skipped + wal_bytes;
+    let bytes_per_sec = restored as f64 / duration.max(0.001);
+    let summary = RecoverSummary {
+        server: req.server.clone(),
+        backup_id: plan.info.backup_id.clone(),
+        destination: plan.destination.clone(),
+        target: req.target.clone(),
+        delta: req.delta,
+        files: file_stats,
+        wal_files,
+        wal_bytes,
+        duration_secs: duration,
+        bytes_per_sec,
+        tablespaces: plan.tablespaces.clone(),
+        settings: plan.settings.clone(),
+        signal_file,
+        manifest,
+        remote: req.remote.as_ref().map(|t| t.display()),
+    };
+    let measurement = Measurement {
+        server: req.server.clone(),
+        kind: if req.delta {
+            "restore-delta"
+        } else {
+            "restore"
+        }
+        .to_string(),
+        backup_id: Some(plan.info.backup_id.clone()),
+        measured_at: Utc::now(),
+        duration_secs: duration,
+        bytes: restored,
+        files: summary.files.files_written + summary.files.files_skipped,
+        bytes_per_sec,
+        detail: serde_json::json!({
+            "jobs": req.jobs,
+            "bytes_written": summary.files.bytes_written,
+            "bytes_skipped": summary.files.bytes_skipped,
+            "wal_bytes": wal_bytes,
+            "destination": plan.destination,
+            "remote": summary.remote,
+        })
+        .to_string(),
+    };
+    if let Err(e) = catalog.insert_measurement(&measurement) {
+        tracing::warn!("could not record the restore measurement: {e}");
+    }
+    Ok(summary)
+}
+
+/// What writing a recovery into its destination did (local or remote).
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The backup's files.
+    pub files: files::FileStats,
+    /// WAL files put into `pgbk_wal/`.
+    pub wal_files: u64,
+    /// Bytes of those.
+    pub wal_bytes: u64,
+    /// Whether `backup_manifest` was written.
+    pub manifest: bool,
+    /// `recovery.signal` or `standby.signal`.
+    pub signal_file: String,
+}
+
+/// The local sink: files decompressed in parallel into the destination, then WAL,
+/// settings, signal file, syncfs.
+fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written, RestoreError> {
+    let req = &plan.request;
     destination::create(&plan.destination, plan.owner)?;
     for t in &plan.tablespaces {
         destination::create(&t.location, plan.owner)?;
@@ -409,7 +511,7 @@ pub fn execute(
             .map(|t| (t.oid, t.location.clone()))
             .collect(),
     };
-    let file_stats = files::restore(
+    let files = files::restore(
         &plan.dir,
         &plan.info,
         &layout,
@@ -438,52 +540,13 @@ pub fn execute(
     for t in &plan.tablespaces {
         destination::sync(&t.location)?;
     }
-    let duration = started.elapsed().as_secs_f64();
-    let restored = file_stats.bytes_written + file_stats.bytes_skipped + wal_bytes;
-    let bytes_per_sec = restored as f64 / duration.max(0.001);
-    let summary = RecoverSummary {
-        server: req.server.clone(),
-        backup_id: plan.info.backup_id.clone(),
-        destination: plan.destination.clone(),
-        target: req.target.clone(),
-        delta: req.delta,
-        files: file_stats,
+    Ok(Written {
+        files,
         wal_files,
         wal_bytes,
-        duration_secs: duration,
-        bytes_per_sec,
-        tablespaces: plan.tablespaces.clone(),
-        settings: plan.settings.clone(),
-        signal_file,
         manifest,
-    };
-    let measurement = Measurement {
-        server: req.server.clone(),
-        kind: if req.delta {
-            "restore-delta"
-        } else {
-            "restore"
-        }
-        .to_string(),
-        backup_id: Some(plan.info.backup_id.clone()),
-        measured_at: Utc::now(),
-        duration_secs: duration,
-        bytes: restored,
-        files: summary.files.files_written + summary.files.files_skipped,
-        bytes_per_sec,
-        detail: serde_json::json!({
-            "jobs": req.jobs,
-            "bytes_written": summary.files.bytes_written,
-            "bytes_skipped": summary.files.bytes_skipped,
-            "wal_bytes": wal_bytes,
-            "destination": plan.destination,
-        })
-        .to_string(),
-    };
-    if let Err(e) = catalog.insert_measurement(&measurement) {
-        tracing::warn!("could not record the restore measurement: {e}");
-    }
-    Ok(summary)
+        signal_file,
+    })
 }
 
 /// `prepare` then `execute`, opening the catalog (recovery needs a repository).

@@ -18,9 +18,11 @@
 
 mod cluster;
 mod pgbk;
+pub mod sshd;
 
 pub use cluster::{Auth, Cluster, ClusterOptions, PASSWORD};
 pub use pgbk::{BackgroundPgbk, Output, Pgbk};
+pub use sshd::Sshd;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
