@@ -2,6 +2,7 @@
 //! SQL and over a replication connection, and what pgbk holds locally. Each part that
 //! fails is kept as its error so that `status` and `check` can still report the rest.
 
+use crate::backup::BackupInfo;
 use crate::catalog::{Catalog, WalKind, WalRecord};
 use crate::config::ServerConfig;
 use crate::lock::JobLock;
@@ -110,6 +111,41 @@ pub struct LocalState {
     pub safe_lsn: Option<Lsn>,
     /// When WAL last arrived.
     pub last_receive_time: Option<DateTime<Utc>>,
+    /// The server's backups as the catalog lists them, oldest first.
+    pub backups: Vec<BackupInfo>,
+    /// Space left in `home`, when it can be measured.
+    pub disk: Option<DiskSpace>,
+}
+
+/// The filesystem holding `home`, as `statvfs` sees it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DiskSpace {
+    /// Bytes of the filesystem.
+    pub total_bytes: u64,
+    /// Bytes an unprivileged process may still write.
+    pub available_bytes: u64,
+}
+
+impl DiskSpace {
+    /// Measures the filesystem holding `path` (or its nearest existing parent).
+    pub fn of(path: &Path) -> Option<DiskSpace> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut dir = path.to_path_buf();
+        while !dir.exists() {
+            dir = dir.parent()?.to_path_buf();
+        }
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a zeroed out-parameter.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let frsize = st.f_frsize as u64;
+        Some(DiskSpace {
+            total_bytes: st.f_blocks as u64 * frsize,
+            available_bytes: st.f_bavail as u64 * frsize,
+        })
+    }
 }
 
 /// The `.partial` segment receive-wal is writing.
@@ -136,6 +172,8 @@ pub struct ServerState {
     pub streaming: Result<StreamingState, String>,
     /// The repository side.
     pub local: LocalState,
+    /// When the probe ran (age checks measure against it).
+    pub now: DateTime<Utc>,
 }
 
 fn ser_result<T: Serialize, S: serde::Serializer>(
@@ -318,6 +356,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     let repo = ServerRepo::new(home, &server.name);
     let mut st = LocalState {
         not_writable: writable(&repo, home).err(),
+        disk: DiskSpace::of(home),
         receive_wal_pid: JobLock::holder(&repo.lock_dir().join("receive-wal.lock"))
             .ok()
             .flatten(),
@@ -352,6 +391,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         }
     }
     st.last_segment = cat.last_segment(&server.name).map_err(|e| e.to_string())?;
+    st.backups = cat.backups(&server.name).map_err(|e| e.to_string())?;
     let (target, history) = archived_history(&repo, &files);
     st.gaps = find_gaps(&complete, &history, target, seg_size)
         .iter()
@@ -409,6 +449,7 @@ pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
     let (sql, streaming) = tokio::join!(sql_state(server), streaming_state(server));
     let local = local_state(server, home).unwrap_or_else(|e| LocalState {
         not_writable: Some(e),
+        disk: DiskSpace::of(home),
         ..Default::default()
     });
     ServerState {
@@ -416,5 +457,6 @@ pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
         sql,
         streaming,
         local,
+        now: Utc::now(),
     }
 }

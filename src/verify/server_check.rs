@@ -1,8 +1,16 @@
 //! The items `check` judges for one server, from one probe.
 
-use super::probe::ServerState;
+use super::probe::{DiskSpace, ServerState};
+use crate::backup::BackupStatus;
 use crate::config::ServerConfig;
+use crate::output::{human_bytes, human_seconds};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+/// `disk space` fails when less than this many bytes are available in `home`…
+pub const DISK_MIN_FREE_BYTES: u64 = 1 << 30;
+/// …or less than this share of the filesystem (2%).
+pub const DISK_MIN_FREE_RATIO: f64 = 0.02;
 
 /// One judged item.
 #[derive(Debug, Clone, Serialize)]
@@ -128,5 +136,280 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         (st.local.error_files > 0)
             .then(|| format!("{} file(s) in the errors folder", st.local.error_files)),
     ));
+    out.extend(repository_items(server, st));
     out
+}
+
+fn age_seconds(now: DateTime<Utc>, t: DateTime<Utc>) -> f64 {
+    (now - t).num_milliseconds().max(0) as f64 / 1000.0
+}
+
+/// The items about what the repository holds: backups, WAL age, retention, disk space.
+fn repository_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
+    let mut out = Vec::new();
+    let backups = &st.local.backups;
+    let done: Vec<_> = backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Done)
+        .collect();
+    let failed: Vec<&str> = backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Failed)
+        .map(|b| b.backup_id.as_str())
+        .collect();
+    out.push(item(
+        "failed backups",
+        failed.is_empty(),
+        (!failed.is_empty()).then(|| {
+            let shown: Vec<&str> = failed.iter().take(5).copied().collect();
+            let more = if failed.len() > 5 { ", …" } else { "" };
+            format!(
+                "there are {} failed backups ({}{more})",
+                failed.len(),
+                shown.join(", ")
+            )
+        }),
+    ));
+    let need = server.minimum_redundancy as usize;
+    out.push(item(
+        "minimum redundancy requirements",
+        done.len() >= need,
+        Some(format!(
+            "have {} backups, expected at least {need}",
+            done.len()
+        )),
+    ));
+    if let Some(max) = server.last_backup_maximum_age {
+        let newest = done
+            .iter()
+            .map(|b| b.end_time.unwrap_or(b.begin_time))
+            .max();
+        let interval = human_seconds(max.as_secs_f64());
+        let (ok, hint) = match newest {
+            None => (
+                false,
+                format!("interval provided: {interval}, latest backup age: no DONE backup"),
+            ),
+            Some(t) => {
+                let age = age_seconds(st.now, t);
+                (
+                    age <= max.as_secs_f64(),
+                    format!(
+                        "interval provided: {interval}, latest backup age: {}",
+                        human_seconds(age)
+                    ),
+                )
+            }
+        };
+        out.push(item("backup maximum age", ok, Some(hint)));
+    }
+    if let Some(max) = server.last_wal_maximum_age {
+        let interval = human_seconds(max.as_secs_f64());
+        let (ok, hint) = match st.local.last_receive_time {
+            None => (
+                false,
+                format!("interval provided: {interval}, no WAL archived yet"),
+            ),
+            Some(t) => {
+                let age = age_seconds(st.now, t);
+                (
+                    age <= max.as_secs_f64(),
+                    format!(
+                        "interval provided: {interval}, last WAL age: {}",
+                        human_seconds(age)
+                    ),
+                )
+            }
+        };
+        out.push(item("wal maximum age", ok, Some(hint)));
+    }
+    // The configuration loader already refused an invalid policy; show what applies.
+    out.push(item(
+        "retention policy settings",
+        true,
+        Some(match &server.retention_policy {
+            Some(p) => format!("{p}, minimum_redundancy {}", server.minimum_redundancy),
+            None => "no retention policy: backups and WAL are kept until deleted".into(),
+        }),
+    ));
+    if let Some(d) = st.local.disk {
+        out.push(disk_item(d));
+    }
+    out
+}
+
+/// FAILED below [`DISK_MIN_FREE_BYTES`] or [`DISK_MIN_FREE_RATIO`] of the filesystem.
+fn disk_item(d: DiskSpace) -> CheckItem {
+    let ratio = if d.total_bytes == 0 {
+        1.0
+    } else {
+        d.available_bytes as f64 / d.total_bytes as f64
+    };
+    let ok = d.available_bytes >= DISK_MIN_FREE_BYTES && ratio >= DISK_MIN_FREE_RATIO;
+    item(
+        "disk space",
+        ok,
+        Some(format!(
+            "{} available of {} ({:.1}%){}",
+            human_bytes(d.available_bytes),
+            human_bytes(d.total_bytes),
+            ratio * 100.0,
+            if ok { "" } else { ", below 1 GiB or 2%" }
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::{BackupInfo, KeepTarget};
+    use crate::config::Config;
+    use crate::verify::probe::LocalState;
+    use crate::wal::{SystemId, TimeLineId};
+    use chrono::Duration;
+
+    fn server(extra: &str) -> ServerConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pgbk.conf"),
+            format!("[pgbk]\nhome = {}\n", dir.path().join("home").display()),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/pg1.conf"),
+            format!("[pg1]\nconninfo = host=pg user=u dbname=postgres\n{extra}"),
+        )
+        .unwrap();
+        let mut c = Config::load(&dir.path().join("pgbk.conf")).unwrap();
+        c.servers.remove("pg1").unwrap()
+    }
+
+    fn backup(id: &str, status: BackupStatus, end: DateTime<Utc>) -> BackupInfo {
+        BackupInfo {
+            backup_id: id.into(),
+            name: None,
+            server: "pg1".into(),
+            status,
+            method: "postgres".into(),
+            server_version: 150000,
+            system_id: SystemId(1),
+            timeline: TimeLineId(1),
+            wal_segment_size: 16 << 20,
+            begin_lsn: None,
+            end_lsn: None,
+            end_timeline: None,
+            begin_wal: None,
+            end_wal: None,
+            begin_time: end,
+            end_time: Some(end),
+            size_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            tablespaces: Vec::new(),
+            error: None,
+            pid: None,
+            keep: None::<KeepTarget>,
+            checksum_algorithm: "blake3".into(),
+            has_manifest: false,
+        }
+    }
+
+    fn state(now: DateTime<Utc>, local: LocalState) -> ServerState {
+        ServerState {
+            server: "pg1".into(),
+            sql: Err("down".into()),
+            streaming: Err("down".into()),
+            local,
+            now,
+        }
+    }
+
+    fn find<'a>(items: &'a [CheckItem], name: &str) -> Option<&'a CheckItem> {
+        items.iter().find(|i| i.name == name)
+    }
+
+    #[test]
+    fn backup_maximum_age_judges_the_newest_done_backup() {
+        let now = Utc::now();
+        let s = server("last_backup_maximum_age = 1 DAYS\nminimum_redundancy = 2\n");
+        let old = backup(
+            "20260101T000000",
+            BackupStatus::Done,
+            now - Duration::days(3),
+        );
+        let failed = backup("20260102T000000", BackupStatus::Failed, now);
+        let local = LocalState {
+            backups: vec![old.clone(), failed.clone()],
+            ..Default::default()
+        };
+        let items = check_items(&s, &state(now, local));
+        assert!(!find(&items, "backup maximum age").unwrap().ok);
+        let f = find(&items, "failed backups").unwrap();
+        assert!(!f.ok && f.hint.as_deref().unwrap().contains("20260102T000000"));
+        assert!(!find(&items, "minimum redundancy requirements").unwrap().ok);
+
+        let fresh = backup(
+            "20260103T000000",
+            BackupStatus::Done,
+            now - Duration::hours(2),
+        );
+        let local = LocalState {
+            backups: vec![old, fresh],
+            ..Default::default()
+        };
+        let items = check_items(&s, &state(now, local));
+        assert!(find(&items, "backup maximum age").unwrap().ok);
+        assert!(find(&items, "failed backups").unwrap().ok);
+        assert!(find(&items, "minimum redundancy requirements").unwrap().ok);
+
+        // No DONE backup at all is a failure too.
+        let items = check_items(&s, &state(now, LocalState::default()));
+        assert!(!find(&items, "backup maximum age").unwrap().ok);
+    }
+
+    #[test]
+    fn age_items_are_omitted_unless_configured() {
+        let items = check_items(&server(""), &state(Utc::now(), LocalState::default()));
+        assert!(find(&items, "backup maximum age").is_none());
+        assert!(find(&items, "wal maximum age").is_none());
+        assert!(find(&items, "minimum redundancy requirements").unwrap().ok);
+        assert!(find(&items, "retention policy settings").unwrap().ok);
+    }
+
+    #[test]
+    fn wal_maximum_age_uses_the_last_arrival() {
+        let now = Utc::now();
+        let s = server("last_wal_maximum_age = 30 MINUTES\n");
+        let at = |mins| LocalState {
+            last_receive_time: Some(now - Duration::minutes(mins)),
+            ..Default::default()
+        };
+        assert!(
+            find(&check_items(&s, &state(now, at(5))), "wal maximum age")
+                .unwrap()
+                .ok
+        );
+        assert!(
+            !find(&check_items(&s, &state(now, at(45))), "wal maximum age")
+                .unwrap()
+                .ok
+        );
+        let none = check_items(&s, &state(now, LocalState::default()));
+        assert!(!find(&none, "wal maximum age").unwrap().ok);
+    }
+
+    #[test]
+    fn disk_space_fails_below_a_gibibyte_or_two_percent() {
+        let gib = 1u64 << 30;
+        let d = |avail, total| {
+            disk_item(DiskSpace {
+                total_bytes: total,
+                available_bytes: avail,
+            })
+        };
+        assert!(d(50 * gib, 100 * gib).ok);
+        assert!(!d(gib / 2, 10 * gib).ok, "under 1 GiB");
+        assert!(!d(10 * gib, 1000 * gib).ok, "under 2%");
+    }
 }
