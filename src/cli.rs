@@ -59,6 +59,11 @@ pub enum Command {
     },
     /// Show a server's state: versions, WAL position, archive, streaming lag (RPO).
     Status(ServerArg),
+    /// Print one JSON document for bug reports: versions, configuration (passwords
+    /// masked), every server's status and checks, the catalog's schema and row counts.
+    Diagnose,
+    /// Rebuild a server's catalog rows from its repository files ('all' for every server).
+    RebuildCatalog(ServerArg),
     /// Force PostgreSQL to close the current WAL segment.
     #[command(visible_alias = "switch-xlog")]
     SwitchWal {

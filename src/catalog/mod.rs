@@ -11,6 +11,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod rebuild;
+pub use rebuild::{rebuild_server, RebuildError, RebuildSummary, ServerRows};
+
 /// Schema migrations, in order; `schema_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
     // 1: servers' identities and archived WAL files.

@@ -1,10 +1,28 @@
 //! `list-servers`: the configured servers, one line each.
 
 use super::{Context, ExitCode};
+use crate::config::ServerConfig;
 use crate::outln;
 use crate::output::{print_json, Format};
+use crate::verify::probe::{live_rpo, Rpo};
+use crate::verify::rto::estimate_from_catalog;
 use anyhow::Result;
 use serde::Serialize;
+use std::path::Path;
+
+async fn live_rpos(servers: &[&ServerConfig], home: &Path) -> Vec<Option<Rpo>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, s) in servers.iter().enumerate() {
+        let s = (*s).clone();
+        let home = home.to_path_buf();
+        set.spawn(async move { (i, live_rpo(&s, &home).await) });
+    }
+    let mut out = vec![None; servers.len()];
+    while let Some(Ok((i, r))) = set.join_next().await {
+        out[i] = r;
+    }
+    out
+}
 
 #[derive(Serialize)]
 struct ServerLine<'a> {
@@ -15,11 +33,17 @@ struct ServerLine<'a> {
     streaming_archiver: bool,
     archiver: bool,
     config_file: String,
+    /// Live RPO (JSON only; `null` when the server cannot be reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpo: Option<Option<Rpo>>,
+    /// RTO estimate (JSON only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rto: Option<serde_json::Value>,
 }
 
 /// Prints every server (name and description; `--minimal`: names only).
 pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
-    let lines: Vec<ServerLine> = ctx
+    let mut lines: Vec<ServerLine> = ctx
         .config
         .servers
         .values()
@@ -31,8 +55,24 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             streaming_archiver: s.streaming_archiver,
             archiver: s.archiver,
             config_file: s.file.display().to_string(),
+            rpo: None,
+            rto: None,
         })
         .collect();
+    if ctx.format == Format::Json && !minimal {
+        // Every server probed at once, each bounded by LIVE_RPO_TIMEOUT.
+        let home = &ctx.config.home;
+        let servers: Vec<_> = ctx.config.servers.values().collect();
+        let rpos = super::runtime()?.block_on(live_rpos(&servers, home));
+        for ((l, s), rpo) in lines.iter_mut().zip(&servers).zip(rpos) {
+            l.rpo = Some(rpo);
+            let rto = estimate_from_catalog(home, &s.name);
+            l.rto = Some(match &rto {
+                Ok(Some(r)) => serde_json::json!({ "seconds": r.seconds, "basis": r.basis }),
+                _ => super::status::rto_json(&rto),
+            });
+        }
+    }
     match ctx.format {
         Format::Json => print_json(&lines)?,
         Format::Text => {

@@ -7,11 +7,13 @@ pub mod check;
 pub mod check_backup;
 pub mod delete;
 pub mod demo;
+pub mod diagnose;
 pub mod get_wal;
 pub mod keep;
 pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
+pub mod rebuild_catalog;
 pub mod receive_wal;
 pub mod recover;
 pub mod show_backup;
@@ -80,6 +82,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::ShowServer(a) => show_server::run(&ctx, &a.server),
         Command::Check { server, nagios } => check::run(&ctx, &server, nagios),
         Command::Status(a) => status::run(&ctx, &a.server),
+        Command::Diagnose => diagnose::run(&ctx),
+        Command::RebuildCatalog(a) => rebuild_catalog::run(&ctx, &a.server),
         Command::SwitchWal {
             server,
             force,

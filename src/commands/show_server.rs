@@ -3,8 +3,10 @@
 use super::{Context, ExitCode};
 use crate::config::ServerConfig;
 use crate::outln;
-use crate::output::{print_json, Format};
+use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::pg::mask_conninfo;
+use crate::verify::probe::live_rpo;
+use crate::verify::rto::estimate_from_catalog;
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -87,6 +89,8 @@ pub fn effective_settings(s: &ServerConfig, home: &std::path::Path) -> BTreeMap<
 pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     let s = super::server(ctx, name)?;
     let settings = effective_settings(s, &ctx.config.home);
+    let rpo = super::runtime()?.block_on(live_rpo(s, &ctx.config.home));
+    let rto = estimate_from_catalog(&ctx.config.home, &s.name);
     match ctx.format {
         Format::Json => {
             let mut obj = serde_json::Map::new();
@@ -94,6 +98,8 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             for (k, v) in &settings {
                 obj.insert(k.clone(), v.clone().into());
             }
+            obj.insert("rpo".into(), serde_json::to_value(rpo)?);
+            obj.insert("rto".into(), super::status::rto_json(&rto));
             print_json(&obj)?;
         }
         Format::Text => {
@@ -101,6 +107,15 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             for (k, v) in &settings {
                 outln!("\t{k}: {v}")?;
             }
+            match rpo {
+                Some(r) => outln!(
+                    "\tRPO: {} ({})",
+                    human_bytes(r.bytes),
+                    human_seconds(r.seconds)
+                )?,
+                None => outln!("\tRPO: unknown (server unreachable)")?,
+            }
+            outln!("\tRTO (estimated): {}", super::status::rto_text(&rto))?;
         }
     }
     Ok(0)

@@ -5,6 +5,7 @@ use super::{runtime, Context, ExitCode};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::verify::probe::probe;
+use crate::verify::rto::{estimate_from_catalog, Rto};
 use anyhow::Result;
 use chrono::Utc;
 
@@ -13,11 +14,13 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     let s = super::server(ctx, name)?;
     let st = runtime()?.block_on(probe(s, &ctx.config.home));
     let rpo = st.rpo();
+    let rto = estimate_from_catalog(&ctx.config.home, &s.name);
     if ctx.format == Format::Json {
         let mut v = serde_json::to_value(&st)?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("description".into(), s.description.clone().into());
             obj.insert("rpo".into(), serde_json::to_value(rpo)?);
+            obj.insert("rto".into(), rto_json(&rto));
             obj.insert("active".into(), s.active.into());
         }
         print_json(&v)?;
@@ -115,5 +118,31 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
         )?,
         None => outln!("\tRPO (streaming lag): unknown (server unreachable)")?,
     }
+    outln!("\tRTO (estimated): {}", rto_text(&rto))?;
     Ok(if st.sql.is_ok() { 0 } else { 1 })
+}
+
+/// The RTO as JSON: the estimate, `null` without a DONE backup, `{"error"}` when the
+/// catalog could not be read.
+pub fn rto_json(rto: &Result<Option<Rto>, String>) -> serde_json::Value {
+    match rto {
+        Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
+}
+
+/// The RTO on one line of text.
+pub fn rto_text(rto: &Result<Option<Rto>, String>) -> String {
+    match rto {
+        Ok(Some(r)) => format!(
+            "{} (restore of {}, {} + {} of WAL; {})",
+            human_seconds(r.seconds),
+            r.backup_id,
+            human_bytes(r.backup_bytes),
+            human_bytes(r.wal_bytes),
+            r.basis
+        ),
+        Ok(None) => "unknown (no DONE backup)".into(),
+        Err(e) => format!("unknown ({e})"),
+    }
 }

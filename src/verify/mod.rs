@@ -3,4 +3,5 @@
 
 pub mod backup_check;
 pub mod probe;
+pub mod rto;
 pub mod server_check;

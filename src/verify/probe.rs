@@ -460,3 +460,15 @@ pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
         now: Utc::now(),
     }
 }
+
+/// How long [`live_rpo`] waits for a server before giving up on it.
+pub const LIVE_RPO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The live RPO of a server, `None` when it cannot be reached within
+/// [`LIVE_RPO_TIMEOUT`] (listings must stay fast when a server is down).
+pub async fn live_rpo(server: &ServerConfig, home: &Path) -> Option<Rpo> {
+    tokio::time::timeout(LIVE_RPO_TIMEOUT, probe(server, home))
+        .await
+        .ok()?
+        .rpo()
+}

@@ -1,0 +1,270 @@
+//! Replacing a server's rows at once (`rebuild-catalog`) and counting rows (`diagnose`).
+
+use super::{Catalog, CatalogError, WalKind, WalRecord};
+use crate::backup::{is_backup_id, BackupDir, BackupInfo};
+use crate::lock::{JobLock, LockError};
+use crate::repo::compress::{checksum, decompress_to};
+use crate::repo::ServerRepo;
+use crate::wal::header::read_long_header;
+use crate::wal::{SystemId, TimeLineId, WalFileName};
+use chrono::{DateTime, Utc};
+use rayon::prelude::*;
+use rusqlite::params;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why a server's catalog rows could not be rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// receive-wal or a backup of the server is running.
+    #[error("cannot rebuild the catalog of server '{server}' now: {source}")]
+    Busy {
+        /// Server name.
+        server: String,
+        /// The lock that is held.
+        source: LockError,
+    },
+    /// A repository file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The catalog refused.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// What a rebuild found for one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildSummary {
+    /// Server name.
+    pub server: String,
+    /// Backups restored from backup.json.
+    pub backups: usize,
+    /// Archived WAL files (segments, partials, history files).
+    pub wal_files: usize,
+    /// The system identifier recorded, if the repository showed one.
+    pub system_id: Option<SystemId>,
+    /// backup.json files that could not be read (skipped).
+    pub unreadable: Vec<String>,
+}
+
+/// One WAL archive file found on disk.
+struct Found {
+    path: PathBuf,
+    name: String,
+    kind: WalKind,
+    timeline: TimeLineId,
+    segno: Option<u64>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RebuildError + '_ {
+    move |source| RebuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn modified(path: &Path) -> DateTime<Utc> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now())
+}
+
+/// Rebuilds a server's catalog rows from its repository folder: every
+/// `backups/<id>/backup.json`, every archived WAL file (decompressed in parallel for
+/// its size and checksum), and the identity from a segment's long header (else the
+/// newest backup). Holds the server's receive-wal and backup locks meanwhile, and
+/// refuses when either job is running.
+pub fn rebuild_server(
+    home: &Path,
+    catalog: &Catalog,
+    server: &str,
+) -> Result<RebuildSummary, RebuildError> {
+    let repo = ServerRepo::new(home, server);
+    let busy = |source| RebuildError::Busy {
+        server: server.to_string(),
+        source,
+    };
+    let _rw =
+        JobLock::acquire(&repo.lock_dir().join("receive-wal.lock"), "receive-wal").map_err(busy)?;
+    let _bk = JobLock::acquire(&repo.lock_dir().join("backup.lock"), "a backup").map_err(busy)?;
+
+    let mut backups = Vec::new();
+    let mut unreadable = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            if !is_backup_id(&id) {
+                continue;
+            }
+            match BackupDir::new(&repo, &id).read_info() {
+                Ok(info) => backups.push(info),
+                Err(_) => unreadable.push(id),
+            }
+        }
+    }
+    backups.sort_by(|a: &BackupInfo, b| a.backup_id.cmp(&b.backup_id));
+
+    // The segment size names segments; the newest backup knows it, else a header does.
+    let wals = repo.wals_dir();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&wals) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Ok(sub) = std::fs::read_dir(&p) {
+                    files.extend(sub.flatten().map(|s| s.path()));
+                }
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut seg_size = backups.last().map(|b| b.wal_segment_size);
+    let mut identity = None;
+    let first_segment = files.iter().find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".zst"))
+            .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if let Some(p) = first_segment {
+        let mut head = Vec::new();
+        let _ = decompress_to(p, &mut head);
+        if let Some(h) = read_long_header(&head) {
+            seg_size = Some(h.seg_size);
+            identity = Some((h.system_id, h.seg_size));
+        }
+    }
+    let seg_size = seg_size.unwrap_or(16 << 20);
+    if identity.is_none() {
+        identity = backups.last().map(|b| (b.system_id, b.wal_segment_size));
+    }
+    let found: Vec<Found> = files
+        .iter()
+        .filter_map(|p| {
+            let file = p.file_name()?.to_str()?;
+            let name = file.strip_suffix(".zst").unwrap_or(file);
+            match WalFileName::parse(name, seg_size)? {
+                WalFileName::Segment(s) if file.ends_with(".zst") => Some(Found {
+                    path: p.clone(),
+                    name: name.to_string(),
+                    kind: WalKind::Segment,
+                    timeline: s.tli,
+                    segno: Some(s.segno),
+                }),
+                WalFileName::Partial(s) if file.ends_with(".zst") => Some(Found {
+                    path: p.clone(),
+                    name: name.to_string(),
+                    kind: WalKind::Partial,
+                    timeline: s.tli,
+                    segno: Some(s.segno),
+                }),
+                WalFileName::History(tli) if !file.ends_with(".zst") => Some(Found {
+                    path: p.clone(),
+                    name: name.to_string(),
+                    kind: WalKind::History,
+                    timeline: tli,
+                    segno: None,
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    let wal: Vec<WalRecord> = found
+        .par_iter()
+        .map(|f| {
+            let stored_size = std::fs::metadata(&f.path).map_err(io_err(&f.path))?.len();
+            let (size, sum) = if f.kind == WalKind::History {
+                let data = std::fs::read(&f.path).map_err(io_err(&f.path))?;
+                (data.len() as u64, checksum(&data))
+            } else {
+                decompress_to(&f.path, std::io::sink()).map_err(io_err(&f.path))?
+            };
+            Ok(WalRecord {
+                name: f.name.clone(),
+                kind: f.kind,
+                timeline: f.timeline,
+                segno: f.segno,
+                size,
+                stored_size,
+                checksum: sum,
+                archived_at: modified(&f.path),
+            })
+        })
+        .collect::<Result<_, RebuildError>>()?;
+    catalog.replace_server_rows(
+        server,
+        &ServerRows {
+            identity,
+            backups: &backups,
+            wal: &wal,
+        },
+    )?;
+    Ok(RebuildSummary {
+        server: server.to_string(),
+        backups: backups.len(),
+        wal_files: wal.len(),
+        system_id: identity.map(|(id, _)| id),
+        unreadable,
+    })
+}
+
+/// What a server's part of the catalog is rebuilt from.
+pub struct ServerRows<'a> {
+    /// System identifier and segment size, when the repository shows them.
+    pub identity: Option<(SystemId, u64)>,
+    /// Every backup.json.
+    pub backups: &'a [BackupInfo],
+    /// Every archived WAL file.
+    pub wal: &'a [WalRecord],
+}
+
+impl Catalog {
+    /// Replaces a server's identity, backups and WAL rows in one transaction; other
+    /// servers' rows and the measurements are left as they are.
+    pub fn replace_server_rows(&self, server: &str, rows: &ServerRows) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.sql_err(e))?;
+        for table in [
+            "DELETE FROM servers WHERE name = ?1",
+            "DELETE FROM wal_files WHERE server = ?1",
+            "DELETE FROM backups WHERE server = ?1",
+        ] {
+            tx.execute(table, params![server])
+                .map_err(|e| self.sql_err(e))?;
+        }
+        if let Some((id, seg)) = rows.identity {
+            self.check_server_identity(server, id, seg)?;
+        }
+        for b in rows.backups {
+            self.upsert_backup(b)?;
+        }
+        for w in rows.wal {
+            self.insert_wal(server, w)?;
+        }
+        tx.commit().map_err(|e| self.sql_err(e))
+    }
+
+    /// Rows per table (servers, wal_files, backups, measurements).
+    pub fn row_counts(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
+        let mut out = BTreeMap::new();
+        for table in ["servers", "wal_files", "backups", "measurements"] {
+            let n: i64 = self
+                .conn
+                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .map_err(|e| self.sql_err(e))?;
+            out.insert(table.to_string(), n);
+        }
+        Ok(out)
+    }
+}

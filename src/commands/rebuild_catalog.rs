@@ -1,0 +1,40 @@
+//! `rebuild-catalog`: a server's catalog rows rebuilt from its repository files.
+
+use super::{Context, ExitCode};
+use crate::catalog::{rebuild_server, Catalog, RebuildSummary};
+use crate::outln;
+use crate::output::{print_json, Format};
+use anyhow::{Context as _, Result};
+
+/// Runs the verb for one server or `all` (every configured server).
+pub fn run(ctx: &Context, target: &str) -> Result<ExitCode> {
+    let names: Vec<String> = if target == "all" {
+        ctx.config.servers.keys().cloned().collect()
+    } else {
+        vec![super::server(ctx, target)?.name.clone()]
+    };
+    let home = &ctx.config.home;
+    let catalog = Catalog::open(home).context("opening the catalog")?;
+    let mut done: Vec<RebuildSummary> = Vec::new();
+    for name in &names {
+        let summary = rebuild_server(home, &catalog, name)?;
+        for id in &summary.unreadable {
+            tracing::warn!("server '{name}': backup {id}: backup.json unreadable, skipped");
+        }
+        done.push(summary);
+    }
+    match ctx.format {
+        Format::Json => print_json(&done)?,
+        Format::Text => {
+            for s in &done {
+                outln!(
+                    "Rebuilt the catalog of server '{}': {} backup(s), {} archived WAL file(s)",
+                    s.server,
+                    s.backups,
+                    s.wal_files
+                )?;
+            }
+        }
+    }
+    Ok(0)
+}
