@@ -91,9 +91,16 @@ pub fn rebuild_server(
         server: server.to_string(),
         source,
     };
-    let _rw =
-        JobLock::acquire(&repo.lock_dir().join("receive-wal.lock"), "receive-wal").map_err(busy)?;
-    let _bk = JobLock::acquire(&repo.lock_dir().join("backup.lock"), "a backup").map_err(busy)?;
+    // A server with no repository folder has nothing to rebuild (and gets none).
+    let _locks = if repo.root().exists() {
+        Some((
+            JobLock::acquire(&repo.lock_dir().join("receive-wal.lock"), "receive-wal")
+                .map_err(busy)?,
+            JobLock::acquire(&repo.lock_dir().join("backup.lock"), "a backup").map_err(busy)?,
+        ))
+    } else {
+        None
+    };
 
     let mut backups = Vec::new();
     let mut unreadable = Vec::new();
@@ -266,5 +273,77 @@ impl Catalog {
             out.insert(table.to_string(), n);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::TimeLineId;
+
+    fn wal(name: &str, segno: u64) -> WalRecord {
+        WalRecord {
+            name: name.into(),
+            kind: WalKind::Segment,
+            timeline: TimeLineId(1),
+            segno: Some(segno),
+            size: 16 << 20,
+            stored_size: 100,
+            checksum: "x".into(),
+            archived_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn replacing_a_servers_rows_leaves_the_others_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        cat.insert_wal("pg1", &wal("000000010000000000000001", 1))
+            .unwrap();
+        cat.insert_wal("pg2", &wal("000000010000000000000001", 1))
+            .unwrap();
+        cat.check_server_identity("pg1", SystemId(7), 16 << 20)
+            .unwrap();
+        let rows = [
+            wal("000000010000000000000005", 5),
+            wal("000000010000000000000006", 6),
+        ];
+        cat.replace_server_rows(
+            "pg1",
+            &ServerRows {
+                identity: Some((SystemId(9), 16 << 20)),
+                backups: &[],
+                wal: &rows,
+            },
+        )
+        .unwrap();
+        let names: Vec<String> = cat
+            .wal_files("pg1")
+            .unwrap()
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["000000010000000000000005", "000000010000000000000006"]
+        );
+        assert_eq!(cat.wal_files("pg2").unwrap().len(), 1);
+        assert_eq!(
+            cat.server_identity("pg1").unwrap(),
+            Some((SystemId(9), 16 << 20))
+        );
+        assert_eq!(cat.row_counts().unwrap()["wal_files"], 3);
+    }
+
+    #[test]
+    fn a_server_without_a_repository_folder_gets_no_rows_and_no_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(dir.path()).unwrap();
+        cat.insert_wal("ghost", &wal("000000010000000000000001", 1))
+            .unwrap();
+        let s = rebuild_server(dir.path(), &cat, "ghost").unwrap();
+        assert_eq!((s.backups, s.wal_files), (0, 0));
+        assert!(cat.wal_files("ghost").unwrap().is_empty());
+        assert!(!dir.path().join("ghost").exists());
     }
 }
