@@ -120,6 +120,16 @@ pub enum Command {
     },
     /// Keep a backup forever (outside retention), release it, or show its keep status.
     Keep(KeepArgs),
+    /// One maintenance pass: start missing receive-wal processes, mark stale backups
+    /// FAILED, apply retention policies. Never runs twice at once (<home>/cron.lock).
+    Cron {
+        /// Repeat the pass every minute until SIGTERM/SIGINT (systemd-style).
+        #[arg(long)]
+        foreground: bool,
+        /// Started receive-wal processes keep cron's stdout/stderr instead of the log file.
+        #[arg(long)]
+        keep_descriptors: bool,
+    },
     /// Restore a backup into a directory and set up recovery (to a point in time).
     #[command(visible_alias = "restore")]
     Recover(RecoverArgs),

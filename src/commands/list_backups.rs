@@ -1,10 +1,12 @@
 //! `list-backups` (alias `list-backup`): the backups of a server or of all servers,
-//! newest first, one line each as Barman prints them.
+//! newest first, one line each as Barman prints them; backups outside the retention
+//! policy are marked OBSOLETE (judged at display time, backup.json keeps DONE).
 
 use super::{Context, ExitCode};
 use crate::backup::{BackupInfo, BackupStatus};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
+use crate::retention::obsolete_now;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
@@ -30,7 +32,7 @@ pub fn status_text(b: &BackupInfo) -> String {
     }
 }
 
-fn line(b: &BackupInfo) -> String {
+fn line(b: &BackupInfo, obsolete: bool) -> String {
     let name = b
         .name
         .as_deref()
@@ -52,7 +54,7 @@ fn line(b: &BackupInfo) -> String {
         human_bytes(b.stored_bytes),
         wal_span(b),
         status_text(b)
-    )
+    ) + if obsolete { " - OBSOLETE" } else { "" }
 }
 
 /// Runs the verb for one server or `all`.
@@ -62,20 +64,40 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
     } else {
         vec![super::server(ctx, target)?.name.as_str()]
     };
-    let mut rows: Vec<BackupInfo> = Vec::new();
+    // (backup, outside the retention policy): judged now, never stored.
+    let mut rows: Vec<(BackupInfo, bool)> = Vec::new();
     for s in servers {
         if let Some((_, list)) = super::backups_of(ctx, s)? {
-            rows.extend(list.into_iter().rev());
+            let cfg = super::server(ctx, s)?;
+            let obsolete = obsolete_now(
+                &list,
+                cfg.retention_policy.as_deref(),
+                cfg.minimum_redundancy,
+            );
+            rows.extend(list.into_iter().rev().map(|b| {
+                let o = obsolete.contains(&b.backup_id);
+                (b, o)
+            }));
         }
     }
     match ctx.format {
-        Format::Json => print_json(&rows)?,
+        Format::Json => {
+            let mut out = Vec::with_capacity(rows.len());
+            for (b, o) in &rows {
+                let mut v = serde_json::to_value(b)?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("obsolete".into(), (*o).into());
+                }
+                out.push(v);
+            }
+            print_json(&out)?
+        }
         Format::Text => {
-            for b in &rows {
+            for (b, o) in &rows {
                 match (minimal, target == "all") {
                     (true, true) => outln!("{} {}", b.server, b.backup_id)?,
                     (true, false) => outln!("{}", b.backup_id)?,
-                    (false, _) => outln!("{}", line(b))?,
+                    (false, _) => outln!("{}", line(b, *o))?,
                 }
             }
         }

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod check;
 pub mod check_backup;
+pub mod cron;
 pub mod delete;
 pub mod demo;
 pub mod diagnose;
@@ -113,6 +114,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             force,
         } => delete::run(&ctx, &server, &backup_id, force),
         Command::Keep(a) => keep::run(&ctx, &a),
+        Command::Cron {
+            foreground,
+            keep_descriptors,
+        } => cron::run(&ctx, foreground, keep_descriptors),
         Command::Recover(a) => recover::run(&ctx, &a),
         Command::GetWal(a) => get_wal::run(&ctx, &a),
         Command::Demo(a) => demo::run(ctx.format, &a),

@@ -2,11 +2,16 @@
 //! crash-safely (`delete`). The rules are pure functions over backup metadata and the
 //! WAL catalog, so they are tested without a repository.
 
+pub mod policy;
+
+pub use policy::{obsolete, RetentionPolicy, WindowUnit};
+
 use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus, KeepTarget};
 use crate::catalog::{Catalog, WalKind, WalRecord};
 use crate::repo::durable::{fsync_dir, rename_durable};
 use crate::repo::ServerRepo;
 use crate::wal::WalSegment;
+use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -192,6 +197,38 @@ pub fn delete_backup(
     catalog.delete_backup(server, &info.backup_id)?;
     remove_tree(&hidden, &repo.backups_dir())?;
 
+    let removed = remove_unneeded_wal(repo, catalog, server, info.wal_segment_size)?;
+    Ok(Deleted {
+        server: server.to_string(),
+        backup_id: info.backup_id.clone(),
+        freed_bytes,
+        removed_wal: removed.names,
+        removed_wal_bytes: removed.bytes,
+        no_backup_left: removed.no_backup_left,
+    })
+}
+
+/// What [`remove_unneeded_wal`] removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RemovedWal {
+    /// The WAL files removed, in WAL order.
+    pub names: Vec<String>,
+    /// Bytes they took on disk.
+    pub bytes: u64,
+    /// No backup that needs WAL remains, so none was removed.
+    pub no_backup_left: bool,
+}
+
+/// Removes the archived WAL files of [`removable_wal`] for the server's backups as the
+/// catalog lists them now: each file first (durably), then its catalog row, so a crash
+/// in between leaves rows whose file is gone, which every reader already treats as
+/// missing. `fallback_seg_size` is used when the archive has no recorded segment size.
+pub fn remove_unneeded_wal(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    server: &str,
+    fallback_seg_size: u64,
+) -> Result<RemovedWal, BackupError> {
     let remaining = catalog.backups(server)?;
     let wal = catalog.wal_files(server)?;
     let names: BTreeSet<String> = removable_wal(&remaining, &wal).into_iter().collect();
@@ -199,7 +236,7 @@ pub fn delete_backup(
     // The cluster's segment size, as the archive recorded it.
     let seg_size = match catalog.server_identity(server)? {
         Some((_, size)) if size > 0 => size,
-        _ => info.wal_segment_size,
+        _ => fallback_seg_size,
     };
     if seg_size == 0 {
         doomed.clear();
@@ -216,22 +253,103 @@ pub fn delete_backup(
             dirs.insert(d.to_path_buf());
         }
     }
-    // Files first (durably), catalog rows second: a crash in between leaves rows whose
-    // file is gone, which every reader already treats as missing.
     for d in &dirs {
         fsync_dir(d).map_err(io_err(d))?;
     }
     for w in &doomed {
         catalog.delete_wal(server, &w.name)?;
     }
-    Ok(Deleted {
-        server: server.to_string(),
-        backup_id: info.backup_id.clone(),
-        freed_bytes,
-        removed_wal: doomed.iter().map(|w| w.name.clone()).collect(),
-        removed_wal_bytes: doomed.iter().map(|w| w.stored_size).sum(),
+    Ok(RemovedWal {
+        names: doomed.iter().map(|w| w.name.clone()).collect(),
+        bytes: doomed.iter().map(|w| w.stored_size).sum(),
         no_backup_left: remaining.iter().all(|b| b.status == BackupStatus::Failed),
     })
+}
+
+/// What [`apply_retention`] did on one server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    /// Server name.
+    pub server: String,
+    /// The policy applied, in Barman's spelling.
+    pub policy: String,
+    /// Each obsolete backup deleted, oldest first, with the WAL its delete freed.
+    pub deleted: Vec<Deleted>,
+    /// WAL removed after the deletes (older than every retained backup needs).
+    pub removed_wal: RemovedWal,
+}
+
+/// Applies a retention policy to a server: every backup [`obsolete`] names (judged on
+/// backup.json, the truth, re-read first) is deleted with [`delete_backup`], oldest
+/// first, then the archived WAL no retained backup needs is removed (a `keep full`
+/// backup keeps everything after it, a `standalone` one its own range, history files
+/// always stay). The caller holds the server's retention lock and has refreshed the
+/// backup statuses.
+pub fn apply_retention(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    server: &str,
+    policy: RetentionPolicy,
+    minimum_redundancy: u32,
+    now: DateTime<Utc>,
+) -> Result<Applied, BackupError> {
+    let mut backups = catalog.backups(server)?;
+    for b in backups.iter_mut() {
+        if let Ok(disk) = BackupDir::new(repo, &b.backup_id).read_info() {
+            if disk != *b {
+                catalog.upsert_backup(&disk)?;
+                *b = disk;
+            }
+        }
+    }
+    let doomed = obsolete(&backups, policy, minimum_redundancy, now);
+    let mut deleted = Vec::new();
+    let mut seg_size = 0;
+    for id in &doomed {
+        let Some(b) = backups.iter().find(|b| &b.backup_id == id) else {
+            continue;
+        };
+        seg_size = b.wal_segment_size;
+        let d = delete_backup(repo, catalog, b)?;
+        tracing::info!(
+            server,
+            "retention {policy}: deleted obsolete backup {id}, {} WAL file(s) removed",
+            d.removed_wal.len()
+        );
+        deleted.push(d);
+    }
+    if seg_size == 0 {
+        seg_size = backups.first().map_or(0, |b| b.wal_segment_size);
+    }
+    let removed_wal = remove_unneeded_wal(repo, catalog, server, seg_size)?;
+    if !removed_wal.names.is_empty() {
+        tracing::info!(
+            server,
+            "retention {policy}: removed {} WAL file(s) no retained backup needs",
+            removed_wal.names.len()
+        );
+    }
+    Ok(Applied {
+        server: server.to_string(),
+        policy: policy.to_string(),
+        deleted,
+        removed_wal,
+    })
+}
+
+/// The ids of a server's backups its configured policy makes obsolete now (empty
+/// without a policy): what `list-backups` marks OBSOLETE and `cron` deletes.
+pub fn obsolete_now(
+    backups: &[BackupInfo],
+    retention_policy: Option<&str>,
+    minimum_redundancy: u32,
+) -> BTreeSet<String> {
+    retention_policy
+        .and_then(|p| RetentionPolicy::parse(p).ok())
+        .map(|p| obsolete(backups, p, minimum_redundancy, Utc::now()))
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// Where an archived segment or partial segment is stored.

@@ -1,0 +1,287 @@
+//! `cron`: one maintenance pass over every active server, safe to run every minute and
+//! never twice at once (`<home>/cron.lock`; a second `cron` names the holder and exits
+//! 0 at once, as Barman's does). For each server: start `receive-wal` when
+//! `streaming_archiver = on` and it is not running, bring backup statuses up to date
+//! (stale `STARTED` backups become `FAILED`), and apply the retention policy when
+//! `retention_policy_mode = auto`. `--foreground` repeats the pass every minute until
+//! SIGTERM/SIGINT (systemd-style supervision).
+
+use super::{receive_wal_lock, runtime, stop_on_signal, Context, ExitCode};
+use crate::catalog::Catalog;
+use crate::config::ServerConfig;
+use crate::lock::{JobLock, LockError};
+use crate::outln;
+use crate::output::{print_json, Format};
+use crate::repo::ServerRepo;
+use crate::retention::{apply_retention, RetentionPolicy};
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// How long `--foreground` waits between passes.
+const PASS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One thing a pass did (or could not do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// The server concerned (empty for the pass itself).
+    pub server: String,
+    /// `receive-wal-started`, `backup-status`, `retention`, `skipped` or `error`.
+    pub action: String,
+    /// One sentence for people.
+    pub message: String,
+    /// Machine-readable details.
+    pub details: serde_json::Value,
+}
+
+impl Action {
+    fn new(server: &str, action: &str, message: String, details: serde_json::Value) -> Action {
+        Action {
+            server: server.to_string(),
+            action: action.to_string(),
+            message,
+            details,
+        }
+    }
+}
+
+/// The global cron lock.
+pub fn cron_lock_path(ctx: &Context) -> std::path::PathBuf {
+    ctx.config.home.join("cron.lock")
+}
+
+/// Runs the verb.
+pub fn run(ctx: &Context, foreground: bool, keep_descriptors: bool) -> Result<ExitCode> {
+    let _lock = match JobLock::acquire(&cron_lock_path(ctx), "cron") {
+        Ok(l) => l,
+        Err(LockError::Held { pid, path, .. }) => {
+            let message = format!(
+                "another cron is running (pid {pid}, lock {}); nothing to do",
+                path.display()
+            );
+            let a = Action::new(
+                "",
+                "skipped",
+                message,
+                serde_json::json!({ "holder_pid": pid }),
+            );
+            print_actions(ctx, &[a])?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut children: Vec<Child> = Vec::new();
+    if !foreground {
+        let failed = pass(ctx, keep_descriptors, &mut children)?;
+        return Ok(i32::from(failed));
+    }
+    runtime()?.block_on(async {
+        let mut stop = stop_on_signal("cron stops after this pass");
+        // Let the signal task register its handlers before the first pass.
+        tokio::task::yield_now().await;
+        loop {
+            pass(ctx, keep_descriptors, &mut children)?;
+            // Reap receivers that ended, so none lingers as a zombie.
+            children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            if *stop.borrow() {
+                return Ok(0);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+                _ = stop.changed() => return Ok(0),
+            }
+        }
+    })
+}
+
+fn print_actions(ctx: &Context, actions: &[Action]) -> Result<()> {
+    match ctx.format {
+        Format::Json => print_json(&actions)?,
+        Format::Text => {
+            for a in actions {
+                if a.server.is_empty() {
+                    outln!("{}", a.message)?;
+                } else {
+                    outln!("{}: {}", a.server, a.message)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One pass over every active server; prints what it did. Returns whether any step
+/// failed (the others still ran).
+fn pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Result<bool> {
+    let mut actions = Vec::new();
+    let mut failed = false;
+    for s in ctx.config.servers.values().filter(|s| s.active) {
+        if let Err(e) = server_pass(ctx, s, keep_descriptors, children, &mut actions) {
+            tracing::error!(server = s.name.as_str(), "cron: {e:#}");
+            actions.push(Action::new(
+                &s.name,
+                "error",
+                format!("{e:#}"),
+                serde_json::Value::Null,
+            ));
+            failed = true;
+        }
+    }
+    print_actions(ctx, &actions)?;
+    Ok(failed)
+}
+
+fn server_pass(
+    ctx: &Context,
+    s: &ServerConfig,
+    keep_descriptors: bool,
+    children: &mut Vec<Child>,
+    actions: &mut Vec<Action>,
+) -> Result<()> {
+    let home = &ctx.config.home;
+    if s.streaming_archiver {
+        let lock = receive_wal_lock(home, &s.name);
+        let running = JobLock::holder(&lock)
+            .with_context(|| format!("lock {}", lock.display()))?
+            .is_some();
+        if !running {
+            let child = start_receive_wal(ctx, s, keep_descriptors)?;
+            let pid = child.id();
+            tracing::info!(
+                server = s.name.as_str(),
+                "cron started receive-wal (pid {pid})"
+            );
+            actions.push(Action::new(
+                &s.name,
+                "receive-wal-started",
+                format!("receive-wal started (pid {pid})"),
+                serde_json::json!({ "pid": pid }),
+            ));
+            children.push(child);
+        }
+    }
+    let Some(catalog) = Catalog::open_existing(home)? else {
+        return Ok(());
+    };
+    let before = catalog.backups(&s.name)?;
+    let after = crate::backup::lifecycle::refresh(home, &s.name, &catalog)?;
+    for b in &after {
+        let old = before.iter().find(|o| o.backup_id == b.backup_id);
+        if let Some(o) = old.filter(|o| o.status != b.status) {
+            actions.push(Action::new(
+                &s.name,
+                "backup-status",
+                format!("backup {}: {} -> {}", b.backup_id, o.status, b.status),
+                serde_json::json!({
+                    "backup_id": b.backup_id,
+                    "from": o.status,
+                    "to": b.status,
+                    "error": b.error,
+                }),
+            ));
+        }
+    }
+    let Some(text) = s.retention_policy.as_deref() else {
+        return Ok(());
+    };
+    if s.retention_policy_mode != "auto" {
+        return Ok(());
+    }
+    let policy = RetentionPolicy::parse(text).map_err(anyhow::Error::msg)?;
+    let _lock = match super::delete::retention_lock(ctx, &s.name) {
+        Ok(l) => l,
+        Err(e)
+            if e.downcast_ref::<LockError>()
+                .is_some_and(|l| matches!(l, LockError::Held { .. })) =>
+        {
+            actions.push(Action::new(
+                &s.name,
+                "skipped",
+                format!("retention not applied this pass: {e}"),
+                serde_json::Value::Null,
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let repo = ServerRepo::new(home, &s.name);
+    let applied = apply_retention(
+        &repo,
+        &catalog,
+        &s.name,
+        policy,
+        s.minimum_redundancy,
+        chrono::Utc::now(),
+    )
+    .with_context(|| format!("server '{}': applying retention {policy}", s.name))?;
+    for d in &applied.deleted {
+        actions.push(Action::new(
+            &s.name,
+            "retention",
+            format!(
+                "retention {policy}: deleted obsolete backup {} ({} WAL file(s) removed)",
+                d.backup_id,
+                d.removed_wal.len()
+            ),
+            serde_json::json!({
+                "policy": applied.policy,
+                "backup_id": d.backup_id,
+                "removed_wal": d.removed_wal,
+            }),
+        ));
+    }
+    let w = &applied.removed_wal.names;
+    if let (Some(first), Some(last)) = (w.first(), w.last()) {
+        actions.push(Action::new(
+            &s.name,
+            "retention",
+            format!(
+                "retention {policy}: removed {} WAL file(s) no retained backup needs: {first} to {last}",
+                w.len()
+            ),
+            serde_json::json!({ "policy": applied.policy, "removed_wal": w }),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts `pgbk -c <config> receive-wal <server>` detached: its own session, stdin
+/// from /dev/null, stdout and stderr appended to `log_file` (or
+/// `<home>/<server>/receive-wal.log`) unless `keep_descriptors` keeps cron's own.
+fn start_receive_wal(ctx: &Context, s: &ServerConfig, keep_descriptors: bool) -> Result<Child> {
+    let exe = std::env::current_exe().context("locating the pgbk binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("-c")
+        .arg(&ctx.config.file)
+        .args(["receive-wal", &s.name])
+        .stdin(Stdio::null());
+    if !keep_descriptors {
+        let log = match &ctx.config.log_file {
+            Some(p) => p.clone(),
+            None => {
+                let repo = ServerRepo::new(&ctx.config.home, &s.name);
+                let dir = repo.root().to_path_buf();
+                crate::repo::durable::create_dir_all_private(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                dir.join("receive-wal.log")
+            }
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("server '{}': starting receive-wal", s.name))
+}

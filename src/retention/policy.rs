@@ -1,0 +1,343 @@
+//! Retention policies as Barman defines them (`REDUNDANCY n`, `RECOVERY WINDOW OF n
+//! DAYS|WEEKS|MONTHS`) and the pure rule that says which backups they make obsolete.
+//! `now` is passed in, so the rule is tested without a clock.
+
+use crate::backup::{BackupInfo, BackupStatus};
+use chrono::{DateTime, Duration, Months, Utc};
+use std::fmt;
+
+/// The unit of a recovery window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowUnit {
+    /// Days.
+    Days,
+    /// Weeks.
+    Weeks,
+    /// Calendar months.
+    Months,
+}
+
+/// A parsed `retention_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionPolicy {
+    /// Keep the newest `n` DONE backups.
+    Redundancy(u32),
+    /// Keep whatever a recovery to any point of the last `n` units needs.
+    RecoveryWindow(u32, WindowUnit),
+}
+
+impl fmt::Display for RetentionPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetentionPolicy::Redundancy(n) => write!(f, "REDUNDANCY {n}"),
+            RetentionPolicy::RecoveryWindow(n, u) => {
+                let unit = match u {
+                    WindowUnit::Days => "DAYS",
+                    WindowUnit::Weeks => "WEEKS",
+                    WindowUnit::Months => "MONTHS",
+                };
+                write!(f, "RECOVERY WINDOW OF {n} {unit}")
+            }
+        }
+    }
+}
+
+impl RetentionPolicy {
+    /// Parses Barman's spelling, case-insensitively (`REDUNDANCY 2`,
+    /// `RECOVERY WINDOW OF 4 WEEKS`); the count is at least 1.
+    pub fn parse(s: &str) -> Result<RetentionPolicy, String> {
+        let err = || {
+            format!(
+                "expected 'REDUNDANCY <n>' or 'RECOVERY WINDOW OF <n> DAYS|WEEKS|MONTHS', got '{s}'"
+            )
+        };
+        let words: Vec<String> = s
+            .split_whitespace()
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let count = |n: &str| -> Result<u32, String> {
+            match n.parse::<u32>() {
+                Ok(v) if v >= 1 && n.bytes().all(|b| b.is_ascii_digit()) => Ok(v),
+                _ => Err(err()),
+            }
+        };
+        match words.as_slice() {
+            ["redundancy", n] => Ok(RetentionPolicy::Redundancy(count(n)?)),
+            ["recovery", "window", "of", n, unit] => {
+                let unit = match *unit {
+                    "day" | "days" => WindowUnit::Days,
+                    "week" | "weeks" => WindowUnit::Weeks,
+                    "month" | "months" => WindowUnit::Months,
+                    _ => return Err(err()),
+                };
+                Ok(RetentionPolicy::RecoveryWindow(count(n)?, unit))
+            }
+            _ => Err(err()),
+        }
+    }
+
+    /// The start of the recovery window at `now` (`None` for a redundancy policy).
+    pub fn window_start(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match *self {
+            RetentionPolicy::Redundancy(_) => None,
+            RetentionPolicy::RecoveryWindow(n, WindowUnit::Days) => {
+                Some(now - Duration::days(i64::from(n)))
+            }
+            RetentionPolicy::RecoveryWindow(n, WindowUnit::Weeks) => {
+                Some(now - Duration::weeks(i64::from(n)))
+            }
+            RetentionPolicy::RecoveryWindow(n, WindowUnit::Months) => Some(
+                now.checked_sub_months(Months::new(n))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            ),
+        }
+    }
+}
+
+/// When a backup counts as taken for the recovery window: its end (the first moment
+/// it can be recovered to), or its start while the end is unknown.
+fn taken_at(b: &BackupInfo) -> DateTime<Utc> {
+    b.end_time.unwrap_or(b.begin_time)
+}
+
+/// The ids of the backups `policy` makes obsolete at `now`, oldest first.
+///
+/// - Only `DONE` backups without a `keep` annotation are ever obsolete, and only they
+///   count toward redundancy: `STARTED`, `WAITING_FOR_WALS`, `FAILED`, `SYNCING` and
+///   kept backups are left alone.
+/// - `REDUNDANCY n` keeps the newest `n` of them.
+/// - `RECOVERY WINDOW OF n …` keeps every one that ended inside the window and the
+///   newest one that ended before it (the base a recovery to the window's start
+///   needs).
+/// - Whatever the policy says, at least `minimum_redundancy` of them are retained:
+///   the newest obsolete ones are given back first.
+pub fn obsolete(
+    backups: &[BackupInfo],
+    policy: RetentionPolicy,
+    minimum_redundancy: u32,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut done: Vec<&BackupInfo> = backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Done && b.keep.is_none())
+        .collect();
+    done.sort_by(|a, b| (taken_at(a), &a.backup_id).cmp(&(taken_at(b), &b.backup_id)));
+    // How many of the oldest ones go.
+    let by_policy = match policy {
+        RetentionPolicy::Redundancy(n) => done.len().saturating_sub(n as usize),
+        RetentionPolicy::RecoveryWindow(..) => {
+            let start = policy.window_start(now).unwrap_or(now);
+            let before = done.iter().filter(|b| taken_at(b) < start).count();
+            // The newest one before the window stays.
+            before.saturating_sub(1)
+        }
+    };
+    let floor = (minimum_redundancy as usize).min(done.len());
+    let go = by_policy.min(done.len() - floor);
+    done[..go].iter().map(|b| b.backup_id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::KeepTarget;
+    use crate::wal::{SystemId, TimeLineId};
+    use BackupStatus::*;
+
+    fn backup_at(
+        id: &str,
+        end: DateTime<Utc>,
+        status: BackupStatus,
+        keep: Option<KeepTarget>,
+    ) -> BackupInfo {
+        BackupInfo {
+            backup_id: id.into(),
+            name: None,
+            server: "pg1".into(),
+            status,
+            method: "postgres".into(),
+            server_version: 150000,
+            system_id: SystemId(1),
+            timeline: TimeLineId(1),
+            wal_segment_size: 16 << 20,
+            begin_lsn: None,
+            end_lsn: None,
+            end_timeline: None,
+            begin_wal: None,
+            end_wal: None,
+            begin_time: end - Duration::minutes(5),
+            end_time: Some(end),
+            size_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            tablespaces: Vec::new(),
+            error: None,
+            pid: None,
+            keep,
+            checksum_algorithm: "blake3".into(),
+            has_manifest: false,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn policies_parse_as_barman_spells_them() {
+        use RetentionPolicy::*;
+        use WindowUnit::*;
+        let cases: &[(&str, Option<RetentionPolicy>)] = &[
+            ("REDUNDANCY 2", Some(Redundancy(2))),
+            ("redundancy   7", Some(Redundancy(7))),
+            ("RECOVERY WINDOW OF 1 DAYS", Some(RecoveryWindow(1, Days))),
+            ("recovery window of 4 week", Some(RecoveryWindow(4, Weeks))),
+            (
+                "RECOVERY WINDOW OF 6 MONTHS",
+                Some(RecoveryWindow(6, Months)),
+            ),
+            ("REDUNDANCY 0", None),
+            ("REDUNDANCY +1", None),
+            ("REDUNDANCY", None),
+            ("RECOVERY WINDOW OF 1 YEARS", None),
+            ("KEEP 3", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(RetentionPolicy::parse(text).ok(), *want, "{text}");
+            if let Some(p) = want {
+                assert_eq!(RetentionPolicy::parse(&p.to_string()).ok(), *want);
+            }
+        }
+        let m = RetentionPolicy::RecoveryWindow(1, Months);
+        assert_eq!(
+            m.window_start(now()).unwrap().to_rfc3339(),
+            "2026-05-15T12:00:00+00:00"
+        );
+    }
+
+    #[test]
+    fn obsolete_backups_by_policy_table() {
+        use RetentionPolicy::*;
+        // (id, days before now, status, keep)
+        type Row = (&'static str, i64, BackupStatus, Option<KeepTarget>);
+        // (what, backups, policy, minimum_redundancy, obsolete ids)
+        type Case = (
+            &'static str,
+            &'static [Row],
+            RetentionPolicy,
+            u32,
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            (
+                "redundancy keeps the newest n DONE",
+                &[
+                    ("b1", 4, Done, None),
+                    ("b2", 3, Done, None),
+                    ("b3", 2, Done, None),
+                    ("b4", 1, Done, None),
+                ],
+                Redundancy(2),
+                0,
+                &["b1", "b2"],
+            ),
+            (
+                "failed, started and waiting are neither obsolete nor counted",
+                &[
+                    ("b1", 5, Done, None),
+                    ("b2", 4, Failed, None),
+                    ("b3", 3, Done, None),
+                    ("b4", 2, WaitingForWals, None),
+                    ("b5", 1, Started, None),
+                ],
+                Redundancy(1),
+                0,
+                &["b1"],
+            ),
+            (
+                "kept backups are never obsolete and do not count",
+                &[
+                    ("b1", 4, Done, Some(KeepTarget::Full)),
+                    ("b2", 3, Done, None),
+                    ("b3", 2, Done, Some(KeepTarget::Standalone)),
+                    ("b4", 1, Done, None),
+                ],
+                Redundancy(1),
+                0,
+                &["b2"],
+            ),
+            (
+                "minimum_redundancy wins over the policy",
+                &[
+                    ("b1", 3, Done, None),
+                    ("b2", 2, Done, None),
+                    ("b3", 1, Done, None),
+                ],
+                Redundancy(1),
+                2,
+                &["b1"],
+            ),
+            (
+                "minimum_redundancy above what exists removes nothing",
+                &[("b1", 3, Done, None), ("b2", 2, Done, None)],
+                Redundancy(1),
+                5,
+                &[],
+            ),
+            (
+                "window keeps the newest backup before it and all inside",
+                &[
+                    ("b1", 10, Done, None),
+                    ("b2", 5, Done, None),
+                    ("b3", 3, Done, None),
+                    ("b4", 0, Done, None),
+                ],
+                RecoveryWindow(4, WindowUnit::Days),
+                0,
+                &["b1"],
+            ),
+            (
+                "window with every backup inside removes nothing",
+                &[("b1", 2, Done, None), ("b2", 1, Done, None)],
+                RecoveryWindow(1, WindowUnit::Weeks),
+                0,
+                &[],
+            ),
+            (
+                "window with every backup before it keeps the newest",
+                &[
+                    ("b1", 30, Done, None),
+                    ("b2", 20, Done, None),
+                    ("b3", 10, Done, None),
+                ],
+                RecoveryWindow(1, WindowUnit::Days),
+                0,
+                &["b1", "b2"],
+            ),
+            (
+                "window and minimum_redundancy",
+                &[
+                    ("b1", 30, Done, None),
+                    ("b2", 20, Done, None),
+                    ("b3", 10, Done, None),
+                ],
+                RecoveryWindow(1, WindowUnit::Days),
+                2,
+                &["b1"],
+            ),
+            ("no backups", &[], Redundancy(1), 1, &[]),
+        ];
+        for (what, rows, policy, min, want) in cases {
+            let list: Vec<BackupInfo> = rows
+                .iter()
+                .map(|(id, days, st, keep)| {
+                    backup_at(id, now() - Duration::days(*days), *st, *keep)
+                })
+                .collect();
+            assert_eq!(obsolete(&list, *policy, *min, now()), *want, "{what}");
+        }
+    }
+}
