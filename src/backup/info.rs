@@ -154,6 +154,40 @@ pub struct BackupInfo {
     pub has_manifest: bool,
 }
 
+impl BackupInfo {
+    /// A backup just begun: status `STARTED`, method `postgres`, nothing measured yet.
+    /// Callers fill in what they know with struct-update syntax.
+    pub fn new(backup_id: &str, server: &str, begin_time: DateTime<Utc>) -> BackupInfo {
+        BackupInfo {
+            backup_id: backup_id.to_string(),
+            name: None,
+            server: server.to_string(),
+            status: BackupStatus::Started,
+            method: "postgres".to_string(),
+            server_version: 0,
+            system_id: SystemId(0),
+            timeline: TimeLineId(1),
+            wal_segment_size: 16 * 1024 * 1024,
+            begin_lsn: None,
+            end_lsn: None,
+            end_timeline: None,
+            begin_wal: None,
+            end_wal: None,
+            begin_time,
+            end_time: None,
+            size_bytes: 0,
+            stored_bytes: 0,
+            file_count: 0,
+            tablespaces: Vec::new(),
+            error: None,
+            pid: None,
+            keep: None,
+            checksum_algorithm: "blake3".to_string(),
+            has_manifest: false,
+        }
+    }
+}
+
 /// The kind of one entry of `files.jsonl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -273,31 +273,13 @@ pub async fn take_backup(
     let (id, begin_time) = new_backup_id(&repo, &existing).await;
     let dir = BackupDir::new(&repo, &id);
     let mut info = BackupInfo {
-        backup_id: id.clone(),
         name: req.name.clone(),
-        server: req.server.clone(),
-        status: BackupStatus::Started,
-        method: "postgres".to_string(),
         server_version: facts.version,
         system_id: facts.system_id,
         timeline: facts.timeline,
         wal_segment_size: facts.seg_size,
-        begin_lsn: None,
-        end_lsn: None,
-        end_timeline: None,
-        begin_wal: None,
-        end_wal: None,
-        begin_time,
-        end_time: None,
-        size_bytes: 0,
-        stored_bytes: 0,
-        file_count: 0,
-        tablespaces: Vec::new(),
-        error: None,
         pid: Some(std::process::id()),
-        keep: None,
-        checksum_algorithm: "blake3".to_string(),
-        has_manifest: false,
+        ..BackupInfo::new(&id, &req.server, begin_time)
     };
     create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
     if let Err(e) = save(&repo, &catalog, &info) {

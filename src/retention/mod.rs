@@ -420,31 +420,13 @@ mod tests {
         keep: Option<KeepTarget>,
     ) -> BackupInfo {
         BackupInfo {
-            backup_id: id.into(),
-            name: None,
-            server: "pg1".into(),
             status,
-            method: "postgres".into(),
             server_version: 150000,
             system_id: SystemId(1),
-            timeline: TimeLineId(1),
-            wal_segment_size: MB16,
             begin_lsn: Some(Lsn(first * MB16 + 0x28)),
             end_lsn: Some(Lsn(last * MB16 + 0x100)),
-            end_timeline: None,
-            begin_wal: None,
-            end_wal: None,
-            begin_time: Utc::now(),
-            end_time: None,
-            size_bytes: 0,
-            stored_bytes: 0,
-            file_count: 0,
-            tablespaces: Vec::new(),
-            error: None,
-            pid: None,
             keep,
-            checksum_algorithm: "blake3".into(),
-            has_manifest: false,
+            ..BackupInfo::new(id, "pg1", Utc::now())
         }
     }
 

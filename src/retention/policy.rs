@@ -142,7 +142,7 @@ pub fn obsolete(
 mod tests {
     use super::*;
     use crate::backup::KeepTarget;
-    use crate::wal::{SystemId, TimeLineId};
+    use crate::wal::SystemId;
     use BackupStatus::*;
 
     fn backup_at(
@@ -152,31 +152,12 @@ mod tests {
         keep: Option<KeepTarget>,
     ) -> BackupInfo {
         BackupInfo {
-            backup_id: id.into(),
-            name: None,
-            server: "pg1".into(),
             status,
-            method: "postgres".into(),
             server_version: 150000,
             system_id: SystemId(1),
-            timeline: TimeLineId(1),
-            wal_segment_size: 16 << 20,
-            begin_lsn: None,
-            end_lsn: None,
-            end_timeline: None,
-            begin_wal: None,
-            end_wal: None,
-            begin_time: end - Duration::minutes(5),
             end_time: Some(end),
-            size_bytes: 0,
-            stored_bytes: 0,
-            file_count: 0,
-            tablespaces: Vec::new(),
-            error: None,
-            pid: None,
             keep,
-            checksum_algorithm: "blake3".into(),
-            has_manifest: false,
+            ..BackupInfo::new(id, "pg1", end - Duration::minutes(5))
         }
     }
 

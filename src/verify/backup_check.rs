@@ -378,39 +378,19 @@ fn hash_plain(path: &Path) -> std::io::Result<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{BackupStatus, KeepTarget};
+    use crate::backup::BackupStatus;
     use crate::repo::compress::store_compressed;
-    use crate::wal::{SystemId, TimeLineId};
+    use crate::wal::SystemId;
     use chrono::Utc;
     use std::io::Write;
 
     fn info(has_manifest: bool) -> BackupInfo {
         BackupInfo {
-            backup_id: "20260101T000000".into(),
-            name: None,
-            server: "pg1".into(),
             status: BackupStatus::Done,
-            method: "postgres".into(),
             server_version: 150000,
             system_id: SystemId(1),
-            timeline: TimeLineId(1),
-            wal_segment_size: 16 << 20,
-            begin_lsn: None,
-            end_lsn: None,
-            end_timeline: None,
-            begin_wal: None,
-            end_wal: None,
-            begin_time: Utc::now(),
-            end_time: None,
-            size_bytes: 0,
-            stored_bytes: 0,
-            file_count: 0,
-            tablespaces: Vec::new(),
-            error: None,
-            pid: None,
-            keep: None::<KeepTarget>,
-            checksum_algorithm: "blake3".into(),
             has_manifest,
+            ..BackupInfo::new("20260101T000000", "pg1", Utc::now())
         }
     }
 

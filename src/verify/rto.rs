@@ -134,37 +134,17 @@ fn from_catalog(cat: &Catalog, server: &str) -> Result<Option<Rto>, crate::catal
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::KeepTarget;
     use crate::wal::{SystemId, TimeLineId};
     use chrono::{Duration, Utc};
 
     fn backup(id: &str, status: BackupStatus, size: u64, end_wal: &str) -> BackupInfo {
         BackupInfo {
-            backup_id: id.into(),
-            name: None,
-            server: "pg1".into(),
             status,
-            method: "postgres".into(),
             server_version: 150000,
             system_id: SystemId(1),
-            timeline: TimeLineId(1),
-            wal_segment_size: 16 << 20,
-            begin_lsn: None,
-            end_lsn: None,
-            end_timeline: None,
-            begin_wal: None,
             end_wal: Some(end_wal.into()),
-            begin_time: Utc::now(),
-            end_time: None,
             size_bytes: size,
-            stored_bytes: 0,
-            file_count: 0,
-            tablespaces: Vec::new(),
-            error: None,
-            pid: None,
-            keep: None::<KeepTarget>,
-            checksum_algorithm: "blake3".into(),
-            has_manifest: false,
+            ..BackupInfo::new(id, "pg1", Utc::now())
         }
     }
 

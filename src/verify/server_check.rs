@@ -262,10 +262,10 @@ fn disk_item(d: DiskSpace) -> CheckItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{BackupInfo, KeepTarget};
+    use crate::backup::BackupInfo;
     use crate::config::Config;
     use crate::verify::probe::LocalState;
-    use crate::wal::{SystemId, TimeLineId};
+    use crate::wal::SystemId;
     use chrono::Duration;
 
     fn server(extra: &str) -> ServerConfig {
@@ -287,31 +287,11 @@ mod tests {
 
     fn backup(id: &str, status: BackupStatus, end: DateTime<Utc>) -> BackupInfo {
         BackupInfo {
-            backup_id: id.into(),
-            name: None,
-            server: "pg1".into(),
             status,
-            method: "postgres".into(),
             server_version: 150000,
             system_id: SystemId(1),
-            timeline: TimeLineId(1),
-            wal_segment_size: 16 << 20,
-            begin_lsn: None,
-            end_lsn: None,
-            end_timeline: None,
-            begin_wal: None,
-            end_wal: None,
-            begin_time: end,
             end_time: Some(end),
-            size_bytes: 0,
-            stored_bytes: 0,
-            file_count: 0,
-            tablespaces: Vec::new(),
-            error: None,
-            pid: None,
-            keep: None::<KeepTarget>,
-            checksum_algorithm: "blake3".into(),
-            has_manifest: false,
+            ..BackupInfo::new(id, "pg1", end)
         }
     }
 
