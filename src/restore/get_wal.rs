@@ -120,25 +120,33 @@ fn deliver(
             fill(&mut lock)?;
             lock.flush().map_err(io_err(Path::new("stdout")))
         }
-        Destination::Path(path) => {
-            let tmp = temp_beside(path);
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            let mut w = io::BufWriter::with_capacity(256 * 1024, file);
-            let result = fill(&mut w)
-                .and_then(|_| w.flush().map_err(io_err(&tmp)))
-                .and_then(|_| fs::rename(&tmp, path).map_err(io_err(path)));
-            if result.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            result
-        }
+        Destination::Path(path) => write_via_temp(path, fill),
     }
+}
+
+/// Writes `path` through a temporary sibling renamed into place, so PostgreSQL (or
+/// the spool reader) never sees half a segment. No fsync: the reader only needs the
+/// file whole, and a crash just means the segment is asked for again.
+fn write_via_temp(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let tmp = temp_beside(path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    let mut w = io::BufWriter::with_capacity(256 * 1024, file);
+    let result = fill(&mut w)
+        .and_then(|_| w.flush().map_err(io_err(&tmp)))
+        .and_then(|_| fs::rename(&tmp, path).map_err(io_err(path)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn copy_file(src: &Path, out: &mut dyn Write) -> Result<u64, RestoreError> {
@@ -306,24 +314,11 @@ pub fn prefetch(repo: &ServerRepo, after: &WalSegment, n: u32) -> Result<usize, 
         }
     }
     todo.par_iter().try_for_each(|(seg, src)| {
-        let dest = spool.join(seg.name());
-        let tmp = temp_beside(&dest);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        let mut w = io::BufWriter::with_capacity(256 * 1024, file);
-        let r = crate::repo::compress::decompress_to(src, &mut w)
-            .and_then(|_| w.flush())
-            .map_err(io_err(src))
-            .and_then(|_| fs::rename(&tmp, &dest).map_err(io_err(&dest)));
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
+        write_via_temp(&spool.join(seg.name()), |w| {
+            crate::repo::compress::decompress_to(src, w)
+                .map(|_| ())
+                .map_err(io_err(src))
+        })
     })?;
     Ok(todo.len())
 }
