@@ -38,14 +38,11 @@ fn source() -> Source {
     let cluster = Cluster::new(ClusterOptions::default());
     cluster.pgbench_init(1);
     let pg = Pgbk::new();
-    pg.add_server(
+    pg.streaming_server_with(
         "pg1",
-        &format!(
-            "conninfo = {}\nstreaming_conninfo = %(conninfo)s\nbackup_method = postgres\n\
-             streaming_archiver = on\nslot_name = pgbk\ncreate_slot = auto\n\
-             immediate_checkpoint = on\n",
-            cluster.conninfo()
-        ),
+        &cluster,
+        "immediate_checkpoint = on
+",
     );
     let rw = pg.spawn(&["receive-wal", "pg1"]);
     wait_receive_wal(&cluster);

@@ -65,6 +65,12 @@ impl Pgbk {
     /// %(conninfo)s`, `backup_method = postgres`, `streaming_archiver = on`,
     /// `slot_name = pgbk`, `create_slot = auto`.
     pub fn streaming_server(&self, name: &str, cluster: &Cluster) {
+        self.streaming_server_with(name, cluster, "");
+    }
+
+    /// [`Pgbk::streaming_server`] plus `extra` option lines (e.g.
+    /// `"immediate_checkpoint = on\n"`).
+    pub fn streaming_server_with(&self, name: &str, cluster: &Cluster, extra: &str) {
         self.add_server(
             name,
             &format!(
@@ -74,7 +80,7 @@ impl Pgbk {
                  backup_method = postgres\n\
                  streaming_archiver = on\n\
                  slot_name = pgbk\n\
-                 create_slot = auto\n",
+                 create_slot = auto\n{extra}",
                 port = cluster.port,
                 conninfo = cluster.conninfo()
             ),
