@@ -138,6 +138,45 @@ pub enum Command {
     /// Run the whole loop on a throwaway local cluster: stream, back up under load,
     /// verify, recover to a point in time, check the data, measure RPO and RTO.
     Demo(DemoArgs),
+    /// Store one WAL file read on stdin (PostgreSQL's archive_command over ssh).
+    PutWal(PutWalArgs),
+    /// Move the WAL files archive_command delivered into incoming/ into the archive.
+    ArchiveWal(ServerArg),
+    /// What a passive peer needs to copy since a cursor (backups, WAL, the partial
+    /// segment), as JSON; run by `replicate` on the peer through ssh.
+    SyncInfo(SyncInfoArgs),
+    /// Copy backups and WAL from the primary manager of a passive server.
+    Replicate(ReplicateArgs),
+}
+
+/// Options of `put-wal`.
+#[derive(Debug, Args)]
+pub struct PutWalArgs {
+    /// Server name.
+    pub server: String,
+    /// The WAL file's name (%f).
+    #[arg(long, value_name = "SEGMENT")]
+    pub name: Option<String>,
+}
+
+/// Options of `sync-info`.
+#[derive(Debug, Args)]
+pub struct SyncInfoArgs {
+    /// Server name.
+    pub server: String,
+    /// The cursor the previous call returned (omitted: everything).
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
+}
+
+/// Options of `replicate`.
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// Server name, or 'all' for every passive server.
+    pub server: String,
+    /// Keep copying every few seconds until SIGTERM/SIGINT.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// Options of `demo` (it needs no configuration file).

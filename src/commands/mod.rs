@@ -2,6 +2,7 @@
 //! result (text or `--format json`). Nothing here knows PostgreSQL's wire format or
 //! the repository layout beyond calling the modules that do.
 
+pub mod archive_wal;
 pub mod backup;
 pub mod check;
 pub mod check_backup;
@@ -14,13 +15,16 @@ pub mod keep;
 pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
+pub mod put_wal;
 pub mod rebuild_catalog;
 pub mod receive_wal;
 pub mod recover;
+pub mod replicate;
 pub mod show_backup;
 pub mod show_server;
 pub mod status;
 pub mod switch_wal;
+pub mod sync_info;
 pub mod verify_backup;
 
 use crate::backup::BackupInfo;
@@ -121,6 +125,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Recover(a) => recover::run(&ctx, &a),
         Command::GetWal(a) => get_wal::run(&ctx, &a),
         Command::Demo(a) => demo::run(ctx.format, &a),
+        Command::PutWal(a) => put_wal::run(&ctx, &a),
+        Command::ArchiveWal(a) => archive_wal::run(&ctx, &a.server),
+        Command::SyncInfo(a) => sync_info::run(&ctx, &a),
+        Command::Replicate(a) => replicate::run(&ctx, &a),
     }
 }
 
