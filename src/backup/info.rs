@@ -152,6 +152,17 @@ pub struct BackupInfo {
     pub checksum_algorithm: String,
     /// PostgreSQL's `backup_manifest` is stored beside backup.json.
     pub has_manifest: bool,
+    /// rsync backups: regular files rsync transferred (its `--stats`); files reused
+    /// from the previous backup are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_files: Option<u64>,
+    /// rsync backups: bytes of the files rsync transferred (its `--stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred_bytes: Option<u64>,
+    /// rsync backups: bytes hard-linked to an earlier backup when it was taken
+    /// (`reuse_backup = link`); `stored_bytes` counts only the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_bytes: Option<u64>,
 }
 
 impl BackupInfo {
@@ -184,6 +195,9 @@ impl BackupInfo {
             keep: None,
             checksum_algorithm: "blake3".to_string(),
             has_manifest: false,
+            transferred_files: None,
+            transferred_bytes: None,
+            reused_bytes: None,
         }
     }
 }

@@ -4,6 +4,9 @@
 pub mod base_backup;
 pub mod info;
 pub mod lifecycle;
+pub mod rsync;
+pub mod rsync_copy;
+pub mod rsync_index;
 pub mod take;
 pub mod tar_store;
 pub mod wal_range;

@@ -69,6 +69,8 @@ pub struct BackupRequest {
     pub wait: WalWait,
     /// Storage tuning.
     pub store: StoreOptions,
+    /// `Some` for `backup_method = rsync`: copy over SSH instead of BASE_BACKUP.
+    pub rsync: Option<super::rsync::RsyncOptions>,
 }
 
 /// How a backup that did not fail ended.
@@ -143,7 +145,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 /// at most ~64 KiB each).
 const CHANNEL_DEPTH: usize = 128;
 
-async fn connect(info: &ConnInfo, replication: bool, app: &str) -> Result<Connection, PgError> {
+pub(super) async fn connect(
+    info: &ConnInfo,
+    replication: bool,
+    app: &str,
+) -> Result<Connection, PgError> {
     let opts = ConnectOptions {
         replication,
         application_name: Some(app.to_string()),
@@ -153,7 +159,7 @@ async fn connect(info: &ConnInfo, replication: bool, app: &str) -> Result<Connec
 }
 
 /// Resolves once `stop` says so (never if its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     loop {
         if *stop.borrow_and_update() {
             return;
@@ -220,7 +226,10 @@ async fn server_facts(
 
 /// A fresh id (the current second, UTC), waiting for the next second if a backup
 /// already has this one.
-async fn new_backup_id(repo: &ServerRepo, existing: &[BackupInfo]) -> (String, DateTime<Utc>) {
+pub(super) async fn new_backup_id(
+    repo: &ServerRepo,
+    existing: &[BackupInfo],
+) -> (String, DateTime<Utc>) {
     loop {
         let now = Utc::now();
         let id = backup_id_at(now);
@@ -261,6 +270,9 @@ pub async fn take_backup(
         }
     }
 
+    if let Some(opts) = &req.rsync {
+        return super::rsync::take(req, opts, &repo, &catalog, &existing, progress, stop).await;
+    }
     let mut repl = connect(&req.streaming_conninfo, true, &req.application_name)
         .await
         .map_err(|source| TakeError::Pg {
@@ -335,7 +347,22 @@ pub async fn take_backup(
         info.end_wal.as_deref().unwrap_or("?")
     );
 
-    if !facts.in_recovery {
+    wait_for_wal(req, info, &repo, &catalog, facts.in_recovery, &mut stop).await
+}
+
+/// After the files are stored: switches WAL (on a primary) so the end segment gets
+/// archived, then waits as `req.wait` says until every segment the backup needs is
+/// in the archive, marking it `DONE`. Shared by both backup methods.
+pub(super) async fn wait_for_wal(
+    req: &BackupRequest,
+    mut info: BackupInfo,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    in_recovery: bool,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Outcome, TakeError> {
+    let id = info.backup_id.clone();
+    if !in_recovery {
         if let Err(e) = switch_wal(req).await {
             tracing::warn!(server = %req.server, "pg_switch_wal() failed: {e}; the end segment is archived once the server fills it");
         }
@@ -347,10 +374,10 @@ pub async fn take_backup(
     };
     let mut poll = Duration::from_millis(10);
     loop {
-        let missing = missing_segments(&info, &repo, &catalog)?;
+        let missing = missing_segments(&info, repo, catalog)?;
         if missing.is_empty() {
             info.status = BackupStatus::Done;
-            save(&repo, &catalog, &info)?;
+            save(repo, catalog, &info)?;
             tracing::info!(server = %req.server, backup = %id, "backup DONE");
             return Ok(Outcome::Done(info));
         }
@@ -367,7 +394,7 @@ pub async fn take_backup(
         poll = (poll * 2).min(Duration::from_millis(500));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stopped(&mut stop) => {
+            _ = stopped(stop) => {
                 return Ok(Outcome::WalNotArchived { info, missing, interrupted: true });
             }
         }
@@ -375,7 +402,12 @@ pub async fn take_backup(
 }
 
 /// Records the failure (removing the partial files) and builds the error.
-fn fail(repo: &ServerRepo, catalog: &Catalog, mut info: BackupInfo, reason: &str) -> TakeError {
+pub(super) fn fail(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    mut info: BackupInfo,
+    reason: &str,
+) -> TakeError {
     tracing::error!(server = %info.server, backup = %info.backup_id, "backup failed: {reason}");
     if let Err(e) = mark_failed(repo, catalog, &mut info, reason) {
         tracing::error!(backup = %info.backup_id, "could not record the failure completely: {e}");
@@ -392,7 +424,7 @@ async fn switch_wal(req: &BackupRequest) -> Result<(), PgError> {
     r.map(|_| ())
 }
 
-fn segment_name(tli: TimeLineId, segno: u64, seg_size: u64) -> String {
+pub(super) fn segment_name(tli: TimeLineId, segno: u64, seg_size: u64) -> String {
     WalSegment {
         tli,
         segno,

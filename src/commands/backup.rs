@@ -3,6 +3,7 @@
 
 use super::{runtime, Context, ExitCode, UsageError};
 use crate::backup::base_backup::max_rate_for;
+use crate::backup::rsync::RsyncOptions;
 use crate::backup::take::{take_backup, validate_name, BackupRequest, Outcome, TakeError, WalWait};
 use crate::backup::tar_store::StoreOptions;
 use crate::backup::BackupInfo;
@@ -18,13 +19,23 @@ use std::time::Duration;
 /// Runs the verb.
 pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     let s = super::server(ctx, &args.server)?;
-    if s.backup_method == BackupMethod::Rsync {
-        return Err(UsageError(format!(
-            "server '{}': backup_method = rsync is not supported yet (use backup_method = postgres)",
-            s.name
-        ))
-        .into());
-    }
+    let rsync = match (&s.backup_method, &s.ssh_command) {
+        (BackupMethod::Postgres, _) => None,
+        (BackupMethod::Rsync, None) => {
+            return Err(UsageError(format!(
+                "server '{}': backup_method = rsync needs ssh_command in {}",
+                s.name,
+                s.file.display()
+            ))
+            .into())
+        }
+        (BackupMethod::Rsync, Some(cmd)) => Some(RsyncOptions {
+            ssh_command: cmd.clone(),
+            reuse: s.reuse_backup,
+            bandwidth_limit: s.bandwidth_limit,
+            network_compression: s.network_compression,
+        }),
+    };
     if !s.active {
         return Err(UsageError(format!(
             "server '{}' is not active (active = off in {})",
@@ -66,6 +77,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
         max_rate: s.bandwidth_limit.map(max_rate_for),
         wait,
         store: StoreOptions::default(),
+        rsync,
     };
     let progress: Arc<dyn Progress> = Arc::from(for_cli(ctx.quiet));
     let result = runtime()?.block_on(async {

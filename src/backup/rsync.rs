@@ -1,0 +1,657 @@
+//! Taking a base backup with the `rsync` method (Barman's `backup_method = rsync`):
+//! `pg_backup_start` / `pg_backup_stop` on one ordinary SQL session held open for
+//! the whole backup, the data directory and tablespaces copied with `rsync` over
+//! SSH by `parallel_jobs` workers, files stored uncompressed (so that the next
+//! backup's rsync can compare against them) and checksummed.
+//!
+//! Order, so that a refusal leaves nothing behind on either side:
+//! 1. SQL facts (version, system id, data directory, tablespaces);
+//! 2. backup.json `STARTED`;
+//! 3. an SSH session (ssh2) checks the host key against `known_hosts` and that the
+//!    data directory and rsync are there — an unknown or changed host key fails the
+//!    backup (`FAILED`, with the reason) before `pg_backup_start` and before any copy;
+//! 4. `pg_backup_start`, remote listing, rsync workers, `pg_backup_stop(false)`
+//!    whose `labelfile` / `spcmapfile` become `data/backup_label` /
+//!    `data/tablespace_map`, plain entries of files.jsonl;
+//! 5. checksums, files.jsonl, backup.json `WAITING_FOR_WALS`, then the same WAL
+//!    wait as the streaming method ([`super::take::wait_for_wal`]).
+//!
+//! With `reuse_backup = link` (`copy`), rsync gets the previous `DONE` rsync backup's
+//! folders as `--link-dest` (`--copy-dest`): unchanged files become hard links to
+//! that backup's files (which pgbk never modifies), neither transferred nor stored
+//! twice. Files whose server mtime falls within two seconds before the previous
+//! backup began or later may have changed within the second rsync's quick check
+//! sees, so they are compared by content (`--checksum`).
+
+use super::rsync_copy::{
+    balanced_shares, excluded, listing_command, only_vanished, parse_listing, remote_prefix,
+    rsync_shell, run_job, write_list, CopyJob, RemoteEntry, RsyncSetup, TransferStats,
+};
+use super::rsync_index::{index, previous_sums, CopiedRoot, PreviousSums};
+use super::take::{
+    connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
+    TakeError,
+};
+use super::tar_store::sync_filesystem;
+use super::{save, BackupDir, BackupInfo, BackupStatus, FileEntry, FileKind, TablespaceInfo};
+use crate::catalog::Catalog;
+use crate::config::ReuseBackup;
+use crate::pg::{Connection, PgError};
+use crate::progress::Progress;
+use crate::repo::durable::{create_dir_all_private, write_atomic};
+use crate::repo::ServerRepo;
+use crate::ssh::{shell_quote, SshSession, SshTarget};
+use crate::wal::{Lsn, SystemId, TimeLineId};
+use chrono::Utc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What an rsync backup needs beyond a streaming one.
+#[derive(Debug, Clone)]
+pub struct RsyncOptions {
+    /// The server's `ssh_command` (`ssh -p 22 postgres@pg1`).
+    pub ssh_command: String,
+    /// `reuse_backup`.
+    pub reuse: ReuseBackup,
+    /// `bandwidth_limit` in KiB/s, shared by all workers.
+    pub bandwidth_limit: Option<u64>,
+    /// `network_compression` (rsync `-z`).
+    pub network_compression: bool,
+}
+
+/// A tablespace of the server with where it lives.
+#[derive(Debug, Clone)]
+struct Tablespace {
+    oid: u32,
+    name: String,
+    location: String,
+}
+
+/// What the server says before the backup starts.
+struct Facts {
+    version: u32,
+    system_id: SystemId,
+    seg_size: u64,
+    in_recovery: bool,
+    timeline: TimeLineId,
+    data_directory: String,
+    tablespaces: Vec<Tablespace>,
+}
+
+/// One value of a one-row result.
+fn value(rows: &[crate::pg::Row], col: usize, what: &str) -> Result<String, String> {
+    rows.first()
+        .and_then(|r| r.get_idx(col))
+        .map(str::to_string)
+        .ok_or_else(|| format!("the server returned no {what}"))
+}
+
+async fn facts(sql: &mut Connection) -> Result<Facts, String> {
+    let q = |e: PgError| e.to_string();
+    let rows = sql
+        .simple_query(
+            "SELECT current_setting('server_version_num'), \
+             (SELECT system_identifier FROM pg_control_system()), \
+             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+             pg_is_in_recovery(), current_setting('data_directory'), \
+             (SELECT timeline_id FROM pg_control_checkpoint())",
+        )
+        .await
+        .map_err(q)?;
+    let num = |col: usize, what: &str| -> Result<u64, String> {
+        let v = value(&rows, col, what)?;
+        v.parse()
+            .map_err(|_| format!("the server returned '{v}' as {what}"))
+    };
+    let facts_version = num(0, "server_version_num")? as u32;
+    let system_id = SystemId(num(1, "system identifier")?);
+    let seg_size = num(2, "wal_segment_size")?;
+    let in_recovery = value(&rows, 3, "pg_is_in_recovery()")? == "t";
+    let data_directory = value(&rows, 4, "data_directory")?;
+    let timeline = TimeLineId(num(5, "timeline")? as u32);
+    let rows = sql
+        .simple_query(
+            "SELECT oid, spcname, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE pg_tablespace_location(oid) <> '' ORDER BY oid",
+        )
+        .await
+        .map_err(q)?;
+    let tablespaces = rows
+        .iter()
+        .filter_map(|r| {
+            Some(Tablespace {
+                oid: r.get_idx(0)?.parse().ok()?,
+                name: r.get_idx(1)?.to_string(),
+                location: r.get_idx(2)?.to_string(),
+            })
+        })
+        .collect();
+    Ok(Facts {
+        version: facts_version,
+        system_id,
+        seg_size,
+        in_recovery,
+        timeline,
+        data_directory,
+        tablespaces,
+    })
+}
+
+/// A SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `START TIMELINE` of a backup_label.
+fn label_timeline(label: &str) -> Option<TimeLineId> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|v| v.trim().parse().ok())
+        .map(TimeLineId)
+}
+
+/// Takes an rsync backup. Called by [`super::take::take_backup`] with the backup
+/// lock held and statuses refreshed.
+pub(super) async fn take(
+    req: &BackupRequest,
+    opts: &RsyncOptions,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    existing: &[BackupInfo],
+    progress: Arc<dyn Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Outcome, TakeError> {
+    let refused = |m: String| TakeError::Refused(format!("server '{}': {m}", req.server));
+    let target = SshTarget::parse(&opts.ssh_command).map_err(|e| refused(e.to_string()))?;
+    let shell = rsync_shell(&opts.ssh_command).map_err(refused)?;
+    let pg = |source| TakeError::Pg {
+        server: req.server.clone(),
+        source,
+    };
+    let mut sql = connect(&req.conninfo, false, &req.application_name)
+        .await
+        .map_err(pg)?;
+    let facts = facts(&mut sql)
+        .await
+        .map_err(|m| TakeError::Refused(format!("server '{}': {m}", req.server)))?;
+    if facts.version < super::base_backup::MIN_SERVER_VERSION {
+        return Err(refused(
+            "pgbk backups need PostgreSQL 15 or later (pg_backup_start)".into(),
+        ));
+    }
+    catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
+
+    let (id, begin_time) = new_backup_id(repo, existing).await;
+    let dir = BackupDir::new(repo, &id);
+    let mut info = BackupInfo {
+        name: req.name.clone(),
+        method: "rsync".to_string(),
+        server_version: facts.version,
+        system_id: facts.system_id,
+        timeline: facts.timeline,
+        wal_segment_size: facts.seg_size,
+        pid: Some(std::process::id()),
+        tablespaces: facts
+            .tablespaces
+            .iter()
+            .map(|t| TablespaceInfo {
+                oid: t.oid,
+                name: Some(t.name.clone()),
+                location: t.location.clone(),
+            })
+            .collect(),
+        ..BackupInfo::new(&id, &req.server, begin_time)
+    };
+    if let Err(e) = create_dir_all_private(dir.root()) {
+        return Err(TakeError::Io {
+            path: dir.root().to_path_buf(),
+            source: e,
+        });
+    }
+    if let Err(e) = save(repo, catalog, &info) {
+        let _ = std::fs::remove_dir_all(dir.root());
+        let _ = catalog.delete_backup(&req.server, &id);
+        return Err(e.into());
+    }
+    tracing::info!(server = %req.server, backup = %id, "rsync backup started");
+
+    // The previous backup whose files this one may reuse.
+    let previous = match opts.reuse {
+        ReuseBackup::Off => None,
+        _ => existing
+            .iter()
+            .rev()
+            .find(|b| b.status == BackupStatus::Done && b.method == "rsync")
+            .cloned(),
+    };
+    let copied = copy(
+        req,
+        opts,
+        &target,
+        &shell,
+        &mut sql,
+        &facts,
+        &mut info,
+        &dir,
+        repo,
+        catalog,
+        previous.as_ref(),
+        progress.clone(),
+        &mut stop,
+    )
+    .await;
+    sql.close().await;
+    progress.finish();
+    if let Err(reason) = copied {
+        return Err(fail(repo, catalog, info, &reason));
+    }
+    info.status = BackupStatus::WaitingForWals;
+    info.end_time = Some(Utc::now());
+    info.pid = None;
+    if let Err(e) = save(repo, catalog, &info) {
+        return Err(fail(repo, catalog, info, &e.to_string()));
+    }
+    tracing::info!(
+        server = %req.server,
+        backup = %id,
+        "files stored; waiting for WAL {} to {}",
+        info.begin_wal.as_deref().unwrap_or("?"),
+        info.end_wal.as_deref().unwrap_or("?")
+    );
+    wait_for_wal(req, info, repo, catalog, facts.in_recovery, &mut stop).await
+}
+
+/// Runs a blocking job on tokio's blocking pool; `stop` sets `abort` for it.
+async fn blocking<T: Send + 'static>(
+    stop: &mut watch::Receiver<bool>,
+    abort: Arc<AtomicBool>,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let mut handle = tokio::task::spawn_blocking(f);
+    tokio::select! {
+        r = &mut handle => r.map_err(|e| format!("a worker failed: {e}"))?,
+        _ = stopped(stop) => {
+            abort.store(true, Ordering::Relaxed);
+            let _ = handle.await;
+            Err("interrupted".to_string())
+        }
+    }
+}
+
+/// Everything between STARTED and the stored file list. Returns the reason on
+/// failure; the caller marks the backup FAILED (and the SQL session's end aborts
+/// the server's side of the backup).
+#[allow(clippy::too_many_arguments)]
+async fn copy(
+    req: &BackupRequest,
+    opts: &RsyncOptions,
+    target: &SshTarget,
+    shell: &str,
+    sql: &mut Connection,
+    facts: &Facts,
+    info: &mut BackupInfo,
+    dir: &BackupDir,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    previous: Option<&BackupInfo>,
+    progress: Arc<dyn Progress>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let abort = Arc::new(AtomicBool::new(false));
+    // 1. The host key, the data directory and rsync, before the server is touched.
+    let pgdata = facts.data_directory.clone();
+    let t = target.clone();
+    let session = blocking(stop, abort.clone(), move || {
+        let s = SshSession::connect(&t).map_err(|e| e.to_string())?;
+        let check = format!(
+            "test -r {q}/PG_VERSION || {{ echo 'cannot read {d}/PG_VERSION' >&2; exit 3; }}; \
+             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}",
+            q = shell_quote(&pgdata),
+            d = pgdata.replace('\'', "")
+        );
+        let out = s.exec(&check).map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!("ssh {}: {}", t.display(), out.stderr_line()));
+        }
+        Ok(s)
+    })
+    .await?;
+
+    // 2. pg_backup_start, on the session held until pg_backup_stop.
+    let label = format!("pgbk backup {}", info.backup_id);
+    let start = format!(
+        "SELECT pg_backup_start({}, {})",
+        literal(&label),
+        req.immediate_checkpoint
+    );
+    let rows = tokio::select! {
+        r = sql.simple_query(&start) => r.map_err(|e| format!("pg_backup_start: {e}"))?,
+        _ = stopped(stop) => return Err("interrupted".into()),
+    };
+    let begin: Lsn = value(&rows, 0, "start LSN of pg_backup_start")?
+        .parse()
+        .map_err(|e| format!("pg_backup_start: {e}"))?;
+    let seg = facts.seg_size;
+    info.begin_lsn = Some(begin);
+    info.begin_wal = Some(segment_name(info.timeline, begin.segno(seg), seg));
+    save(repo, catalog, info).map_err(|e| e.to_string())?;
+    tracing::info!(backup = %info.backup_id, "pg_backup_start: backup starts at {begin}");
+
+    // 3. The remote file lists.
+    let mut trees: Vec<(Option<u32>, String)> = vec![(None, facts.data_directory.clone())];
+    trees.extend(
+        facts
+            .tablespaces
+            .iter()
+            .map(|t| (Some(t.oid), t.location.clone())),
+    );
+    let listing_trees = trees.clone();
+    let listings = blocking(stop, abort.clone(), move || {
+        let mut all = Vec::new();
+        for (oid, remote) in listing_trees {
+            let out = session
+                .exec(&listing_command(&remote))
+                .map_err(|e| e.to_string())?;
+            if !out.success() && !only_vanished(&out.stderr) {
+                return Err(format!("listing {remote} over ssh: {}", out.stderr_line()));
+            }
+            let entries: Vec<RemoteEntry> = parse_listing(&out.stdout)?
+                .into_iter()
+                .filter(|e| !excluded(&e.path, oid.is_some()))
+                .collect();
+            all.push(entries);
+        }
+        Ok(all)
+    })
+    .await?;
+
+    // 4. Local folders, then the balanced lists and the workers.
+    let prev_dir = previous.map(|p| BackupDir::new(repo, &p.backup_id));
+    let mut roots = Vec::new();
+    for ((oid, remote), entries) in trees.into_iter().zip(listings) {
+        let (local, object_prefix, prev) = match oid {
+            None => (
+                dir.data_dir(),
+                "data".to_string(),
+                prev_dir.as_ref().map(|d| d.data_dir()),
+            ),
+            Some(o) => (
+                dir.tablespace_dir(o),
+                format!("tablespaces/{o}"),
+                prev_dir
+                    .as_ref()
+                    .filter(|_| previous.is_some_and(|p| p.tablespaces.iter().any(|t| t.oid == o)))
+                    .map(|d| d.tablespace_dir(o)),
+            ),
+        };
+        let prev = prev.filter(|p| p.is_dir());
+        create_dir_all_private(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+        for e in entries.iter().filter(|e| e.is_dir) {
+            let p = local.join(&e.path);
+            create_dir_all_private(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+        roots.push((
+            remote,
+            CopiedRoot {
+                tablespace: oid,
+                local,
+                object_prefix,
+                previous: prev,
+                entries,
+            },
+        ));
+    }
+    let jobs = req.jobs.max(1);
+    // Files that may have changed within the second the previous backup saw them.
+    let suspect_after = previous.map(|p| p.begin_time.timestamp() as f64 - 2.0);
+    let mut copy_jobs = Vec::new();
+    for (r, (remote, root)) in roots.iter().enumerate() {
+        for checksum in [false, true] {
+            let files: Vec<(usize, u64)> = root
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.is_dir)
+                .filter(|(_, e)| {
+                    let suspect =
+                        root.previous.is_some() && suspect_after.is_some_and(|t| e.mtime >= t);
+                    suspect == checksum
+                })
+                .map(|(i, e)| (i, e.size))
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            for (k, share) in balanced_shares(&files, jobs).into_iter().enumerate() {
+                if share.is_empty() {
+                    continue;
+                }
+                let list = dir.root().join(format!(
+                    ".rsync-{r}-{}-{k}.list.tmp.{}",
+                    u8::from(checksum),
+                    std::process::id()
+                ));
+                let paths: Vec<&str> = share
+                    .iter()
+                    .map(|&i| root.entries[i].path.as_str())
+                    .collect();
+                write_list(&list, &paths).map_err(|e| format!("{}: {e}", list.display()))?;
+                copy_jobs.push((
+                    k,
+                    CopyJob {
+                        remote_dir: remote.clone(),
+                        local_dir: root.local.clone(),
+                        reuse_dir: root.previous.clone(),
+                        list,
+                        checksum,
+                        bytes: share.iter().map(|&i| root.entries[i].size).sum(),
+                    },
+                ));
+            }
+        }
+    }
+    let setup = RsyncSetup {
+        shell: shell.to_string(),
+        remote: remote_prefix(target),
+        reuse: opts.reuse,
+        bwlimit: opts.bandwidth_limit.map(|bw| (bw / jobs as u64).max(1)),
+        compress: opts.network_compression,
+    };
+    let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
+    progress.start(&format!("backup {}", info.backup_id), Some(total));
+    let lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
+    let worker_progress = progress.clone();
+    let worker_abort = abort.clone();
+    let stats = blocking(stop, abort.clone(), move || {
+        run_workers(&setup, copy_jobs, jobs, &worker_abort, &*worker_progress)
+    })
+    .await;
+    for l in &lists {
+        let _ = std::fs::remove_file(l);
+    }
+    let stats = stats?;
+    progress.finish();
+    info.transferred_files = Some(stats.files);
+    info.transferred_bytes = Some(stats.bytes);
+
+    // 5. pg_backup_stop: the backup_label and tablespace_map to restore.
+    let rows = tokio::select! {
+        r = sql.simple_query("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)") =>
+            r.map_err(|e| format!("pg_backup_stop: {e}"))?,
+        _ = stopped(stop) => return Err("interrupted".into()),
+    };
+    let end: Lsn = value(&rows, 0, "end LSN of pg_backup_stop")?
+        .parse()
+        .map_err(|e| format!("pg_backup_stop: {e}"))?;
+    let labelfile = value(&rows, 1, "backup_label")?;
+    let spcmap = rows
+        .first()
+        .and_then(|r| r.get_idx(2))
+        .unwrap_or("")
+        .to_string();
+    if let Some(tli) = label_timeline(&labelfile) {
+        info.timeline = tli;
+        info.begin_wal = Some(segment_name(tli, begin.segno(seg), seg));
+    }
+    info.end_lsn = Some(end);
+    info.end_timeline = Some(info.timeline);
+    info.end_wal = Some(segment_name(
+        info.timeline,
+        end.prev_segno(seg).max(begin.segno(seg)),
+        seg,
+    ));
+    tracing::info!(backup = %info.backup_id, "pg_backup_stop: backup ends at {end}");
+    let now = Utc::now().timestamp() as f64;
+    let data_root = &mut roots[0].1;
+    for (name, text) in [
+        ("backup_label", labelfile.as_str()),
+        ("tablespace_map", spcmap.as_str()),
+    ] {
+        if text.is_empty() {
+            continue;
+        }
+        let p = data_root.local.join(name);
+        write_atomic(&p, text.as_bytes()).map_err(|e| format!("{}: {e}", p.display()))?;
+        data_root.entries.push(RemoteEntry {
+            path: name.to_string(),
+            is_dir: false,
+            mode: 0o600,
+            mtime: now,
+            size: text.len() as u64,
+        });
+    }
+
+    // 6. Checksums and files.jsonl, everything flushed, then the list committed.
+    let links: Vec<FileEntry> = facts
+        .tablespaces
+        .iter()
+        .map(|t| FileEntry {
+            path: format!("pg_tblspc/{}", t.oid),
+            tablespace: None,
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            mtime: now as i64,
+            size: 0,
+            checksum: None,
+            object: None,
+            compression: None,
+            stored_size: 0,
+            target: Some(t.location.clone()),
+        })
+        .collect();
+    let prev_sums: PreviousSums = match &prev_dir {
+        Some(d) if opts.reuse == ReuseBackup::Link => previous_sums(d),
+        _ => PreviousSums::new(),
+    };
+    let roots: Vec<CopiedRoot> = roots.into_iter().map(|(_, r)| r).collect();
+    let dir2 = dir.clone();
+    let threads = jobs;
+    let p2 = progress.clone();
+    let (files, totals) = blocking(stop, abort.clone(), move || {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("pgbk-blake3-{i}"))
+            .build()
+            .map_err(|e| format!("starting checksum threads: {e}"))?;
+        let (files, totals) = index(&dir2, &roots, links, &prev_sums, &pool, &*p2)?;
+        sync_filesystem(dir2.root()).map_err(|e| format!("{}: {e}", dir2.root().display()))?;
+        Ok((files, totals))
+    })
+    .await?;
+    files
+        .commit()
+        .map_err(|e| format!("{}: {e}", dir.files_path().display()))?;
+    info.size_bytes = totals.size_bytes;
+    info.stored_bytes = totals.new_bytes;
+    info.reused_bytes = Some(totals.reused_bytes);
+    info.file_count = totals.file_count;
+    info.has_manifest = false;
+    Ok(())
+}
+
+/// Runs the jobs on `jobs` worker threads (each job's share index picks its worker),
+/// summing rsync's figures. The first failure stops the others.
+fn run_workers(
+    setup: &RsyncSetup,
+    copy_jobs: Vec<(usize, CopyJob)>,
+    jobs: usize,
+    abort: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<TransferStats, String> {
+    let mut per_worker: Vec<Vec<CopyJob>> = vec![Vec::new(); jobs];
+    for (k, j) in copy_jobs {
+        per_worker[k % jobs].push(j);
+    }
+    let done = AtomicU64::new(0);
+    let results: Vec<Result<TransferStats, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = per_worker
+            .iter()
+            .map(|list| {
+                let done = &done;
+                s.spawn(move || {
+                    let mut sum = TransferStats::default();
+                    for job in list {
+                        match run_job(setup, job, abort) {
+                            Ok(st) => {
+                                sum.files += st.files;
+                                sum.bytes += st.bytes;
+                                let n = done.fetch_add(job.bytes, Ordering::Relaxed) + job.bytes;
+                                progress.set(n);
+                            }
+                            Err(e) => {
+                                abort.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(sum)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("an rsync worker panicked".into()))
+            })
+            .collect()
+    });
+    let mut total = TransferStats::default();
+    let mut first_err: Option<String> = None;
+    for r in results {
+        match r {
+            Ok(st) => {
+                total.files += st.files;
+                total.bytes += st.bytes;
+            }
+            // "interrupted" is only the echo of another worker's failure.
+            Err(e) if first_err.is_none() || first_err.as_deref() == Some("interrupted") => {
+                first_err = Some(e)
+            }
+            Err(_) => {}
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_timeline_of_a_backup_label() {
+        let label = "START WAL LOCATION: 0/9000028 (file 000000010000000000000009)\n\
+                     CHECKPOINT LOCATION: 0/9000060\nBACKUP METHOD: streamed\n\
+                     BACKUP FROM: primary\nSTART TIME: 2026-11-25 03:00:00 UTC\n\
+                     LABEL: pgbk backup 20261125T030000\nSTART TIMELINE: 3\n";
+        assert_eq!(label_timeline(label), Some(TimeLineId(3)));
+        assert_eq!(label_timeline("nothing"), None);
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}

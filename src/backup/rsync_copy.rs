@@ -1,0 +1,532 @@
+//! The copying half of an rsync backup: the remote file list (one `find` over SSH),
+//! what PostgreSQL's base backup leaves out (basebackup.c's exclusion lists), the
+//! list split into balanced shares, and the `rsync` workers that copy them.
+//!
+//! rsync is the OpenSSH client's user: it gets the configured `ssh_command` without
+//! its destination as `-e`, with `StrictHostKeyChecking=yes` unless the command says
+//! otherwise, and `BatchMode=yes` so it never prompts.
+
+use crate::backup::tar_store::safe_path;
+use crate::config::ReuseBackup;
+use crate::ssh::{shell_quote, split_shell, SshTarget};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// One file or directory of the server, as the remote listing reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteEntry {
+    /// Path relative to the data directory (or tablespace location).
+    pub path: String,
+    /// A directory rather than a regular file.
+    pub is_dir: bool,
+    /// Permission bits on the server.
+    pub mode: u32,
+    /// Modification time on the server (seconds since the epoch).
+    pub mtime: f64,
+    /// Size in bytes on the server.
+    pub size: u64,
+}
+
+/// Directories whose contents a base backup leaves out, keeping the directory
+/// itself (basebackup.c's `excludeDirContents`, plus `pg_wal` and `pg_tblspc`, whose
+/// links pgbk records from the catalog instead of copying).
+const EXCLUDED_DIR_CONTENTS: &[&str] = &[
+    "pg_wal",
+    "pg_stat_tmp",
+    "pg_replslot",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_subtrans",
+    "pg_tblspc",
+];
+
+/// Files of the data directory's top level a base backup leaves out
+/// (basebackup.c's `excludeFiles`; `backup_label` and `tablespace_map` come from
+/// pg_backup_stop instead).
+const EXCLUDED_TOP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "backup_manifest",
+    "current_logfiles",
+    "current_logfiles.tmp",
+    "postgresql.auto.conf.tmp",
+];
+
+/// Whether a temporary relation file (`t<backend>_<relfilenode>[_fork][.seg]`).
+fn is_temp_relation(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('t') else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && rest.as_bytes().get(digits) == Some(&b'_')
+}
+
+/// Whether a base backup leaves this path out. `tablespace` tells whether the path
+/// is relative to a tablespace location rather than the data directory.
+pub fn excluded(path: &str, tablespace: bool) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    if !tablespace {
+        if parts.len() >= 2 && EXCLUDED_DIR_CONTENTS.contains(&parts[0]) {
+            return true;
+        }
+        if parts.len() == 1 && EXCLUDED_TOP_FILES.contains(&parts[0]) {
+            return true;
+        }
+    }
+    parts.iter().any(|p| p.starts_with("pgsql_tmp"))
+        || parts
+            .last()
+            .is_some_and(|name| name.starts_with("pg_internal.init") || is_temp_relation(name))
+}
+
+/// The remote command that lists a directory: `<type> <mode> <mtime> <size> <path>`,
+/// NUL-terminated, regular files and directories only.
+pub fn listing_command(dir: &str) -> String {
+    format!(
+        "find {} -mindepth 1 \\( -type f -o -type d \\) -printf '%y %m %T@ %s %P\\0'",
+        shell_quote(dir)
+    )
+}
+
+/// Parses the output of [`listing_command`]. Paths are checked like tar member
+/// names (no absolute paths, no `..`): they come from another host.
+pub fn parse_listing(out: &[u8]) -> Result<Vec<RemoteEntry>, String> {
+    let mut entries = Vec::new();
+    for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        let bad = || {
+            format!(
+                "unexpected line in the remote file list: \"{}\"",
+                String::from_utf8_lossy(rec).escape_debug()
+            )
+        };
+        let mut it = rec.splitn(5, |&b| b == b' ');
+        let mut field = || it.next().and_then(|f| std::str::from_utf8(f).ok());
+        let (Some(kind), Some(mode), Some(mtime), Some(size)) =
+            (field(), field(), field(), field())
+        else {
+            return Err(bad());
+        };
+        let raw = it.next().ok_or_else(bad)?;
+        let path = safe_path(raw).map_err(|e| format!("remote file list: {e}"))?;
+        entries.push(RemoteEntry {
+            path,
+            is_dir: match kind {
+                "d" => true,
+                "f" => false,
+                _ => return Err(bad()),
+            },
+            mode: u32::from_str_radix(mode, 8).map_err(|_| bad())? & 0o7777,
+            mtime: mtime.parse().map_err(|_| bad())?,
+            size: size.parse().map_err(|_| bad())?,
+        });
+    }
+    Ok(entries)
+}
+
+/// Whether a failed `find` only met files that vanished while it ran (normal on a
+/// live server).
+pub fn only_vanished(stderr: &[u8]) -> bool {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(|l| l.contains("No such file or directory"))
+}
+
+/// Splits files (index, size) into `n` shares of about equal bytes: largest first,
+/// each to the lightest share. Returns indexes.
+pub fn balanced_shares(sizes: &[(usize, u64)], n: usize) -> Vec<Vec<usize>> {
+    let n = n.max(1);
+    let mut order: Vec<(usize, u64)> = sizes.to_vec();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); n];
+    for (i, size) in order {
+        if let Some(s) = shares.iter_mut().min_by_key(|s| s.0) {
+            s.0 += size.max(1);
+            s.1.push(i);
+        }
+    }
+    shares.into_iter().map(|s| s.1).collect()
+}
+
+/// OpenSSH flags that take an argument.
+const SSH_ARG_FLAGS: &str = "BbcDEeFIiJLlmOoPpQRSWw";
+
+/// The `-e` argument for rsync: the configured ssh command line without its
+/// destination, never prompting, and refusing unknown host keys unless the command
+/// sets `StrictHostKeyChecking` itself.
+pub fn rsync_shell(command: &str) -> Result<String, String> {
+    let bad = |m: &str| format!("ssh command '{command}': {m}");
+    let words = split_shell(command).map_err(|e| bad(&e))?;
+    let mut kept: Vec<String> = Vec::new();
+    let mut it = words.into_iter();
+    kept.extend(it.next());
+    let mut destination = false;
+    let mut strict_set = false;
+    while let Some(w) = it.next() {
+        if destination {
+            return Err(bad("must not name a remote command"));
+        }
+        if w.starts_with('-') && w.len() > 1 {
+            let flags = &w[1..];
+            let mut takes_arg = None;
+            for (i, c) in flags.char_indices() {
+                if SSH_ARG_FLAGS.contains(c) {
+                    takes_arg = Some((c, flags[i + c.len_utf8()..].to_string()));
+                    break;
+                }
+            }
+            kept.push(w.clone());
+            if let Some((c, attached)) = takes_arg {
+                let arg = if attached.is_empty() {
+                    let a = it
+                        .next()
+                        .ok_or_else(|| bad(&format!("-{c} needs a value")))?;
+                    kept.push(a.clone());
+                    a
+                } else {
+                    attached
+                };
+                if c == 'o'
+                    && arg
+                        .to_ascii_lowercase()
+                        .starts_with("stricthostkeychecking")
+                {
+                    strict_set = true;
+                }
+            }
+        } else {
+            destination = true;
+        }
+    }
+    if !destination {
+        return Err(bad("names no host"));
+    }
+    kept.push("-o".into());
+    kept.push("BatchMode=yes".into());
+    if !strict_set {
+        kept.push("-o".into());
+        kept.push("StrictHostKeyChecking=yes".into());
+    }
+    Ok(kept
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// `user@host:` as rsync names a remote path's host (IPv6 addresses in brackets).
+pub fn remote_prefix(target: &SshTarget) -> String {
+    if target.host.contains(':') {
+        format!("{}@[{}]:", target.user, target.host)
+    } else {
+        format!("{}@{}:", target.user, target.host)
+    }
+}
+
+/// How every rsync worker of one backup runs.
+#[derive(Debug, Clone)]
+pub struct RsyncSetup {
+    /// `-e` (see [`rsync_shell`]).
+    pub shell: String,
+    /// `user@host:`.
+    pub remote: String,
+    /// What to do with the previous backup's files.
+    pub reuse: ReuseBackup,
+    /// `--bwlimit` per worker, KiB/s.
+    pub bwlimit: Option<u64>,
+    /// `-z`.
+    pub compress: bool,
+}
+
+/// One rsync run: a list of files from one remote directory into one local one.
+#[derive(Debug, Clone)]
+pub struct CopyJob {
+    /// Remote directory (data directory or tablespace location).
+    pub remote_dir: String,
+    /// Local directory it goes into.
+    pub local_dir: PathBuf,
+    /// The previous backup's copy of the same directory (`--link-dest`/`--copy-dest`).
+    pub reuse_dir: Option<PathBuf>,
+    /// The NUL-separated list of paths (relative to `remote_dir`).
+    pub list: PathBuf,
+    /// Compare contents, not size and mtime (files that may have changed within the
+    /// second the previous backup copied them).
+    pub checksum: bool,
+    /// Bytes the list holds, for progress.
+    pub bytes: u64,
+}
+
+/// What rsync reported it transferred (`--stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// "Number of regular files transferred".
+    pub files: u64,
+    /// "Total transferred file size".
+    pub bytes: u64,
+}
+
+/// Reads rsync's `--stats` figures.
+pub fn parse_stats(out: &str) -> TransferStats {
+    let number = |label: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|rest| {
+                rest.trim()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("0")
+                    .replace([',', '.'], "")
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    TransferStats {
+        files: number("Number of regular files transferred:"),
+        bytes: number("Total transferred file size:"),
+    }
+}
+
+/// Writes a NUL-separated file list for `--files-from --from0`.
+pub fn write_list(path: &Path, paths: &[&str]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut w = std::io::BufWriter::new(f);
+    for p in paths {
+        w.write_all(p.as_bytes())?;
+        w.write_all(b"\0")?;
+    }
+    w.flush()
+}
+
+/// The rsync command line of one job.
+pub fn rsync_command(setup: &RsyncSetup, job: &CopyJob) -> Command {
+    let mut cmd = Command::new("rsync");
+    cmd.args([
+        "-a",
+        "--no-owner",
+        "--no-group",
+        "--numeric-ids",
+        "--chmod=D0700,F0600",
+        "--from0",
+        "--stats",
+    ]);
+    cmd.arg(format!("--files-from={}", job.list.display()));
+    cmd.arg("-e").arg(&setup.shell);
+    if job.checksum {
+        cmd.arg("--checksum");
+    }
+    if let Some(d) = &job.reuse_dir {
+        match setup.reuse {
+            ReuseBackup::Link => {
+                cmd.arg(format!("--link-dest={}", d.display()));
+            }
+            ReuseBackup::Copy => {
+                cmd.arg(format!("--copy-dest={}", d.display()));
+            }
+            ReuseBackup::Off => {}
+        }
+    }
+    if let Some(bw) = setup.bwlimit {
+        cmd.arg(format!("--bwlimit={bw}"));
+    }
+    if setup.compress {
+        cmd.arg("-z");
+    }
+    cmd.arg(format!(
+        "{}{}/",
+        setup.remote,
+        job.remote_dir.trim_end_matches('/')
+    ));
+    cmd.arg(format!("{}/", job.local_dir.display()));
+    cmd
+}
+
+/// rsync's exit status for "some files vanished before they could be transferred":
+/// normal on a live server (WAL replay recreates what the backup needs).
+const RSYNC_VANISHED: i32 = 24;
+
+/// Runs one job to its end. `abort` turning true kills rsync.
+pub fn run_job(
+    setup: &RsyncSetup,
+    job: &CopyJob,
+    abort: &AtomicBool,
+) -> Result<TransferStats, String> {
+    let mut child = rsync_command(setup, job)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run rsync on this host: {e}"))?;
+    let out = child.stdout.take().map(|mut o| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = o.read_to_string(&mut s);
+            s
+        })
+    });
+    let err = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            // Keep only the last meaningful lines: thousands of "vanished" lines stay bounded.
+            let mut last: Vec<String> = Vec::new();
+            for line in BufReader::new(e).lines().map_while(Result::ok) {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if last.len() == 4 {
+                    last.remove(0);
+                }
+                last.push(line);
+            }
+            last
+        })
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for rsync: {e}")),
+        }
+        if abort.load(Ordering::Relaxed) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("interrupted".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    match status.code() {
+        Some(0) | Some(RSYNC_VANISHED) => Ok(parse_stats(&stdout)),
+        code => {
+            let why = stderr
+                .iter()
+                .rev()
+                .find(|l| !l.contains("vanished") && !l.starts_with("rsync error:"))
+                .or(stderr.last())
+                .cloned()
+                .unwrap_or_default();
+            Err(format!(
+                "rsync of {} exited with {}: {}",
+                job.remote_dir,
+                code.map_or("a signal".to_string(), |c| format!("status {c}")),
+                why.trim()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_out_what_a_base_backup_leaves_out() {
+        for p in [
+            "pg_wal/000000010000000000000001",
+            "pg_wal/archive_status",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "tablespace_map",
+            "pg_replslot/s/state",
+            "pg_stat_tmp/global.stat",
+            "base/5/pg_internal.init",
+            "global/pg_internal.init.123",
+            "base/pgsql_tmp/pgsql_tmp12.0",
+            "base/pgsql_tmp",
+            "base/5/t3_16384",
+            "pg_tblspc/16390",
+            "current_logfiles",
+        ] {
+            assert!(excluded(p, false), "{p}");
+        }
+        for p in [
+            "pg_wal",
+            "pg_replslot",
+            "pg_tblspc",
+            "base/5/16384",
+            "base/5/16384_fsm",
+            "global/pg_control",
+            "postgresql.auto.conf",
+            "PG_VERSION",
+            "base/5/t_x",
+            "log/postmaster.pid",
+        ] {
+            assert!(!excluded(p, false), "{p}");
+        }
+        assert!(!excluded("pg_wal/x", true));
+        assert!(excluded("PG_15_1/5/pgsql_tmp/x", true));
+    }
+
+    #[test]
+    fn parses_the_remote_listing_and_refuses_unsafe_paths() {
+        let out = b"d 700 1700000000.5 4096 base\0f 600 1700000001.0000000000 8192 base/1/1259\0";
+        let l = parse_listing(out).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(l[0].is_dir);
+        assert_eq!(l[1].path, "base/1/1259");
+        assert_eq!(l[1].mode, 0o600);
+        assert_eq!(l[1].size, 8192);
+        assert!(parse_listing(b"f 600 1 1 ../etc/passwd\0").is_err());
+        assert!(parse_listing(b"f 600 1 1 /etc/passwd\0").is_err());
+        assert!(parse_listing(b"l 777 1 1 x\0").is_err());
+        assert!(parse_listing(b"f 600 1\0").is_err());
+        let spaced = parse_listing(b"f 640 1 3 a b c\0").unwrap();
+        assert_eq!(spaced[0].path, "a b c");
+        assert_eq!(spaced[0].mode, 0o640);
+    }
+
+    #[test]
+    fn shares_are_balanced() {
+        let sizes = [(0, 100), (1, 60), (2, 50), (3, 10), (4, 0)];
+        let shares = balanced_shares(&sizes, 2);
+        let total = |s: &Vec<usize>| s.iter().map(|&i| sizes[i].1).sum::<u64>();
+        assert_eq!(shares.iter().map(Vec::len).sum::<usize>(), 5);
+        assert!(total(&shares[0]).abs_diff(total(&shares[1])) <= 20);
+        assert_eq!(balanced_shares(&sizes, 0).len(), 1);
+    }
+
+    #[test]
+    fn rsync_gets_the_ssh_command_without_its_destination() {
+        let s =
+            rsync_shell("ssh -p 2222 -i '/k ey' -o UserKnownHostsFile=/kh postgres@pg1").unwrap();
+        assert_eq!(
+            s,
+            "ssh -p 2222 -i '/k ey' -o UserKnownHostsFile=/kh -o BatchMode=yes -o StrictHostKeyChecking=yes"
+        );
+        let s = rsync_shell("ssh -oStrictHostKeyChecking=no pg1").unwrap();
+        assert!(!s.contains("=yes -o Strict"), "{s}");
+        assert!(rsync_shell("ssh pg1 ls").is_err());
+        assert!(rsync_shell("ssh -p").is_err());
+        assert!(rsync_shell("ssh -p 22").is_err());
+    }
+
+    #[test]
+    fn reads_rsync_stats() {
+        let out = "\nNumber of files: 1,234 (reg: 1,000, dir: 234)\n\
+                   Number of regular files transferred: 12\n\
+                   Total file size: 99,999 bytes\n\
+                   Total transferred file size: 1,234,567 bytes\n";
+        assert_eq!(
+            parse_stats(out),
+            TransferStats {
+                files: 12,
+                bytes: 1_234_567
+            }
+        );
+        assert_eq!(parse_stats(""), TransferStats::default());
+    }
+}

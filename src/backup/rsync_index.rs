@@ -1,0 +1,184 @@
+//! The indexing half of an rsync backup: once rsync has copied the files, each
+//! stored file is read back (in parallel, on rayon) for its BLAKE3 checksum and
+//! written to `files.jsonl` as a plain object (`compression: "none"`).
+//!
+//! A file rsync hard-linked to the previous backup (`reuse_backup = link`) is the
+//! very same inode as that backup's file, which is never modified: its checksum is
+//! taken from the previous `files.jsonl` instead of reading it again.
+
+use super::rsync_copy::RemoteEntry;
+use super::{BackupDir, FileEntry, FileKind};
+use crate::progress::Progress;
+use crate::repo::durable::AtomicFile;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One copied directory tree: the data directory or one tablespace.
+#[derive(Debug, Clone)]
+pub struct CopiedRoot {
+    /// `None` for the data directory, else the tablespace oid.
+    pub tablespace: Option<u32>,
+    /// Where its files are stored locally.
+    pub local: PathBuf,
+    /// Object path prefix relative to the backup folder (`data`, `tablespaces/<oid>`).
+    pub object_prefix: String,
+    /// The previous backup's copy of the same tree, when files were reused from it.
+    pub previous: Option<PathBuf>,
+    /// What the remote listing held (exclusions already applied).
+    pub entries: Vec<RemoteEntry>,
+}
+
+/// Checksums of the previous backup's plain files, by (tablespace, path).
+pub type PreviousSums = HashMap<(Option<u32>, String), String>;
+
+/// Reads the previous backup's checksums of plain (rsync) files.
+pub fn previous_sums(dir: &BackupDir) -> PreviousSums {
+    let mut sums = HashMap::new();
+    let Ok(files) = dir.files() else {
+        return sums;
+    };
+    for e in files.flatten() {
+        if e.kind == FileKind::File && e.compression.as_deref() == Some("none") {
+            if let Some(sum) = e.checksum {
+                sums.insert((e.tablespace, e.path), sum);
+            }
+        }
+    }
+    sums
+}
+
+/// Totals of an indexed backup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexTotals {
+    /// Bytes of all files.
+    pub size_bytes: u64,
+    /// Bytes this backup added to the disk (files not hard-linked to another backup).
+    pub new_bytes: u64,
+    /// Bytes shared with an earlier backup through hard links.
+    pub reused_bytes: u64,
+    /// Regular files.
+    pub file_count: u64,
+}
+
+fn blake3_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut h = blake3::Hasher::new();
+    let n = std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok((n, h.finalize().to_hex().to_string()))
+}
+
+/// Builds every entry of `files.jsonl` (directories and links first, then files) and
+/// writes it to a not yet committed [`AtomicFile`] at `dir.files_path()`. Files the
+/// listing named but rsync did not store vanished on the server during the copy and
+/// are left out (WAL replay recreates whatever the restored cluster needs).
+pub fn index(
+    dir: &BackupDir,
+    roots: &[CopiedRoot],
+    links: Vec<FileEntry>,
+    previous: &PreviousSums,
+    pool: &rayon::ThreadPool,
+    progress: &dyn Progress,
+) -> Result<(AtomicFile, IndexTotals), String> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for root in roots {
+        for e in &root.entries {
+            let entry = FileEntry {
+                path: e.path.clone(),
+                tablespace: root.tablespace,
+                kind: if e.is_dir {
+                    FileKind::Dir
+                } else {
+                    FileKind::File
+                },
+                mode: e.mode,
+                mtime: e.mtime as i64,
+                size: 0,
+                checksum: None,
+                object: None,
+                compression: None,
+                stored_size: 0,
+                target: None,
+            };
+            if e.is_dir {
+                dirs.push(entry);
+            } else {
+                files.push((root, entry));
+            }
+        }
+    }
+    let total: u64 = roots
+        .iter()
+        .flat_map(|r| r.entries.iter())
+        .map(|e| e.size)
+        .sum();
+    progress.start("checksums", Some(total));
+    let done = AtomicU64::new(0);
+    let checked: Vec<Result<Option<(FileEntry, u64)>, String>> = pool.install(|| {
+        files
+            .into_par_iter()
+            .map(|(root, mut entry)| {
+                let local = root.local.join(&entry.path);
+                let meta = match std::fs::symlink_metadata(&local) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(format!("{}: {e}", local.display())),
+                };
+                if !meta.is_file() {
+                    return Err(format!("{}: not a regular file", local.display()));
+                }
+                let reused = meta.nlink() > 1
+                    && root.previous.as_ref().is_some_and(|p| {
+                        std::fs::symlink_metadata(p.join(&entry.path))
+                            .is_ok_and(|pm| pm.ino() == meta.ino() && pm.dev() == meta.dev())
+                    });
+                let known = reused
+                    .then(|| previous.get(&(root.tablespace, entry.path.clone())))
+                    .flatten();
+                let (size, sum) = match known {
+                    Some(sum) => (meta.len(), sum.clone()),
+                    None => blake3_file(&local).map_err(|e| format!("{}: {e}", local.display()))?,
+                };
+                entry.size = size;
+                entry.mtime = meta.mtime();
+                entry.checksum = Some(sum);
+                entry.object = Some(format!("{}/{}", root.object_prefix, entry.path));
+                entry.compression = Some("none".to_string());
+                entry.stored_size = size;
+                let n = done.fetch_add(size, Ordering::Relaxed) + size;
+                progress.set(n);
+                Ok(Some((entry, if meta.nlink() > 1 { 0 } else { size })))
+            })
+            .collect()
+    });
+    progress.finish();
+    let path = dir.files_path();
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut out = AtomicFile::create(&path).map_err(io)?;
+    let mut totals = IndexTotals::default();
+    {
+        let mut w = std::io::BufWriter::new(&mut out);
+        dirs.sort_by(|a, b| (a.tablespace, &a.path).cmp(&(b.tablespace, &b.path)));
+        for e in dirs.iter().chain(links.iter()) {
+            write_line(&mut w, e).map_err(io)?;
+        }
+        for r in checked {
+            let Some((e, new)) = r? else { continue };
+            totals.size_bytes += e.size;
+            totals.new_bytes += new;
+            totals.reused_bytes += e.size - new;
+            totals.file_count += 1;
+            write_line(&mut w, &e).map_err(io)?;
+        }
+        w.flush().map_err(io)?;
+    }
+    Ok((out, totals))
+}
+
+fn write_line(w: &mut impl Write, e: &FileEntry) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *w, e)?;
+    w.write_all(b"\n")
+}
