@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod lock;
 pub mod output;
+pub mod peer;
 pub mod pg;
 pub mod progress;
 pub mod repo;

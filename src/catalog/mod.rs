@@ -13,6 +13,8 @@ use std::time::Duration;
 
 mod rebuild;
 pub use rebuild::{rebuild_server, RebuildError, RebuildSummary, ServerRows};
+mod peer;
+pub use peer::{PeerState, SeqWal};
 
 /// Schema migrations, in order; `schema_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -60,6 +62,18 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX measurements_by_kind ON measurements (server, kind, measured_at);",
+    // 4: a passive server's replication state (replicate): cursor and last pass.
+    "CREATE TABLE peer_state (
+        server TEXT PRIMARY KEY,
+        cursor INTEGER NOT NULL,
+        last_pass_at TEXT,
+        primary_lsn TEXT,
+        local_lsn TEXT,
+        caught_up_at TEXT,
+        backups_pending INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        last_error_at TEXT
+    );",
 ];
 
 /// A catalog failure; names the database file.

@@ -19,6 +19,7 @@ use std::time::Duration;
 /// Runs the verb.
 pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     let s = super::server(ctx, &args.server)?;
+    super::replicate::refuse_passive(s, "backup")?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
         (BackupMethod::Rsync, None) => {

@@ -47,6 +47,7 @@ fn slot_name(s: &ServerConfig) -> Result<&str> {
 /// Runs the verb.
 pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
     let s = super::server(ctx, &args.server)?;
+    super::replicate::refuse_passive(s, "receive-wal")?;
     let lock_path = receive_wal_lock(&ctx.config.home, &s.name);
     if args.stop {
         return stop(ctx, s, &lock_path);

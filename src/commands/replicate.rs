@@ -1,10 +1,184 @@
-//! `replicate`: copies backups and WAL from a passive server's primary manager.
+//! `replicate`: copies backups and WAL from a passive server's primary manager, once
+//! or (`--follow`) every few seconds until SIGTERM/SIGINT.
 
 use super::{Context, ExitCode, UsageError};
+use crate::config::ServerConfig;
+use crate::lock::JobLock;
+use crate::output::{human_bytes, print_json, Format};
+use crate::peer::{replicate_pass, PassReport};
+use crate::repo::ServerRepo;
 use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Runs the verb (placeholder until implemented).
-pub fn run(_ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
-    let _ = a;
-    Err(UsageError("not implemented yet".into()).into())
+/// Seconds between two passes of `--follow` (the partial segment's freshness is the
+/// copy's RPO).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The replicate lock of a server.
+pub fn replicate_lock(home: &Path, server: &str) -> PathBuf {
+    ServerRepo::new(home, server)
+        .lock_dir()
+        .join("replicate.lock")
+}
+
+/// Refuses a verb that only an active server can run (`backup`, `receive-wal`) on a
+/// passive one: a usage error naming the server and its primary manager.
+pub fn refuse_passive(s: &ServerConfig, verb: &str) -> Result<()> {
+    match &s.primary_ssh_command {
+        None => Ok(()),
+        Some(cmd) => Err(UsageError(format!(
+            "server '{}': {verb} refused: it is a passive copy of the primary manager at '{cmd}' (primary_ssh_command in {}); run {verb} there, or 'replicate' here",
+            s.name,
+            s.file.display()
+        ))
+        .into()),
+    }
+}
+
+/// One server's outcome, as printed.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    server: String,
+    ok: bool,
+    error: Option<String>,
+    report: Option<PassReport>,
+}
+
+/// One pass for one passive server under its lock; errors come back as text.
+pub fn pass_locked(home: &Path, server: &ServerConfig, stop: &AtomicBool) -> Result<PassReport> {
+    let lock_path = replicate_lock(home, &server.name);
+    let _lock = JobLock::acquire(
+        &lock_path,
+        &format!("replicate for server '{}'", server.name),
+    )?;
+    Ok(replicate_pass(home, server, stop)?)
+}
+
+fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
+    if ctx.format == Format::Json {
+        print_json(&outcomes)?;
+        return Ok(());
+    }
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            eprintln!("pgbk: {e}");
+            continue;
+        }
+        let Some(r) = &o.report else { continue };
+        if !ctx.quiet {
+            crate::outln!(
+                "server '{}': from {}: {} WAL file(s) copied ({} already here), {} backup(s) copied{}, {} object(s) copied ({} already here), {} moved; lag {}",
+                r.server,
+                r.primary,
+                r.wal_copied,
+                r.wal_present,
+                r.backups_copied.len(),
+                if r.backups_pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} pending: {})", r.backups_pending.len(), r.backups_pending.join(", "))
+                },
+                r.files_copied,
+                r.files_present,
+                human_bytes(r.bytes_moved),
+                r.lag_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "unknown".into())
+            )?;
+        }
+        for e in &r.errors {
+            eprintln!("pgbk: server '{}': {e}", r.server);
+        }
+    }
+    Ok(())
+}
+
+fn one_round(ctx: &Context, servers: &[&ServerConfig], stop: &AtomicBool) -> Vec<Outcome> {
+    servers
+        .iter()
+        .map(|s| match pass_locked(&ctx.config.home, s, stop) {
+            Ok(r) => Outcome {
+                server: s.name.clone(),
+                ok: r.errors.is_empty(),
+                error: None,
+                report: Some(r),
+            },
+            Err(e) => Outcome {
+                server: s.name.clone(),
+                ok: false,
+                error: Some(format!("{e:#}")),
+                report: None,
+            },
+        })
+        .collect()
+}
+
+/// Runs the verb.
+pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
+    let servers: Vec<&ServerConfig> = if a.server == "all" {
+        let list: Vec<_> = ctx
+            .config
+            .servers
+            .values()
+            .filter(|s| s.active && s.primary_ssh_command.is_some())
+            .collect();
+        if list.is_empty() {
+            return Err(UsageError(
+                "replicate all: no active passive server (none has primary_ssh_command)".into(),
+            )
+            .into());
+        }
+        list
+    } else {
+        let s = super::server(ctx, &a.server)?;
+        if s.primary_ssh_command.is_none() {
+            return Err(UsageError(format!(
+                "server '{}': not a passive server (no primary_ssh_command in {})",
+                s.name,
+                s.file.display()
+            ))
+            .into());
+        }
+        vec![s]
+    };
+    if !a.follow {
+        let stop = AtomicBool::new(false);
+        let outcomes = one_round(ctx, &servers, &stop);
+        print(ctx, &outcomes)?;
+        return Ok(if outcomes.iter().all(|o| o.ok) { 0 } else { 1 });
+    }
+    // Signals are watched on a thread of their own, so a pass in progress sees the
+    // request between two objects and ends cleanly (nothing half-named is left).
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = super::runtime()?;
+    let flag = Arc::clone(&stop);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let mut rx = super::stop_on_signal("replicate stops after this pass");
+            let _ = ready_tx.send(());
+            while rx.changed().await.is_ok() {
+                if *rx.borrow() {
+                    flag.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        })
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    let mut last_ok = true;
+    while !stop.load(Ordering::Relaxed) {
+        let outcomes = one_round(ctx, &servers, &stop);
+        last_ok = outcomes.iter().all(|o| o.ok);
+        print(ctx, &outcomes)?;
+        let deadline = std::time::Instant::now() + FOLLOW_INTERVAL;
+        while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(if last_ok { 0 } else { 1 })
 }

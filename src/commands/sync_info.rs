@@ -1,10 +1,41 @@
-//! `sync-info`: what a passive peer must copy since a cursor.
+//! `sync-info`: what a passive peer must copy since a cursor (the primary side of
+//! `replicate`); JSON is the only useful output, text prints a short summary.
 
 use super::{Context, ExitCode, UsageError};
+use crate::output::{print_json, Format};
+use crate::peer::sync_info::{build, parse_cursor};
 use anyhow::Result;
 
-/// Runs the verb (placeholder until implemented).
-pub fn run(_ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
-    let _ = a;
-    Err(UsageError("not implemented yet".into()).into())
+/// Runs the verb.
+pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
+    super::server(ctx, &a.server)?;
+    let since = match a.since.as_deref() {
+        None => 0,
+        Some(s) => parse_cursor(s).ok_or_else(|| {
+            UsageError(format!(
+                "sync-info: option '--since': '{s}' is not a cursor (a number sync-info returned)"
+            ))
+        })?,
+    };
+    let doc = build(&ctx.config.home, &a.server, since)?;
+    match ctx.format {
+        Format::Json => print_json(&doc)?,
+        Format::Text => {
+            crate::outln!(
+                "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
+                doc.server,
+                doc.backups.len(),
+                doc.wals.len(),
+                doc.partial
+                    .as_ref()
+                    .map(|p| format!("{} ({} bytes)", p.name, p.size))
+                    .unwrap_or_else(|| "none".into()),
+                doc.last_lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                doc.cursor
+            )?;
+        }
+    }
+    Ok(0)
 }

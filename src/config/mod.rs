@@ -832,6 +832,8 @@ fn build_server(
     };
     let conninfo = match f.text("conninfo") {
         Some(r) => r.value.clone(),
+        // A passive server (replicate) never connects to PostgreSQL.
+        None if f.text("primary_ssh_command").is_some() => String::new(),
         None => {
             return Err(ConfigError::Missing {
                 file: section.file.clone(),

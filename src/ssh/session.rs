@@ -143,6 +143,14 @@ impl SshSession {
         })
     }
 
+    /// Opens an SFTP channel on this session (to read files of the remote host).
+    pub fn sftp(&self) -> Result<ssh2::Sftp, SshError> {
+        self.session.sftp().map_err(|e| SshError::Channel {
+            target: self.target.display(),
+            msg: format!("opening SFTP: {}", e.message()),
+        })
+    }
+
     fn open(&self, cmd: &str) -> Result<ssh2::Channel, SshError> {
         let mut ch = self
             .session

@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod cluster;
+pub mod peer;
 mod pgbk;
 pub mod sshd;
 

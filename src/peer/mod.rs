@@ -1,0 +1,54 @@
+//! Replication between pgbk managers (Barman's passive node): a *passive* server —
+//! one with `primary_ssh_command` — mirrors the backups, archived WAL and current
+//! partial segment that another pgbk (the primary manager) holds for that server.
+//!
+//! - [`sync_info`]: the primary side, what there is to copy since a cursor;
+//! - [`replicate`]: the passive side, one verified, resumable copy pass over SSH;
+//! - [`transfer`]: one object fetched over SFTP and verified before it is named;
+//! - [`paths`]: every name and path the peer sends is checked before use.
+
+pub mod paths;
+pub mod replicate;
+pub mod sync_info;
+pub mod transfer;
+
+pub use replicate::{replicate_pass, PassReport};
+pub use sync_info::SyncInfo;
+
+use crate::backup::BackupError;
+use crate::catalog::CatalogError;
+
+/// Why a replication step failed as a whole (single objects that fail are reported
+/// in the pass's report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The primary manager could not be reached or authenticated.
+    #[error("server '{server}': primary manager {target} unreachable: {msg}")]
+    Unreachable {
+        server: String,
+        target: String,
+        msg: String,
+    },
+    /// `sync-info` failed on the primary or answered something unusable.
+    #[error("server '{server}': sync-info on {target} failed: {msg}")]
+    SyncInfo {
+        server: String,
+        target: String,
+        msg: String,
+    },
+    /// The primary holds another PostgreSQL cluster than this repository.
+    #[error("server '{server}': {msg}")]
+    Identity { server: String, msg: String },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Reading or writing backup metadata failed.
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,871 @@
+//! The passive side of replication: one pass of `replicate` for one server.
+//!
+//! 1. one SSH session to `primary_ssh_command` (host key verified) runs
+//!    `<primary_pgbk_command> sync-info <server> --since <cursor> --format json`;
+//! 2. the archived WAL it lists is copied (what the catalog already holds with the
+//!    same checksum is skipped) and entered in the catalog; the cursor only moves
+//!    past files that are stored here;
+//! 3. each `DONE` backup not `DONE` here is copied: backup.json first as `SYNCING`,
+//!    then files.jsonl and backup_manifest, then every object files.jsonl names (an
+//!    object whose final name exists was verified before its rename and is skipped,
+//!    which is how a killed pass resumes), and backup.json as `DONE` last, once every
+//!    object and the WAL the backup needs are here;
+//! 4. the primary's in-progress `.partial` segment is copied (only its new bytes)
+//!    and atomically replaced as it grows, older partials removed once archived;
+//! 5. the cursor and the pass's figures (WAL positions, lag) go to `peer_state`.
+//!
+//! Objects travel over SFTP as stored (never recompressed), `parallel_jobs` at once,
+//! each on its own SSH session, and are verified by [`super::transfer`].
+//!
+//! A backup older than the oldest `DONE` backup held here is not copied again: the
+//! passive side's own retention removed it (or never needed it).
+
+use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
+use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
+use super::transfer::{self, already_there, temp_path, Expected, TransferError};
+use super::PeerError;
+use crate::backup::wal_range::missing_segments;
+use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
+use crate::catalog::{Catalog, PeerState, WalKind, WalRecord};
+use crate::config::ServerConfig;
+use crate::repo::durable::{create_dir_all_private, remove_durable, rename_durable};
+use crate::repo::ServerRepo;
+use crate::ssh::{shell_quote, SshSession, SshTarget};
+use crate::wal::{Lsn, WalFileName};
+use chrono::Utc;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+/// Test hook, documented as such in pgbk(1): milliseconds each transfer worker waits
+/// after each object, so a test can interrupt a copy in the middle.
+pub const THROTTLE_ENV: &str = "PGBK_TEST_REPLICATE_THROTTLE_MS";
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    /// The server (local name).
+    pub server: String,
+    /// The primary manager (`user@host:port`).
+    pub primary: String,
+    /// WAL files copied in this pass.
+    pub wal_copied: u64,
+    /// WAL files listed that were already here.
+    pub wal_present: u64,
+    /// Backups that became `DONE` here in this pass.
+    pub backups_copied: Vec<String>,
+    /// `DONE` backups of the primary not `DONE` here after the pass.
+    pub backups_pending: Vec<String>,
+    /// Backup objects copied in this pass.
+    pub files_copied: u64,
+    /// Backup objects already here (verified before, not copied again).
+    pub files_present: u64,
+    /// Bytes read from the primary in this pass.
+    pub bytes_moved: u64,
+    /// The partial segment held here after the pass, if any.
+    pub partial: Option<String>,
+    /// Its length.
+    pub partial_bytes: u64,
+    /// The primary's newest WAL position.
+    pub primary_lsn: Option<Lsn>,
+    /// The newest WAL position held here after the pass.
+    pub local_lsn: Option<Lsn>,
+    /// `primary_lsn - local_lsn`, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// The cursor stored for the next pass.
+    pub cursor: i64,
+    /// Objects or names refused or not copied (the pass then exits 1).
+    pub errors: Vec<String>,
+    /// Wall-clock duration.
+    pub duration_secs: f64,
+}
+
+/// One object to fetch.
+struct Job {
+    remote: String,
+    dest: PathBuf,
+    expect: Expected,
+    tag: usize,
+}
+
+/// One fetch's outcome.
+struct Done {
+    tag: usize,
+    result: Result<(), TransferError>,
+}
+
+/// `parallel_jobs` workers, each with its own SSH session and SFTP channel.
+struct Pool {
+    tx: Option<mpsc::SyncSender<Job>>,
+    rx: mpsc::Receiver<Done>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl Pool {
+    fn start(target: &SshTarget, n: usize, moved: Arc<AtomicU64>) -> Pool {
+        let (tx, jobs) = mpsc::sync_channel::<Job>(n * 4);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let (done_tx, rx) = mpsc::channel::<Done>();
+        let throttle = std::env::var(THROTTLE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        let workers = (0..n)
+            .map(|_| {
+                let target = target.clone();
+                let jobs = Arc::clone(&jobs);
+                let done_tx = done_tx.clone();
+                let moved = Arc::clone(&moved);
+                std::thread::spawn(move || {
+                    let session = SshSession::connect(&target).map_err(|e| e.to_string());
+                    let sftp = session
+                        .as_ref()
+                        .map_err(Clone::clone)
+                        .and_then(|s| s.sftp().map_err(|e| e.to_string()));
+                    loop {
+                        let job = match jobs.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        let result = match &sftp {
+                            Err(msg) => Err(TransferError::Remote {
+                                path: job.remote.clone(),
+                                msg: msg.clone(),
+                            }),
+                            Ok(sftp) => match sftp.open(Path::new(&job.remote)) {
+                                Err(e) => Err(TransferError::Remote {
+                                    path: job.remote.clone(),
+                                    msg: e.message().to_string(),
+                                }),
+                                Ok(f) => transfer::receive(
+                                    f,
+                                    &job.remote,
+                                    &job.dest,
+                                    &job.expect,
+                                    &moved,
+                                ),
+                            },
+                        };
+                        if let Some(t) = throttle {
+                            std::thread::sleep(t);
+                        }
+                        if done_tx
+                            .send(Done {
+                                tag: job.tag,
+                                result,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    drop(sftp);
+                    drop(session);
+                })
+            })
+            .collect();
+        Pool {
+            tx: Some(tx),
+            rx,
+            workers,
+            in_flight: 0,
+        }
+    }
+
+    /// Queues a job (waits while the queue is full) and returns finished ones.
+    fn submit(&mut self, job: Job) -> Vec<Done> {
+        let mut out = Vec::new();
+        if let Some(tx) = &self.tx {
+            if tx.send(job).is_ok() {
+                self.in_flight += 1;
+            }
+        }
+        while let Ok(d) = self.rx.try_recv() {
+            self.in_flight -= 1;
+            out.push(d);
+        }
+        out
+    }
+
+    /// Waits for every queued job.
+    fn drain(&mut self) -> Vec<Done> {
+        let mut out = Vec::new();
+        while self.in_flight > 0 {
+            match self.rx.recv() {
+                Ok(d) => {
+                    self.in_flight -= 1;
+                    out.push(d);
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Everything a pass works with.
+struct Pass<'a> {
+    server: &'a ServerConfig,
+    target: SshTarget,
+    session: SshSession,
+    sftp: Option<ssh2::Sftp>,
+    repo: ServerRepo,
+    catalog: Catalog,
+    doc: SyncInfo,
+    seg_size: u64,
+    moved: Arc<AtomicU64>,
+    pool: Option<Pool>,
+    stop: &'a AtomicBool,
+    report: PassReport,
+}
+
+/// Runs one replication pass of a passive server.
+pub fn replicate_pass(
+    home: &Path,
+    server: &ServerConfig,
+    stop: &AtomicBool,
+) -> Result<PassReport, PeerError> {
+    let started = Instant::now();
+    let name = server.name.clone();
+    let command = server.primary_ssh_command.clone().unwrap_or_default();
+    let target = SshTarget::parse(&command).map_err(|e| PeerError::Unreachable {
+        server: name.clone(),
+        target: command.clone(),
+        msg: format!("primary_ssh_command: {e}"),
+    })?;
+    let catalog = Catalog::open(home)?;
+    let result = fetch_sync_info(server, &target, &catalog);
+    let doc = match result {
+        Ok(doc) => doc,
+        Err(e) => {
+            record_error(&catalog, &name, &e.to_string());
+            return Err(e);
+        }
+    };
+    let (session, doc) = doc;
+    let mut pass = Pass {
+        server,
+        session,
+        sftp: None,
+        repo: ServerRepo::new(home, &name),
+        catalog,
+        seg_size: doc.wal_segment_size.unwrap_or(0),
+        doc,
+        moved: Arc::new(AtomicU64::new(0)),
+        pool: None,
+        stop,
+        report: PassReport {
+            server: name.clone(),
+            primary: target.display(),
+            ..Default::default()
+        },
+        target,
+    };
+    let outcome = pass.run();
+    pass.pool.take();
+    pass.report.bytes_moved = pass.moved.load(Ordering::Relaxed);
+    pass.report.duration_secs = started.elapsed().as_secs_f64();
+    if let Err(e) = outcome {
+        record_error(&pass.catalog, &name, &e.to_string());
+        return Err(e);
+    }
+    Ok(pass.report)
+}
+
+fn record_error(catalog: &Catalog, server: &str, msg: &str) {
+    let mut st = catalog
+        .peer_state(server)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| PeerState {
+            server: server.to_string(),
+            ..Default::default()
+        });
+    st.last_error = Some(msg.to_string());
+    st.last_error_at = Some(Utc::now());
+    let _ = catalog.set_peer_state(&st);
+}
+
+fn fetch_sync_info(
+    server: &ServerConfig,
+    target: &SshTarget,
+    catalog: &Catalog,
+) -> Result<(SshSession, SyncInfo), PeerError> {
+    let name = &server.name;
+    let cursor = catalog.peer_state(name)?.map(|s| s.cursor).unwrap_or(0);
+    let session = SshSession::connect(target).map_err(|e| PeerError::Unreachable {
+        server: name.clone(),
+        target: target.display(),
+        msg: e.to_string(),
+    })?;
+    let cmd = format!(
+        "{} sync-info {} --since {cursor} --format json",
+        server.primary_pgbk_command,
+        shell_quote(name)
+    );
+    let fail = |msg: String| PeerError::SyncInfo {
+        server: name.clone(),
+        target: target.display(),
+        msg,
+    };
+    let out = session.exec(&cmd).map_err(|e| fail(e.to_string()))?;
+    if !out.success() {
+        return Err(fail(format!("exit {}: {}", out.status, out.stderr_line())));
+    }
+    let doc: SyncInfo =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("unreadable answer: {e}")))?;
+    if doc.version > SYNC_INFO_VERSION {
+        return Err(fail(format!(
+            "answer version {} is newer than this pgbk understands ({SYNC_INFO_VERSION})",
+            doc.version
+        )));
+    }
+    if !doc.root.starts_with('/') {
+        return Err(fail(format!(
+            "server folder '{}' is not absolute",
+            doc.root
+        )));
+    }
+    Ok((session, doc))
+}
+
+impl Pass<'_> {
+    fn name(&self) -> &str {
+        &self.server.name
+    }
+
+    fn remote(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.doc.root.trim_end_matches('/'))
+    }
+
+    fn pool(&mut self) -> &mut Pool {
+        let n = self.server.parallel_jobs.max(1) as usize;
+        let (target, moved) = (&self.target, &self.moved);
+        self.pool
+            .get_or_insert_with(|| Pool::start(target, n, Arc::clone(moved)))
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PeerError + '_ {
+        move |source| PeerError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), PeerError> {
+        let name = self.name().to_string();
+        let (Some(system_id), Some(seg_size)) = (self.doc.system_id, self.doc.wal_segment_size)
+        else {
+            // The primary has nothing for this server yet.
+            self.save_state(self.doc.cursor.parse().unwrap_or(0))?;
+            return Ok(());
+        };
+        if !seg_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&seg_size) {
+            return Err(PeerError::Identity {
+                server: name,
+                msg: format!("the primary reports an invalid wal_segment_size {seg_size}"),
+            });
+        }
+        self.catalog
+            .check_server_identity(&name, system_id, seg_size)
+            .map_err(|e| PeerError::Identity {
+                server: name.clone(),
+                msg: format!("the primary manager holds another cluster: {e}"),
+            })?;
+        self.repo
+            .ensure_dirs()
+            .map_err(Self::io(self.repo.root()))?;
+        let cursor = self.copy_wal()?;
+        self.copy_backups()?;
+        self.copy_partial();
+        self.save_state(cursor)
+    }
+
+    /// Copies the WAL sync-info listed; returns the cursor every file up to which is here.
+    fn copy_wal(&mut self) -> Result<i64, PeerError> {
+        let wals = std::mem::take(&mut self.doc.wals);
+        let mut cursor: i64 = self.doc.cursor.parse().unwrap_or(0);
+        let mut failed_seq: Option<i64> = None;
+        let fail = |seq: i64, failed: &mut Option<i64>| {
+            *failed = Some(failed.map_or(seq, |f: i64| f.min(seq)));
+        };
+        let mut pending: Vec<Option<WalRecord>> = vec![None; wals.len()];
+        let mut any = false;
+        let mut done = Vec::new();
+        for (i, w) in wals.iter().enumerate() {
+            if self.stop.load(Ordering::Relaxed) {
+                fail(w.seq, &mut failed_seq);
+                continue;
+            }
+            let checked = match check_wal(&w.name, &w.path, self.seg_size) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.report.errors.push(e.to_string());
+                    fail(w.seq, &mut failed_seq);
+                    continue;
+                }
+            };
+            let dest = paths::local_wal_path(&self.repo, &checked);
+            if let Some(have) = self.catalog.wal_file(self.name(), &w.name)? {
+                if have.checksum == w.checksum && dest.is_file() {
+                    self.report.wal_present += 1;
+                    continue;
+                }
+                if have.checksum != w.checksum {
+                    self.report.errors.push(format!(
+                        "WAL file {}: the primary's checksum {} differs from the copy held here ({}); not replaced",
+                        w.name, w.checksum, have.checksum
+                    ));
+                    fail(w.seq, &mut failed_seq);
+                    continue;
+                }
+            }
+            let (kind, tli, segno) = match checked.file {
+                WalFileName::Segment(s) => (WalKind::Segment, s.tli, Some(s.segno)),
+                WalFileName::Partial(s) => (WalKind::Partial, s.tli, Some(s.segno)),
+                WalFileName::History(t) => (WalKind::History, t, None),
+                WalFileName::BackupHistory(..) => continue,
+            };
+            if let Some(dir) = dest.parent() {
+                create_dir_all_private(dir).map_err(Self::io(dir))?;
+            }
+            let job = Job {
+                remote: self.remote(&w.path),
+                dest,
+                expect: Expected {
+                    stored_size: w.stored_size,
+                    size: w.size,
+                    checksum: Some(w.checksum.clone()),
+                    compressed: checked.compressed,
+                },
+                tag: i,
+            };
+            any = true;
+            pending[i] = Some(WalRecord {
+                name: w.name.clone(),
+                kind,
+                timeline: tli,
+                segno,
+                size: w.size,
+                stored_size: w.stored_size,
+                checksum: w.checksum.clone(),
+                archived_at: Utc::now(),
+            });
+            done.extend(self.pool().submit(job));
+        }
+        if any {
+            done.extend(self.pool().drain());
+        }
+        for d in done {
+            let Some(rec) = pending.get(d.tag).and_then(Option::as_ref) else {
+                continue;
+            };
+            match d.result {
+                Ok(()) => {
+                    let mut rec = rec.clone();
+                    rec.archived_at = Utc::now();
+                    self.catalog.insert_wal(self.name(), &rec)?;
+                    self.report.wal_copied += 1;
+                }
+                Err(e) => {
+                    self.report
+                        .errors
+                        .push(format!("WAL file {}: {e}", rec.name));
+                    fail(wals[d.tag].seq, &mut failed_seq);
+                }
+            }
+        }
+        if let Some(f) = failed_seq {
+            cursor = cursor.min(f - 1);
+        }
+        Ok(cursor)
+    }
+
+    fn copy_backups(&mut self) -> Result<(), PeerError> {
+        let name = self.name().to_string();
+        let local = self.catalog.backups(&name)?;
+        let oldest_done = local
+            .iter()
+            .filter(|b| b.status == BackupStatus::Done)
+            .map(|b| b.backup_id.clone())
+            .min();
+        let remote = std::mem::take(&mut self.doc.backups);
+        for info in remote {
+            if let Err(e) = check_backup_id(&info.backup_id) {
+                self.report.errors.push(e.to_string());
+                continue;
+            }
+            let here = local.iter().find(|b| b.backup_id == info.backup_id);
+            match here.map(|b| b.status) {
+                Some(BackupStatus::Done) => continue,
+                Some(BackupStatus::Syncing) => {}
+                Some(other) => {
+                    self.report.errors.push(format!(
+                        "backup {}: a backup with this id is {other} here; not replaced",
+                        info.backup_id
+                    ));
+                    continue;
+                }
+                None if oldest_done.as_ref().is_some_and(|o| info.backup_id < *o) => continue,
+                None => {}
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                self.report.backups_pending.push(info.backup_id.clone());
+                continue;
+            }
+            match self.copy_backup(info.clone())? {
+                true => self.report.backups_copied.push(info.backup_id.clone()),
+                false => self.report.backups_pending.push(info.backup_id.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one backup; `true` when it is `DONE` here afterwards.
+    fn copy_backup(&mut self, remote: BackupInfo) -> Result<bool, PeerError> {
+        let id = remote.backup_id.clone();
+        let mut seen = HashSet::new();
+        let rel_root = PathBuf::from("backups").join(&id);
+        ensure_real_dirs(self.repo.root(), &rel_root, &mut seen)
+            .map_err(Self::io(&self.repo.root().join(&rel_root)))?;
+        let dir = BackupDir::new(&self.repo, &id);
+        let mut info = remote;
+        info.server = self.name().to_string();
+        info.status = BackupStatus::Syncing;
+        info.pid = None;
+        let on_disk = dir.read_info().ok();
+        if on_disk.as_ref() != Some(&info) {
+            save(&self.repo, &self.catalog, &info)?;
+        }
+        let remote_dir = format!("backups/{id}");
+        // The file list and the manifest, unless a previous pass stored them.
+        let mut metadata = vec![("files.jsonl", dir.files_path())];
+        if info.has_manifest {
+            metadata.push(("backup_manifest", dir.manifest_path()));
+        }
+        for (file, dest) in metadata {
+            if dest.is_file() {
+                continue;
+            }
+            let remote = self.remote(&format!("{remote_dir}/{file}"));
+            let result = self
+                .main_sftp()
+                .and_then(|sftp| {
+                    sftp.open(Path::new(&remote))
+                        .map_err(|e| TransferError::Remote {
+                            path: remote.clone(),
+                            msg: e.message().to_string(),
+                        })
+                })
+                .and_then(|f| transfer::receive_plain(f, &remote, &dest, &self.moved));
+            if let Err(e) = result {
+                self.report.errors.push(format!("backup {id}: {e}"));
+                return Ok(false);
+            }
+        }
+        // Every object files.jsonl names, streamed (never the whole list in memory).
+        let mut failures = 0u64;
+        let mut done = Vec::new();
+        let entries = match dir.files() {
+            Ok(it) => it,
+            Err(e) => {
+                self.report.errors.push(format!("backup {id}: {e}"));
+                return Ok(false);
+            }
+        };
+        for entry in entries {
+            if self.stop.load(Ordering::Relaxed) {
+                failures += 1;
+                break;
+            }
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    self.report.errors.push(format!("backup {id}: {e}"));
+                    failures += 1;
+                    break;
+                }
+            };
+            if entry.kind != FileKind::File {
+                continue;
+            }
+            let Some(object) = entry.object.as_deref() else {
+                continue;
+            };
+            let rel = match check_relative("object path", object) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.report.errors.push(format!("backup {id}: {e}"));
+                    failures += 1;
+                    continue;
+                }
+            };
+            let compressed = match entry.compression.as_deref() {
+                Some("zstd") => true,
+                Some("none") => false,
+                None => object.ends_with(".zst"),
+                Some(other) => {
+                    self.report.errors.push(format!(
+                        "backup {id}: {object} uses unknown compression '{other}'"
+                    ));
+                    failures += 1;
+                    continue;
+                }
+            };
+            let dest = dir.root().join(&rel);
+            if let Some(parent) = rel.parent() {
+                if let Err(e) = ensure_real_dirs(dir.root(), parent, &mut seen) {
+                    self.report.errors.push(format!("backup {id}: {e}"));
+                    failures += 1;
+                    continue;
+                }
+            }
+            let expect = Expected {
+                stored_size: entry.stored_size,
+                size: entry.size,
+                checksum: entry.checksum.clone(),
+                compressed,
+            };
+            if already_there(&dest, &expect) {
+                self.report.files_present += 1;
+                continue;
+            }
+            let job = Job {
+                remote: self.remote(&format!("{remote_dir}/{object}")),
+                dest,
+                expect,
+                tag: 0,
+            };
+            done.extend(self.pool().submit(job));
+            failures += self.tally(&id, &mut done);
+        }
+        if self.pool.is_some() {
+            let mut rest = self.pool().drain();
+            failures += self.tally(&id, &mut rest);
+        }
+        failures += self.tally(&id, &mut done);
+        if failures > 0 {
+            return Ok(false);
+        }
+        let missing = missing_segments(&info, &self.repo, &self.catalog)?;
+        if !missing.is_empty() {
+            self.report.errors.push(format!(
+                "backup {id}: {} WAL segment(s) it needs are not here yet (first {}); it stays SYNCING",
+                missing.len(),
+                missing[0].name()
+            ));
+            return Ok(false);
+        }
+        info.status = BackupStatus::Done;
+        save(&self.repo, &self.catalog, &info)?;
+        Ok(true)
+    }
+
+    /// Counts finished object copies; returns how many failed (reported).
+    fn tally(&mut self, id: &str, done: &mut Vec<Done>) -> u64 {
+        let mut failed = 0;
+        for d in done.drain(..) {
+            match d.result {
+                Ok(()) => self.report.files_copied += 1,
+                Err(e) => {
+                    failed += 1;
+                    self.report.errors.push(format!("backup {id}: {e}"));
+                }
+            }
+        }
+        failed
+    }
+
+    /// The SFTP channel of the pass's own session (metadata files, the partial).
+    fn main_sftp(&mut self) -> Result<&ssh2::Sftp, TransferError> {
+        if self.sftp.is_none() {
+            let sftp = self.session.sftp().map_err(|e| TransferError::Remote {
+                path: self.doc.root.clone(),
+                msg: e.to_string(),
+            })?;
+            self.sftp = Some(sftp);
+        }
+        self.sftp.as_ref().ok_or_else(|| TransferError::Remote {
+            path: self.doc.root.clone(),
+            msg: "no SFTP channel".into(),
+        })
+    }
+
+    /// Copies the new bytes of the primary's in-progress segment; failures are reported.
+    fn copy_partial(&mut self) {
+        if let Err(e) = self.try_copy_partial() {
+            self.report.errors.push(format!("partial segment: {e}"));
+        }
+        self.remove_archived_partials();
+    }
+
+    fn try_copy_partial(&mut self) -> Result<(), String> {
+        let Some(p) = self.doc.partial.clone() else {
+            return Ok(());
+        };
+        let seg =
+            paths::check_streaming_partial(&p.name, self.seg_size).map_err(|e| e.to_string())?;
+        if p.path != format!("streaming/{}", p.name) {
+            return Err(format!("refused path '{}' for {}", p.path, p.name));
+        }
+        if p.size > self.seg_size {
+            return Err(format!("{} is longer than a segment", p.name));
+        }
+        if self
+            .catalog
+            .wal_file(self.name(), &seg.name())
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let dest = self.repo.streaming_dir().join(&p.name);
+        let have = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+        self.report.partial = Some(p.name.clone());
+        self.report.partial_bytes = have;
+        if have == p.size {
+            return Ok(());
+        }
+        let start = if have < p.size { have } else { 0 };
+        let remote = self.remote(&p.path);
+        let sftp = self.main_sftp().map_err(|e| e.to_string())?;
+        let mut src = match sftp.open(Path::new(&remote)) {
+            Ok(f) => f,
+            // Archived (and removed) since sync-info listed it: the next pass copies it.
+            Err(_) => return Ok(()),
+        };
+        src.seek(SeekFrom::Start(start))
+            .map_err(|e| format!("{remote}: {e}"))?;
+        let tmp = temp_path(&dest);
+        let local = |e: std::io::Error| format!("{}: {e}", tmp.display());
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(local)?;
+        let built = (|| -> Result<u64, String> {
+            if start > 0 {
+                let mut old = std::fs::File::open(&dest).map_err(local)?.take(start);
+                std::io::copy(&mut old, &mut out).map_err(local)?;
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut left = p.size - start;
+            while left > 0 {
+                let n = src
+                    .read(&mut buf[..left.min(256 * 1024) as usize])
+                    .map_err(|e| format!("{remote}: {e}"))?;
+                if n == 0 {
+                    return Err(format!(
+                        "{remote}: shorter than the {} bytes listed",
+                        p.size
+                    ));
+                }
+                out.write_all(&buf[..n]).map_err(local)?;
+                self.moved.fetch_add(n as u64, Ordering::Relaxed);
+                left -= n as u64;
+            }
+            out.sync_all().map_err(local)?;
+            Ok(p.size)
+        })();
+        match built {
+            Ok(len) => {
+                drop(out);
+                rename_durable(&tmp, &dest).map_err(local)?;
+                self.report.partial_bytes = len;
+                Ok(())
+            }
+            Err(e) => {
+                drop(out);
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes partials in `streaming/` whose segment is archived here now.
+    fn remove_archived_partials(&mut self) {
+        let current = self.doc.partial.as_ref().map(|p| p.name.clone());
+        let Ok(entries) = std::fs::read_dir(self.repo.streaming_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().to_string();
+            let Some(WalFileName::Partial(seg)) = WalFileName::parse(&file, self.seg_size) else {
+                continue;
+            };
+            let archived = |n: &str| {
+                self.catalog
+                    .wal_file(self.name(), n)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            };
+            let _ = &current;
+            if archived(&seg.name()) || archived(&file) {
+                let _ = remove_durable(&e.path());
+                if self.report.partial.as_deref() == Some(&file) {
+                    self.report.partial = None;
+                    self.report.partial_bytes = 0;
+                }
+            }
+        }
+    }
+
+    fn save_state(&mut self, cursor: i64) -> Result<(), PeerError> {
+        let name = self.name().to_string();
+        let previous = self.catalog.peer_state(&name)?.unwrap_or_default();
+        let (local_lsn, _) = if self.seg_size > 0 {
+            wal_position(&self.repo, &self.catalog, &name, self.seg_size)?
+        } else {
+            (None, None)
+        };
+        let primary_lsn = self.doc.last_lsn;
+        let lag = match (primary_lsn, local_lsn) {
+            (Some(p), Some(l)) => Some(p.0.saturating_sub(l.0)),
+            (Some(p), None) => Some(p.0),
+            _ => None,
+        };
+        let now = Utc::now();
+        let pending = self.report.backups_pending.len() as u64;
+        let caught_up = lag.is_none_or(|l| l == 0);
+        let state = PeerState {
+            server: name,
+            cursor,
+            last_pass_at: Some(now),
+            primary_lsn,
+            local_lsn,
+            caught_up_at: if caught_up {
+                Some(now)
+            } else {
+                previous.caught_up_at
+            },
+            backups_pending: pending,
+            last_error: self.report.errors.first().cloned(),
+            last_error_at: (!self.report.errors.is_empty()).then_some(now),
+        };
+        self.catalog.set_peer_state(&state)?;
+        self.report.cursor = cursor;
+        self.report.primary_lsn = primary_lsn;
+        self.report.local_lsn = local_lsn;
+        self.report.lag_bytes = lag;
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! Copying one stored object from the primary over SFTP, as it is stored (compressed
+//! objects are never recompressed), and verifying it before it gets its final name:
+//! the bytes are written to a temporary name in the final folder while a zstd
+//! decoder reads the same bytes into a BLAKE3 hasher; the uncompressed size and
+//! checksum must equal what the primary recorded, and the stored size too. Only then
+//! is the file fsynced and renamed into place, so a final name always holds a
+//! verified object — which is what lets an interrupted copy resume by skipping it.
+
+use crate::repo::durable::{fsync_dir, rename_durable};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Read size on the SFTP channel (large reads let libssh2 pipeline requests).
+const READ_BUFFER: usize = 1024 * 1024;
+
+/// What the primary says an object holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Bytes of the stored object.
+    pub stored_size: u64,
+    /// Bytes of the content (after decompression).
+    pub size: u64,
+    /// BLAKE3 of the content; `None` when the primary recorded none (size checks only).
+    pub checksum: Option<String>,
+    /// Whether the object is zstd (else the content is stored as is).
+    pub compressed: bool,
+}
+
+/// Why one object could not be copied.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Reading the primary's object failed.
+    #[error("reading {path} on the primary: {msg}")]
+    Remote { path: String, msg: String },
+    /// Writing the local copy failed.
+    #[error("{path}: {source}")]
+    Local { path: PathBuf, source: io::Error },
+    /// The bytes received are not what the primary recorded; nothing was kept.
+    #[error("{path}: refused, {why}")]
+    Mismatch { path: String, why: String },
+}
+
+impl TransferError {
+    /// Whether the object itself is wrong (as opposed to the transfer failing).
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, TransferError::Mismatch { .. })
+    }
+}
+
+/// The temporary name an object is received under (fixed, so a later run overwrites
+/// what a killed one left; only one replicate runs per server, under its lock).
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.tmp.replicate"))
+}
+
+/// Reads from `inner`, writes every byte read to `out`, counts them.
+struct Tee<'a, R: Read, W: Write> {
+    inner: R,
+    out: &'a mut W,
+    n: u64,
+    moved: &'a AtomicU64,
+    raw_hash: Option<&'a mut blake3::Hasher>,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self
+            .inner
+            .read(buf)
+            .map_err(|e| io::Error::new(e.kind(), RemoteRead(e)))?;
+        self.out.write_all(&buf[..n]).map_err(local_marker)?;
+        if let Some(h) = self.raw_hash.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
+        self.n += n as u64;
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Marks a failed read of the primary's object (as opposed to a decoding failure).
+#[derive(Debug)]
+struct RemoteRead(io::Error);
+impl std::fmt::Display for RemoteRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl std::error::Error for RemoteRead {}
+
+/// Marks a local write failure so it is not mistaken for a remote read failure.
+fn local_marker(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), LocalWrite(e))
+}
+
+#[derive(Debug)]
+struct LocalWrite(io::Error);
+impl std::fmt::Display for LocalWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl std::error::Error for LocalWrite {}
+
+/// Copies `src` (any reader: an SFTP file) named `remote_name` into `dest`, verified
+/// against `expect`; adds the bytes read to `moved`. The parent folder must exist.
+pub fn receive(
+    src: impl Read,
+    remote_name: &str,
+    dest: &Path,
+    expect: &Expected,
+    moved: &AtomicU64,
+) -> Result<(), TransferError> {
+    let tmp = temp_path(dest);
+    let local = |source: io::Error| TransferError::Local {
+        path: tmp.clone(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(local)?;
+    let result = receive_into(src, remote_name, &file, expect, moved);
+    if let Err(e) = result {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    file.sync_all().map_err(local)?;
+    drop(file);
+    rename_durable(&tmp, dest).map_err(|source| TransferError::Local {
+        path: dest.to_path_buf(),
+        source,
+    })
+}
+
+fn receive_into(
+    src: impl Read,
+    remote_name: &str,
+    file: &File,
+    expect: &Expected,
+    moved: &AtomicU64,
+) -> Result<(), TransferError> {
+    // A read error is local (writing the copy), remote (reading the primary) or,
+    // when neither marker is there, the decoder's: the object is not valid zstd.
+    let classify = |e: io::Error| {
+        if e.get_ref().is_some_and(|r| r.is::<LocalWrite>()) {
+            TransferError::Local {
+                path: PathBuf::from(remote_name),
+                source: e,
+            }
+        } else if e.get_ref().is_some_and(|r| r.is::<RemoteRead>()) {
+            TransferError::Remote {
+                path: remote_name.to_string(),
+                msg: e.to_string(),
+            }
+        } else {
+            TransferError::Mismatch {
+                path: remote_name.to_string(),
+                why: format!("not a valid zstd object ({e})"),
+            }
+        }
+    };
+    let mismatch = |why: String| TransferError::Mismatch {
+        path: remote_name.to_string(),
+        why,
+    };
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut raw = blake3::Hasher::new();
+    let (content_size, content_sum, stored) = if expect.compressed {
+        let mut tee = Tee {
+            inner: BufReader::with_capacity(READ_BUFFER, src),
+            out: &mut out,
+            n: 0,
+            moved,
+            raw_hash: None,
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        {
+            let mut dec = zstd::stream::read::Decoder::new(&mut tee).map_err(classify)?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = dec.read(&mut buf).map_err(classify)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
+            // What the decoder's buffer held past the last frame was read (and
+            // written) already; what remains unread is drained below.
+        }
+        io::copy(&mut tee, &mut io::sink()).map_err(classify)?;
+        let stored = tee.n;
+        (total, hasher.finalize().to_hex().to_string(), stored)
+    } else {
+        let mut tee = Tee {
+            inner: BufReader::with_capacity(READ_BUFFER, src),
+            out: &mut out,
+            n: 0,
+            moved,
+            raw_hash: Some(&mut raw),
+        };
+        io::copy(&mut tee, &mut io::sink()).map_err(classify)?;
+        let stored = tee.n;
+        (stored, raw.finalize().to_hex().to_string(), stored)
+    };
+    out.flush().map_err(|source| TransferError::Local {
+        path: PathBuf::from(remote_name),
+        source,
+    })?;
+    if stored != expect.stored_size {
+        return Err(mismatch(format!(
+            "{stored} bytes received, the primary recorded {}",
+            expect.stored_size
+        )));
+    }
+    if content_size != expect.size {
+        return Err(mismatch(format!(
+            "content of {content_size} bytes, the primary recorded {}",
+            expect.size
+        )));
+    }
+    if let Some(want) = &expect.checksum {
+        if *want != content_sum {
+            return Err(mismatch(format!(
+                "checksum mismatch (BLAKE3 {content_sum}, the primary recorded {want})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a final object is already in place with the expected stored size (it was
+/// verified before it got that name).
+pub fn already_there(dest: &Path, expect: &Expected) -> bool {
+    std::fs::symlink_metadata(dest)
+        .map(|m| m.file_type().is_file() && m.len() == expect.stored_size)
+        .unwrap_or(false)
+}
+
+/// Writes a whole small file received from the primary (files.jsonl,
+/// backup_manifest) under a temporary name, then renames it into place.
+pub fn receive_plain(
+    src: impl Read,
+    remote_name: &str,
+    dest: &Path,
+    moved: &AtomicU64,
+) -> Result<(), TransferError> {
+    let tmp = temp_path(dest);
+    let local = |source: io::Error| TransferError::Local {
+        path: tmp.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(local)?;
+    let copied = {
+        let mut out = BufWriter::new(&mut file);
+        let mut tee = Tee {
+            inner: BufReader::with_capacity(READ_BUFFER, src),
+            out: &mut out,
+            n: 0,
+            moved,
+            raw_hash: None,
+        };
+        io::copy(&mut tee, &mut io::sink()).and_then(|_| out.flush())
+    };
+    if let Err(e) = copied {
+        drop(file);
+        let _ = std::fs::remove_file(&tmp);
+        return Err(TransferError::Remote {
+            path: remote_name.to_string(),
+            msg: e.to_string(),
+        });
+    }
+    file.sync_all().map_err(local)?;
+    drop(file);
+    std::fs::rename(&tmp, dest).map_err(local)?;
+    fsync_dir(dest.parent().unwrap_or(Path::new("."))).map_err(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zst(data: &[u8]) -> Vec<u8> {
+        // Two frames, as pgbk stores large files.
+        let (a, b) = data.split_at(data.len() / 2);
+        let mut v = zstd::bulk::compress(a, 1).unwrap();
+        v.extend(zstd::bulk::compress(b, 1).unwrap());
+        v
+    }
+
+    #[test]
+    fn verified_objects_get_their_name_and_bad_ones_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 97) as u8).collect();
+        let obj = zst(&data);
+        let good = Expected {
+            stored_size: obj.len() as u64,
+            size: data.len() as u64,
+            checksum: Some(blake3::hash(&data).to_hex().to_string()),
+            compressed: true,
+        };
+        let moved = AtomicU64::new(0);
+        let dest = dir.path().join("x.zst");
+        receive(&obj[..], "x.zst", &dest, &good, &moved).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), obj);
+        assert_eq!(moved.load(Ordering::Relaxed), obj.len() as u64);
+        assert!(already_there(&dest, &good));
+
+        let mut tampered = data.clone();
+        tampered[5] ^= 1;
+        let bad_obj = zst(&tampered);
+        let dest2 = dir.path().join("y.zst");
+        let e = receive(&bad_obj[..], "y.zst", &dest2, &good, &moved).unwrap_err();
+        assert!(e.is_mismatch(), "{e}");
+        assert!(!dest2.exists());
+        assert!(!temp_path(&dest2).exists());
+
+        let e = receive(&b"garbage"[..], "z.zst", &dest2, &good, &moved).unwrap_err();
+        assert!(e.is_mismatch(), "{e}");
+
+        let plain = Expected {
+            stored_size: 5,
+            size: 5,
+            checksum: Some(blake3::hash(b"hello").to_hex().to_string()),
+            compressed: false,
+        };
+        receive(&b"hello"[..], "h", &dir.path().join("h"), &plain, &moved).unwrap();
+        assert!(
+            receive(&b"hellO"[..], "h2", &dir.path().join("h2"), &plain, &moved)
+                .unwrap_err()
+                .is_mismatch()
+        );
+    }
+}
