@@ -106,6 +106,15 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
         opt(shown.compression_ratio.map(|r| format!("{r:.2}")))
     )?;
     outln!("    Files                : {}", b.file_count)?;
+    if let (Some(files), Some(bytes)) = (b.transferred_files, b.transferred_bytes) {
+        outln!(
+            "    Transferred (rsync)  : {} in {files} files",
+            human_bytes(bytes)
+        )?;
+    }
+    if let Some(reused) = b.reused_bytes {
+        outln!("    Reused (hard links)  : {}", human_bytes(reused))?;
+    }
     outln!("    Timeline             : {}", b.timeline)?;
     if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {
         outln!("    End timeline         : {t}")?;

@@ -19,6 +19,7 @@
 mod cluster;
 pub mod peer;
 mod pgbk;
+pub mod rsync;
 pub mod sshd;
 
 pub use cluster::{Auth, Cluster, ClusterOptions, PASSWORD};

@@ -1,0 +1,306 @@
+//! `backup_method = rsync` on real PostgreSQL 15 clusters through a real sshd:
+//!
+//! - a backup taken under pgbench load ends DONE, stores plain files with the
+//!   `backup_label` from pg_backup_stop, passes check-backup and verify-backup, and a
+//!   recovery from it has the rows committed after it;
+//! - with `reuse_backup = link`, a backup after a small change transfers only the
+//!   changed files (rsync's own figures in backup.json and show-backup) and stores
+//!   the others as hard links (the big pgbench_accounts file is the previous
+//!   backup's inode); deleting the previous backup leaves it verifying and
+//!   recovering;
+//! - a host key that does not match known_hosts stops the backup with one line
+//!   before pg_backup_start and before any copy; an unreachable ssh port fails it
+//!   with one line and a FAILED record; the next backup works.
+
+mod common;
+use common::rsync::{backup_dir, inode, nlink, regular_files, rsync_server};
+use common::{
+    free_port, pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Output, Pgbk,
+    Sshd,
+};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tempfile::TempDir;
+
+fn recover_into(pg: &Pgbk, id: &str) -> (TempDir, PathBuf) {
+    let dir = pg_scratch_dir("pgbk-rsync-rec-");
+    let data = dir.path().join("data");
+    pg.json(&["recover", "pg1", id, data.to_str().unwrap()]);
+    (dir, data)
+}
+
+fn start_recovered(dir: TempDir) -> Cluster {
+    let c = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_until(Duration::from_secs(90), "recovery to end", || {
+        c.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|s| s == "f")
+    });
+    c
+}
+
+fn markers(c: &Cluster) -> String {
+    c.psql("select coalesce(string_agg(note, ',' order by id), '') from marker")
+}
+
+fn archive_now(pg: &Pgbk) {
+    pg.ok(&[
+        "switch-wal",
+        "--force",
+        "--archive",
+        "--archive-timeout",
+        "60",
+        "pg1",
+    ]);
+}
+
+fn id_of(v: &Value) -> String {
+    v["backup_id"].as_str().expect("backup_id").to_string()
+}
+
+/// The error line of a failed run (pgbk prints exactly one).
+fn error_lines(o: &Output) -> Vec<String> {
+    o.stderr
+        .lines()
+        .filter(|l| l.starts_with("pgbk:"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    cluster.pgbench_init(5);
+    // Nothing but our own changes touches the tables between the quiet backups.
+    cluster.psql("alter system set autovacuum = off");
+    cluster.reload();
+    cluster.psql("create table marker (id int, note text)");
+    let sshd = Sshd::start();
+    let pg = Pgbk::new();
+    rsync_server(
+        &pg,
+        "pg1",
+        &cluster,
+        &sshd.ssh_command("postgres"),
+        "reuse_backup = link\nparallel_jobs = 2\n",
+    );
+    let _rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&cluster);
+
+    // 1. Under pgbench load.
+    let mut load = cluster.pgbench(25, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let b1 = pg.json(&["backup", "pg1"]);
+    assert!(
+        load.try_wait().unwrap().is_none(),
+        "the load ended before the backup did"
+    );
+    assert_eq!(b1["status"], "DONE", "{b1}");
+    assert_eq!(b1["method"], "rsync", "{b1}");
+    assert_eq!(b1["has_manifest"], false, "{b1}");
+    assert!(b1["transferred_files"].as_u64().unwrap() > 500, "{b1}");
+    let id1 = id_of(&b1);
+    let dir1 = backup_dir(&pg, "pg1", &id1);
+    let label = std::fs::read_to_string(dir1.join("data/backup_label")).unwrap();
+    assert!(
+        label.contains(&format!("LABEL: pgbk backup {id1}")),
+        "{label}"
+    );
+    assert!(label.contains("BACKUP FROM: primary"), "{label}");
+    assert!(!dir1.join("data/postmaster.pid").exists());
+    assert!(dir1.join("data/pg_wal").is_dir());
+    assert_eq!(
+        std::fs::read_dir(dir1.join("data/pg_wal")).unwrap().count(),
+        0,
+        "pg_wal's contents are left out"
+    );
+    // Plain files, byte-identical to what files.jsonl says, 0600.
+    let files = std::fs::read_to_string(dir1.join("files.jsonl")).unwrap();
+    let pgv: Value = files
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["path"] == "PG_VERSION")
+        .expect("PG_VERSION listed");
+    assert_eq!(pgv["compression"], "none", "{pgv}");
+    assert_eq!(pgv["object"], "data/PG_VERSION", "{pgv}");
+    assert_eq!(
+        std::fs::read_to_string(dir1.join("data/PG_VERSION")).unwrap(),
+        "15\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir1.join("data/PG_VERSION"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(load.wait().unwrap().code(), Some(0));
+    cluster.psql("insert into marker values (1, 'after-b1')");
+    pg.ok(&["check-backup", "pg1", &id1]);
+    pg.ok(&["verify-backup", "pg1", &id1]);
+
+    // A recovery from the backup taken under load has the rows committed after it.
+    let history = cluster.psql("select count(*) from pgbench_history");
+    archive_now(&pg);
+    let (dir, _) = recover_into(&pg, &id1);
+    let r = start_recovered(dir);
+    assert_eq!(markers(&r), "after-b1", "{}", r.log_tail(40));
+    assert_eq!(r.psql("select count(*) from pgbench_history"), history);
+    assert_eq!(
+        r.psql("select sum(abalance) = (select sum(bbalance) from pgbench_branches) from pgbench_accounts"),
+        "t"
+    );
+    drop(r);
+
+    // 2. Quiet: everything flushed, then a backup the next one compares with.
+    cluster.psql("checkpoint");
+    let accounts = cluster.psql("select pg_relation_filepath('pgbench_accounts')");
+    std::thread::sleep(Duration::from_secs(3));
+    let b2 = pg.json(&["backup", "pg1"]);
+    assert_eq!(b2["status"], "DONE", "{b2}");
+    let id2 = id_of(&b2);
+    let dir2 = backup_dir(&pg, "pg1", &id2);
+
+    // 3. A small change: three rows of a small table.
+    cluster.psql("update pgbench_branches set bbalance = bbalance + 1 where bid <= 3");
+    cluster.psql("insert into marker values (2, 'before-b3')");
+    cluster.psql("checkpoint");
+    let b3 = pg.json(&["backup", "pg1"]);
+    assert_eq!(b3["status"], "DONE", "{b3}");
+    let id3 = id_of(&b3);
+    let dir3 = backup_dir(&pg, "pg1", &id3);
+    let size = b3["size_bytes"].as_u64().unwrap();
+    let count = b3["file_count"].as_u64().unwrap();
+    let sent_files = b3["transferred_files"].as_u64().unwrap();
+    let sent_bytes = b3["transferred_bytes"].as_u64().unwrap();
+    let stored = b3["stored_bytes"].as_u64().unwrap();
+    eprintln!(
+        "second linked backup: rsync sent {sent_files} of {count} files, {sent_bytes} of {size} bytes; {stored} bytes stored"
+    );
+    // rsync's own figures: a few files, a small share of the bytes.
+    assert!(
+        sent_files * 10 < count,
+        "{sent_files} of {count} files sent: {b3}"
+    );
+    assert!(
+        sent_bytes * 10 < size,
+        "{sent_bytes} of {size} bytes sent: {b3}"
+    );
+    assert!(stored * 10 < size, "{stored} of {size} bytes stored: {b3}");
+    assert_eq!(b3["reused_bytes"].as_u64().unwrap() + stored, size, "{b3}");
+    // The hard links: the big table is the previous backup's inode; most files are
+    // links.
+    let big = dir3.join("data").join(&accounts);
+    assert!(std::fs::metadata(&big).unwrap().len() > 40 << 20);
+    assert!(nlink(&big) >= 2);
+    assert_eq!(inode(&big), inode(&dir2.join("data").join(&accounts)));
+    let all = regular_files(&dir3.join("data"));
+    let linked = all.iter().filter(|p| nlink(p) >= 2).count();
+    assert!(
+        linked * 10 >= all.len() * 8,
+        "{linked} of {} linked",
+        all.len()
+    );
+    // show-backup shows the transfer.
+    let shown = pg.ok(&["show-backup", "pg1", &id3]);
+    assert!(shown.contains("Transferred"), "{shown}");
+    let shown = pg.json(&["show-backup", "pg1", &id3]);
+    assert_eq!(shown["transferred_files"], sent_files, "{shown}");
+
+    // 4. The backup it links to is deleted: it still verifies and recovers.
+    cluster.psql("insert into marker values (3, 'after-b3')");
+    pg.ok(&["delete", "pg1", &id2]);
+    assert!(!dir2.exists());
+    pg.ok(&["delete", "pg1", &id1]);
+    assert!(!dir1.exists());
+    assert_eq!(nlink(&big), 1, "only the last backup holds it now");
+    pg.ok(&["verify-backup", "pg1", &id3]);
+    pg.ok(&["check-backup", "pg1", &id3]);
+    let balance = cluster.psql("select sum(bbalance) from pgbench_branches");
+    archive_now(&pg);
+    let (dir, _) = recover_into(&pg, &id3);
+    let r = start_recovered(dir);
+    assert_eq!(
+        markers(&r),
+        "after-b1,before-b3,after-b3",
+        "{}",
+        r.log_tail(40)
+    );
+    assert_eq!(
+        r.psql("select sum(bbalance) from pgbench_branches"),
+        balance
+    );
+}
+
+#[test]
+fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    cluster.psql("create table t as select generate_series(1, 1000) g");
+    let sshd = Sshd::start();
+    let pg = Pgbk::new();
+    let _rw = {
+        rsync_server(&pg, "pg1", &cluster, &sshd.ssh_command("postgres"), "");
+        let rw = pg.spawn(&["receive-wal", "pg1"]);
+        wait_receive_wal(&cluster);
+        rw
+    };
+
+    // A host key other than the recorded one: one line, nothing copied, the server
+    // never entered backup mode.
+    let wrong = sshd.ssh_command_with("postgres", &sshd.wrong_known_hosts());
+    rsync_server(&pg, "pg1", &cluster, &wrong, "");
+    let out = pg.run(&["backup", "pg1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(error_lines(&out).len(), 1, "{out:?}");
+    assert!(out.stderr.to_lowercase().contains("host key"), "{out:?}");
+    let list = pg.json(&["list-backups", "pg1"]);
+    let rows = list.as_array().expect("list");
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(rows[0]["status"], "FAILED", "{list}");
+    let failed = id_of(&rows[0]);
+    let dir = backup_dir(&pg, "pg1", &failed);
+    assert!(!dir.join("data").exists(), "files were copied");
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("backup.json")).unwrap()).unwrap();
+    assert!(info["begin_lsn"].is_null(), "pg_backup_start ran: {info}");
+    assert!(
+        info["error"].as_str().unwrap().contains("host key"),
+        "{info}"
+    );
+
+    // Nothing listens on the port: one line, exit 1, FAILED.
+    std::thread::sleep(Duration::from_millis(1100));
+    let closed = format!(
+        "ssh -p {} -i {} -o UserKnownHostsFile={} -o ConnectTimeout=5 postgres@127.0.0.1",
+        free_port(),
+        sshd.client_key.display(),
+        sshd.known_hosts.display()
+    );
+    rsync_server(&pg, "pg1", &cluster, &closed, "");
+    let out = pg.run(&["backup", "pg1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(error_lines(&out).len(), 1, "{out:?}");
+    let list = pg.json(&["list-backups", "pg1"]);
+    let statuses: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["FAILED", "FAILED"], "{list}");
+
+    // A missing ssh_command is a usage error naming the option.
+    pg.add_server(
+        "pg2",
+        &format!("conninfo = {}\nbackup_method = rsync\n", cluster.conninfo()),
+    );
+    let out = pg.run(&["backup", "pg2"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("ssh_command"), "{out:?}");
+
+    // With the right command the next backup works and verifies.
+    std::thread::sleep(Duration::from_millis(1100));
+    rsync_server(&pg, "pg1", &cluster, &sshd.ssh_command("postgres"), "");
+    let ok = pg.json(&["backup", "pg1"]);
+    assert_eq!(ok["status"], "DONE", "{ok}");
+    pg.ok(&["verify-backup", "pg1", &id_of(&ok)]);
+}
