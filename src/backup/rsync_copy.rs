@@ -279,8 +279,7 @@ pub fn parse_stats(out: &str) -> TransferStats {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(label))
             .map(|rest| {
-                rest.trim()
-                    .split_whitespace()
+                rest.split_whitespace()
                     .next()
                     .unwrap_or("0")
                     .replace([',', '.'], "")
