@@ -302,5 +302,40 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     rsync_server(&pg, "pg1", &cluster, &sshd.ssh_command("postgres"), "");
     let ok = pg.json(&["backup", "pg1"]);
     assert_eq!(ok["status"], "DONE", "{ok}");
-    pg.ok(&["verify-backup", "pg1", &id_of(&ok)]);
+    let id = id_of(&ok);
+    pg.ok(&["verify-backup", "pg1", &id]);
+    // list-files names the plain stored objects, which exist.
+    let listed = pg.ok(&["list-files", "pg1", &id]);
+    let objects: Vec<&str> = listed.lines().collect();
+    assert!(objects.len() > 500, "{listed}");
+    assert!(
+        objects
+            .iter()
+            .all(|p| !p.ends_with(".zst") && std::path::Path::new(p).is_file()),
+        "{listed}"
+    );
+
+    // Remote recovery of the rsync backup through the same sshd, as postgres.
+    cluster.psql("insert into t values (-1)");
+    archive_now(&pg);
+    let dest = pg_scratch_dir("pgbk-rsync-rrec-");
+    let data = dest.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    common::chown_to_postgres(&data, false);
+    pg.json(&[
+        "recover",
+        "pg1",
+        &id,
+        data.to_str().unwrap(),
+        "--remote-ssh-command",
+        &sshd.ssh_command("postgres"),
+    ]);
+    assert!(data.join("backup_label").is_file());
+    let r = start_recovered(dest);
+    assert_eq!(
+        r.psql("select count(*) from t"),
+        "1001",
+        "{}",
+        r.log_tail(40)
+    );
 }
