@@ -23,10 +23,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tempfile::TempDir;
 
+/// Recovers backup `id` into a fresh scratch folder's `data/`, tablespace `ts`
+/// relocated into the same folder.
 fn recover_into(pg: &Pgbk, id: &str) -> (TempDir, PathBuf) {
     let dir = pg_scratch_dir("pgbk-rsync-rec-");
     let data = dir.path().join("data");
-    pg.json(&["recover", "pg1", id, data.to_str().unwrap()]);
+    let ts = format!("ts:{}", dir.path().join("ts").display());
+    pg.json(&[
+        "recover",
+        "pg1",
+        id,
+        data.to_str().unwrap(),
+        "--tablespace",
+        &ts,
+    ]);
     (dir, data)
 }
 
@@ -75,6 +85,16 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
     cluster.psql("alter system set autovacuum = off");
     cluster.reload();
     cluster.psql("create table marker (id int, note text)");
+    let ts_dir = pg_scratch_dir("pgbk-rsync-ts-");
+    let loc = ts_dir.path().join("loc");
+    std::fs::create_dir(&loc).unwrap();
+    common::chown_to_postgres(&loc, false);
+    cluster.psql(&format!(
+        "create tablespace ts location '{}'",
+        loc.display()
+    ));
+    cluster.psql("create table in_ts tablespace ts as select g from generate_series(1, 1000) g");
+    let ts_oid = cluster.psql("select oid from pg_tablespace where spcname = 'ts'");
     let sshd = Sshd::start();
     let pg = Pgbk::new();
     rsync_server(
@@ -133,6 +153,15 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The tablespace: its files under tablespaces/<oid>/, its link recorded.
+    assert_eq!(b1["tablespaces"][0]["name"], "ts", "{b1}");
+    assert!(files.contains(&format!(r#""path":"pg_tblspc/{ts_oid}","kind":"symlink""#)));
+    assert!(
+        regular_files(&dir1.join(format!("tablespaces/{ts_oid}")))
+            .iter()
+            .any(|p| p.to_string_lossy().contains("/PG_15_")),
+        "no tablespace files stored"
+    );
     assert_eq!(load.wait().unwrap().code(), Some(0));
     cluster.psql("insert into marker values (1, 'after-b1')");
     pg.ok(&["check-backup", "pg1", &id1]);
@@ -200,6 +229,12 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
         "{linked} of {} linked",
         all.len()
     );
+    let ts_files = regular_files(&dir3.join(format!("tablespaces/{ts_oid}")));
+    assert!(!ts_files.is_empty());
+    assert!(
+        ts_files.iter().all(|p| nlink(p) >= 2),
+        "tablespace files not linked"
+    );
     // show-backup shows the transfer.
     let shown = pg.ok(&["show-backup", "pg1", &id3]);
     assert!(shown.contains("Transferred"), "{shown}");
@@ -208,6 +243,7 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
 
     // 4. The backup it links to is deleted: it still verifies and recovers.
     cluster.psql("insert into marker values (3, 'after-b3')");
+    cluster.psql("insert into in_ts select generate_series(1001, 1005)");
     pg.ok(&["delete", "pg1", &id2]);
     assert!(!dir2.exists());
     pg.ok(&["delete", "pg1", &id1]);
@@ -229,6 +265,7 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
         r.psql("select sum(bbalance) from pgbench_branches"),
         balance
     );
+    assert_eq!(r.psql("select count(*) from in_ts"), "1005");
 }
 
 #[test]

@@ -363,7 +363,20 @@ pub fn run_job(
     job: &CopyJob,
     abort: &AtomicBool,
 ) -> Result<TransferStats, String> {
-    let mut child = rsync_command(setup, job)
+    let mut cmd = rsync_command(setup, job);
+    // A pgbk killed outright must not leave rsync writing into a backup folder the
+    // next run removes as FAILED: the kernel kills rsync with its parent thread.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
