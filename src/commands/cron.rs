@@ -1,7 +1,8 @@
 //! `cron`: one maintenance pass over every active server, safe to run every minute and
 //! never twice at once (`<home>/cron.lock`; a second `cron` names the holder and exits
 //! 0 at once, as Barman's does). For each server: start `receive-wal` when
-//! `streaming_archiver = on` and it is not running, bring backup statuses up to date
+//! `streaming_archiver = on` and it is not running, run archive-wal when
+//! `archiver = on`, bring backup statuses up to date
 //! (stale `STARTED` backups become `FAILED`), and apply the retention policy when
 //! `retention_policy_mode = auto`. `--foreground` repeats the pass every minute until
 //! SIGTERM/SIGINT (systemd-style supervision).
@@ -28,7 +29,8 @@ const PASS_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Action {
     /// The server concerned (empty for the pass itself).
     pub server: String,
-    /// `receive-wal-started`, `backup-status`, `retention`, `skipped` or `error`.
+    /// `receive-wal-started`, `archive-wal`, `backup-status`, `retention`, `skipped` or
+    /// `error`.
     pub action: String,
     /// One sentence for people.
     pub message: String,
@@ -118,7 +120,10 @@ fn pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Res
     let mut actions = Vec::new();
     let mut failed = false;
     for s in ctx.config.servers.values().filter(|s| s.active) {
-        if let Err(e) = server_pass(ctx, s, keep_descriptors, children, &mut actions) {
+        let before = actions.len();
+        let result = server_pass(ctx, s, keep_descriptors, children, &mut actions);
+        failed |= actions[before..].iter().any(|a| a.action == "error");
+        if let Err(e) = result {
             tracing::error!(server = s.name.as_str(), "cron: {e:#}");
             actions.push(Action::new(
                 &s.name,
@@ -161,6 +166,9 @@ fn server_pass(
             ));
             children.push(child);
         }
+    }
+    if s.archiver {
+        archive_wal_step(ctx, s, actions);
     }
     let Some(catalog) = Catalog::open_existing(home)? else {
         return Ok(());
@@ -245,6 +253,51 @@ fn server_pass(
         ));
     }
     Ok(())
+}
+
+/// Runs archive-wal in-process for a server with `archiver = on`; its errors are
+/// logged and recorded as an `error` action, and the pass goes on.
+fn archive_wal_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
+    use crate::wal::incoming::{archive_incoming, IncomingError};
+    match archive_incoming(&ctx.config.home, &s.name) {
+        Ok(r) => {
+            if !r.archived.is_empty() || !r.refused.is_empty() || !r.already_present.is_empty() {
+                let message = format!(
+                    "archive-wal: {} WAL file(s) archived ({} bytes), {} refused",
+                    r.archived.len(),
+                    r.bytes,
+                    r.refused.len()
+                );
+                for f in &r.refused {
+                    tracing::error!(
+                        server = s.name.as_str(),
+                        "archive-wal refused {}: {}",
+                        f.name,
+                        f.reason
+                    );
+                }
+                let details = serde_json::to_value(&r).unwrap_or_default();
+                actions.push(Action::new(&s.name, "archive-wal", message, details));
+            }
+        }
+        Err(IncomingError::Lock(e @ LockError::Held { .. })) => {
+            actions.push(Action::new(
+                &s.name,
+                "skipped",
+                format!("archive-wal not run this pass: {e}"),
+                serde_json::Value::Null,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(server = s.name.as_str(), "cron: archive-wal: {e}");
+            actions.push(Action::new(
+                &s.name,
+                "error",
+                format!("archive-wal: {e}"),
+                serde_json::Value::Null,
+            ));
+        }
+    }
 }
 
 /// Starts `pgbk -c <config> receive-wal <server>` detached: its own session, stdin

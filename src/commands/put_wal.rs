@@ -1,10 +1,37 @@
-//! `put-wal`: stores one WAL file read on stdin.
+//! `put-wal`: stores one WAL file read on stdin, for
+//! `archive_command = 'ssh pgbk@backup pgbk put-wal pg1 --name %f < %p'`.
 
 use super::{Context, ExitCode, UsageError};
+use crate::outln;
+use crate::output::{human_bytes, print_json, Format};
+use crate::wal::put::{put_wal, PutError, PutStatus};
 use anyhow::Result;
 
-/// Runs the verb (placeholder until implemented).
-pub fn run(_ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
-    let _ = a;
-    Err(UsageError("not implemented yet".into()).into())
+/// Runs the verb: exit 0 only once the file is stored and fsynced (or was already
+/// archived with the same content).
+pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
+    let s = super::server(ctx, &a.server)?;
+    let mut stdin = std::io::stdin().lock();
+    let o = match put_wal(&ctx.config.home, &s.name, a.name.as_deref(), &mut stdin) {
+        Ok(o) => o,
+        Err(e @ PutError::BadName { .. }) => return Err(UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    match ctx.format {
+        Format::Json => print_json(&o)?,
+        Format::Text if !ctx.quiet => {
+            let what = match o.status {
+                PutStatus::Stored => format!(
+                    "stored ({}, {} on disk)",
+                    human_bytes(o.size),
+                    human_bytes(o.stored_size)
+                ),
+                PutStatus::AlreadyPresent => "already archived with the same content".into(),
+                PutStatus::Ignored => "backup history file accepted, not stored".into(),
+            };
+            outln!("{}: {} {what}", o.server, o.name)?;
+        }
+        Format::Text => {}
+    }
+    Ok(0)
 }

@@ -5,3 +5,4 @@ pub mod backup_check;
 pub mod probe;
 pub mod rto;
 pub mod server_check;
+pub mod ssh_check;

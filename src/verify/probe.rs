@@ -41,6 +41,10 @@ pub struct SqlState {
     pub slot: Option<SlotState>,
     /// receive-wal's row in `pg_stat_replication`, if connected.
     pub receiver: Option<ReceiverStat>,
+    /// `data_directory`, when the role may read it.
+    pub data_directory: Option<String>,
+    /// archive_mode, archive_command and `pg_stat_archiver`, when readable.
+    pub archiving: Option<super::ssh_check::ArchivingState>,
 }
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -115,6 +119,10 @@ pub struct LocalState {
     pub backups: Vec<BackupInfo>,
     /// Space left in `home`, when it can be measured.
     pub disk: Option<DiskSpace>,
+    /// WAL files waiting in `incoming/` for archive-wal.
+    pub incoming_files: u64,
+    /// When the oldest of them was last modified.
+    pub incoming_oldest: Option<DateTime<Utc>>,
 }
 
 /// The filesystem holding `home`, as `statvfs` sees it.
@@ -174,6 +182,8 @@ pub struct ServerState {
     pub local: LocalState,
     /// When the probe ran (age checks measure against it).
     pub now: DateTime<Utc>,
+    /// The SSH side (`None` without `ssh_command`).
+    pub ssh: Option<super::ssh_check::SshState>,
 }
 
 fn ser_result<T: Serialize, S: serde::Serializer>(
@@ -270,6 +280,8 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
         synchronous_standby_names: get("sync_names"),
         slot: None,
         receiver: None,
+        data_directory: None,
+        archiving: None,
     };
     if let Some(slot) = &server.slot_name {
         let rows = c
@@ -300,6 +312,15 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
         flush_lag_seconds: r.get("flush_lag").and_then(|l| l.parse().ok()),
         sync_state: r.get("sync_state").unwrap_or("").to_string(),
     });
+    // Both need privileges a monitoring role may lack: an error leaves them unknown.
+    if let Ok(rows) = c.simple_query("SHOW data_directory").await {
+        st.data_directory = rows.first().and_then(|r| r.get_idx(0)).map(str::to_string);
+    }
+    if let Ok(rows) = c.simple_query(super::ssh_check::ARCHIVING_QUERY).await {
+        st.archiving = rows
+            .first()
+            .map(|r| super::ssh_check::archiving_from_row(|k| r.get(k).map(str::to_string)));
+    }
     c.close().await;
     Ok(st)
 }
@@ -362,6 +383,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
             .flatten(),
         ..Default::default()
     };
+    incoming_state(&repo, &mut st);
     let Some(cat) = Catalog::open_existing(home).map_err(|e| e.to_string())? else {
         return Ok(st);
     };
@@ -444,6 +466,27 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     Ok(st)
 }
 
+/// Counts the WAL files waiting in `incoming/` (not dot-files: those are still being
+/// written) and the oldest one's modification time.
+fn incoming_state(repo: &ServerRepo, st: &mut LocalState) {
+    let seg_size = crate::wal::put::MIN_SEG_SIZE;
+    let Ok(entries) = std::fs::read_dir(repo.incoming_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || WalFileName::parse(&name, seg_size).is_none() {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else { continue };
+        let modified: DateTime<Utc> = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH).into();
+        st.incoming_files += 1;
+        if st.incoming_oldest.is_none_or(|o| modified < o) {
+            st.incoming_oldest = Some(modified);
+        }
+    }
+}
+
 /// Probes a server: SQL, replication and repository, each independently.
 pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
     let (sql, streaming) = tokio::join!(sql_state(server), streaming_state(server));
@@ -452,12 +495,25 @@ pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
         disk: DiskSpace::of(home),
         ..Default::default()
     });
+    let ssh = match &server.ssh_command {
+        Some(cmd) => {
+            let cmd = cmd.clone();
+            let dir = sql.as_ref().ok().and_then(|s| s.data_directory.clone());
+            let probe = move || super::ssh_check::probe_ssh(&cmd, dir.as_deref());
+            Some(match tokio::task::spawn_blocking(probe).await {
+                Ok(st) => st,
+                Err(e) => super::ssh_check::SshState::failed(format!("ssh probe: {e}")),
+            })
+        }
+        None => None,
+    };
     ServerState {
         server: server.name.clone(),
         sql,
         streaming,
         local,
         now: Utc::now(),
+        ssh,
     }
 }
 

@@ -136,6 +136,7 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         (st.local.error_files > 0)
             .then(|| format!("{} file(s) in the errors folder", st.local.error_files)),
     ));
+    out.extend(super::ssh_check::ssh_items(server, st));
     out.extend(repository_items(server, st));
     out
 }
@@ -302,6 +303,7 @@ mod tests {
             streaming: Err("down".into()),
             local,
             now,
+            ssh: None,
         }
     }
 

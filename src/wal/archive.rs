@@ -6,7 +6,7 @@ use super::segment::{history_file_name, WalSegment};
 use super::{SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError, WalKind, WalRecord};
 use crate::repo::compress::{checksum, store_compressed, StoredFile, DEFAULT_LEVEL};
-use crate::repo::durable::{create_dir_all_private, remove_durable, write_atomic};
+use crate::repo::durable::{create_dir_all_private, remove_durable, rename_durable, write_atomic};
 use crate::repo::ServerRepo;
 use chrono::Utc;
 use std::fs;
@@ -35,6 +35,44 @@ pub enum ArchiveError {
     /// The catalog refused the record.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+}
+
+/// Compresses a file into `dest` chunk by chunk (zstd frames of
+/// [`crate::repo::compress::CHUNK_SIZE`]), so memory stays bounded whatever its size.
+fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFile> {
+    use crate::repo::compress::CHUNK_SIZE;
+    use crate::repo::durable::AtomicFile;
+    use std::io::{Read, Write};
+    let mut input = fs::File::open(src)?;
+    let mut out = AtomicFile::create(dest)?;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let (mut size, mut stored_size) = (0u64, 0u64);
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let got = input.read(&mut buf[n..])?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        if n == 0 && size > 0 {
+            break;
+        }
+        let frame = zstd::bulk::compress(&buf[..n], DEFAULT_LEVEL)?;
+        out.write_all(&frame)?;
+        size += n as u64;
+        stored_size += frame.len() as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    out.commit()?;
+    Ok(StoredFile {
+        size,
+        stored_size,
+        checksum: sum.to_string(),
+    })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
@@ -101,33 +139,52 @@ impl WalArchive {
         data: &[u8],
         dest: &Path,
     ) -> Result<Archived, ArchiveError> {
+        let sum = checksum(data);
+        self.store_with(name, kind, tli, segno, &sum, dest, |dest| {
+            if kind == WalKind::History {
+                write_atomic(dest, data)?;
+                Ok(StoredFile {
+                    size: data.len() as u64,
+                    stored_size: data.len() as u64,
+                    checksum: sum.clone(),
+                })
+            } else {
+                store_compressed(data, dest, DEFAULT_LEVEL)
+            }
+        })
+    }
+
+    /// Stores a file whose content `write` produces at `dest` (atomically), unless the
+    /// catalog already holds `name` with the same checksum; different content under an
+    /// existing name is a [`ArchiveError::Conflict`] and nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    fn store_with(
+        &self,
+        name: &str,
+        kind: WalKind,
+        tli: TimeLineId,
+        segno: Option<u64>,
+        sum: &str,
+        dest: &Path,
+        write: impl FnOnce(&Path) -> std::io::Result<StoredFile>,
+    ) -> Result<Archived, ArchiveError> {
         if let Some(existing) = self.catalog.wal_file(&self.server, name)? {
-            let new = checksum(data);
-            if existing.checksum == new && dest.exists() {
+            if existing.checksum == sum && dest.exists() {
                 return Ok(Archived::AlreadyPresent(existing));
             }
-            if existing.checksum != new {
+            if existing.checksum != sum {
                 return Err(ArchiveError::Conflict {
                     server: self.server.clone(),
                     name: name.to_string(),
                     existing: existing.checksum,
-                    new,
+                    new: sum.to_string(),
                 });
             }
         }
         if let Some(dir) = dest.parent() {
             create_dir_all_private(dir).map_err(io_err(dir))?;
         }
-        let stored: StoredFile = if kind == WalKind::History {
-            write_atomic(dest, data).map_err(io_err(dest))?;
-            StoredFile {
-                size: data.len() as u64,
-                stored_size: data.len() as u64,
-                checksum: checksum(data),
-            }
-        } else {
-            store_compressed(data, dest, DEFAULT_LEVEL).map_err(io_err(dest))?
-        };
+        let stored = write(dest).map_err(io_err(dest))?;
         let rec = WalRecord {
             name: name.to_string(),
             kind,
@@ -140,6 +197,30 @@ impl WalArchive {
         };
         self.catalog.insert_wal(&self.server, &rec)?;
         Ok(Archived::Stored(rec))
+    }
+
+    /// Stores a segment (`partial` false) or an old timeline's `.partial` segment whose
+    /// content the caller already validated and spooled to `src`, compressing it as it
+    /// streams (for segments too large to hold in memory); `sum` is its checksum.
+    pub fn store_segment_spooled(
+        &self,
+        seg: &WalSegment,
+        partial: bool,
+        src: &Path,
+        sum: &str,
+    ) -> Result<Archived, ArchiveError> {
+        let (name, kind, dest) = if partial {
+            (
+                format!("{}.partial", seg.name()),
+                WalKind::Partial,
+                self.repo.partial_segment_path(seg),
+            )
+        } else {
+            (seg.name(), WalKind::Segment, self.repo.segment_path(seg))
+        };
+        self.store_with(&name, kind, seg.tli, Some(seg.segno), sum, &dest, |dest| {
+            compress_file(src, dest, sum)
+        })
     }
 
     /// Validates and stores a complete segment's content.
@@ -213,8 +294,9 @@ impl WalArchive {
         Ok(a)
     }
 
-    /// Moves a bad file into `errors/` with a `.reason` note beside it.
-    fn quarantine(&self, path: &Path, reason: &str) {
+    /// Moves a bad file into `errors/` with a `.reason` note beside it (`check` counts
+    /// and reports them).
+    pub fn quarantine(&self, path: &Path, reason: &str) {
         let dir = self.repo.errors_dir();
         let Some(name) = path.file_name() else { return };
         let stamp = Utc::now().format("%Y%m%dT%H%M%S");
@@ -226,6 +308,47 @@ impl WalArchive {
             );
         }
         tracing::error!(server = %self.server, "{reason}; file kept in {}", dest.display());
+    }
+
+    /// Keeps a refused copy received as data (put-wal) in `errors/` with a `.reason`
+    /// note, named after its content so that the sender's retries of the same bad file
+    /// add nothing.
+    pub fn quarantine_data(&self, name: &str, data: &[u8], reason: &str) {
+        let dest = self.error_path(name, &checksum(data));
+        if !dest.exists() {
+            let ok = create_dir_all_private(&self.repo.errors_dir()).is_ok()
+                && write_atomic(&dest, data).is_ok();
+            if ok {
+                self.write_reason(&dest, reason);
+            }
+        }
+        tracing::error!(server = %self.server, "{reason}; refused copy kept in {}", dest.display());
+    }
+
+    /// Like [`WalArchive::quarantine_data`] for a refused copy spooled to `path`
+    /// (moved, not copied).
+    pub fn quarantine_file_as(&self, path: &Path, name: &str, sum: &str, reason: &str) {
+        let dest = self.error_path(name, sum);
+        if !dest.exists() {
+            let ok = create_dir_all_private(&self.repo.errors_dir()).is_ok()
+                && rename_durable(path, &dest).is_ok();
+            if ok {
+                self.write_reason(&dest, reason);
+            }
+        }
+        tracing::error!(server = %self.server, "{reason}; refused copy kept in {}", dest.display());
+    }
+
+    fn error_path(&self, name: &str, sum: &str) -> PathBuf {
+        self.repo
+            .errors_dir()
+            .join(format!("{name}.{}", &sum[..sum.len().min(12)]))
+    }
+
+    fn write_reason(&self, dest: &Path, reason: &str) {
+        let mut note = dest.as_os_str().to_owned();
+        note.push(".reason");
+        let _ = write_atomic(Path::new(&note), format!("{reason}\n").as_bytes());
     }
 
     /// Segment size of this archive.

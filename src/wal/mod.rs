@@ -5,7 +5,9 @@ pub mod archive;
 pub mod continuity;
 pub mod header;
 pub mod history;
+pub mod incoming;
 pub mod lsn;
+pub mod put;
 pub mod receiver;
 pub mod segment;
 
