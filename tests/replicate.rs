@@ -65,7 +65,9 @@ fn recover_at(pg: &Pgbk, extra: &[&str]) -> Cluster {
     let data = dir.path().join("data");
     let mut args = vec!["recover", "pg1", "latest", data.to_str().unwrap()];
     args.extend_from_slice(extra);
-    args.extend(["--target-action", "promote"]);
+    if extra.iter().any(|a| a.starts_with("--target-")) {
+        args.extend(["--target-action", "promote"]);
+    }
     pg.json(&args);
     let c = Cluster::from_datadir(dir, ClusterOptions::default());
     wait_until(Duration::from_secs(90), "recovery to end", || {
@@ -239,7 +241,13 @@ fn follow_keeps_b_within_seconds_and_partial_recovery_on_b_holds_older_rows() {
     assert_eq!(follow.term(), 0, "{}", follow.log_tail(40));
     assert_eq!(a.rw.term(), 0);
     let status = b.json(&["status", "pg1"]);
-    assert!(status.to_string().contains("replication"), "{status}");
+    assert_eq!(status["passive"], true, "{status}");
+    assert!(
+        status["local"]["peer"]["last_pass_at"].is_string(),
+        "{status}"
+    );
+    let check = b.run(&["check", "pg1", "--nagios"]);
+    assert_eq!(check.code, 0, "{check:?}");
 
     chown_to_postgres(&b.home, true);
     let r = recover_at(&b, &["--get-wal", "--partial"]);
@@ -420,6 +428,12 @@ fn changed_object_crafted_paths_and_unreachable_primary_are_refused() {
     assert!(
         lines[0].contains("pg1") && lines[0].contains(&format!("127.0.0.1:{closed}")),
         "{out:?}"
+    );
+    let nagios = e.run(&["check", "pg1", "--nagios"]);
+    assert_eq!(nagios.code, 2, "{nagios:?}");
+    assert!(
+        nagios.stdout.contains("CRITICAL") && nagios.stdout.contains("replication from primary"),
+        "{nagios:?}"
     );
     add_passive_server(&e, "pg1", &sshd, &a.pg, "");
     let out = e.run(&["replicate", "pg1"]);

@@ -146,7 +146,10 @@ fn server_pass(
     actions: &mut Vec<Action>,
 ) -> Result<()> {
     let home = &ctx.config.home;
-    if s.streaming_archiver {
+    if s.primary_ssh_command.is_some() {
+        // A passive server streams nothing: one replicate pass copies from its primary.
+        replicate_step(ctx, s, actions);
+    } else if s.streaming_archiver {
         let lock = receive_wal_lock(home, &s.name);
         let running = JobLock::holder(&lock)
             .with_context(|| format!("lock {}", lock.display()))?
@@ -253,6 +256,46 @@ fn server_pass(
         ));
     }
     Ok(())
+}
+
+/// Runs one replicate pass in-process for a passive server; errors are logged and
+/// recorded as an `error` action, and the pass goes on.
+fn replicate_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    match super::replicate::pass_locked(&ctx.config.home, s, &stop) {
+        Ok(r) => {
+            for e in &r.errors {
+                tracing::error!(server = s.name.as_str(), "replicate: {e}");
+            }
+            let message = format!(
+                "replicate: {} WAL file(s), {} backup(s) copied, {} bytes moved{}",
+                r.wal_copied,
+                r.backups_copied.len(),
+                r.bytes_moved,
+                if r.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} error(s): {}", r.errors.len(), r.errors[0])
+                }
+            );
+            let action = if r.errors.is_empty() {
+                "replicate"
+            } else {
+                "error"
+            };
+            let details = serde_json::to_value(&r).unwrap_or_default();
+            actions.push(Action::new(&s.name, action, message, details));
+        }
+        Err(e) => {
+            tracing::error!(server = s.name.as_str(), "cron: replicate: {e:#}");
+            actions.push(Action::new(
+                &s.name,
+                "error",
+                format!("replicate: {e:#}"),
+                serde_json::Value::Null,
+            ));
+        }
+    }
 }
 
 /// Runs archive-wal in-process for a server with `archiver = on`; its errors are

@@ -29,6 +29,11 @@ struct ServerLine<'a> {
     name: &'a str,
     description: &'a str,
     active: bool,
+    /// A passive copy of a server held by another pgbk (replicate).
+    passive: bool,
+    /// How that pgbk is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_ssh_command: Option<&'a str>,
     backup_method: String,
     streaming_archiver: bool,
     archiver: bool,
@@ -51,6 +56,8 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             name: &s.name,
             description: &s.description,
             active: s.active,
+            passive: s.primary_ssh_command.is_some(),
+            primary_ssh_command: s.primary_ssh_command.as_deref(),
             backup_method: s.backup_method.to_string(),
             streaming_archiver: s.streaming_archiver,
             archiver: s.archiver,
@@ -81,7 +88,8 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
                     outln!("{}", l.name)?;
                 } else {
                     let inactive = if l.active { "" } else { " (inactive)" };
-                    outln!("{} - {}{}", l.name, l.description, inactive)?;
+                    let passive = if l.passive { " (passive)" } else { "" };
+                    outln!("{} - {}{}{}", l.name, l.description, inactive, passive)?;
                 }
             }
         }

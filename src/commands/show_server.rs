@@ -35,6 +35,17 @@ pub fn effective_settings(s: &ServerConfig, home: &std::path::Path) -> BTreeMap<
     set(&mut m, "create_slot", s.create_slot.to_string());
     set(&mut m, "backup_method", s.backup_method.to_string());
     set(&mut m, "ssh_command", opt(&s.ssh_command));
+    set(
+        &mut m,
+        "passive",
+        s.primary_ssh_command.is_some().to_string(),
+    );
+    set(&mut m, "primary_ssh_command", opt(&s.primary_ssh_command));
+    set(
+        &mut m,
+        "primary_pgbk_command",
+        s.primary_pgbk_command.clone(),
+    );
     set(&mut m, "archiver", s.archiver.to_string());
     set(&mut m, "parallel_jobs", s.parallel_jobs.to_string());
     set(

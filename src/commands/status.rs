@@ -15,6 +15,7 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     let st = runtime()?.block_on(probe(s, &ctx.config.home));
     let rpo = st.rpo();
     let rto = estimate_from_catalog(&ctx.config.home, &s.name);
+    let passive = s.primary_ssh_command.is_some();
     if ctx.format == Format::Json {
         let mut v = serde_json::to_value(&st)?;
         if let Some(obj) = v.as_object_mut() {
@@ -22,12 +23,16 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             obj.insert("rpo".into(), serde_json::to_value(rpo)?);
             obj.insert("rto".into(), rto_json(&rto));
             obj.insert("active".into(), s.active.into());
+            obj.insert("passive".into(), passive.into());
         }
         print_json(&v)?;
-        return Ok(if st.sql.is_ok() { 0 } else { 1 });
+        return Ok(if st.sql.is_ok() || passive { 0 } else { 1 });
     }
     outln!("Server {}:", s.name)?;
     outln!("\tDescription: {}", s.description)?;
+    if let Some(p) = &st.local.peer {
+        print_peer(p)?;
+    }
     match &st.sql {
         Ok(sql) => {
             outln!("\tPostgreSQL version: {}", sql.version)?;
@@ -119,7 +124,30 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
         None => outln!("\tRPO (streaming lag): unknown (server unreachable)")?,
     }
     outln!("\tRTO (estimated): {}", rto_text(&rto))?;
-    Ok(if st.sql.is_ok() { 0 } else { 1 })
+    Ok(if st.sql.is_ok() || passive { 0 } else { 1 })
+}
+
+/// A passive server's replication lines: primary, last pass, lag, pending backups.
+fn print_peer(p: &crate::verify::peer_check::PeerStatus) -> Result<()> {
+    outln!("\tPassive copy of: {}", p.primary_ssh_command)?;
+    match p.last_pass_age_secs {
+        Some(age) => outln!("\tLast replication pass: {} ago", human_seconds(age))?,
+        None => outln!("\tLast replication pass: never")?,
+    }
+    outln!(
+        "\tReplication lag: {} ({})",
+        p.lag_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown".into()),
+        p.lag_seconds
+            .map(human_seconds)
+            .unwrap_or_else(|| "unknown".into())
+    )?;
+    outln!("\tBackups not yet copied: {}", p.backups_pending)?;
+    if let Some(e) = &p.last_error {
+        outln!("\tLast replication error: {e}")?;
+    }
+    Ok(())
 }
 
 /// The RTO as JSON: the estimate, `null` without a DONE backup, `{"error"}` when the

@@ -220,6 +220,13 @@ fn receive_into(
         path: PathBuf::from(remote_name),
         source,
     })?;
+    if let Some(want) = &expect.checksum {
+        if *want != content_sum {
+            return Err(mismatch(format!(
+                "checksum mismatch (BLAKE3 {content_sum}, the primary recorded {want})"
+            )));
+        }
+    }
     if stored != expect.stored_size {
         return Err(mismatch(format!(
             "{stored} bytes received, the primary recorded {}",
@@ -231,13 +238,6 @@ fn receive_into(
             "content of {content_size} bytes, the primary recorded {}",
             expect.size
         )));
-    }
-    if let Some(want) = &expect.checksum {
-        if *want != content_sum {
-            return Err(mismatch(format!(
-                "checksum mismatch (BLAKE3 {content_sum}, the primary recorded {want})"
-            )));
-        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `check` judges.
 
 pub mod backup_check;
+pub mod peer_check;
 pub mod probe;
 pub mod rto;
 pub mod server_check;

@@ -123,6 +123,9 @@ pub struct LocalState {
     pub incoming_files: u64,
     /// When the oldest of them was last modified.
     pub incoming_oldest: Option<DateTime<Utc>>,
+    /// A passive server's replication state (`None` for an active server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<super::peer_check::PeerStatus>,
 }
 
 /// The filesystem holding `home`, as `statvfs` sees it.
@@ -387,6 +390,9 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     let Some(cat) = Catalog::open_existing(home).map_err(|e| e.to_string())? else {
         return Ok(st);
     };
+    if server.primary_ssh_command.is_some() {
+        st.peer = Some(super::peer_check::peer_status(server, &cat, Utc::now()));
+    }
     if let Some((id, seg)) = cat
         .server_identity(&server.name)
         .map_err(|e| e.to_string())?
@@ -487,33 +493,43 @@ fn incoming_state(repo: &ServerRepo, st: &mut LocalState) {
     }
 }
 
-/// Probes a server: SQL, replication and repository, each independently.
+/// Probes a server: SQL, replication and repository, each independently, and with
+/// `ssh_command` the PostgreSQL host over SSH (one session).
 pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
-    let (sql, streaming) = tokio::join!(sql_state(server), streaming_state(server));
+    let mut st = probe_without_ssh(server, home).await;
+    if let Some(cmd) = &server.ssh_command {
+        let cmd = cmd.clone();
+        let dir = st.sql.as_ref().ok().and_then(|s| s.data_directory.clone());
+        let probe = move || super::ssh_check::probe_ssh(&cmd, dir.as_deref());
+        st.ssh = Some(match tokio::task::spawn_blocking(probe).await {
+            Ok(ssh) => ssh,
+            Err(e) => super::ssh_check::SshState::failed(format!("ssh probe: {e}")),
+        });
+    }
+    st
+}
+
+/// [`probe`] without the SSH side (`ssh` is `None`): what the live RPO needs, fast.
+pub async fn probe_without_ssh(server: &ServerConfig, home: &Path) -> ServerState {
+    // A passive server has no PostgreSQL to reach: replicate copies from its primary.
+    let (sql, streaming) = if server.primary_ssh_command.is_some() {
+        let why = || "passive server: no PostgreSQL connection (see replication)".to_string();
+        (Err(why()), Err(why()))
+    } else {
+        tokio::join!(sql_state(server), streaming_state(server))
+    };
     let local = local_state(server, home).unwrap_or_else(|e| LocalState {
         not_writable: Some(e),
         disk: DiskSpace::of(home),
         ..Default::default()
     });
-    let ssh = match &server.ssh_command {
-        Some(cmd) => {
-            let cmd = cmd.clone();
-            let dir = sql.as_ref().ok().and_then(|s| s.data_directory.clone());
-            let probe = move || super::ssh_check::probe_ssh(&cmd, dir.as_deref());
-            Some(match tokio::task::spawn_blocking(probe).await {
-                Ok(st) => st,
-                Err(e) => super::ssh_check::SshState::failed(format!("ssh probe: {e}")),
-            })
-        }
-        None => None,
-    };
     ServerState {
         server: server.name.clone(),
         sql,
         streaming,
         local,
         now: Utc::now(),
-        ssh,
+        ssh: None,
     }
 }
 
@@ -523,7 +539,7 @@ pub const LIVE_RPO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The live RPO of a server, `None` when it cannot be reached within
 /// [`LIVE_RPO_TIMEOUT`] (listings must stay fast when a server is down).
 pub async fn live_rpo(server: &ServerConfig, home: &Path) -> Option<Rpo> {
-    tokio::time::timeout(LIVE_RPO_TIMEOUT, probe(server, home))
+    tokio::time::timeout(LIVE_RPO_TIMEOUT, probe_without_ssh(server, home))
         .await
         .ok()?
         .rpo()

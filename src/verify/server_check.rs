@@ -34,6 +34,12 @@ fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
 
 /// Judges the probe of a server.
 pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
+    if server.primary_ssh_command.is_some() {
+        // A passive server: the copy's freshness instead of PostgreSQL items.
+        let mut out = super::peer_check::peer_items(server, st);
+        out.extend(repository_items(server, st));
+        return out;
+    }
     let mut out = Vec::new();
     match &st.sql {
         Ok(sql) => {
