@@ -10,7 +10,9 @@
 //!   recovering;
 //! - a host key that does not match known_hosts stops the backup with one line
 //!   before pg_backup_start and before any copy; an unreachable ssh port fails it
-//!   with one line and a FAILED record; the next backup works.
+//!   with one line and a FAILED record; a backup killed mid-copy leaves no rsync
+//!   behind and is recorded FAILED by the next one, which works and recovers
+//!   remotely.
 
 mod common;
 use common::rsync::{backup_dir, inode, nlink, regular_files, rsync_server};
@@ -75,6 +77,36 @@ fn error_lines(o: &Output) -> Vec<String> {
         .filter(|l| l.starts_with("pgbk:"))
         .map(str::to_string)
         .collect()
+}
+
+/// The id of a STARTED backup past pg_backup_start whose data files are arriving.
+fn copying_backup(pg: &Pgbk) -> Option<String> {
+    for e in std::fs::read_dir(pg.home.join("pg1/backups"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("backup.json")) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if v["status"] == "STARTED"
+            && !v["begin_lsn"].is_null()
+            && regular_files(&e.path().join("data")).len() > 10
+        {
+            return v["backup_id"].as_str().map(str::to_string);
+        }
+    }
+    None
+}
+
+/// Whether a running process has `needle` in its command line.
+fn processes_naming(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    })
 }
 
 #[test]
@@ -334,11 +366,52 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("ssh_command"), "{out:?}");
 
+    // Killed outright while rsync copies (slowed by bandwidth_limit): no rsync is
+    // left writing into the folder, and the next backup records it FAILED.
+    std::thread::sleep(Duration::from_millis(1100));
+    rsync_server(
+        &pg,
+        "pg1",
+        &cluster,
+        &sshd.ssh_command("postgres"),
+        "bandwidth_limit = 1000\n",
+    );
+    let mut bg = pg.spawn(&["backup", "pg1"]);
+    let mut killed = None;
+    wait_until(
+        Duration::from_secs(60),
+        "the rsync copy to be under way",
+        || {
+            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
+            killed = copying_backup(&pg);
+            killed.is_some()
+        },
+    );
+    bg.kill9();
+    let killed = killed.unwrap();
+    let killed_dir = backup_dir(&pg, "pg1", &killed);
+    wait_until(Duration::from_secs(10), "rsync to end with pgbk", || {
+        !processes_naming(&killed_dir.to_string_lossy())
+    });
+
     // With the right command the next backup works and verifies.
     std::thread::sleep(Duration::from_millis(1100));
     rsync_server(&pg, "pg1", &cluster, &sshd.ssh_command("postgres"), "");
     let ok = pg.json(&["backup", "pg1"]);
     assert_eq!(ok["status"], "DONE", "{ok}");
+    let list = pg.json(&["list-backups", "pg1"]);
+    let dead = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backup_id"] == killed.as_str())
+        .expect("killed backup listed");
+    assert_eq!(dead["status"], "FAILED", "{dead}");
+    assert!(
+        dead["error"].as_str().unwrap().contains("ended before"),
+        "{dead}"
+    );
+    assert!(!killed_dir.join("data").exists(), "its files are removed");
     let id = id_of(&ok);
     pg.ok(&["verify-backup", "pg1", &id]);
     // list-files names the plain stored objects, which exist.

@@ -10,7 +10,8 @@
 //! 3. an SSH session (ssh2) checks the host key against `known_hosts` and that the
 //!    data directory and rsync are there — an unknown or changed host key fails the
 //!    backup (`FAILED`, with the reason) before `pg_backup_start` and before any copy;
-//! 4. `pg_backup_start`, remote listing, rsync workers, `pg_backup_stop(false)`
+//! 4. `pg_backup_start`, remote listing, rsync workers (`global/pg_control` copied
+//!    last, as pg_basebackup sends it), `pg_backup_stop(false)`
 //!    whose `labelfile` / `spcmapfile` become `data/backup_label` /
 //!    `data/tablespace_map`, plain entries of files.jsonl;
 //! 5. checksums, files.jsonl, backup.json `WAITING_FOR_WALS`, then the same WAL
@@ -138,6 +139,9 @@ async fn facts(sql: &mut Connection) -> Result<Facts, String> {
         tablespaces,
     })
 }
+
+/// The control file, copied after every other file.
+const PG_CONTROL: &str = "global/pg_control";
 
 /// A SQL string literal.
 fn literal(s: &str) -> String {
@@ -415,6 +419,7 @@ async fn copy(
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !e.is_dir)
+                .filter(|(_, e)| root.tablespace.is_some() || e.path != PG_CONTROL)
                 .filter(|(_, e)| {
                     let suspect =
                         root.previous.is_some() && suspect_after.is_some_and(|t| e.mtime >= t);
@@ -453,6 +458,29 @@ async fn copy(
             }
         }
     }
+    // pg_control goes last, after every other file (as in pg_basebackup): a backup of
+    // a standby depends on it.
+    let control = match roots[0].1.entries.iter().find(|e| e.path == PG_CONTROL) {
+        Some(e) => {
+            let list = dir
+                .root()
+                .join(format!(".rsync-control.list.tmp.{}", std::process::id()));
+            write_list(&list, &[PG_CONTROL]).map_err(|e| format!("{}: {e}", list.display()))?;
+            Some(CopyJob {
+                remote_dir: roots[0].0.clone(),
+                local_dir: roots[0].1.local.clone(),
+                reuse_dir: roots[0].1.previous.clone(),
+                list,
+                checksum: true,
+                bytes: e.size,
+            })
+        }
+        None => {
+            return Err(format!(
+                "{PG_CONTROL} is missing from the data directory listing"
+            ))
+        }
+    };
     let setup = RsyncSetup {
         shell: shell.to_string(),
         remote: remote_prefix(target),
@@ -462,11 +490,18 @@ async fn copy(
     };
     let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
     progress.start(&format!("backup {}", info.backup_id), Some(total));
-    let lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
+    let mut lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
+    lists.extend(control.as_ref().map(|c| c.list.clone()));
     let worker_progress = progress.clone();
     let worker_abort = abort.clone();
     let stats = blocking(stop, abort.clone(), move || {
-        run_workers(&setup, copy_jobs, jobs, &worker_abort, &*worker_progress)
+        let mut stats = run_workers(&setup, copy_jobs, jobs, &worker_abort, &*worker_progress)?;
+        if let Some(c) = control {
+            let st = run_job(&setup, &c, &worker_abort, &|_| {})?;
+            stats.files += st.files;
+            stats.bytes += st.bytes;
+        }
+        Ok(stats)
     })
     .await;
     for l in &lists {
@@ -593,13 +628,12 @@ fn run_workers(
                 let done = &done;
                 s.spawn(move || {
                     let mut sum = TransferStats::default();
+                    let advanced = |n: u64| progress.set(done.fetch_add(n, Ordering::Relaxed) + n);
                     for job in list {
-                        match run_job(setup, job, abort) {
+                        match run_job(setup, job, abort, &advanced) {
                             Ok(st) => {
                                 sum.files += st.files;
                                 sum.bytes += st.bytes;
-                                let n = done.fetch_add(job.bytes, Ordering::Relaxed) + job.bytes;
-                                progress.set(n);
                             }
                             Err(e) => {
                                 abort.store(true, Ordering::Relaxed);

@@ -9,10 +9,11 @@
 use crate::backup::tar_store::safe_path;
 use crate::config::ReuseBackup;
 use crate::ssh::{shell_quote, split_shell, SshTarget};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One file or directory of the server, as the remote listing reported it.
@@ -321,6 +322,7 @@ pub fn rsync_command(setup: &RsyncSetup, job: &CopyJob) -> Command {
         "--chmod=D0700,F0600",
         "--from0",
         "--stats",
+        "--out-format=%l",
     ]);
     cmd.arg(format!("--files-from={}", job.list.display()));
     cmd.arg("-e").arg(&setup.shell);
@@ -357,11 +359,14 @@ pub fn rsync_command(setup: &RsyncSetup, job: &CopyJob) -> Command {
 /// normal on a live server (WAL replay recreates what the backup needs).
 const RSYNC_VANISHED: i32 = 24;
 
-/// Runs one job to its end. `abort` turning true kills rsync.
+/// Runs one job to its end. `abort` turning true kills rsync. `advanced` is told
+/// the bytes done as rsync reports each file (`--out-format=%l`); by the end it has
+/// been told `job.bytes` in all (files reused or vanished count as done).
 pub fn run_job(
     setup: &RsyncSetup,
     job: &CopyJob,
     abort: &AtomicBool,
+    advanced: &dyn Fn(u64),
 ) -> Result<TransferStats, String> {
     let mut cmd = rsync_command(setup, job);
     // A pgbk killed outright must not leave rsync writing into a backup folder the
@@ -382,13 +387,34 @@ pub fn run_job(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run rsync on this host: {e}"))?;
-    let out = child.stdout.take().map(|mut o| {
+    let seen = Arc::new(AtomicU64::new(0));
+    let out = child.stdout.take().map(|o| {
+        let seen = seen.clone();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = o.read_to_string(&mut s);
-            s
+            // One line of digits per file (`%l`), then the --stats text.
+            let mut stats = String::new();
+            for line in BufReader::new(o).lines().map_while(Result::ok) {
+                match line.trim().parse::<u64>() {
+                    Ok(n) => {
+                        seen.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        stats.push_str(&line);
+                        stats.push('\n');
+                    }
+                }
+            }
+            stats
         })
     });
+    let mut told = 0u64;
+    let mut tell = |now: u64| {
+        let now = now.min(job.bytes);
+        if now > told {
+            advanced(now - told);
+            told = now;
+        }
+    };
     let err = child.stderr.take().map(|e| {
         std::thread::spawn(move || {
             // Keep only the last meaningful lines: thousands of "vanished" lines stay bounded.
@@ -416,12 +442,16 @@ pub fn run_job(
             let _ = child.wait();
             return Err("interrupted".into());
         }
+        tell(seen.load(Ordering::Relaxed));
         std::thread::sleep(Duration::from_millis(50));
     };
     let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
     match status.code() {
-        Some(0) | Some(RSYNC_VANISHED) => Ok(parse_stats(&stdout)),
+        Some(0) | Some(RSYNC_VANISHED) => {
+            tell(job.bytes);
+            Ok(parse_stats(&stdout))
+        }
         code => {
             let why = stderr
                 .iter()
