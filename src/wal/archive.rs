@@ -301,7 +301,7 @@ impl WalArchive {
         let Some(name) = path.file_name() else { return };
         let stamp = Utc::now().format("%Y%m%dT%H%M%S");
         let dest = dir.join(format!("{}.{}", name.to_string_lossy(), stamp));
-        if create_dir_all_private(&dir).is_ok() && fs::rename(path, &dest).is_ok() {
+        if create_dir_all_private(&dir).is_ok() && rename_durable(path, &dest).is_ok() {
             let _ = write_atomic(
                 &dest.with_extension(format!("{stamp}.reason")),
                 reason.as_bytes(),
