@@ -112,6 +112,33 @@ fn postgres_ssh_files(sshd: &Sshd, dir: &Path) -> (PathBuf, PathBuf) {
     (key, kh)
 }
 
+/// An `archive_command` running `pgbk put-wal <server>` as root on the test sshd,
+/// with a key and known_hosts the postgres OS user owns (copied into `keys`).
+fn ssh_archive_command(sshd: &Sshd, keys: &Path, p: &Pgbk, server: &str) -> String {
+    let (key, kh) = postgres_ssh_files(sshd, keys);
+    format!(
+        "ssh -p {port} -i {key} -o BatchMode=yes -o StrictHostKeyChecking=yes \
+         -o UserKnownHostsFile={kh} root@127.0.0.1 {bin} -c {conf} put-wal {server} --name %f < %p",
+        port = sshd.port,
+        key = key.display(),
+        kh = kh.display(),
+        bin = env!("CARGO_BIN_EXE_pgbk"),
+        conf = p.config.display(),
+    )
+}
+
+/// Waits until the cluster's archiver has archived `segment` (or a later file).
+fn wait_archived(c: &Cluster, segment: &str) {
+    wait_until(
+        Duration::from_secs(120),
+        &format!("{segment} to be archived"),
+        || {
+            c.try_psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
+                .is_ok_and(|w| w.as_str() >= segment)
+        },
+    );
+}
+
 /// Generates at least `n` completed segments (writes and pg_switch_wal) and returns
 /// the completed segment names now in pg_wal, oldest first.
 fn completed_segments(c: &Cluster, n: usize) -> Vec<String> {
@@ -143,16 +170,7 @@ fn archive_command_through_ssh_put_wal_under_pgbench_load_loses_nothing() {
     let sshd = Sshd::start();
     let p = Pgbk::new();
     let keys = common::pg_scratch_dir("pgbk-pg-ssh-");
-    let (key, kh) = postgres_ssh_files(&sshd, keys.path());
-    let archive_command = format!(
-        "ssh -p {port} -i {key} -o BatchMode=yes -o StrictHostKeyChecking=yes \
-         -o UserKnownHostsFile={kh} root@127.0.0.1 {bin} -c {conf} put-wal srv --name %f < %p",
-        port = sshd.port,
-        key = key.display(),
-        kh = kh.display(),
-        bin = env!("CARGO_BIN_EXE_pgbk"),
-        conf = p.config.display(),
-    );
+    let archive_command = ssh_archive_command(&sshd, keys.path(), &p, "srv");
     let c = Cluster::new(ClusterOptions {
         wal_segsize_mb: Some(1),
         extra_conf: vec![
@@ -484,4 +502,77 @@ fn archive_wal_and_cron_move_incoming_files_into_the_archive() {
     let (_, items) = check_items(&p, "inc");
     assert_eq!(item(&items, "incoming WAL")["ok"], true);
     assert_eq!(item(&items, "archived WAL continuity")["ok"], true);
+}
+
+#[test]
+fn a_promoted_standby_archives_its_history_and_partial_segment_through_put_wal() {
+    let sshd = Sshd::start();
+    let p = Pgbk::new();
+    let keys = common::pg_scratch_dir("pgbk-pg-ssh-");
+    let archive_command = ssh_archive_command(&sshd, keys.path(), &p, "tl");
+    let primary = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        extra_conf: vec![
+            "archive_mode = on".into(),
+            format!("archive_command = '{archive_command}'"),
+        ],
+        ..Default::default()
+    });
+    archiver_server(&p, "tl", &primary);
+    completed_segments(&primary, 3);
+    let standby = primary.standby();
+    primary.psql("insert into filler select g, 'before promotion' from generate_series(1, 100) g");
+    primary.wait_for_catchup(&standby);
+    // The primary's archiver archives every complete segment as it shuts down.
+    primary.stop("fast");
+    standby.promote();
+    archiver_server(&p, "tl", &standby);
+    standby.psql("insert into filler select g, 'after promotion' from generate_series(1, 3000) g");
+    let last = standby.psql("select pg_walfile_name(pg_switch_wal())");
+    assert!(last.starts_with("00000002"), "{last}");
+    wait_archived(&standby, &last);
+    assert_eq!(
+        standby
+            .psql("select failed_count from pg_stat_archiver")
+            .as_str(),
+        "0",
+        "{}",
+        standby.log_tail(30)
+    );
+
+    assert_eq!(p.history_files("tl"), vec!["00000002.history".to_string()]);
+    assert_eq!(
+        fs::read(p.wals_dir("tl").join("00000002.history")).unwrap(),
+        fs::read(standby.pg_wal().join("00000002.history")).unwrap()
+    );
+    let partials = p.archived_partials("tl");
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let on_standby = standby.pg_wal().join(&partials[0]);
+    if on_standby.exists() {
+        assert!(p.decompress_segment("tl", &partials[0]) == fs::read(&on_standby).unwrap());
+    }
+    let ours = p.archived_segments("tl");
+    assert!(ours.iter().any(|s| s.starts_with("00000001")));
+    assert!(ours.contains(&last), "{ours:?}");
+    for name in done_segments(&standby)
+        .iter()
+        .filter(|n| n.starts_with("00000002"))
+    {
+        assert!(
+            p.decompress_segment("tl", name) == read_segment(&standby, name),
+            "{name}"
+        );
+    }
+    let (code, items) = check_items(&p, "tl");
+    assert_eq!(
+        item(&items, "archived WAL continuity")["ok"],
+        true,
+        "{items:?}"
+    );
+    assert_eq!(
+        item(&items, "continuous archiving")["ok"],
+        true,
+        "{items:?}"
+    );
+    assert_eq!(code, 0, "{items:?}");
 }
