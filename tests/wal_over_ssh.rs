@@ -431,6 +431,13 @@ fn archive_wal_and_cron_move_incoming_files_into_the_archive() {
     let temp = format!(".{}.Xa81Qz", segs[5]);
     fs::write(incoming.join(&temp), &read_segment(&c, &segs[5])[..100_000]).unwrap();
 
+    // A spool file a killed put-wal left two hours ago.
+    let spool = incoming.join(format!(".put-wal.{}.4242", segs[5]));
+    fs::write(&spool, b"half a segment").unwrap();
+    let mut touch = Command::new("touch");
+    touch.args(["-d", "2 hours ago"]).arg(&spool);
+    assert!(touch.status().unwrap().success());
+
     let out = p.run(&["archive-wal", "inc", "--format", "json"]);
     assert_eq!(
         out.code, 1,

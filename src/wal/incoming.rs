@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime};
 
 /// A truncated file younger than this is assumed still being copied.
 pub const SETTLE_TIME: Duration = Duration::from_secs(60);
+/// A put-wal spool file (`.put-wal.*`) older than this was left by a killed put-wal.
+pub const STALE_SPOOL_AGE: Duration = Duration::from_secs(3600);
 
 /// Why `archive-wal` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,18 @@ fn is_wal_name(name: &str) -> bool {
         && super::segment::WalFileName::parse(name, super::put::MIN_SEG_SIZE).is_some()
 }
 
+/// Removes a put-wal spool file nobody has written for [`STALE_SPOOL_AGE`].
+fn remove_if_stale(path: &Path) {
+    let old = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age > STALE_SPOOL_AGE);
+    if old && fs::remove_file(path).is_ok() {
+        tracing::info!("removed {}, left by an interrupted put-wal", path.display());
+    }
+}
+
 /// Archives every complete WAL file in `server`'s incoming/ folder.
 pub fn archive_incoming(home: &Path, server: &str) -> Result<IncomingReport, IncomingError> {
     let _lock = JobLock::acquire(
@@ -120,6 +134,10 @@ pub fn archive_incoming(home: &Path, server: &str) -> Result<IncomingReport, Inc
             source,
         })?;
         let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".put-wal.") {
+            remove_if_stale(&entry.path());
+            continue;
+        }
         if name.starts_with('.') {
             continue;
         }
