@@ -4,7 +4,7 @@
 //!   `backup_label` from pg_backup_stop, passes check-backup and verify-backup, and a
 //!   recovery from it has the rows committed after it;
 //! - with `reuse_backup = link`, a backup after a small change transfers only the
-//!   changed files (rsync's own figures in backup.json and show-backup) and stores
+//!   changed files (even one rewritten with the same size and mtime) (rsync's own figures in backup.json and show-backup) and stores
 //!   the others as hard links (the big pgbench_accounts file is the previous
 //!   backup's inode); deleting the previous backup leaves it verifying and
 //!   recovering;
@@ -216,10 +216,22 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
     cluster.psql("checkpoint");
     let accounts = cluster.psql("select pg_relation_filepath('pgbench_accounts')");
     std::thread::sleep(Duration::from_secs(3));
+    // A file written just before the backup; rewritten after it with the same size
+    // and the very same mtime (as a change within the second rsync copied it looks).
+    let probe = cluster.datadir.join("pgbk_probe");
+    std::fs::write(&probe, b"before").unwrap();
     let b2 = pg.json(&["backup", "pg1"]);
     assert_eq!(b2["status"], "DONE", "{b2}");
     let id2 = id_of(&b2);
     let dir2 = backup_dir(&pg, "pg1", &id2);
+    std::fs::write(&probe, b"after!").unwrap();
+    let touched = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(dir2.join("data/pgbk_probe"))
+        .arg(&probe)
+        .status()
+        .unwrap();
+    assert!(touched.success());
 
     // 3. A small change: three rows of a small table.
     cluster.psql("update pgbench_branches set bbalance = bbalance + 1 where bid <= 3");
@@ -260,6 +272,11 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
         linked * 10 >= all.len() * 8,
         "{linked} of {} linked",
         all.len()
+    );
+    // The same-size, same-mtime change was compared by content, not linked.
+    assert_eq!(
+        std::fs::read(dir3.join("data/pgbk_probe")).unwrap(),
+        b"after!"
     );
     let ts_files = regular_files(&dir3.join(format!("tablespaces/{ts_oid}")));
     assert!(!ts_files.is_empty());

@@ -163,6 +163,10 @@ pub struct BackupInfo {
     /// (`reuse_backup = link`); `stored_bytes` counts only the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_bytes: Option<u64>,
+    /// rsync backups: the PostgreSQL host's clock when the backup began; the next
+    /// backup compares file mtimes (that host's clock) with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_begin_time: Option<DateTime<Utc>>,
 }
 
 impl BackupInfo {
@@ -198,6 +202,7 @@ impl BackupInfo {
             transferred_files: None,
             transferred_bytes: None,
             reused_bytes: None,
+            server_begin_time: None,
         }
     }
 }

@@ -21,8 +21,9 @@
 //! folders as `--link-dest` (`--copy-dest`): unchanged files become hard links to
 //! that backup's files (which pgbk never modifies), neither transferred nor stored
 //! twice. Files whose server mtime falls within two seconds before the previous
-//! backup began or later may have changed within the second rsync's quick check
-//! sees, so they are compared by content (`--checksum`).
+//! backup began or later (by the earlier of the two hosts' clocks) may have changed
+//! within the second rsync's quick check sees, so they are compared by content
+//! (`--checksum`).
 
 use super::rsync_copy::{
     balanced_shares, excluded, listing_command, only_vanished, parse_listing, remote_prefix,
@@ -43,7 +44,7 @@ use crate::repo::durable::{create_dir_all_private, write_atomic};
 use crate::repo::ServerRepo;
 use crate::ssh::{shell_quote, SshSession, SshTarget};
 use crate::wal::{Lsn, SystemId, TimeLineId};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -327,7 +328,7 @@ async fn copy(
     // 2. pg_backup_start, on the session held until pg_backup_stop.
     let label = format!("pgbk backup {}", info.backup_id);
     let start = format!(
-        "SELECT pg_backup_start({}, {})",
+        "SELECT pg_backup_start({}, {}), extract(epoch FROM now())",
         literal(&label),
         req.immediate_checkpoint
     );
@@ -339,6 +340,12 @@ async fn copy(
         .parse()
         .map_err(|e| format!("pg_backup_start: {e}"))?;
     let seg = facts.seg_size;
+    // The server's clock (the transaction's start, before the checkpoint): the next
+    // backup compares file mtimes, written by that host's clock, with it.
+    info.server_begin_time = value(&rows, 1, "now()")?
+        .parse::<f64>()
+        .ok()
+        .and_then(|t| DateTime::from_timestamp_millis((t * 1000.0) as i64));
     info.begin_lsn = Some(begin);
     info.begin_wal = Some(segment_name(info.timeline, begin.segno(seg), seg));
     save(repo, catalog, info).map_err(|e| e.to_string())?;
@@ -410,7 +417,13 @@ async fn copy(
     }
     let jobs = req.jobs.max(1);
     // Files that may have changed within the second the previous backup saw them.
-    let suspect_after = previous.map(|p| p.begin_time.timestamp() as f64 - 2.0);
+    let suspect_after = previous.map(|p| {
+        let began = match p.server_begin_time {
+            Some(server) => server.min(p.begin_time),
+            None => p.begin_time,
+        };
+        began.timestamp() as f64 - 2.0
+    });
     let mut copy_jobs = Vec::new();
     for (r, (remote, root)) in roots.iter().enumerate() {
         for checksum in [false, true] {
