@@ -11,6 +11,14 @@ use anyhow::Result;
 /// archived with the same content).
 pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
     let s = super::server(ctx, &a.server)?;
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "server '{}': put-wal reads the WAL file on stdin (e.g. '< %p' in archive_command), not from a terminal",
+            s.name
+        ))
+        .into());
+    }
     let mut stdin = std::io::stdin().lock();
     let o = match put_wal(&ctx.config.home, &s.name, a.name.as_deref(), &mut stdin) {
         Ok(o) => o,
