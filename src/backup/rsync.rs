@@ -179,9 +179,10 @@ pub(super) async fn take(
     let mut sql = connect(&req.conninfo, false, &req.application_name)
         .await
         .map_err(pg)?;
-    let facts = facts(&mut sql)
-        .await
-        .map_err(|m| TakeError::Refused(format!("server '{}': {m}", req.server)))?;
+    let facts = facts(&mut sql).await.map_err(|msg| TakeError::Server {
+        server: req.server.clone(),
+        msg,
+    })?;
     if facts.version < super::base_backup::MIN_SERVER_VERSION {
         return Err(refused(
             "pgbk backups need PostgreSQL 15 or later (pg_backup_start)".into(),

@@ -103,6 +103,10 @@ pub enum TakeError {
     /// Talking to the server failed before the backup started.
     #[error("server '{server}': {source}")]
     Pg { server: String, source: PgError },
+    /// The server answered, but not what the backup needs (rsync method: a fact
+    /// queried before the backup started).
+    #[error("server '{server}': {msg}")]
+    Server { server: String, msg: String },
     /// Reading or writing metadata failed before the backup started.
     #[error(transparent)]
     Backup(#[from] BackupError),
