@@ -178,6 +178,26 @@ fn region_b_mirrors_backups_and_wal_that_verify_and_recover_to_the_same_rows() {
         "{again}"
     );
 
+    // cron runs one replicate pass for a passive server and starts no receive-wal.
+    let cron = b.json(&["cron"]);
+    let actions: Vec<&str> = cron
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or(""))
+        .collect();
+    assert!(actions.contains(&"replicate"), "{cron}");
+    assert!(!actions.contains(&"receive-wal-started"), "{cron}");
+    // B holds A's identity, so it could continue as an active server.
+    let (ida, idb) = (
+        a.pg.json(&["sync-info", "pg1"]),
+        b.json(&["sync-info", "pg1"]),
+    );
+    assert_eq!(idb["system_id"], ida["system_id"]);
+    assert!(ida["system_id"].is_string() || ida["system_id"].is_number());
+    let shown = b.json(&["list-servers"]);
+    assert_eq!(shown[0]["passive"], true, "{shown}");
+
     // The same restore point recovered from A and from B gives the same rows.
     let from_a = recover_at(&a.pg, &["--target-name", "rp"]);
     let from_b = recover_at(&b, &["--target-name", "rp"]);
@@ -196,6 +216,33 @@ fn region_b_mirrors_backups_and_wal_that_verify_and_recover_to_the_same_rows() {
     assert_eq!(c3.archived_segments("pg1"), a.pg.archived_segments("pg1"));
     let v = c3.json(&["verify-backup", "pg1", &second]);
     assert_eq!(v["ok"], true, "{v}");
+
+    // Without primary_ssh_command, B is an active server continuing the same
+    // catalog: its receive-wal streams on from A's cluster and archives more WAL.
+    b.add_server(
+        "pg1",
+        &format!(
+            "conninfo = {}\nstreaming_archiver = on\nstreaming_archiver_name = pgbk_b\n\
+             slot_name = pgbk_b\ncreate_slot = auto\n",
+            c.conninfo()
+        ),
+    );
+    let before = b.archived_segments("pg1").len();
+    let mut rw_b = b.spawn(&["receive-wal", "pg1"]);
+    wait_until(Duration::from_secs(60), "B's receive-wal to stream", || {
+        c.try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_b'")
+            .is_ok_and(|n| n == "1")
+    });
+    b.ok(&[
+        "switch-wal",
+        "--force",
+        "--archive",
+        "--archive-timeout",
+        "60",
+        "pg1",
+    ]);
+    assert!(b.archived_segments("pg1").len() > before);
+    assert_eq!(rw_b.term(), 0, "{}", rw_b.log_tail(30));
     drop(a.rw);
 }
 

@@ -286,6 +286,15 @@ fn replicate_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
             let details = serde_json::to_value(&r).unwrap_or_default();
             actions.push(Action::new(&s.name, action, message, details));
         }
+        // A `replicate --follow` (or an earlier pass) is at work: nothing to do.
+        Err(e) if matches!(e.downcast_ref::<LockError>(), Some(LockError::Held { .. })) => {
+            actions.push(Action::new(
+                &s.name,
+                "skipped",
+                format!("replicate not run this pass: {e}"),
+                serde_json::Value::Null,
+            ));
+        }
         Err(e) => {
             tracing::error!(server = s.name.as_str(), "cron: replicate: {e:#}");
             actions.push(Action::new(

@@ -233,7 +233,13 @@ struct Pass<'a> {
     pool: Option<Pool>,
     stop: &'a AtomicBool,
     report: PassReport,
+    /// Errors beyond [`MAX_REPORTED_ERRORS`], counted only.
+    suppressed: u64,
 }
+
+/// Errors listed one by one in a pass's report; more are counted (a broken
+/// connection would otherwise print one line per object).
+pub const MAX_REPORTED_ERRORS: usize = 20;
 
 /// Runs one replication pass of a passive server.
 pub fn replicate_pass(
@@ -270,6 +276,7 @@ pub fn replicate_pass(
         moved: Arc::new(AtomicU64::new(0)),
         pool: None,
         stop,
+        suppressed: 0,
         report: PassReport {
             server: name.clone(),
             primary: target.display(),
@@ -281,6 +288,10 @@ pub fn replicate_pass(
     pass.pool.take();
     pass.report.bytes_moved = pass.moved.load(Ordering::Relaxed);
     pass.report.duration_secs = started.elapsed().as_secs_f64();
+    if pass.suppressed > 0 {
+        let more = format!("… and {} more error(s)", pass.suppressed);
+        pass.report.errors.push(more);
+    }
     if let Err(e) = outcome {
         record_error(&pass.catalog, &name, &e.to_string());
         return Err(e);
@@ -346,6 +357,14 @@ fn fetch_sync_info(
 }
 
 impl Pass<'_> {
+    fn error(&mut self, msg: String) {
+        if self.report.errors.len() < MAX_REPORTED_ERRORS {
+            self.report.errors.push(msg);
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
     fn name(&self) -> &str {
         &self.server.name
     }
@@ -416,7 +435,7 @@ impl Pass<'_> {
             let checked = match check_wal(&w.name, &w.path, self.seg_size) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.report.errors.push(e.to_string());
+                    self.error(e.to_string());
                     fail(w.seq, &mut failed_seq);
                     continue;
                 }
@@ -428,7 +447,7 @@ impl Pass<'_> {
                     continue;
                 }
                 if have.checksum != w.checksum {
-                    self.report.errors.push(format!(
+                    self.error(format!(
                         "WAL file {}: the primary's checksum {} differs from the copy held here ({}); not replaced",
                         w.name, w.checksum, have.checksum
                     ));
@@ -508,7 +527,7 @@ impl Pass<'_> {
         let remote = std::mem::take(&mut self.doc.backups);
         for info in remote {
             if let Err(e) = check_backup_id(&info.backup_id) {
-                self.report.errors.push(e.to_string());
+                self.error(e.to_string());
                 continue;
             }
             let here = local.iter().find(|b| b.backup_id == info.backup_id);
@@ -516,7 +535,7 @@ impl Pass<'_> {
                 Some(BackupStatus::Done) => continue,
                 Some(BackupStatus::Syncing) => {}
                 Some(other) => {
-                    self.report.errors.push(format!(
+                    self.error(format!(
                         "backup {}: a backup with this id is {other} here; not replaced",
                         info.backup_id
                     ));
@@ -575,7 +594,7 @@ impl Pass<'_> {
                 })
                 .and_then(|f| transfer::receive_plain(f, &remote, &dest, &self.moved));
             if let Err(e) = result {
-                self.report.errors.push(format!("backup {id}: {e}"));
+                self.error(format!("backup {id}: {e}"));
                 return Ok(false);
             }
         }
@@ -585,7 +604,7 @@ impl Pass<'_> {
         let entries = match dir.files() {
             Ok(it) => it,
             Err(e) => {
-                self.report.errors.push(format!("backup {id}: {e}"));
+                self.error(format!("backup {id}: {e}"));
                 return Ok(false);
             }
         };
@@ -597,7 +616,7 @@ impl Pass<'_> {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    self.report.errors.push(format!("backup {id}: {e}"));
+                    self.error(format!("backup {id}: {e}"));
                     failures += 1;
                     break;
                 }
@@ -611,7 +630,7 @@ impl Pass<'_> {
             let rel = match check_relative("object path", object) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.report.errors.push(format!("backup {id}: {e}"));
+                    self.error(format!("backup {id}: {e}"));
                     failures += 1;
                     continue;
                 }
@@ -621,7 +640,7 @@ impl Pass<'_> {
                 Some("none") => false,
                 None => object.ends_with(".zst"),
                 Some(other) => {
-                    self.report.errors.push(format!(
+                    self.error(format!(
                         "backup {id}: {object} uses unknown compression '{other}'"
                     ));
                     failures += 1;
@@ -631,7 +650,7 @@ impl Pass<'_> {
             let dest = dir.root().join(&rel);
             if let Some(parent) = rel.parent() {
                 if let Err(e) = ensure_real_dirs(dir.root(), parent, &mut seen) {
-                    self.report.errors.push(format!("backup {id}: {e}"));
+                    self.error(format!("backup {id}: {e}"));
                     failures += 1;
                     continue;
                 }
@@ -665,7 +684,7 @@ impl Pass<'_> {
         }
         let missing = missing_segments(&info, &self.repo, &self.catalog)?;
         if !missing.is_empty() {
-            self.report.errors.push(format!(
+            self.error(format!(
                 "backup {id}: {} WAL segment(s) it needs are not here yet (first {}); it stays SYNCING",
                 missing.len(),
                 missing[0].name()
@@ -685,7 +704,7 @@ impl Pass<'_> {
                 Ok(()) => self.report.files_copied += 1,
                 Err(e) => {
                     failed += 1;
-                    self.report.errors.push(format!("backup {id}: {e}"));
+                    self.error(format!("backup {id}: {e}"));
                 }
             }
         }
@@ -710,7 +729,7 @@ impl Pass<'_> {
     /// Copies the new bytes of the primary's in-progress segment; failures are reported.
     fn copy_partial(&mut self) {
         if let Err(e) = self.try_copy_partial() {
-            self.report.errors.push(format!("partial segment: {e}"));
+            self.error(format!("partial segment: {e}"));
         }
         self.remove_archived_partials();
     }
