@@ -167,6 +167,13 @@ fn show(ctx: &Context, info: &BackupInfo, note: Option<&str>) -> Result<()> {
             format!(", {} tablespace(s)", info.tablespaces.len())
         }
     )?;
+    if let (Some(files), Some(bytes)) = (info.transferred_files, info.transferred_bytes) {
+        outln!(
+            "  rsync: {} transferred in {files} files, {} reused from the previous backup",
+            human_bytes(bytes),
+            human_bytes(info.reused_bytes.unwrap_or(0))
+        )?;
+    }
     if secs > 0.0 {
         outln!(
             "  Duration: {} ({}/s)",
