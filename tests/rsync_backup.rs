@@ -431,6 +431,12 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     assert!(!killed_dir.join("data").exists(), "its files are removed");
     let id = id_of(&ok);
     pg.ok(&["verify-backup", "pg1", &id]);
+    // In text, the summary says what rsync moved.
+    std::thread::sleep(Duration::from_millis(1100));
+    let text = pg.ok(&["backup", "pg1"]);
+    eprintln!("{text}");
+    assert!(text.contains(": DONE"), "{text}");
+    assert!(text.contains("rsync: "), "{text}");
     // list-files names the plain stored objects, which exist.
     let listed = pg.ok(&["list-files", "pg1", &id]);
     let objects: Vec<&str> = listed.lines().collect();
