@@ -583,3 +583,74 @@ fn a_promoted_standby_archives_its_history_and_partial_segment_through_put_wal()
     );
     assert_eq!(code, 0, "{items:?}");
 }
+
+/// Runs `pgbk <args>` with stdin from `input` and returns (exit code, stderr, peak
+/// resident memory in KiB of that one process, from wait4's rusage). Linux carries
+/// the spawning process's high-water mark into the child's, so the figure is an upper
+/// bound of pgbk's own peak.
+fn pgbk_measured(p: &Pgbk, args: &[&str], input: &Path) -> (i32, String, i64) {
+    let log = p.root.join("measured.stderr");
+    let child = p
+        .cmd()
+        .args(args)
+        .stdin(fs::File::open(input).expect("open input"))
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("create log"))
+        .spawn()
+        .expect("spawn pgbk");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; pid is our own unreaped child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        code,
+        fs::read_to_string(&log).unwrap_or_default(),
+        usage.ru_maxrss,
+    )
+}
+
+#[test]
+fn put_wal_streams_a_128_mib_segment_through_a_spool_with_bounded_memory() {
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(128),
+        ..Default::default()
+    });
+    let p = Pgbk::new();
+    archiver_server(&p, "big", &c);
+    let segs = completed_segments(&c, 1);
+    let name = &segs[0];
+    let path = c.pg_wal().join(name);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 128 * MB);
+
+    // Truncated: refused, nothing archived, no spool left behind.
+    let short = p.root.join("short");
+    // Copied as a stream: the test process itself never holds a segment, so its
+    // memory high-water mark (which a spawned child starts from) stays low.
+    let mut from = std::io::Read::take(fs::File::open(&path).unwrap(), 100 * MB);
+    std::io::copy(&mut from, &mut fs::File::create(&short).unwrap()).unwrap();
+    let (code, err, _) = pgbk_measured(&p, &["put-wal", "big", "--name", name], &short);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(p.archived_segments("big").is_empty());
+    assert!(names_in(&p.home.join("big/incoming")).is_empty());
+
+    let (code, err, max_kib) = pgbk_measured(&p, &["put-wal", "big", "--name", name], &path);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        max_kib < 96 * 1024,
+        "put-wal peaked at {max_kib} KiB for a 128 MiB segment: it must not hold it whole"
+    );
+    assert!(p.decompress_segment("big", name) == read_segment(&c, name));
+    assert!(
+        names_in(&p.home.join("big/incoming")).is_empty(),
+        "spool removed"
+    );
+}
