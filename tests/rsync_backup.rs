@@ -10,9 +10,9 @@
 //!   recovering;
 //! - a host key that does not match known_hosts stops the backup with one line
 //!   before pg_backup_start and before any copy; an unreachable ssh port fails it
-//!   with one line and a FAILED record; a backup killed mid-copy leaves no rsync
-//!   behind and is recorded FAILED by the next one, which works and recovers
-//!   remotely.
+//!   with one line and a FAILED record; a backup killed mid-copy (SIGKILL or
+//!   SIGTERM) leaves no rsync behind and is recorded FAILED; the next backup works
+//!   and recovers remotely.
 
 mod common;
 use common::rsync::{backup_dir, inode, nlink, regular_files, rsync_server};
@@ -410,6 +410,30 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     wait_until(Duration::from_secs(10), "rsync to end with pgbk", || {
         !processes_naming(&killed_dir.to_string_lossy())
     });
+
+    // SIGTERM mid-copy: rsync stopped, FAILED "interrupted", files removed.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut bg = pg.spawn(&["backup", "pg1"]);
+    let mut stopped = None;
+    wait_until(
+        Duration::from_secs(60),
+        "the rsync copy to be under way",
+        || {
+            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
+            stopped = copying_backup(&pg);
+            stopped.is_some()
+        },
+    );
+    assert_ne!(bg.term(), 0);
+    let stopped = stopped.unwrap();
+    let stopped_dir = backup_dir(&pg, "pg1", &stopped);
+    assert!(!processes_naming(&stopped_dir.to_string_lossy()));
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped_dir.join("backup.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["status"], "FAILED", "{info}");
+    assert_eq!(info["error"], "interrupted", "{info}");
+    assert!(!stopped_dir.join("data").exists());
 
     // With the right command the next backup works and verifies.
     std::thread::sleep(Duration::from_millis(1100));

@@ -369,13 +369,16 @@ pub fn run_job(
     advanced: &dyn Fn(u64),
 ) -> Result<TransferStats, String> {
     let mut cmd = rsync_command(setup, job);
-    // A pgbk killed outright must not leave rsync writing into a backup folder the
-    // next run removes as FAILED: the kernel kills rsync with its parent thread.
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    // rsync runs in a process group of its own, so that stopping it stops the
+    // receiver it forks too. A pgbk killed outright must not leave rsync writing
+    // into a backup folder the next run removes as FAILED: the kernel kills rsync
+    // with its parent thread.
+    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the
+    // parent.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -438,7 +441,10 @@ pub fn run_job(
             Err(e) => return Err(format!("waiting for rsync: {e}")),
         }
         if abort.load(Ordering::Relaxed) {
-            let _ = child.kill();
+            // SAFETY: kill(2) on the process group rsync leads (its pid).
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
             let _ = child.wait();
             return Err("interrupted".into());
         }
