@@ -461,6 +461,25 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     eprintln!("{text}");
     assert!(text.contains(": DONE"), "{text}");
     assert!(text.contains("rsync: "), "{text}");
+    // reuse_backup = copy: unchanged files copied locally, not sent, not linked.
+    std::thread::sleep(Duration::from_millis(1100));
+    rsync_server(
+        &pg,
+        "pg1",
+        &cluster,
+        &sshd.ssh_command("postgres"),
+        "reuse_backup = copy\n",
+    );
+    let copied = pg.json(&["backup", "pg1"]);
+    assert_eq!(copied["status"], "DONE", "{copied}");
+    let sent = copied["transferred_bytes"].as_u64().unwrap();
+    assert!(
+        sent * 10 < copied["size_bytes"].as_u64().unwrap(),
+        "{copied}"
+    );
+    let copied_dir = backup_dir(&pg, "pg1", &id_of(&copied));
+    assert_eq!(nlink(&copied_dir.join("data/PG_VERSION")), 1);
+    pg.ok(&["verify-backup", "pg1", &id_of(&copied)]);
     // list-files names the plain stored objects, which exist.
     let listed = pg.ok(&["list-files", "pg1", &id]);
     let objects: Vec<&str> = listed.lines().collect();
