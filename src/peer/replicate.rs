@@ -525,6 +525,23 @@ impl Pass<'_> {
             .map(|b| b.backup_id.clone())
             .min();
         let remote = std::mem::take(&mut self.doc.backups);
+        // A backup still SYNCING here that the primary no longer lists (deleted there
+        // before it was copied) can never complete: it becomes FAILED, content removed.
+        for mut gone in local
+            .iter()
+            .filter(|b| {
+                b.status == BackupStatus::Syncing
+                    && !remote.iter().any(|r| r.backup_id == b.backup_id)
+            })
+            .cloned()
+        {
+            crate::backup::lifecycle::mark_failed(
+                &self.repo,
+                &self.catalog,
+                &mut gone,
+                "deleted on the primary manager before it was copied",
+            )?;
+        }
         for info in remote {
             if let Err(e) = check_backup_id(&info.backup_id) {
                 self.error(e.to_string());
@@ -616,7 +633,9 @@ impl Pass<'_> {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
+                    // An unreadable list is fetched again by the next pass.
                     self.error(format!("backup {id}: {e}"));
+                    let _ = remove_durable(&dir.files_path());
                     failures += 1;
                     break;
                 }

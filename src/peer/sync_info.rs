@@ -214,3 +214,79 @@ pub fn build(home: &Path, server: &str, since: i64) -> Result<SyncInfo, PeerErro
     }
     Ok(doc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::WalRecord;
+    use crate::wal::TimeLineId;
+
+    const MB16: u64 = 16 * 1024 * 1024;
+
+    #[test]
+    fn lists_done_backups_new_wal_and_the_partial_with_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        let cat = Catalog::open(home).unwrap();
+        cat.check_server_identity("pg1", SystemId(42), MB16)
+            .unwrap();
+        for (segno, name) in [
+            (1, "000000010000000000000001"),
+            (2, "000000010000000000000002"),
+        ] {
+            cat.insert_wal(
+                "pg1",
+                &WalRecord {
+                    name: name.into(),
+                    kind: WalKind::Segment,
+                    timeline: TimeLineId(1),
+                    segno: Some(segno),
+                    size: MB16,
+                    stored_size: 100,
+                    checksum: "c".into(),
+                    archived_at: Utc::now(),
+                },
+            )
+            .unwrap();
+        }
+        let repo = ServerRepo::new(home, "pg1");
+        repo.ensure_dirs().unwrap();
+        std::fs::write(
+            repo.streaming_dir()
+                .join("000000010000000000000003.partial"),
+            vec![0u8; 8192],
+        )
+        .unwrap();
+        for id in ["20260101T000000", "20260102T000000"] {
+            std::fs::create_dir_all(repo.backups_dir().join(id)).unwrap();
+        }
+        let mut done = BackupInfo::new("20260101T000000", "pg1", Utc::now());
+        done.status = BackupStatus::Done;
+        crate::backup::save(&repo, &cat, &done).unwrap();
+        let mut syncing = BackupInfo::new("20260102T000000", "pg1", Utc::now());
+        syncing.status = BackupStatus::Syncing;
+        crate::backup::save(&repo, &cat, &syncing).unwrap();
+
+        let doc = build(home, "pg1", 0).unwrap();
+        assert_eq!(doc.system_id, Some(SystemId(42)));
+        assert_eq!(doc.backups.len(), 1, "only DONE backups are offered");
+        assert_eq!(doc.wals.len(), 2);
+        assert_eq!(
+            doc.wals[1].path,
+            "wals/0000000100000000/000000010000000000000002.zst"
+        );
+        let p = doc.partial.as_ref().unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.size),
+            ("000000010000000000000003.partial", 8192)
+        );
+        assert_eq!(doc.last_lsn, Some(Lsn(3 * MB16 + 8192)));
+        // The cursor makes the next call cost what is new.
+        let next = build(home, "pg1", parse_cursor(&doc.cursor).unwrap()).unwrap();
+        assert!(next.wals.is_empty());
+        let from_first = build(home, "pg1", doc.wals[0].seq).unwrap();
+        assert_eq!(from_first.wals.len(), 1);
+        // A cursor beyond the catalog (rebuilt since) lists everything again.
+        assert_eq!(build(home, "pg1", 1_000_000).unwrap().wals.len(), 2);
+    }
+}
