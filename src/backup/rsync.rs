@@ -21,9 +21,9 @@
 //! folders as `--link-dest` (`--copy-dest`): unchanged files become hard links to
 //! that backup's files (which pgbk never modifies), neither transferred nor stored
 //! twice. Files whose server mtime falls within two seconds before the previous
-//! backup began or later (by the earlier of the two hosts' clocks) may have changed
-//! within the second rsync's quick check sees, so they are compared by content
-//! (`--checksum`).
+//! backup began or later (by the earlier of the two hosts' clocks) and whose size
+//! and mtime second still equal the previous copy's may have changed within the
+//! second rsync's quick check sees, so they are compared by content (`--checksum`).
 
 use super::rsync_copy::{
     balanced_shares, excluded, listing_command, only_vanished, parse_listing, remote_prefix,
@@ -139,6 +139,15 @@ async fn facts(sql: &mut Connection) -> Result<Facts, String> {
         data_directory,
         tablespaces,
     })
+}
+
+/// Whether rsync's quick check (size and mtime to the second) would find the
+/// previous backup's copy unchanged: only then can a change within that second go
+/// unseen, so only such files need comparing by content.
+fn quick_check_equal(previous: &std::path::Path, e: &RemoteEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(previous)
+        .is_ok_and(|m| m.is_file() && m.len() == e.size && m.mtime() == e.mtime.floor() as i64)
 }
 
 /// The control file, copied after every other file.
@@ -427,6 +436,16 @@ async fn copy(
     });
     let mut copy_jobs = Vec::new();
     for (r, (remote, root)) in roots.iter().enumerate() {
+        let suspects: Vec<bool> = root
+            .entries
+            .iter()
+            .map(|e| match (&root.previous, suspect_after) {
+                (Some(prev), Some(t)) if !e.is_dir && e.mtime >= t => {
+                    quick_check_equal(&prev.join(&e.path), e)
+                }
+                _ => false,
+            })
+            .collect();
         for checksum in [false, true] {
             let files: Vec<(usize, u64)> = root
                 .entries
@@ -434,11 +453,7 @@ async fn copy(
                 .enumerate()
                 .filter(|(_, e)| !e.is_dir)
                 .filter(|(_, e)| root.tablespace.is_some() || e.path != PG_CONTROL)
-                .filter(|(_, e)| {
-                    let suspect =
-                        root.previous.is_some() && suspect_after.is_some_and(|t| e.mtime >= t);
-                    suspect == checksum
-                })
+                .filter(|(i, _)| suspects[*i] == checksum)
                 .map(|(i, e)| (i, e.size))
                 .collect();
             if files.is_empty() {
