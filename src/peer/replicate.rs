@@ -46,6 +46,10 @@ use std::time::Instant;
 /// after each object, so a test can interrupt a copy in the middle.
 pub const THROTTLE_ENV: &str = "PGBK_TEST_REPLICATE_THROTTLE_MS";
 
+/// How long one SSH operation (a read, the sync-info answer) may block before the
+/// primary is considered gone.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassReport {
@@ -124,6 +128,9 @@ impl Pool {
                 let moved = Arc::clone(&moved);
                 std::thread::spawn(move || {
                     let session = SshSession::connect(&target).map_err(|e| e.to_string());
+                    if let Ok(s) = &session {
+                        s.set_timeout(IO_TIMEOUT);
+                    }
                     let sftp = session
                         .as_ref()
                         .map_err(Clone::clone)
@@ -325,6 +332,7 @@ fn fetch_sync_info(
         target: target.display(),
         msg: e.to_string(),
     })?;
+    session.set_timeout(IO_TIMEOUT);
     let cmd = format!(
         "{} sync-info {} --since {cursor} --format json",
         server.primary_pgbk_command,

@@ -143,6 +143,13 @@ impl SshSession {
         })
     }
 
+    /// Bounds every blocking operation of this session (a peer that vanished without
+    /// closing the connection then fails instead of hanging); zero means no limit.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.session
+            .set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+    }
+
     /// Opens an SFTP channel on this session (to read files of the remote host).
     pub fn sftp(&self) -> Result<ssh2::Sftp, SshError> {
         self.session.sftp().map_err(|e| SshError::Channel {
