@@ -89,10 +89,12 @@ pub fn excluded(path: &str, tablespace: bool) -> bool {
 }
 
 /// The remote command that lists a directory: `<type> <mode> <mtime> <size> <path>`,
-/// NUL-terminated, regular files and directories only.
+/// NUL-terminated, regular files and directories only. `-H`: the directory itself
+/// may be a symbolic link (a data directory moved elsewhere); links inside it are
+/// never followed.
 pub fn listing_command(dir: &str) -> String {
     format!(
-        "find {} -mindepth 1 \\( -type f -o -type d \\) -printf '%y %m %T@ %s %P\\0'",
+        "find -H {} -mindepth 1 \\( -type f -o -type d \\) -printf '%y %m %T@ %s %P\\0'",
         shell_quote(dir)
     )
 }
