@@ -4,10 +4,12 @@
 //!
 //! - [`sync_info`]: the primary side, what there is to copy since a cursor;
 //! - [`replicate`]: the passive side, one verified, resumable copy pass over SSH;
+//! - [`pool`]: the `parallel_jobs` transfer workers, one SSH session each;
 //! - [`transfer`]: one object fetched over SFTP and verified before it is named;
 //! - [`paths`]: every name and path the peer sends is checked before use.
 
 pub mod paths;
+pub mod pool;
 pub mod replicate;
 pub mod sync_info;
 pub mod transfer;

@@ -21,6 +21,7 @@
 //! passive side's own retention removed it (or never needed it).
 
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
+use super::pool::{Done, Job, Pool};
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
 use super::transfer::{self, already_there, temp_path, Expected, TransferError};
 use super::PeerError;
@@ -39,7 +40,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Test hook, documented as such in pgbk(1): milliseconds each transfer worker waits
@@ -87,143 +88,6 @@ pub struct PassReport {
     pub errors: Vec<String>,
     /// Wall-clock duration.
     pub duration_secs: f64,
-}
-
-/// One object to fetch.
-struct Job {
-    remote: String,
-    dest: PathBuf,
-    expect: Expected,
-    tag: usize,
-}
-
-/// One fetch's outcome.
-struct Done {
-    tag: usize,
-    result: Result<(), TransferError>,
-}
-
-/// `parallel_jobs` workers, each with its own SSH session and SFTP channel.
-struct Pool {
-    tx: Option<mpsc::SyncSender<Job>>,
-    rx: mpsc::Receiver<Done>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    in_flight: usize,
-}
-
-impl Pool {
-    fn start(target: &SshTarget, n: usize, moved: Arc<AtomicU64>) -> Pool {
-        let (tx, jobs) = mpsc::sync_channel::<Job>(n * 4);
-        let jobs = Arc::new(Mutex::new(jobs));
-        let (done_tx, rx) = mpsc::channel::<Done>();
-        let throttle = std::env::var(THROTTLE_ENV)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(std::time::Duration::from_millis);
-        let workers = (0..n)
-            .map(|_| {
-                let target = target.clone();
-                let jobs = Arc::clone(&jobs);
-                let done_tx = done_tx.clone();
-                let moved = Arc::clone(&moved);
-                std::thread::spawn(move || {
-                    let session = SshSession::connect(&target).map_err(|e| e.to_string());
-                    if let Ok(s) = &session {
-                        s.set_timeout(IO_TIMEOUT);
-                    }
-                    let sftp = session
-                        .as_ref()
-                        .map_err(Clone::clone)
-                        .and_then(|s| s.sftp().map_err(|e| e.to_string()));
-                    loop {
-                        let job = match jobs.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(job) = job else { break };
-                        let result = match &sftp {
-                            Err(msg) => Err(TransferError::Remote {
-                                path: job.remote.clone(),
-                                msg: msg.clone(),
-                            }),
-                            Ok(sftp) => match sftp.open(Path::new(&job.remote)) {
-                                Err(e) => Err(TransferError::Remote {
-                                    path: job.remote.clone(),
-                                    msg: e.message().to_string(),
-                                }),
-                                Ok(f) => transfer::receive(
-                                    f,
-                                    &job.remote,
-                                    &job.dest,
-                                    &job.expect,
-                                    &moved,
-                                ),
-                            },
-                        };
-                        if let Some(t) = throttle {
-                            std::thread::sleep(t);
-                        }
-                        if done_tx
-                            .send(Done {
-                                tag: job.tag,
-                                result,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    drop(sftp);
-                    drop(session);
-                })
-            })
-            .collect();
-        Pool {
-            tx: Some(tx),
-            rx,
-            workers,
-            in_flight: 0,
-        }
-    }
-
-    /// Queues a job (waits while the queue is full) and returns finished ones.
-    fn submit(&mut self, job: Job) -> Vec<Done> {
-        let mut out = Vec::new();
-        if let Some(tx) = &self.tx {
-            if tx.send(job).is_ok() {
-                self.in_flight += 1;
-            }
-        }
-        while let Ok(d) = self.rx.try_recv() {
-            self.in_flight -= 1;
-            out.push(d);
-        }
-        out
-    }
-
-    /// Waits for every queued job.
-    fn drain(&mut self) -> Vec<Done> {
-        let mut out = Vec::new();
-        while self.in_flight > 0 {
-            match self.rx.recv() {
-                Ok(d) => {
-                    self.in_flight -= 1;
-                    out.push(d);
-                }
-                Err(_) => break,
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.tx.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
 }
 
 /// Everything a pass works with.
