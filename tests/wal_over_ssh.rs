@@ -130,7 +130,7 @@ fn ssh_archive_command(sshd: &Sshd, keys: &Path, p: &Pgbk, server: &str) -> Stri
 /// Waits until the cluster's archiver has archived `segment` (or a later file).
 fn wait_archived(c: &Cluster, segment: &str) {
     wait_until(
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         &format!("{segment} to be archived"),
         || {
             c.try_psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
@@ -172,7 +172,7 @@ fn archive_command_through_ssh_put_wal_under_pgbench_load_loses_nothing() {
     let keys = common::pg_scratch_dir("pgbk-pg-ssh-");
     let archive_command = ssh_archive_command(&sshd, keys.path(), &p, "srv");
     let c = Cluster::new(ClusterOptions {
-        wal_segsize_mb: Some(1),
+        wal_segsize_mb: Some(2),
         extra_conf: vec![
             "archive_mode = on".into(),
             format!("archive_command = '{archive_command}'"),
@@ -189,17 +189,27 @@ fn archive_command_through_ssh_put_wal_under_pgbench_load_loses_nothing() {
     p.add_server("srv", &server_conf(&sshd.ssh_command("postgres")));
 
     c.pgbench_init(5);
-    let tx = c.pgbench_wait(30, 2);
-    assert!(tx > 0);
-    let last = c.psql("select pg_walfile_name(pg_switch_wal())");
-    wait_until(
-        Duration::from_secs(120),
-        "the archiver to archive the last segment",
-        || {
-            c.try_psql("select coalesce(last_archived_wal, '') from pg_stat_archiver")
-                .is_ok_and(|w| w.as_str() >= last.as_str())
-        },
+    // 30 s of load, rate-limited so that the WAL volume (and the archiving time, one
+    // ssh connection per segment) does not grow with the machine's speed.
+    let mut bench = common::pg_command("pgbench");
+    bench
+        .args(["-n", "-T", "30", "-c", "2", "-j", "2", "-R", "200"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &c.port.to_string(),
+        ])
+        .arg("postgres");
+    let out = common::run_checked(&mut bench, || c.log_tail(30));
+    assert!(
+        out.contains("number of transactions actually processed"),
+        "{out}"
     );
+    let last = c.psql("select pg_walfile_name(pg_switch_wal())");
+    wait_archived(&c, &last);
     let failed: u64 = c
         .psql("select failed_count from pg_stat_archiver")
         .parse()
@@ -227,7 +237,7 @@ fn archive_command_through_ssh_put_wal_under_pgbench_load_loses_nothing() {
         "pgbk holds what PostgreSQL archived"
     );
     // No gap from the first segment to the last one PostgreSQL archived.
-    let seg = MB;
+    let seg = 2 * MB;
     let segnos: Vec<u64> = ours.iter().map(|n| parse_segment_name(n, seg).1).collect();
     assert_eq!(
         segnos,
