@@ -339,6 +339,12 @@ impl<'a> BaseBackupStream<'a> {
         })
     }
 
+    /// Whether the next message is already received: the caller may gather more
+    /// data before handing it on.
+    pub fn has_buffered(&self) -> bool {
+        self.inner.has_buffered()
+    }
+
     /// The next event; `None` once the answer is complete. Cancel-safe.
     pub async fn next(&mut self) -> Result<Option<BaseBackupEvent>, PgError> {
         loop {

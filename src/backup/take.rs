@@ -26,6 +26,7 @@ use crate::progress::Progress;
 use crate::repo::durable::create_dir_all_private;
 use crate::repo::ServerRepo;
 use crate::wal::{Lsn, SystemId, TimeLineId, WalSegment};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -145,9 +146,12 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Depth of the channel between the protocol task and the tar thread (messages of
-/// at most ~64 KiB each).
-const CHANNEL_DEPTH: usize = 128;
+/// Depth of the channel between the protocol task and the tar thread (batches of
+/// at most about [`BATCH_BYTES`] each: 8 MiB in flight at most).
+const CHANNEL_DEPTH: usize = 16;
+
+/// Archive bytes gathered into one message for the tar thread.
+const BATCH_BYTES: usize = 512 * 1024;
 
 pub(super) async fn connect(
     info: &ConnInfo,
@@ -511,11 +515,38 @@ async fn stream(
         _ = stopped(stop) => return Err(interrupted()),
     };
     let mut ended = false;
+    // Archive data already received is gathered (up to BATCH_BYTES) and handed on
+    // in one message: one wake-up of the tar thread per batch instead of per
+    // CopyData message (32 kB each).
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batched = 0usize;
     loop {
         let ev = tokio::select! {
             ev = bb.next() => ev.map_err(pg)?,
             _ = stopped(stop) => return Err(interrupted()),
         };
+        if let Some(BaseBackupEvent::Data(b)) = ev {
+            batched += b.len();
+            batch.push(b);
+            if batched < BATCH_BYTES && bb.has_buffered() {
+                continue;
+            }
+            batched = 0;
+            let msg = StreamMsg::Batch(std::mem::take(&mut batch));
+            tokio::select! {
+                r = tx.send(msg) => r.map_err(|_| Failure::StoreGone)?,
+                _ = stopped(stop) => return Err(interrupted()),
+            }
+            continue;
+        }
+        if !batch.is_empty() {
+            batched = 0;
+            let msg = StreamMsg::Batch(std::mem::take(&mut batch));
+            tokio::select! {
+                r = tx.send(msg) => r.map_err(|_| Failure::StoreGone)?,
+                _ = stopped(stop) => return Err(interrupted()),
+            }
+        }
         let msg = match ev {
             None => break,
             Some(BaseBackupEvent::Start { lsn, timeline }) => {

@@ -37,6 +37,9 @@ pub enum StreamMsg {
     Archive { name: String, location: String },
     /// Bytes of the current archive.
     Data(Bytes),
+    /// Consecutive pieces of the current archive, handed on together so a fast
+    /// stream costs one wake-up of the tar thread per batch, not per message.
+    Batch(Vec<Bytes>),
     /// `backup_manifest` follows.
     ManifestStart,
     /// Bytes of `backup_manifest`.
@@ -266,6 +269,7 @@ enum Job {
 struct Feed {
     rx: tokio::sync::mpsc::Receiver<StreamMsg>,
     cur: Bytes,
+    queued: std::collections::VecDeque<Bytes>,
     pending: Option<StreamMsg>,
     boundary: bool,
     closed: bool,
@@ -296,11 +300,16 @@ impl Read for Feed {
                 self.cur.advance(n);
                 return Ok(n);
             }
+            if let Some(b) = self.queued.pop_front() {
+                self.cur = b;
+                continue;
+            }
             if self.boundary || buf.is_empty() {
                 return Ok(0);
             }
             match self.rx.blocking_recv() {
                 Some(StreamMsg::Data(b)) => self.cur = b,
+                Some(StreamMsg::Batch(v)) => self.queued.extend(v),
                 Some(other) => {
                     self.pending = Some(other);
                     self.boundary = true;
@@ -356,6 +365,7 @@ pub fn store_stream(
     let mut feed = Feed {
         rx,
         cur: Bytes::new(),
+        queued: Default::default(),
         pending: None,
         boundary: false,
         closed: false,
@@ -456,7 +466,7 @@ impl Reader<'_> {
                     feed.boundary = false;
                     self.archive(feed, &name, target)?;
                 }
-                Some(StreamMsg::Data(_)) => {
+                Some(StreamMsg::Data(_) | StreamMsg::Batch(_)) => {
                     return Err(StoreError::Invalid(
                         "archive data outside an archive".into(),
                     ))
@@ -833,9 +843,20 @@ mod tests {
         (tmp, dir, r)
     }
 
+    /// The archive in pieces, as single `Data` messages and `Batch`es of three in
+    /// turn, as the protocol task hands them on.
     fn split(data: Vec<u8>, piece: usize) -> Vec<StreamMsg> {
-        data.chunks(piece)
-            .map(|c| StreamMsg::Data(Bytes::copy_from_slice(c)))
+        let pieces: Vec<Bytes> = data.chunks(piece).map(Bytes::copy_from_slice).collect();
+        pieces
+            .chunks(3)
+            .enumerate()
+            .flat_map(|(i, group)| {
+                if i % 2 == 1 {
+                    vec![StreamMsg::Batch(group.to_vec())]
+                } else {
+                    group.iter().cloned().map(StreamMsg::Data).collect()
+                }
+            })
             .collect()
     }
 

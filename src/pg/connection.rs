@@ -928,6 +928,12 @@ impl Connection {
         }
     }
 
+    /// Whether a whole message is already in the read buffer, so the next receive
+    /// needs no I/O (lets a fast stream be handed on in batches).
+    pub(crate) fn has_complete_frame(&self) -> bool {
+        matches!(message::frame_len(&self.rbuf), Ok(Some(len)) if self.rbuf.len() >= len)
+    }
+
     /// The next message if it is complete in the buffer and `want(tag)` holds; no
     /// I/O. Asynchronous messages in front of it are handled and skipped.
     pub(crate) fn try_recv(&mut self, want: impl Fn(u8) -> bool) -> Result<Option<Frame>, PgError> {

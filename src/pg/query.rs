@@ -55,6 +55,11 @@ impl Connection {
 }
 
 impl QueryStream<'_> {
+    /// Whether the next event is already received (no waiting for the network).
+    pub fn has_buffered(&self) -> bool {
+        !self.done && self.conn.has_complete_frame()
+    }
+
     /// The next event; `None` once the server is ready for the next command. A
     /// server error is returned once the server is ready
     /// again, so the connection stays usable. Cancel-safe.
