@@ -171,6 +171,11 @@ fn receive_into(
             }
         }
     };
+    // Exactly the recorded bytes are asked for: SFTP then never reads ahead past a
+    // small object's end (a longer file on the primary is not this object anyway;
+    // a shorter one fails the size check below).
+    let capacity = (expect.stored_size.clamp(8192, READ_BUFFER as u64)) as usize;
+    let src = src.take(expect.stored_size);
     let mismatch = |why: String| TransferError::Mismatch {
         path: remote_name.to_string(),
         why,
@@ -179,7 +184,7 @@ fn receive_into(
     let mut raw = blake3::Hasher::new();
     let (content_size, content_sum, stored) = if expect.compressed {
         let mut tee = Tee {
-            inner: BufReader::with_capacity(READ_BUFFER, src),
+            inner: BufReader::with_capacity(capacity, src),
             out: &mut out,
             n: 0,
             moved,
@@ -206,7 +211,7 @@ fn receive_into(
         (total, hasher.finalize().to_hex().to_string(), stored)
     } else {
         let mut tee = Tee {
-            inner: BufReader::with_capacity(READ_BUFFER, src),
+            inner: BufReader::with_capacity(capacity, src),
             out: &mut out,
             n: 0,
             moved,
