@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// How long the probe waits for the SSH connection without `-o ConnectTimeout`.
+pub const PROBE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Files in `incoming/` older than this mean archive-wal is not running.
 pub const INCOMING_MAX_AGE_SECONDS: i64 = 300;
 
@@ -164,7 +167,7 @@ pub fn probe_ssh(ssh_command: &str, data_directory: Option<&str>) -> SshState {
         remote_rsync: None,
         local_rsync,
     };
-    let target = match SshTarget::parse(ssh_command) {
+    let mut target = match SshTarget::parse(ssh_command) {
         Ok(t) => t,
         Err(e) => {
             st.connection = Fact::bad(format!("ssh_command: {e}"));
@@ -172,6 +175,9 @@ pub fn probe_ssh(ssh_command: &str, data_directory: Option<&str>) -> SshState {
         }
     };
     st.target = target.display();
+    // `check` must answer quickly about a host that does not: 10 s unless the
+    // ssh_command sets ConnectTimeout itself.
+    target.connect_timeout.get_or_insert(PROBE_CONNECT_TIMEOUT);
     let session = match SshSession::connect(&target) {
         Ok(s) => s,
         Err(e) => {
