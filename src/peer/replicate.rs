@@ -29,7 +29,9 @@ use crate::backup::wal_range::missing_segments;
 use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
 use crate::catalog::{Catalog, PeerState, WalKind, WalRecord};
 use crate::config::ServerConfig;
-use crate::repo::durable::{create_dir_all_private, remove_durable, rename_durable};
+use crate::repo::durable::{
+    create_dir_all_private, remove_durable, remove_stale_temp_files, rename_durable,
+};
 use crate::repo::ServerRepo;
 use crate::ssh::{shell_quote, SshSession, SshTarget};
 use crate::wal::{Lsn, WalFileName};
@@ -582,6 +584,11 @@ impl Pass<'_> {
             ));
             return Ok(false);
         }
+        // Temporary files a killed pass left for objects copied since are removed.
+        for d in seen.iter().filter(|d| d.starts_with(dir.root())) {
+            remove_stale_temp_files(d).map_err(Self::io(d))?;
+        }
+        remove_stale_temp_files(dir.root()).map_err(Self::io(dir.root()))?;
         info.status = BackupStatus::Done;
         save(&self.repo, &self.catalog, &info)?;
         Ok(true)
