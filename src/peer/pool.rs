@@ -20,6 +20,8 @@ pub struct Job {
     pub expect: Expected,
     /// The caller's label, returned with the outcome.
     pub tag: usize,
+    /// The caller fsyncs the folder itself later ([`transfer::receive_deferred`]).
+    pub defer_dir_sync: bool,
 }
 
 /// One fetch's outcome.
@@ -79,6 +81,13 @@ impl Pool {
                                     path: job.remote.clone(),
                                     msg: e.message().to_string(),
                                 }),
+                                Ok(f) if job.defer_dir_sync => transfer::receive_deferred(
+                                    f,
+                                    &job.remote,
+                                    &job.dest,
+                                    &job.expect,
+                                    &moved,
+                                ),
                                 Ok(f) => transfer::receive(
                                     f,
                                     &job.remote,

@@ -30,7 +30,7 @@ use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
 use crate::catalog::{Catalog, PeerState, WalKind, WalRecord};
 use crate::config::ServerConfig;
 use crate::repo::durable::{
-    create_dir_all_private, remove_durable, remove_stale_temp_files, rename_durable,
+    create_dir_all_private, fsync_dir, remove_durable, remove_stale_temp_files, rename_durable,
 };
 use crate::repo::ServerRepo;
 use crate::ssh::{shell_quote, SshSession, SshTarget};
@@ -348,6 +348,7 @@ impl Pass<'_> {
                     compressed: checked.compressed,
                 },
                 tag: i,
+                defer_dir_sync: false,
             };
             any = true;
             pending[i] = Some(WalRecord {
@@ -563,6 +564,7 @@ impl Pass<'_> {
                 dest,
                 expect,
                 tag: 0,
+                defer_dir_sync: true,
             };
             done.extend(self.pool().submit(job));
             failures += self.tally(&id, &mut done);
@@ -584,11 +586,15 @@ impl Pass<'_> {
             ));
             return Ok(false);
         }
-        // Temporary files a killed pass left for objects copied since are removed.
+        // Temporary files a killed pass left for objects copied since are removed,
+        // and every folder is fsynced once, so the objects' names are durable
+        // before backup.json says DONE.
         for d in seen.iter().filter(|d| d.starts_with(dir.root())) {
             remove_stale_temp_files(d).map_err(Self::io(d))?;
+            fsync_dir(d).map_err(Self::io(d))?;
         }
         remove_stale_temp_files(dir.root()).map_err(Self::io(dir.root()))?;
+        fsync_dir(dir.root()).map_err(Self::io(dir.root()))?;
         info.status = BackupStatus::Done;
         save(&self.repo, &self.catalog, &info)?;
         Ok(true)

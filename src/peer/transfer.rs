@@ -6,7 +6,7 @@
 //! is the file fsynced and renamed into place, so a final name always holds a
 //! verified object — which is what lets an interrupted copy resume by skipping it.
 
-use crate::repo::durable::{fsync_dir, rename_durable};
+use crate::repo::durable::fsync_dir;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -118,6 +118,25 @@ pub fn receive(
     expect: &Expected,
     moved: &AtomicU64,
 ) -> Result<(), TransferError> {
+    receive_deferred(src, remote_name, dest, expect, moved)?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    fsync_dir(dir).map_err(|source| TransferError::Local {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// [`receive`] without the final fsync of the folder: the object's content is
+/// durable, its name only once the caller fsyncs the folder (a backup fsyncs its
+/// folders once, before it is marked DONE; a name lost in a crash before that is
+/// copied again by the next pass).
+pub fn receive_deferred(
+    src: impl Read,
+    remote_name: &str,
+    dest: &Path,
+    expect: &Expected,
+    moved: &AtomicU64,
+) -> Result<(), TransferError> {
     let tmp = temp_path(dest);
     let local = |source: io::Error| TransferError::Local {
         path: tmp.clone(),
@@ -138,7 +157,7 @@ pub fn receive(
     }
     file.sync_all().map_err(local)?;
     drop(file);
-    rename_durable(&tmp, dest).map_err(|source| TransferError::Local {
+    std::fs::rename(&tmp, dest).map_err(|source| TransferError::Local {
         path: dest.to_path_buf(),
         source,
     })
