@@ -10,6 +10,9 @@
 //! - an object changed on A is refused by checksum (the backup stays SYNCING), a
 //!   crafted sync-info with `..` paths is refused and nothing enters the catalog,
 //!   an unreachable primary is a one-line error and the next pass completes;
+//! - sshd stopped in the middle of a pass (listener and sessions killed): one clear
+//!   error naming the server and the primary, exit 1, within seconds; sshd started
+//!   again on the same port, the next pass completes and the backup verifies;
 //!   `backup`/`receive-wal` are refused on a passive server.
 
 mod common;
@@ -379,6 +382,88 @@ fn replicate_killed_mid_backup_resumes_without_copying_again_and_verifies() {
     let v = b.json(&["verify-backup", "pg1", &id]);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(backup_summary(&b, "pg1"), backup_summary(&a.pg, "pg1"));
+    drop(a.rw);
+}
+
+/// Files below `dir`, recursively.
+fn file_count(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(x) = stack.pop() {
+        for e in fs::read_dir(&x).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn sshd_stopped_mid_run_is_one_clear_error_and_the_next_pass_completes() {
+    let a = region_a(5);
+    let id = a.backup();
+    a.archive_now();
+    let mut sshd = Sshd::start();
+    let b = Pgbk::new();
+    add_passive_server(&b, "pg1", &sshd, &a.pg, "parallel_jobs = 2\n");
+
+    // A throttled pass (documented test hook), so sshd stops in the middle of it.
+    let mut child = b
+        .cmd()
+        .args(["replicate", "pg1"])
+        .env("PGBK_TEST_REPLICATE_THROTTLE_MS", "40")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = b.home.join("pg1/backups").join(&id).join("data");
+    wait_until(Duration::from_secs(60), "B to copy some objects", || {
+        file_count(&data) >= 50
+    });
+    // The listener and every session process it forked: established connections die.
+    sshd.stop();
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(60), "replicate to exit", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    let took = stopped.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        took < Duration::from_secs(30),
+        "replicate took {took:?} to notice: {stderr}"
+    );
+    let lines = pgbk_lines(&stderr);
+    assert_eq!(lines.len(), 1, "one error line: {stderr}");
+    assert!(
+        lines[0].contains("server 'pg1'")
+            && lines[0].contains(&format!("127.0.0.1:{}", sshd.port))
+            && lines[0].contains("unreachable"),
+        "{stderr}"
+    );
+    let listed = b.json(&["list-backups", "pg1"]);
+    assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
+    let copied_before = file_count(&data);
+    assert!(copied_before >= 50, "{copied_before}");
+
+    // sshd back (same port, same keys): the next pass completes and verifies.
+    sshd.start_again();
+    let report = replicate(&b, "pg1");
+    assert_eq!(report["errors"], Value::Array(vec![]), "{report}");
+    assert_eq!(report["backups_copied"][0], id.as_str(), "{report}");
+    assert!(
+        report["files_present"].as_u64().unwrap() >= 40,
+        "what was stored before the stop is not copied again: {report}"
+    );
+    assert!(temp_files(&b.home.join("pg1/backups")).is_empty());
+    let v = b.json(&["verify-backup", "pg1", &id]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(backup_summary(&b, "pg1"), backup_summary(&a.pg, "pg1"));
+    assert_eq!(b.archived_segments("pg1"), a.pg.archived_segments("pg1"));
     drop(a.rw);
 }
 

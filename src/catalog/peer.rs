@@ -87,6 +87,20 @@ impl Catalog {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// Records many archived WAL files in one transaction (one commit, one fsync of
+    /// the catalog instead of one per file: a replicate pass that copies 100,000
+    /// segments would otherwise spend minutes committing).
+    pub fn insert_wals(&self, server: &str, records: &[WalRecord]) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.sql_err(e))?;
+        for w in records {
+            self.insert_wal(server, w)?;
+        }
+        tx.commit().map_err(|e| self.sql_err(e))
+    }
+
     /// A passive server's replication state, if it ever replicated.
     pub fn peer_state(&self, server: &str) -> Result<Option<PeerState>, CatalogError> {
         self.conn

@@ -2,6 +2,11 @@
 //! own SSH session (host key verified) and SFTP channel, taking objects from a
 //! bounded queue (so a backup of millions of files never queues them all) and
 //! reporting each outcome; see [`super::transfer`] for what one fetch does.
+//!
+//! A worker whose read fails checks whether its SSH connection still answers; when
+//! it does not (sshd stopped, host gone), the pool is *lost*: every queued object
+//! fails at once without touching the network and the pass stops with one error
+//! instead of one per object.
 
 use super::replicate::THROTTLE_ENV;
 use super::transfer::{self, Expected, TransferError};
@@ -38,6 +43,7 @@ pub struct Pool {
     rx: mpsc::Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: usize,
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl Pool {
@@ -50,8 +56,10 @@ impl Pool {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .map(std::time::Duration::from_millis);
+        let lost: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let workers = (0..n)
             .map(|_| {
+                let lost = Arc::clone(&lost);
                 let target = target.clone();
                 let jobs = Arc::clone(&jobs);
                 let done_tx = done_tx.clone();
@@ -65,13 +73,23 @@ impl Pool {
                         .as_ref()
                         .map_err(Clone::clone)
                         .and_then(|s| s.sftp().map_err(|e| e.to_string()));
+                    if let Err(msg) = &sftp {
+                        if let Ok(mut l) = lost.lock() {
+                            l.get_or_insert_with(|| msg.clone());
+                        }
+                    }
                     loop {
                         let job = match jobs.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => break,
                         };
                         let Ok(job) = job else { break };
+                        let gone = lost.lock().ok().and_then(|l| l.clone());
                         let result = match &sftp {
+                            _ if gone.is_some() => Err(TransferError::Remote {
+                                path: job.remote.clone(),
+                                msg: gone.clone().unwrap_or_default(),
+                            }),
                             Err(msg) => Err(TransferError::Remote {
                                 path: job.remote.clone(),
                                 msg: msg.clone(),
@@ -97,6 +115,15 @@ impl Pool {
                                 ),
                             },
                         };
+                        if let (Err(TransferError::Remote { msg, .. }), Ok(sftp)) = (&result, &sftp)
+                        {
+                            // A connection that no longer answers a stat of "/" is gone.
+                            if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
+                                if let Ok(mut l) = lost.lock() {
+                                    l.get_or_insert_with(|| format!("connection lost ({msg})"));
+                                }
+                            }
+                        }
                         if let Some(t) = throttle {
                             std::thread::sleep(t);
                         }
@@ -120,7 +147,13 @@ impl Pool {
             rx,
             workers,
             in_flight: 0,
+            lost,
         }
+    }
+
+    /// Why the workers' connection to the primary is gone, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().ok().and_then(|l| l.clone())
     }
 
     /// Queues a job (waits while the queue is full) and returns finished ones.

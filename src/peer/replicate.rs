@@ -110,6 +110,14 @@ struct Pass<'a> {
     suppressed: u64,
 }
 
+/// Copied WAL files entered in the catalog per transaction.
+pub const WAL_BATCH: usize = 1000;
+
+/// Lowers the first failed WAL insertion number to `seq`.
+fn fail_at(seq: i64, failed: &mut Option<i64>) {
+    *failed = Some(failed.map_or(seq, |f| f.min(seq)));
+}
+
 /// Errors listed one by one in a pass's report; more are counted (a broken
 /// connection would otherwise print one line per object).
 pub const MAX_REPORTED_ERRORS: usize = 20;
@@ -254,6 +262,20 @@ impl Pass<'_> {
             .get_or_insert_with(|| Pool::start(target, n, Arc::clone(moved)))
     }
 
+    /// When the transfer workers lost their connection to the primary: waits for the
+    /// queued objects (they fail at once) and returns the pass's one error.
+    fn lost_error(&mut self) -> Option<PeerError> {
+        let msg = self.pool.as_ref().and_then(Pool::lost)?;
+        if let Some(pool) = self.pool.as_mut() {
+            pool.drain();
+        }
+        Some(PeerError::Unreachable {
+            server: self.name().to_string(),
+            target: self.target.display(),
+            msg,
+        })
+    }
+
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PeerError + '_ {
         move |source| PeerError::Io {
             path: path.to_path_buf(),
@@ -286,31 +308,36 @@ impl Pass<'_> {
             .map_err(Self::io(self.repo.root()))?;
         let cursor = self.copy_wal()?;
         self.copy_backups()?;
+        if let Some(e) = self.lost_error() {
+            return Err(e);
+        }
         self.copy_partial();
         self.save_state(cursor)
     }
 
     /// Copies the WAL sync-info listed; returns the cursor every file up to which is here.
+    ///
+    /// Copied files are entered in the catalog in batches of [`WAL_BATCH`]: their
+    /// folders are fsynced once (each file's content was fsynced before its rename),
+    /// then the batch is inserted in one transaction — so a file is in the catalog
+    /// only once its content and name are durable.
     fn copy_wal(&mut self) -> Result<i64, PeerError> {
         let wals = std::mem::take(&mut self.doc.wals);
         let mut cursor: i64 = self.doc.cursor.parse().unwrap_or(0);
         let mut failed_seq: Option<i64> = None;
-        let fail = |seq: i64, failed: &mut Option<i64>| {
-            *failed = Some(failed.map_or(seq, |f: i64| f.min(seq)));
-        };
-        let mut pending: Vec<Option<WalRecord>> = vec![None; wals.len()];
+        let mut pending: Vec<Option<(WalRecord, PathBuf)>> = vec![None; wals.len()];
         let mut any = false;
         let mut done = Vec::new();
         for (i, w) in wals.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
-                fail(w.seq, &mut failed_seq);
+                fail_at(w.seq, &mut failed_seq);
                 continue;
             }
             let checked = match check_wal(&w.name, &w.path, self.seg_size) {
                 Ok(c) => c,
                 Err(e) => {
                     self.error(e.to_string());
-                    fail(w.seq, &mut failed_seq);
+                    fail_at(w.seq, &mut failed_seq);
                     continue;
                 }
             };
@@ -325,7 +352,7 @@ impl Pass<'_> {
                         "WAL file {}: the primary's checksum {} differs from the copy held here ({}); not replaced",
                         w.name, w.checksum, have.checksum
                     ));
-                    fail(w.seq, &mut failed_seq);
+                    fail_at(w.seq, &mut failed_seq);
                     continue;
                 }
             }
@@ -335,9 +362,10 @@ impl Pass<'_> {
                 WalFileName::History(t) => (WalKind::History, t, None),
                 WalFileName::BackupHistory(..) => continue,
             };
-            if let Some(dir) = dest.parent() {
-                create_dir_all_private(dir).map_err(Self::io(dir))?;
-            }
+            let Some(dir) = dest.parent().map(Path::to_path_buf) else {
+                continue;
+            };
+            create_dir_all_private(&dir).map_err(Self::io(&dir))?;
             let job = Job {
                 remote: self.remote(&w.path),
                 dest,
@@ -348,10 +376,10 @@ impl Pass<'_> {
                     compressed: checked.compressed,
                 },
                 tag: i,
-                defer_dir_sync: false,
+                defer_dir_sync: true,
             };
             any = true;
-            pending[i] = Some(WalRecord {
+            let rec = WalRecord {
                 name: w.name.clone(),
                 kind,
                 timeline: tli,
@@ -360,35 +388,67 @@ impl Pass<'_> {
                 stored_size: w.stored_size,
                 checksum: w.checksum.clone(),
                 archived_at: Utc::now(),
-            });
+            };
+            pending[i] = Some((rec, dir));
             done.extend(self.pool().submit(job));
+            if done.len() >= WAL_BATCH {
+                self.enter_wal(&wals, &pending, &mut done, &mut failed_seq)?;
+            }
+            if self.pool.as_ref().and_then(Pool::lost).is_some() {
+                break;
+            }
         }
         if any {
             done.extend(self.pool().drain());
         }
-        for d in done {
-            let Some(rec) = pending.get(d.tag).and_then(Option::as_ref) else {
+        self.enter_wal(&wals, &pending, &mut done, &mut failed_seq)?;
+        if let Some(e) = self.lost_error() {
+            return Err(e);
+        }
+        if let Some(f) = failed_seq {
+            cursor = cursor.min(f - 1);
+        }
+        Ok(cursor)
+    }
+
+    /// Makes the names of copied WAL files durable (one fsync per folder) and enters
+    /// them in the catalog in one transaction; failures are reported.
+    fn enter_wal(
+        &mut self,
+        wals: &[super::sync_info::SyncWal],
+        pending: &[Option<(WalRecord, PathBuf)>],
+        done: &mut Vec<Done>,
+        failed_seq: &mut Option<i64>,
+    ) -> Result<(), PeerError> {
+        let mut records = Vec::new();
+        let mut dirs: Vec<&Path> = Vec::new();
+        for d in done.drain(..) {
+            let Some((rec, dir)) = pending.get(d.tag).and_then(Option::as_ref) else {
                 continue;
             };
             match d.result {
                 Ok(()) => {
                     let mut rec = rec.clone();
                     rec.archived_at = Utc::now();
-                    self.catalog.insert_wal(self.name(), &rec)?;
-                    self.report.wal_copied += 1;
+                    records.push(rec);
+                    if !dirs.contains(&dir.as_path()) {
+                        dirs.push(dir);
+                    }
                 }
                 Err(e) => {
-                    self.report
-                        .errors
-                        .push(format!("WAL file {}: {e}", rec.name));
-                    fail(wals[d.tag].seq, &mut failed_seq);
+                    self.error(format!("WAL file {}: {e}", rec.name));
+                    fail_at(wals[d.tag].seq, failed_seq);
                 }
             }
         }
-        if let Some(f) = failed_seq {
-            cursor = cursor.min(f - 1);
+        for dir in dirs {
+            fsync_dir(dir).map_err(Self::io(dir))?;
         }
-        Ok(cursor)
+        if !records.is_empty() {
+            self.catalog.insert_wals(self.name(), &records)?;
+            self.report.wal_copied += records.len() as u64;
+        }
+        Ok(())
     }
 
     fn copy_backups(&mut self) -> Result<(), PeerError> {
@@ -567,6 +627,9 @@ impl Pass<'_> {
                 defer_dir_sync: true,
             };
             done.extend(self.pool().submit(job));
+            if let Some(e) = self.lost_error() {
+                return Err(e);
+            }
             failures += self.tally(&id, &mut done);
         }
         if self.pool.is_some() {

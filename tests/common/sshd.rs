@@ -185,6 +185,93 @@ impl Sshd {
     pub fn log_tail(&self, lines: usize) -> String {
         file_tail(&self.log, lines)
     }
+
+    /// Stops sshd as a dead host would: the listener AND every session process it
+    /// forked (stopping the listener alone leaves established connections running).
+    /// [`Sshd::start_again`] restarts it on the same port with the same keys.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let mut pids = vec![child.id() as i32];
+        let mut i = 0;
+        while i < pids.len() {
+            let parent = pids[i];
+            pids.extend(children_of(parent));
+            i += 1;
+        }
+        // Sessions first (deepest last found), then the listener.
+        for pid in pids.iter().rev() {
+            // SAFETY: kill has no memory preconditions; these are our sshd's processes.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(Instant::now() < deadline, "sshd still listening after stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts sshd again after [`Sshd::stop`]: same port, configuration and keys.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "sshd is running");
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open sshd.log");
+        let mut child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(self.root.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {SSHD}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("sshd exited on restart ({st}):\n{}", self.log_tail(30));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd not listening 15 s after restart:\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …; comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
 
 impl Drop for Sshd {
