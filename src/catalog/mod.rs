@@ -480,15 +480,30 @@ impl Catalog {
             .map_err(|e| self.sql_err(e))
     }
 
-    /// Forgets an archived WAL file (its file is removed by the caller first).
-    pub fn delete_wal(&self, server: &str, name: &str) -> Result<(), CatalogError> {
-        self.conn
-            .execute(
-                "DELETE FROM wal_files WHERE server = ?1 AND name = ?2",
-                params![server, name],
-            )
-            .map(|_| ())
-            .map_err(|e| self.sql_err(e))
+    /// Forgets archived WAL files (their files are removed by the caller first), in
+    /// one transaction: retention may drop tens of thousands of segments at once.
+    pub fn delete_wals<'a>(
+        &self,
+        server: &str,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<usize, CatalogError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.sql_err(e))?;
+        let mut deleted = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM wal_files WHERE server = ?1 AND name = ?2")
+                .map_err(|e| self.sql_err(e))?;
+            for name in names {
+                deleted += stmt
+                    .execute(params![server, name])
+                    .map_err(|e| self.sql_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.sql_err(e))?;
+        Ok(deleted)
     }
 }
 
@@ -614,6 +629,18 @@ mod tests {
         // Reopening is a no-op migration.
         let cat = Catalog::open(&home).unwrap();
         assert_eq!(cat.wal_files("pg1").unwrap().len(), 2);
+        // Deleting names only this server's rows; unknown names count nothing.
+        cat.insert_wal("pg2", &rec("000000010000000000000002", 2))
+            .unwrap();
+        let gone = cat
+            .delete_wals(
+                "pg1",
+                ["000000010000000000000002", "00000001000000000000000F"],
+            )
+            .unwrap();
+        assert_eq!(gone, 1);
+        assert_eq!(cat.wal_files("pg1").unwrap().len(), 1);
+        assert_eq!(cat.wal_files("pg2").unwrap().len(), 1);
     }
 
     #[test]

@@ -256,9 +256,7 @@ pub fn remove_unneeded_wal(
     for d in &dirs {
         fsync_dir(d).map_err(io_err(d))?;
     }
-    for w in &doomed {
-        catalog.delete_wal(server, &w.name)?;
-    }
+    catalog.delete_wals(server, doomed.iter().map(|w| w.name.as_str()))?;
     Ok(RemovedWal {
         names: doomed.iter().map(|w| w.name.clone()).collect(),
         bytes: doomed.iter().map(|w| w.stored_size).sum(),
