@@ -27,7 +27,7 @@
 
 use super::rsync_copy::{
     balanced_shares, excluded, listing_command, only_vanished, parse_listing, remote_prefix,
-    rsync_shell, run_job, write_list, CopyJob, RemoteEntry, RsyncSetup, TransferStats,
+    rsync_shell, run_job, whole_file, write_list, CopyJob, RemoteEntry, RsyncSetup, TransferStats,
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, PreviousSums};
 use super::take::{
@@ -516,6 +516,7 @@ async fn copy(
         reuse: opts.reuse,
         bwlimit: opts.bandwidth_limit.map(|bw| (bw / jobs as u64).max(1)),
         compress: opts.network_compression,
+        whole_file: whole_file(opts.network_compression, opts.bandwidth_limit),
     };
     let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
     progress.start(&format!("backup {}", info.backup_id), Some(total));
