@@ -25,14 +25,17 @@ pub struct Job {
     pub expect: Expected,
     /// The caller's label, returned with the outcome.
     pub tag: usize,
-    /// The caller fsyncs the folder itself later ([`transfer::receive_deferred`]).
-    pub defer_dir_sync: bool,
+    /// The verified object is left under its temporary name; the caller makes it
+    /// durable and renames it ([`transfer::receive_unsynced`], [`transfer::commit_batch`]).
+    pub unsynced: bool,
 }
 
 /// One fetch's outcome.
 pub struct Done {
     /// The job's label.
     pub tag: usize,
+    /// The job's final local path.
+    pub dest: PathBuf,
     /// Copied and verified, or why not.
     pub result: Result<(), TransferError>,
 }
@@ -99,7 +102,7 @@ impl Pool {
                                     path: job.remote.clone(),
                                     msg: e.message().to_string(),
                                 }),
-                                Ok(f) if job.defer_dir_sync => transfer::receive_deferred(
+                                Ok(f) if job.unsynced => transfer::receive_unsynced(
                                     f,
                                     &job.remote,
                                     &job.dest,
@@ -130,6 +133,7 @@ impl Pool {
                         if done_tx
                             .send(Done {
                                 tag: job.tag,
+                                dest: job.dest,
                                 result,
                             })
                             .is_err()

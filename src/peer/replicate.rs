@@ -23,7 +23,9 @@
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
 use super::pool::{Done, Job, Pool};
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
-use super::transfer::{self, already_there, temp_path, Expected, TransferError};
+use super::transfer::{
+    self, already_there, commit_batch, temp_path, Expected, TransferError,
+};
 use super::PeerError;
 use crate::backup::wal_range::missing_segments;
 use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
@@ -108,10 +110,30 @@ struct Pass<'a> {
     report: PassReport,
     /// Errors beyond [`MAX_REPORTED_ERRORS`], counted only.
     suppressed: u64,
+    /// Verified backup objects still under their temporary names.
+    batch: Vec<PathBuf>,
+    /// When `batch` was last committed.
+    committed_at: Instant,
 }
+
+/// A backup's verified objects are made durable and renamed once this many wait…
+pub const COMMIT_OBJECTS: usize = 512;
+/// …or once the oldest has waited this long (what a killed pass copies again).
+pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Copied WAL files entered in the catalog per transaction.
 pub const WAL_BATCH: usize = 1000;
+
+/// A failed commit of verified objects (only local failures are possible).
+fn transfer_io(e: TransferError) -> PeerError {
+    match e {
+        TransferError::Local { path, source } => PeerError::Io { path, source },
+        other => PeerError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
 
 /// Lowers the first failed WAL insertion number to `seq`.
 fn fail_at(seq: i64, failed: &mut Option<i64>) {
@@ -158,6 +180,8 @@ pub fn replicate_pass(
         pool: None,
         stop,
         suppressed: 0,
+        batch: Vec::new(),
+        committed_at: Instant::now(),
         report: PassReport {
             server: name.clone(),
             primary: target.display(),
@@ -269,6 +293,10 @@ impl Pass<'_> {
         if let Some(pool) = self.pool.as_mut() {
             pool.drain();
         }
+        // What was verified before the connection went is kept.
+        if let Err(e) = self.commit() {
+            return Some(e);
+        }
         Some(PeerError::Unreachable {
             server: self.name().to_string(),
             target: self.target.display(),
@@ -376,7 +404,7 @@ impl Pass<'_> {
                     compressed: checked.compressed,
                 },
                 tag: i,
-                defer_dir_sync: true,
+                unsynced: true,
             };
             any = true;
             let rec = WalRecord {
@@ -421,6 +449,7 @@ impl Pass<'_> {
         failed_seq: &mut Option<i64>,
     ) -> Result<(), PeerError> {
         let mut records = Vec::new();
+        let mut dests = Vec::new();
         let mut dirs: Vec<&Path> = Vec::new();
         for d in done.drain(..) {
             let Some((rec, dir)) = pending.get(d.tag).and_then(Option::as_ref) else {
@@ -431,6 +460,7 @@ impl Pass<'_> {
                     let mut rec = rec.clone();
                     rec.archived_at = Utc::now();
                     records.push(rec);
+                    dests.push(d.dest);
                     if !dirs.contains(&dir.as_path()) {
                         dirs.push(dir);
                     }
@@ -441,6 +471,7 @@ impl Pass<'_> {
                 }
             }
         }
+        commit_batch(self.repo.root(), &dests).map_err(transfer_io)?;
         for dir in dirs {
             fsync_dir(dir).map_err(Self::io(dir))?;
         }
@@ -624,19 +655,20 @@ impl Pass<'_> {
                 dest,
                 expect,
                 tag: 0,
-                defer_dir_sync: true,
+                unsynced: true,
             };
             done.extend(self.pool().submit(job));
+            failures += self.tally(&id, &mut done)?;
             if let Some(e) = self.lost_error() {
                 return Err(e);
             }
-            failures += self.tally(&id, &mut done);
         }
         if self.pool.is_some() {
             let mut rest = self.pool().drain();
-            failures += self.tally(&id, &mut rest);
+            failures += self.tally(&id, &mut rest)?;
         }
-        failures += self.tally(&id, &mut done);
+        failures += self.tally(&id, &mut done)?;
+        self.commit()?;
         if failures > 0 {
             return Ok(false);
         }
@@ -663,19 +695,33 @@ impl Pass<'_> {
         Ok(true)
     }
 
-    /// Counts finished object copies; returns how many failed (reported).
-    fn tally(&mut self, id: &str, done: &mut Vec<Done>) -> u64 {
+    /// Counts finished object copies (verified ones join the batch to commit);
+    /// returns how many failed (reported).
+    fn tally(&mut self, id: &str, done: &mut Vec<Done>) -> Result<u64, PeerError> {
         let mut failed = 0;
         for d in done.drain(..) {
             match d.result {
-                Ok(()) => self.report.files_copied += 1,
+                Ok(()) => self.batch.push(d.dest),
                 Err(e) => {
                     failed += 1;
                     self.error(format!("backup {id}: {e}"));
                 }
             }
         }
-        failed
+        if self.batch.len() >= COMMIT_OBJECTS || self.committed_at.elapsed() >= COMMIT_INTERVAL {
+            self.commit()?;
+        }
+        Ok(failed)
+    }
+
+    /// Makes the batch of verified objects durable (one syncfs) and renames them
+    /// into their final names.
+    fn commit(&mut self) -> Result<(), PeerError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.committed_at = Instant::now();
+        commit_batch(self.repo.root(), &batch).map_err(transfer_io)?;
+        self.report.files_copied += batch.len() as u64;
+        Ok(())
     }
 
     /// The SFTP channel of the pass's own session (metadata files, the partial).

@@ -118,19 +118,25 @@ pub fn receive(
     expect: &Expected,
     moved: &AtomicU64,
 ) -> Result<(), TransferError> {
-    receive_deferred(src, remote_name, dest, expect, moved)?;
+    receive_unsynced(src, remote_name, dest, expect, moved)?;
+    let tmp = temp_path(dest);
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TransferError::Local { path, source }
+    };
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(local(&tmp))?;
+    std::fs::rename(&tmp, dest).map_err(local(dest))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
-    fsync_dir(dir).map_err(|source| TransferError::Local {
-        path: dir.to_path_buf(),
-        source,
-    })
+    fsync_dir(dir).map_err(local(dir))
 }
 
-/// [`receive`] without the final fsync of the folder: the object's content is
-/// durable, its name only once the caller fsyncs the folder (a backup fsyncs its
-/// folders once, before it is marked DONE; a name lost in a crash before that is
-/// copied again by the next pass).
-pub fn receive_deferred(
+/// [`receive`] without any fsync or rename: the verified object is left under its
+/// temporary name ([`temp_path`]); the caller makes many of them durable at once and
+/// only then gives them their final names ([`commit_batch`]). A temporary file a
+/// crash leaves is copied again by the next pass.
+pub fn receive_unsynced(
     src: impl Read,
     remote_name: &str,
     dest: &Path,
@@ -138,29 +144,45 @@ pub fn receive_deferred(
     moved: &AtomicU64,
 ) -> Result<(), TransferError> {
     let tmp = temp_path(dest);
-    let local = |source: io::Error| TransferError::Local {
-        path: tmp.clone(),
-        source,
-    };
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(local)?;
+        .map_err(|source| TransferError::Local {
+            path: tmp.clone(),
+            source,
+        })?;
     let result = receive_into(src, remote_name, &file, expect, moved);
-    if let Err(e) = result {
-        drop(file);
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    file.sync_all().map_err(local)?;
     drop(file);
-    std::fs::rename(&tmp, dest).map_err(|source| TransferError::Local {
-        path: dest.to_path_buf(),
-        source,
-    })
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes the verified temporary files of `dests` ([`receive_unsynced`]) durable with
+/// one `syncfs(2)` of the filesystem holding `root` (one flush instead of one fsync
+/// per object), then renames each into its final name. The caller fsyncs the
+/// folders before it relies on the names (a name a crash loses is copied again).
+pub fn commit_batch(root: &Path, dests: &[PathBuf]) -> Result<(), TransferError> {
+    if dests.is_empty() {
+        return Ok(());
+    }
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TransferError::Local { path, source }
+    };
+    let dir = File::open(root).map_err(local(root))?;
+    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+    if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(local(root)(io::Error::last_os_error()));
+    }
+    for dest in dests {
+        std::fs::rename(temp_path(dest), dest).map_err(local(dest))?;
+    }
+    Ok(())
 }
 
 fn receive_into(
