@@ -23,9 +23,7 @@
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
 use super::pool::{Done, Job, Pool};
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
-use super::transfer::{
-    self, already_there, commit_batch, temp_path, Expected, TransferError,
-};
+use super::transfer::{self, already_there, commit_batch, temp_path, Expected, TransferError};
 use super::PeerError;
 use crate::backup::wal_range::missing_segments;
 use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
