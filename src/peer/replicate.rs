@@ -157,6 +157,16 @@ pub fn replicate_pass(
         msg: format!("primary_ssh_command: {e}"),
     })?;
     let catalog = Catalog::open(home)?;
+    let moved = Arc::new(AtomicU64::new(0));
+    // A pass that will likely copy (the first one, or one after a pass that left
+    // backups pending or failed) connects its transfer workers while sync-info runs.
+    let likely_to_copy = catalog
+        .peer_state(&name)?
+        .is_none_or(|s| s.backups_pending > 0 || s.last_error.is_some());
+    let pool = likely_to_copy.then(|| {
+        let n = server.parallel_jobs.max(1) as usize;
+        Pool::start(&target, n, Arc::clone(&moved))
+    });
     let result = fetch_sync_info(server, &target, &catalog);
     let doc = match result {
         Ok(doc) => doc,
@@ -174,8 +184,8 @@ pub fn replicate_pass(
         catalog,
         seg_size: doc.wal_segment_size.unwrap_or(0),
         doc,
-        moved: Arc::new(AtomicU64::new(0)),
-        pool: None,
+        moved,
+        pool,
         stop,
         suppressed: 0,
         batch: Vec::new(),
