@@ -231,25 +231,20 @@ fn receive_into(
             moved,
             raw_hash: None,
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut total = 0u64;
-        {
-            let mut dec = zstd::stream::read::Decoder::new(&mut tee).map_err(classify)?;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = dec.read(&mut buf).map_err(classify)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                total += n as u64;
+        let (total, sum) = {
+            let dec = zstd::stream::read::Decoder::new(&mut tee).map_err(classify)?;
+            if expect.size >= HASH_THREAD_FROM {
+                hash_on_thread(dec)
+            } else {
+                hash_here(dec)
             }
+            .map_err(classify)?
             // What the decoder's buffer held past the last frame was read (and
             // written) already; what remains unread is drained below.
-        }
+        };
         io::copy(&mut tee, &mut io::sink()).map_err(classify)?;
         let stored = tee.n;
-        (total, hasher.finalize().to_hex().to_string(), stored)
+        (total, sum, stored)
     } else {
         let mut tee = Tee {
             inner: BufReader::with_capacity(capacity, src),
@@ -286,6 +281,75 @@ fn receive_into(
         )));
     }
     Ok(())
+}
+
+/// Content size from which an object's BLAKE3 is computed on a second thread while
+/// this one reads, writes and decompresses (a 1 GiB relation segment would
+/// otherwise be decompressed and hashed on one core, after everything else ended).
+pub const HASH_THREAD_FROM: u64 = 32 * 1024 * 1024;
+
+/// Size of the decompressed chunks handed to the hashing thread.
+const HASH_CHUNK: usize = 1024 * 1024;
+
+/// Reads `content` to its end; returns its size and BLAKE3.
+fn hash_here(mut content: impl Read) -> io::Result<(u64, String)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = content.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hasher.finalize().to_hex().to_string()))
+}
+
+/// [`hash_here`] with the hashing on a second thread: chunks go through a bounded
+/// channel (at most 4 in flight, buffers recycled), so memory stays bounded.
+fn hash_on_thread(mut content: impl Read) -> io::Result<(u64, String)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || {
+            let mut hasher = blake3::Hasher::new();
+            for chunk in rx {
+                hasher.update(&chunk);
+                let _ = back_tx.send(chunk);
+            }
+            hasher.finalize().to_hex().to_string()
+        });
+        let mut total = 0u64;
+        let read = (|| -> io::Result<()> {
+            loop {
+                let mut buf = back_rx.try_recv().unwrap_or_default();
+                buf.resize(HASH_CHUNK, 0);
+                let mut n = 0;
+                while n < buf.len() {
+                    let m = content.read(&mut buf[n..])?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                total += n as u64;
+                if tx.send(buf).is_err() {
+                    return Err(io::Error::other("the hashing thread stopped"));
+                }
+            }
+        })();
+        drop(tx);
+        let sum = hashing
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
+        read.map(|()| (total, sum))
+    })
 }
 
 /// Whether a final object is already in place with the expected stored size (it was
@@ -351,6 +415,15 @@ mod tests {
         let mut v = zstd::bulk::compress(a, 1).unwrap();
         v.extend(zstd::bulk::compress(b, 1).unwrap());
         v
+    }
+
+    #[test]
+    fn hashing_on_a_second_thread_gives_the_same_size_and_checksum() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let want = (data.len() as u64, blake3::hash(&data).to_hex().to_string());
+        assert_eq!(hash_here(&data[..]).unwrap(), want);
+        assert_eq!(hash_on_thread(&data[..]).unwrap(), want);
+        assert_eq!(hash_on_thread(&b""[..]).unwrap().0, 0);
     }
 
     #[test]
