@@ -114,6 +114,9 @@ struct Pass<'a> {
     committed_at: Instant,
 }
 
+/// Stored size from which a backup's objects are queued before the others.
+pub const BIG_OBJECT: u64 = 8 * 1024 * 1024;
+
 /// A backup's verified objects are made durable and renamed once this many wait…
 pub const COMMIT_OBJECTS: usize = 512;
 /// …or once the oldest has waited this long (what a killed pass copies again).
@@ -589,86 +592,96 @@ impl Pass<'_> {
                 return Ok(false);
             }
         }
-        // Every object files.jsonl names, streamed (never the whole list in memory).
+        // Every object files.jsonl names, streamed (never the whole list in memory):
+        // the list is read twice, objects of BIG_OBJECT bytes or more are queued in
+        // the first round, so the largest copies start first and do not end last.
         let mut failures = 0u64;
         let mut done = Vec::new();
-        let entries = match dir.files() {
-            Ok(it) => it,
-            Err(e) => {
-                self.error(format!("backup {id}: {e}"));
-                return Ok(false);
-            }
-        };
-        for entry in entries {
-            if self.stop.load(Ordering::Relaxed) {
-                failures += 1;
+        let mut halted = false;
+        for big_round in [true, false] {
+            if halted {
                 break;
             }
-            let entry = match entry {
-                Ok(e) => e,
+            let entries = match dir.files() {
+                Ok(it) => it,
                 Err(e) => {
-                    // An unreadable list is fetched again by the next pass.
                     self.error(format!("backup {id}: {e}"));
-                    let _ = remove_durable(&dir.files_path());
+                    return Ok(false);
+                }
+            };
+            for entry in entries {
+                if self.stop.load(Ordering::Relaxed) {
                     failures += 1;
+                    halted = true;
                     break;
                 }
-            };
-            if entry.kind != FileKind::File {
-                continue;
-            }
-            let Some(object) = entry.object.as_deref() else {
-                continue;
-            };
-            let rel = match check_relative("object path", object) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.error(format!("backup {id}: {e}"));
-                    failures += 1;
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // An unreadable list is fetched again by the next pass.
+                        self.error(format!("backup {id}: {e}"));
+                        let _ = remove_durable(&dir.files_path());
+                        failures += 1;
+                        halted = true;
+                        break;
+                    }
+                };
+                if entry.kind != FileKind::File || (entry.stored_size >= BIG_OBJECT) != big_round {
                     continue;
                 }
-            };
-            let compressed = match entry.compression.as_deref() {
-                Some("zstd") => true,
-                Some("none") => false,
-                None => object.ends_with(".zst"),
-                Some(other) => {
-                    self.error(format!(
-                        "backup {id}: {object} uses unknown compression '{other}'"
-                    ));
-                    failures += 1;
+                let Some(object) = entry.object.as_deref() else {
+                    continue;
+                };
+                let rel = match check_relative("object path", object) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.error(format!("backup {id}: {e}"));
+                        failures += 1;
+                        continue;
+                    }
+                };
+                let compressed = match entry.compression.as_deref() {
+                    Some("zstd") => true,
+                    Some("none") => false,
+                    None => object.ends_with(".zst"),
+                    Some(other) => {
+                        self.error(format!(
+                            "backup {id}: {object} uses unknown compression '{other}'"
+                        ));
+                        failures += 1;
+                        continue;
+                    }
+                };
+                let dest = dir.root().join(&rel);
+                if let Some(parent) = rel.parent() {
+                    if let Err(e) = ensure_real_dirs(dir.root(), parent, &mut seen) {
+                        self.error(format!("backup {id}: {e}"));
+                        failures += 1;
+                        continue;
+                    }
+                }
+                let expect = Expected {
+                    stored_size: entry.stored_size,
+                    size: entry.size,
+                    checksum: entry.checksum.clone(),
+                    compressed,
+                };
+                if already_there(&dest, &expect) {
+                    self.report.files_present += 1;
                     continue;
                 }
-            };
-            let dest = dir.root().join(&rel);
-            if let Some(parent) = rel.parent() {
-                if let Err(e) = ensure_real_dirs(dir.root(), parent, &mut seen) {
-                    self.error(format!("backup {id}: {e}"));
-                    failures += 1;
-                    continue;
+                let job = Job {
+                    remote: self.remote(&format!("{remote_dir}/{object}")),
+                    dest,
+                    expect,
+                    tag: 0,
+                    unsynced: true,
+                };
+                done.extend(self.pool().submit(job));
+                failures += self.tally(&id, &mut done)?;
+                if let Some(e) = self.lost_error() {
+                    return Err(e);
                 }
-            }
-            let expect = Expected {
-                stored_size: entry.stored_size,
-                size: entry.size,
-                checksum: entry.checksum.clone(),
-                compressed,
-            };
-            if already_there(&dest, &expect) {
-                self.report.files_present += 1;
-                continue;
-            }
-            let job = Job {
-                remote: self.remote(&format!("{remote_dir}/{object}")),
-                dest,
-                expect,
-                tag: 0,
-                unsynced: true,
-            };
-            done.extend(self.pool().submit(job));
-            failures += self.tally(&id, &mut done)?;
-            if let Some(e) = self.lost_error() {
-                return Err(e);
             }
         }
         if self.pool.is_some() {
