@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT,
         last_error_at TEXT
     );",
+    // 5: a server's WAL by insertion order (the index holds the rowid): sync-info's
+    // `MAX(rowid)` and `rowid > cursor` cost what is new, not every archived segment.
+    "CREATE INDEX wal_files_by_server ON wal_files (server);",
 ];
 
 /// A catalog failure; names the database file.
