@@ -27,9 +27,10 @@
 
 use super::rsync_copy::{
     balanced_shares, excluded, listing_command, only_vanished, parse_listing, remote_prefix,
-    rsync_shell, run_job, whole_file, write_list, CopyJob, RemoteEntry, RsyncSetup, TransferStats,
+    rsync_shell, run_job, whole_file, write_list, CopyJob, RemoteEntry, RsyncSetup, StoredHook,
+    TransferStats,
 };
-use super::rsync_index::{index, previous_sums, CopiedRoot, PreviousSums};
+use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::take::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
@@ -524,10 +525,21 @@ async fn copy(
     lists.extend(control.as_ref().map(|c| c.list.clone()));
     let worker_progress = progress.clone();
     let worker_abort = abort.clone();
+    // Each file is checksummed as soon as rsync has stored it, while the copy goes on.
+    let early = Arc::new(EarlySums::default());
+    let hook_sums = early.clone();
+    let hook: StoredHook = Arc::new(move |p: &std::path::Path| hook_sums.record(p));
     let stats = blocking(stop, abort.clone(), move || {
-        let mut stats = run_workers(&setup, copy_jobs, jobs, &worker_abort, &*worker_progress)?;
+        let mut stats = run_workers(
+            &setup,
+            copy_jobs,
+            jobs,
+            &worker_abort,
+            &*worker_progress,
+            &hook,
+        )?;
         if let Some(c) = control {
-            let st = run_job(&setup, &c, &worker_abort, &|_| {})?;
+            let st = run_job(&setup, &c, &worker_abort, &|_| {}, None)?;
             stats.files += st.files;
             stats.bytes += st.bytes;
         }
@@ -621,7 +633,7 @@ async fn copy(
             .thread_name(|i| format!("pgbk-blake3-{i}"))
             .build()
             .map_err(|e| format!("starting checksum threads: {e}"))?;
-        let (files, totals) = index(&dir2, &roots, links, &prev_sums, &pool, &*p2)?;
+        let (files, totals) = index(&dir2, &roots, links, &prev_sums, &early, &pool, &*p2)?;
         sync_filesystem(dir2.root()).map_err(|e| format!("{}: {e}", dir2.root().display()))?;
         Ok((files, totals))
     })
@@ -645,6 +657,7 @@ fn run_workers(
     jobs: usize,
     abort: &AtomicBool,
     progress: &dyn Progress,
+    stored: &StoredHook,
 ) -> Result<TransferStats, String> {
     let mut per_worker: Vec<Vec<CopyJob>> = vec![Vec::new(); jobs];
     for (k, j) in copy_jobs {
@@ -660,7 +673,7 @@ fn run_workers(
                     let mut sum = TransferStats::default();
                     let advanced = |n: u64| progress.set(done.fetch_add(n, Ordering::Relaxed) + n);
                     for job in list {
-                        match run_job(setup, job, abort, &advanced) {
+                        match run_job(setup, job, abort, &advanced, Some(stored.clone())) {
                             Ok(st) => {
                                 sum.files += st.files;
                                 sum.bytes += st.bytes;

@@ -377,6 +377,10 @@ pub fn rsync_command(setup: &RsyncSetup, job: &CopyJob) -> Command {
     cmd
 }
 
+/// Called with the local path of each file rsync has put in place, from the thread
+/// reading rsync's output.
+pub type StoredHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// Asks the kernel to start writing a stored file's dirty pages to disk now, without
 /// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): the disk works while rsync
 /// copies the next files, instead of all at the backup's final `syncfs`. Advisory
@@ -400,12 +404,14 @@ const RSYNC_VANISHED: i32 = 24;
 /// the bytes done as rsync reports each file (`--out-format=%l %n`); by the end it
 /// has been told `job.bytes` in all (files reused or vanished count as done). Each
 /// file rsync stored has its write-back to disk started at once (see
-/// [`start_writeback`]), so the backup's final flush finds little left to write.
+/// [`start_writeback`]), so the backup's final flush finds little left to write,
+/// and is then handed to `stored` (which checksums it while rsync goes on).
 pub fn run_job(
     setup: &RsyncSetup,
     job: &CopyJob,
     abort: &AtomicBool,
     advanced: &dyn Fn(u64),
+    stored: Option<StoredHook>,
 ) -> Result<TransferStats, String> {
     let mut cmd = rsync_command(setup, job);
     // rsync runs in a process group of its own, so that stopping it stops the
@@ -446,6 +452,9 @@ pub fn run_job(
                         seen.fetch_add(n, Ordering::Relaxed);
                         if let Some(done) = previous.take() {
                             start_writeback(&done);
+                            if let Some(hook) = &stored {
+                                hook(&done);
+                            }
                         }
                         if !name.is_empty() {
                             previous = Some(local_dir.join(name));
@@ -459,6 +468,9 @@ pub fn run_job(
             }
             if let Some(done) = previous {
                 start_writeback(&done);
+                if let Some(hook) = &stored {
+                    hook(&done);
+                }
             }
             stats
         })

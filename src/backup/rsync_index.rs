@@ -4,7 +4,10 @@
 //!
 //! A file rsync hard-linked to the previous backup (`reuse_backup = link`) is the
 //! very same inode as that backup's file, which is never modified: its checksum is
-//! taken from the previous `files.jsonl` instead of reading it again.
+//! taken from the previous `files.jsonl` instead of reading it again. A file rsync
+//! stored is checksummed as soon as rsync has put it in place, while the copy goes
+//! on ([`EarlySums`]); the index reads again only files whose early checksum is
+//! missing or whose identity (inode, size, mtime) changed since.
 
 use super::rsync_copy::RemoteEntry;
 use super::{BackupDir, FileEntry, FileKind};
@@ -70,6 +73,53 @@ fn blake3_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((n, h.finalize().to_hex().to_string()))
 }
 
+/// Which stored file a checksum taken early was read from: device, inode, size and
+/// mtime (seconds and nanoseconds). The index uses an early checksum only if the
+/// file still has the same identity, so a file rsync replaced after the early read
+/// is read again.
+type Identity = (u64, u64, u64, i64, i64);
+
+fn identity(m: &std::fs::Metadata) -> Identity {
+    (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+}
+
+/// Checksums of stored files taken while rsync was still copying others (see
+/// [`EarlySums::record`]), by local path.
+#[derive(Default)]
+pub struct EarlySums(std::sync::Mutex<HashMap<PathBuf, (Identity, u64, String)>>);
+
+impl EarlySums {
+    /// Checksums a file rsync has just put in place (reading it while it is still in
+    /// the page cache, overlapping the copy of the next files). Errors are ignored:
+    /// the index then reads the file itself.
+    pub fn record(&self, path: &Path) {
+        let Ok(before) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if !before.is_file() {
+            return;
+        }
+        let Ok((n, sum)) = blake3_file(path) else {
+            return;
+        };
+        let Ok(after) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if identity(&before) == identity(&after) && n == after.len() {
+            if let Ok(mut map) = self.0.lock() {
+                map.insert(path.to_path_buf(), (identity(&after), n, sum));
+            }
+        }
+    }
+
+    /// The early checksum of `path` if the file is still the one that was read.
+    fn get(&self, path: &Path, meta: &std::fs::Metadata) -> Option<(u64, String)> {
+        let map = self.0.lock().ok()?;
+        let (id, n, sum) = map.get(path)?;
+        (*id == identity(meta)).then(|| (*n, sum.clone()))
+    }
+}
+
 /// Builds every entry of `files.jsonl` (directories and links first, then files) and
 /// writes it to a not yet committed [`AtomicFile`] at `dir.files_path()`. Files the
 /// listing named but rsync did not store vanished on the server during the copy and
@@ -79,6 +129,7 @@ pub fn index(
     roots: &[CopiedRoot],
     links: Vec<FileEntry>,
     previous: &PreviousSums,
+    early: &EarlySums,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
 ) -> Result<(AtomicFile, IndexTotals), String> {
@@ -140,7 +191,12 @@ pub fn index(
                     .flatten();
                 let (size, sum) = match known {
                     Some(sum) => (meta.len(), sum.clone()),
-                    None => blake3_file(&local).map_err(|e| format!("{}: {e}", local.display()))?,
+                    None => match early.get(&local, &meta) {
+                        Some(taken) => taken,
+                        None => {
+                            blake3_file(&local).map_err(|e| format!("{}: {e}", local.display()))?
+                        }
+                    },
                 };
                 entry.size = size;
                 entry.mtime = meta.mtime();
