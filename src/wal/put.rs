@@ -46,9 +46,7 @@ pub enum PutError {
     #[error("server '{server}': {name}: empty input, no WAL received")]
     Empty { server: String, name: String },
     /// Fewer bytes than a whole segment.
-    #[error(
-        "server '{server}': {name}: truncated, {size} bytes received, a segment is {expected}"
-    )]
+    #[error("server '{server}': {name}: truncated: {size} bytes received, {expected} needed")]
     Truncated {
         server: String,
         name: String,
