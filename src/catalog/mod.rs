@@ -77,6 +77,29 @@ const MIGRATIONS: &[&str] = &[
     // 5: a server's WAL by insertion order (the index holds the rowid): sync-info's
     // `MAX(rowid)` and `rowid > cursor` cost what is new, not every archived segment.
     "CREATE INDEX wal_files_by_server ON wal_files (server);",
+    // 6: wal_files numbered by AUTOINCREMENT, so the number of a deleted newest row
+    // is never handed out again: sync-info's cursor must only grow (a reused number
+    // would hide a new file from a passive peer whose cursor already passed it).
+    "CREATE TABLE wal_files_v6 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        timeline INTEGER NOT NULL,
+        segno INTEGER,
+        size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        checksum TEXT NOT NULL,
+        archived_at TEXT NOT NULL,
+        UNIQUE (server, name)
+    );
+    INSERT INTO wal_files_v6 (id, server, name, kind, timeline, segno, size, stored_size, checksum, archived_at)
+        SELECT rowid, server, name, kind, timeline, segno, size, stored_size, checksum, archived_at
+        FROM wal_files ORDER BY rowid;
+    DROP TABLE wal_files;
+    ALTER TABLE wal_files_v6 RENAME TO wal_files;
+    CREATE INDEX wal_files_by_segno ON wal_files (server, segno, timeline);
+    CREATE INDEX wal_files_by_server ON wal_files (server);",
 ];
 
 /// A catalog failure; names the database file.

@@ -190,6 +190,21 @@ mod tests {
         assert_eq!(after[0].record.name, "000000010000000000000002");
         assert_eq!(cat.max_wal_seq("pg1").unwrap(), all[1].seq);
         assert!(cat.wal_files_since("pg2", 0).unwrap().is_empty());
+        // The newest row deleted, the next file still gets a number past it: a
+        // passive peer whose cursor is that number does not miss the new file.
+        let newest = all[1].seq;
+        cat.delete_wals("pg1", ["000000010000000000000002"])
+            .unwrap();
+        let mut rec = all[1].record.clone();
+        rec.name = "000000010000000000000003".into();
+        rec.segno = Some(3);
+        cat.insert_wal("pg1", &rec).unwrap();
+        let next = cat.wal_files_since("pg1", newest).unwrap();
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(next[0].record.name, "000000010000000000000003");
+        // Re-storing an archived file keeps its number.
+        cat.insert_wal("pg1", &rec).unwrap();
+        assert_eq!(cat.max_wal_seq("pg1").unwrap(), next[0].seq);
 
         assert!(cat.peer_state("pg1").unwrap().is_none());
         let s = PeerState {
