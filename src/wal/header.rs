@@ -153,41 +153,94 @@ pub fn validate_segment(
             expected: segment.seg_size,
         });
     }
-    let start = segment.start_lsn().0;
-    for (i, page) in data.chunks(XLOG_BLCKSZ).enumerate() {
-        let offset = i * XLOG_BLCKSZ;
-        if i > 0 && page.len() >= 24 && page[..24].iter().all(|&b| b == 0) {
-            break;
-        }
-        if page.len() < 24 {
-            break;
-        }
-        let magic = u16_at(page, 0);
-        if magic != hdr.magic {
-            return Err(HeaderError::Magic {
-                segment: name,
-                magic,
-            });
-        }
-        let addr = u64_at(page, 8);
-        let expected = start + offset as u64;
-        if addr != expected {
-            return Err(HeaderError::PageAddr {
-                segment: name,
-                offset,
-                found: Lsn(addr),
-                expected: Lsn(expected),
-            });
-        }
-        let tli = u32_at(page, 4);
-        if tli > segment.tli.0 {
-            return Err(HeaderError::Timeline {
-                segment: name,
-                found: tli,
-            });
-        }
-    }
+    PageChecker::new(segment, &hdr, system_id, data)?.feed(data)?;
     Ok(hdr)
+}
+
+/// The page checks of [`validate_segment`] (magic, address, timeline of every
+/// written page), fed as the data arrives so a segment too large for memory can be
+/// checked while it streams. Chunks must be whole pages, except a short last one.
+pub struct PageChecker {
+    name: String,
+    start: u64,
+    tli: u32,
+    magic: u16,
+    offset: usize,
+    ended: bool,
+}
+
+impl PageChecker {
+    /// Checks what the first page's long header says (long-header flag, system id)
+    /// and prepares the page checks; `head` is the start of the segment.
+    pub fn new(
+        segment: &WalSegment,
+        hdr: &LongHeader,
+        system_id: Option<SystemId>,
+        head: &[u8],
+    ) -> Result<PageChecker, HeaderError> {
+        let name = segment.name();
+        if u16_at(head, 2) & XLP_LONG_HEADER == 0 {
+            return Err(HeaderError::NoLongHeader { segment: name });
+        }
+        if let Some(expected) = system_id {
+            if hdr.system_id != expected {
+                return Err(HeaderError::SystemId {
+                    segment: name,
+                    found: hdr.system_id.0,
+                    expected: expected.0,
+                });
+            }
+        }
+        Ok(PageChecker {
+            name,
+            start: segment.start_lsn().0,
+            tli: segment.tli.0,
+            magic: hdr.magic,
+            offset: 0,
+            ended: false,
+        })
+    }
+
+    /// Checks the next pages (an all-zero page ends the checks: a switched segment
+    /// is zero-filled past its end).
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), HeaderError> {
+        for page in data.chunks(XLOG_BLCKSZ) {
+            let offset = self.offset;
+            self.offset += page.len();
+            if self.ended || page.len() < 24 {
+                continue;
+            }
+            if offset > 0 && page[..24].iter().all(|&b| b == 0) {
+                self.ended = true;
+                continue;
+            }
+            let magic = u16_at(page, 0);
+            if magic != self.magic {
+                return Err(HeaderError::Magic {
+                    segment: self.name.clone(),
+                    magic,
+                });
+            }
+            let addr = u64_at(page, 8);
+            let expected = self.start + offset as u64;
+            if addr != expected {
+                return Err(HeaderError::PageAddr {
+                    segment: self.name.clone(),
+                    offset,
+                    found: Lsn(addr),
+                    expected: Lsn(expected),
+                });
+            }
+            let tli = u32_at(page, 4);
+            if tli > self.tli {
+                return Err(HeaderError::Timeline {
+                    segment: self.name.clone(),
+                    found: tli,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

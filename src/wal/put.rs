@@ -12,8 +12,8 @@
 
 use super::archive::{ArchiveError, Archived, WalArchive};
 use super::header::{
-    major_for_magic, read_long_header, validate_segment, HeaderError, LongHeader, LONG_HEADER_SIZE,
-    XLOG_BLCKSZ,
+    major_for_magic, read_long_header, validate_segment, HeaderError, LongHeader, PageChecker,
+    LONG_HEADER_SIZE, XLOG_BLCKSZ,
 };
 use super::history::parse_history;
 use super::segment::{WalFileName, WalSegment};
@@ -33,8 +33,6 @@ pub const MIN_SEG_SIZE: u64 = 1 << 20;
 pub const MAX_SEG_SIZE: u64 = 1 << 30;
 /// History and backup history files are small text files; more is refused.
 const MAX_TEXT_FILE: u64 = 16 << 20;
-/// `XLP_LONG_HEADER`.
-const XLP_LONG_HEADER: u16 = 0x0002;
 
 /// Why a WAL file was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -517,89 +515,6 @@ impl Put<'_> {
                 name: self.shown.clone(),
                 expected,
             });
-        }
-        Ok(())
-    }
-}
-
-/// The checks of [`validate_segment`], page by page as the data streams in (chunks
-/// must be whole pages, except a short last one which the length check refuses).
-struct PageChecker {
-    name: String,
-    start: u64,
-    tli: u32,
-    magic: u16,
-    offset: usize,
-    ended: bool,
-}
-
-impl PageChecker {
-    fn new(
-        seg: &WalSegment,
-        hdr: &LongHeader,
-        expected: Option<SystemId>,
-        head: &[u8],
-    ) -> Result<PageChecker, HeaderError> {
-        let name = seg.name();
-        if u16::from_le_bytes([head[2], head[3]]) & XLP_LONG_HEADER == 0 {
-            return Err(HeaderError::NoLongHeader { segment: name });
-        }
-        if let Some(expected) = expected {
-            if hdr.system_id != expected {
-                return Err(HeaderError::SystemId {
-                    segment: name,
-                    found: hdr.system_id.0,
-                    expected: expected.0,
-                });
-            }
-        }
-        Ok(PageChecker {
-            name,
-            start: seg.start_lsn().0,
-            tli: seg.tli.0,
-            magic: hdr.magic,
-            offset: 0,
-            ended: false,
-        })
-    }
-
-    fn feed(&mut self, data: &[u8]) -> Result<(), HeaderError> {
-        for page in data.chunks(XLOG_BLCKSZ) {
-            let offset = self.offset;
-            self.offset += page.len();
-            if self.ended || page.len() < 24 {
-                continue;
-            }
-            if offset > 0 && page[..24].iter().all(|&b| b == 0) {
-                self.ended = true;
-                continue;
-            }
-            let magic = u16::from_le_bytes([page[0], page[1]]);
-            if magic != self.magic {
-                return Err(HeaderError::Magic {
-                    segment: self.name.clone(),
-                    magic,
-                });
-            }
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&page[8..16]);
-            let addr = u64::from_le_bytes(a);
-            let expected = self.start + offset as u64;
-            if addr != expected {
-                return Err(HeaderError::PageAddr {
-                    segment: self.name.clone(),
-                    offset,
-                    found: Lsn(addr),
-                    expected: Lsn(expected),
-                });
-            }
-            let tli = u32::from_le_bytes([page[4], page[5], page[6], page[7]]);
-            if tli > self.tli {
-                return Err(HeaderError::Timeline {
-                    segment: self.name.clone(),
-                    found: tli,
-                });
-            }
         }
         Ok(())
     }
