@@ -248,6 +248,12 @@ pub struct FileEntry {
     /// Bytes of the object on disk.
     #[serde(default)]
     pub stored_size: u64,
+    /// BLAKE3 of the object as stored (the compressed file on disk), hex: what a
+    /// peer verifies a copy against without decompressing it. Absent for objects
+    /// stored by an older pgbk, and for `none` objects, whose object checksum is
+    /// `checksum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_checksum: Option<String>,
     /// Link target (symlinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,

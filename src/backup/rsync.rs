@@ -616,6 +616,7 @@ async fn copy(
             object: None,
             compression: None,
             stored_size: 0,
+            stored_checksum: None,
             target: Some(t.location.clone()),
         })
         .collect();

@@ -152,6 +152,7 @@ pub fn index(
                 object: None,
                 compression: None,
                 stored_size: 0,
+                stored_checksum: None,
                 target: None,
             };
             if e.is_dir {

@@ -6,7 +6,8 @@
 //! recorded; a symlink is only recorded; a regular file is cut into chunks, each
 //! compressed into an independent zstd frame on the rayon pool, and a writer thread
 //! writes the frames in order to `<path>.zst` (0600) while the checksum of the
-//! content is computed on the way. `files.jsonl` is written as entries complete and
+//! content is computed on the way (and the writer hashes the frames it writes: the
+//! object checksum a peer verifies a copy against). `files.jsonl` is written as entries complete and
 //! `backup_manifest` as it arrives, both under temporary names until [`Stored::commit`].
 //!
 //! Memory stays bounded: a byte budget caps the uncompressed chunks in flight
@@ -529,6 +530,7 @@ impl Reader<'_> {
                     object: None,
                     compression: None,
                     stored_size: 0,
+                    stored_checksum: None,
                     target: None,
                 };
                 match kind {
@@ -705,7 +707,9 @@ fn write_jobs(
         })?;
         list.write_all(b"\n").map_err(io_at(files_path))
     };
-    let mut current: Option<(File, PathBuf, u64)> = None;
+    // The open object: its file, path, bytes written and the BLAKE3 of those bytes
+    // (the object checksum: frames are hashed as written, in order).
+    let mut current: Option<(File, PathBuf, u64, blake3::Hasher)> = None;
     let (mut size, mut stored, mut count) = (0u64, 0u64, 0u64);
     for job in jobs {
         match job {
@@ -719,10 +723,10 @@ fn write_jobs(
             Job::Symlink { entry } => record(&mut list, &entry)?,
             Job::FileStart { disk } => {
                 let f = create_file(&disk).map_err(io_at(&disk))?;
-                current = Some((f, disk, 0));
+                current = Some((f, disk, 0, blake3::Hasher::new()));
             }
             Job::Chunk { frame, raw, charge } => {
-                let Some((f, disk, written)) = current.as_mut() else {
+                let Some((f, disk, written, object)) = current.as_mut() else {
                     return Err(StoreError::Invalid("chunk outside a file".into()));
                 };
                 let frame = frame
@@ -730,17 +734,19 @@ fn write_jobs(
                     .map_err(|_| StoreError::Invalid("a compression worker died".into()))?
                     .map_err(io_at(disk))?;
                 f.write_all(&frame).map_err(io_at(disk))?;
+                object.update(&frame);
                 *written += frame.len() as u64;
                 budget.release(charge);
                 size += raw as u64;
                 progress.set(size);
             }
             Job::FileEnd { mut entry } => {
-                let Some((f, _disk, written)) = current.take() else {
+                let Some((f, _disk, written, object)) = current.take() else {
                     return Err(StoreError::Invalid("file end outside a file".into()));
                 };
                 drop(f);
                 entry.stored_size = written;
+                entry.stored_checksum = Some(object.finalize().to_hex().to_string());
                 stored += written;
                 count += 1;
                 record(&mut list, &entry)?;
@@ -934,6 +940,13 @@ mod tests {
             Some(crate::repo::compress::checksum(&big).as_str())
         );
         assert_eq!(big_e.object.as_deref(), Some("data/base/big.zst"));
+        // The object checksum is the BLAKE3 of the compressed file as it lies on disk.
+        let big_obj = std::fs::read(dir.data_dir().join("base/big.zst")).unwrap();
+        assert_eq!(
+            big_e.stored_checksum.as_deref(),
+            Some(crate::repo::compress::checksum(&big_obj).as_str())
+        );
+        assert_eq!(big_e.stored_size, big_obj.len() as u64);
         let link = entries
             .iter()
             .find(|e| e.kind == FileKind::Symlink)

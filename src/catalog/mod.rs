@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE wal_files_v6 RENAME TO wal_files;
     CREATE INDEX wal_files_by_segno ON wal_files (server, segno, timeline);
     CREATE INDEX wal_files_by_server ON wal_files (server);",
+    // 7: the BLAKE3 of each stored object (the compressed file as it lies on disk),
+    // so a passive peer verifies a copy by hashing the bytes it received; NULL for
+    // files stored before.
+    "ALTER TABLE wal_files ADD COLUMN stored_checksum TEXT;",
 ];
 
 /// A catalog failure; names the database file.
@@ -188,6 +192,9 @@ pub struct WalRecord {
     pub stored_size: u64,
     /// BLAKE3 of the uncompressed content.
     pub checksum: String,
+    /// BLAKE3 of the object as stored (the compressed file on disk); `None` for files
+    /// stored by an older pgbk.
+    pub stored_checksum: Option<String>,
     /// When it was stored.
     pub archived_at: DateTime<Utc>,
 }
@@ -363,11 +370,12 @@ impl Catalog {
     pub fn insert_wal(&self, server: &str, w: &WalRecord) -> Result<(), CatalogError> {
         self.conn
             .execute(
-                "INSERT INTO wal_files (server, name, kind, timeline, segno, size, stored_size, checksum, archived_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO wal_files (server, name, kind, timeline, segno, size, stored_size, checksum, archived_at, stored_checksum)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (server, name) DO UPDATE SET kind = excluded.kind, timeline = excluded.timeline,
                    segno = excluded.segno, size = excluded.size, stored_size = excluded.stored_size,
-                   checksum = excluded.checksum, archived_at = excluded.archived_at",
+                   checksum = excluded.checksum, archived_at = excluded.archived_at,
+                   stored_checksum = excluded.stored_checksum",
                 params![
                     server,
                     w.name,
@@ -377,7 +385,8 @@ impl Catalog {
                     w.size as i64,
                     w.stored_size as i64,
                     w.checksum,
-                    w.archived_at.to_rfc3339()
+                    w.archived_at.to_rfc3339(),
+                    w.stored_checksum
                 ],
             )
             .map(|_| ())
@@ -401,6 +410,7 @@ impl Catalog {
                     size: r.get::<_, i64>(5)? as u64,
                     stored_size: r.get::<_, i64>(6)? as u64,
                     checksum: r.get(7)?,
+                    stored_checksum: r.get(9)?,
                     archived_at: DateTime::parse_from_rfc3339(&archived)
                         .map(|d| d.with_timezone(&Utc))
                         .unwrap_or_default(),
@@ -412,7 +422,7 @@ impl Catalog {
     }
 
     const WAL_COLUMNS: &'static str =
-        "server, name, kind, timeline, segno, size, stored_size, checksum, archived_at";
+        "server, name, kind, timeline, segno, size, stored_size, checksum, archived_at, stored_checksum";
 
     /// Every archived WAL file of a server, in WAL order (history files first).
     pub fn wal_files(&self, server: &str) -> Result<Vec<WalRecord>, CatalogError> {
@@ -626,6 +636,7 @@ mod tests {
             size: 16,
             stored_size: 4,
             checksum: "x".into(),
+            stored_checksum: Some("y".into()),
             archived_at: Utc::now(),
         }
     }
@@ -667,6 +678,51 @@ mod tests {
         assert_eq!(gone, 1);
         assert_eq!(cat.wal_files("pg1").unwrap().len(), 1);
         assert_eq!(cat.wal_files("pg2").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn migration_7_adds_object_checksums_to_an_old_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Catalog::path_in(dir.path());
+        {
+            // A catalog as pgbk left it at schema version 6, with one archived segment.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '6');",
+            )
+            .unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                "INSERT INTO wal_files (server, name, kind, timeline, segno, size, stored_size, checksum, archived_at)
+                 VALUES ('pg1', '000000010000000000000002', 'segment', 1, 2, 16, 4, 'x', ?1)",
+                params![Utc::now().to_rfc3339()],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(dir.path()).unwrap();
+        assert_eq!(cat.schema_version().unwrap(), 7);
+        let old = cat
+            .wal_file("pg1", "000000010000000000000002")
+            .unwrap()
+            .unwrap();
+        assert_eq!((old.checksum.as_str(), old.stored_checksum), ("x", None));
+        cat.insert_wal("pg1", &rec("000000010000000000000003", 3))
+            .unwrap();
+        let new = cat
+            .wal_file("pg1", "000000010000000000000003")
+            .unwrap()
+            .unwrap();
+        assert_eq!(new.stored_checksum.as_deref(), Some("y"));
+        // Re-storing the old file records the checksum it lacked.
+        cat.insert_wal("pg1", &rec("000000010000000000000002", 2))
+            .unwrap();
+        let since = cat.wal_files_since("pg1", 0).unwrap();
+        assert!(since
+            .iter()
+            .all(|w| w.record.stored_checksum.as_deref() == Some("y")));
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Catalog {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT rowid, name, kind, timeline, segno, size, stored_size, checksum, archived_at
+                "SELECT rowid, name, kind, timeline, segno, size, stored_size, checksum, archived_at,
+                   stored_checksum
                  FROM wal_files WHERE rowid > ?2 AND server = ?1 ORDER BY rowid",
             )
             .map_err(|e| self.sql_err(e))?;
@@ -78,6 +79,7 @@ impl Catalog {
                         size: r.get::<_, i64>(5)? as u64,
                         stored_size: r.get::<_, i64>(6)? as u64,
                         checksum: r.get(7)?,
+                        stored_checksum: r.get(9)?,
                         archived_at: time(Some(r.get(8)?)).unwrap_or_default(),
                     },
                 })
@@ -179,6 +181,7 @@ mod tests {
                 size: 16,
                 stored_size: 4,
                 checksum: "x".into(),
+                stored_checksum: None,
                 archived_at: Utc::now(),
             };
             cat.insert_wal("pg1", &rec).unwrap();

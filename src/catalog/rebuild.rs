@@ -189,11 +189,19 @@ pub fn rebuild_server(
         .par_iter()
         .map(|f| {
             let stored_size = std::fs::metadata(&f.path).map_err(io_err(&f.path))?.len();
-            let (size, sum) = if f.kind == WalKind::History {
+            let (size, sum, stored_sum) = if f.kind == WalKind::History {
                 let data = std::fs::read(&f.path).map_err(io_err(&f.path))?;
-                (data.len() as u64, checksum(&data))
+                let sum = checksum(&data);
+                (data.len() as u64, sum.clone(), sum)
             } else {
-                decompress_to(&f.path, std::io::sink()).map_err(io_err(&f.path))?
+                let (size, sum) =
+                    decompress_to(&f.path, std::io::sink()).map_err(io_err(&f.path))?;
+                // The object's own checksum: one more read of a file just read (cached).
+                let mut object = blake3::Hasher::new();
+                std::fs::File::open(&f.path)
+                    .and_then(|mut file| std::io::copy(&mut file, &mut object))
+                    .map_err(io_err(&f.path))?;
+                (size, sum, object.finalize().to_hex().to_string())
             };
             Ok(WalRecord {
                 name: f.name.clone(),
@@ -203,6 +211,7 @@ pub fn rebuild_server(
                 size,
                 stored_size,
                 checksum: sum,
+                stored_checksum: Some(stored_sum),
                 archived_at: modified(&f.path),
             })
         })
@@ -290,6 +299,7 @@ mod tests {
             size: 16 << 20,
             stored_size: 100,
             checksum: "x".into(),
+            stored_checksum: None,
             archived_at: Utc::now(),
         }
     }

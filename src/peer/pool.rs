@@ -36,8 +36,8 @@ pub struct Done {
     pub tag: usize,
     /// The job's final local path.
     pub dest: PathBuf,
-    /// Copied and verified, or why not.
-    pub result: Result<(), TransferError>,
+    /// Copied and verified (with the object checksum of what was received), or why not.
+    pub result: Result<String, TransferError>,
 }
 
 /// `parallel_jobs` workers, each with its own SSH session and SFTP channel.

@@ -412,6 +412,7 @@ impl Pass<'_> {
                     stored_size: w.stored_size,
                     size: w.size,
                     checksum: Some(w.checksum.clone()),
+                    stored_checksum: w.stored_checksum.clone(),
                     compressed: checked.compressed,
                 },
                 tag: i,
@@ -426,6 +427,7 @@ impl Pass<'_> {
                 size: w.size,
                 stored_size: w.stored_size,
                 checksum: w.checksum.clone(),
+                stored_checksum: w.stored_checksum.clone(),
                 archived_at: Utc::now(),
             };
             pending[i] = Some((rec, dir));
@@ -467,9 +469,11 @@ impl Pass<'_> {
                 continue;
             };
             match d.result {
-                Ok(()) => {
+                Ok(object_sum) => {
                     let mut rec = rec.clone();
                     rec.archived_at = Utc::now();
+                    // Verified here, so known even when the primary did not record it.
+                    rec.stored_checksum = Some(object_sum);
                     records.push(rec);
                     dests.push(d.dest);
                     if !dirs.contains(&dir.as_path()) {
@@ -664,6 +668,7 @@ impl Pass<'_> {
                     stored_size: entry.stored_size,
                     size: entry.size,
                     checksum: entry.checksum.clone(),
+                    stored_checksum: entry.stored_checksum.clone(),
                     compressed,
                 };
                 if already_there(&dest, &expect) {
@@ -722,7 +727,7 @@ impl Pass<'_> {
         let mut failed = 0;
         for d in done.drain(..) {
             match d.result {
-                Ok(()) => self.batch.push(d.dest),
+                Ok(_) => self.batch.push(d.dest),
                 Err(e) => {
                     failed += 1;
                     self.error(format!("backup {id}: {e}"));

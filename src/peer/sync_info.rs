@@ -34,6 +34,11 @@ pub struct SyncWal {
     pub stored_size: u64,
     /// BLAKE3 of the uncompressed content.
     pub checksum: String,
+    /// BLAKE3 of the stored object (what travels): the peer verifies the bytes it
+    /// receives against it without decompressing them. Absent for files stored by
+    /// an older pgbk (the peer then checks the content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_checksum: Option<String>,
 }
 
 /// The in-progress segment receive-wal is writing.
@@ -195,6 +200,7 @@ pub fn build(home: &Path, server: &str, since: i64) -> Result<SyncInfo, PeerErro
             size: r.size,
             stored_size: r.stored_size,
             checksum: r.checksum,
+            stored_checksum: r.stored_checksum,
         });
     }
     doc.cursor = cursor.to_string();
@@ -244,6 +250,7 @@ mod tests {
                     size: MB16,
                     stored_size: 100,
                     checksum: "c".into(),
+                    stored_checksum: None,
                     archived_at: Utc::now(),
                 },
             )

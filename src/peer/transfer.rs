@@ -1,10 +1,16 @@
 //! Copying one stored object from the primary over SFTP, as it is stored (compressed
-//! objects are never recompressed), and verifying it before it gets its final name:
-//! the bytes are written to a temporary name in the final folder while a zstd
-//! decoder reads the same bytes into a BLAKE3 hasher; the uncompressed size and
-//! checksum must equal what the primary recorded, and the stored size too. Only then
-//! is the file fsynced and renamed into place, so a final name always holds a
-//! verified object — which is what lets an interrupted copy resume by skipping it.
+//! objects are never recompressed), and verifying it before it gets its final name.
+//! The bytes are written to a temporary name in the final folder while they are
+//! hashed: when the primary recorded the *object checksum* (the BLAKE3 of the
+//! object as stored, recorded when it was written), the BLAKE3 of the bytes
+//! received and their count must equal it and the stored size — nothing is
+//! decompressed. For an object stored by an older pgbk (no object checksum), a zstd
+//! decoder reads the same bytes into a second hasher and the uncompressed size and
+//! checksum must equal what the primary recorded. Either way the object checksum of
+//! what was received is returned, so the copy records it and a peer of this peer
+//! verifies its copy the same way. Only then is the file fsynced and renamed into
+//! place, so a final name always holds a verified object — which is what lets an
+//! interrupted copy resume by skipping it.
 
 use crate::repo::durable::fsync_dir;
 use std::fs::{File, OpenOptions};
@@ -25,6 +31,9 @@ pub struct Expected {
     pub size: u64,
     /// BLAKE3 of the content; `None` when the primary recorded none (size checks only).
     pub checksum: Option<String>,
+    /// BLAKE3 of the object as stored; when known, the received bytes are checked
+    /// against it (and the stored size) and not decompressed.
+    pub stored_checksum: Option<String>,
     /// Whether the object is zstd (else the content is stored as is).
     pub compressed: bool,
 }
@@ -111,14 +120,15 @@ impl std::error::Error for LocalWrite {}
 
 /// Copies `src` (any reader: an SFTP file) named `remote_name` into `dest`, verified
 /// against `expect`; adds the bytes read to `moved`. The parent folder must exist.
+/// Returns the object checksum (BLAKE3 of the bytes stored).
 pub fn receive(
     src: impl Read,
     remote_name: &str,
     dest: &Path,
     expect: &Expected,
     moved: &AtomicU64,
-) -> Result<(), TransferError> {
-    receive_unsynced(src, remote_name, dest, expect, moved)?;
+) -> Result<String, TransferError> {
+    let object_sum = receive_unsynced(src, remote_name, dest, expect, moved)?;
     let tmp = temp_path(dest);
     let local = |path: &Path| {
         let path = path.to_path_buf();
@@ -129,20 +139,21 @@ pub fn receive(
         .map_err(local(&tmp))?;
     std::fs::rename(&tmp, dest).map_err(local(dest))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
-    fsync_dir(dir).map_err(local(dir))
+    fsync_dir(dir).map_err(local(dir))?;
+    Ok(object_sum)
 }
 
 /// [`receive`] without any fsync or rename: the verified object is left under its
 /// temporary name ([`temp_path`]); the caller makes many of them durable at once and
 /// only then gives them their final names ([`commit_batch`]). A temporary file a
-/// crash leaves is copied again by the next pass.
+/// crash leaves is copied again by the next pass. Returns the object checksum.
 pub fn receive_unsynced(
     src: impl Read,
     remote_name: &str,
     dest: &Path,
     expect: &Expected,
     moved: &AtomicU64,
-) -> Result<(), TransferError> {
+) -> Result<String, TransferError> {
     let tmp = temp_path(dest);
     let file = OpenOptions::new()
         .write(true)
@@ -185,13 +196,70 @@ pub fn commit_batch(root: &Path, dests: &[PathBuf]) -> Result<(), TransferError>
     Ok(())
 }
 
+/// Copies exactly the recorded bytes of `src` into `file` and checks their count and
+/// BLAKE3 against the object checksum; returns it. Nothing is decompressed.
+fn receive_object(
+    mut src: impl Read,
+    remote_name: &str,
+    mut file: &File,
+    expect: &Expected,
+    want: &str,
+    moved: &AtomicU64,
+) -> Result<String, TransferError> {
+    let mut buf = vec![0u8; (expect.stored_size.clamp(8192, READ_BUFFER as u64)) as usize];
+    let mut hasher = blake3::Hasher::new();
+    let mut left = expect.stored_size;
+    let mut received = 0u64;
+    while left > 0 {
+        let want_now = left.min(buf.len() as u64) as usize;
+        let n = src
+            .read(&mut buf[..want_now])
+            .map_err(|e| TransferError::Remote {
+                path: remote_name.to_string(),
+                msg: e.to_string(),
+            })?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])
+            .map_err(|source| TransferError::Local {
+                path: PathBuf::from(remote_name),
+                source,
+            })?;
+        hasher.update(&buf[..n]);
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        received += n as u64;
+        left -= n as u64;
+    }
+    let mismatch = |why: String| TransferError::Mismatch {
+        path: remote_name.to_string(),
+        why,
+    };
+    if received != expect.stored_size {
+        return Err(mismatch(format!(
+            "{received} bytes received, the primary recorded {}",
+            expect.stored_size
+        )));
+    }
+    let got = hasher.finalize().to_hex().to_string();
+    if got != want {
+        return Err(mismatch(format!(
+            "object checksum mismatch (BLAKE3 {got} of the bytes received, the primary recorded {want})"
+        )));
+    }
+    Ok(got)
+}
+
 fn receive_into(
     src: impl Read,
     remote_name: &str,
     file: &File,
     expect: &Expected,
     moved: &AtomicU64,
-) -> Result<(), TransferError> {
+) -> Result<String, TransferError> {
+    if let Some(want) = &expect.stored_checksum {
+        return receive_object(src, remote_name, file, expect, want, moved);
+    }
     // A read error is local (writing the copy), remote (reading the primary) or,
     // when neither marker is there, the decoder's: the object is not valid zstd.
     let classify = |e: io::Error| {
@@ -223,13 +291,13 @@ fn receive_into(
     };
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut raw = blake3::Hasher::new();
-    let (content_size, content_sum, stored) = if expect.compressed {
+    let (content_size, content_sum, stored, object_sum) = if expect.compressed {
         let mut tee = Tee {
             inner: BufReader::with_capacity(capacity, src),
             out: &mut out,
             n: 0,
             moved,
-            raw_hash: None,
+            raw_hash: Some(&mut raw),
         };
         let (total, sum) = {
             let dec = zstd::stream::read::Decoder::new(&mut tee).map_err(classify)?;
@@ -244,7 +312,7 @@ fn receive_into(
         };
         io::copy(&mut tee, &mut io::sink()).map_err(classify)?;
         let stored = tee.n;
-        (total, sum, stored)
+        (total, sum, stored, raw.finalize().to_hex().to_string())
     } else {
         let mut tee = Tee {
             inner: BufReader::with_capacity(capacity, src),
@@ -255,7 +323,8 @@ fn receive_into(
         };
         io::copy(&mut tee, &mut io::sink()).map_err(classify)?;
         let stored = tee.n;
-        (stored, raw.finalize().to_hex().to_string(), stored)
+        let sum = raw.finalize().to_hex().to_string();
+        (stored, sum.clone(), stored, sum)
     };
     out.flush().map_err(|source| TransferError::Local {
         path: PathBuf::from(remote_name),
@@ -280,7 +349,7 @@ fn receive_into(
             expect.size
         )));
     }
-    Ok(())
+    Ok(object_sum)
 }
 
 /// Content size from which an object's BLAKE3 is computed on a second thread while
@@ -435,11 +504,13 @@ mod tests {
             stored_size: obj.len() as u64,
             size: data.len() as u64,
             checksum: Some(blake3::hash(&data).to_hex().to_string()),
+            stored_checksum: None,
             compressed: true,
         };
         let moved = AtomicU64::new(0);
         let dest = dir.path().join("x.zst");
-        receive(&obj[..], "x.zst", &dest, &good, &moved).unwrap();
+        let object_sum = receive(&obj[..], "x.zst", &dest, &good, &moved).unwrap();
+        assert_eq!(object_sum, blake3::hash(&obj).to_hex().to_string());
         assert_eq!(std::fs::read(&dest).unwrap(), obj);
         assert_eq!(moved.load(Ordering::Relaxed), obj.len() as u64);
         assert!(already_there(&dest, &good));
@@ -460,13 +531,82 @@ mod tests {
             stored_size: 5,
             size: 5,
             checksum: Some(blake3::hash(b"hello").to_hex().to_string()),
+            stored_checksum: None,
             compressed: false,
         };
-        receive(&b"hello"[..], "h", &dir.path().join("h"), &plain, &moved).unwrap();
+        assert_eq!(
+            receive(&b"hello"[..], "h", &dir.path().join("h"), &plain, &moved).unwrap(),
+            blake3::hash(b"hello").to_hex().to_string(),
+            "a plain object's object checksum is its content checksum"
+        );
         assert!(
             receive(&b"hellO"[..], "h2", &dir.path().join("h2"), &plain, &moved)
                 .unwrap_err()
                 .is_mismatch()
         );
+    }
+
+    #[test]
+    fn an_object_checksum_is_checked_on_the_bytes_received_without_decompressing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 89) as u8).collect();
+        let obj = zst(&data);
+        let expect = Expected {
+            stored_size: obj.len() as u64,
+            size: data.len() as u64,
+            checksum: Some(blake3::hash(&data).to_hex().to_string()),
+            stored_checksum: Some(blake3::hash(&obj).to_hex().to_string()),
+            compressed: true,
+        };
+        let moved = AtomicU64::new(0);
+        let dest = dir.path().join("x.zst");
+        let sum = receive(&obj[..], "x.zst", &dest, &expect, &moved).unwrap();
+        assert_eq!(Some(sum), expect.stored_checksum);
+        assert_eq!(std::fs::read(&dest).unwrap(), obj);
+        assert_eq!(moved.load(Ordering::Relaxed), obj.len() as u64);
+
+        // One bit flipped in the compressed bytes, same size: refused by the object
+        // checksum, and neither the final nor the temporary name is left.
+        let mut flipped = obj.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x10;
+        let dest2 = dir.path().join("y.zst");
+        let e = receive_unsynced(&flipped[..], "y.zst", &dest2, &expect, &moved).unwrap_err();
+        assert!(e.is_mismatch(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("y.zst") && msg.contains("object checksum"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(expect.stored_checksum.as_deref().unwrap()),
+            "{msg}"
+        );
+        assert!(!dest2.exists() && !temp_path(&dest2).exists());
+
+        // Short: refused by size. Longer: only the recorded bytes are read (as on
+        // the content path), and they are the object.
+        let e = receive(&obj[..obj.len() - 1], "s.zst", &dest2, &expect, &moved).unwrap_err();
+        assert!(e.to_string().contains("bytes received"), "{e}");
+        let mut longer = obj.clone();
+        longer.push(0);
+        receive(&longer[..], "l.zst", &dest2, &expect, &moved).unwrap();
+
+        // Bytes that are not zstd at all pass when they are what was recorded:
+        // the content is not decompressed on this path.
+        let junk = b"not zstd, but what the primary stored".to_vec();
+        let as_recorded = Expected {
+            stored_size: junk.len() as u64,
+            stored_checksum: Some(blake3::hash(&junk).to_hex().to_string()),
+            ..expect.clone()
+        };
+        receive(
+            &junk[..],
+            "j.zst",
+            &dir.path().join("j.zst"),
+            &as_recorded,
+            &moved,
+        )
+        .unwrap();
     }
 }

@@ -1,5 +1,7 @@
 //! zstd storage of file content: chunks compressed in parallel (rayon) as independent
-//! frames written in order, with a BLAKE3 checksum of the uncompressed content.
+//! frames written in order, with a BLAKE3 checksum of the uncompressed content and
+//! one of the stored object (the frames as written), which a peer verifies a copy
+//! against without decompressing it.
 
 use super::durable::AtomicFile;
 use rayon::prelude::*;
@@ -22,6 +24,9 @@ pub struct StoredFile {
     pub stored_size: u64,
     /// BLAKE3 of the uncompressed content, hex.
     pub checksum: String,
+    /// BLAKE3 of the object as stored (the compressed bytes on disk), hex.
+    #[serde(default)]
+    pub stored_checksum: String,
 }
 
 /// BLAKE3 of a byte slice, hex.
@@ -37,14 +42,17 @@ pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<Stor
         .collect();
     let mut out = AtomicFile::create(dest)?;
     let mut stored_size = 0u64;
+    let mut object = blake3::Hasher::new();
     if data.is_empty() {
         let frame = zstd::bulk::compress(&[], level)?;
         out.write_all(&frame)?;
+        object.update(&frame);
         stored_size += frame.len() as u64;
     }
     for frame in frames {
         let frame = frame?;
         out.write_all(&frame)?;
+        object.update(&frame);
         stored_size += frame.len() as u64;
     }
     out.commit()?;
@@ -52,6 +60,7 @@ pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<Stor
         size: data.len() as u64,
         stored_size,
         checksum: checksum(data),
+        stored_checksum: object.finalize().to_hex().to_string(),
     })
 }
 
@@ -95,6 +104,9 @@ mod tests {
         let s = store_compressed(&data, &dest, DEFAULT_LEVEL).unwrap();
         assert_eq!(s.size, data.len() as u64);
         assert_eq!(s.checksum, checksum(&data));
+        // The object checksum is the BLAKE3 of the bytes on disk.
+        assert_eq!(s.stored_checksum, checksum(&std::fs::read(&dest).unwrap()));
+        assert_eq!(s.stored_size, std::fs::metadata(&dest).unwrap().len());
         assert_eq!(read_decompressed(&dest).unwrap(), data);
         // The standard streaming decoder reads concatenated frames too.
         let all = zstd::stream::decode_all(File::open(&dest).unwrap()).unwrap();

@@ -611,6 +611,7 @@ mod tests {
             object: None,
             compression: None,
             stored_size: 0,
+            stored_checksum: None,
             target: None,
         }
     }

@@ -300,6 +300,7 @@ mod tests {
                     size: SEG,
                     stored_size: 1,
                     checksum: format!("sum{tli}-{segno}"),
+                    stored_checksum: None,
                     archived_at: t0 + Duration::minutes(segno as i64),
                 },
             )

@@ -437,6 +437,7 @@ mod tests {
             size: 1,
             stored_size: 1,
             checksum: "h".into(),
+            stored_checksum: None,
             archived_at: Utc::now(),
         }];
         for s in segnos {
@@ -453,6 +454,7 @@ mod tests {
                 size: MB16,
                 stored_size: 10,
                 checksum: "x".into(),
+                stored_checksum: None,
                 archived_at: Utc::now(),
             });
         }

@@ -424,6 +424,7 @@ mod tests {
                 object: Some(object),
                 compression: Some("zstd".into()),
                 stored_size: s.stored_size,
+                stored_checksum: Some(s.stored_checksum),
                 target: None,
             };
             writeln!(list, "{}", serde_json::to_string(&e).unwrap()).unwrap();
@@ -510,6 +511,7 @@ mod tests {
             object: Some("data/plain".into()),
             compression: Some("none".into()),
             stored_size: 5,
+            stored_checksum: None,
             target: None,
         };
         let good = crate::repo::compress::checksum(b"as is");

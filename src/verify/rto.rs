@@ -157,6 +157,7 @@ mod tests {
             size: 16 << 20,
             stored_size: 1 << 20,
             checksum: String::new(),
+            stored_checksum: None,
             archived_at: Utc::now(),
         }
     }

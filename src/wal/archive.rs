@@ -47,6 +47,7 @@ fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFi
     let mut out = AtomicFile::create(dest)?;
     let mut buf = vec![0u8; CHUNK_SIZE];
     let (mut size, mut stored_size) = (0u64, 0u64);
+    let mut object = blake3::Hasher::new();
     loop {
         let mut n = 0;
         while n < buf.len() {
@@ -61,6 +62,7 @@ fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFi
         }
         let frame = zstd::bulk::compress(&buf[..n], DEFAULT_LEVEL)?;
         out.write_all(&frame)?;
+        object.update(&frame);
         size += n as u64;
         stored_size += frame.len() as u64;
         if n < buf.len() {
@@ -72,6 +74,7 @@ fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFi
         size,
         stored_size,
         checksum: sum.to_string(),
+        stored_checksum: object.finalize().to_hex().to_string(),
     })
 }
 
@@ -147,6 +150,8 @@ impl WalArchive {
                     size: data.len() as u64,
                     stored_size: data.len() as u64,
                     checksum: sum.clone(),
+                    // Stored as is: the object is the content.
+                    stored_checksum: sum.clone(),
                 })
             } else {
                 store_compressed(data, dest, DEFAULT_LEVEL)
@@ -193,6 +198,7 @@ impl WalArchive {
             size: stored.size,
             stored_size: stored.stored_size,
             checksum: stored.checksum,
+            stored_checksum: Some(stored.stored_checksum),
             archived_at: Utc::now(),
         };
         self.catalog.insert_wal(&self.server, &rec)?;
