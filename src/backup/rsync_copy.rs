@@ -162,10 +162,37 @@ pub fn balanced_shares(sizes: &[(usize, u64)], n: usize) -> Vec<Vec<usize>> {
 /// OpenSSH flags that take an argument.
 const SSH_ARG_FLAGS: &str = "BbcDEeFIiJLlmOoPpQRSWw";
 
+/// The cipher preference pgbk gives OpenSSH for its bulk copies when the ssh
+/// command names no ciphers itself: AES-GCM ahead of OpenSSH's default order (which
+/// starts with chacha20-poly1305), every default cipher still allowed after it. With
+/// the AES instructions every server CPU has, AES-GCM costs a third of the CPU per
+/// byte on both ends, which is what a copy of a large database waits on.
+pub const FAST_CIPHERS: &str = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+
+/// Whether the ssh program of `command` (OpenSSH 8.0 or later) accepts
+/// [`FAST_CIPHERS`]: `ssh -G` reads the options and prints them without connecting.
+pub fn accepts_fast_ciphers(command: &str) -> bool {
+    let Some(program) = split_shell(command).ok().and_then(|w| w.into_iter().next()) else {
+        return false;
+    };
+    if Path::new(&program).file_name().and_then(|n| n.to_str()) != Some("ssh") {
+        return false;
+    }
+    Command::new(&program)
+        .args(["-G", "-o", FAST_CIPHERS, "pgbk-cipher-probe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The `-e` argument for rsync: the configured ssh command line without its
 /// destination, never prompting, and refusing unknown host keys unless the command
-/// sets `StrictHostKeyChecking` itself.
-pub fn rsync_shell(command: &str) -> Result<String, String> {
+/// sets `StrictHostKeyChecking` itself. With `fast_ciphers` (see
+/// [`accepts_fast_ciphers`]), AES-GCM is preferred unless the command sets `-c` or
+/// `-o Ciphers` itself.
+pub fn rsync_shell(command: &str, fast_ciphers: bool) -> Result<String, String> {
     let bad = |m: &str| format!("ssh command '{command}': {m}");
     let words = split_shell(command).map_err(|e| bad(&e))?;
     let mut kept: Vec<String> = Vec::new();
@@ -173,6 +200,7 @@ pub fn rsync_shell(command: &str) -> Result<String, String> {
     kept.extend(it.next());
     let mut destination = false;
     let mut strict_set = false;
+    let mut ciphers_set = false;
     while let Some(w) = it.next() {
         if destination {
             return Err(bad("must not name a remote command"));
@@ -197,12 +225,12 @@ pub fn rsync_shell(command: &str) -> Result<String, String> {
                 } else {
                     attached
                 };
-                if c == 'o'
-                    && arg
-                        .to_ascii_lowercase()
-                        .starts_with("stricthostkeychecking")
-                {
+                let option = arg.to_ascii_lowercase();
+                if c == 'o' && option.starts_with("stricthostkeychecking") {
                     strict_set = true;
+                }
+                if c == 'c' || (c == 'o' && option.starts_with("ciphers")) {
+                    ciphers_set = true;
                 }
             }
         } else {
@@ -217,6 +245,10 @@ pub fn rsync_shell(command: &str) -> Result<String, String> {
     if !strict_set {
         kept.push("-o".into());
         kept.push("StrictHostKeyChecking=yes".into());
+    }
+    if fast_ciphers && !ciphers_set {
+        kept.push("-o".into());
+        kept.push(FAST_CIPHERS.into());
     }
     Ok(kept
         .iter()
@@ -386,7 +418,7 @@ pub type StoredHook = Arc<dyn Fn(&Path) + Send + Sync>;
 /// copies the next files, instead of all at the backup's final `syncfs`. Advisory
 /// only: durability still comes from that `syncfs`, so failures (a name rsync
 /// escaped, a file not yet renamed) are ignored.
-fn start_writeback(path: &Path) {
+pub(super) fn start_writeback(path: &Path) {
     use std::os::unix::io::AsRawFd;
     if let Ok(f) = std::fs::File::open(path) {
         // SAFETY: sync_file_range on a descriptor we own, for its whole length.
@@ -614,17 +646,39 @@ mod tests {
 
     #[test]
     fn rsync_gets_the_ssh_command_without_its_destination() {
-        let s =
-            rsync_shell("ssh -p 2222 -i '/k ey' -o UserKnownHostsFile=/kh postgres@pg1").unwrap();
+        let s = rsync_shell(
+            "ssh -p 2222 -i '/k ey' -o UserKnownHostsFile=/kh postgres@pg1",
+            false,
+        )
+        .unwrap();
         assert_eq!(
             s,
             "ssh -p 2222 -i '/k ey' -o UserKnownHostsFile=/kh -o BatchMode=yes -o StrictHostKeyChecking=yes"
         );
-        let s = rsync_shell("ssh -oStrictHostKeyChecking=no pg1").unwrap();
+        let s = rsync_shell("ssh -oStrictHostKeyChecking=no pg1", false).unwrap();
         assert!(!s.contains("=yes -o Strict"), "{s}");
-        assert!(rsync_shell("ssh pg1 ls").is_err());
-        assert!(rsync_shell("ssh -p").is_err());
-        assert!(rsync_shell("ssh -p 22").is_err());
+        assert!(rsync_shell("ssh pg1 ls", false).is_err());
+        assert!(rsync_shell("ssh -p", false).is_err());
+        assert!(rsync_shell("ssh -p 22", false).is_err());
+    }
+
+    #[test]
+    fn aes_gcm_goes_first_unless_the_command_names_ciphers() {
+        let s = rsync_shell("ssh pg1", true).unwrap();
+        assert!(s.ends_with(&format!("-o '{FAST_CIPHERS}'")), "{s}");
+        for own in [
+            "ssh -c aes256-ctr pg1",
+            "ssh -caes256-ctr pg1",
+            "ssh -o Ciphers=aes256-ctr pg1",
+        ] {
+            let s = rsync_shell(own, true).unwrap();
+            assert!(!s.contains("Ciphers=^"), "{own}: {s}");
+        }
+        // OpenSSH on this machine takes the preference (ssh -G, no connection).
+        if Path::new("/usr/bin/ssh").exists() {
+            assert!(accepts_fast_ciphers("/usr/bin/ssh -p 22 pg1"));
+        }
+        assert!(!accepts_fast_ciphers("/bin/true pg1"));
     }
 
     #[test]
