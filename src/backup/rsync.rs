@@ -31,7 +31,6 @@ use super::rsync_copy::{
     StoredHook, TransferStats,
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
-use super::rsync_range::{destination, range_sizes, run_range, split, RangeJob, RANGE_PROBE};
 use super::take::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
@@ -322,23 +321,19 @@ async fn copy(
     // 1. The host key, the data directory and rsync, before the server is touched.
     let pgdata = facts.data_directory.clone();
     let t = target.clone();
-    let (session, ranges_possible) = blocking(stop, abort.clone(), move || {
+    let session = blocking(stop, abort.clone(), move || {
         let s = SshSession::connect(&t).map_err(|e| e.to_string())?;
-        // GNU dd (which reads a byte range for rsync_range) answers "ranges".
         let check = format!(
             "test -r {q}/PG_VERSION || {{ echo 'cannot read {d}/PG_VERSION' >&2; exit 3; }}; \
-             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}; \
-             {probe} 2>/dev/null && echo ranges; exit 0",
+             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}",
             q = shell_quote(&pgdata),
-            d = pgdata.replace('\'', ""),
-            probe = RANGE_PROBE,
+            d = pgdata.replace('\'', "")
         );
         let out = s.exec(&check).map_err(|e| e.to_string())?;
         if !out.success() {
             return Err(format!("ssh {}: {}", t.display(), out.stderr_line()));
         }
-        let ranges = String::from_utf8_lossy(&out.stdout).contains("ranges");
-        Ok((s, ranges))
+        Ok(s)
     })
     .await?;
 
@@ -441,14 +436,7 @@ async fn copy(
         };
         began.timestamp() as f64 - 2.0
     });
-    // Large files that must be transferred anyway go in ranges over several SSH
-    // streams (see rsync_range); only when changed files are sent whole.
-    let whole = whole_file(opts.network_compression, opts.bandwidth_limit);
-    let (range_from, range_min) = range_sizes();
-    if whole && !ranges_possible {
-        tracing::info!(backup = %info.backup_id, "the server's dd reads no byte ranges (not GNU dd): large files go through rsync whole");
-    }
-    let mut tasks: Vec<Task> = Vec::new();
+    let mut copy_jobs = Vec::new();
     for (r, (remote, root)) in roots.iter().enumerate() {
         let suspects: Vec<bool> = root
             .entries
@@ -460,42 +448,12 @@ async fn copy(
                 _ => false,
             })
             .collect();
-        let ranged: Vec<bool> = root
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                whole
-                    && ranges_possible
-                    && !e.is_dir
-                    && !suspects[i]
-                    && e.size >= range_from
-                    && !root
-                        .previous
-                        .as_ref()
-                        .is_some_and(|prev| quick_check_equal(&prev.join(&e.path), e))
-            })
-            .collect();
-        for (_, e) in root.entries.iter().enumerate().filter(|(i, _)| ranged[*i]) {
-            tasks.extend(
-                split(
-                    format!("{}/{}", remote.trim_end_matches('/'), e.path),
-                    root.local.join(&e.path),
-                    e.size,
-                    e.mtime,
-                    jobs,
-                    range_min,
-                )
-                .into_iter()
-                .map(Task::Range),
-            );
-        }
         for checksum in [false, true] {
             let files: Vec<(usize, u64)> = root
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(i, e)| !e.is_dir && !ranged[*i])
+                .filter(|(_, e)| !e.is_dir)
                 .filter(|(_, e)| root.tablespace.is_some() || e.path != PG_CONTROL)
                 .filter(|(i, _)| suspects[*i] == checksum)
                 .map(|(i, e)| (i, e.size))
@@ -517,14 +475,17 @@ async fn copy(
                     .map(|&i| root.entries[i].path.as_str())
                     .collect();
                 write_list(&list, &paths).map_err(|e| format!("{}: {e}", list.display()))?;
-                tasks.push(Task::Rsync(CopyJob {
-                    remote_dir: remote.clone(),
-                    local_dir: root.local.clone(),
-                    reuse_dir: root.previous.clone(),
-                    list,
-                    checksum,
-                    bytes: share.iter().map(|&i| root.entries[i].size).sum(),
-                }));
+                copy_jobs.push((
+                    k,
+                    CopyJob {
+                        remote_dir: remote.clone(),
+                        local_dir: root.local.clone(),
+                        reuse_dir: root.previous.clone(),
+                        list,
+                        checksum,
+                        bytes: share.iter().map(|&i| root.entries[i].size).sum(),
+                    },
+                ));
             }
         }
     }
@@ -551,39 +512,17 @@ async fn copy(
             ))
         }
     };
-    let ranged: Vec<&RangeJob> = tasks
-        .iter()
-        .filter_map(|t| match t {
-            Task::Range(r) if r.offset == 0 => Some(r),
-            _ => None,
-        })
-        .collect();
-    if !ranged.is_empty() {
-        tracing::info!(
-            backup = %info.backup_id,
-            "{} large file(s), {} bytes, go in byte ranges over ssh",
-            ranged.len(),
-            ranged.iter().map(|r| r.file.size).sum::<u64>()
-        );
-    }
     let setup = RsyncSetup {
         shell: shell.to_string(),
         remote: remote_prefix(target),
         reuse: opts.reuse,
         bwlimit: opts.bandwidth_limit.map(|bw| (bw / jobs as u64).max(1)),
         compress: opts.network_compression,
-        whole_file: whole,
+        whole_file: whole_file(opts.network_compression, opts.bandwidth_limit),
     };
-    let total: u64 = tasks.iter().map(Task::bytes).sum();
+    let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
     progress.start(&format!("backup {}", info.backup_id), Some(total));
-    let mut lists: Vec<PathBuf> = tasks
-        .iter()
-        .filter_map(|t| match t {
-            Task::Rsync(j) => Some(j.list.clone()),
-            Task::Range(_) => None,
-        })
-        .collect();
-    let ssh_destination = destination(target);
+    let mut lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
     lists.extend(control.as_ref().map(|c| c.list.clone()));
     let worker_progress = progress.clone();
     let worker_abort = abort.clone();
@@ -594,8 +533,7 @@ async fn copy(
     let stats = blocking(stop, abort.clone(), move || {
         let mut stats = run_workers(
             &setup,
-            &ssh_destination,
-            tasks,
+            copy_jobs,
             jobs,
             &worker_abort,
             &*worker_progress,
@@ -713,64 +651,31 @@ async fn copy(
     Ok(())
 }
 
-/// One unit of copying work.
-enum Task {
-    /// An rsync process over a list of files.
-    Rsync(CopyJob),
-    /// One byte range of a large file (see [`super::rsync_range`]).
-    Range(RangeJob),
-}
-
-impl Task {
-    fn bytes(&self) -> u64 {
-        match self {
-            Task::Rsync(j) => j.bytes,
-            Task::Range(r) => r.len,
-        }
-    }
-}
-
-/// Runs the tasks on `jobs` worker threads, each taking the largest task left (so
-/// the workers end together), summing the transfer figures. The first failure stops
-/// the others.
+/// Runs the jobs on `jobs` worker threads (each job's share index picks its worker),
+/// summing rsync's figures. The first failure stops the others.
 fn run_workers(
     setup: &RsyncSetup,
-    destination: &str,
-    mut tasks: Vec<Task>,
+    copy_jobs: Vec<(usize, CopyJob)>,
     jobs: usize,
     abort: &AtomicBool,
     progress: &dyn Progress,
     stored: &StoredHook,
 ) -> Result<TransferStats, String> {
-    // Largest first; popped from the end.
-    tasks.sort_by_key(Task::bytes);
-    let queue = std::sync::Mutex::new(tasks);
+    let mut per_worker: Vec<Vec<CopyJob>> = vec![Vec::new(); jobs];
+    for (k, j) in copy_jobs {
+        per_worker[k % jobs].push(j);
+    }
     let done = AtomicU64::new(0);
     let results: Vec<Result<TransferStats, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..jobs.max(1))
-            .map(|_| {
-                let (done, queue) = (&done, &queue);
+        let handles: Vec<_> = per_worker
+            .iter()
+            .map(|list| {
+                let done = &done;
                 s.spawn(move || {
                     let mut sum = TransferStats::default();
                     let advanced = |n: u64| progress.set(done.fetch_add(n, Ordering::Relaxed) + n);
-                    loop {
-                        let next = match queue.lock() {
-                            Ok(mut q) => q.pop(),
-                            Err(_) => None,
-                        };
-                        let Some(task) = next else { break };
-                        if abort.load(Ordering::Relaxed) {
-                            return Err("interrupted".to_string());
-                        }
-                        let result = match &task {
-                            Task::Rsync(job) => {
-                                run_job(setup, job, abort, &advanced, Some(stored.clone()))
-                            }
-                            Task::Range(range) => {
-                                run_range(setup, destination, range, abort, &advanced, Some(stored))
-                            }
-                        };
-                        match result {
+                    for job in list {
+                        match run_job(setup, job, abort, &advanced, Some(stored.clone())) {
                             Ok(st) => {
                                 sum.files += st.files;
                                 sum.bytes += st.bytes;
@@ -789,7 +694,7 @@ fn run_workers(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err("a copy worker panicked".into()))
+                    .unwrap_or_else(|_| Err("an rsync worker panicked".into()))
             })
             .collect()
     });

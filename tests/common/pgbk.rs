@@ -28,8 +28,6 @@ pub struct Pgbk {
     pub config: PathBuf,
     pub conf_d: PathBuf,
     dir: Option<TempDir>,
-    /// Variables every command gets (test hooks such as `PGBK_TEST_RANGE_FROM`).
-    env: Vec<(String, String)>,
 }
 
 impl Pgbk {
@@ -51,13 +49,7 @@ impl Pgbk {
             config,
             conf_d,
             dir: Some(dir),
-            env: Vec::new(),
         }
-    }
-
-    /// Gives every later command this environment variable (a documented test hook).
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Write `conf.d/<name>.conf`: `[name]` followed by `body`.
@@ -101,7 +93,6 @@ impl Pgbk {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbk"));
         clear_pg_env(&mut cmd);
         cmd.arg("-c").arg(&self.config).current_dir(&self.root);
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
