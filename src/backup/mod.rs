@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod rsync;
 pub mod rsync_copy;
 pub mod rsync_index;
+pub mod rsync_tar;
 pub mod take;
 pub mod tar_store;
 pub mod wal_range;

@@ -17,6 +17,10 @@
 //! 5. checksums, files.jsonl, backup.json `WAITING_FOR_WALS`, then the same WAL
 //!    wait as the streaming method ([`super::take::wait_for_wal`]).
 //!
+//! Lists with no previous copy to compare against (the first backup, a new
+//! tablespace, `reuse_backup = off`) are streamed with GNU tar instead, unless the
+//! link is said to be slow (see [`super::rsync_tar`]): the files stored are the same.
+//!
 //! With `reuse_backup = link` (`copy`), rsync gets the previous `DONE` rsync backup's
 //! folders as `--link-dest` (`--copy-dest`): unchanged files become hard links to
 //! that backup's files (which pgbk never modifies), neither transferred nor stored
@@ -31,6 +35,7 @@ use super::rsync_copy::{
     StoredHook, TransferStats,
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
+use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
 use super::take::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
@@ -321,19 +326,23 @@ async fn copy(
     // 1. The host key, the data directory and rsync, before the server is touched.
     let pgdata = facts.data_directory.clone();
     let t = target.clone();
-    let session = blocking(stop, abort.clone(), move || {
+    let (session, tar_possible) = blocking(stop, abort.clone(), move || {
         let s = SshSession::connect(&t).map_err(|e| e.to_string())?;
+        // GNU tar (which streams first copies, see rsync_tar) answers "gnu-tar".
         let check = format!(
             "test -r {q}/PG_VERSION || {{ echo 'cannot read {d}/PG_VERSION' >&2; exit 3; }}; \
-             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}",
+             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}; \
+             {probe} && echo gnu-tar; exit 0",
             q = shell_quote(&pgdata),
-            d = pgdata.replace('\'', "")
+            d = pgdata.replace('\'', ""),
+            probe = TAR_PROBE,
         );
         let out = s.exec(&check).map_err(|e| e.to_string())?;
         if !out.success() {
             return Err(format!("ssh {}: {}", t.display(), out.stderr_line()));
         }
-        Ok(s)
+        let tar = String::from_utf8_lossy(&out.stdout).contains("gnu-tar");
+        Ok((s, tar))
     })
     .await?;
 
@@ -512,6 +521,23 @@ async fn copy(
             ))
         }
     };
+    // Lists with nothing to compare against go through tar (see rsync_tar), unless
+    // the link is said to be slow (rsync's -z and --bwlimit then matter).
+    let tar_first = whole_file(opts.network_compression, opts.bandwidth_limit) && tar_possible;
+    if !tar_possible {
+        tracing::info!(backup = %info.backup_id, "no GNU tar on the server: first copies go through rsync too");
+    }
+    let first = copy_jobs
+        .iter()
+        .filter(|(_, j)| j.reuse_dir.is_none())
+        .count();
+    if tar_first && first > 0 {
+        tracing::info!(
+            backup = %info.backup_id,
+            "{first} of {} file list(s) have no previous copy to compare with: streamed with tar",
+            copy_jobs.len()
+        );
+    }
     let setup = RsyncSetup {
         shell: shell.to_string(),
         remote: remote_prefix(target),
@@ -530,9 +556,13 @@ async fn copy(
     let early = Arc::new(EarlySums::default());
     let hook_sums = early.clone();
     let hook: StoredHook = Arc::new(move |p: &std::path::Path| hook_sums.record(p));
+    let tar_sums = early.clone();
+    let tar_to = tar_first.then(|| destination(target));
     let stats = blocking(stop, abort.clone(), move || {
+        let tar = tar_to.as_deref().map(|d| (d, &*tar_sums));
         let mut stats = run_workers(
             &setup,
+            tar,
             copy_jobs,
             jobs,
             &worker_abort,
@@ -540,7 +570,7 @@ async fn copy(
             &hook,
         )?;
         if let Some(c) = control {
-            let st = run_job(&setup, &c, &worker_abort, &|_| {}, None)?;
+            let st = copy_one(&setup, tar, &c, &worker_abort, &|_| {}, None)?;
             stats.files += st.files;
             stats.bytes += st.bytes;
         }
@@ -651,10 +681,33 @@ async fn copy(
     Ok(())
 }
 
+/// Where first copies go through tar: the ssh destination and the checksums taken
+/// on the way.
+type TarFirst<'a> = Option<(&'a str, &'a EarlySums)>;
+
+/// Copies one job: with tar when it has nothing to compare against and `tar` says
+/// so, else with rsync.
+fn copy_one(
+    setup: &RsyncSetup,
+    tar: TarFirst<'_>,
+    job: &CopyJob,
+    abort: &AtomicBool,
+    advanced: &dyn Fn(u64),
+    stored: Option<StoredHook>,
+) -> Result<TransferStats, String> {
+    match tar {
+        Some((dest, sums)) if job.reuse_dir.is_none() => {
+            run_tar_job(setup, dest, job, abort, advanced, sums)
+        }
+        _ => run_job(setup, job, abort, advanced, stored),
+    }
+}
+
 /// Runs the jobs on `jobs` worker threads (each job's share index picks its worker),
 /// summing rsync's figures. The first failure stops the others.
 fn run_workers(
     setup: &RsyncSetup,
+    tar: TarFirst<'_>,
     copy_jobs: Vec<(usize, CopyJob)>,
     jobs: usize,
     abort: &AtomicBool,
@@ -675,7 +728,7 @@ fn run_workers(
                     let mut sum = TransferStats::default();
                     let advanced = |n: u64| progress.set(done.fetch_add(n, Ordering::Relaxed) + n);
                     for job in list {
-                        match run_job(setup, job, abort, &advanced, Some(stored.clone())) {
+                        match copy_one(setup, tar, job, abort, &advanced, Some(stored.clone())) {
                             Ok(st) => {
                                 sum.files += st.files;
                                 sum.bytes += st.bytes;

@@ -418,7 +418,7 @@ pub type StoredHook = Arc<dyn Fn(&Path) + Send + Sync>;
 /// copies the next files, instead of all at the backup's final `syncfs`. Advisory
 /// only: durability still comes from that `syncfs`, so failures (a name rsync
 /// escaped, a file not yet renamed) are ignored.
-fn start_writeback(path: &Path) {
+pub(super) fn start_writeback(path: &Path) {
     use std::os::unix::io::AsRawFd;
     if let Ok(f) = std::fs::File::open(path) {
         // SAFETY: sync_file_range on a descriptor we own, for its whole length.

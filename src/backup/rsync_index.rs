@@ -112,8 +112,18 @@ impl EarlySums {
         }
     }
 
+    /// Records the checksum of a file just written here with its current identity
+    /// (see [`super::rsync_tar`], which hashes files as it writes them).
+    pub fn insert(&self, path: &Path, size: u64, sum: String) {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if let Ok(mut map) = self.0.lock() {
+                map.insert(path.to_path_buf(), (identity(&meta), size, sum));
+            }
+        }
+    }
+
     /// The early checksum of `path` if the file is still the one that was read.
-    fn get(&self, path: &Path, meta: &std::fs::Metadata) -> Option<(u64, String)> {
+    pub(super) fn get(&self, path: &Path, meta: &std::fs::Metadata) -> Option<(u64, String)> {
         let map = self.0.lock().ok()?;
         let (id, n, sum) = map.get(path)?;
         (*id == identity(meta)).then(|| (*n, sum.clone()))
