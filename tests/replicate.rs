@@ -16,7 +16,9 @@
 //!   `backup`/`receive-wal` are refused on a passive server.
 
 mod common;
-use common::peer::{add_passive_server, backup_summary, last_lsn, replicate};
+use common::peer::{
+    add_passive_server, assert_object_checksums, backup_summary, last_lsn, replicate,
+};
 use common::{
     chown_to_postgres, free_port, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk,
     Cluster, ClusterOptions, Pgbk, Sshd,
@@ -165,6 +167,11 @@ fn region_b_mirrors_backups_and_wal_that_verify_and_recover_to_the_same_rows() {
             "segment {seg} differs"
         );
     }
+    // Every object A stored carries its object checksum, and B records the same ones
+    // (WAL catalog rows, backups' files.jsonl), each right for the bytes on disk.
+    let a_sums = assert_object_checksums(&a.pg, "pg1");
+    let b_sums = assert_object_checksums(&b, "pg1");
+    assert_eq!(b_sums, a_sums);
     for id in [&first, &second] {
         let v = b.json(&["verify-backup", "pg1", id]);
         assert_eq!(v["ok"], true, "{v}");
@@ -219,6 +226,9 @@ fn region_b_mirrors_backups_and_wal_that_verify_and_recover_to_the_same_rows() {
     assert_eq!(c3.archived_segments("pg1"), a.pg.archived_segments("pg1"));
     let v = c3.json(&["verify-backup", "pg1", &second]);
     assert_eq!(v["ok"], true, "{v}");
+    // The chain keeps the property: C verified what it received by object checksum
+    // and records the same ones.
+    assert_eq!(assert_object_checksums(&c3, "pg1"), a_sums);
 
     // Without primary_ssh_command, B is an active server continuing the same
     // catalog: its receive-wal streams on from A's cluster and archives more WAL.
@@ -475,22 +485,33 @@ fn changed_object_crafted_paths_and_unreachable_primary_are_refused() {
     let sshd = Sshd::start();
 
     // An object changed on A after its backup is DONE: B refuses it by checksum.
-    let obj =
-        a.pg.home
-            .join("pg1/backups")
-            .join(&id)
-            .join("data/PG_VERSION.zst");
+    let backup_dir = a.pg.home.join("pg1/backups").join(&id);
+    let obj = backup_dir.join("data/PG_VERSION.zst");
     assert!(obj.is_file());
     fs::remove_file(&obj).unwrap();
     pgbk::repo::compress::store_compressed(b"16\n", &obj, 1).unwrap();
+    // And one bit flipped in the middle of a larger compressed object, same size.
+    let big = "data/base/1/1259.zst";
+    let big_obj = backup_dir.join(big);
+    let mut bytes = fs::read(&big_obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&big_obj, &bytes).unwrap();
     let b = Pgbk::new();
     add_passive_server(&b, "pg1", &sshd, &a.pg, "");
     let out = b.run(&["replicate", "pg1"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.contains("checksum mismatch") && out.stderr.contains("PG_VERSION"),
-        "{out:?}"
-    );
+    // Both refused by the object checksum (the bytes received, not decompressed),
+    // the message naming the object.
+    for name in ["PG_VERSION", "1259.zst"] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(name) && l.contains("object checksum mismatch")),
+            "{name}: {out:?}"
+        );
+    }
+    assert!(!b.home.join("pg1/backups").join(&id).join(big).exists());
     let listed = b.json(&["list-backups", "pg1"]);
     assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
     assert!(!b

@@ -6,11 +6,13 @@
 //! - [`replicate`]: the passive side, one verified, resumable copy pass over SSH;
 //! - [`pool`]: the `parallel_jobs` transfer workers, one SSH session each;
 //! - [`transfer`]: one object fetched over SFTP and verified before it is named;
+//! - [`sftp_batch`]: many small objects read at once, SFTP requests pipelined;
 //! - [`paths`]: every name and path the peer sends is checked before use.
 
 pub mod paths;
 pub mod pool;
 pub mod replicate;
+pub mod sftp_batch;
 pub mod sync_info;
 pub mod transfer;
 

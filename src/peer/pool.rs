@@ -1,14 +1,19 @@
 //! The transfer workers of a replicate pass: `parallel_jobs` threads, each with its
 //! own SSH session (host key verified) and SFTP channel, taking objects from a
 //! bounded queue (so a backup of millions of files never queues them all) and
-//! reporting each outcome; see [`super::transfer`] for what one fetch does.
+//! reporting each outcome; see [`super::transfer`] for what one fetch does. Small
+//! objects come in batches, read with pipelined requests on a second SFTP channel
+//! of the same session ([`super::sftp_batch`]), then verified the same way.
 //!
+//! Each worker connects as soon as the pool starts (a pass starts it while
+//! `sync-info` runs on the primary, so the handshakes overlap it).
 //! A worker whose read fails checks whether its SSH connection still answers; when
 //! it does not (sshd stopped, host gone), the pool is *lost*: every queued object
 //! fails at once without touching the network and the pass stops with one error
 //! instead of one per object.
 
 use super::replicate::THROTTLE_ENV;
+use super::sftp_batch::{self, Batcher, SshChannel};
 use super::transfer::{self, Expected, TransferError};
 use crate::ssh::{SshSession, SshTarget};
 use std::path::{Path, PathBuf};
@@ -30,6 +35,14 @@ pub struct Job {
     pub unsynced: bool,
 }
 
+/// What a worker takes from the queue.
+pub enum Work {
+    /// One object, through libssh2's SFTP client.
+    One(Box<Job>),
+    /// Small objects read at once ([`sftp_batch`]).
+    Batch(Vec<Job>),
+}
+
 /// One fetch's outcome.
 pub struct Done {
     /// The job's label.
@@ -42,7 +55,7 @@ pub struct Done {
 
 /// `parallel_jobs` workers, each with its own SSH session and SFTP channel.
 pub struct Pool {
-    tx: Option<mpsc::SyncSender<Job>>,
+    tx: Option<mpsc::SyncSender<Work>>,
     rx: mpsc::Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: usize,
@@ -52,7 +65,7 @@ pub struct Pool {
 impl Pool {
     /// Starts `n` workers connecting to `target`; bytes read go to `moved`.
     pub fn start(target: &SshTarget, n: usize, moved: Arc<AtomicU64>) -> Pool {
-        let (tx, jobs) = mpsc::sync_channel::<Job>(n * 4);
+        let (tx, jobs) = mpsc::sync_channel::<Work>(n * 4);
         let jobs = Arc::new(Mutex::new(jobs));
         let (done_tx, rx) = mpsc::channel::<Done>();
         let throttle = std::env::var(THROTTLE_ENV)
@@ -68,6 +81,7 @@ impl Pool {
                 let done_tx = done_tx.clone();
                 let moved = Arc::clone(&moved);
                 std::thread::spawn(move || {
+                    let t = std::time::Instant::now();
                     let session = SshSession::connect(&target).map_err(|e| e.to_string());
                     if let Ok(s) = &session {
                         s.set_timeout(super::replicate::IO_TIMEOUT);
@@ -76,72 +90,96 @@ impl Pool {
                         .as_ref()
                         .map_err(Clone::clone)
                         .and_then(|s| s.sftp().map_err(|e| e.to_string()));
+                    tracing::debug!(
+                        ok = sftp.is_ok(),
+                        "transfer worker connected in {:?}",
+                        t.elapsed()
+                    );
                     if let Err(msg) = &sftp {
                         if let Ok(mut l) = lost.lock() {
                             l.get_or_insert_with(|| msg.clone());
                         }
                     }
+                    let mut batcher: Option<Batcher<SshChannel>> = None;
                     loop {
-                        let job = match jobs.lock() {
+                        let work = match jobs.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => break,
                         };
-                        let Ok(job) = job else { break };
-                        let gone = lost.lock().ok().and_then(|l| l.clone());
-                        let result = match &sftp {
-                            _ if gone.is_some() => Err(TransferError::Remote {
-                                path: job.remote.clone(),
-                                msg: gone.clone().unwrap_or_default(),
-                            }),
-                            Err(msg) => Err(TransferError::Remote {
-                                path: job.remote.clone(),
-                                msg: msg.clone(),
-                            }),
-                            Ok(sftp) => match sftp.open(Path::new(&job.remote)) {
-                                Err(e) => Err(TransferError::Remote {
-                                    path: job.remote.clone(),
-                                    msg: e.message().to_string(),
-                                }),
-                                Ok(f) if job.unsynced => transfer::receive_unsynced(
-                                    f,
-                                    &job.remote,
-                                    &job.dest,
-                                    &job.expect,
-                                    &moved,
-                                ),
-                                Ok(f) => transfer::receive(
-                                    f,
-                                    &job.remote,
-                                    &job.dest,
-                                    &job.expect,
-                                    &moved,
-                                ),
-                            },
+                        let Ok(work) = work else { break };
+                        let started = std::time::Instant::now();
+                        let results: Vec<(Job, Fetched)> = match work {
+                            Work::One(job) => {
+                                let job = *job;
+                                let r = fetch_one(&sftp, &lost, &job, &moved);
+                                vec![(job, Fetched::Done(r))]
+                            }
+                            Work::Batch(batch) => fetch_batch(&session, &mut batcher, &lost, batch),
                         };
-                        if let (Err(TransferError::Remote { msg, .. }), Ok(sftp)) = (&result, &sftp)
-                        {
+                        let remote_failure = results.iter().find_map(|(_, r)| match r {
+                            Fetched::Done(Err(TransferError::Remote { msg, .. })) => {
+                                Some(msg.clone())
+                            }
+                            _ => None,
+                        });
+                        if let (Some(msg), Ok(sftp)) = (remote_failure, &sftp) {
                             // A connection that no longer answers a stat of "/" is gone.
+                            let gone = lost.lock().ok().and_then(|l| l.clone());
                             if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
                                 if let Ok(mut l) = lost.lock() {
                                     l.get_or_insert_with(|| format!("connection lost ({msg})"));
                                 }
                             }
                         }
-                        if let Some(t) = throttle {
-                            std::thread::sleep(t);
+                        if started.elapsed() >= std::time::Duration::from_millis(20) {
+                            tracing::debug!(
+                                objects = results.len(),
+                                first = %results.first().map(|(j, _)| j.remote.as_str()).unwrap_or(""),
+                                "fetched in {:?}",
+                                started.elapsed()
+                            );
                         }
-                        if done_tx
-                            .send(Done {
+                        let mut stop = false;
+                        for (job, fetched) in results {
+                            // A batch's objects are written and verified one by one,
+                            // each reported at once (a killed pass keeps what the
+                            // caller committed meanwhile).
+                            let result = match fetched {
+                                Fetched::Done(r) => r,
+                                Fetched::Bytes(bytes) if job.unsynced => {
+                                    transfer::receive_unsynced(
+                                        &bytes[..],
+                                        &job.remote,
+                                        &job.dest,
+                                        &job.expect,
+                                        &moved,
+                                    )
+                                }
+                                Fetched::Bytes(bytes) => transfer::receive(
+                                    &bytes[..],
+                                    &job.remote,
+                                    &job.dest,
+                                    &job.expect,
+                                    &moved,
+                                ),
+                            };
+                            if let Some(t) = throttle {
+                                std::thread::sleep(t);
+                            }
+                            let done = Done {
                                 tag: job.tag,
                                 dest: job.dest,
                                 result,
-                            })
-                            .is_err()
-                        {
+                            };
+                            if done_tx.send(done).is_err() {
+                                stop = true;
+                            }
+                        }
+                        if stop {
                             break;
                         }
                     }
-                    drop(sftp);
+                    drop(batcher);
                     drop(session);
                 })
             })
@@ -162,10 +200,76 @@ impl Pool {
 
     /// Queues a job (waits while the queue is full) and returns finished ones.
     pub fn submit(&mut self, job: Job) -> Vec<Done> {
+        self.queue(Work::One(Box::new(job)), 1)
+    }
+
+    /// Queues small objects (at most [`sftp_batch::MAX_OBJECT`] bytes each) read by
+    /// one worker with pipelined requests; each gets its own [`Done`].
+    pub fn submit_batch(&mut self, jobs: Vec<Job>) -> Vec<Done> {
+        let n = jobs.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        self.queue(Work::Batch(jobs), n)
+    }
+
+    /// Queues `work` unless the queue is full (then it is handed back): the caller
+    /// can handle finished objects ([`Pool::wait_some`]) instead of blocking.
+    pub fn try_submit(&mut self, work: Work) -> Result<(), Work> {
+        let n = match &work {
+            Work::One(_) => 1,
+            Work::Batch(b) => b.len(),
+        };
+        let Some(tx) = &self.tx else { return Ok(()) };
+        match tx.try_send(work) {
+            Ok(()) => {
+                self.in_flight += n;
+                Ok(())
+            }
+            Err(mpsc::TrySendError::Full(work)) => Err(work),
+            Err(mpsc::TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    /// The jobs finished so far (does not wait).
+    pub fn finished(&mut self) -> Vec<Done> {
+        let mut out = Vec::new();
+        while let Ok(d) = self.rx.try_recv() {
+            self.in_flight -= 1;
+            out.push(d);
+        }
+        out
+    }
+
+    fn queue(&mut self, work: Work, n: usize) -> Vec<Done> {
         let mut out = Vec::new();
         if let Some(tx) = &self.tx {
-            if tx.send(job).is_ok() {
-                self.in_flight += 1;
+            if tx.send(work).is_ok() {
+                self.in_flight += n;
+            }
+        }
+        while let Ok(d) = self.rx.try_recv() {
+            self.in_flight -= 1;
+            out.push(d);
+        }
+        out
+    }
+
+    /// Waits for at least one queued job to finish (none queued: returns at once) and
+    /// returns every finished one.
+    pub fn wait_some(&mut self) -> Vec<Done> {
+        let mut out = Vec::new();
+        if self.in_flight == 0 {
+            return out;
+        }
+        match self.rx.recv() {
+            Ok(d) => {
+                self.in_flight -= 1;
+                out.push(d);
+            }
+            Err(_) => {
+                self.in_flight = 0;
+                return out;
             }
         }
         while let Ok(d) = self.rx.try_recv() {
@@ -198,4 +302,107 @@ impl Drop for Pool {
             let _ = w.join();
         }
     }
+}
+
+/// Fetches one object through libssh2's SFTP client.
+fn fetch_one(
+    sftp: &Result<ssh2::Sftp, String>,
+    lost: &Mutex<Option<String>>,
+    job: &Job,
+    moved: &AtomicU64,
+) -> Result<String, TransferError> {
+    let remote = |msg: String| TransferError::Remote {
+        path: job.remote.clone(),
+        msg,
+    };
+    if let Some(gone) = lost.lock().ok().and_then(|l| l.clone()) {
+        return Err(remote(gone));
+    }
+    let sftp = sftp.as_ref().map_err(|m| remote(m.clone()))?;
+    let f = sftp
+        .open(Path::new(&job.remote))
+        .map_err(|e| remote(e.message().to_string()))?;
+    if job.unsynced {
+        transfer::receive_unsynced(f, &job.remote, &job.dest, &job.expect, moved)
+    } else {
+        transfer::receive(f, &job.remote, &job.dest, &job.expect, moved)
+    }
+}
+
+/// What a worker got for one object: the outcome, or the bytes of a small object
+/// still to be written and verified.
+enum Fetched {
+    Done(Result<String, TransferError>),
+    Bytes(Vec<u8>),
+}
+
+/// Reads a batch of small objects with pipelined SFTP requests on this worker's
+/// session (a second channel, started once); the caller writes and verifies each.
+fn fetch_batch(
+    session: &Result<SshSession, String>,
+    batcher: &mut Option<Batcher<SshChannel>>,
+    lost: &Mutex<Option<String>>,
+    batch: Vec<Job>,
+) -> Vec<(Job, Fetched)> {
+    let fail_all = |batch: Vec<Job>, msg: String| {
+        batch
+            .into_iter()
+            .map(|job| {
+                let e = TransferError::Remote {
+                    path: job.remote.clone(),
+                    msg: msg.clone(),
+                };
+                (job, Fetched::Done(Err(e)))
+            })
+            .collect()
+    };
+    if let Some(gone) = lost.lock().ok().and_then(|l| l.clone()) {
+        return fail_all(batch, gone);
+    }
+    let session = match session {
+        Ok(s) => s,
+        Err(m) => return fail_all(batch, m.clone()),
+    };
+    if batcher.is_none() {
+        let started = session
+            .sftp_channel()
+            .map_err(|e| e.to_string())
+            .and_then(|ch| Batcher::new(SshChannel(ch)).map_err(|e| format!("starting SFTP: {e}")));
+        match started {
+            Ok(b) => *batcher = Some(b),
+            Err(m) => return fail_all(batch, m),
+        }
+    }
+    let Some(b) = batcher.as_mut() else {
+        return fail_all(batch, "no SFTP channel".into());
+    };
+    let wanted: Vec<(String, u64)> = batch
+        .iter()
+        .map(|j| {
+            let size = j.expect.stored_size.min(sftp_batch::MAX_OBJECT);
+            (j.remote.clone(), size)
+        })
+        .collect();
+    let fetched = match b.fetch(&wanted) {
+        Ok(f) => f,
+        Err(e) => {
+            // The channel is out of step or gone: a new one for the next batch.
+            *batcher = None;
+            return fail_all(batch, e.to_string());
+        }
+    };
+    batch
+        .into_iter()
+        .zip(fetched)
+        .map(|(job, got)| {
+            let r = match got {
+                Err(msg) => Fetched::Done(Err(TransferError::Remote {
+                    path: job.remote.clone(),
+                    msg,
+                })),
+                Ok(bytes) => Fetched::Bytes(bytes),
+            };
+            (job, r)
+        })
+        .collect()
 }

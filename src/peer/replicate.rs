@@ -21,7 +21,8 @@
 //! passive side's own retention removed it (or never needed it).
 
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
-use super::pool::{Done, Job, Pool};
+use super::pool::{Done, Job, Pool, Work};
+use super::sftp_batch::{MAX_BATCH, MAX_OBJECT};
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
 use super::transfer::{self, already_there, commit_batch, temp_path, Expected, TransferError};
 use super::PeerError;
@@ -179,6 +180,14 @@ pub fn replicate_pass(
         }
     };
     let (session, doc) = doc;
+    tracing::debug!(
+        server = %name,
+        cipher = session.cipher().unwrap_or_default(),
+        wals = doc.wals.len(),
+        backups = doc.backups.len(),
+        "sync-info answered after {:?}",
+        started.elapsed()
+    );
     let mut pass = Pass {
         server,
         session,
@@ -236,12 +245,14 @@ fn fetch_sync_info(
 ) -> Result<(SshSession, SyncInfo), PeerError> {
     let name = &server.name;
     let cursor = catalog.peer_state(name)?.map(|s| s.cursor).unwrap_or(0);
+    let asked = Instant::now();
     let session = SshSession::connect(target).map_err(|e| PeerError::Unreachable {
         server: name.clone(),
         target: target.display(),
         msg: e.to_string(),
     })?;
     session.set_timeout(IO_TIMEOUT);
+    tracing::debug!(server = %name, "connected to the primary in {:?}", asked.elapsed());
     let cmd = format!(
         "{} sync-info {} --since {cursor} --format json",
         server.primary_pgbk_command,
@@ -345,13 +356,18 @@ impl Pass<'_> {
         self.repo
             .ensure_dirs()
             .map_err(Self::io(self.repo.root()))?;
+        let t = Instant::now();
         let cursor = self.copy_wal()?;
+        tracing::debug!(server = %name, copied = self.report.wal_copied, "WAL done after {:?}", t.elapsed());
         self.copy_backups()?;
+        tracing::debug!(server = %name, copied = self.report.files_copied, "backups done after {:?}", t.elapsed());
         if let Some(e) = self.lost_error() {
             return Err(e);
         }
         self.copy_partial();
-        self.save_state(cursor)
+        let saved = self.save_state(cursor);
+        tracing::debug!(server = %name, "partial and state done after {:?}", t.elapsed());
+        saved
     }
 
     /// Copies the WAL sync-info listed; returns the cursor every file up to which is here.
@@ -367,6 +383,8 @@ impl Pass<'_> {
         let mut pending: Vec<Option<(WalRecord, PathBuf)>> = vec![None; wals.len()];
         let mut any = false;
         let mut done = Vec::new();
+        // Small objects (WAL of an idle server, history files) go in batches.
+        let mut small: Vec<Job> = Vec::new();
         for (i, w) in wals.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
                 fail_at(w.seq, &mut failed_seq);
@@ -431,13 +449,24 @@ impl Pass<'_> {
                 archived_at: Utc::now(),
             };
             pending[i] = Some((rec, dir));
-            done.extend(self.pool().submit(job));
+            if job.expect.stored_size <= MAX_OBJECT {
+                small.push(job);
+                if small.len() >= MAX_BATCH {
+                    let batch = std::mem::take(&mut small);
+                    done.extend(self.pool().submit_batch(batch));
+                }
+            } else {
+                done.extend(self.pool().submit(job));
+            }
             if done.len() >= WAL_BATCH {
                 self.enter_wal(&wals, &pending, &mut done, &mut failed_seq)?;
             }
             if self.pool.as_ref().and_then(Pool::lost).is_some() {
                 break;
             }
+        }
+        if !small.is_empty() {
+            done.extend(self.pool().submit_batch(small));
         }
         if any {
             done.extend(self.pool().drain());
@@ -596,12 +625,15 @@ impl Pass<'_> {
                 return Ok(false);
             }
         }
+        tracing::debug!(server = %self.server.name, backup = %id, "file list here");
         // Every object files.jsonl names, streamed (never the whole list in memory):
         // the list is read twice, objects of BIG_OBJECT bytes or more are queued in
         // the first round, so the largest copies start first and do not end last.
         let mut failures = 0u64;
         let mut done = Vec::new();
         let mut halted = false;
+        // Small objects go to the workers in batches read with pipelined requests.
+        let mut small: Vec<Job> = Vec::new();
         for big_round in [true, false] {
             if halted {
                 break;
@@ -682,16 +714,32 @@ impl Pass<'_> {
                     tag: 0,
                     unsynced: true,
                 };
-                done.extend(self.pool().submit(job));
-                failures += self.tally(&id, &mut done)?;
+                if job.expect.stored_size <= MAX_OBJECT {
+                    small.push(job);
+                    if small.len() < MAX_BATCH {
+                        continue;
+                    }
+                    let batch = std::mem::take(&mut small);
+                    failures += self.queue_work(&id, Work::Batch(batch))?;
+                } else {
+                    failures += self.queue_work(&id, Work::One(Box::new(job)))?;
+                }
                 if let Some(e) = self.lost_error() {
                     return Err(e);
                 }
             }
         }
-        if self.pool.is_some() {
-            let mut rest = self.pool().drain();
-            failures += self.tally(&id, &mut rest)?;
+        if !small.is_empty() {
+            failures += self.queue_work(&id, Work::Batch(small))?;
+        }
+        // The last objects: committed as they finish (every COMMIT_INTERVAL), not all
+        // at the end, so a pass killed now keeps what was verified.
+        while let Some(pool) = self.pool.as_mut() {
+            let mut some = pool.wait_some();
+            if some.is_empty() {
+                break;
+            }
+            failures += self.tally(&id, &mut some)?;
         }
         failures += self.tally(&id, &mut done)?;
         self.commit()?;
@@ -721,6 +769,26 @@ impl Pass<'_> {
         Ok(true)
     }
 
+    /// Queues a backup's objects; while the queue is full, tallies (and commits) the
+    /// objects that finish meanwhile, so what a killed pass verified is kept even
+    /// when a worker spends seconds on one batch. Returns the failures tallied.
+    fn queue_work(&mut self, id: &str, mut work: Work) -> Result<u64, PeerError> {
+        let mut failed = 0;
+        loop {
+            match self.pool().try_submit(work) {
+                Ok(()) => break,
+                Err(back) => {
+                    work = back;
+                    let mut some = self.pool().wait_some();
+                    failed += self.tally(id, &mut some)?;
+                }
+            }
+        }
+        let mut some = self.pool().finished();
+        failed += self.tally(id, &mut some)?;
+        Ok(failed)
+    }
+
     /// Counts finished object copies (verified ones join the batch to commit);
     /// returns how many failed (reported).
     fn tally(&mut self, id: &str, done: &mut Vec<Done>) -> Result<u64, PeerError> {
@@ -746,6 +814,12 @@ impl Pass<'_> {
         let batch = std::mem::take(&mut self.batch);
         self.committed_at = Instant::now();
         commit_batch(self.repo.root(), &batch).map_err(transfer_io)?;
+        tracing::debug!(
+            server = %self.server.name,
+            objects = batch.len(),
+            "batch committed in {:?}",
+            self.committed_at.elapsed()
+        );
         self.report.files_copied += batch.len() as u64;
         Ok(())
     }

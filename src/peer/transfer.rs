@@ -235,16 +235,11 @@ fn receive_object(
         path: remote_name.to_string(),
         why,
     };
-    if received != expect.stored_size {
-        return Err(mismatch(format!(
-            "{received} bytes received, the primary recorded {}",
-            expect.stored_size
-        )));
-    }
     let got = hasher.finalize().to_hex().to_string();
-    if got != want {
+    if got != want || received != expect.stored_size {
         return Err(mismatch(format!(
-            "object checksum mismatch (BLAKE3 {got} of the bytes received, the primary recorded {want})"
+            "object checksum mismatch (BLAKE3 {got} of the {received} bytes received, the primary recorded {want} of {} bytes)",
+            expect.stored_size
         )));
     }
     Ok(got)
@@ -588,6 +583,7 @@ mod tests {
         // the content path), and they are the object.
         let e = receive(&obj[..obj.len() - 1], "s.zst", &dest2, &expect, &moved).unwrap_err();
         assert!(e.to_string().contains("bytes received"), "{e}");
+        assert!(e.is_mismatch(), "{e}");
         let mut longer = obj.clone();
         longer.push(0);
         receive(&longer[..], "l.zst", &dest2, &expect, &moved).unwrap();

@@ -58,3 +58,64 @@ pub fn last_lsn(pg: &Pgbk, server: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
+
+/// Asserts that every object a home holds for a server carries its object checksum
+/// (the BLAKE3 of the stored bytes) and that it is right: each archived WAL file's
+/// catalog row, and each zstd object in the files.jsonl of each `DONE` backup.
+/// Returns the WAL rows' object checksums by name (to compare two homes).
+pub fn assert_object_checksums(pg: &Pgbk, server: &str) -> Vec<(String, String)> {
+    let cat = pgbk::catalog::Catalog::open_existing(&pg.home)
+        .expect("catalog opens")
+        .expect("a catalog exists");
+    let repo = pg.home.join(server);
+    let mut wal = Vec::new();
+    for w in cat.wal_files(server).expect("WAL rows") {
+        let sum = w.stored_checksum.clone().unwrap_or_else(|| {
+            panic!(
+                "{}: WAL {} has no object checksum",
+                pg.home.display(),
+                w.name
+            )
+        });
+        let path = match w.segno {
+            Some(_) => repo
+                .join("wals")
+                .join(&w.name[..16])
+                .join(format!("{}.zst", w.name)),
+            None => repo.join("wals").join(&w.name),
+        };
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().to_string(),
+            sum,
+            "{}",
+            path.display()
+        );
+        wal.push((w.name, sum));
+    }
+    let mut objects = 0;
+    for b in pg.json(&["list-backups", server]).as_array().unwrap() {
+        if b["status"] != "DONE" {
+            continue;
+        }
+        let dir = repo.join("backups").join(b["backup_id"].as_str().unwrap());
+        let list = std::fs::read_to_string(dir.join("files.jsonl")).unwrap();
+        for line in list.lines() {
+            let e: Value = serde_json::from_str(line).unwrap();
+            if e["kind"] != "file" || e["compression"] != "zstd" {
+                continue;
+            }
+            let object = dir.join(e["object"].as_str().unwrap());
+            let bytes = std::fs::read(&object).unwrap();
+            assert_eq!(
+                e["stored_checksum"].as_str(),
+                Some(blake3::hash(&bytes).to_hex().to_string().as_str()),
+                "{}",
+                object.display()
+            );
+            objects += 1;
+        }
+    }
+    assert!(objects > 0, "{}: no zstd backup object", pg.home.display());
+    wal
+}
