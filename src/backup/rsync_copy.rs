@@ -428,6 +428,40 @@ pub(super) fn start_writeback(path: &Path) {
     }
 }
 
+/// Makes a copying child (rsync, or ssh for tar) lead a process group of its own,
+/// so that stopping it stops what it forks too (rsync's receiver), and die with
+/// the pgbk thread that started it: a pgbk killed outright must not leave a writer
+/// in a backup folder the next run removes as FAILED.
+pub(super) fn own_process_group(cmd: &mut Command) {
+    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the
+    // parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The last few non-empty lines of a child's stderr: thousands of "vanished" lines
+/// stay bounded.
+pub(super) fn last_lines(src: impl std::io::Read) -> Vec<String> {
+    let mut last: Vec<String> = Vec::new();
+    for line in BufReader::new(src).lines().map_while(Result::ok) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if last.len() == 4 {
+            last.remove(0);
+        }
+        last.push(line);
+    }
+    last
+}
+
 /// rsync's exit status for "some files vanished before they could be transferred":
 /// normal on a live server (WAL replay recreates what the backup needs).
 const RSYNC_VANISHED: i32 = 24;
@@ -446,21 +480,7 @@ pub fn run_job(
     stored: Option<StoredHook>,
 ) -> Result<TransferStats, String> {
     let mut cmd = rsync_command(setup, job);
-    // rsync runs in a process group of its own, so that stopping it stops the
-    // receiver it forks too. A pgbk killed outright must not leave rsync writing
-    // into a backup folder the next run removes as FAILED: the kernel kills rsync
-    // with its parent thread.
-    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the
-    // parent.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    own_process_group(&mut cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -515,22 +535,10 @@ pub fn run_job(
             told = now;
         }
     };
-    let err = child.stderr.take().map(|e| {
-        std::thread::spawn(move || {
-            // Keep only the last meaningful lines: thousands of "vanished" lines stay bounded.
-            let mut last: Vec<String> = Vec::new();
-            for line in BufReader::new(e).lines().map_while(Result::ok) {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                if last.len() == 4 {
-                    last.remove(0);
-                }
-                last.push(line);
-            }
-            last
-        })
-    });
+    let err = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || last_lines(e)));
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,

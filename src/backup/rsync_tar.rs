@@ -18,14 +18,15 @@
 //! as rsync leaves it out; one that shrank is padded with zeros to its listed size,
 //! as PostgreSQL's own base backup pads it (WAL replay truncates it again).
 
-use super::rsync_copy::{start_writeback, CopyJob, RsyncSetup, TransferStats};
+use super::rsync_copy::{
+    last_lines, own_process_group, start_writeback, CopyJob, RsyncSetup, TransferStats,
+};
 use super::rsync_index::EarlySums;
-use super::tar_store::safe_path;
+use super::tar_store::{create_file, safe_path};
 use crate::ssh::{shell_quote, SshTarget};
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -72,19 +73,7 @@ pub fn run_tar_job(
         shell_quote(destination),
         shell_quote(&tar_command(&job.remote_dir))
     ));
-    // Like rsync (see rsync_copy::run_job): a process group of its own, killed with
-    // pgbk.
-    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory of the
-    // parent.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    own_process_group(&mut cmd);
     let mut child = cmd
         .stdin(Stdio::from(list))
         .stdout(Stdio::piped())
@@ -178,7 +167,7 @@ fn store_members(
         let mtime = entry.header().mtime().unwrap_or(0);
         let path = root.join(&name);
         let local = |e: std::io::Error| format!("{}: {e}", path.display());
-        let mut file = create_new(&path).map_err(local)?;
+        let mut file = create_file(&path).map_err(local)?;
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         loop {
@@ -205,46 +194,6 @@ fn store_members(
         stats.bytes += size;
     }
     Ok(stats)
-}
-
-/// A new file (never an existing name, never through a link), 0600, its folders
-/// made 0700 if the listing did not have them.
-fn create_new(path: &PathBuf) -> std::io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
-    match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)?;
-            }
-            open()
-        }
-        r => r,
-    }
-}
-
-/// The last few non-empty lines of a stream.
-fn last_lines(src: impl Read) -> Vec<String> {
-    let mut last: Vec<String> = Vec::new();
-    for line in BufReader::new(src).lines().map_while(Result::ok) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if last.len() == 4 {
-            last.remove(0);
-        }
-        last.push(line);
-    }
-    last
 }
 
 #[cfg(test)]

@@ -669,7 +669,9 @@ struct Written {
     count: u64,
 }
 
-fn create_file(disk: &Path) -> io::Result<File> {
+/// A new file (never an existing name, so never through a link), 0600, its
+/// folders made 0700 where missing.
+pub(super) fn create_file(disk: &Path) -> io::Result<File> {
     let open = || {
         OpenOptions::new()
             .write(true)
