@@ -111,7 +111,14 @@ impl Pool {
                         let results: Vec<(Job, Fetched)> = match work {
                             Work::One(job) => {
                                 let job = *job;
-                                let r = fetch_one(&sftp, &lost, &job, &moved);
+                                let streamed =
+                                    fetch_streamed(&session, &mut batcher, &lost, &job, &moved);
+                                // Anything but a verified copy or a refusal is tried
+                                // again through libssh2's client.
+                                let r = match streamed {
+                                    Some(r @ (Ok(_) | Err(TransferError::Mismatch { .. }))) => r,
+                                    _ => fetch_one(&sftp, &lost, &job, &moved),
+                                };
                                 vec![(job, Fetched::Done(r))]
                             }
                             Work::Batch(batch) => fetch_batch(&session, &mut batcher, &lost, batch),
@@ -329,6 +336,56 @@ fn fetch_one(
     }
 }
 
+/// This worker's pipelined SFTP channel, started on first use.
+fn ensure_batcher<'a>(
+    session: &SshSession,
+    batcher: &'a mut Option<Batcher<SshChannel>>,
+) -> Result<&'a mut Batcher<SshChannel>, String> {
+    if batcher.is_none() {
+        let ch = session.sftp_channel().map_err(|e| e.to_string())?;
+        let b = Batcher::new(SshChannel(ch)).map_err(|e| format!("starting SFTP: {e}"))?;
+        *batcher = Some(b);
+    }
+    batcher
+        .as_mut()
+        .ok_or_else(|| "no SFTP channel".to_string())
+}
+
+/// Copies one large object through the pipelined channel (READs of 255 KiB, many
+/// in flight: faster than libssh2's client, which asks 30 kB at a time). `None`
+/// when that channel cannot be used; a channel left out of step is dropped.
+fn fetch_streamed(
+    session: &Result<SshSession, String>,
+    batcher: &mut Option<Batcher<SshChannel>>,
+    lost: &Mutex<Option<String>>,
+    job: &Job,
+    moved: &AtomicU64,
+) -> Option<Result<String, TransferError>> {
+    if lost.lock().ok().and_then(|l| l.clone()).is_some() {
+        return None;
+    }
+    let b = ensure_batcher(session.as_ref().ok()?, batcher).ok()?;
+    let (result, reusable) = match b.stream(&job.remote, job.expect.stored_size) {
+        Err(_) => (None, false),
+        Ok(mut stream) => {
+            let r = if job.unsynced {
+                transfer::receive_unsynced(&mut stream, &job.remote, &job.dest, &job.expect, moved)
+            } else {
+                transfer::receive(&mut stream, &job.remote, &job.dest, &job.expect, moved)
+            };
+            // Whatever was not read (none, unless refused) is drained and the file
+            // closed, so the channel serves the next object.
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            let reusable = stream.reusable();
+            (Some(r), reusable)
+        }
+    };
+    if !reusable {
+        *batcher = None;
+    }
+    result
+}
+
 /// What a worker got for one object: the outcome, or the bytes of a small object
 /// still to be written and verified.
 enum Fetched {
@@ -363,18 +420,9 @@ fn fetch_batch(
         Ok(s) => s,
         Err(m) => return fail_all(batch, m.clone()),
     };
-    if batcher.is_none() {
-        let started = session
-            .sftp_channel()
-            .map_err(|e| e.to_string())
-            .and_then(|ch| Batcher::new(SshChannel(ch)).map_err(|e| format!("starting SFTP: {e}")));
-        match started {
-            Ok(b) => *batcher = Some(b),
-            Err(m) => return fail_all(batch, m),
-        }
-    }
-    let Some(b) = batcher.as_mut() else {
-        return fail_all(batch, "no SFTP channel".into());
+    let b = match ensure_batcher(session, batcher) {
+        Ok(b) => b,
+        Err(m) => return fail_all(batch, m),
     };
     let wanted: Vec<(String, u64)> = batch
         .iter()

@@ -22,7 +22,7 @@
 
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
 use super::pool::{Done, Job, Pool, Work};
-use super::sftp_batch::{MAX_BATCH, MAX_OBJECT};
+use super::sftp_batch::{batch_full, MAX_OBJECT};
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
 use super::transfer::{self, already_there, commit_batch, temp_path, Expected, TransferError};
 use super::PeerError;
@@ -385,6 +385,7 @@ impl Pass<'_> {
         let mut done = Vec::new();
         // Small objects (WAL of an idle server, history files) go in batches.
         let mut small: Vec<Job> = Vec::new();
+        let mut small_bytes = 0u64;
         for (i, w) in wals.iter().enumerate() {
             if self.stop.load(Ordering::Relaxed) {
                 fail_at(w.seq, &mut failed_seq);
@@ -450,8 +451,10 @@ impl Pass<'_> {
             };
             pending[i] = Some((rec, dir));
             if job.expect.stored_size <= MAX_OBJECT {
+                small_bytes += job.expect.stored_size;
                 small.push(job);
-                if small.len() >= MAX_BATCH {
+                if batch_full(small.len(), small_bytes) {
+                    small_bytes = 0;
                     let batch = std::mem::take(&mut small);
                     done.extend(self.pool().submit_batch(batch));
                 }
@@ -634,6 +637,7 @@ impl Pass<'_> {
         let mut halted = false;
         // Small objects go to the workers in batches read with pipelined requests.
         let mut small: Vec<Job> = Vec::new();
+        let mut small_bytes = 0u64;
         for big_round in [true, false] {
             if halted {
                 break;
@@ -715,10 +719,12 @@ impl Pass<'_> {
                     unsynced: true,
                 };
                 if job.expect.stored_size <= MAX_OBJECT {
+                    small_bytes += job.expect.stored_size;
                     small.push(job);
-                    if small.len() < MAX_BATCH {
+                    if !batch_full(small.len(), small_bytes) {
                         continue;
                     }
+                    small_bytes = 0;
                     let batch = std::mem::take(&mut small);
                     failures += self.queue_work(&id, Work::Batch(batch))?;
                 } else {

@@ -7,7 +7,12 @@
 //! plain `sftp` subsystem channel and keeps every object of a batch in flight at
 //! once: all OPENs are sent, each HANDLE answered by a READ of the whole object,
 //! each complete DATA by a CLOSE. Objects are small (at most [`MAX_OBJECT`] bytes,
-//! at most [`MAX_BATCH`] of them), so a batch is held in memory, bounded.
+//! at most [`MAX_BATCH`] of them and [`MAX_BATCH_BYTES`]), so a batch is held in
+//! memory, bounded.
+//!
+//! A large object is read as a [`Stream`] on the same channel: READs of 255 KiB,
+//! [`STREAM_DEPTH`] of them in flight, answered in order (libssh2's client asks
+//! 30 kB at a time, and the largest object of a backup is a pass's critical path).
 //!
 //! Only the bytes travel here; each object is then written and verified by
 //! [`super::transfer`] exactly as one read through libssh2's client would be.
@@ -15,10 +20,21 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
-/// Largest object read through a batch (one READ of it fits OpenSSH's limit).
-pub const MAX_OBJECT: u64 = 200 * 1024;
-/// Objects per batch.
+/// Largest object read through a batch.
+pub const MAX_OBJECT: u64 = 1024 * 1024;
+/// Objects per batch…
 pub const MAX_BATCH: usize = 128;
+/// …and bytes (a batch is held in memory).
+pub const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes asked for by one READ: OpenSSH's sftp-server answers at most 255 KiB
+/// (`SFTP_MAX_READ_LENGTH`); a shorter answer is continued (batches) or makes the
+/// caller read the object through libssh2 instead (streams).
+const READ_SIZE: u64 = 255 * 1024;
+
+/// Whether a batch of `count` objects and `bytes` bytes is full.
+pub fn batch_full(count: usize, bytes: u64) -> bool {
+    count >= MAX_BATCH || bytes >= MAX_BATCH_BYTES
+}
 
 const FXP_INIT: u8 = 1;
 const FXP_VERSION: u8 = 2;
@@ -30,7 +46,7 @@ const FXP_HANDLE: u8 = 102;
 const FXP_DATA: u8 = 103;
 const FXF_READ: u32 = 1;
 const FX_EOF: u32 = 1;
-/// Largest answer accepted (OpenSSH's sftp-server sends at most 256 KiB of data).
+/// Largest answer accepted (a READ answer holds at most [`READ_SIZE`] bytes).
 const MAX_PACKET: usize = 512 * 1024;
 
 /// One object's outcome: its bytes (as many as the primary had, at most the size
@@ -196,7 +212,7 @@ impl<S: Read + Write> Batcher<S> {
                         let id = self.close_req(&handle)?;
                         pending.insert(id, Pending::Close);
                     } else {
-                        let id = self.read_req(&handle, 0, size as u32)?;
+                        let id = self.read_req(&handle, 0, size.min(READ_SIZE) as u32)?;
                         pending.insert(id, Pending::Read(i));
                     }
                     handles[i] = Some(handle);
@@ -219,7 +235,8 @@ impl<S: Read + Write> Batcher<S> {
                     let handle = handles[i].clone().unwrap_or_default();
                     // A short read (allowed by the protocol) is continued.
                     if have < want && !data.is_empty() {
-                        let id = self.read_req(&handle, have, (want - have) as u32)?;
+                        let ask = (want - have).min(READ_SIZE) as u32;
+                        let id = self.read_req(&handle, have, ask)?;
                         pending.insert(id, Pending::Read(i));
                     } else {
                         let id = self.close_req(&handle)?;
@@ -243,6 +260,145 @@ impl<S: Read + Write> Batcher<S> {
             self.chan.flush()?;
         }
         Ok(out)
+    }
+
+    /// Opens `path` for a streamed read of its first `size` bytes with up to
+    /// [`STREAM_DEPTH`] READs of [`READ_SIZE`] in flight ([`Stream`]).
+    pub fn stream(&mut self, path: &str, size: u64) -> io::Result<Stream<'_, S>> {
+        let mut body = Vec::with_capacity(path.len() + 12);
+        put_str(&mut body, path.as_bytes());
+        put_u32(&mut body, FXF_READ);
+        put_u32(&mut body, 0);
+        let id = self.send(FXP_OPEN, &body)?;
+        self.chan.flush()?;
+        let p = self.packet()?;
+        let mut at = 1;
+        if get_u32(&p, &mut at)? != id {
+            return Err(bad("SFTP answer out of order"));
+        }
+        let handle = match p[0] {
+            FXP_HANDLE => get_str(&p, &mut at)?.to_vec(),
+            FXP_STATUS => {
+                let code = get_u32(&p, &mut at)?;
+                let msg = get_str(&p, &mut at).unwrap_or_default();
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "open failed (SFTP status {code}: {})",
+                        String::from_utf8_lossy(msg)
+                    ),
+                ));
+            }
+            _ => return Err(bad("unexpected SFTP answer to OPEN")),
+        };
+        Ok(Stream {
+            b: self,
+            handle,
+            size,
+            asked: 0,
+            in_flight: std::collections::VecDeque::new(),
+            data: Vec::new(),
+            pos: 0,
+            failed: false,
+        })
+    }
+}
+
+/// READs in flight per streamed object.
+pub const STREAM_DEPTH: usize = 16;
+
+/// One object read in order with pipelined READs. Reading it to its end closes the
+/// file; a stream dropped early or failed leaves the channel out of step (the owner
+/// must not use the [`Batcher`] again: [`Stream::reusable`]).
+pub struct Stream<'a, S: Read + Write> {
+    b: &'a mut Batcher<S>,
+    handle: Vec<u8>,
+    size: u64,
+    asked: u64,
+    in_flight: std::collections::VecDeque<(u32, u64)>,
+    data: Vec<u8>,
+    pos: usize,
+    failed: bool,
+}
+
+impl<S: Read + Write> Stream<'_, S> {
+    /// Whether the channel can serve another request (the object was read to its
+    /// end and closed).
+    pub fn reusable(&self) -> bool {
+        !self.failed && self.in_flight.is_empty() && self.handle.is_empty()
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        while self.in_flight.len() < STREAM_DEPTH && self.asked < self.size {
+            let len = (self.size - self.asked).min(READ_SIZE);
+            let id = self.b.read_req(&self.handle, self.asked, len as u32)?;
+            self.in_flight.push_back((id, len));
+            self.asked += len;
+        }
+        self.b.chan.flush()?;
+        let Some((want_id, want_len)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let p = self.b.packet()?;
+        let mut at = 1;
+        if get_u32(&p, &mut at)? != want_id {
+            return Err(bad("SFTP answer out of order"));
+        }
+        match p[0] {
+            FXP_DATA => {
+                let d = get_str(&p, &mut at)?;
+                if (d.len() as u64) != want_len {
+                    // A short read in the middle: this simple reader does not
+                    // re-ask; the caller reads the object another way.
+                    return Err(bad("short SFTP read"));
+                }
+                self.data.clear();
+                self.data.extend_from_slice(d);
+                self.pos = 0;
+                Ok(())
+            }
+            FXP_STATUS => Err(bad("the object ended before its recorded size")),
+            _ => Err(bad("unexpected SFTP answer to READ")),
+        }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        let handle = std::mem::take(&mut self.handle);
+        let id = self.b.close_req(&handle)?;
+        self.b.chan.flush()?;
+        let p = self.b.packet()?;
+        let mut at = 1;
+        if p[0] != FXP_STATUS || get_u32(&p, &mut at)? != id {
+            return Err(bad("unexpected SFTP answer to CLOSE"));
+        }
+        Ok(())
+    }
+}
+
+impl<S: Read + Write> Read for Stream<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(bad("SFTP stream failed before"));
+        }
+        if self.pos >= self.data.len() {
+            if self.asked >= self.size && self.in_flight.is_empty() {
+                if !self.handle.is_empty() {
+                    if let Err(e) = self.close() {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
+                return Ok(0);
+            }
+            if let Err(e) = self.fill() {
+                self.failed = true;
+                return Err(e);
+            }
+        }
+        let n = buf.len().min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -416,7 +572,9 @@ mod real_server {
         let mut objects = Vec::new();
         let mut want = Vec::new();
         for i in 0..300u32 {
-            let data: Vec<u8> = (0..(i * 677 % 190_000)).map(|j| (j % 251) as u8).collect();
+            let data: Vec<u8> = (0..(i * 3677 % 1_000_000))
+                .map(|j| (j % 251) as u8)
+                .collect();
             let p = dir.path().join(format!("f{i}"));
             std::fs::write(&p, &data).unwrap();
             objects.push((p.to_string_lossy().to_string(), data.len() as u64));
@@ -429,13 +587,46 @@ mod real_server {
             .unwrap();
         let pipe = Pipe(child.stdout.take().unwrap(), child.stdin.take().unwrap());
         let mut b = Batcher::new(pipe).unwrap();
-        for chunk in objects.chunks(MAX_BATCH).zip(want.chunks(MAX_BATCH)) {
+        for chunk in objects.chunks(40).zip(want.chunks(40)) {
             let got = b.fetch(chunk.0).unwrap();
             for (g, w) in got.iter().zip(chunk.1) {
                 assert_eq!(g.as_deref().unwrap(), &w[..]);
             }
         }
         drop(b);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn streams_a_large_file_in_order() {
+        let server = "/usr/lib/openssh/sftp-server";
+        if !Path::new(server).exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5_000_003u32).map(|j| (j % 241) as u8).collect();
+        let p = dir.path().join("big");
+        std::fs::write(&p, &data).unwrap();
+        let mut child = Command::new(server)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = Pipe(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+        let mut b = Batcher::new(pipe).unwrap();
+        let name = p.to_string_lossy().to_string();
+        let mut got = Vec::new();
+        let mut st = b.stream(&name, data.len() as u64).unwrap();
+        st.read_to_end(&mut got).unwrap();
+        assert!(st.reusable());
+        assert_eq!(got, data);
+        // The channel serves the next request; a recorded size beyond the file's
+        // end is an error.
+        let mut st = b.stream(&name, data.len() as u64 + 10).unwrap();
+        assert!(st.read_to_end(&mut Vec::new()).is_err());
+        assert!(!st.reusable());
+        assert!(b.stream("/nonexistent", 1).is_err());
+        let _ = child.kill();
         let _ = child.wait();
     }
 }
