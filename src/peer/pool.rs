@@ -123,21 +123,6 @@ impl Pool {
                             }
                             Work::Batch(batch) => fetch_batch(&session, &mut batcher, &lost, batch),
                         };
-                        let remote_failure = results.iter().find_map(|(_, r)| match r {
-                            Fetched::Done(Err(TransferError::Remote { msg, .. })) => {
-                                Some(msg.clone())
-                            }
-                            _ => None,
-                        });
-                        if let (Some(msg), Ok(sftp)) = (remote_failure, &sftp) {
-                            // A connection that no longer answers a stat of "/" is gone.
-                            let gone = lost.lock().ok().and_then(|l| l.clone());
-                            if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
-                                if let Ok(mut l) = lost.lock() {
-                                    l.get_or_insert_with(|| format!("connection lost ({msg})"));
-                                }
-                            }
-                        }
                         if started.elapsed() >= std::time::Duration::from_millis(20) {
                             tracing::debug!(
                                 objects = results.len(),
@@ -147,12 +132,14 @@ impl Pool {
                             );
                         }
                         let mut stop = false;
+                        let mut checked = false;
                         for (job, fetched) in results {
                             // A batch's objects are written and verified one by one,
                             // each reported at once (a killed pass keeps what the
                             // caller committed meanwhile).
                             let result = match fetched {
                                 Fetched::Done(r) => r,
+                                Fetched::Fallback => fetch_one(&sftp, &lost, &job, &moved),
                                 Fetched::Bytes(bytes) if job.unsynced => {
                                     transfer::receive_unsynced(
                                         &bytes[..],
@@ -170,6 +157,21 @@ impl Pool {
                                     &moved,
                                 ),
                             };
+                            if let (Err(TransferError::Remote { msg, .. }), Ok(sftp), false) =
+                                (&result, &sftp, checked)
+                            {
+                                // A connection that no longer answers a stat of "/"
+                                // is gone (checked once per queue item).
+                                checked = true;
+                                let gone = lost.lock().ok().and_then(|l| l.clone());
+                                if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
+                                    if let Ok(mut l) = lost.lock() {
+                                        l.get_or_insert_with(|| {
+                                            format!("connection lost ({msg})")
+                                        });
+                                    }
+                                }
+                            }
                             if let Some(t) = throttle {
                                 std::thread::sleep(t);
                             }
@@ -391,6 +393,8 @@ fn fetch_streamed(
 enum Fetched {
     Done(Result<String, TransferError>),
     Bytes(Vec<u8>),
+    /// The pipelined channel failed: read it through libssh2's client.
+    Fallback,
 }
 
 /// Reads a batch of small objects with pipelined SFTP requests on this worker's
@@ -422,7 +426,7 @@ fn fetch_batch(
     };
     let b = match ensure_batcher(session, batcher) {
         Ok(b) => b,
-        Err(m) => return fail_all(batch, m),
+        Err(_) => return batch.into_iter().map(|j| (j, Fetched::Fallback)).collect(),
     };
     let wanted: Vec<(String, u64)> = batch
         .iter()
@@ -434,9 +438,11 @@ fn fetch_batch(
     let fetched = match b.fetch(&wanted) {
         Ok(f) => f,
         Err(e) => {
-            // The channel is out of step or gone: a new one for the next batch.
+            // The channel is out of step or gone: a new one for the next batch, and
+            // these objects through libssh2's client.
+            tracing::debug!("pipelined SFTP failed ({e}); reading the batch one by one");
             *batcher = None;
-            return fail_all(batch, e.to_string());
+            return batch.into_iter().map(|j| (j, Fetched::Fallback)).collect();
         }
     };
     batch
