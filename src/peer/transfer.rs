@@ -166,6 +166,20 @@ pub fn receive_unsynced(
             source,
         })?;
     let result = receive_into(src, remote_name, &file, expect, moved);
+    if result.is_ok() {
+        // Start writing the object to disk now (asynchronously), so the batch's
+        // syncfs(2) before the renames waits for little (a hint: errors are the
+        // syncfs's to report).
+        // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
+        unsafe {
+            libc::sync_file_range(
+                std::os::unix::io::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
     drop(file);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
