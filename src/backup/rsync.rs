@@ -40,7 +40,7 @@ use super::take::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
 };
-use super::tar_store::sync_filesystem;
+use super::tar_store::{create_file, sync_filesystem};
 use super::{save, BackupDir, BackupInfo, BackupStatus, FileEntry, FileKind, TablespaceInfo};
 use crate::catalog::Catalog;
 use crate::config::ReuseBackup;
@@ -396,9 +396,10 @@ async fn copy(
                 .collect();
             all.push(entries);
         }
-        Ok(all)
+        Ok((all, session))
     })
     .await?;
+    let (listings, session) = listings;
 
     // 4. Local folders, then the balanced lists and the workers.
     let prev_dir = previous.map(|p| BackupDir::new(repo, &p.backup_id));
@@ -500,21 +501,14 @@ async fn copy(
     }
     // pg_control goes last, after every other file (as in pg_basebackup): a backup of
     // a standby depends on it.
+    // pg_control is read last through the SSH session already open (8 KiB: a new
+    // connection would cost more than the copy).
     let control = match roots[0].1.entries.iter().find(|e| e.path == PG_CONTROL) {
-        Some(e) => {
-            let list = dir
-                .root()
-                .join(format!(".rsync-control.list.tmp.{}", std::process::id()));
-            write_list(&list, &[PG_CONTROL]).map_err(|e| format!("{}: {e}", list.display()))?;
-            Some(CopyJob {
-                remote_dir: roots[0].0.clone(),
-                local_dir: roots[0].1.local.clone(),
-                reuse_dir: roots[0].1.previous.clone(),
-                list,
-                checksum: true,
-                bytes: e.size,
-            })
-        }
+        Some(e) => (
+            format!("{}/{PG_CONTROL}", roots[0].0.trim_end_matches('/')),
+            roots[0].1.local.join(PG_CONTROL),
+            e.mtime,
+        ),
         None => {
             return Err(format!(
                 "{PG_CONTROL} is missing from the data directory listing"
@@ -548,8 +542,7 @@ async fn copy(
     };
     let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
     progress.start(&format!("backup {}", info.backup_id), Some(total));
-    let mut lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
-    lists.extend(control.as_ref().map(|c| c.list.clone()));
+    let lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
     let worker_progress = progress.clone();
     let worker_abort = abort.clone();
     // Each file is checksummed as soon as rsync has stored it, while the copy goes on.
@@ -569,11 +562,9 @@ async fn copy(
             &*worker_progress,
             &hook,
         )?;
-        if let Some(c) = control {
-            let st = copy_one(&setup, tar, &c, &worker_abort, &|_| {}, None)?;
-            stats.files += st.files;
-            stats.bytes += st.bytes;
-        }
+        let (remote, local, mtime) = control;
+        stats.bytes += copy_control(&session, &remote, &local, mtime, &tar_sums)?;
+        stats.files += 1;
         Ok(stats)
     })
     .await;
@@ -679,6 +670,40 @@ async fn copy(
     info.file_count = totals.file_count;
     info.has_manifest = false;
     Ok(())
+}
+
+/// Copies `global/pg_control` (after every other file, as pg_basebackup sends it:
+/// a backup of a standby depends on it) with `cat` on the open session, gives it the
+/// listed mtime, checksums it into `sums`; returns its size.
+fn copy_control(
+    session: &SshSession,
+    remote: &str,
+    local: &std::path::Path,
+    mtime: f64,
+    sums: &EarlySums,
+) -> Result<u64, String> {
+    let out = session
+        .exec(&format!("cat {}", shell_quote(remote)))
+        .map_err(|e| format!("reading {remote} over ssh: {e}"))?;
+    if !out.success() {
+        return Err(format!("reading {remote} over ssh: {}", out.stderr_line()));
+    }
+    let io = |e: std::io::Error| format!("{}: {e}", local.display());
+    let mut f = create_file(local).map_err(io)?;
+    std::io::Write::write_all(&mut f, &out.stdout).map_err(io)?;
+    let secs = mtime.max(0.0);
+    f.set_times(std::fs::FileTimes::new().set_modified(
+        std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::new(secs.trunc() as u64, (secs.fract() * 1e9) as u32),
+    ))
+    .map_err(io)?;
+    drop(f);
+    sums.insert(
+        local,
+        out.stdout.len() as u64,
+        blake3::hash(&out.stdout).to_hex().to_string(),
+    );
+    Ok(out.stdout.len() as u64)
 }
 
 /// Where first copies go through tar: the ssh destination and the checksums taken

@@ -26,7 +26,7 @@ use super::tar_store::{create_file, safe_path};
 use crate::ssh::{shell_quote, SshTarget};
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -99,8 +99,19 @@ pub fn run_tar_job(
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
+        // Starting a file's write-back submits its pages for I/O in the calling
+        // thread (a 1 GiB segment takes a while): a thread of its own does it, so
+        // that reading the stream never waits for it.
+        let (written, to_write_back) = std::sync::mpsc::channel::<PathBuf>();
+        s.spawn(move || {
+            for path in to_write_back {
+                start_writeback(&path);
+            }
+        });
         let stored = match stdout {
-            Some(o) => store_members(o, &job.local_dir, advanced, sums),
+            Some(o) => store_members(o, &job.local_dir, advanced, sums, &|p: &Path| {
+                let _ = written.send(p.to_path_buf());
+            }),
             None => Err("no output from ssh".to_string()),
         };
         if stored.is_err() {
@@ -144,12 +155,14 @@ pub fn run_tar_job(
     Ok(stats)
 }
 
-/// Writes every regular member of the tar stream `src` under `root`.
+/// Writes every regular member of the tar stream `src` under `root`; `stored` is
+/// told each file written.
 fn store_members(
     src: impl Read,
     root: &Path,
     advanced: &dyn Fn(u64),
     sums: &EarlySums,
+    stored: &dyn Fn(&Path),
 ) -> Result<TransferStats, String> {
     let mut archive = tar::Archive::new(BufReader::with_capacity(PIECE, src));
     let mut stats = TransferStats::default();
@@ -188,8 +201,8 @@ fn store_members(
         )
         .map_err(local)?;
         drop(file);
-        start_writeback(&path);
         sums.insert(&path, size, hasher.finalize().to_hex().to_string());
+        stored(&path);
         stats.files += 1;
         stats.bytes += size;
     }
@@ -235,7 +248,7 @@ mod tests {
         let add = |n: u64| {
             seen.fetch_add(n, Ordering::Relaxed);
         };
-        let st = store_members(&stream[..], dir.path(), &add, &sums).unwrap();
+        let st = store_members(&stream[..], dir.path(), &add, &sums, &|_| {}).unwrap();
         assert_eq!(st.files, 2);
         assert_eq!(st.bytes, big.len() as u64 + 3);
         assert_eq!(seen.load(Ordering::Relaxed), st.bytes);
@@ -266,7 +279,7 @@ mod tests {
             b.append(&h, &b"x"[..]).unwrap();
         });
         let sums = EarlySums::default();
-        let err = store_members(&evil[..], dir.path(), &|_| {}, &sums).unwrap_err();
+        let err = store_members(&evil[..], dir.path(), &|_| {}, &sums, &|_| {}).unwrap_err();
         assert!(err.contains(".."), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
         std::fs::write(dir.path().join("there"), b"old").unwrap();
@@ -274,7 +287,7 @@ mod tests {
             let mut h = header(tar::EntryType::Regular, 3, 0);
             b.append_data(&mut h, "there", &b"new"[..]).unwrap();
         });
-        assert!(store_members(&again[..], dir.path(), &|_| {}, &sums).is_err());
+        assert!(store_members(&again[..], dir.path(), &|_| {}, &sums, &|_| {}).is_err());
         assert_eq!(std::fs::read(dir.path().join("there")).unwrap(), b"old");
     }
 
