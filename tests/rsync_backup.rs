@@ -101,6 +101,16 @@ fn copying_backup(pg: &Pgbk) -> Option<String> {
     None
 }
 
+/// Whether a running process has every one of `needles` in its command line.
+fn processes_naming_all(needles: &[&str]) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+            let c = String::from_utf8_lossy(&c);
+            needles.iter().all(|n| c.contains(n))
+        })
+    })
+}
+
 /// Whether a running process has `needle` in its command line.
 fn processes_naming(needle: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
@@ -531,4 +541,64 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
         "{}",
         r.log_tail(40)
     );
+}
+
+#[test]
+fn a_first_copy_streamed_with_tar_stops_cleanly_and_leaves_nothing_running() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    cluster.pgbench_init(2);
+    let sshd = Sshd::start();
+    let mut pg = Pgbk::new();
+    rsync_server(
+        &pg,
+        "pg1",
+        &cluster,
+        &sshd.ssh_command("postgres"),
+        "parallel_jobs = 2\n",
+    );
+    let _rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&cluster);
+
+    // Slowed down (a documented test hook) so that SIGTERM lands mid-copy.
+    pg.set_env("PGBK_TEST_COPY_THROTTLE_MS", "30");
+    let mut bg = pg.spawn(&["backup", "pg1"]);
+    pg.unset_env("PGBK_TEST_COPY_THROTTLE_MS");
+    let mut stopped = None;
+    wait_until(
+        Duration::from_secs(60),
+        "the tar copy to be under way",
+        || {
+            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
+            stopped = copying_backup(&pg);
+            stopped.is_some()
+        },
+    );
+    // This cluster's tar stream: the ssh here, the tar on the server.
+    let datadir = cluster.datadir.to_string_lossy().to_string();
+    let ours = [datadir.as_str(), "--ignore-failed-read"];
+    assert!(processes_naming_all(&ours), "no tar stream running");
+    assert_ne!(bg.term(), 0);
+    assert!(
+        bg.log_tail(200).contains("streamed with tar"),
+        "{}",
+        bg.log_tail(30)
+    );
+    // Neither the ssh here nor the tar on the server outlives the backup.
+    wait_until(Duration::from_secs(10), "the tar stream to end", || {
+        !processes_naming_all(&ours)
+    });
+    let stopped = stopped.unwrap();
+    let stopped_dir = backup_dir(&pg, "pg1", &stopped);
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped_dir.join("backup.json")).unwrap())
+            .unwrap();
+    assert_eq!(info["status"], "FAILED", "{info}");
+    assert_eq!(info["error"], "interrupted", "{info}");
+    assert!(!stopped_dir.join("data").exists());
+
+    // The next one, not slowed, completes and verifies.
+    std::thread::sleep(Duration::from_millis(1100));
+    let ok = pg.json(&["backup", "pg1"]);
+    assert_eq!(ok["status"], "DONE", "{ok}");
+    pg.ok(&["verify-backup", "pg1", &id_of(&ok)]);
 }

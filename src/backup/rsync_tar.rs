@@ -37,6 +37,10 @@ pub const TAR_PROBE: &str = "tar --version 2>/dev/null | grep -q 'GNU tar'";
 /// Bytes read and written at a time.
 const PIECE: usize = 256 * 1024;
 
+/// Test hook, documented as such in pgbk(1): milliseconds to wait after each piece
+/// written, so that a test can stop a first copy in the middle.
+pub const THROTTLE_ENV: &str = "PGBK_TEST_COPY_THROTTLE_MS";
+
 /// The command the server runs for one list (NUL-separated paths on stdin,
 /// relative to `dir`): 64 KiB records, no recursion (the list names files), hard
 /// links stored as plain files, unreadable or vanished files only warned about.
@@ -164,6 +168,10 @@ fn store_members(
     sums: &EarlySums,
     stored: &dyn Fn(&Path),
 ) -> Result<TransferStats, String> {
+    let throttle = std::env::var(THROTTLE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     let mut archive = tar::Archive::new(BufReader::with_capacity(PIECE, src));
     let mut stats = TransferStats::default();
     let mut buf = vec![0u8; PIECE];
@@ -194,6 +202,9 @@ fn store_members(
             file.write_all(&buf[..n]).map_err(local)?;
             size += n as u64;
             advanced(n as u64);
+            if let Some(pause) = throttle {
+                std::thread::sleep(pause);
+            }
         }
         file.set_times(
             std::fs::FileTimes::new()

@@ -28,6 +28,8 @@ pub struct Pgbk {
     pub config: PathBuf,
     pub conf_d: PathBuf,
     dir: Option<TempDir>,
+    /// Variables every command gets (documented test hooks).
+    env: Vec<(String, String)>,
 }
 
 impl Pgbk {
@@ -49,7 +51,19 @@ impl Pgbk {
             config,
             conf_d,
             dir: Some(dir),
+            env: Vec::new(),
         }
+    }
+
+    /// Gives every later command this environment variable (a documented test hook).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Stops giving later commands `key` (see [`Pgbk::set_env`]).
+    pub fn unset_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 
     /// Write `conf.d/<name>.conf`: `[name]` followed by `body`.
@@ -93,6 +107,7 @@ impl Pgbk {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgbk"));
         clear_pg_env(&mut cmd);
         cmd.arg("-c").arg(&self.config).current_dir(&self.root);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
