@@ -17,11 +17,11 @@
 mod common;
 use common::rsync::{backup_dir, inode, nlink, regular_files, rsync_server};
 use common::{
-    free_port, pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Output, Pgbk,
-    Sshd,
+    free_port, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk, Cluster,
+    ClusterOptions, Output, Pgbk, Sshd,
 };
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -99,6 +99,26 @@ fn copying_backup(pg: &Pgbk) -> Option<String> {
         }
     }
     None
+}
+
+/// Waits until `bg`'s backup is copying files, and returns its id.
+fn wait_copying(pg: &Pgbk, bg: &mut BackgroundPgbk) -> String {
+    let mut copying = None;
+    wait_until(Duration::from_secs(60), "the copy to be under way", || {
+        assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
+        copying = copying_backup(pg);
+        copying.is_some()
+    });
+    copying.unwrap()
+}
+
+/// The backup in `dir` was stopped: FAILED "interrupted", its files removed.
+fn assert_interrupted(dir: &Path) {
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("backup.json")).unwrap()).unwrap();
+    assert_eq!(info["status"], "FAILED", "{info}");
+    assert_eq!(info["error"], "interrupted", "{info}");
+    assert!(!dir.join("data").exists());
 }
 
 /// Whether a running process has every one of `needles` in its command line.
@@ -418,18 +438,8 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
         "bandwidth_limit = 1000\n",
     );
     let mut bg = pg.spawn(&["backup", "pg1"]);
-    let mut killed = None;
-    wait_until(
-        Duration::from_secs(60),
-        "the rsync copy to be under way",
-        || {
-            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
-            killed = copying_backup(&pg);
-            killed.is_some()
-        },
-    );
+    let killed = wait_copying(&pg, &mut bg);
     bg.kill9();
-    let killed = killed.unwrap();
     let killed_dir = backup_dir(&pg, "pg1", &killed);
     wait_until(Duration::from_secs(10), "rsync to end with pgbk", || {
         !processes_naming(&killed_dir.to_string_lossy())
@@ -438,29 +448,14 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     // SIGTERM mid-copy: rsync stopped, FAILED "interrupted", files removed.
     std::thread::sleep(Duration::from_millis(1100));
     let mut bg = pg.spawn(&["backup", "pg1"]);
-    let mut stopped = None;
-    wait_until(
-        Duration::from_secs(60),
-        "the rsync copy to be under way",
-        || {
-            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
-            stopped = copying_backup(&pg);
-            stopped.is_some()
-        },
-    );
+    let stopped = wait_copying(&pg, &mut bg);
     assert_ne!(bg.term(), 0);
-    let stopped = stopped.unwrap();
     let stopped_dir = backup_dir(&pg, "pg1", &stopped);
     // rsync's forked receiver got the same signal; give it a moment to exit.
     wait_until(Duration::from_secs(10), "rsync to end with pgbk", || {
         !processes_naming(&stopped_dir.to_string_lossy())
     });
-    let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(stopped_dir.join("backup.json")).unwrap())
-            .unwrap();
-    assert_eq!(info["status"], "FAILED", "{info}");
-    assert_eq!(info["error"], "interrupted", "{info}");
-    assert!(!stopped_dir.join("data").exists());
+    assert_interrupted(&stopped_dir);
 
     // With the right command the next backup works and verifies.
     std::thread::sleep(Duration::from_millis(1100));
@@ -563,16 +558,7 @@ fn a_first_copy_streamed_with_tar_stops_cleanly_and_leaves_nothing_running() {
     pg.set_env("PGBK_TEST_COPY_THROTTLE_MS", "30");
     let mut bg = pg.spawn(&["backup", "pg1"]);
     pg.unset_env("PGBK_TEST_COPY_THROTTLE_MS");
-    let mut stopped = None;
-    wait_until(
-        Duration::from_secs(60),
-        "the tar copy to be under way",
-        || {
-            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
-            stopped = copying_backup(&pg);
-            stopped.is_some()
-        },
-    );
+    let stopped = wait_copying(&pg, &mut bg);
     // This cluster's tar stream: the ssh here, the tar on the server.
     let datadir = cluster.datadir.to_string_lossy().to_string();
     let ours = [datadir.as_str(), "--ignore-failed-read"];
@@ -587,14 +573,7 @@ fn a_first_copy_streamed_with_tar_stops_cleanly_and_leaves_nothing_running() {
     wait_until(Duration::from_secs(10), "the tar stream to end", || {
         !processes_naming_all(&ours)
     });
-    let stopped = stopped.unwrap();
-    let stopped_dir = backup_dir(&pg, "pg1", &stopped);
-    let info: Value =
-        serde_json::from_str(&std::fs::read_to_string(stopped_dir.join("backup.json")).unwrap())
-            .unwrap();
-    assert_eq!(info["status"], "FAILED", "{info}");
-    assert_eq!(info["error"], "interrupted", "{info}");
-    assert!(!stopped_dir.join("data").exists());
+    assert_interrupted(&backup_dir(&pg, "pg1", &stopped));
 
     // The next one, not slowed, completes and verifies.
     std::thread::sleep(Duration::from_millis(1100));
