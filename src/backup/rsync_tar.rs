@@ -24,6 +24,7 @@ use super::rsync_copy::{
 use super::rsync_index::EarlySums;
 use super::tar_store::{create_file, safe_path};
 use crate::ssh::{shell_quote, SshTarget};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,13 @@ pub fn run_tar_job(
     sums: &EarlySums,
 ) -> Result<TransferStats, String> {
     let list = File::open(&job.list).map_err(|e| format!("{}: {e}", job.list.display()))?;
+    // Only the files asked for are written: a server cannot add others.
+    let wanted: HashSet<String> = std::fs::read(&job.list)
+        .map_err(|e| format!("{}: {e}", job.list.display()))?
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(format!(
         "exec {} {} {}",
@@ -113,7 +121,7 @@ pub fn run_tar_job(
             }
         });
         let stored = match stdout {
-            Some(o) => store_members(o, &job.local_dir, advanced, sums, &|p: &Path| {
+            Some(o) => store_members(o, &job.local_dir, &wanted, advanced, sums, &|p: &Path| {
                 let _ = written.send(p.to_path_buf());
             }),
             None => Err("no output from ssh".to_string()),
@@ -159,11 +167,12 @@ pub fn run_tar_job(
     Ok(stats)
 }
 
-/// Writes every regular member of the tar stream `src` under `root`; `stored` is
-/// told each file written.
+/// Writes every regular member of the tar stream `src` under `root`; each must be
+/// one of `wanted`. `stored` is told each file written.
 fn store_members(
     src: impl Read,
     root: &Path,
+    wanted: &HashSet<String>,
     advanced: &dyn Fn(u64),
     sums: &EarlySums,
     stored: &dyn Fn(&Path),
@@ -185,6 +194,9 @@ fn store_members(
             continue;
         }
         let name = safe_path(&entry.path_bytes()[..]).map_err(|e| e.to_string())?;
+        if !wanted.contains(&name) {
+            return Err(format!("the server sent '{name}', which was not asked for"));
+        }
         let mtime = entry.header().mtime().unwrap_or(0);
         let path = root.join(&name);
         let local = |e: std::io::Error| format!("{}: {e}", path.display());
@@ -224,6 +236,10 @@ fn store_members(
 mod tests {
     use super::*;
 
+    fn names(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
     fn tar_bytes(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         build(&mut b);
@@ -259,7 +275,8 @@ mod tests {
         let add = |n: u64| {
             seen.fetch_add(n, Ordering::Relaxed);
         };
-        let st = store_members(&stream[..], dir.path(), &add, &sums, &|_| {}).unwrap();
+        let wanted = names(&["base/5/16384", "global/new/x", "base/link"]);
+        let st = store_members(&stream[..], dir.path(), &wanted, &add, &sums, &|_| {}).unwrap();
         assert_eq!(st.files, 2);
         assert_eq!(st.bytes, big.len() as u64 + 3);
         assert_eq!(seen.load(Ordering::Relaxed), st.bytes);
@@ -290,7 +307,9 @@ mod tests {
             b.append(&h, &b"x"[..]).unwrap();
         });
         let sums = EarlySums::default();
-        let err = store_members(&evil[..], dir.path(), &|_| {}, &sums, &|_| {}).unwrap_err();
+        let wanted = names(&["there", "../escape"]);
+        let err =
+            store_members(&evil[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {}).unwrap_err();
         assert!(err.contains(".."), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
         std::fs::write(dir.path().join("there"), b"old").unwrap();
@@ -298,8 +317,18 @@ mod tests {
             let mut h = header(tar::EntryType::Regular, 3, 0);
             b.append_data(&mut h, "there", &b"new"[..]).unwrap();
         });
-        assert!(store_members(&again[..], dir.path(), &|_| {}, &sums, &|_| {}).is_err());
+        assert!(store_members(&again[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {}).is_err());
         assert_eq!(std::fs::read(dir.path().join("there")).unwrap(), b"old");
+        // A member nobody asked for is refused, and not written.
+        let extra = tar_bytes(|b| {
+            let mut h = header(tar::EntryType::Regular, 3, 0);
+            b.append_data(&mut h, "postmaster.pid", &b"123"[..])
+                .unwrap();
+        });
+        let err =
+            store_members(&extra[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {}).unwrap_err();
+        assert!(err.contains("not asked for"), "{err}");
+        assert!(!dir.path().join("postmaster.pid").exists());
     }
 
     #[test]
