@@ -370,19 +370,8 @@ pub const HASH_THREAD_FROM: u64 = 32 * 1024 * 1024;
 const HASH_CHUNK: usize = 1024 * 1024;
 
 /// Reads `content` to its end; returns its size and BLAKE3.
-fn hash_here(mut content: impl Read) -> io::Result<(u64, String)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = content.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((total, hasher.finalize().to_hex().to_string()))
+fn hash_here(content: impl Read) -> io::Result<(u64, String)> {
+    crate::repo::compress::hash_copy(content, io::sink())
 }
 
 /// [`hash_here`] with the hashing on a second thread: chunks go through a bounded
@@ -404,14 +393,7 @@ fn hash_on_thread(mut content: impl Read) -> io::Result<(u64, String)> {
             loop {
                 let mut buf = back_rx.try_recv().unwrap_or_default();
                 buf.resize(HASH_CHUNK, 0);
-                let mut n = 0;
-                while n < buf.len() {
-                    let m = content.read(&mut buf[n..])?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                }
+                let n = crate::repo::compress::read_full(&mut content, &mut buf)?;
                 if n == 0 {
                     return Ok(());
                 }

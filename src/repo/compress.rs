@@ -64,15 +64,29 @@ pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<Stor
     })
 }
 
-/// Decompresses a stored file into a writer, returning the uncompressed length and checksum.
-pub fn decompress_to(src: &Path, mut out: impl Write) -> io::Result<(u64, String)> {
-    let file = File::open(src)?;
-    let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::new(file))?;
+/// Reads until `buf` is full or the input ends; returns the bytes read (fewer than
+/// `buf.len()` only at the end: chunks cut this way are whole).
+pub fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Copies `src` to its end into `out`, returning the length and BLAKE3 of what went
+/// through (`io::sink()` as `out` only hashes).
+pub fn hash_copy(mut src: impl Read, mut out: impl Write) -> io::Result<(u64, String)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = dec.read(&mut buf)?;
+        let n = src.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -81,6 +95,15 @@ pub fn decompress_to(src: &Path, mut out: impl Write) -> io::Result<(u64, String
         total += n as u64;
     }
     Ok((total, hasher.finalize().to_hex().to_string()))
+}
+
+/// Decompresses a stored file into a writer, returning the uncompressed length and checksum.
+pub fn decompress_to(src: &Path, out: impl Write) -> io::Result<(u64, String)> {
+    let file = File::open(src)?;
+    hash_copy(
+        zstd::stream::read::Decoder::with_buffer(BufReader::new(file))?,
+        out,
+    )
 }
 
 /// Decompresses a whole stored file into memory (WAL segments: bounded by segment size).

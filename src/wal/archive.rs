@@ -40,23 +40,16 @@ pub enum ArchiveError {
 /// Compresses a file into `dest` chunk by chunk (zstd frames of
 /// [`crate::repo::compress::CHUNK_SIZE`]), so memory stays bounded whatever its size.
 fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFile> {
-    use crate::repo::compress::CHUNK_SIZE;
+    use crate::repo::compress::{read_full, CHUNK_SIZE};
     use crate::repo::durable::AtomicFile;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut input = fs::File::open(src)?;
     let mut out = AtomicFile::create(dest)?;
     let mut buf = vec![0u8; CHUNK_SIZE];
     let (mut size, mut stored_size) = (0u64, 0u64);
     let mut object = blake3::Hasher::new();
     loop {
-        let mut n = 0;
-        while n < buf.len() {
-            let got = input.read(&mut buf[n..])?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
+        let n = read_full(&mut input, &mut buf)?;
         if n == 0 && size > 0 {
             break;
         }

@@ -134,18 +134,8 @@ pub fn validate_segment(
             magic: hdr.magic,
         });
     }
-    if u16_at(data, 2) & XLP_LONG_HEADER == 0 {
-        return Err(HeaderError::NoLongHeader { segment: name });
-    }
-    if let Some(expected) = system_id {
-        if hdr.system_id != expected {
-            return Err(HeaderError::SystemId {
-                segment: name,
-                found: hdr.system_id.0,
-                expected: expected.0,
-            });
-        }
-    }
+    // The long-header flag and the system id, as the streaming checks do them.
+    let mut pages = PageChecker::new(segment, &hdr, system_id, data)?;
     if hdr.seg_size != segment.seg_size {
         return Err(HeaderError::SegSize {
             segment: name,
@@ -153,7 +143,7 @@ pub fn validate_segment(
             expected: segment.seg_size,
         });
     }
-    PageChecker::new(segment, &hdr, system_id, data)?.feed(data)?;
+    pages.feed(data)?;
     Ok(hdr)
 }
 

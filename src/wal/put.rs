@@ -19,6 +19,7 @@ use super::history::parse_history;
 use super::segment::{WalFileName, WalSegment};
 use super::{Lsn, SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError};
+use crate::repo::compress::read_full;
 use crate::repo::ServerRepo;
 use serde::Serialize;
 use std::fs;
@@ -185,20 +186,6 @@ struct Put<'a> {
     home: &'a Path,
     server: &'a str,
     shown: String,
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Removes the spool file when dropped.
