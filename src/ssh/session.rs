@@ -7,8 +7,9 @@ use super::{SshError, SshTarget};
 use ssh2::{CheckResult, KnownHostFileKind, MethodType, Session};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default TCP connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +47,8 @@ impl ExecOutput {
 pub struct SshSession {
     session: Session,
     target: SshTarget,
+    /// The TCP socket libssh2 owns (for [`SshSession::acking`]).
+    fd: RawFd,
 }
 
 impl std::fmt::Debug for SshSession {
@@ -125,6 +128,7 @@ impl SshSession {
             })
         })?;
         let _ = tcp.set_nodelay(true);
+        let fd = tcp.as_raw_fd();
         let mut session = Session::new().map_err(|e| fail(e.message().to_string()))?;
         prefer_fast_ciphers(&session).map_err(|e| fail(e.message().to_string()))?;
         session.set_tcp_stream(tcp);
@@ -140,6 +144,7 @@ impl SshSession {
         Ok(SshSession {
             session,
             target: target.clone(),
+            fd,
         })
     }
 
@@ -188,10 +193,11 @@ impl SshSession {
 
     /// Opens an SFTP channel on this session (to read files of the remote host).
     pub fn sftp(&self) -> Result<ssh2::Sftp, SshError> {
-        self.session.sftp().map_err(|e| SshError::Channel {
-            target: self.target.display(),
-            msg: format!("opening SFTP: {}", e.message()),
-        })
+        self.acking(|| self.session.sftp())
+            .map_err(|e| SshError::Channel {
+                target: self.target.display(),
+                msg: format!("opening SFTP: {}", e.message()),
+            })
     }
 
     /// Opens a channel running the `sftp` subsystem, for a client that speaks the
@@ -201,19 +207,92 @@ impl SshSession {
             target: self.target.display(),
             msg: format!("opening SFTP: {}", e.message()),
         };
-        let mut ch = self.session.channel_session().map_err(fail)?;
-        ch.subsystem("sftp").map_err(fail)?;
+        let mut ch = self
+            .acking(|| self.session.channel_session())
+            .map_err(fail)?;
+        self.acking(|| ch.subsystem("sftp")).map_err(fail)?;
         Ok(ch)
     }
 
     fn open(&self, cmd: &str) -> Result<ssh2::Channel, SshError> {
         let mut ch = self
-            .session
-            .channel_session()
+            .acking(|| self.session.channel_session())
             .map_err(|e| self.channel_err(cmd, e.message()))?;
-        ch.exec(cmd)
+        self.acking(|| ch.exec(cmd))
             .map_err(|e| self.channel_err(cmd, e.message()))?;
         Ok(ch)
+    }
+
+    /// Runs a libssh2 call that waits for the server's answer with the session
+    /// non-blocking, acknowledging at once whatever arrives meanwhile. sshd leaves
+    /// Nagle's algorithm on for exec and subsystem sessions, so when it writes two
+    /// small packets in a row (the host keys it announces after authentication,
+    /// then the channel's confirmation) the second waits for the ACK of the first,
+    /// which Linux delays by 40 ms: every channel opened this way cost 40 ms.
+    fn acking<T>(&self, mut op: impl FnMut() -> Result<T, ssh2::Error>) -> Result<T, ssh2::Error> {
+        let limit = match self.session.timeout() {
+            0 => None,
+            ms => Some(Instant::now() + Duration::from_millis(ms.into())),
+        };
+        self.session.set_blocking(false);
+        let result = loop {
+            match op() {
+                Err(e) if e.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_EAGAIN) => {
+                    quick_ack(self.fd);
+                    let left = limit.map(|l| l.saturating_duration_since(Instant::now()));
+                    if left == Some(Duration::ZERO) {
+                        break Err(ssh2::Error::new(
+                            ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT),
+                            "timed out waiting for the server",
+                        ));
+                    }
+                    wait_socket(self.fd, self.session.block_directions(), left);
+                }
+                other => break other,
+            }
+        };
+        self.session.set_blocking(true);
+        result
+    }
+}
+
+/// libssh2's "would block" and "timed out" error codes.
+const LIBSSH2_ERROR_EAGAIN: i32 = -37;
+const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+
+/// Sends a pending delayed ACK now (Linux sends it when TCP_QUICKACK is set).
+fn quick_ack(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `one` for the given length; a failure only leaves
+    // the ACK delayed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Waits until the socket can do what libssh2 waits for (at most `left`; at most
+/// one second at a time, so a limit is checked even when nothing happens).
+fn wait_socket(fd: RawFd, dirs: ssh2::BlockDirections, left: Option<Duration>) {
+    let events = match dirs {
+        ssh2::BlockDirections::Inbound => libc::POLLIN,
+        ssh2::BlockDirections::Outbound => libc::POLLOUT,
+        _ => libc::POLLIN | libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = left.map_or(1000, |d| d.as_millis().clamp(1, 1000) as libc::c_int);
+    // SAFETY: one valid pollfd.
+    unsafe {
+        libc::poll(&mut pfd, 1, ms);
     }
 }
 
