@@ -115,8 +115,10 @@ struct Pass<'a> {
     committed_at: Instant,
 }
 
-/// Stored size from which a backup's objects are queued before the others.
-pub const BIG_OBJECT: u64 = 8 * 1024 * 1024;
+/// Objects too large for a batch ([`MAX_OBJECT`]) are queued largest first, this
+/// many at a time: a pass then ends with small objects filling both workers
+/// instead of one worker still reading a large object it started last.
+const LARGEST_FIRST: usize = 4096;
 
 /// A backup's verified objects are made durable and renamed once this many wait…
 pub const COMMIT_OBJECTS: usize = 512;
@@ -630,14 +632,16 @@ impl Pass<'_> {
         }
         tracing::debug!(server = %self.server.name, backup = %id, "file list here");
         // Every object files.jsonl names, streamed (never the whole list in memory):
-        // the list is read twice, objects of BIG_OBJECT bytes or more are queued in
-        // the first round, so the largest copies start first and do not end last.
+        // the list is read twice. The first round queues the objects too large for a
+        // batch, largest first (up to LARGEST_FIRST at a time), so the largest copies
+        // start first and do not end last; the second queues the rest in batches.
         let mut failures = 0u64;
         let mut done = Vec::new();
         let mut halted = false;
         // Small objects go to the workers in batches read with pipelined requests.
         let mut small: Vec<Job> = Vec::new();
         let mut small_bytes = 0u64;
+        let mut large: Vec<Job> = Vec::new();
         for big_round in [true, false] {
             if halted {
                 break;
@@ -666,7 +670,7 @@ impl Pass<'_> {
                         break;
                     }
                 };
-                if entry.kind != FileKind::File || (entry.stored_size >= BIG_OBJECT) != big_round {
+                if entry.kind != FileKind::File || (entry.stored_size > MAX_OBJECT) != big_round {
                     continue;
                 }
                 let Some(object) = entry.object.as_deref() else {
@@ -728,11 +732,23 @@ impl Pass<'_> {
                     let batch = std::mem::take(&mut small);
                     failures += self.queue_work(&id, Work::Batch(batch))?;
                 } else {
-                    failures += self.queue_work(&id, Work::One(Box::new(job)))?;
+                    large.push(job);
+                    if large.len() < LARGEST_FIRST {
+                        continue;
+                    }
+                    failures += self.queue_largest_first(&id, &mut large)?;
                 }
                 if let Some(e) = self.lost_error() {
                     return Err(e);
                 }
+            }
+            if halted {
+                large.clear();
+                break;
+            }
+            failures += self.queue_largest_first(&id, &mut large)?;
+            if let Some(e) = self.lost_error() {
+                return Err(e);
             }
         }
         if !small.is_empty() {
@@ -773,6 +789,16 @@ impl Pass<'_> {
         info.status = BackupStatus::Done;
         save(&self.repo, &self.catalog, &info)?;
         Ok(true)
+    }
+
+    /// Queues `jobs` (emptied) one object each, the largest first.
+    fn queue_largest_first(&mut self, id: &str, jobs: &mut Vec<Job>) -> Result<u64, PeerError> {
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.expect.stored_size));
+        let mut failed = 0;
+        for job in jobs.drain(..) {
+            failed += self.queue_work(id, Work::One(Box::new(job)))?;
+        }
+        Ok(failed)
     }
 
     /// Queues a backup's objects; while the queue is full, tallies (and commits) the
