@@ -7,6 +7,7 @@
 //! - [`pool`]: the `parallel_jobs` transfer workers, one SSH session each;
 //! - [`transfer`]: one object fetched over SFTP and verified before it is named;
 //! - [`sftp_batch`]: many small objects read at once, SFTP requests pipelined;
+//! - [`work_queue`]: the workers' two-lane queue (large objects, small batches);
 //! - [`paths`]: every name and path the peer sends is checked before use.
 
 pub mod paths;
@@ -15,6 +16,7 @@ pub mod replicate;
 pub mod sftp_batch;
 pub mod sync_info;
 pub mod transfer;
+pub mod work_queue;
 
 pub use replicate::{replicate_pass, PassReport};
 pub use sync_info::SyncInfo;

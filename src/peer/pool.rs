@@ -15,6 +15,7 @@
 use super::replicate::THROTTLE_ENV;
 use super::sftp_batch::{self, Batcher, SshChannel};
 use super::transfer::{self, Expected, TransferError};
+use super::work_queue::{Lane, WorkQueue};
 use crate::ssh::{SshSession, SshTarget};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -55,7 +56,7 @@ pub struct Done {
 
 /// `parallel_jobs` workers, each with its own SSH session and SFTP channel.
 pub struct Pool {
-    tx: Option<mpsc::SyncSender<Work>>,
+    queue: Arc<WorkQueue<Work>>,
     rx: mpsc::Receiver<Done>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: usize,
@@ -65,8 +66,7 @@ pub struct Pool {
 impl Pool {
     /// Starts `n` workers connecting to `target`; bytes read go to `moved`.
     pub fn start(target: &SshTarget, n: usize, moved: Arc<AtomicU64>) -> Pool {
-        let (tx, jobs) = mpsc::sync_channel::<Work>(n * 4);
-        let jobs = Arc::new(Mutex::new(jobs));
+        let queue = Arc::new(WorkQueue::new(n * 4));
         let (done_tx, rx) = mpsc::channel::<Done>();
         let throttle = std::env::var(THROTTLE_ENV)
             .ok()
@@ -74,10 +74,16 @@ impl Pool {
             .map(std::time::Duration::from_millis);
         let lost: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let workers = (0..n)
-            .map(|_| {
+            .map(|i| {
+                // With two workers or more, the first takes small objects first.
+                let prefer = if i == 0 && n > 1 {
+                    Lane::Small
+                } else {
+                    Lane::Large
+                };
                 let lost = Arc::clone(&lost);
                 let target = target.clone();
-                let jobs = Arc::clone(&jobs);
+                let jobs = Arc::clone(&queue);
                 let done_tx = done_tx.clone();
                 let moved = Arc::clone(&moved);
                 std::thread::spawn(move || {
@@ -101,12 +107,7 @@ impl Pool {
                         }
                     }
                     let mut batcher: Option<Batcher<SshChannel>> = None;
-                    loop {
-                        let work = match jobs.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => break,
-                        };
-                        let Ok(work) = work else { break };
+                    while let Some(work) = jobs.pop(prefer) {
                         let started = std::time::Instant::now();
                         let results: Vec<(Job, Fetched)> = match work {
                             Work::One(job) => {
@@ -194,7 +195,7 @@ impl Pool {
             })
             .collect();
         Pool {
-            tx: Some(tx),
+            queue,
             rx,
             workers,
             in_flight: 0,
@@ -229,15 +230,11 @@ impl Pool {
             Work::One(_) => 1,
             Work::Batch(b) => b.len(),
         };
-        let Some(tx) = &self.tx else { return Ok(()) };
-        match tx.try_send(work) {
-            Ok(()) => {
-                self.in_flight += n;
-                Ok(())
-            }
-            Err(mpsc::TrySendError::Full(work)) => Err(work),
-            Err(mpsc::TrySendError::Disconnected(_)) => Ok(()),
+        let lane = lane_of(&work);
+        if self.queue.try_push(lane, work)? {
+            self.in_flight += n;
         }
+        Ok(())
     }
 
     /// The jobs finished so far (does not wait).
@@ -252,10 +249,9 @@ impl Pool {
 
     fn queue(&mut self, work: Work, n: usize) -> Vec<Done> {
         let mut out = Vec::new();
-        if let Some(tx) = &self.tx {
-            if tx.send(work).is_ok() {
-                self.in_flight += n;
-            }
+        let lane = lane_of(&work);
+        if self.queue.push(lane, work) {
+            self.in_flight += n;
         }
         while let Ok(d) = self.rx.try_recv() {
             self.in_flight -= 1;
@@ -306,10 +302,18 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.tx.take();
+        self.queue.close();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+/// The queue lane of `work`.
+fn lane_of(work: &Work) -> Lane {
+    match work {
+        Work::One(_) => Lane::Large,
+        Work::Batch(_) => Lane::Small,
     }
 }
 

@@ -38,7 +38,7 @@ use crate::ssh::{shell_quote, SshSession, SshTarget};
 use crate::wal::{Lsn, WalFileName};
 use chrono::Utc;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -632,9 +632,12 @@ impl Pass<'_> {
         }
         tracing::debug!(server = %self.server.name, backup = %id, "file list here");
         // Every object files.jsonl names, streamed (never the whole list in memory):
-        // the list is read twice. The first round queues the objects too large for a
-        // batch, largest first (up to LARGEST_FIRST at a time), so the largest copies
-        // start first and do not end last; the second queues the rest in batches.
+        // the list is read twice. The first round collects the objects too large for
+        // a batch (queued largest first, LARGEST_FIRST at a time), so the largest
+        // copies start first and do not end last; the second queues the small ones
+        // in batches and, from the first batch on, the large ones held back beside
+        // them: the pool's two lanes then keep one worker creating small files while
+        // the others read large objects.
         let mut failures = 0u64;
         let mut done = Vec::new();
         let mut halted = false;
@@ -642,6 +645,7 @@ impl Pass<'_> {
         let mut small: Vec<Job> = Vec::new();
         let mut small_bytes = 0u64;
         let mut large: Vec<Job> = Vec::new();
+        let mut held: VecDeque<Job> = VecDeque::new();
         for big_round in [true, false] {
             if halted {
                 break;
@@ -730,7 +734,7 @@ impl Pass<'_> {
                     }
                     small_bytes = 0;
                     let batch = std::mem::take(&mut small);
-                    failures += self.queue_work(&id, Work::Batch(batch))?;
+                    failures += self.queue_beside(&id, Work::Batch(batch), &mut held)?;
                 } else {
                     large.push(job);
                     if large.len() < LARGEST_FIRST {
@@ -743,16 +747,23 @@ impl Pass<'_> {
                 }
             }
             if halted {
-                large.clear();
                 break;
             }
-            failures += self.queue_largest_first(&id, &mut large)?;
+            if big_round {
+                large.sort_by_key(|j| std::cmp::Reverse(j.expect.stored_size));
+                held.extend(large.drain(..));
+            }
+        }
+        if !halted {
+            if !small.is_empty() {
+                failures += self.queue_beside(&id, Work::Batch(small), &mut held)?;
+            }
+            for job in held.drain(..) {
+                failures += self.queue_work(&id, Work::One(Box::new(job)))?;
+            }
             if let Some(e) = self.lost_error() {
                 return Err(e);
             }
-        }
-        if !small.is_empty() {
-            failures += self.queue_work(&id, Work::Batch(small))?;
         }
         // The last objects: committed as they finish (every COMMIT_INTERVAL), not all
         // at the end, so a pass killed now keeps what was verified.
@@ -789,6 +800,40 @@ impl Pass<'_> {
         info.status = BackupStatus::Done;
         save(&self.repo, &self.catalog, &info)?;
         Ok(true)
+    }
+
+    /// Queues a batch of small objects, then as many `held` large objects as their
+    /// lane has room for; while the small lane is full, tops up the large lane and
+    /// tallies what finishes. Returns the failures tallied.
+    fn queue_beside(
+        &mut self,
+        id: &str,
+        mut work: Work,
+        held: &mut VecDeque<Job>,
+    ) -> Result<u64, PeerError> {
+        let mut failed = 0;
+        loop {
+            let queued = self.pool().try_submit(work);
+            while let Some(job) = held.pop_front() {
+                if let Err(back) = self.pool().try_submit(Work::One(Box::new(job))) {
+                    if let Work::One(job) = back {
+                        held.push_front(*job);
+                    }
+                    break;
+                }
+            }
+            match queued {
+                Ok(()) => break,
+                Err(back) => {
+                    work = back;
+                    let mut some = self.pool().wait_some();
+                    failed += self.tally(id, &mut some)?;
+                }
+            }
+        }
+        let mut some = self.pool().finished();
+        failed += self.tally(id, &mut some)?;
+        Ok(failed)
     }
 
     /// Queues `jobs` (emptied) one object each, the largest first.
