@@ -9,6 +9,7 @@
 #   bench_start_cluster "CONF"       initdb + start on a free port (CONF: extra postgresql.conf lines); sets PORT
 #   psql_ ARGS                       psql -X -A -t -q on the cluster, as postgres
 #   bench_pgbench_init SCALE         pgbench -i -s SCALE, then a checkpoint
+#   bench_probe_file_creation NAME  microseconds per file creation right now
 #   bench_pgbk_config HOME "LINES"   pgbk.conf + conf.d/bench.conf (server 'bench'); sets PGBK_CONF
 #   bench_wait_streaming APP PID LOG wait until APP streams (pg_stat_replication)
 #   log, die, human BYTES, ratio A B
@@ -178,6 +179,22 @@ bench_pgbench_init() {
 }
 
 # --- pgbk -------------------------------------------------------------------
+# bench_probe_file_creation NAME: microseconds this filesystem takes to create a
+# file right now (300 empty files in $WORK/create-probe-NAME, kept: deleting them
+# would slow the next creations). On a journal-less ext4 (this project's VMs)
+# each creation scans past the inodes freed in the last minutes, so for a few
+# minutes after many deletions (a test run, the previous bench's cleanup) it
+# costs 10-20 times the usual tens of microseconds, and whatever creates many
+# files (a backup of a thousand files, a copy of one) slows down with it.
+bench_probe_file_creation() {
+    local dir=$WORK/create-probe-$1 t0 t1 i
+    mkdir -p "$dir"
+    t0=$(date +%s%N)
+    for i in $(seq 300); do : >"$dir/f$i"; done
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 300000))
+}
+
 # bench_pgbk_config HOME "EXTRA SERVER LINES": $WORK/pgbk/pgbk.conf and
 # conf.d/bench.conf for server 'bench' on the cluster, streaming through slot pgbk.
 bench_pgbk_config() {
