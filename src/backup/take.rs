@@ -380,7 +380,8 @@ pub(super) async fn wait_for_wal(
         WalWait::Timeout(d) => Some(Instant::now() + d),
         WalWait::Forever => None,
     };
-    let mut poll = Duration::from_millis(10);
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(5);
     loop {
         let missing = missing_segments(&info, repo, catalog)?;
         if missing.is_empty() {
@@ -396,10 +397,13 @@ pub(super) async fn wait_for_wal(
                 interrupted: false,
             });
         }
-        // The end segment usually arrives within milliseconds of the switch: poll
-        // fast first, then back off.
+        // The end segment usually arrives within tens of milliseconds of the
+        // switch: poll every 5 ms for the first second (a catalog query and a few
+        // stats), then back off.
         let pause = poll;
-        poll = (poll * 2).min(Duration::from_millis(500));
+        if started.elapsed() >= Duration::from_secs(1) {
+            poll = (poll * 2).min(Duration::from_millis(500));
+        }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stopped(stop) => {
