@@ -419,12 +419,8 @@ pub type StoredHook = Arc<dyn Fn(&Path) + Send + Sync>;
 /// only: durability still comes from that `syncfs`, so failures (a name rsync
 /// escaped, a file not yet renamed) are ignored.
 pub(super) fn start_writeback(path: &Path) {
-    use std::os::unix::io::AsRawFd;
     if let Ok(f) = std::fs::File::open(path) {
-        // SAFETY: sync_file_range on a descriptor we own, for its whole length.
-        unsafe {
-            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-        }
+        super::tar_store::start_file_writeback(&f);
     }
 }
 
