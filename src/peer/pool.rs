@@ -248,16 +248,11 @@ impl Pool {
     }
 
     fn queue(&mut self, work: Work, n: usize) -> Vec<Done> {
-        let mut out = Vec::new();
         let lane = lane_of(&work);
         if self.queue.push(lane, work) {
             self.in_flight += n;
         }
-        while let Ok(d) = self.rx.try_recv() {
-            self.in_flight -= 1;
-            out.push(d);
-        }
-        out
+        self.finished()
     }
 
     /// Waits for at least one queued job to finish (none queued: returns at once) and
@@ -277,10 +272,7 @@ impl Pool {
                 return out;
             }
         }
-        while let Ok(d) = self.rx.try_recv() {
-            self.in_flight -= 1;
-            out.push(d);
-        }
+        out.extend(self.finished());
         out
     }
 

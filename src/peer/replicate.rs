@@ -802,9 +802,9 @@ impl Pass<'_> {
         Ok(true)
     }
 
-    /// Queues a batch of small objects, then as many `held` large objects as their
-    /// lane has room for; while the small lane is full, tops up the large lane and
-    /// tallies what finishes. Returns the failures tallied.
+    /// Queues `work` (see [`Self::queue_work`]), then as many `held` large objects as
+    /// their lane has room for; while `work`'s lane is full, tops up the large lane
+    /// and tallies what finishes. Returns the failures tallied.
     fn queue_beside(
         &mut self,
         id: &str,
@@ -849,21 +849,8 @@ impl Pass<'_> {
     /// Queues a backup's objects; while the queue is full, tallies (and commits) the
     /// objects that finish meanwhile, so what a killed pass verified is kept even
     /// when a worker spends seconds on one batch. Returns the failures tallied.
-    fn queue_work(&mut self, id: &str, mut work: Work) -> Result<u64, PeerError> {
-        let mut failed = 0;
-        loop {
-            match self.pool().try_submit(work) {
-                Ok(()) => break,
-                Err(back) => {
-                    work = back;
-                    let mut some = self.pool().wait_some();
-                    failed += self.tally(id, &mut some)?;
-                }
-            }
-        }
-        let mut some = self.pool().finished();
-        failed += self.tally(id, &mut some)?;
-        Ok(failed)
+    fn queue_work(&mut self, id: &str, work: Work) -> Result<u64, PeerError> {
+        self.queue_beside(id, work, &mut VecDeque::new())
     }
 
     /// Counts finished object copies (verified ones join the batch to commit);
