@@ -1,5 +1,6 @@
 //! The `pgbk` command: parse the command line, run the verb, map errors to exit codes
-//! (0 ok, 1 a failed check or operation, 2 bad usage or configuration).
+//! (0 ok, 1 a failed check or operation, 2 bad usage or configuration; get-wal 200
+//! for a WAL file that is archived but damaged: above 125, PostgreSQL stops recovery).
 
 use clap::Parser;
 use pgbk::cli::Cli;
@@ -17,6 +18,10 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
+            if let Some(coded) = e.downcast_ref::<commands::CodedError>() {
+                eprintln!("pgbk: {coded}");
+                return ExitCode::from(coded.code);
+            }
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)

@@ -268,6 +268,111 @@ fn get_wal_replays_all_archived_wal_and_partial_reaches_the_last_streamed_row() 
     assert_eq!(markers(&r), "archived,streamed", "{}", r.log_tail(40));
 }
 
+/// Item 0 of the fixes issue: an archived segment after the backup's end with one
+/// byte flipped, or cut short, must stop recovery with FATAL and a message naming
+/// it (get-wal exits 200), never be served (PostgreSQL then ended redo early and
+/// promoted with a fraction of the rows) nor reported as "not archived" (exit 1,
+/// which also made PostgreSQL promote). The same through `--prefetch`'s spool.
+#[test]
+fn damaged_archived_wal_stops_recovery_instead_of_promoting_early() {
+    let mut src = source();
+    let c = &src.cluster;
+    c.psql("create table marker (id int, note text)");
+    src.backup();
+    c.pgbench_wait(2, 2);
+    src.archive_now();
+    c.psql("insert into marker values (1, 'after')");
+    c.pgbench_wait(1, 2);
+    src.archive_now();
+    assert_eq!(src.rw.term(), 0);
+    let pg = &src.pg;
+    chown_to_postgres(&pg.home, true);
+    let segs = pg.archived_segments("pg1");
+    let victim = segs.last().unwrap().clone();
+    let object = pg
+        .wals_dir("pg1")
+        .join(&victim[..16])
+        .join(format!("{victim}.zst"));
+    let good = fs::read(&object).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 3] ^= 0x10;
+    let truncated = good[..good.len() * 2 / 3].to_vec();
+
+    for (what, bytes, prefetch) in [
+        ("flipped byte", flipped, false),
+        ("truncated", truncated.clone(), false),
+        ("truncated, prefetched", truncated, true),
+    ] {
+        fs::write(&object, &bytes).unwrap();
+        // get-wal on its own: exit 200, one line naming the object, nothing written.
+        let out_dir = pg_scratch_dir("pgbk-getwal-");
+        let out = out_dir.path().join("seg");
+        let r = pg.run(&["get-wal", "pg1", &victim, "--output", out.to_str().unwrap()]);
+        assert_eq!(r.code, 200, "{what}: {r:?}");
+        let line = missing_line(&r);
+        assert_eq!(line.lines().count(), 1, "{what}: {r:?}");
+        assert!(
+            line.contains(&victim) && line.contains("damaged"),
+            "{what}: {line}"
+        );
+        assert!(!out.exists(), "{what}: nothing delivered");
+        let r = pg.run(&["get-wal", "pg1", &victim]);
+        assert_eq!(r.code, 200, "{what}: stdout: {r:?}");
+        assert!(r.stdout.is_empty(), "{what}: no byte on stdout");
+
+        let (dir, data) = destination();
+        recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--get-wal"]);
+        if prefetch {
+            let auto = data.join("postgresql.auto.conf");
+            let conf = fs::read_to_string(&auto).unwrap();
+            let conf = conf.replace("--output %p", "--output %p --prefetch 3");
+            assert!(conf.contains("--prefetch 3"), "{conf}");
+            fs::write(&auto, conf).unwrap();
+        }
+        // pg_ctl may see the server up (consistent, read-only) before replay reaches
+        // the damaged segment: wait for recovery's end either way.
+        let (r, _) = Cluster::try_from_datadir(dir, ClusterOptions::default());
+        wait_until(Duration::from_secs(60), "recovery to stop", || {
+            let log = r.log();
+            log.contains("exit code 200") || log.contains("selected new timeline")
+        });
+        wait_until(Duration::from_secs(30), "the server to exit", || {
+            !r.is_running()
+        });
+        let log = r.log();
+        assert!(
+            log.contains(&format!("could not restore file \"{victim}\" from archive"))
+                && log.contains("exit code 200"),
+            "{what}\n{log}"
+        );
+        assert!(
+            log.contains(&victim) && log.contains("is damaged"),
+            "{what}: pgbk's line in the log\n{log}"
+        );
+        assert!(
+            !log.contains("selected new timeline"),
+            "{what}: promoted\n{log}"
+        );
+        if prefetch {
+            let spool = pg.home.join("pg1/spool");
+            assert!(!spool.join(&victim).exists(), "{what}: spooled");
+        }
+    }
+    // check names the damaged segment.
+    let r = pg.run(&["check", "pg1"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("archived WAL integrity: FAILED") && r.stdout.contains(&victim),
+        "{r:?}"
+    );
+    // Repaired, the same recovery replays it and promotes with every row.
+    fs::write(&object, &good).unwrap();
+    let (dir, data) = destination();
+    recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--get-wal"]);
+    let r = start_recovered(dir);
+    assert_eq!(markers(&r), "after", "{}", r.log_tail(40));
+}
+
 /// stderr without the debug log lines.
 fn missing_line(o: &Output) -> String {
     o.stderr

@@ -230,6 +230,22 @@ impl Catalog {
         Self::open_path(path).map(Some)
     }
 
+    /// Opens an existing catalog read-only, without migrations or permission changes
+    /// (get-wal, which may run as the postgres OS user, only looks up checksums).
+    pub fn open_read_only(home: &Path) -> Result<Option<Catalog>, CatalogError> {
+        let path = Self::path_in(home);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(30));
+        Ok(Some(Catalog { conn, path }))
+    }
+
     fn open_path(path: PathBuf) -> Result<Catalog, CatalogError> {
         let err = |source| CatalogError::Sqlite {
             path: path.clone(),

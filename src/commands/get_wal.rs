@@ -1,8 +1,9 @@
 //! `get-wal`: PostgreSQL's restore_command. Writes one WAL file from the repository
-//! to `--output` (atomically) or stdout; exits 1 with one line when it is not there.
+//! to `--output` (atomically) or stdout, verified against its recorded checksum; exits
+//! 1 with one line when it is not there, 200 when it is there but damaged.
 //! Reads only the repository's files, so it also works as the postgres OS user.
 
-use super::{Context, ExitCode, UsageError};
+use super::{CodedError, Context, ExitCode, UsageError, EXIT_ABORT_RECOVERY};
 use crate::cli::GetWalArgs;
 use crate::repo::ServerRepo;
 use crate::restore::get_wal::{self, Destination};
@@ -32,7 +33,17 @@ pub fn run(ctx: &Context, a: &GetWalArgs) -> Result<ExitCode> {
     let served = match get_wal::serve(&repo, &server.name, &a.wal_name, &dest, a.partial) {
         Ok(s) => s,
         Err(RestoreError::Usage(m)) => return Err(UsageError(m).into()),
-        Err(e) => return Err(e.into()),
+        // Exit 1 tells PostgreSQL "not archived": only for a file that is not there.
+        Err(e @ RestoreError::NotFound(_)) => return Err(e.into()),
+        // Anything else (damaged, unverifiable, not delivered whole) must stop
+        // recovery: PostgreSQL aborts on an exit code above 125.
+        Err(e) => {
+            return Err(CodedError {
+                code: EXIT_ABORT_RECOVERY,
+                message: e.to_string(),
+            }
+            .into())
+        }
     };
     tracing::debug!(
         "served {} from {:?} ({} bytes)",

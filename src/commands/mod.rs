@@ -42,6 +42,21 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An error that carries its own exit code: get-wal exits above 125 for a WAL file
+/// that is in the archive but cannot be delivered verified, which makes PostgreSQL
+/// stop recovery with FATAL instead of taking it for "not archived" and promoting.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodedError {
+    /// The process exit code.
+    pub code: u8,
+    /// The one-line message.
+    pub message: String,
+}
+
+/// get-wal's exit code for a damaged or undeliverable archived file.
+pub const EXIT_ABORT_RECOVERY: u8 = 200;
+
 /// What every verb gets: the loaded configuration and the output choices.
 pub struct Context {
     /// The configuration, validated.

@@ -29,12 +29,68 @@ pub struct StoredFile {
     pub stored_checksum: String,
 }
 
+/// The checksum an object carries at its end: a zstd skippable frame (which every
+/// zstd decoder, `zstd -d` included, passes over) holding the content's length and
+/// BLAKE3. It lets a reader that has no catalog (get-wal as the postgres OS user, a
+/// bucket read by another manager) verify what it hands on.
+pub const TRAILER_LEN: usize = 8 + TRAILER_PAYLOAD;
+/// Skippable-frame magic (0x184D2A50..=0x184D2A5F are skippable; pgbk uses 0x5E).
+const TRAILER_MAGIC: u32 = 0x184D_2A5E;
+const TRAILER_TAG: &[u8; 8] = b"pgbk-b3\0";
+const TRAILER_PAYLOAD: usize = 8 + 8 + 32;
+
+/// The length and checksum an object's trailer records for its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Uncompressed length in bytes.
+    pub size: u64,
+    /// BLAKE3 of the uncompressed content, hex.
+    pub checksum: String,
+}
+
+/// The trailer frame for content of `size` bytes with BLAKE3 `hash`.
+pub fn checksum_trailer(size: u64, hash: &blake3::Hash) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[0..4].copy_from_slice(&TRAILER_MAGIC.to_le_bytes());
+    t[4..8].copy_from_slice(&(TRAILER_PAYLOAD as u32).to_le_bytes());
+    t[8..16].copy_from_slice(TRAILER_TAG);
+    t[16..24].copy_from_slice(&size.to_le_bytes());
+    t[24..56].copy_from_slice(hash.as_bytes());
+    t
+}
+
+/// Reads the trailer of a stored object, if it has one (objects stored before pgbk
+/// wrote trailers have none: their checksum is only in the catalog).
+pub fn read_trailer(file: &File) -> io::Result<Option<Recorded>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len < TRAILER_LEN as u64 {
+        return Ok(None);
+    }
+    let mut t = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut t, len - TRAILER_LEN as u64)?;
+    let magic = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+    let frame = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+    if magic != TRAILER_MAGIC || frame as usize != TRAILER_PAYLOAD || &t[8..16] != TRAILER_TAG {
+        return Ok(None);
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&t[16..24]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&t[24..56]);
+    Ok(Some(Recorded {
+        size: u64::from_le_bytes(size),
+        checksum: blake3::Hash::from_bytes(hash).to_hex().to_string(),
+    }))
+}
+
 /// BLAKE3 of a byte slice, hex.
 pub fn checksum(data: &[u8]) -> String {
     blake3::hash(data).to_hex().to_string()
 }
 
-/// Compresses `data` into `dest` atomically and durably (0600), chunks in parallel.
+/// Compresses `data` into `dest` atomically and durably (0600), chunks in parallel,
+/// and ends the object with its [checksum trailer](checksum_trailer).
 pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<StoredFile> {
     let frames: Vec<io::Result<Vec<u8>>> = data
         .par_chunks(CHUNK_SIZE.max(1))
@@ -55,11 +111,16 @@ pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<Stor
         object.update(&frame);
         stored_size += frame.len() as u64;
     }
+    let content = blake3::hash(data);
+    let trailer = checksum_trailer(data.len() as u64, &content);
+    out.write_all(&trailer)?;
+    object.update(&trailer);
+    stored_size += trailer.len() as u64;
     out.commit()?;
     Ok(StoredFile {
         size: data.len() as u64,
         stored_size,
-        checksum: checksum(data),
+        checksum: content.to_hex().to_string(),
         stored_checksum: object.finalize().to_hex().to_string(),
     })
 }

@@ -8,8 +8,10 @@
 //! requests are a plain copy.
 
 use super::{io_err, RestoreError};
+use crate::catalog::Catalog;
+use crate::repo::compress::{read_trailer, Recorded};
 use crate::repo::ServerRepo;
-use crate::wal::header::read_long_header;
+use crate::wal::header::{read_long_header, validate_segment, HeaderError, PageChecker};
 use crate::wal::{WalFileName, WalSegment};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -71,11 +73,24 @@ pub fn spool_dir(repo: &ServerRepo) -> PathBuf {
     repo.root().join("spool")
 }
 
-/// A writer that keeps the first bytes it sees (the segment's long page header).
+/// A writer that keeps the first bytes it sees (the segment's long page header) and
+/// hashes everything, so what was delivered can be compared with what was recorded.
 struct Head<W> {
     inner: W,
     head: Vec<u8>,
     total: u64,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Head<W> {
+    fn new(inner: W) -> Head<W> {
+        Head {
+            inner,
+            head: Vec::new(),
+            total: 0,
+            hasher: blake3::Hasher::new(),
+        }
+    }
 }
 
 impl<W: Write> Write for Head<W> {
@@ -83,6 +98,7 @@ impl<W: Write> Write for Head<W> {
         let n = self.inner.write(buf)?;
         let want = crate::wal::header::LONG_HEADER_SIZE.saturating_sub(self.head.len());
         self.head.extend_from_slice(&buf[..n.min(want)]);
+        self.hasher.update(&buf[..n]);
         self.total += n as u64;
         Ok(n)
     }
@@ -108,17 +124,26 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.pgbk-tmp.{}", std::process::id()))
 }
 
-/// Writes whatever `fill` produces to the destination atomically.
+/// Writes whatever `fill` produces to the destination, only once `fill` succeeded
+/// (it verifies what it wrote): a path through a temporary name renamed into place,
+/// stdout from memory (a WAL file is at most 1 GiB), so no unverified byte is handed on.
 fn deliver(
     dest: &Destination,
     fill: impl FnOnce(&mut dyn Write) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
     match dest {
         Destination::Stdout => {
+            let mut buf = Vec::new();
+            fill(&mut buf)?;
             let out = io::stdout();
-            let mut lock = io::BufWriter::with_capacity(256 * 1024, out.lock());
-            fill(&mut lock)?;
-            lock.flush().map_err(io_err(Path::new("stdout")))
+            let mut lock = out.lock();
+            lock.write_all(&buf)
+                .and_then(|_| lock.flush())
+                .map_err(|e| {
+                    RestoreError::Delivery(format!(
+                        "stdout: {e} (the file was not delivered whole)"
+                    ))
+                })
         }
         Destination::Path(path) => write_via_temp(path, fill),
     }
@@ -149,19 +174,126 @@ fn write_via_temp(
     result
 }
 
-fn copy_file(src: &Path, out: &mut dyn Write) -> Result<u64, RestoreError> {
-    let mut f = File::open(src).map_err(io_err(src))?;
-    io::copy(&mut f, out).map_err(io_err(src))
-}
-
 fn segment_of(name: &str, head: &[u8]) -> Option<WalSegment> {
     let h = read_long_header(head)?;
     let ok = h.seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&h.seg_size);
     ok.then(|| WalSegment::parse(name, h.seg_size)).flatten()
 }
 
-/// Serves one WAL file; [`RestoreError::NotFound`] (a one-line message) when the
-/// repository does not have it, so PostgreSQL tries its next source.
+/// The length and checksum recorded for an archived object: its trailer, else (an
+/// object stored before trailers) the catalog's row, read-only.
+fn recorded(
+    repo: &ServerRepo,
+    server: &str,
+    name: &str,
+    object: &Path,
+    file: &File,
+) -> Result<Recorded, RestoreError> {
+    if let Some(r) = read_trailer(file).map_err(io_err(object))? {
+        return Ok(r);
+    }
+    let home = repo.root().parent().unwrap_or(repo.root());
+    let row = match Catalog::open_read_only(home) {
+        Ok(Some(cat)) => cat.wal_file(server, name).map_err(|e| e.to_string()),
+        Ok(None) => Err("there is no catalog".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match row {
+        Ok(Some(rec)) => Ok(Recorded {
+            size: rec.size,
+            checksum: rec.checksum,
+        }),
+        Ok(None) => Err(RestoreError::Corrupt(format!(
+            "server '{server}': {} carries no checksum and the catalog has no record of {name}: it cannot be verified (run rebuild-catalog {server})",
+            object.display()
+        ))),
+        Err(why) => Err(RestoreError::Corrupt(format!(
+            "server '{server}': {} carries no checksum and the catalog cannot be read ({why}): it cannot be verified",
+            object.display()
+        ))),
+    }
+}
+
+/// Compares what went through `h` with what was recorded for `object`.
+fn check_delivered<W>(
+    h: &Head<W>,
+    want: &Recorded,
+    server: &str,
+    object: &Path,
+) -> Result<(), RestoreError> {
+    let have = h.hasher.finalize().to_hex();
+    if h.total != want.size || !want.checksum.eq_ignore_ascii_case(have.as_str()) {
+        return Err(damaged(
+            server,
+            object,
+            &format!(
+                "it decompresses to {} bytes with checksum {}, {} bytes with checksum {} were recorded",
+                h.total, have, want.size, want.checksum
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn damaged(server: &str, object: &Path, why: &str) -> RestoreError {
+    RestoreError::Corrupt(format!(
+        "server '{server}': {} is damaged: {why}",
+        object.display()
+    ))
+}
+
+/// Decompresses an archived object into `w`, verifying it against what was recorded.
+fn deliver_archived(
+    repo: &ServerRepo,
+    server: &str,
+    name: &str,
+    object: &Path,
+    w: &mut dyn Write,
+) -> Result<(Vec<u8>, u64), RestoreError> {
+    let file = File::open(object).map_err(io_err(object))?;
+    let want = recorded(repo, server, name, object, &file)?;
+    let mut h = Head::new(w);
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(io::BufReader::new(file))
+        .map_err(|e| damaged(server, object, &e.to_string()))?;
+    copy_checked(&mut decoder, &mut h, server, object)?;
+    check_delivered(&h, &want, server, object)?;
+    Ok((h.head, h.total))
+}
+
+/// Copies `src` into `out`; a read error is damage of `object`, a write error one
+/// of the delivery.
+fn copy_checked(
+    src: &mut dyn Read,
+    out: &mut dyn Write,
+    server: &str,
+    object: &Path,
+) -> Result<(), RestoreError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(damaged(
+                    server,
+                    object,
+                    &format!("it does not read back ({e})"),
+                ))
+            }
+        };
+        out.write_all(&buf[..n]).map_err(|e| {
+            RestoreError::Delivery(format!("writing {name}: {e}", name = object.display()))
+        })?;
+    }
+}
+
+/// Serves one WAL file, verified: an archived object against the checksum recorded
+/// for it (its trailer, else the catalog), a segment receive-wal has not archived
+/// yet against its page headers. [`RestoreError::NotFound`] (a one-line message) only
+/// when the repository does not have the file, so PostgreSQL tries its next source;
+/// a file that is there but damaged is [`RestoreError::Corrupt`], which get-wal turns
+/// into an exit code that makes PostgreSQL stop recovery instead of promoting.
 pub fn serve(
     repo: &ServerRepo,
     server: &str,
@@ -177,7 +309,11 @@ pub fn serve(
             }
             let mut bytes = 0;
             deliver(dest, |w| {
-                bytes = copy_file(&src, w)?;
+                let data = fs::read(&src).map_err(io_err(&src))?;
+                verify_history(repo, server, &h, &src, &data)?;
+                w.write_all(&data)
+                    .map_err(|e| RestoreError::Delivery(format!("writing {h}: {e}")))?;
+                bytes = data.len() as u64;
                 Ok(())
             })?;
             return Ok(Served {
@@ -196,61 +332,57 @@ pub fn serve(
         .join(format!("{name}.zst"));
     let finished = repo.streaming_dir().join(&name);
     let in_progress = repo.streaming_dir().join(format!("{name}.partial"));
-    let plain = |src: &Path, source: Source| -> Result<Served, RestoreError> {
-        let mut head = Vec::new();
-        let mut bytes = 0;
-        deliver(dest, |w| {
-            let mut h = Head {
-                inner: w,
-                head: Vec::new(),
-                total: 0,
-            };
-            copy_file(src, &mut h)?;
-            head = h.head;
-            bytes = h.total;
-            Ok(())
-        })?;
-        Ok(Served {
-            segment: segment_of(&name, &head),
-            name: name.clone(),
-            source,
-            bytes,
-        })
-    };
     if spooled.is_file() {
-        match plain(&spooled, Source::Spool) {
+        match serve_spooled(repo, server, &name, &spooled, &archived, dest) {
             Ok(s) => {
                 let _ = fs::remove_file(&spooled);
                 return Ok(s);
             }
-            // A prefetch removed or replaced it meanwhile: fall through to the archive.
-            Err(RestoreError::Io { .. }) => {}
+            // A prefetch removed or replaced it meanwhile, or it does not match the
+            // archive: drop it and serve from the archive.
+            Err(RestoreError::Io { .. } | RestoreError::Corrupt(_)) => {
+                let _ = fs::remove_file(&spooled);
+            }
             Err(e) => return Err(e),
         }
     }
     if archived.is_file() {
         let mut head = Vec::new();
         let mut bytes = 0;
-        deliver(dest, |w| {
-            let mut h = Head {
-                inner: w,
-                head: Vec::new(),
-                total: 0,
-            };
-            crate::repo::compress::decompress_to(&archived, &mut h).map_err(io_err(&archived))?;
-            head = h.head;
-            bytes = h.total;
+        let r = deliver(dest, |w| {
+            (head, bytes) = deliver_archived(repo, server, &name, &archived, w)?;
             Ok(())
-        })?;
+        });
+        if let Err(e @ RestoreError::Corrupt(_)) = &r {
+            report_damage(repo, &name, &e.to_string());
+        }
+        r?;
         return Ok(Served {
+            bytes,
             segment: segment_of(&name, &head),
             name,
             source: Source::Archive,
-            bytes,
         });
     }
     if finished.is_file() {
-        return plain(&finished, Source::Streaming);
+        let data = fs::read(&finished).map_err(io_err(&finished))?;
+        let seg = segment_of(&name, &data);
+        let checked = seg
+            .ok_or_else(|| "no valid long page header".to_string())
+            .and_then(|s| validate_segment(&data, &s, None).map_err(|e| e.to_string()));
+        if let Err(why) = checked {
+            return Err(damaged(server, &finished, &why));
+        }
+        deliver(dest, |w| {
+            w.write_all(&data)
+                .map_err(|e| RestoreError::Delivery(format!("writing {name}: {e}")))
+        })?;
+        return Ok(Served {
+            segment: seg,
+            name,
+            source: Source::Streaming,
+            bytes: data.len() as u64,
+        });
     }
     if partial && in_progress.is_file() {
         let data = fs::read(&in_progress).map_err(io_err(&in_progress))?;
@@ -261,13 +393,25 @@ pub fn serve(
                 in_progress.display()
             )));
         };
+        if let Err(e) = read_long_header(&data)
+            .ok_or(HeaderError::NoLongHeader {
+                segment: name.clone(),
+            })
+            .and_then(|hdr| {
+                let mut pages = PageChecker::new(&seg, &hdr, None, &data)?;
+                pages.feed(&data)
+            })
+        {
+            return Err(damaged(server, &in_progress, &e.to_string()));
+        }
         deliver(dest, |w| {
-            w.write_all(&data).map_err(io_err(&in_progress))?;
+            let werr = |e: io::Error| RestoreError::Delivery(format!("writing {name}: {e}"));
+            w.write_all(&data).map_err(werr)?;
             let zeros = vec![0u8; 256 * 1024];
             let mut left = seg.seg_size - data.len() as u64;
             while left > 0 {
                 let n = left.min(zeros.len() as u64) as usize;
-                w.write_all(&zeros[..n]).map_err(io_err(&in_progress))?;
+                w.write_all(&zeros[..n]).map_err(werr)?;
                 left -= n as u64;
             }
             Ok(())
@@ -280,6 +424,78 @@ pub fn serve(
         });
     }
     Err(not_found(server, &name))
+}
+
+/// Serves a prefetched segment, checked against what the archive records for it.
+fn serve_spooled(
+    repo: &ServerRepo,
+    server: &str,
+    name: &str,
+    spooled: &Path,
+    archived: &Path,
+    dest: &Destination,
+) -> Result<Served, RestoreError> {
+    let object = File::open(archived).map_err(io_err(archived))?;
+    let want = recorded(repo, server, name, archived, &object)?;
+    let mut head = Vec::new();
+    let mut bytes = 0;
+    deliver(dest, |w| {
+        let mut h = Head::new(w);
+        let mut f = File::open(spooled).map_err(io_err(spooled))?;
+        copy_checked(&mut f, &mut h, server, spooled)?;
+        check_delivered(&h, &want, server, spooled)?;
+        head = h.head;
+        bytes = h.total;
+        Ok(())
+    })?;
+    Ok(Served {
+        segment: segment_of(name, &head),
+        name: name.to_string(),
+        source: Source::Spool,
+        bytes,
+    })
+}
+
+/// A history file is stored as is: checked against the catalog's checksum where
+/// the catalog can be read, and always parsed as PostgreSQL would.
+fn verify_history(
+    repo: &ServerRepo,
+    server: &str,
+    name: &str,
+    src: &Path,
+    data: &[u8],
+) -> Result<(), RestoreError> {
+    let text = std::str::from_utf8(data).map_err(|_| damaged(server, src, "it is not text"))?;
+    crate::wal::history::parse_history(text).map_err(|e| damaged(server, src, &e.to_string()))?;
+    let home = repo.root().parent().unwrap_or(repo.root());
+    if let Ok(Some(cat)) = Catalog::open_read_only(home) {
+        if let Ok(Some(rec)) = cat.wal_file(server, name) {
+            let have = crate::repo::compress::checksum(data);
+            if !rec.checksum.eq_ignore_ascii_case(&have) {
+                return Err(damaged(
+                    server,
+                    src,
+                    &format!(
+                        "its checksum is {have}, the catalog records {}",
+                        rec.checksum
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leaves a note in `errors/` (best effort: get-wal may run as a user who cannot
+/// write there) so that `check` reports the damaged file as CRITICAL.
+fn report_damage(repo: &ServerRepo, name: &str, reason: &str) {
+    let dir = repo.errors_dir();
+    if crate::repo::durable::create_dir_all_private(&dir).is_ok() {
+        let _ = crate::repo::durable::write_atomic(
+            &dir.join(format!("{name}.damaged")),
+            format!("{reason}\n").as_bytes(),
+        );
+    }
 }
 
 fn not_found(server: &str, name: &str) -> RestoreError {
@@ -313,11 +529,14 @@ pub fn prefetch(repo: &ServerRepo, after: &WalSegment, n: u32) -> Result<usize, 
             todo.push((seg, src));
         }
     }
+    let server = repo
+        .root()
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     todo.par_iter().try_for_each(|(seg, src)| {
         write_via_temp(&spool.join(seg.name()), |w| {
-            crate::repo::compress::decompress_to(src, w)
-                .map(|_| ())
-                .map_err(io_err(src))
+            deliver_archived(repo, &server, &seg.name(), src, w).map(|_| ())
         })
     })?;
     Ok(todo.len())
@@ -378,10 +597,18 @@ mod tests {
 
     const SEG: u64 = 1 << 20;
 
+    /// A segment whose first pages carry valid headers (the rest is zero, as after a
+    /// WAL switch).
     fn fake(seg: &WalSegment) -> Vec<u8> {
         let mut d = vec![0u8; seg.seg_size as usize];
-        d[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-        d[2..4].copy_from_slice(&2u16.to_le_bytes());
+        for page in 0..4usize {
+            let p = &mut d[page * 8192..];
+            p[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+            p[2..4].copy_from_slice(&(if page == 0 { 2u16 } else { 0 }).to_le_bytes());
+            p[4..8].copy_from_slice(&seg.tli.0.to_le_bytes());
+            let addr = seg.start_lsn().0 + (page * 8192) as u64;
+            p[8..16].copy_from_slice(&addr.to_le_bytes());
+        }
         d[32..36].copy_from_slice(&(seg.seg_size as u32).to_le_bytes());
         d[100] = seg.segno as u8;
         d
@@ -468,5 +695,57 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains("pgbk-tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_archived_segment_is_an_error_naming_it_never_not_found() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(d.path(), "pg1");
+        repo.ensure_dirs().unwrap();
+        let s = seg(3);
+        let path = repo.segment_path(&s);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut content = fake(&s);
+        for (i, b) in content.iter_mut().enumerate().skip(40 * 1024) {
+            *b = (i * 7 % 251) as u8;
+        }
+        store_compressed(&content, &path, DEFAULT_LEVEL).unwrap();
+        let good = fs::read(&path).unwrap();
+        let out = d.path().join("RECOVERYXLOG");
+        let dest = Destination::Path(&out);
+        serve(&repo, "pg1", &s.name(), &dest, false).unwrap();
+        assert_eq!(read_all(&out).unwrap(), content);
+        fs::remove_file(&out).unwrap();
+
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x01;
+        let truncated = good[..good.len() - 100].to_vec();
+        let no_trailer = good[..good.len() - crate::repo::compress::TRAILER_LEN].to_vec();
+        for (what, bytes) in [
+            ("flipped", flipped),
+            ("truncated", truncated),
+            ("no trailer, no catalog", no_trailer),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let e = serve(&repo, "pg1", &s.name(), &dest, false).unwrap_err();
+            assert!(matches!(e, RestoreError::Corrupt(_)), "{what}: {e:?}");
+            assert!(e.to_string().contains(&s.name()), "{what}: {e}");
+            assert!(!out.exists(), "{what}: nothing delivered");
+            // The prefetch refuses it too: nothing lands in the spool.
+            assert!(prefetch(&repo, &seg(2), 2).is_err(), "{what}");
+            assert!(!spool_dir(&repo).join(s.name()).exists(), "{what}");
+        }
+        assert!(repo
+            .errors_dir()
+            .join(format!("{}.damaged", s.name()))
+            .exists());
+
+        // A spooled copy that differs from the archive is dropped, not served.
+        fs::write(&path, &good).unwrap();
+        fs::create_dir_all(spool_dir(&repo)).unwrap();
+        fs::write(spool_dir(&repo).join(s.name()), vec![0u8; SEG as usize]).unwrap();
+        let served = serve(&repo, "pg1", &s.name(), &dest, false).unwrap();
+        assert_eq!(served.source, Source::Archive);
+        assert_eq!(read_all(&out).unwrap(), content);
     }
 }

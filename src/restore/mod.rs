@@ -51,6 +51,9 @@ pub enum RestoreError {
     /// The stored backup or WAL does not read back as recorded.
     #[error("{0}")]
     Corrupt(String),
+    /// get-wal: the file could not be handed on whole (its destination failed).
+    #[error("{0}")]
+    Delivery(String),
     /// get-wal: the repository does not hold the WAL file asked for.
     #[error("{0}")]
     NotFound(String),

@@ -109,6 +109,8 @@ pub struct LocalState {
     pub gaps: Vec<String>,
     /// Files quarantined in `errors/`.
     pub error_files: u64,
+    /// Archived WAL files get-wal found damaged (`errors/<name>.damaged` notes).
+    pub damaged_wal: Vec<String>,
     /// Why the repository folders cannot be written (or created); `None` when they can.
     pub not_writable: Option<String>,
     /// The newest position safely on the backup host.
@@ -462,13 +464,19 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
             st.last_receive_time = Some(p.modified);
         }
     }
-    st.error_files = std::fs::read_dir(repo.errors_dir())
-        .map(|d| {
-            d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().contains(".reason"))
-                .count() as u64
-        })
-        .unwrap_or(0);
+    for e in std::fs::read_dir(repo.errors_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(wal) = name.strip_suffix(".damaged") {
+            st.damaged_wal.push(wal.to_string());
+        } else if !name.contains(".reason") {
+            st.error_files += 1;
+        }
+    }
+    st.damaged_wal.sort();
     Ok(st)
 }
 

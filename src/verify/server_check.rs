@@ -142,6 +142,18 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         (st.local.error_files > 0)
             .then(|| format!("{} file(s) in the errors folder", st.local.error_files)),
     ));
+    if !st.local.damaged_wal.is_empty() {
+        let d = &st.local.damaged_wal;
+        out.push(item(
+            "archived WAL integrity",
+            false,
+            Some(format!(
+                "{} is damaged in the archive (get-wal refused it; see {}/<name>.damaged)",
+                d.join(", "),
+                "errors"
+            )),
+        ));
+    }
     out.extend(super::ssh_check::ssh_items(server, st));
     out.extend(repository_items(server, st));
     out

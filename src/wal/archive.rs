@@ -38,7 +38,8 @@ pub enum ArchiveError {
 }
 
 /// Compresses a file into `dest` chunk by chunk (zstd frames of
-/// [`crate::repo::compress::CHUNK_SIZE`]), so memory stays bounded whatever its size.
+/// [`crate::repo::compress::CHUNK_SIZE`]), so memory stays bounded whatever its size,
+/// ending with the checksum trailer readers without the catalog verify against.
 fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFile> {
     use crate::repo::compress::{read_full, CHUNK_SIZE};
     use crate::repo::durable::AtomicFile;
@@ -48,11 +49,13 @@ fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFi
     let mut buf = vec![0u8; CHUNK_SIZE];
     let (mut size, mut stored_size) = (0u64, 0u64);
     let mut object = blake3::Hasher::new();
+    let mut content = blake3::Hasher::new();
     loop {
         let n = read_full(&mut input, &mut buf)?;
         if n == 0 && size > 0 {
             break;
         }
+        content.update(&buf[..n]);
         let frame = zstd::bulk::compress(&buf[..n], DEFAULT_LEVEL)?;
         out.write_all(&frame)?;
         object.update(&frame);
@@ -62,6 +65,18 @@ fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFi
             break;
         }
     }
+    let content = content.finalize();
+    if content.to_hex().as_str() != sum {
+        return Err(std::io::Error::other(format!(
+            "{} changed while it was archived (checksum {} instead of {sum})",
+            src.display(),
+            content.to_hex()
+        )));
+    }
+    let trailer = crate::repo::compress::checksum_trailer(size, &content);
+    out.write_all(&trailer)?;
+    object.update(&trailer);
+    stored_size += trailer.len() as u64;
     out.commit()?;
     Ok(StoredFile {
         size,

@@ -129,7 +129,9 @@ impl Cluster {
         ];
         conf.extend(cluster.opts.extra_conf.iter().cloned());
         cluster.append_conf(&conf);
-        cluster.start_on_a_free_port();
+        if let Err(e) = cluster.start_on_a_free_port() {
+            panic!("{e}");
+        }
         cluster
     }
 
@@ -140,13 +142,24 @@ impl Cluster {
     /// starts it (`pg_ctl -w`, so a recovery runs until the server accepts
     /// connections). Panics with the server log if it does not start.
     pub fn from_datadir(dir: TempDir, opts: ClusterOptions) -> Cluster {
-        let root = dir.path().to_path_buf();
-        let datadir = root.join("data");
+        let datadir = dir.path().join("data");
         assert!(
             datadir.join("PG_VERSION").exists(),
             "{} holds no data directory (no PG_VERSION)",
             datadir.display()
         );
+        let (cluster, started) = Self::try_from_datadir(dir, opts);
+        if let Err(e) = started {
+            panic!("{e}");
+        }
+        cluster
+    }
+
+    /// Like [`Cluster::from_datadir`] for a start that may fail (a recovery that must
+    /// stop with FATAL): the cluster, to read its log, and how the start went.
+    pub fn try_from_datadir(dir: TempDir, opts: ClusterOptions) -> (Cluster, Result<(), String>) {
+        let root = dir.path().to_path_buf();
+        let datadir = root.join("data");
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&datadir, fs::Permissions::from_mode(0o700)).expect("chmod datadir");
         chown_to_postgres(&root, true);
@@ -159,8 +172,8 @@ impl Cluster {
             opts,
             dir: Some(dir),
         };
-        cluster.start_on_a_free_port();
-        cluster
+        let started = cluster.start_on_a_free_port();
+        (cluster, started)
     }
 
     /// A hot standby of this cluster: `pg_basebackup -R -X stream` over
@@ -189,7 +202,9 @@ impl Cluster {
             "# pgbk test harness: standby".to_string(),
             "hot_standby = on".to_string(),
         ]);
-        standby.start_on_a_free_port();
+        if let Err(e) = standby.start_on_a_free_port() {
+            panic!("{e}");
+        }
         standby
     }
 
@@ -497,7 +512,7 @@ impl Cluster {
 
     /// Point port and socket at this cluster and start; if another process took the
     /// port meanwhile, retry on a new one.
-    fn start_on_a_free_port(&mut self) {
+    fn start_on_a_free_port(&mut self) -> Result<(), String> {
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
             self.append_conf(&[
@@ -506,17 +521,18 @@ impl Cluster {
             ]);
             let log_before = self.log().len();
             match self.try_start() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     let new_log = self.log().get(log_before..).unwrap_or_default().to_string();
                     if attempt < ATTEMPTS && new_log.contains("could not bind") {
                         self.port = free_port();
                         continue;
                     }
-                    panic!("{e}");
+                    return Err(e);
                 }
             }
         }
+        Err("no free port".into())
     }
 }
 
