@@ -474,7 +474,7 @@ mod tests {
         // Flip a byte in the middle of a's compressed frame, remove b's object.
         let a = dir.root().join("data/base/1/a.zst");
         let mut bytes = std::fs::read(&a).unwrap();
-        let mid = bytes.len() / 2;
+        let mid = (bytes.len() - crate::repo::compress::TRAILER_LEN) / 2;
         bytes[mid] ^= 0xFF;
         std::fs::write(&a, bytes).unwrap();
         std::fs::remove_file(dir.root().join("data/base/1/b.zst")).unwrap();
