@@ -77,5 +77,41 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     wait_until(Duration::from_secs(60), "check to pass again", || {
         pg.run(&["check", "pg1"]).code == 0
     });
+
+    // A second server section on the same PostgreSQL, nothing streamed for it: its
+    // RPO is unknown (pg1's receive-wal flushing under the same application name
+    // once made it read 0 B), never a number; check names the name clash.
+    pg.add_server(
+        "pg2",
+        &format!(
+            "conninfo = {}\nstreaming_conninfo = %(conninfo)s\nbackup_method = postgres\n\
+             streaming_archiver = on\nslot_name = pgbk2\n",
+            cluster.conninfo()
+        ),
+    );
+    let st = pg.json(&["status", "pg2"]);
+    assert!(st["rpo"]["bytes"].is_null(), "{st}");
+    assert!(st["rpo"]["seconds"].is_null(), "{st}");
+    assert!(
+        st["rpo"]["unknown"]
+            .as_str()
+            .is_some_and(|r| r.contains("no WAL")),
+        "{st}"
+    );
+    let text = pg.ok(&["status", "pg2"]);
+    assert!(text.contains("RPO (streaming lag): unknown ("), "{text}");
+    let show = pg.ok(&["show-server", "pg2"]);
+    assert!(show.contains("RPO: unknown ("), "{show}");
+    let out = pg.run(&["check", "pg2"]);
+    assert!(
+        out.stdout
+            .contains("streaming_archiver_name unique: FAILED")
+            && out.stdout.contains("pg1"),
+        "{}",
+        out.stdout
+    );
+    // pg1 streams and shows a figure.
+    let st = pg.json(&["status", "pg1"]);
+    assert!(st["rpo"]["bytes"].as_u64().is_some(), "{st}");
     rw.term();
 }

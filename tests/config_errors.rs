@@ -103,7 +103,7 @@ fn unknown_option_warns_and_a_barman_file_loads() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .contains("pg - \"Example of PostgreSQL Database (Streaming-Only)\""),
+            .contains("pg - Example of PostgreSQL Database (Streaming-Only)\n"),
         "{out:?}"
     );
     assert!(

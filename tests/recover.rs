@@ -367,6 +367,22 @@ fn damaged_archived_wal_stops_recovery_instead_of_promoting_early() {
     );
     // Repaired, the same recovery replays it and promotes with every row.
     fs::write(&object, &good).unwrap();
+    // Item 7: a delivery to a pipe closed after 10 bytes did not deliver the file:
+    // non-zero, where listing verbs stay quiet on a broken pipe.
+    let mut child = pg
+        .cmd()
+        .args(["get-wal", "pg1", &victim])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "get-wal | head -c 10 exited 0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not delivered whole"), "{err}");
     let (dir, data) = destination();
     recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--get-wal"]);
     let r = start_recovered(dir);

@@ -279,6 +279,16 @@ fn minimum_redundancy_2_wins_over_redundancy_1() {
     assert_eq!(ids(&e.listed()), &b[1..]);
     let wal = e.archived();
     assert_eq!(wal.first(), Some(&e.begin_segno(&b[1])), "{wal:?}");
+    // `delete` keeps the same floor: two DONE backups, minimum_redundancy = 2.
+    let r = e.pg.run(&["delete", "pg1", "oldest"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains("minimum_redundancy = 2") && r.stderr.contains("2 DONE backups"),
+        "{r:?}"
+    );
+    assert_eq!(ids(&e.listed()), &b[1..], "nothing deleted");
+    e.pg.ok(&["delete", "pg1", "oldest", "--force"]);
+    assert_eq!(ids(&e.listed()), &b[2..]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::config::ServerConfig;
 use crate::outln;
 use crate::output::{print_json, Format, NagiosState};
 use crate::verify::probe::probe;
-use crate::verify::server_check::{check_items, CheckItem};
+use crate::verify::server_check::{application_name_item, check_items, CheckItem};
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -20,7 +20,10 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
     let mut results: BTreeMap<String, Vec<CheckItem>> = BTreeMap::new();
     for s in &servers {
         let st = rt.block_on(probe(s, &ctx.config.home));
-        results.insert(s.name.clone(), check_items(s, &st));
+        let mut items = check_items(s, &st);
+        let every: Vec<&ServerConfig> = ctx.config.servers.values().collect();
+        items.extend(application_name_item(s, &every));
+        results.insert(s.name.clone(), items);
     }
     let failed: Vec<(&String, Vec<&str>)> = results
         .iter()

@@ -30,7 +30,8 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<Exi
             found.backup_id
         );
     };
-    refuse_delete(&b, &all, force)?;
+    let minimum = super::server(ctx, server)?.minimum_redundancy;
+    refuse_delete(&b, &all, minimum, force)?;
     let repo = ServerRepo::new(&ctx.config.home, server);
     let d = delete_backup(&repo, &catalog, &b)
         .with_context(|| format!("server '{server}': deleting backup {}", b.backup_id))?;

@@ -15,9 +15,9 @@ async fn live_rpos(servers: &[&ServerConfig], home: &Path) -> Vec<Option<Rpo>> {
     for (i, s) in servers.iter().enumerate() {
         let s = (*s).clone();
         let home = home.to_path_buf();
-        set.spawn(async move { (i, live_rpo(&s, &home).await) });
+        set.spawn(async move { (i, Some(live_rpo(&s, &home).await)) });
     }
-    let mut out = vec![None; servers.len()];
+    let mut out: Vec<Option<Rpo>> = vec![None; servers.len()];
     while let Some(Ok((i, r))) = set.join_next().await {
         out[i] = r;
     }
@@ -38,9 +38,9 @@ struct ServerLine<'a> {
     streaming_archiver: bool,
     archiver: bool,
     config_file: String,
-    /// Live RPO (JSON only; `null` when the server cannot be reached).
+    /// Live RPO (JSON only; its figures `null` with the reason when unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
-    rpo: Option<Option<Rpo>>,
+    rpo: Option<Rpo>,
     /// RTO estimate (JSON only).
     #[serde(skip_serializing_if = "Option::is_none")]
     rto: Option<serde_json::Value>,
@@ -72,7 +72,7 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
         let servers: Vec<_> = ctx.config.servers.values().collect();
         let rpos = super::runtime()?.block_on(live_rpos(&servers, home));
         for ((l, s), rpo) in lines.iter_mut().zip(&servers).zip(rpos) {
-            l.rpo = Some(rpo);
+            l.rpo = Some(rpo.unwrap_or_else(|| Rpo::unknown("the probe did not finish")));
             let rto = estimate_from_catalog(home, &s.name);
             l.rto = Some(match &rto {
                 Ok(Some(r)) => serde_json::json!({ "seconds": r.seconds, "basis": r.basis }),

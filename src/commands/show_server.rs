@@ -3,7 +3,7 @@
 use super::{Context, ExitCode};
 use crate::config::ServerConfig;
 use crate::outln;
-use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::output::{print_json, Format};
 use crate::pg::mask_conninfo;
 use crate::verify::probe::live_rpo;
 use crate::verify::rto::estimate_from_catalog;
@@ -118,14 +118,7 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             for (k, v) in &settings {
                 outln!("\t{k}: {v}")?;
             }
-            match rpo {
-                Some(r) => outln!(
-                    "\tRPO: {} ({})",
-                    human_bytes(r.bytes),
-                    human_seconds(r.seconds)
-                )?,
-                None => outln!("\tRPO: unknown (server unreachable)")?,
-            }
+            outln!("\tRPO: {}", rpo.text())?;
             outln!("\tRTO (estimated): {}", super::status::rto_text(&rto))?;
         }
     }

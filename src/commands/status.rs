@@ -111,18 +111,7 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     if let Some(p) = &l.partial {
         outln!("\tPartial segment: {} up to {}", p.segment, p.end_lsn)?;
     }
-    match rpo {
-        Some(r) if r.seconds.is_finite() => outln!(
-            "\tRPO (streaming lag): {} ({})",
-            human_bytes(r.bytes),
-            human_seconds(r.seconds)
-        )?,
-        Some(r) => outln!(
-            "\tRPO (streaming lag): {} (nothing received yet)",
-            human_bytes(r.bytes)
-        )?,
-        None => outln!("\tRPO (streaming lag): unknown (server unreachable)")?,
-    }
+    outln!("\tRPO (streaming lag): {}", rpo.text())?;
     outln!("\tRTO (estimated): {}", rto_text(&rto))?;
     Ok(if st.sql.is_ok() || passive { 0 } else { 1 })
 }

@@ -891,7 +891,7 @@ fn build_server(
         line: section.line,
         description: f
             .text("description")
-            .map(|r| r.value.clone())
+            .map(|r| unquote(r.value.trim()).to_string())
             .unwrap_or_default(),
         active: f.bool("active", true)?,
         streaming_conninfo: f
@@ -999,4 +999,15 @@ impl Fields<'_> {
     fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
         Ok(self.parse(key, values::parse_bool)?.unwrap_or(default))
     }
+}
+
+/// A value written in one pair of matching quotes (`description = "Main server"`),
+/// as many Barman configurations do, means the text inside them.
+fn unquote(v: &str) -> &str {
+    for q in ['"', '\''] {
+        if v.len() >= 2 && v.starts_with(q) && v.ends_with(q) {
+            return &v[1..v.len() - 1];
+        }
+    }
+    v
 }

@@ -75,9 +75,10 @@ fn barman_streaming_server_file_reads_unchanged() {
     assert_eq!(pg.name, "pg");
     assert_eq!(pg.file, s.dir.path().join("conf.d/pg.conf"));
     assert_eq!(pg.line, 1);
+    // Quoted as in Barman's example file; listed without the quotes, as Barman does.
     assert_eq!(
         pg.description,
-        "\"Example of PostgreSQL Database (Streaming-Only)\""
+        "Example of PostgreSQL Database (Streaming-Only)"
     );
     assert_eq!(pg.conninfo, "host=pg user=barman dbname=postgres");
     assert_eq!(pg.streaming_conninfo, "host=pg user=streaming_barman");

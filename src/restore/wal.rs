@@ -12,7 +12,7 @@ use crate::catalog::{Catalog, WalKind, WalRecord};
 use crate::progress::Progress;
 use crate::repo::ServerRepo;
 use crate::wal::continuity::segment_timeline;
-use crate::wal::history::{parse_history, HistoryEntry};
+use crate::wal::history::{followed_until, parse_history, HistoryEntry};
 use crate::wal::{history_file_name, Lsn, TimeLineId, WalFileName, WalSegment};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -65,10 +65,7 @@ fn read_history(repo: &ServerRepo, tli: TimeLineId) -> Result<Vec<HistoryEntry>,
 
 /// Whether timeline `child` (with this history) continues `tli` past `lsn`.
 fn descends(history: &[HistoryEntry], child: TimeLineId, tli: TimeLineId, lsn: Lsn) -> bool {
-    child == tli
-        || history
-            .iter()
-            .any(|h| h.parent == tli && h.switchpoint >= lsn)
+    child == tli || followed_until(history, tli).is_some_and(|end| end >= lsn)
 }
 
 /// The timeline a recovery from `info` follows.

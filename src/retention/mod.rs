@@ -96,12 +96,23 @@ pub enum DeleteRefusal {
     /// It is the only DONE backup.
     #[error("server '{server}': backup {backup_id} is the last DONE backup; add --force to delete it anyway")]
     LastDone { server: String, backup_id: String },
+    /// Deleting it would leave fewer DONE backups than `minimum_redundancy`.
+    #[error("server '{server}': backup {backup_id} is not deleted: minimum_redundancy = {minimum} and the server has {done} DONE backups; add --force to delete it anyway")]
+    MinimumRedundancy {
+        server: String,
+        backup_id: String,
+        minimum: u32,
+        done: usize,
+    },
 }
 
-/// Checks the rules that forbid deleting `target` (one of `all`, the server's backups).
+/// Checks the rules that forbid deleting `target` (one of `all`, the server's backups):
+/// a running or kept backup never; without `force`, not the last DONE one nor one
+/// that would leave fewer DONE backups than `minimum_redundancy` (as Barman refuses).
 pub fn refuse_delete(
     target: &BackupInfo,
     all: &[BackupInfo],
+    minimum_redundancy: u32,
     force: bool,
 ) -> Result<(), DeleteRefusal> {
     let ids = || (target.server.clone(), target.backup_id.clone());
@@ -132,6 +143,15 @@ pub fn refuse_delete(
     if !force && target.status == BackupStatus::Done && done <= 1 {
         let (server, backup_id) = ids();
         return Err(DeleteRefusal::LastDone { server, backup_id });
+    }
+    if !force && target.status == BackupStatus::Done && done <= minimum_redundancy as usize {
+        let (server, backup_id) = ids();
+        return Err(DeleteRefusal::MinimumRedundancy {
+            server,
+            backup_id,
+            minimum: minimum_redundancy,
+            done,
+        });
     }
     Ok(())
 }
@@ -651,22 +671,31 @@ mod tests {
             backup("b2", 5, 6, Failed, None),
         ];
         assert!(matches!(
-            refuse_delete(&all[0], &all, false),
+            refuse_delete(&all[0], &all, 0, false),
             Err(DeleteRefusal::LastDone { .. })
         ));
-        assert!(refuse_delete(&all[0], &all, true).is_ok());
-        assert!(refuse_delete(&all[1], &all, false).is_ok());
+        assert!(refuse_delete(&all[0], &all, 0, true).is_ok());
+        assert!(refuse_delete(&all[1], &all, 0, false).is_ok());
         let kept = backup("b3", 7, 7, Done, Some(KeepTarget::Full));
         let all2 = [all[0].clone(), kept.clone()];
         assert!(matches!(
-            refuse_delete(&kept, &all2, true),
+            refuse_delete(&kept, &all2, 0, true),
             Err(DeleteRefusal::Kept { .. })
         ));
         let running = backup("b4", 8, 8, Started, None);
         assert!(matches!(
-            refuse_delete(&running, &all2, true),
+            refuse_delete(&running, &all2, 0, true),
             Err(DeleteRefusal::Running { .. })
         ));
-        assert!(refuse_delete(&all2[0], &all2, false).is_ok());
+        assert!(refuse_delete(&all2[0], &all2, 0, false).is_ok());
+        // minimum_redundancy = 2 with two DONE backups: refused unless forced.
+        let e = refuse_delete(&all2[0], &all2, 2, false).unwrap_err();
+        assert!(
+            matches!(e, DeleteRefusal::MinimumRedundancy { done: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("minimum_redundancy = 2"), "{e}");
+        assert!(refuse_delete(&all2[0], &all2, 2, true).is_ok());
+        assert!(refuse_delete(&all2[0], &all2, 1, false).is_ok());
     }
 }

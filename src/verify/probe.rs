@@ -201,40 +201,87 @@ fn ser_result<T: Serialize, S: serde::Serializer>(
     }
 }
 
-/// The recovery point objective right now: how much WAL a disaster would lose.
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The recovery point objective right now: how much WAL a disaster would lose,
+/// measured against what this server's own repository holds (archived segments and
+/// its receive-wal's flushed partial), never another client's flush position.
+/// Unknown figures are `null` with the reason, never a made-up number.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rpo {
     /// Bytes of WAL the server has that the backup host does not.
-    pub bytes: u64,
-    /// Age in seconds of the oldest WAL not yet on the backup host (0 when none).
-    pub seconds: f64,
+    pub bytes: Option<u64>,
+    /// Age in seconds of the newest WAL safely on the backup host when some is
+    /// missing (0 when none is).
+    pub seconds: Option<f64>,
+    /// Why the figures are unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+impl Rpo {
+    /// An RPO that cannot be measured, with the reason.
+    pub fn unknown(why: impl Into<String>) -> Rpo {
+        Rpo {
+            bytes: None,
+            seconds: None,
+            unknown: Some(why.into()),
+        }
+    }
+
+    /// One line for people: `1.2 MiB (3s)`, or `unknown (why)`.
+    pub fn text(&self) -> String {
+        match (self.bytes, self.seconds) {
+            (Some(b), Some(s)) => format!(
+                "{} ({})",
+                crate::output::human_bytes(b),
+                crate::output::human_seconds(s)
+            ),
+            (Some(b), None) => format!(
+                "{} (age unknown: {})",
+                crate::output::human_bytes(b),
+                self.unknown.as_deref().unwrap_or("no WAL stored yet")
+            ),
+            _ => format!(
+                "unknown ({})",
+                self.unknown.as_deref().unwrap_or("not measured")
+            ),
+        }
+    }
 }
 
 impl ServerState {
-    /// The live RPO, when the server's position is known.
-    pub fn rpo(&self) -> Option<Rpo> {
-        let sql = self.sql.as_ref().ok()?;
+    /// The live RPO.
+    pub fn rpo(&self) -> Rpo {
+        let sql = match self.sql.as_ref() {
+            Ok(sql) => sql,
+            Err(e) => return Rpo::unknown(format!("server unreachable: {e}")),
+        };
         let current = match &self.streaming {
             Ok(st) if !sql.in_recovery => sql.current_lsn.max(st.xlogpos),
             _ => sql.current_lsn,
         };
-        let connected_flush = sql.receiver.as_ref().and_then(|r| r.flush_lsn);
-        let safe = match (connected_flush, self.local.safe_lsn) {
-            (Some(a), Some(b)) => a.max(b),
-            (a, b) => a.or(b).unwrap_or(Lsn::INVALID),
+        let Some(safe) = self.local.safe_lsn else {
+            return Rpo::unknown("this server's repository holds no WAL yet");
         };
         let bytes = current.0.saturating_sub(safe.0);
-        let seconds = if bytes == 0 {
-            0.0
-        } else if let Some(lag) = sql.receiver.as_ref().and_then(|r| r.flush_lag_seconds) {
-            lag
-        } else {
-            self.local
-                .last_receive_time
-                .map(|t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
-                .unwrap_or(f64::INFINITY)
-        };
-        Some(Rpo { bytes, seconds })
+        if bytes == 0 {
+            return Rpo {
+                bytes: Some(0),
+                seconds: Some(0.0),
+                unknown: None,
+            };
+        }
+        match self.local.last_receive_time {
+            Some(t) => Rpo {
+                bytes: Some(bytes),
+                seconds: Some((Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0),
+                unknown: None,
+            },
+            None => Rpo {
+                bytes: Some(bytes),
+                seconds: None,
+                unknown: Some("no arrival time of the stored WAL".into()),
+            },
+        }
     }
 }
 
@@ -544,11 +591,14 @@ pub async fn probe_without_ssh(server: &ServerConfig, home: &Path) -> ServerStat
 /// How long [`live_rpo`] waits for a server before giving up on it.
 pub const LIVE_RPO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The live RPO of a server, `None` when it cannot be reached within
+/// The live RPO of a server, unknown when it cannot be reached within
 /// [`LIVE_RPO_TIMEOUT`] (listings must stay fast when a server is down).
-pub async fn live_rpo(server: &ServerConfig, home: &Path) -> Option<Rpo> {
-    tokio::time::timeout(LIVE_RPO_TIMEOUT, probe_without_ssh(server, home))
-        .await
-        .ok()?
-        .rpo()
+pub async fn live_rpo(server: &ServerConfig, home: &Path) -> Rpo {
+    match tokio::time::timeout(LIVE_RPO_TIMEOUT, probe_without_ssh(server, home)).await {
+        Ok(st) => st.rpo(),
+        Err(_) => Rpo::unknown(format!(
+            "server unreachable within {} s",
+            LIVE_RPO_TIMEOUT.as_secs()
+        )),
+    }
 }

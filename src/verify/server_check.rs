@@ -257,6 +257,39 @@ fn repository_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
     out
 }
 
+/// FAILED when another configured server streams from the same PostgreSQL (host and
+/// port of `streaming_conninfo`) under the same `streaming_archiver_name`: PostgreSQL
+/// then cannot tell the two receivers apart (pg_stat_replication,
+/// synchronous_standby_names), and one's flush position would pass for the other's.
+pub fn application_name_item(server: &ServerConfig, all: &[&ServerConfig]) -> Option<CheckItem> {
+    if !server.streaming_archiver {
+        return None;
+    }
+    let target = |s: &ServerConfig| {
+        let ci = crate::pg::ConnInfo::parse(&s.streaming_conninfo).ok()?;
+        Some((ci.host(), ci.port()))
+    };
+    let mine = target(server)?;
+    let clash: Vec<&str> = all
+        .iter()
+        .filter(|o| o.name != server.name && o.streaming_archiver)
+        .filter(|o| o.streaming_archiver_name == server.streaming_archiver_name)
+        .filter(|o| target(o).as_ref() == Some(&mine))
+        .map(|o| o.name.as_str())
+        .collect();
+    Some(item(
+        "streaming_archiver_name unique",
+        clash.is_empty(),
+        (!clash.is_empty()).then(|| {
+            format!(
+                "server(s) {} stream from the same PostgreSQL as '{}'; give each its own streaming_archiver_name",
+                clash.join(", "),
+                server.streaming_archiver_name
+            )
+        }),
+    ))
+}
+
 /// FAILED below [`DISK_MIN_FREE_BYTES`] or [`DISK_MIN_FREE_RATIO`] of the filesystem.
 fn disk_item(d: DiskSpace) -> CheckItem {
     let ratio = if d.total_bytes == 0 {

@@ -42,11 +42,15 @@ pub fn parse_history(content: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
             .next()
             .and_then(|f| f.parse::<Lsn>().ok())
             .ok_or_else(|| err("bad switch point"))?;
-        if let Some(prev) = out.last() {
-            let prev: &HistoryEntry = prev;
-            if parent <= prev.parent || switchpoint < prev.switchpoint {
-                return Err(err("timelines or switch points out of order"));
-            }
+        // PostgreSQL's readTimeLineHistory requires only increasing timeline ids: a
+        // newer line's switch point may lie before an older one's (a timeline forked
+        // from its parent before the parent's own fork point, as a PITR to a restore
+        // point on a standby's timeline writes).
+        if out
+            .last()
+            .is_some_and(|prev: &HistoryEntry| parent <= prev.parent)
+        {
+            return Err(err("timeline ids must be in increasing sequence"));
         }
         out.push(HistoryEntry {
             parent,
@@ -56,14 +60,37 @@ pub fn parse_history(content: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
     Ok(out)
 }
 
-/// Which timeline a WAL position belongs to, for a target timeline with this history:
-/// the first ancestor whose switch point lies beyond `lsn`, else `target` itself.
+/// Which timeline a WAL position belongs to, for a target timeline with this history,
+/// as PostgreSQL's tliOfPointInHistory decides it: line `i` covers
+/// `[switchpoint[i-1], switchpoint[i])`, the target everything from the last switch
+/// point on, and the newest range holding the position wins (so a line whose switch
+/// point lies before an earlier line's covers nothing).
 pub fn timeline_of(history: &[HistoryEntry], target: TimeLineId, lsn: Lsn) -> TimeLineId {
-    history
-        .iter()
-        .find(|e| lsn < e.switchpoint)
-        .map(|e| e.parent)
-        .unwrap_or(target)
+    let Some(last) = history.last() else {
+        return target;
+    };
+    if lsn >= last.switchpoint {
+        return target;
+    }
+    for (i, e) in history.iter().enumerate().rev() {
+        let begin = if i == 0 {
+            Lsn(0)
+        } else {
+            history[i - 1].switchpoint
+        };
+        if begin <= lsn && lsn < e.switchpoint {
+            return e.parent;
+        }
+    }
+    target
+}
+
+/// Up to which LSN the target's history follows ancestor `tli` (the end of its
+/// effective range: its own switch point, or an earlier one of a later line), or
+/// `None` when `tli` is not an ancestor.
+pub fn followed_until(history: &[HistoryEntry], tli: TimeLineId) -> Option<Lsn> {
+    let i = history.iter().position(|e| e.parent == tli)?;
+    history[i..].iter().map(|e| e.switchpoint).min()
 }
 
 #[cfg(test)]
@@ -89,5 +116,28 @@ mod tests {
         );
         assert!(parse_history("x\t0/1\n").is_err());
         assert!(parse_history("2\t0/1\n1\t0/2\n").is_err());
+        assert!(parse_history("1\t0/1\n1\t0/2\n").is_err());
+        assert_eq!(followed_until(&h, TimeLineId(1)), Some(Lsn(0x0602_5A50)));
+        assert_eq!(followed_until(&h, TimeLineId(2)), Some(Lsn(0x0900_0000)));
+        assert_eq!(followed_until(&h, TimeLineId(3)), None);
+    }
+
+    /// What PostgreSQL 15.18 wrote after a PITR to a restore point on a standby's
+    /// timeline 2: timeline 3 forks from 2 before 2's own fork from 1.
+    #[test]
+    fn accepts_a_fork_before_the_parents_own_fork_point() {
+        let h = parse_history(
+            "1\t0/3018CB0\tno recovery target specified\n\n2\t0/3018C48\tat restore point \"rp\"\n",
+        )
+        .unwrap();
+        assert_eq!(h.len(), 2);
+        let t3 = TimeLineId(3);
+        assert_eq!(timeline_of(&h, t3, Lsn(0x0301_8C47)), TimeLineId(1));
+        assert_eq!(timeline_of(&h, t3, Lsn(0x0301_8C48)), t3);
+        // Between the two switch points: timeline 3's, not 1's (2 covers nothing).
+        assert_eq!(timeline_of(&h, t3, Lsn(0x0301_8C80)), t3);
+        assert_eq!(timeline_of(&h, t3, Lsn(0x0400_0000)), t3);
+        assert_eq!(followed_until(&h, TimeLineId(1)), Some(Lsn(0x0301_8C48)));
+        assert_eq!(followed_until(&h, TimeLineId(2)), Some(Lsn(0x0301_8C48)));
     }
 }

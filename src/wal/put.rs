@@ -268,9 +268,15 @@ impl Put<'_> {
         let data = self.read_text(input)?;
         let text = std::str::from_utf8(&data)
             .map_err(|_| self.invalid("not a timeline history file (not UTF-8)".into()))?;
-        parse_history(text).map_err(|e| self.invalid(format!("bad history file: {e}")))?;
         let catalog = Catalog::open(self.home)?;
         let (archive, _) = self.open_archive(&catalog)?;
+        if let Err(e) = parse_history(text) {
+            // PostgreSQL retries a refused history file before any later segment:
+            // keep it in errors/ so that `check` names it while archiving is stuck.
+            let e = self.invalid(format!("bad history file: {e}"));
+            archive.quarantine_data(&self.shown, &data, &e.to_string());
+            return Err(e);
+        }
         match archive.store_history(tli, &data) {
             Ok(a) => Ok(self.outcome(self.shown.clone(), "history", a)),
             Err(e @ ArchiveError::Conflict { .. }) => {
@@ -629,8 +635,16 @@ mod tests {
             fs::read(ServerRepo::new(home, "pg1").history_path(TimeLineId(2))).unwrap(),
             h
         );
-        let e = put(home, Some("00000003.history"), b"garbage here\n", 0).unwrap_err();
+        let e = put(home, Some("00000004.history"), b"garbage here\n", 0).unwrap_err();
         assert!(matches!(e, PutError::Invalid { .. }), "{e}");
+        // Refused files are kept for `check` to report.
+        let errors = ServerRepo::new(home, "pg1").errors_dir();
+        assert_eq!(fs::read_dir(&errors).unwrap().count(), 2);
+        // A newer line forking before an older line's switch point is valid
+        // (PostgreSQL 15.18 wrote this after a PITR to a restore point).
+        let h3 = b"1\t0/3018CB0\tno recovery target specified\n\n2\t0/3018C48\tat restore point \"rp\"\n";
+        let o = put(home, Some("00000003.history"), h3, 0).unwrap();
+        assert_eq!((o.kind, o.status), ("history", PutStatus::Stored));
         let o = put(
             home,
             Some("000000010000000000000003.00000028.backup"),
