@@ -389,6 +389,74 @@ fn damaged_archived_wal_stops_recovery_instead_of_promoting_early() {
     assert_eq!(markers(&r), "after", "{}", r.log_tail(40));
 }
 
+/// Item 6 of the fixes issue: Ctrl-C in the middle of a recovery said nothing and
+/// left a folder with `backup_label` and no `recovery.signal`, which PostgreSQL would
+/// start on as if it were a data directory. Now: a line saying what is left, a
+/// non-zero exit, no `global/pg_control` (so PostgreSQL refuses), a marker a later
+/// recover without `--delta` refuses on, and `--delta` finishing the job.
+#[test]
+fn an_interrupted_recovery_says_so_and_leaves_nothing_postgresql_would_start_on() {
+    let mut src = source();
+    src.cluster.psql("create table marker (id int, note text)");
+    src.cluster
+        .psql("insert into marker values (1, 'in backup')");
+    src.backup();
+    src.archive_now();
+    assert_eq!(src.rw.term(), 0);
+    let pg = &mut src.pg;
+    pg.set_env("PGBK_TEST_RECOVER_THROTTLE_MS", "20");
+    let (dir, data) = destination();
+    let marker = data.join("pgbk_recover.incomplete");
+    let mut rec = pg.spawn(&[
+        "recover",
+        "pg1",
+        "latest",
+        data.to_str().unwrap(),
+        "-j",
+        "2",
+    ]);
+    wait_until(Duration::from_secs(30), "the recovery to start", || {
+        marker.exists()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own running child.
+    unsafe {
+        libc::kill(rec.pid() as libc::pid_t, libc::SIGINT);
+    }
+    let code = rec
+        .wait_timeout(Duration::from_secs(30))
+        .expect("recover exits");
+    assert_eq!(code, 130, "{}", rec.log());
+    let log = rec.log();
+    assert!(
+        log.contains(&format!(
+            "interrupted: {} is incomplete; remove it or rerun with --delta",
+            data.display()
+        )),
+        "{log}"
+    );
+    assert!(marker.exists());
+    assert!(!data.join("global/pg_control").exists());
+    // A recover without --delta refuses, naming the marker.
+    let r = pg.run(&["recover", "pg1", "latest", data.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("interrupted recovery"), "{r:?}");
+    // PostgreSQL refuses the folder.
+    let (c, started) = Cluster::try_from_datadir(dir, ClusterOptions::default());
+    let e = started.expect_err("PostgreSQL started on an interrupted recovery");
+    assert!(
+        e.contains("pg_control") || e.contains("not a database cluster directory"),
+        "{e}"
+    );
+    let dir = c.into_dir();
+    // --delta completes it: the marker goes, PostgreSQL starts with the rows.
+    pg.unset_env("PGBK_TEST_RECOVER_THROTTLE_MS");
+    recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--delta"]);
+    assert!(!marker.exists());
+    let r = start_recovered(dir);
+    assert_eq!(markers(&r), "in backup", "{}", r.log_tail(30));
+}
+
 /// stderr without the debug log lines.
 fn missing_line(o: &Output) -> String {
     o.stderr

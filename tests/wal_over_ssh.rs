@@ -727,11 +727,10 @@ fn pitr_to_a_restore_point_on_a_standby_timeline_then_recovery_across_it() {
             "--get-wal",
         ];
         all.extend_from_slice(args);
-        all.extend(["--target-action", "promote"]);
         p.json(&all);
         (dir, data)
     };
-    let (dir, data) = recover(&["--target-name", "rp"]);
+    let (dir, data) = recover(&["--target-name", "rp", "--target-action", "promote"]);
     // The recovered node archives its new timeline through pgbk as well.
     let mut auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
     auto.push_str(&format!("{}\n{}\n", archiving[0], archiving[1]));

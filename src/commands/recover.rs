@@ -90,10 +90,22 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         remote,
     };
     let progress = crate::progress::for_cli(ctx.quiet);
+    let dest = a.destination.clone();
+    if req.remote.is_none() {
+        on_interrupt_say_incomplete(&dest);
+    }
     let summary = match restore::recover(&ctx.config.home, req, progress.as_ref()) {
         Ok(s) => s,
         Err(RestoreError::Usage(m)) => return Err(UsageError(m).into()),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            if dest.join(restore::destination::INCOMPLETE_MARKER).exists() {
+                return Err(anyhow::anyhow!(
+                    "{e}; {} is incomplete: remove it or rerun with --delta",
+                    dest.display()
+                ));
+            }
+            return Err(e.into());
+        }
     };
     if ctx.format == Format::Json {
         print_json(&summary)?;
@@ -177,4 +189,38 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         None => outln!("Start PostgreSQL on it to recover: pg_ctl -D {dest} start")?,
     }
     Ok(0)
+}
+
+/// The line printed when SIGINT or SIGTERM ends a recovery (prepared before the
+/// handler is installed: a signal handler may only write it).
+static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn interrupted(sig: libc::c_int) {
+    if let Some(m) = INTERRUPTED.get() {
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+        unsafe {
+            libc::write(2, m.as_ptr().cast(), m.len());
+        }
+    }
+    // SAFETY: see above.
+    unsafe { libc::_exit(128 + sig) }
+}
+
+/// Ctrl-C or SIGTERM in the middle of a local recovery: say what is left and exit
+/// non-zero. The destination keeps its marker and has no `global/pg_control` yet,
+/// so PostgreSQL refuses to start on it and a later recover wants `--delta`.
+fn on_interrupt_say_incomplete(dest: &std::path::Path) {
+    let _ = INTERRUPTED.set(
+        format!(
+            "\npgbk: interrupted: {} is incomplete; remove it or rerun with --delta\n",
+            dest.display()
+        )
+        .into_bytes(),
+    );
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe {
+            libc::signal(sig, interrupted as *const () as libc::sighandler_t);
+        }
+    }
 }

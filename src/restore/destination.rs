@@ -113,6 +113,12 @@ pub fn check(dest: &Path, delta: bool) -> Result<DestinationState, RestoreError>
             dest.display()
         )));
     }
+    if !delta && dest.join(INCOMPLETE_MARKER).exists() {
+        return Err(RestoreError::Refused(format!(
+            "destination {} holds an interrupted recovery ({INCOMPLETE_MARKER}); remove it or rerun with --delta",
+            dest.display()
+        )));
+    }
     if !delta && !is_empty_dir(dest)? {
         return Err(RestoreError::Refused(format!(
             "destination {} is not empty (use --delta to recover over an older copy of the server)",
@@ -352,6 +358,35 @@ pub fn write_settings(plan: &RecoverPlan) -> Result<String, RestoreError> {
     let _ = fs::remove_file(plan.destination.join(other));
     write_small(&plan.destination.join(signal), b"", plan.owner)?;
     Ok(signal.to_string())
+}
+
+/// The file in a destination that says its recovery has not finished (written first,
+/// removed last; `global/pg_control` is written just before it goes, so PostgreSQL
+/// refuses to start on a folder an interrupted recovery left).
+pub const INCOMPLETE_MARKER: &str = "pgbk_recover.incomplete";
+
+/// Writes the marker of a recovery under way into the destination; returns its path.
+pub fn mark_incomplete(plan: &RecoverPlan) -> Result<PathBuf, RestoreError> {
+    let path = plan.destination.join(INCOMPLETE_MARKER);
+    let text = format!(
+        "pgbk is recovering backup {} of server '{}' into this folder (pid {}).\n\
+         If this file is still here, that recovery did not finish: remove the folder or rerun recover with --delta.\n",
+        plan.info.backup_id,
+        plan.request.server,
+        std::process::id()
+    );
+    write_small(&path, text.as_bytes(), plan.owner)?;
+    fsync_dir(&plan.destination).map_err(io_err(&plan.destination))?;
+    Ok(path)
+}
+
+/// Removes the marker once the recovery is complete and durable.
+pub fn clear_incomplete(marker: &Path) -> Result<(), RestoreError> {
+    fs::remove_file(marker).map_err(io_err(marker))?;
+    if let Some(dir) = marker.parent() {
+        fsync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 /// Flushes everything written on the file system holding `dir` (one `syncfs`

@@ -73,7 +73,15 @@ pub struct FileStats {
     pub links: u64,
     /// Files, links and directories removed because the backup does not hold them (delta).
     pub removed: u64,
+    /// `global/pg_control`, held back: [`restore_control_file`] writes it once
+    /// everything else is in place, so an interrupted recovery leaves a folder
+    /// PostgreSQL refuses to start on ("could not open file global/pg_control").
+    #[serde(skip)]
+    pub control_file: Option<crate::backup::FileEntry>,
 }
+
+/// The control file's path in `files.jsonl`.
+pub const CONTROL_FILE: &str = "global/pg_control";
 
 /// A relative path from `files.jsonl`, made safe: `None` for an absolute path, a `..`
 /// component or a NUL byte; `.` components dropped (so `""` and `"."` are the root).
@@ -343,7 +351,25 @@ fn open_for_write(path: &Path, mode: u32) -> io::Result<File> {
         .open(path)
 }
 
+/// Test hook (pgbk(1) lists it among the developers' variables): milliseconds to wait
+/// before each file restored, so that a test can interrupt a recovery in the middle.
+pub const THROTTLE_ENV: &str = "PGBK_TEST_RECOVER_THROTTLE_MS";
+
+fn throttle() {
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var(THROTTLE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(p) = pause {
+        std::thread::sleep(*p);
+    }
+}
+
 fn restore_file(ctx: &Ctx, e: &FileEntry) -> Result<(), RestoreError> {
+    throttle();
     let (path, rel) = place(ctx, e)?;
     if rel.as_os_str().is_empty() {
         return Err(corrupt(
@@ -431,6 +457,12 @@ fn sweep(
             {
                 continue;
             }
+            if tablespace.is_none()
+                && rel_dir.as_os_str().is_empty()
+                && entry.file_name() == super::destination::INCOMPLETE_MARKER
+            {
+                continue;
+            }
             let path = root.join(&rel);
             let ft = fs::symlink_metadata(&path)
                 .map_err(io_err(&path))?
@@ -475,6 +507,17 @@ pub fn restore(
             stats.removed += sweep(loc, Some(*oid), &wanted, true)?;
         }
     }
+    if opts.delta {
+        // An older copy's control file goes first: until the new one is written
+        // last, the folder is not a data directory PostgreSQL would start on.
+        let old = layout.data.join(CONTROL_FILE);
+        match fs::remove_file(&old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&old)(e)),
+        }
+    }
+    let control = std::sync::Mutex::new(None);
     progress.start("restore", Some(info.size_bytes));
     let ctx = Ctx {
         dir,
@@ -498,6 +541,12 @@ pub fn restore(
             Err(err) => return Some(Err(RestoreError::from(err))),
         };
         let done = match e.kind {
+            FileKind::File if e.tablespace.is_none() && e.path == CONTROL_FILE => {
+                if let Ok(mut c) = control.lock() {
+                    *c = Some(e);
+                }
+                return None;
+            }
             FileKind::File => return Some(Ok(e)),
             FileKind::Dir => make_dir(&ctx, &e).map(|_| {
                 dirs.fetch_add(1, Ordering::Relaxed);
@@ -559,7 +608,40 @@ pub fn restore(
     stats.bytes_skipped = ctx.bytes_skipped.load(Ordering::Relaxed);
     stats.dirs = dirs.load(Ordering::Relaxed);
     stats.links = links.load(Ordering::Relaxed);
+    stats.control_file = control.into_inner().unwrap_or(None);
     Ok(stats)
+}
+
+/// Writes the control file [`restore`] held back (checked like every file): the
+/// last step of a recovery, after the WAL and the recovery settings.
+pub fn restore_control_file(
+    dir: &BackupDir,
+    info: &BackupInfo,
+    layout: &Layout,
+    opts: &Options,
+    stats: &mut FileStats,
+) -> Result<(), RestoreError> {
+    let Some(e) = stats.control_file.take() else {
+        return Ok(());
+    };
+    let ctx = Ctx {
+        dir,
+        info,
+        layout,
+        opts,
+        progress: &crate::progress::NoProgress,
+        done: AtomicU64::new(0),
+        files_written: AtomicU64::new(0),
+        bytes_written: AtomicU64::new(0),
+        files_skipped: AtomicU64::new(0),
+        bytes_skipped: AtomicU64::new(0),
+    };
+    restore_file(&ctx, &e)?;
+    stats.files_written += ctx.files_written.load(Ordering::Relaxed);
+    stats.bytes_written += ctx.bytes_written.load(Ordering::Relaxed);
+    stats.files_skipped += ctx.files_skipped.load(Ordering::Relaxed);
+    stats.bytes_skipped += ctx.bytes_skipped.load(Ordering::Relaxed);
+    Ok(())
 }
 
 /// Folders a base backup may leave out but PostgreSQL needs to start.

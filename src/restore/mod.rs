@@ -514,17 +514,12 @@ fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written,
             .map(|t| (t.oid, t.location.clone()))
             .collect(),
     };
-    let files = files::restore(
-        &plan.dir,
-        &plan.info,
-        &layout,
-        &files::Options {
-            delta: req.delta,
-            owner: plan.owner,
-        },
-        &pool,
-        progress,
-    )?;
+    let marker = destination::mark_incomplete(plan)?;
+    let file_opts = files::Options {
+        delta: req.delta,
+        owner: plan.owner,
+    };
+    let mut files = files::restore(&plan.dir, &plan.info, &layout, &file_opts, &pool, progress)?;
     let manifest = destination::write_manifest(plan)?;
     destination::relocate_tablespace_map(plan)?;
     let (wal_files, wal_bytes) = match &plan.wal {
@@ -543,6 +538,10 @@ fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written,
     for t in &plan.tablespaces {
         destination::sync(&t.location)?;
     }
+    // Everything else is durable: now the control file, then the marker goes.
+    files::restore_control_file(&plan.dir, &plan.info, &layout, &file_opts, &mut files)?;
+    destination::sync(&plan.destination)?;
+    destination::clear_incomplete(&marker)?;
     Ok(Written {
         files,
         wal_files,

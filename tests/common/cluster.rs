@@ -155,6 +155,15 @@ impl Cluster {
         cluster
     }
 
+    /// Gives back the folder of a cluster made by [`Cluster::from_datadir`] or
+    /// [`Cluster::try_from_datadir`] (stopped, not removed) for another try.
+    pub fn into_dir(mut self) -> TempDir {
+        if self.is_running() {
+            self.stop("fast");
+        }
+        self.dir.take().expect("a cluster made from a folder")
+    }
+
     /// Like [`Cluster::from_datadir`] for a start that may fail (a recovery that must
     /// stop with FATAL): the cluster, to read its log, and how the start went.
     pub fn try_from_datadir(dir: TempDir, opts: ClusterOptions) -> (Cluster, Result<(), String>) {
@@ -354,6 +363,7 @@ impl Cluster {
         let path = self.datadir.join("postgresql.conf");
         let mut f = OpenOptions::new()
             .append(true)
+            .create(true)
             .open(&path)
             .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
         let mut text = String::from("\n");
