@@ -15,24 +15,32 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let json = cli.format == pgbk::output::Format::Json;
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            if let Some(coded) = e.downcast_ref::<commands::CodedError>() {
-                eprintln!("pgbk: {coded}");
-                return ExitCode::from(coded.code);
-            }
-            if e.chain().any(|c| {
+            let code = if let Some(coded) = e.downcast_ref::<commands::CodedError>() {
+                coded.code
+            } else if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) {
+                // `pgbk list-backups | head`: the reader has what it wanted.
                 return ExitCode::SUCCESS;
-            }
-            eprintln!("pgbk: {e:#}");
-            let usage = e
+            } else if e
                 .chain()
-                .any(|c| c.is::<UsageError>() || c.is::<pgbk::config::ConfigError>());
-            ExitCode::from(if usage { 2 } else { 1 })
+                .any(|c| c.is::<UsageError>() || c.is::<pgbk::config::ConfigError>())
+            {
+                2
+            } else {
+                1
+            };
+            let message = pgbk::output::error_line(&e);
+            eprintln!("pgbk: {message}");
+            if json {
+                pgbk::output::print_json_error(&message);
+            }
+            ExitCode::from(code)
         }
     }
 }

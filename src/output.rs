@@ -14,6 +14,36 @@ pub enum Format {
     Json,
 }
 
+/// An error chain as one line, each cause added only when it says something the
+/// line does not already say (library errors often carry their source's text, so
+/// `{:#}` printed "Connection refused" three times).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let bare = text.split(" (os error").next().unwrap_or(&text).trim();
+        if bare.is_empty() || out.contains(bare) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// The JSON document a failed verb prints with `--format json`:
+/// `{"error": {"message": …, "server": …}}` (the server when the message names one).
+pub fn print_json_error(message: &str) {
+    let server = message
+        .split_once("server '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(name, _)| name.to_string());
+    let doc = serde_json::json!({ "error": { "message": message, "server": server } });
+    println!("{doc}");
+}
+
 /// Prints a value as pretty JSON followed by a newline.
 pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();

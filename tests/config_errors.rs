@@ -132,3 +132,70 @@ fn missing_main_file_is_a_clear_error() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("pgbk.conf"), "{out:?}");
 }
+
+/// Items 10 and 12 of the fixes issue: every error is one line that says each thing
+/// once ("No such file or directory: No such file or directory (os error 2)",
+/// "Connection refused" three times), and with `--format json` stdout carries one
+/// JSON document for it, with the same exit code.
+#[test]
+fn errors_say_each_thing_once_and_are_json_with_format_json() {
+    let pg = Pgbk::new();
+    pg.add_server(
+        "pg",
+        "conninfo = host=127.0.0.1 port=1 user=postgres connect_timeout=2\n\
+         streaming_archiver = on\nslot_name = s\n",
+    );
+    let once = |out: &common::Output, what: &str| {
+        let line: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("pgbk:"))
+            .collect();
+        assert_eq!(line.len(), 1, "{what}: {out:?}");
+        assert_eq!(
+            line[0].matches(what).count(),
+            1,
+            "{what} said twice: {out:?}"
+        );
+    };
+    let out = pg.run(&["backup", "pg"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    once(&out, "Connection refused");
+    for (args, code, server) in [
+        (vec!["--format", "json", "check", "nosuch"], 2, "nosuch"),
+        (vec!["--format", "json", "delete", "pg", "latest"], 2, "pg"),
+        (vec!["--format", "json", "backup", "pg"], 1, "pg"),
+    ] {
+        let out = pg.run(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {out:?}"));
+        assert_eq!(v["error"]["server"], server, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    let missing = pg.root.join("nowhere.conf");
+    let bin = || std::process::Command::new(env!("CARGO_BIN_EXE_pgbk"));
+    let out = bin()
+        .arg("-c")
+        .arg(&missing)
+        .arg("list-servers")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nowhere.conf"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let out = bin()
+        .arg("-c")
+        .arg(&pg.root)
+        .arg("list-servers")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("Is a directory").count(), 1, "{err}");
+}
