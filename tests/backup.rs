@@ -251,8 +251,21 @@ fn a_tablespace_outside_the_data_directory_is_stored_and_listed() {
     let _rw = pg.spawn(&["receive-wal", "pg1"]);
     wait_receive_wal(&cluster);
 
+    // Item 8 of the fixes issue: a spread checkpoint is announced, and the copy's
+    // time and throughput are reported apart from the whole duration.
+    cluster.psql("checkpoint");
+    let out = pg.run(&["backup", "pg1", "--no-immediate-checkpoint"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("waiting for PostgreSQL's checkpoint (spread; --immediate-checkpoint or immediate_checkpoint = on skips the wait)"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("Copy time: "), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
     let info = pg.json(&["backup", "pg1"]);
     assert_eq!(info["status"], "DONE", "{info}");
+    assert!(info["copy_millis"].as_u64().is_some(), "{info}");
     let ts = &info["tablespaces"];
     assert_eq!(ts.as_array().unwrap().len(), 1, "{info}");
     assert_eq!(ts[0]["oid"], oid);

@@ -167,6 +167,11 @@ pub struct BackupInfo {
     /// backup compares file mtimes (that host's clock) with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_begin_time: Option<DateTime<Utc>>,
+    /// Milliseconds the copy itself took (from the checkpoint's end to the last
+    /// file), apart from the wait for the checkpoint and for the WAL: Barman's
+    /// "Copy time".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_millis: Option<u64>,
 }
 
 impl BackupInfo {
@@ -203,6 +208,7 @@ impl BackupInfo {
             transferred_bytes: None,
             reused_bytes: None,
             server_begin_time: None,
+            copy_millis: None,
         }
     }
 }

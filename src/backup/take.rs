@@ -529,6 +529,13 @@ async fn stream(
     let interrupted = || Failure::Reason("interrupted".to_string());
     let pg = |e: PgError| Failure::Reason(format!("BASE_BACKUP: {e}"));
     let seg = facts.seg_size;
+    if !req.immediate_checkpoint {
+        tracing::info!(
+            backup = %info.backup_id,
+            "waiting for PostgreSQL's checkpoint (spread; --immediate-checkpoint or immediate_checkpoint = on skips the wait)"
+        );
+    }
+    let mut copy_started = std::time::Instant::now();
     let mut bb = tokio::select! {
         r = BaseBackupStream::start(repl, &opts) => r.map_err(pg)?,
         _ = stopped(stop) => return Err(interrupted()),
@@ -574,6 +581,7 @@ async fn stream(
                 info.begin_wal = Some(segment_name(timeline, lsn.segno(seg), seg));
                 save(repo, catalog, info).map_err(|e| Failure::Reason(e.to_string()))?;
                 tracing::info!(backup = %info.backup_id, "checkpoint done; backup starts at {lsn} on timeline {timeline}");
+                copy_started = std::time::Instant::now();
                 continue;
             }
             Some(BaseBackupEvent::Tablespaces(rows)) => {
@@ -598,6 +606,7 @@ async fn stream(
             }
             Some(BaseBackupEvent::Progress(_)) => continue,
             Some(BaseBackupEvent::End { lsn, timeline }) => {
+                info.copy_millis = Some(copy_started.elapsed().as_millis() as u64);
                 info.end_lsn = Some(lsn);
                 info.end_timeline = Some(timeline);
                 let begin = info.begin_lsn.unwrap_or(Lsn(lsn.0)).segno(seg);

@@ -174,11 +174,18 @@ fn show(ctx: &Context, info: &BackupInfo, note: Option<&str>) -> Result<()> {
             human_bytes(info.reused_bytes.unwrap_or(0))
         )?;
     }
+    if let Some(ms) = info.copy_millis.filter(|&ms| ms > 0) {
+        let copy = ms as f64 / 1000.0;
+        outln!(
+            "  Copy time: {} ({}/s)",
+            human_seconds(copy),
+            human_bytes((info.size_bytes as f64 / copy) as u64)
+        )?;
+    }
     if secs > 0.0 {
         outln!(
-            "  Duration: {} ({}/s)",
-            human_seconds(secs),
-            human_bytes((info.size_bytes as f64 / secs) as u64)
+            "  Duration: {} (checkpoint, copy and WAL wait)",
+            human_seconds(secs)
         )?;
     }
     outln!(
