@@ -334,6 +334,14 @@ pub struct RecoverArgs {
     /// connection into tar on that host, the host key checked against known_hosts.
     #[arg(long, value_name = "CMD")]
     pub remote_ssh_command: Option<String>,
+    /// Port the recovered copy listens on (appended to postgresql.auto.conf), so it
+    /// does not clash with the source on the same host.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Any other setting for the recovered copy, appended to postgresql.auto.conf
+    /// (repeatable), e.g. --set unix_socket_directories=/tmp.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// Options of `get-wal`.

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             };
             let message = pgbk::output::error_line(&e);
             eprintln!("pgbk: {message}");
-            if json {
+            if json && !pgbk::output::json_printed() {
                 pgbk::output::print_json_error(&message);
             }
             ExitCode::from(code)

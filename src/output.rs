@@ -44,8 +44,18 @@ pub fn print_json_error(message: &str) {
     println!("{doc}");
 }
 
+/// Whether this process already printed its JSON document (a verb that reports a
+/// FAILED backup and then fails prints no second document for the error).
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`print_json`] ran.
+pub fn json_printed() -> bool {
+    JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Prints a value as pretty JSON followed by a newline.
 pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)

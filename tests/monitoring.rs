@@ -219,9 +219,16 @@ fn rpo_grows_while_receive_wal_is_stopped_and_diagnose_hides_the_password() {
     );
     rw.term();
 
-    // A server that is down: list-servers still answers, with a null RPO.
+    // A server that is down: list-servers still answers, its RPO null with the
+    // reason (item 3 of the fixes issue).
     cluster.stop("immediate");
     let servers = pg.json(&["list-servers"]);
-    assert!(servers[0]["rpo"].is_null(), "{servers}");
+    assert!(servers[0]["rpo"]["bytes"].is_null(), "{servers}");
+    assert!(
+        servers[0]["rpo"]["unknown"]
+            .as_str()
+            .is_some_and(|r| r.contains("unreachable")),
+        "{servers}"
+    );
     assert!(servers[0]["rto"]["seconds"].as_f64().is_some(), "{servers}");
 }

@@ -451,10 +451,29 @@ fn an_interrupted_recovery_says_so_and_leaves_nothing_postgresql_would_start_on(
     let dir = c.into_dir();
     // --delta completes it: the marker goes, PostgreSQL starts with the rows.
     pg.unset_env("PGBK_TEST_RECOVER_THROTTLE_MS");
-    recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--delta"]);
+    let js = recover(pg, &["pg1", "latest", data.to_str().unwrap(), "--delta"]);
     assert!(!marker.exists());
+    // Item 9: the copied port is the source's, on this host: warned about.
+    let port = src.cluster.port.to_string();
+    let warned = |js: &Value| {
+        js["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with(&format!("port = {port} ")))
+    };
+    assert!(warned(&js), "{js}");
     let r = start_recovered(dir);
     assert_eq!(markers(&r), "in backup", "{}", r.log_tail(30));
+    // --port overrides it: written last into postgresql.auto.conf, no warning.
+    let (_other, data2) = destination();
+    let js = recover(
+        &src.pg,
+        &["pg1", "latest", data2.to_str().unwrap(), "--port", "6543"],
+    );
+    assert!(!warned(&js), "{js}");
+    let auto = fs::read_to_string(data2.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.trim_end().ends_with("port = '6543'"), "{auto}");
 }
 
 /// stderr without the debug log lines.

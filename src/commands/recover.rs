@@ -33,6 +33,29 @@ fn get_wal_command(ctx: &Context) -> Result<String> {
     ))
 }
 
+/// `--port` and every `--set KEY=VALUE`, checked: a key is a PostgreSQL setting name.
+fn overrides(a: &RecoverArgs) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    if let Some(p) = a.port {
+        out.push(("port".to_string(), p.to_string()));
+    }
+    for kv in &a.set {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(UsageError(format!("--set '{kv}': expected KEY=VALUE")).into());
+        };
+        let k = k.trim();
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return Err(UsageError(format!("--set '{kv}': '{k}' is not a setting name")).into());
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     let server = super::server(ctx, &a.server)?;
@@ -88,6 +111,10 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
         jobs,
         delta: a.delta,
         remote,
+        overrides: overrides(a)?,
+        source: crate::pg::ConnInfo::parse(&server.conninfo)
+            .ok()
+            .map(|c| (c.host(), c.port())),
     };
     let progress = crate::progress::for_cli(ctx.quiet);
     let dest = a.destination.clone();
@@ -175,6 +202,9 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     outln!("  restore_command = {}", summary.settings.restore_command)?;
     if summary.settings.disable_archive_command {
         outln!("  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
+    }
+    for w in &summary.warnings {
+        outln!("Warning: {w}")?;
     }
     let dest = shell_quote(&summary.destination.to_string_lossy());
     let root_owned = summary.remote.is_none()

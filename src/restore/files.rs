@@ -681,6 +681,20 @@ mod tests {
     use crate::repo::compress::{checksum, store_compressed};
     use crate::repo::ServerRepo;
 
+    /// [`restore`] and then the control file it held back, as a recovery does.
+    fn restore_all(
+        dir: &BackupDir,
+        info: &BackupInfo,
+        layout: &Layout,
+        opts: &Options,
+        pool: &rayon::ThreadPool,
+        progress: &dyn Progress,
+    ) -> Result<FileStats, RestoreError> {
+        let mut s = restore(dir, info, layout, opts, pool, progress)?;
+        restore_control_file(dir, info, layout, opts, &mut s)?;
+        Ok(s)
+    }
+
     fn entry(path: &str, tbs: Option<u32>, kind: FileKind, mode: u32) -> FileEntry {
         FileEntry {
             path: path.into(),
@@ -802,7 +816,7 @@ mod tests {
         };
         let fresh = layout("fresh");
         fs::create_dir_all(&fresh.data).unwrap();
-        let s = restore(&dir, &info, &fresh, &Options::default(), &pool, &NoProgress).unwrap();
+        let s = restore_all(&dir, &info, &fresh, &Options::default(), &pool, &NoProgress).unwrap();
         assert_eq!(s.files_written, 5);
         assert_eq!(s.links, 1);
         assert_eq!(
@@ -822,7 +836,7 @@ mod tests {
         // link out of the destination, and a dir where a file should be.
         let old = layout("old");
         fs::create_dir_all(&old.data).unwrap();
-        restore(&dir, &info, &old, &Options::default(), &pool, &NoProgress).unwrap();
+        restore_all(&dir, &info, &old, &Options::default(), &pool, &NoProgress).unwrap();
         fs::write(old.data.join("PG_VERSION"), "14\n").unwrap();
         let big = old.data.join("base/1/1259");
         let f = OpenOptions::new().write(true).open(&big).unwrap();
@@ -843,9 +857,11 @@ mod tests {
             delta: true,
             ..Default::default()
         };
-        let s = restore(&dir, &info, &old, &opts, &pool, &NoProgress).unwrap();
-        assert_eq!(s.files_written, 3, "{s:?}");
-        assert_eq!(s.files_skipped, 2, "{s:?}");
+        let s = restore_all(&dir, &info, &old, &opts, &pool, &NoProgress).unwrap();
+        // global/pg_control matched, but a delta removes it first and writes it last
+        // (an interrupted delta must not leave a folder PostgreSQL starts on).
+        assert_eq!(s.files_written, 4, "{s:?}");
+        assert_eq!(s.files_skipped, 1, "{s:?}");
         assert!(s.bytes_written < info.size_bytes);
         assert_eq!(tree(&old.data).len(), tree(&fresh.data).len());
         let strip = |v: Vec<(String, String)>, root: &Path| -> Vec<(String, String)> {

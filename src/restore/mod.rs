@@ -6,6 +6,7 @@
 //! [`prepare`] checks everything (backup, target, archive, destination, tablespaces)
 //! and returns a [`RecoverPlan`]; [`execute`] carries it out.
 
+pub mod clash;
 pub mod destination;
 pub mod files;
 pub mod get_wal;
@@ -115,6 +116,11 @@ pub struct RecoverRequest {
     pub delta: bool,
     /// The destination is on this host (reached over SSH); `None`: this machine.
     pub remote: Option<crate::ssh::SshTarget>,
+    /// Settings appended after the recovery settings (`--port`, `--set`).
+    pub overrides: Vec<(String, String)>,
+    /// Where the source PostgreSQL listens (`host`, `port` of its conninfo), to
+    /// warn when the copy's settings would collide with it.
+    pub source: Option<(String, u16)>,
 }
 
 /// One tablespace of the backup and where it is restored.
@@ -186,6 +192,8 @@ pub struct RecoverSummary {
     pub manifest: bool,
     /// The host the destination is on (`user@host:port`), for a remote recovery.
     pub remote: Option<String>,
+    /// Copied settings that would clash with the source or point outside the copy.
+    pub warnings: Vec<String>,
 }
 
 /// Checks everything a recovery needs without changing anything.
@@ -254,6 +262,7 @@ pub fn prepare(
         timeline: req.target_tli,
         action: req.target_action,
         disable_archive_command: true,
+        overrides: req.overrides.clone(),
     };
     Ok(RecoverPlan {
         owner,
@@ -445,6 +454,10 @@ pub fn execute(
         signal_file,
         manifest,
         remote: req.remote.as_ref().map(|t| t.display()),
+        warnings: match &req.remote {
+            None => clash::warnings(&plan.destination, req),
+            Some(_) => Vec::new(),
+        },
     };
     let measurement = Measurement {
         server: req.server.clone(),

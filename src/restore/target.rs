@@ -175,6 +175,9 @@ pub struct RecoverySettings {
     /// server's system identifier, and must not archive its new timeline into the
     /// server's repository.
     pub disable_archive_command: bool,
+    /// Settings the user gave (`--port`, `--set KEY=VALUE`), written last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<(String, String)>,
 }
 
 impl RecoverySettings {
@@ -204,6 +207,9 @@ impl RecoverySettings {
         let mut s = format!("# {header}\n");
         for (k, v) in self.pairs() {
             s.push_str(&format!("{k} = {}\n", conf_quote(&v)));
+        }
+        for (k, v) in &self.overrides {
+            s.push_str(&format!("{k} = {}\n", conf_quote(v)));
         }
         s
     }
@@ -266,6 +272,7 @@ mod tests {
             timeline: Some(TargetTimeline::Latest),
             action: Some(TargetAction::Promote),
             disable_archive_command: true,
+            overrides: Vec::new(),
         };
         let text = s.render("pgbk");
         assert_eq!(
