@@ -105,6 +105,19 @@ fn nagios_follows_backup_age_and_a_deleted_catalog_is_rebuilt() {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(pg.home.join(format!("catalog.db{suffix}")));
     }
+    // Item 4 of the fixes issue: a lost catalog is not "no backups, exit 0".
+    let lost = pg.run(&["list-backups", "pg1"]);
+    assert_eq!(lost.code, 1, "{lost:?}");
+    assert!(
+        lost.stderr.contains("run rebuild-catalog pg1") && lost.stderr.contains(&first),
+        "{lost:?}"
+    );
+    let chk = pg.run(&["check", "pg1"]);
+    assert!(
+        chk.stdout
+            .contains("catalog in step with the repository: FAILED"),
+        "{chk:?}"
+    );
     let rebuilt = pg.json(&["rebuild-catalog", "all"]);
     assert_eq!(rebuilt[0]["backups"], 2, "{rebuilt}");
     assert_eq!(pg.json(&["list-backups", "pg1"]), list);

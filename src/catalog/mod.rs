@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod rebuild;
+pub mod rebuild;
 pub use rebuild::{rebuild_server, RebuildError, RebuildSummary, ServerRows};
 mod peer;
 pub use peer::{PeerState, SeqWal};

@@ -14,6 +14,43 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The backups whose folder (with a `backup.json` past STARTED) is in the repository
+/// but that the catalog does not list (`catalog` `None`: there is no catalog at all). A catalog
+/// removed or restored from an older copy would otherwise make `list-backups` print
+/// nothing, or too little, with exit 0.
+pub fn backups_missing_from_catalog(
+    home: &Path,
+    server: &str,
+    catalog: Option<&Catalog>,
+) -> Result<Vec<String>, CatalogError> {
+    let repo = ServerRepo::new(home, server);
+    let Ok(rd) = std::fs::read_dir(repo.backups_dir()) else {
+        return Ok(Vec::new());
+    };
+    let known: std::collections::HashSet<String> = match catalog {
+        Some(c) => c
+            .backups(server)?
+            .into_iter()
+            .map(|b| b.backup_id)
+            .collect(),
+        None => Default::default(),
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|id| is_backup_id(id) && !known.contains(id))
+        // A backup that just started writes backup.json a moment before its row:
+        // only a folder past STARTED is certainly one the catalog lost.
+        .filter(|id| {
+            BackupDir::new(&repo, id)
+                .read_info()
+                .is_ok_and(|b| b.status != crate::backup::BackupStatus::Started)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Why a server's catalog rows could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {

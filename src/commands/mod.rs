@@ -287,7 +287,24 @@ macro_rules! outln {
 /// ([`crate::backup::lifecycle::refresh`]); `None` when the repository has no catalog
 /// yet (so no backup). Read-only verbs never create a repository.
 pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<BackupInfo>)>> {
-    let Some(catalog) = Catalog::open_existing(&ctx.config.home)? else {
+    let home = &ctx.config.home;
+    let catalog = Catalog::open_existing(home)?;
+    let unknown =
+        crate::catalog::rebuild::backups_missing_from_catalog(home, server, catalog.as_ref())?;
+    if !unknown.is_empty() {
+        let what = if catalog.is_some() {
+            "does not list"
+        } else {
+            "is missing, and so does not list"
+        };
+        anyhow::bail!(
+            "server '{server}': the catalog {} {what} {} backup(s) the repository holds ({}): run rebuild-catalog {server}",
+            Catalog::path_in(home).display(),
+            unknown.len(),
+            unknown.join(", ")
+        );
+    }
+    let Some(catalog) = catalog else {
         return Ok(None);
     };
     let list = crate::backup::lifecycle::refresh(&ctx.config.home, server, &catalog)

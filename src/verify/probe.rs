@@ -109,6 +109,9 @@ pub struct LocalState {
     pub gaps: Vec<String>,
     /// Files quarantined in `errors/`.
     pub error_files: u64,
+    /// Backups in the repository that the catalog does not list (it is missing or
+    /// behind: `rebuild-catalog` brings it back).
+    pub backups_not_in_catalog: Vec<String>,
     /// Archived WAL files get-wal found damaged (`errors/<name>.damaged` notes).
     pub damaged_wal: Vec<String>,
     /// Why the repository folders cannot be written (or created); `None` when they can.
@@ -436,7 +439,11 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         ..Default::default()
     };
     incoming_state(&repo, &mut st);
-    let Some(cat) = Catalog::open_existing(home).map_err(|e| e.to_string())? else {
+    let cat = Catalog::open_existing(home).map_err(|e| e.to_string())?;
+    st.backups_not_in_catalog =
+        crate::catalog::rebuild::backups_missing_from_catalog(home, &server.name, cat.as_ref())
+            .map_err(|e| e.to_string())?;
+    let Some(cat) = cat else {
         return Ok(st);
     };
     if server.primary_ssh_command.is_some() {

@@ -142,6 +142,18 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         (st.local.error_files > 0)
             .then(|| format!("{} file(s) in the errors folder", st.local.error_files)),
     ));
+    let unknown = &st.local.backups_not_in_catalog;
+    out.push(item(
+        "catalog in step with the repository",
+        unknown.is_empty(),
+        (!unknown.is_empty()).then(|| {
+            format!(
+                "the catalog does not list backup(s) {}: run rebuild-catalog {}",
+                unknown.join(", "),
+                server.name
+            )
+        }),
+    ));
     if !st.local.damaged_wal.is_empty() {
         let d = &st.local.damaged_wal;
         out.push(item(
