@@ -42,12 +42,14 @@ pub struct ServerArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the configured servers.
+    #[command(visible_alias = "list-server")]
     ListServers {
         /// Names only, one per line.
         #[arg(long)]
         minimal: bool,
     },
     /// Show every setting of a server (passwords masked).
+    #[command(visible_alias = "show-servers")]
     ShowServer(ServerArg),
     /// Check a server's configuration and health ('all' for every server).
     Check {
@@ -63,6 +65,7 @@ pub enum Command {
     /// masked), every server's status and checks, the catalog's schema and row counts.
     Diagnose,
     /// Rebuild a server's catalog rows from its repository files ('all' for every server).
+    #[command(visible_alias = "rebuild-xlogdb")]
     RebuildCatalog(ServerArg),
     /// Force PostgreSQL to close the current WAL segment.
     #[command(visible_alias = "switch-xlog")]
@@ -93,6 +96,7 @@ pub enum Command {
         minimal: bool,
     },
     /// Show everything about one backup.
+    #[command(visible_alias = "show-backups")]
     ShowBackup(BackupRef),
     /// List the files of a backup, or the WAL it needs.
     ListFiles {
@@ -107,6 +111,7 @@ pub enum Command {
     /// Check that every WAL segment a backup needs is archived and readable.
     CheckBackup(BackupRef),
     /// Re-read every stored file of a backup and compare checksums.
+    #[command(visible_alias = "verify")]
     VerifyBackup(BackupRef),
     /// Delete a backup and the WAL no remaining backup needs.
     Delete {

@@ -355,6 +355,12 @@ fn a_killed_backup_is_failed_by_the_next_one_which_is_done_and_a_concurrent_one_
     assert_only_backup_json_left(&pg, &old);
     let rows = assert_catalog_matches_disk(&pg);
     assert_eq!(rows.len(), 2);
+    // Barman's names: `last-failed` is the newest FAILED backup, `show-backups` and
+    // `verify` are aliases.
+    let lf = pg.json(&["show-backups", "pg1", "last-failed"]);
+    assert_eq!(lf["backup_id"], old.as_str(), "{lf}");
+    let v = pg.json(&["verify", "pg1", "latest"]);
+    assert_eq!(v["ok"], true, "{v}");
 }
 
 #[test]

@@ -161,6 +161,9 @@ fn errors_say_each_thing_once_and_are_json_with_format_json() {
     let out = pg.run(&["backup", "pg"]);
     assert_eq!(out.code, 1, "{out:?}");
     once(&out, "Connection refused");
+    // Barman's verb names are aliases (item 11).
+    assert!(pg.ok(&["list-server"]).contains("pg"));
+    assert!(pg.ok(&["show-servers", "pg"]).contains("conninfo"));
     for (args, code, server) in [
         (vec!["--format", "json", "check", "nosuch"], 2, "nosuch"),
         (vec!["--format", "json", "delete", "pg", "latest"], 2, "pg"),

@@ -170,6 +170,12 @@ pub fn resolve(catalog: &Catalog, server: &str, wanted: &str) -> Result<BackupIn
     let found = match wanted {
         "latest" | "last" => done().next_back().cloned(),
         "oldest" | "first" => done().next().cloned(),
+        // Barman's id for the newest FAILED backup.
+        "last-failed" => all
+            .iter()
+            .rev()
+            .find(|b| b.status == BackupStatus::Failed)
+            .cloned(),
         id => all
             .iter()
             .find(|b| b.backup_id == id)
