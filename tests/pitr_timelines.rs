@@ -84,16 +84,19 @@ fn pitr_to_a_restore_point_on_a_standby_timeline_then_recovery_across_it() {
     );
     let backup = p.json(&["backup", "srv"]);
     assert_eq!(backup["status"], "DONE", "{backup}");
-    primary.psql(
-        "create table foo (i int); insert into foo values (1); \
-         select pg_create_restore_point('rp'); insert into foo values (2)",
-    );
+    primary.psql("create table foo (i int); insert into foo values (1)");
+    let rp_segment = primary.psql("select pg_walfile_name(pg_create_restore_point('rp'))");
+    primary.psql("insert into foo values (2)");
     let standby = primary.standby();
     standby.append_conf(&["archive_mode = always"]);
     standby.restart("fast");
     primary.wait_for_catchup(&standby);
     assert_eq!(standby.psql("select max(i) from foo"), "2");
-    // The old primary dies before archiving the segment holding the inserts.
+    // The standby's base backup switched segments, so (unlike in PostgreSQL's test,
+    // where the standby comes from the older backup) timeline 2 forks in a later
+    // segment than the restore point's: that one must come from the primary's
+    // archiving before it dies, or recovery cannot reach 'rp' at all.
+    wait_archived(&primary, &rp_segment);
     primary.stop("immediate");
     standby.promote();
     wait_until(Duration::from_secs(60), "the standby to promote", || {
