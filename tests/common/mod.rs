@@ -16,6 +16,7 @@
 //!   test owned is printed (cargo shows it with the failure).
 #![allow(dead_code, unused_imports)]
 
+pub mod archiving;
 mod cluster;
 pub mod peer;
 mod pgbk;
