@@ -55,7 +55,8 @@ pub enum Command {
     Check {
         /// Server name, or 'all'.
         server: String,
-        /// One Nagios plugin line and exit code (0 OK, 2 CRITICAL).
+        /// Nagios plugin output (status line with perfdata, one line per failed item)
+        /// and exit code (0 OK, 2 CRITICAL, 3 UNKNOWN).
         #[arg(long)]
         nagios: bool,
     },
@@ -84,7 +85,7 @@ pub enum Command {
     },
     /// Stream WAL from a server continuously (runs until SIGTERM/SIGINT).
     ReceiveWal(ReceiveWalArgs),
-    /// Take a base backup of a server.
+    /// Take a base backup of a server ('all' for every active server, one by one).
     Backup(BackupArgs),
     /// List the backups of a server ('all' for every server).
     #[command(visible_alias = "list-backup")]
@@ -152,6 +153,39 @@ pub enum Command {
     SyncInfo(SyncInfoArgs),
     /// Copy backups and WAL from the primary manager of a passive server.
     Replicate(ReplicateArgs),
+    /// Is the server's WAL archive safe for a new or re-initialised PostgreSQL (empty,
+    /// or only timelines below --timeline)?
+    CheckWalArchive {
+        /// Server name.
+        server: String,
+        /// The timeline the new server starts on: files of lower timelines are allowed.
+        #[arg(long, value_name = "TLI")]
+        timeline: Option<u32>,
+    },
+    /// List pgbk's own running jobs of a server (receive-wal, backup, replicate...).
+    ListProcesses(ServerArg),
+    /// Stop one of a server's running pgbk jobs (SIGTERM, then wait for it to end).
+    TerminateProcess {
+        /// Server name.
+        server: String,
+        /// The job, as list-processes names it (receive-wal, backup, archive-wal,
+        /// replicate, retention).
+        task: String,
+    },
+    /// Show the clients streaming from a server (pg_stat_replication) and their lag.
+    ReplicationStatus {
+        /// Server name, or 'all'.
+        server: String,
+        /// Which clients: all, hot-standby (they replay) or wal-streamer (they store).
+        #[arg(long, default_value = "all", value_parser = ["all", "hot-standby", "wal-streamer"])]
+        target: String,
+        /// Application names only, one per line.
+        #[arg(long)]
+        minimal: bool,
+    },
+    /// Write PostgreSQL's backup_manifest for a backup taken without one (rsync), so
+    /// that pg_verifybackup can check a restore of it.
+    GenerateManifest(BackupRef),
 }
 
 /// Options of `put-wal`.
@@ -213,7 +247,7 @@ pub struct BackupRef {
 /// Options of `backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Server name.
+    /// Server name, or 'all'.
     pub server: String,
     /// A name for the backup, usable wherever an id is.
     #[arg(long)]

@@ -116,6 +116,113 @@ impl JobLock {
     }
 }
 
+/// A pgbk job holding one of a server's locks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunningJob {
+    /// The kind of job: the lock file's name without `.lock` (`receive-wal`,
+    /// `backup`, `archive-wal`, `replicate`, `retention`).
+    pub task: String,
+    /// Its process id.
+    pub pid: i32,
+}
+
+/// The jobs holding a lock in `lock_dir` (a server's `lock/` folder), by task name;
+/// empty when the folder does not exist.
+pub fn running_jobs(lock_dir: &Path) -> io::Result<Vec<RunningJob>> {
+    let entries = match std::fs::read_dir(lock_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e?.path();
+        let Some(task) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lock"))
+        else {
+            continue;
+        };
+        if let Some(pid) = JobLock::holder(&path)? {
+            out.push(RunningJob {
+                task: task.to_string(),
+                pid,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.task.cmp(&b.task));
+    Ok(out)
+}
+
+/// Why a job could not be terminated.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminateError {
+    /// No process holds the task's lock.
+    #[error("no {task} process is running")]
+    NotRunning {
+        /// The task asked for.
+        task: String,
+    },
+    /// The holder did not release the lock in time.
+    #[error("{task} (pid {pid}) did not stop within {seconds} s of SIGTERM")]
+    StillRunning {
+        /// The task.
+        task: String,
+        /// Its pid.
+        pid: i32,
+        /// How long we waited.
+        seconds: u64,
+    },
+    /// The lock could not be read or the signal not sent.
+    #[error("{task}: {source}")]
+    Io {
+        /// The task.
+        task: String,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Sends SIGTERM to the process holding `lock_dir/<task>.lock` (a pgbk job stops
+/// cleanly on it: receive-wal flushes, a backup is marked FAILED) and waits up to
+/// `timeout` for the lock to be released; returns the pid.
+pub fn terminate(
+    lock_dir: &Path,
+    task: &str,
+    timeout: std::time::Duration,
+) -> Result<i32, TerminateError> {
+    let io = |source| TerminateError::Io {
+        task: task.to_string(),
+        source,
+    };
+    let path = lock_dir.join(format!("{task}.lock"));
+    let pid = match JobLock::holder(&path).map_err(io)? {
+        Some(pid) if pid > 0 => pid,
+        _ => {
+            return Err(TerminateError::NotRunning {
+                task: task.to_string(),
+            })
+        }
+    };
+    // SAFETY: kill has no memory preconditions; `pid` holds the lock right now.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if JobLock::holder(&path).map_err(io)?.is_none() {
+            return Ok(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(TerminateError::StillRunning {
+        task: task.to_string(),
+        pid,
+        seconds: timeout.as_secs(),
+    })
+}
+
 impl Drop for JobLock {
     fn drop(&mut self) {
         let _ = self.file.set_len(0);
@@ -125,6 +232,28 @@ impl Drop for JobLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_jobs_lists_only_held_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = JobLock::acquire(&dir.path().join("backup.lock"), "a backup").unwrap();
+        drop(JobLock::acquire(&dir.path().join("replicate.lock"), "replicate").unwrap());
+        let jobs = running_jobs(dir.path()).unwrap();
+        assert_eq!(
+            jobs,
+            vec![RunningJob {
+                task: "backup".into(),
+                pid: std::process::id() as i32
+            }]
+        );
+        drop(held);
+        assert!(running_jobs(dir.path()).unwrap().is_empty());
+        assert!(running_jobs(&dir.path().join("none")).unwrap().is_empty());
+        assert!(matches!(
+            terminate(dir.path(), "backup", std::time::Duration::from_millis(10)),
+            Err(TerminateError::NotRunning { .. })
+        ));
+    }
 
     #[test]
     fn second_holder_is_refused_and_named() {

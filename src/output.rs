@@ -70,6 +70,8 @@ pub enum NagiosState {
     Warning,
     /// 2
     Critical,
+    /// 3: the state could not be determined.
+    Unknown,
 }
 
 impl NagiosState {
@@ -79,6 +81,7 @@ impl NagiosState {
             NagiosState::Ok => 0,
             NagiosState::Warning => 1,
             NagiosState::Critical => 2,
+            NagiosState::Unknown => 3,
         }
     }
 
@@ -88,6 +91,7 @@ impl NagiosState {
             NagiosState::Ok => "OK",
             NagiosState::Warning => "WARNING",
             NagiosState::Critical => "CRITICAL",
+            NagiosState::Unknown => "UNKNOWN",
         }
     }
 }

@@ -33,6 +33,20 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     let nag = pg.run(&["check", "pg1", "--nagios"]);
     assert_eq!(nag.code, 0, "{nag:?}");
     assert!(nag.stdout.starts_with("PGBK OK"), "{nag:?}");
+    // Barman's perfdata: the backups' and the archived WAL's bytes.
+    let perf = nag
+        .stdout
+        .trim()
+        .rsplit_once('|')
+        .map(|(_, p)| p.to_string());
+    let perf = perf.unwrap_or_else(|| panic!("no perfdata in {nag:?}"));
+    let wals = perf
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("pg1_wals="))
+        .and_then(|v| v.strip_suffix('B'))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(perf.starts_with("pg1=0B "), "{perf}");
+    assert!(wals.is_some_and(|b| b > 0), "{perf}");
     let js = pg.json(&["check", "pg1"]);
     assert_eq!(js["pg1"]["ok"], true, "{js}");
 
@@ -57,7 +71,16 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     let nag = pg.run(&["check", "all", "--nagios"]);
     assert_eq!(nag.code, 2, "{nag:?}");
     assert!(
-        nag.stdout.starts_with("PGBK CRITICAL") && nag.stdout.contains("receive-wal running"),
+        nag.stdout
+            .starts_with("PGBK CRITICAL - server pg1 has issues * pg1 FAILED: ")
+            && nag.stdout.lines().next().unwrap().contains("receive-wal running|pg1="),
+        "{nag:?}"
+    );
+    // One long-output line per failed item after the status line.
+    let lines: Vec<&str> = nag.stdout.lines().collect();
+    assert!(
+        lines[1..]
+            .contains(&"pg1.receive-wal running: FAILED (no receive-wal process for server 'pg1')"),
         "{nag:?}"
     );
 
@@ -114,4 +137,66 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     let st = pg.json(&["status", "pg1"]);
     assert!(st["rpo"]["bytes"].as_u64().is_some(), "{st}");
     rw.term();
+}
+
+/// Run as a user who cannot read the home: one "permission denied on HOME", the
+/// items that need the repository UNKNOWN (not "0 backups: FAILED", not "OK").
+#[test]
+fn unreadable_home_is_said_once_and_repository_items_are_unknown() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let pg = Pgbk::new();
+    let port = common::free_port();
+    pg.add_server(
+        "pg",
+        &format!("conninfo = host=127.0.0.1 port={port} user=postgres dbname=postgres\nminimum_redundancy = 1\n"),
+    );
+    std::fs::create_dir_all(pg.home.join("pg")).unwrap();
+    let as_other = common::postgres_user();
+    let mode = if as_other.is_some() { 0o700 } else { 0o000 };
+    std::fs::set_permissions(&pg.home, std::fs::Permissions::from_mode(mode)).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = pg.cmd();
+        if let Some((uid, gid)) = as_other {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.args(args).output().expect("run pgbk");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["check", "pg"]);
+    std::fs::set_permissions(&pg.home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("permission denied on HOME").count(), 1, "{out}");
+    for unknown in [
+        "minimum redundancy requirements: UNKNOWN",
+        "failed backups: UNKNOWN",
+        "archived WAL continuity: UNKNOWN",
+        "WAL errors: UNKNOWN",
+    ] {
+        assert!(out.contains(unknown), "missing {unknown:?} in\n{out}");
+    }
+    assert!(
+        out.contains("directories: FAILED (permission denied on HOME"),
+        "{out}"
+    );
+    std::fs::set_permissions(&pg.home, std::fs::Permissions::from_mode(mode)).unwrap();
+    let (code, nag) = run(&["check", "pg", "--nagios"]);
+    let (_, js) = run(&["--format", "json", "check", "pg"]);
+    std::fs::set_permissions(&pg.home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, 2, "{nag}");
+    assert!(
+        nag.contains("pg.minimum redundancy requirements: UNKNOWN"),
+        "{nag}"
+    );
+    let js: serde_json::Value = serde_json::from_str(&js).expect("JSON");
+    let items = js["pg"]["checks"].as_array().expect("checks");
+    let redundancy = items
+        .iter()
+        .find(|i| i["name"] == "minimum redundancy requirements")
+        .expect("item");
+    assert_eq!(redundancy["unknown"], true, "{js}");
+    assert_eq!(redundancy["ok"], false, "{js}");
 }

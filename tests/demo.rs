@@ -45,6 +45,34 @@ fn demo_runs_the_whole_loop_without_configuration_and_cleans_up() {
             "no {line:?} in the summary:\n{stdout}"
         );
     }
+    // Each step's time once, and each event under the step that announces it.
+    let step_of = |needle: &str| -> char {
+        let at = stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{stdout}"));
+        let header = stdout[..at].rfind("/8] ").expect("a step header before it");
+        stdout[..header].chars().last().expect("step number")
+    };
+    assert_eq!(step_of("second marker inserted"), '6', "{stdout}");
+    let titles: Vec<&str> = stdout.lines().filter(|l| l.contains("/8] ")).collect();
+    for t in &titles {
+        assert!(
+            !t.contains("second marker") || t.starts_with("[6/8]"),
+            "a step announces the second marker early: {t}"
+        );
+    }
+    let first = stdout
+        .lines()
+        .find(|l| l.contains("initdb + start"))
+        .expect("step 1's line");
+    let times = first
+        .split_whitespace()
+        .filter(|w| {
+            w.strip_suffix('s')
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+        })
+        .count();
+    assert_eq!(times, 1, "step 1 prints its time twice: {first}");
     let verified = stdout
         .lines()
         .find_map(|l| l.strip_prefix("  Verified rows: "))

@@ -92,6 +92,36 @@ fn nagios_follows_backup_age_and_a_deleted_catalog_is_rebuilt() {
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
     rw.term();
 
+    // The catalog behind on WAL (a row lost, the file older than a minute): named.
+    let newest = pg
+        .archived_segments("pg1")
+        .into_iter()
+        .max()
+        .expect("a segment");
+    let db = rusqlite::Connection::open(pg.home.join("catalog.db")).unwrap();
+    let gone = db
+        .execute(
+            "DELETE FROM wal_files WHERE server = 'pg1' AND name = ?1",
+            [&newest],
+        )
+        .unwrap();
+    assert_eq!(gone, 1);
+    drop(db);
+    let file = walkdir_find(&pg.wals_dir("pg1"), &format!("{newest}.zst"));
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(old))
+        .unwrap();
+    let chk = pg.run(&["check", "pg1"]);
+    assert!(
+        chk.stdout.contains(&format!(
+            "catalog in step with the repository: FAILED (the catalog does not list WAL {newest}: run rebuild-catalog pg1)"
+        )),
+        "{chk:?}"
+    );
+
     // The catalog lost: rebuilt from the repository, the same listings come back.
     let list = pg.json(&["list-backups", "pg1"]);
     let checks: Vec<(i32, String)> = [&first, &second]
@@ -132,6 +162,21 @@ fn nagios_follows_backup_age_and_a_deleted_catalog_is_rebuilt() {
         Some(cluster.system_id().as_str()),
         "{st}"
     );
+}
+
+/// The file called `name` in `dir` or one folder down.
+fn walkdir_find(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.join(name).is_file() {
+                return p.join(name);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return p;
+        }
+    }
+    panic!("{name} not under {}", dir.display());
 }
 
 fn rpo_bytes(pg: &Pgbk) -> u64 {

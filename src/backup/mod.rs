@@ -4,6 +4,7 @@
 pub mod base_backup;
 pub mod info;
 pub mod lifecycle;
+pub mod manifest;
 pub mod rsync;
 pub mod rsync_copy;
 pub mod rsync_index;

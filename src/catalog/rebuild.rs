@@ -51,6 +51,72 @@ pub fn backups_missing_from_catalog(
     Ok(out)
 }
 
+/// Every file under `wals/` (its files and those one folder down), sorted.
+fn archived_wal_paths(repo: &ServerRepo) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(repo.wals_dir()) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if let Ok(sub) = std::fs::read_dir(&p) {
+                    files.extend(sub.flatten().map(|s| s.path()));
+                }
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The WAL files archived for a server, with their names (without `.zst`):
+/// segments, partials and history files under `wals/`, whatever the catalog says.
+fn archived_wal_files(repo: &ServerRepo) -> Vec<(PathBuf, String)> {
+    archived_wal_paths(repo)
+        .into_iter()
+        .filter_map(|p| {
+            let file = p.file_name()?.to_str()?;
+            let name = file.strip_suffix(".zst").unwrap_or(file).to_string();
+            WalFileName::parse(&name, crate::wal::put::MIN_SEG_SIZE)?;
+            Some((p, name))
+        })
+        .collect()
+}
+
+/// The names of the WAL files archived for `server` (see [`archived_wal_files`]).
+pub fn archived_wal_names(home: &Path, server: &str) -> Vec<String> {
+    archived_wal_files(&ServerRepo::new(home, server))
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect()
+}
+
+/// How old an archived WAL file must be before its missing catalog row counts as
+/// lost: archiving renames the file into place a moment before it writes the row.
+pub const WAL_ROW_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The archived WAL files (segments, partials, history files) under `wals/` that
+/// `known` (the catalog's rows of the server) does not list, sorted; files newer
+/// than `grace` ([`WAL_ROW_GRACE`] while a catalog exists) are left out.
+pub fn wal_missing_from_catalog(
+    home: &Path,
+    server: &str,
+    known: &[WalRecord],
+    grace: std::time::Duration,
+) -> Vec<String> {
+    let known: std::collections::HashSet<&str> = known.iter().map(|w| w.name.as_str()).collect();
+    let now = std::time::SystemTime::now();
+    archived_wal_files(&ServerRepo::new(home, server))
+        .into_iter()
+        .filter(|(_, name)| !known.contains(name.as_str()))
+        .filter_map(|(p, name)| {
+            let age = now.duration_since(std::fs::metadata(&p).ok()?.modified().ok()?);
+            age.is_ok_and(|a| a >= grace).then_some(name)
+        })
+        .collect()
+}
+
 /// Why a server's catalog rows could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -156,21 +222,7 @@ pub fn rebuild_server(
     backups.sort_by(|a: &BackupInfo, b| a.backup_id.cmp(&b.backup_id));
 
     // The segment size names segments; the newest backup knows it, else a header does.
-    let wals = repo.wals_dir();
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&wals) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if let Ok(sub) = std::fs::read_dir(&p) {
-                    files.extend(sub.flatten().map(|s| s.path()));
-                }
-            } else {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = archived_wal_paths(&repo);
     let mut seg_size = backups.last().map(|b| b.wal_segment_size);
     let mut identity = None;
     let first_segment = files.iter().find(|p| {

@@ -8,7 +8,7 @@ use crate::backup::take::{take_backup, validate_name, BackupRequest, Outcome, Ta
 use crate::backup::tar_store::StoreOptions;
 use crate::backup::BackupInfo;
 use crate::cli::BackupArgs;
-use crate::config::BackupMethod;
+use crate::config::{BackupMethod, ServerConfig};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::progress::{for_cli, Progress};
@@ -16,9 +16,62 @@ use anyhow::{anyhow, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Runs the verb.
+/// Runs the verb for one server, or with `all` for every active server that is not
+/// a passive copy, one after the other (as Barman's `backup all`): a failure is
+/// reported and the next server still backed up; exit 1 if any failed.
 pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
-    let s = super::server(ctx, &args.server)?;
+    if args.server != "all" {
+        let s = super::server(ctx, &args.server)?;
+        return run_one(ctx, s, args, None);
+    }
+    if args.name.is_some() {
+        return Err(UsageError("backup all: --name names one backup; give a server".into()).into());
+    }
+    let servers: Vec<&ServerConfig> = ctx
+        .config
+        .servers
+        .values()
+        .filter(|s| s.active && s.primary_ssh_command.is_none())
+        .collect();
+    let json = ctx.format == Format::Json;
+    let mut docs = Vec::new();
+    let mut failed = Vec::new();
+    for s in servers {
+        if !json && !ctx.quiet {
+            outln!("Starting backup of server '{}'", s.name)?;
+        }
+        let before = docs.len();
+        let outcome = run_one(ctx, s, args, json.then_some(&mut docs));
+        if let Err(e) = outcome {
+            let message = crate::output::error_line(&e);
+            let error = serde_json::json!({ "message": message });
+            if !json {
+                eprintln!("pgbk: {message}");
+            } else if let Some(doc) = docs.get_mut(before) {
+                // The backup's own document (FAILED, WAITING_FOR_WALS) says why too.
+                doc["error"] = error;
+            } else {
+                docs.push(serde_json::json!({ "server": s.name, "error": error }));
+            }
+            failed.push(s.name.clone());
+        }
+    }
+    if json {
+        print_json(&docs)?;
+    } else if !failed.is_empty() {
+        eprintln!("pgbk: backup failed for server(s) {}", failed.join(", "));
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+/// One server's backup; with `collect`, the JSON document goes there instead of
+/// stdout (`backup all` prints one array).
+fn run_one(
+    ctx: &Context,
+    s: &ServerConfig,
+    args: &BackupArgs,
+    mut collect: Option<&mut Vec<serde_json::Value>>,
+) -> Result<ExitCode> {
     super::replicate::refuse_passive(s, "backup")?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
@@ -88,7 +141,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     progress.finish();
     match result {
         Ok(Outcome::Done(info)) => {
-            show(ctx, &info, None)?;
+            show(ctx, &info, None, collect)?;
             Ok(0)
         }
         Ok(Outcome::WaitingForWals(info)) => {
@@ -96,6 +149,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
                 ctx,
                 &info,
                 Some("the backup becomes DONE once its WAL is archived (receive-wal)"),
+                collect,
             )?;
             Ok(0)
         }
@@ -104,7 +158,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
             missing,
             interrupted,
         }) => {
-            show(ctx, &info, None)?;
+            show(ctx, &info, None, collect.as_deref_mut())?;
             let first = missing.first().map(|m| m.name()).unwrap_or_default();
             let why = if interrupted {
                 "interrupted while waiting for".to_string()
@@ -122,8 +176,10 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
         }
         Err(TakeError::Refused(m)) => Err(UsageError(m).into()),
         Err(TakeError::Failed(info)) => {
-            if ctx.format == Format::Json {
-                print_json(&*info)?;
+            match collect {
+                Some(docs) => docs.push(serde_json::to_value(&*info)?),
+                None if ctx.format == Format::Json => print_json(&*info)?,
+                None => {}
             }
             Err(TakeError::Failed(info).into())
         }
@@ -132,7 +188,16 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
 }
 
 /// The backup as text or JSON.
-fn show(ctx: &Context, info: &BackupInfo, note: Option<&str>) -> Result<()> {
+fn show(
+    ctx: &Context,
+    info: &BackupInfo,
+    note: Option<&str>,
+    collect: Option<&mut Vec<serde_json::Value>>,
+) -> Result<()> {
+    if let Some(docs) = collect {
+        docs.push(serde_json::to_value(info)?);
+        return Ok(());
+    }
     if ctx.format == Format::Json {
         print_json(info)?;
         return Ok(());

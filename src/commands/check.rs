@@ -1,10 +1,11 @@
 //! `check`: judge each server's health item by item; `--nagios` for monitoring.
 
 use super::{runtime, Context, ExitCode};
+use crate::backup::BackupStatus;
 use crate::config::ServerConfig;
 use crate::outln;
 use crate::output::{print_json, Format, NagiosState};
-use crate::verify::probe::probe;
+use crate::verify::probe::{probe, ServerState};
 use crate::verify::server_check::{application_name_item, check_items, CheckItem};
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -18,52 +19,27 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
     };
     let rt = runtime()?;
     let mut results: BTreeMap<String, Vec<CheckItem>> = BTreeMap::new();
+    let mut perfdata = Vec::new();
     for s in &servers {
         let st = rt.block_on(probe(s, &ctx.config.home));
         let mut items = check_items(s, &st);
         let every: Vec<&ServerConfig> = ctx.config.servers.values().collect();
         items.extend(application_name_item(s, &every));
+        if st.local.unreadable.is_none() {
+            perfdata.push(nagios_perfdata(&s.name, &st));
+        }
         results.insert(s.name.clone(), items);
     }
-    let failed: Vec<(&String, Vec<&str>)> = results
+    let failed: Vec<(&String, Vec<&CheckItem>)> = results
         .iter()
-        .map(|(n, items)| {
-            (
-                n,
-                items
-                    .iter()
-                    .filter(|i| !i.ok)
-                    .map(|i| i.name.as_str())
-                    .collect::<Vec<_>>(),
-            )
-        })
+        .map(|(n, items)| (n, items.iter().filter(|i| !i.ok).collect::<Vec<_>>()))
         .filter(|(_, f)| !f.is_empty())
         .collect();
     if nagios {
-        let state = if failed.is_empty() {
-            NagiosState::Ok
-        } else {
-            NagiosState::Critical
-        };
-        let line = if failed.is_empty() {
-            format!(
-                "PGBK {} - Ready to serve {} server(s)",
-                state.label(),
-                results.len()
-            )
-        } else {
-            let parts: Vec<String> = failed
-                .iter()
-                .map(|(n, f)| format!("{n}: {}", f.join(", ")))
-                .collect();
-            format!(
-                "PGBK {} - {} server(s) with failed checks: {}",
-                state.label(),
-                failed.len(),
-                parts.join("; ")
-            )
-        };
-        outln!("{line}")?;
+        let (state, lines) = nagios_report(&results, &failed, &perfdata.join(" "));
+        for line in lines {
+            outln!("{line}")?;
+        }
         return Ok(state.exit_code());
     }
     match ctx.format {
@@ -83,7 +59,7 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
             for (n, items) in &results {
                 outln!("Server {n}:")?;
                 for i in items {
-                    let state = if i.ok { "OK" } else { "FAILED" };
+                    let state = i.state();
                     match &i.hint {
                         Some(h) => outln!("\t{}: {state} ({h})", i.name)?,
                         None => outln!("\t{}: {state}", i.name)?,
@@ -93,4 +69,85 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
         }
     }
     Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+/// Barman's perfdata for one server: its DONE backups' and its archived WAL's bytes
+/// on disk (`pg=1234B pg_wals=5678B`).
+fn nagios_perfdata(server: &str, st: &ServerState) -> String {
+    let backups: u64 = st
+        .local
+        .backups
+        .iter()
+        .filter(|b| b.status == BackupStatus::Done)
+        .map(|b| b.stored_bytes)
+        .sum();
+    format!(
+        "{server}={backups}B {server}_wals={}B",
+        st.local.stored_bytes
+    )
+}
+
+/// The plugin output as Barman lays it out: one status line (summary, `*` between
+/// servers, perfdata after `|`), then one `server.item: FAILED (hint)` line per
+/// failed or unknown item for Nagios' long output.
+fn nagios_report(
+    results: &BTreeMap<String, Vec<CheckItem>>,
+    failed: &[(&String, Vec<&CheckItem>)],
+    perfdata: &str,
+) -> (NagiosState, Vec<String>) {
+    let perf = if perfdata.is_empty() {
+        String::new()
+    } else {
+        format!("|{perfdata}")
+    };
+    if failed.is_empty() {
+        let names: Vec<&str> = results.keys().map(String::as_str).collect();
+        let line = match names.as_slice() {
+            [] => "PGBK OK - No server configured".to_string(),
+            [one] => format!("PGBK OK - Ready to serve backups for {one}{perf}"),
+            many => format!(
+                "PGBK OK - Ready to serve backups for {} servers * {}{perf}",
+                many.len(),
+                many.join(" * ")
+            ),
+        };
+        return (NagiosState::Ok, vec![line]);
+    }
+    let critical = failed.iter().any(|(_, f)| f.iter().any(|i| !i.unknown));
+    let state = if critical {
+        NagiosState::Critical
+    } else {
+        NagiosState::Unknown
+    };
+    let summary: Vec<String> = failed
+        .iter()
+        .map(|(n, f)| {
+            let names: Vec<&str> = f.iter().map(|i| i.name.as_str()).collect();
+            format!("{n} FAILED: {}", names.join(", "))
+        })
+        .collect();
+    let head = if results.len() == 1 {
+        let only = results.keys().next().map(String::as_str).unwrap_or("");
+        format!("server {only} has issues")
+    } else {
+        format!(
+            "{} server(s) out of {} have issues",
+            failed.len(),
+            results.len()
+        )
+    };
+    let mut lines = vec![format!(
+        "PGBK {} - {head} * {}{perf}",
+        state.label(),
+        summary.join(" * ")
+    )];
+    for (n, f) in failed {
+        for i in f {
+            lines.push(match &i.hint {
+                Some(h) => format!("{n}.{}: {} ({h})", i.name, i.state()),
+                None => format!("{n}.{}: {}", i.name, i.state()),
+            });
+        }
+    }
+    (state, lines)
 }

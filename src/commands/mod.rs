@@ -6,20 +6,24 @@ pub mod archive_wal;
 pub mod backup;
 pub mod check;
 pub mod check_backup;
+pub mod check_wal_archive;
 pub mod cron;
 pub mod delete;
 pub mod demo;
 pub mod diagnose;
+pub mod generate_manifest;
 pub mod get_wal;
 pub mod keep;
 pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
+pub mod processes;
 pub mod put_wal;
 pub mod rebuild_catalog;
 pub mod receive_wal;
 pub mod recover;
 pub mod replicate;
+pub mod replication_status;
 pub mod show_backup;
 pub mod show_server;
 pub mod status;
@@ -144,6 +148,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::ArchiveWal(a) => archive_wal::run(&ctx, &a.server),
         Command::SyncInfo(a) => sync_info::run(&ctx, &a),
         Command::Replicate(a) => replicate::run(&ctx, &a),
+        Command::CheckWalArchive { server, timeline } => {
+            check_wal_archive::run(&ctx, &server, timeline)
+        }
+        Command::ListProcesses(a) => processes::list(&ctx, &a.server),
+        Command::TerminateProcess { server, task } => processes::terminate(&ctx, &server, &task),
+        Command::ReplicationStatus {
+            server,
+            target,
+            minimal,
+        } => replication_status::run(&ctx, &server, &target, minimal),
+        Command::GenerateManifest(r) => generate_manifest::run(&ctx, &r.server, &r.backup_id),
     }
 }
 

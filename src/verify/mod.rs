@@ -7,3 +7,5 @@ pub mod probe;
 pub mod rto;
 pub mod server_check;
 pub mod ssh_check;
+pub mod standbys;
+pub mod wal_archive;

@@ -65,11 +65,7 @@ pub fn peer_status(server: &ServerConfig, catalog: &Catalog, now: DateTime<Utc>)
 }
 
 fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
-    CheckItem {
-        name: name.to_string(),
-        ok,
-        hint,
-    }
+    CheckItem::new(name, ok, hint)
 }
 
 /// The items `check` judges for a passive server (the repository items are added by

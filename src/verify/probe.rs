@@ -112,10 +112,16 @@ pub struct LocalState {
     /// Backups in the repository that the catalog does not list (it is missing or
     /// behind: `rebuild-catalog` brings it back).
     pub backups_not_in_catalog: Vec<String>,
+    /// Archived WAL files the catalog does not list (older than a minute).
+    pub wal_not_in_catalog: Vec<String>,
     /// Archived WAL files get-wal found damaged (`errors/<name>.damaged` notes).
     pub damaged_wal: Vec<String>,
     /// Why the repository folders cannot be written (or created); `None` when they can.
     pub not_writable: Option<String>,
+    /// Why the repository (home, the server's folder, the catalog) could not be read;
+    /// every figure that comes from it is then unknown, not zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// The newest position safely on the backup host.
     pub safe_lsn: Option<Lsn>,
     /// When WAL last arrived.
@@ -428,8 +434,28 @@ pub fn archived_history(repo: &ServerRepo, files: &[WalRecord]) -> (TimeLineId, 
     (newest, parse_history(&content).unwrap_or_default())
 }
 
+/// Fails, with one line a DBA can act on, when `home` or the server's folder exists
+/// but cannot be listed (pgbk run as a user that does not own the repository).
+fn readable(repo: &ServerRepo, home: &Path) -> Result<(), String> {
+    for (dir, what) in [(home, "HOME"), (repo.root(), "the server's folder")] {
+        match std::fs::read_dir(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(format!(
+                    "permission denied on {what} {}: run pgbk as the user that owns it",
+                    dir.display()
+                ))
+            }
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Ok(())
+}
+
 fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String> {
     let repo = ServerRepo::new(home, &server.name);
+    readable(&repo, home)?;
     let mut st = LocalState {
         not_writable: writable(&repo, home).err(),
         disk: DiskSpace::of(home),
@@ -444,6 +470,12 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         crate::catalog::rebuild::backups_missing_from_catalog(home, &server.name, cat.as_ref())
             .map_err(|e| e.to_string())?;
     let Some(cat) = cat else {
+        st.wal_not_in_catalog = crate::catalog::rebuild::wal_missing_from_catalog(
+            home,
+            &server.name,
+            &[],
+            Duration::ZERO,
+        );
         return Ok(st);
     };
     if server.primary_ssh_command.is_some() {
@@ -458,6 +490,12 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     }
     let seg_size = st.wal_segment_size.unwrap_or(16 << 20);
     let files = cat.wal_files(&server.name).map_err(|e| e.to_string())?;
+    st.wal_not_in_catalog = crate::catalog::rebuild::wal_missing_from_catalog(
+        home,
+        &server.name,
+        &files,
+        crate::catalog::rebuild::WAL_ROW_GRACE,
+    );
     let mut complete = Vec::new();
     for f in &files {
         match f.kind {
@@ -581,7 +619,7 @@ pub async fn probe_without_ssh(server: &ServerConfig, home: &Path) -> ServerStat
         tokio::join!(sql_state(server), streaming_state(server))
     };
     let local = local_state(server, home).unwrap_or_else(|e| LocalState {
-        not_writable: Some(e),
+        unreadable: Some(e),
         disk: DiskSpace::of(home),
         ..Default::default()
     });

@@ -17,19 +17,50 @@ pub const DISK_MIN_FREE_RATIO: f64 = 0.02;
 pub struct CheckItem {
     /// What was checked, as `check` prints it.
     pub name: String,
-    /// Passed.
+    /// Passed (false when failed or unknown).
     pub ok: bool,
+    /// Could not be judged (what it depends on could not be read): neither passed
+    /// nor failed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
     /// Why it failed, or a detail worth showing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
 }
 
-fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
-    CheckItem {
-        name: name.to_string(),
-        ok,
-        hint,
+impl CheckItem {
+    /// A judged item.
+    pub fn new(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
+        CheckItem {
+            name: name.to_string(),
+            ok,
+            unknown: false,
+            hint,
+        }
     }
+
+    /// An item that could not be judged, with why.
+    pub fn unknown(name: &str, why: &str) -> CheckItem {
+        CheckItem {
+            name: name.to_string(),
+            ok: false,
+            unknown: true,
+            hint: Some(why.to_string()),
+        }
+    }
+
+    /// `OK`, `FAILED` or `UNKNOWN`, as `check` prints it.
+    pub fn state(&self) -> &'static str {
+        match (self.ok, self.unknown) {
+            (true, _) => "OK",
+            (false, true) => "UNKNOWN",
+            (false, false) => "FAILED",
+        }
+    }
+}
+
+fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
+    CheckItem::new(name, ok, hint)
 }
 
 /// Judges the probe of a server.
@@ -38,7 +69,7 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         // A passive server: the copy's freshness instead of PostgreSQL items.
         let mut out = super::peer_check::peer_items(server, st);
         out.extend(repository_items(server, st));
-        return out;
+        return unknown_without_repository(out, st);
     }
     let mut out = Vec::new();
     match &st.sql {
@@ -142,18 +173,7 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         (st.local.error_files > 0)
             .then(|| format!("{} file(s) in the errors folder", st.local.error_files)),
     ));
-    let unknown = &st.local.backups_not_in_catalog;
-    out.push(item(
-        "catalog in step with the repository",
-        unknown.is_empty(),
-        (!unknown.is_empty()).then(|| {
-            format!(
-                "the catalog does not list backup(s) {}: run rebuild-catalog {}",
-                unknown.join(", "),
-                server.name
-            )
-        }),
-    ));
+    out.push(catalog_item(server, st));
     if !st.local.damaged_wal.is_empty() {
         let d = &st.local.damaged_wal;
         out.push(item(
@@ -168,7 +188,73 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
     }
     out.extend(super::ssh_check::ssh_items(server, st));
     out.extend(repository_items(server, st));
-    out
+    unknown_without_repository(out, st)
+}
+
+/// Items judged from what the repository holds: when it could not be read they are
+/// unknown (an unreadable catalog is not "0 backups").
+const FROM_REPOSITORY: &[&str] = &[
+    "systemid coherence",
+    "receive-wal running",
+    "archived WAL continuity",
+    "WAL errors",
+    "catalog in step with the repository",
+    "archived WAL integrity",
+    "failed backups",
+    "minimum redundancy requirements",
+    "backup maximum age",
+    "wal maximum age",
+    "replication from primary",
+];
+
+/// With an unreadable repository: its reason once, on the `directories` item, and
+/// every item in [`FROM_REPOSITORY`] unknown.
+fn unknown_without_repository(items: Vec<CheckItem>, st: &ServerState) -> Vec<CheckItem> {
+    let Some(why) = &st.local.unreadable else {
+        return items;
+    };
+    items
+        .into_iter()
+        .map(|i| {
+            if i.name == "directories" {
+                item("directories", false, Some(why.clone()))
+            } else if FROM_REPOSITORY.contains(&i.name.as_str()) {
+                CheckItem::unknown(&i.name, "the repository could not be read")
+            } else {
+                i
+            }
+        })
+        .collect()
+}
+
+/// FAILED when the repository holds backups or WAL the catalog does not list (it was
+/// lost or restored from an older copy).
+fn catalog_item(server: &ServerConfig, st: &ServerState) -> CheckItem {
+    let backups = &st.local.backups_not_in_catalog;
+    let wal = &st.local.wal_not_in_catalog;
+    let mut missing = Vec::new();
+    if !backups.is_empty() {
+        missing.push(format!("backup(s) {}", backups.join(", ")));
+    }
+    if !wal.is_empty() {
+        let more = match wal.len() {
+            n if n > 3 => format!(" and {} more", n - 3),
+            _ => String::new(),
+        };
+        let shown: Vec<&str> = wal.iter().take(3).map(String::as_str).collect();
+        missing.push(format!("WAL {}{more}", shown.join(", ")));
+    }
+    item(
+        "catalog in step with the repository",
+        missing.is_empty(),
+        (!missing.is_empty()).then(|| {
+            format!(
+                "the catalog does not list {}: run rebuild-catalog {}",
+                missing.join(" nor "),
+                server.name
+            )
+        }),
+    )
 }
 
 fn age_seconds(now: DateTime<Utc>, t: DateTime<Utc>) -> f64 {

@@ -223,11 +223,7 @@ pub fn probe_ssh(ssh_command: &str, data_directory: Option<&str>) -> SshState {
 }
 
 fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
-    CheckItem {
-        name: name.to_string(),
-        ok,
-        hint,
-    }
+    CheckItem::new(name, ok, hint)
 }
 
 fn when(t: Option<DateTime<Utc>>) -> String {

@@ -1,0 +1,230 @@
+//! PostgreSQL's `backup_manifest` for a backup that was taken without one (rsync
+//! backups: `pg_backup_start`/`pg_backup_stop` produce none), so that
+//! `pg_verifybackup` can check a restore of it as it checks a streamed backup's.
+//!
+//! Every file is re-read from the repository and its recorded size and BLAKE3
+//! checked before its SHA-256 goes into the manifest: a manifest never vouches for
+//! bytes pgbk did not verify. Written streaming (bounded memory whatever the file
+//! count) through a temporary name, fsynced, then renamed.
+
+use super::info::{BackupInfo, FileEntry, FileKind};
+use super::BackupDir;
+use crate::repo::compress::hash_copy;
+use crate::repo::durable::AtomicFile;
+use chrono::{TimeZone, Utc};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+
+/// Files hashed in parallel at a time.
+const BATCH: usize = 256;
+
+/// Why a manifest could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The backup already has one (PostgreSQL's own, or an earlier generated one).
+    #[error("backup {0} already has a backup_manifest")]
+    Exists(String),
+    /// The backup is not DONE.
+    #[error("backup {id} is {status}, not DONE")]
+    NotDone {
+        /// Backup id.
+        id: String,
+        /// Its status.
+        status: String,
+    },
+    /// A stored file does not match what files.jsonl recorded.
+    #[error("{path} does not match its recorded {what}: run verify-backup; no manifest written")]
+    Mismatch {
+        /// The file, as PostgreSQL names it.
+        path: String,
+        /// `size` or `checksum`.
+        what: &'static str,
+    },
+    /// files.jsonl is wrong or a file could not be read or the manifest written.
+    #[error(transparent)]
+    Backup(#[from] super::BackupError),
+    /// A stored file could not be read, or the manifest written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ManifestReport {
+    /// Files listed.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The manifest's own size.
+    pub manifest_bytes: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A writer that feeds SHA-256 and discards.
+struct Sha256Sink(Sha256);
+
+impl Write for Sha256Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The path PostgreSQL's manifest gives a files.jsonl entry.
+fn manifest_path(e: &FileEntry) -> String {
+    match e.tablespace {
+        Some(oid) => format!("pg_tblspc/{oid}/{}", e.path),
+        None => e.path.clone(),
+    }
+}
+
+/// The manifest line of one file, after checking its stored bytes.
+fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestError> {
+    let path = manifest_path(e);
+    let object = e
+        .object
+        .as_deref()
+        .and_then(crate::restore::files::safe_relative)
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or(ManifestError::Mismatch {
+            path: path.clone(),
+            what: "object name",
+        })?;
+    let stored = dir.root().join(object);
+    let io = |source| ManifestError::Io {
+        path: stored.clone(),
+        source,
+    };
+    let file = BufReader::new(File::open(&stored).map_err(io)?);
+    let reader: Box<dyn Read> = match e.compression.as_deref() {
+        Some("none") => Box::new(file),
+        _ => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
+    };
+    let mut sha = Sha256Sink(Sha256::new());
+    let (size, blake3) = hash_copy(reader, &mut sha).map_err(io)?;
+    if size != e.size {
+        return Err(ManifestError::Mismatch { path, what: "size" });
+    }
+    if e.checksum.as_deref() != Some(blake3.as_str()) {
+        return Err(ManifestError::Mismatch {
+            path,
+            what: "checksum",
+        });
+    }
+    let modified = Utc
+        .timestamp_opt(e.mtime, 0)
+        .single()
+        .unwrap_or_default()
+        .format("%Y-%m-%d %H:%M:%S GMT");
+    let json_path = serde_json::to_string(&path).unwrap_or_else(|_| format!("\"{path}\""));
+    Ok((
+        format!(
+            "{{ \"Path\": {json_path}, \"Size\": {size}, \"Last-Modified\": \"{modified}\", \"Checksum-Algorithm\": \"SHA256\", \"Checksum\": \"{}\" }}",
+            hex(&sha.0.finalize())
+        ),
+        size,
+    ))
+}
+
+/// Writes `backup_manifest` for a DONE backup that has none; the caller records
+/// `has_manifest` in backup.json and the catalog.
+pub fn generate_manifest(
+    dir: &BackupDir,
+    info: &BackupInfo,
+) -> Result<ManifestReport, ManifestError> {
+    if info.has_manifest || dir.manifest_path().exists() {
+        return Err(ManifestError::Exists(info.backup_id.clone()));
+    }
+    if info.status != super::BackupStatus::Done {
+        return Err(ManifestError::NotDone {
+            id: info.backup_id.clone(),
+            status: info.status.to_string(),
+        });
+    }
+    let dest = dir.manifest_path();
+    let io = |source| ManifestError::Io {
+        path: dest.clone(),
+        source,
+    };
+    let mut out = AtomicFile::create(&dest).map_err(io)?;
+    let mut whole = Sha256::new();
+    let mut emit = |text: &str, out: &mut AtomicFile| -> io::Result<()> {
+        whole.update(text.as_bytes());
+        out.write_all(text.as_bytes())
+    };
+    let head = if info.server_version >= 170000 {
+        format!(
+            "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {},\n\"Files\": [",
+            info.system_id.0
+        )
+    } else {
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [".to_string()
+    };
+    emit(&head, &mut out).map_err(io)?;
+    let mut report = ManifestReport {
+        files: 0,
+        bytes: 0,
+        manifest_bytes: 0,
+    };
+    let mut entries = dir.files()?;
+    let mut batch: Vec<FileEntry> = Vec::with_capacity(BATCH);
+    loop {
+        let next = entries.next().transpose()?;
+        let end = next.is_none();
+        // pg_wal's contents are never in a manifest (pg_verifybackup ignores pg_wal).
+        if let Some(e) = next.filter(|e| {
+            e.kind == FileKind::File && !(e.tablespace.is_none() && e.path.starts_with("pg_wal/"))
+        }) {
+            batch.push(e);
+        }
+        if batch.len() >= BATCH || (end && !batch.is_empty()) {
+            let lines: Vec<(String, u64)> = batch
+                .par_iter()
+                .map(|e| file_line(dir, e))
+                .collect::<Result<_, _>>()?;
+            let mut text = String::new();
+            for (line, size) in lines {
+                text.push_str(if report.files == 0 { "\n" } else { ",\n" });
+                text.push_str(&line);
+                report.files += 1;
+                report.bytes += size;
+            }
+            emit(&text, &mut out).map_err(io)?;
+            batch.clear();
+        }
+        if end {
+            break;
+        }
+    }
+    let (Some(start), Some(end)) = (info.begin_lsn, info.end_lsn) else {
+        return Err(ManifestError::Mismatch {
+            path: "backup.json".into(),
+            what: "begin and end LSN",
+        });
+    };
+    let tail = format!(
+        "\n],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {}, \"Start-LSN\": \"{start}\", \"End-LSN\": \"{end}\" }}\n],\n",
+        info.end_timeline.unwrap_or(info.timeline).0
+    );
+    emit(&tail, &mut out).map_err(io)?;
+    // The checksum covers everything up to and including the newline before its line.
+    let last = format!("\"Manifest-Checksum\": \"{}\"}}\n", hex(&whole.finalize()));
+    out.write_all(last.as_bytes()).map_err(io)?;
+    out.commit().map_err(io)?;
+    report.manifest_bytes = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    Ok(report)
+}
