@@ -545,3 +545,58 @@ fn no_wait_leaves_it_waiting_for_wals_until_receive_wal_archives_them() {
     let rows = assert_catalog_matches_disk(&pg);
     assert!(rows.iter().all(|b| b.status.as_str() == "DONE"), "{rows:?}");
 }
+
+/// `backup all` (Barman's): every active server in turn; one that cannot be reached
+/// is reported in one line naming it and does not stop the others; exit 1.
+#[test]
+fn backup_all_backs_up_each_active_server_and_names_the_one_that_fails() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    let pg = Pgbk::new();
+    configure(&pg, &cluster, "");
+    let port = common::free_port();
+    let down = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    pg.add_server(
+        "down",
+        &format!(
+            "conninfo = {down}\nstreaming_conninfo = %(conninfo)s\nbackup_method = postgres\n"
+        ),
+    );
+    pg.add_server(
+        "off",
+        &format!("active = off\nconninfo = {down}\nbackup_method = postgres\n"),
+    );
+    let out = pg.run(&["backup", "all", "--no-wait", "--format", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let docs: Value = serde_json::from_str(&out.stdout).expect("one JSON array");
+    let docs = docs.as_array().expect("array");
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    let failed = docs.iter().find(|d| d["server"] == "down").expect("down");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'down'")),
+        "{failed}"
+    );
+    let taken = docs.iter().find(|d| d["server"] == "pg1").expect("pg1");
+    assert_eq!(taken["status"], "WAITING_FOR_WALS", "{taken}");
+
+    let text = pg.run(&["backup", "all", "--no-wait"]);
+    assert_eq!(text.code, 1, "{text:?}");
+    assert!(
+        text.stdout.contains("Starting backup of server 'pg1'")
+            && !text.stdout.contains("server 'off'"),
+        "{text:?}"
+    );
+    let errors: Vec<&str> = text
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("pgbk: "))
+        .collect();
+    assert_eq!(errors.len(), 2, "{text:?}");
+    assert!(errors[0].contains("'down'"), "{text:?}");
+    assert_eq!(errors[1], "pgbk: backup failed for server(s) down");
+    assert_eq!(
+        pg.json(&["list-backups", "pg1"]).as_array().map(Vec::len),
+        Some(2)
+    );
+}

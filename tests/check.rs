@@ -73,7 +73,12 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     assert!(
         nag.stdout
             .starts_with("PGBK CRITICAL - server pg1 has issues * pg1 FAILED: ")
-            && nag.stdout.lines().next().unwrap().contains("receive-wal running|pg1="),
+            && nag
+                .stdout
+                .lines()
+                .next()
+                .unwrap()
+                .contains("receive-wal running|pg1="),
         "{nag:?}"
     );
     // One long-output line per failed item after the status line.
@@ -199,4 +204,72 @@ fn unreadable_home_is_said_once_and_repository_items_are_unknown() {
         .expect("item");
     assert_eq!(redundancy["unknown"], true, "{js}");
     assert_eq!(redundancy["ok"], false, "{js}");
+}
+
+/// Barman's verbs around a running setup: list-processes / terminate-process find
+/// and stop pgbk's own receive-wal, replication-status shows it as a WAL streamer
+/// with its lag, and check-wal-archive refuses an archive that holds WAL.
+#[test]
+fn processes_replication_status_and_wal_archive_check() {
+    let cluster = Cluster::new(ClusterOptions::default());
+    let pg = Pgbk::new();
+    pg.streaming_server("pg1", &cluster);
+    let empty = pg.run(&["check-wal-archive", "pg1"]);
+    assert_eq!(empty.code, 0, "{empty:?}");
+    assert!(empty.stdout.contains("safe (empty)"), "{empty:?}");
+    let none = pg.ok(&["list-processes", "pg1"]);
+    assert!(none.contains("No pgbk process"), "{none}");
+
+    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&cluster);
+    pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
+
+    let procs = pg.json(&["list-processes", "pg1"]);
+    let list = procs["processes"].as_array().expect("processes");
+    assert!(
+        list.iter()
+            .any(|p| p["task"] == "receive-wal" && p["pid"] == rw.pid()),
+        "{procs}"
+    );
+
+    let rs = pg.json(&["replication-status", "pg1"]);
+    let clients = rs["standbys"].as_array().expect("standbys");
+    let me = clients
+        .iter()
+        .find(|c| c["application_name"] == "pgbk_receive_wal")
+        .unwrap_or_else(|| panic!("pgbk's receive-wal not among {rs}"));
+    assert_eq!(me["kind"], "WAL streamer", "{rs}");
+    assert!(me["flush_lag_bytes"].as_u64().is_some(), "{rs}");
+    assert!(rs["current_lsn"].is_string(), "{rs}");
+    let hot = pg.json(&["replication-status", "pg1", "--target", "hot-standby"]);
+    assert_eq!(hot["standbys"].as_array().map(Vec::len), Some(0), "{hot}");
+    let minimal = pg.ok(&["replication-status", "pg1", "--minimal"]);
+    assert_eq!(minimal.trim(), "pgbk_receive_wal", "{minimal}");
+    let text = pg.ok(&["replication-status", "pg1"]);
+    assert!(
+        text.contains("WAL streamer") && text.contains("Flush LSN"),
+        "{text}"
+    );
+
+    // The archive holds timeline 1: unsafe for a new server, safe from timeline 2.
+    let used = pg.run(&["check-wal-archive", "pg1"]);
+    assert_eq!(used.code, 1, "{used:?}");
+    assert!(
+        used.stdout.contains("NOT safe") && used.stdout.contains("000000010000000000000001"),
+        "{used:?}"
+    );
+    let later = pg.json(&["check-wal-archive", "pg1", "--timeline", "2"]);
+    assert_eq!(later["safe"], true, "{later}");
+
+    let stopped = pg.ok(&["terminate-process", "pg1", "receive-wal"]);
+    assert!(stopped.contains(&format!("pid {}", rw.pid())), "{stopped}");
+    assert!(!rw.is_running());
+    let again = pg.run(&["terminate-process", "pg1", "receive-wal"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again
+            .stderr
+            .contains("server 'pg1': no receive-wal process is running"),
+        "{again:?}"
+    );
 }

@@ -233,10 +233,40 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
     pg.ok(&["check-backup", "pg1", &id1]);
     pg.ok(&["verify-backup", "pg1", &id1]);
 
+    // generate-manifest: PostgreSQL's manifest for it, which verify-backup then
+    // checks and pg_verifybackup accepts on the restored directory; not twice.
+    let gen = pg.json(&["generate-manifest", "pg1", &id1]);
+    assert!(gen["files"].as_u64().unwrap() > 500, "{gen}");
+    let shown = pg.json(&["show-backup", "pg1", &id1]);
+    assert_eq!(shown["has_manifest"], true, "{shown}");
+    let verified = pg.ok(&["verify-backup", "pg1", &id1]);
+    assert!(
+        verified.contains("of backup_manifest present"),
+        "{verified}"
+    );
+    let twice = pg.run(&["generate-manifest", "pg1", &id1]);
+    assert_eq!(twice.code, 1, "{twice:?}");
+    assert!(
+        twice.stderr.contains("already has a backup_manifest"),
+        "{twice:?}"
+    );
+
     // A recovery from the backup taken under load has the rows committed after it.
     let history = cluster.psql("select count(*) from pgbench_history");
     archive_now(&pg);
-    let (dir, _) = recover_into(&pg, &id1);
+    let (dir, data) = recover_into(&pg, &id1);
+    // recover relocated tablespace ts and rewrote tablespace_map to say so.
+    let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_verifybackup")
+        .args(["-n", "-i", "pgbk_wal", "-i", "tablespace_map"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup on the restore of {id1}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = start_recovered(dir);
     assert_eq!(markers(&r), "after-b1", "{}", r.log_tail(40));
     assert_eq!(r.psql("select count(*) from pgbench_history"), history);

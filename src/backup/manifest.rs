@@ -228,3 +228,97 @@ pub fn generate_manifest(
     report.manifest_bytes = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::BackupStatus;
+    use crate::repo::ServerRepo;
+    use crate::wal::{Lsn, SystemId, TimeLineId};
+
+    /// A DONE rsync-style backup with plain files `files` (path, content, recorded
+    /// content), begin and end LSN set.
+    fn backup(root: &std::path::Path, files: &[(&str, &[u8], &[u8])]) -> (BackupDir, BackupInfo) {
+        let repo = ServerRepo::new(root, "pg1");
+        let dir = BackupDir::new(&repo, "20260101T000000");
+        std::fs::create_dir_all(dir.data_dir()).unwrap();
+        let mut list = String::new();
+        for (path, content, recorded) in files {
+            std::fs::write(dir.data_dir().join(path), content).unwrap();
+            let e = FileEntry {
+                path: path.to_string(),
+                tablespace: None,
+                kind: FileKind::File,
+                mode: 0o600,
+                mtime: 1_700_000_000,
+                size: recorded.len() as u64,
+                checksum: Some(blake3::hash(recorded).to_hex().to_string()),
+                object: Some(format!("data/{path}")),
+                compression: Some("none".into()),
+                stored_size: content.len() as u64,
+                stored_checksum: None,
+                target: None,
+            };
+            list.push_str(&serde_json::to_string(&e).unwrap());
+            list.push('\n');
+        }
+        std::fs::write(dir.files_path(), list).unwrap();
+        let info = BackupInfo {
+            status: BackupStatus::Done,
+            server_version: 150000,
+            system_id: SystemId(7),
+            timeline: TimeLineId(1),
+            begin_lsn: Some(Lsn(0x2000028)),
+            end_lsn: Some(Lsn(0x2000100)),
+            ..BackupInfo::new("20260101T000000", "pg1", Utc::now())
+        };
+        (dir, info)
+    }
+
+    #[test]
+    fn manifest_lists_files_with_sha256_and_its_checksum_covers_all_but_the_last_line() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, info) = backup(root.path(), &[("PG_VERSION", b"15\n", b"15\n")]);
+        let r = generate_manifest(&dir, &info).unwrap();
+        assert_eq!((r.files, r.bytes), (1, 3));
+        let text = std::fs::read_to_string(dir.manifest_path()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Files"][0]["Path"], "PG_VERSION");
+        assert_eq!(
+            v["Files"][0]["Checksum"],
+            hex(&Sha256::digest(b"15\n")),
+            "{text}"
+        );
+        assert_eq!(v["WAL-Ranges"][0]["Start-LSN"], "0/2000028");
+        let cut = text[..text.len() - 1].rfind('\n').unwrap() + 1;
+        assert_eq!(
+            v["Manifest-Checksum"],
+            hex(&Sha256::digest(&text.as_bytes()[..cut]))
+        );
+        assert!(matches!(
+            generate_manifest(&dir, &info),
+            Err(ManifestError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_that_differs_from_files_jsonl_leaves_no_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, info) = backup(
+            root.path(),
+            &[("PG_VERSION", b"15\n", b"15\n"), ("a", b"xyz", b"xyw")],
+        );
+        let e = generate_manifest(&dir, &info).unwrap_err();
+        assert!(
+            matches!(&e, ManifestError::Mismatch { path, what: "checksum" } if path == "a"),
+            "{e}"
+        );
+        assert!(!dir.manifest_path().exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.root())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
