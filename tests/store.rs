@@ -213,3 +213,102 @@ fn s3_failures_are_one_error_naming_the_store() {
     assert!(e.contains("no S3 credentials"), "{e}");
     assert!(!ACCESS_KEY.is_empty());
 }
+
+/// `repository = s3://...` and the `s3_*` options: shown with the secret masked,
+/// judged by `check` (reachable, credentials, a write test), refused with one line
+/// by the verbs that do not use the storage layer yet, and bad values refused at
+/// load naming the option.
+#[test]
+fn an_s3_repository_is_configured_shown_masked_and_checked() {
+    use common::seaweed::SECRET_KEY;
+    let sw = SeaweedFs::start();
+    let pg = common::Pgbk::new();
+    let port = common::free_port();
+    let base = format!(
+        "conninfo = host=127.0.0.1 port={port} user=postgres dbname=postgres\n\
+         repository = s3://pgbk/servers\ns3_endpoint = {}\ns3_access_key_id = {ACCESS_KEY}\n",
+        sw.endpoint()
+    );
+    pg.add_server(
+        "pg",
+        &format!("{base}s3_secret_access_key = {SECRET_KEY}\n"),
+    );
+    pg.add_server(
+        "bad",
+        &format!("{base}s3_secret_access_key = not-the-secret-at-all\n"),
+    );
+
+    let shown = pg.ok(&["show-server", "pg"]);
+    assert!(shown.contains("s3://pgbk/servers"), "{shown}");
+    assert!(!shown.contains(SECRET_KEY), "secret shown: {shown}");
+    let js = pg.ok(&["--format", "json", "show-server", "pg"]);
+    assert!(!js.contains(SECRET_KEY), "secret in JSON: {js}");
+
+    let out = pg.run(&["check", "pg"]);
+    assert!(
+        out.stdout.contains(&format!(
+            "repository: OK (s3://pgbk/servers at {}: reachable, write test passed)",
+            sw.endpoint()
+        )),
+        "{out:?}"
+    );
+    let out = pg.run(&["check", "bad"]);
+    assert!(
+        out.stdout.contains("repository: FAILED (") && out.stdout.contains("access denied"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("not-the-secret-at-all"), "{out:?}");
+    let diag = pg.run(&["diagnose"]);
+    assert!(
+        !diag.stdout.contains(SECRET_KEY) && !diag.stdout.contains("not-the-secret-at-all"),
+        "secret in diagnose"
+    );
+
+    // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
+    for verb in [
+        &["list-backups", "pg"][..],
+        &["backup", "pg"],
+        &["receive-wal", "pg"],
+    ] {
+        let o = pg.run(verb);
+        assert_eq!(o.code, 2, "{verb:?}: {o:?}");
+        let lines: Vec<&str> = o
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("pgbk:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{o:?}");
+        assert!(
+            lines[0].contains("server 'pg': repository = s3://pgbk/servers"),
+            "{o:?}"
+        );
+    }
+
+    // Bad values: refused at load, naming the option.
+    for (line, option) in [
+        ("repository = s3://Bad_Bucket/x", "repository"),
+        (
+            "repository = s3://pgbk/x\ns3_endpoint = ftp://host",
+            "s3_endpoint",
+        ),
+        (
+            "repository = s3://pgbk/x\ns3_url_style = sideways",
+            "s3_url_style",
+        ),
+        (
+            "repository = s3://pgbk/x\ns3_access_key_id = K",
+            "s3_access_key_id",
+        ),
+    ] {
+        pg.add_server(
+            "broken",
+            &format!("conninfo = host=127.0.0.1 port={port}\n{line}\n"),
+        );
+        let o = pg.run(&["show-server", "broken"]);
+        assert_eq!(o.code, 2, "{line}: {o:?}");
+        assert!(
+            o.stderr.contains(&format!("'{option}'")) || o.stderr.contains(option),
+            "{line}: {o:?}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
     let servers: Vec<&ServerConfig> = if target == "all" {
         ctx.config.servers.values().filter(|s| s.active).collect()
     } else {
-        vec![super::server(ctx, target)?]
+        vec![super::server_config(ctx, target)?]
     };
     let rt = runtime()?;
     let mut results: BTreeMap<String, Vec<CheckItem>> = BTreeMap::new();

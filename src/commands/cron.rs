@@ -121,7 +121,8 @@ fn pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Res
     let mut failed = false;
     for s in ctx.config.servers.values().filter(|s| s.active) {
         let before = actions.len();
-        let result = server_pass(ctx, s, keep_descriptors, children, &mut actions);
+        let result = super::refuse_object_storage(s)
+            .and_then(|()| server_pass(ctx, s, keep_descriptors, children, &mut actions));
         failed |= actions[before..].iter().any(|a| a.action == "error");
         if let Err(e) = result {
             tracing::error!(server = s.name.as_str(), "cron: {e:#}");

@@ -59,6 +59,13 @@ pub fn run(ctx: &Context) -> Result<ExitCode> {
     let mut secrets = Vec::new();
     let mut servers = Map::new();
     for s in cfg.servers.values() {
+        if let Some(secret) = s
+            .repository
+            .as_ref()
+            .and_then(|r| r.secret_access_key.clone())
+        {
+            secrets.push(secret);
+        }
         for text in [&s.conninfo, &s.streaming_conninfo] {
             if let Some(p) = ConnInfo::parse(text).ok().and_then(|c| c.password()) {
                 if p.len() >= 4 {

@@ -204,9 +204,34 @@ fn init_logging(config: &Config, cli: &Cli) {
     };
 }
 
-/// Looks a server up, as a usage error when it is unknown.
+/// Looks a server up for a verb that reads or writes its repository's data: a
+/// usage error when it is unknown, or when its repository is on object storage,
+/// which these verbs do not use yet (they would silently work on the local home).
 pub fn server<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
+    let s = ctx.config.server(name)?;
+    refuse_object_storage(s)?;
+    Ok(s)
+}
+
+/// Looks a server up for a verb that does not touch the repository's data (check,
+/// show-server, replication-status, the process verbs).
+pub fn server_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
     Ok(ctx.config.server(name)?)
+}
+
+/// Refuses a server whose `repository` is on object storage for the verbs that
+/// do not use the storage layer yet.
+pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
+    match &s.repository {
+        Some(r) => Err(UsageError(format!(
+            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet; check and show-server do",
+            s.name,
+            r.url(),
+            s.file.display()
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Parses one of a server's connection strings, naming the option on failure.

@@ -15,7 +15,7 @@ const TERMINATE_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `list-processes`.
 pub fn list(ctx: &Context, name: &str) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
+    let s = super::server_config(ctx, name)?;
     let dir = ServerRepo::new(&ctx.config.home, &s.name).lock_dir();
     let jobs =
         running_jobs(&dir).with_context(|| format!("server '{}': {}", s.name, dir.display()))?;
@@ -37,7 +37,7 @@ pub fn list(ctx: &Context, name: &str) -> Result<ExitCode> {
 /// Runs `terminate-process`: exit 0 once the job has ended, 1 when none was running
 /// or it did not stop in time.
 pub fn terminate(ctx: &Context, name: &str, task: &str) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
+    let s = super::server_config(ctx, name)?;
     let dir = ServerRepo::new(&ctx.config.home, &s.name).lock_dir();
     match terminate_job(&dir, task, TERMINATE_WAIT) {
         Ok(pid) => {

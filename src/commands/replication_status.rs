@@ -17,7 +17,7 @@ pub fn run(ctx: &Context, target: &str, kind: &str, minimal: bool) -> Result<Exi
             .filter(|s| s.active && s.primary_ssh_command.is_none())
             .collect()
     } else {
-        vec![super::server(ctx, target)?]
+        vec![super::server_config(ctx, target)?]
     };
     let kind = match kind {
         "hot-standby" => StandbyKind::HotStandby,

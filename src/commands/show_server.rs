@@ -60,6 +60,23 @@ pub fn effective_settings(s: &ServerConfig, home: &std::path::Path) -> BTreeMap<
         s.minimum_redundancy.to_string(),
     );
     set(&mut m, "config_file", s.file.display().to_string());
+    match &s.repository {
+        Some(r) => {
+            set(&mut m, "repository", r.url());
+            set(&mut m, "s3_endpoint", r.endpoint_url());
+            set(&mut m, "s3_region", r.region.clone());
+            set(
+                &mut m,
+                "s3_url_style",
+                match r.url_style {
+                    crate::repo::store::s3_settings::UrlStyle::Path => "path".into(),
+                    crate::repo::store::s3_settings::UrlStyle::Virtual => "virtual".into(),
+                },
+            );
+            set(&mut m, "s3_verify_tls", r.verify_tls.to_string());
+        }
+        None => set(&mut m, "repository", home.display().to_string()),
+    }
     let repo = crate::repo::ServerRepo::new(home, &s.name);
     set(
         &mut m,
@@ -89,7 +106,7 @@ pub fn effective_settings(s: &ServerConfig, home: &std::path::Path) -> BTreeMap<
     for (k, v) in m.iter_mut() {
         if k.contains("conninfo") {
             *v = mask_conninfo(v);
-        } else if k.contains("password") {
+        } else if k.contains("password") || k.contains("secret") || k.contains("token") {
             *v = "********".into();
         }
     }
@@ -98,7 +115,7 @@ pub fn effective_settings(s: &ServerConfig, home: &std::path::Path) -> BTreeMap<
 
 /// Prints the settings of one server.
 pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
+    let s = super::server_config(ctx, name)?;
     let settings = effective_settings(s, &ctx.config.home);
     let rpo = super::runtime()?.block_on(live_rpo(s, &ctx.config.home));
     let rto = estimate_from_catalog(&ctx.config.home, &s.name);

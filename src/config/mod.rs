@@ -13,6 +13,7 @@
 //! are reported in [`Config::warnings`]. Loading only reads; it never creates files.
 
 mod ini;
+mod repository;
 #[cfg(test)]
 mod tests;
 mod values;
@@ -128,6 +129,9 @@ pub struct ServerConfig {
     pub primary_pgbk_command: String,
     /// Whether an rsync backup reuses the previous backup's files.
     pub reuse_backup: ReuseBackup,
+    /// `repository = s3://...`: the repository on object storage; `None`: the
+    /// local `home`.
+    pub repository: Option<crate::repo::store::s3_settings::S3Settings>,
     /// Every option seen by this server after interpolation (its own keys, `[DEFAULT]`
     /// keys and defaults from the main section), known or not, with raw values:
     /// mask passwords before showing them.
@@ -345,6 +349,15 @@ const SERVER_OPTIONS: &[&str] = &[
     "primary_ssh_command",
     "primary_pgbk_command",
     "reuse_backup",
+    "repository",
+    "s3_endpoint",
+    "s3_region",
+    "s3_url_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_profile",
+    "s3_verify_tls",
+    "s3_ca_file",
 ];
 
 /// Barman server options pgbk does not use (yet): accepted silently, kept in `settings`.
@@ -946,6 +959,7 @@ fn build_server(
                 s.parse::<ReuseBackup>().map_err(|e| e.to_string())
             })?
             .unwrap_or_default(),
+        repository: repository::s3_repository(&f, &section.name, warnings)?,
         settings: opts
             .iter()
             .map(|(k, r)| (k.clone(), r.value.clone()))

@@ -184,6 +184,7 @@ mod tests {
             },
             now,
             ssh: None,
+            repository: None,
         };
         let items = peer_items(server, &st);
         let lag = items

@@ -198,6 +198,41 @@ pub struct ServerState {
     pub now: DateTime<Utc>,
     /// The SSH side (`None` without `ssh_command`).
     pub ssh: Option<super::ssh_check::SshState>,
+    /// An S3 repository's reachability (`None` for the local one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryState>,
+}
+
+/// Whether an object-storage repository can be used right now.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryState {
+    /// `s3://bucket/prefix at endpoint`.
+    pub location: String,
+    /// Why it cannot be used (unreachable, credentials refused, no bucket, the
+    /// write test failed); `None` when it can.
+    pub error: Option<String>,
+}
+
+/// How long `check` retries the object store before calling it unreachable.
+const REPOSITORY_CHECK_RETRY: Duration = Duration::from_secs(10);
+
+/// The bucket exists, the credentials may use it, and a small object can be
+/// written, read back and deleted.
+fn repository_state(settings: &crate::repo::store::s3_settings::S3Settings) -> RepositoryState {
+    use crate::repo::store::Store;
+    let location = format!("{} at {}", settings.url(), settings.endpoint_url());
+    let error = match crate::repo::store::s3::S3Store::new(settings.clone()) {
+        Err(e) => Some(e),
+        Ok(store) => {
+            let store = store.with_retry_bound(REPOSITORY_CHECK_RETRY);
+            store
+                .check_bucket()
+                .and_then(|()| store.check_access())
+                .err()
+                .map(|e| e.to_string())
+        }
+    };
+    RepositoryState { location, error }
 }
 
 fn ser_result<T: Serialize, S: serde::Serializer>(
@@ -597,6 +632,18 @@ fn incoming_state(repo: &ServerRepo, st: &mut LocalState) {
 /// `ssh_command` the PostgreSQL host over SSH (one session).
 pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
     let mut st = probe_without_ssh(server, home).await;
+    if let Some(r) = &server.repository {
+        let r = r.clone();
+        st.repository = Some(
+            match tokio::task::spawn_blocking(move || repository_state(&r)).await {
+                Ok(state) => state,
+                Err(e) => RepositoryState {
+                    location: String::new(),
+                    error: Some(format!("repository probe: {e}")),
+                },
+            },
+        );
+    }
     if let Some(cmd) = &server.ssh_command {
         let cmd = cmd.clone();
         let dir = st.sql.as_ref().ok().and_then(|s| s.data_directory.clone());
@@ -630,6 +677,7 @@ pub async fn probe_without_ssh(server: &ServerConfig, home: &Path) -> ServerStat
         local,
         now: Utc::now(),
         ssh: None,
+        repository: None,
     }
 }
 

@@ -187,6 +187,16 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         ));
     }
     out.extend(super::ssh_check::ssh_items(server, st));
+    if let Some(r) = &st.repository {
+        out.push(item(
+            "repository",
+            r.error.is_none(),
+            Some(match &r.error {
+                None => format!("{}: reachable, write test passed", r.location),
+                Some(e) => e.clone(),
+            }),
+        ));
+    }
     out.extend(repository_items(server, st));
     unknown_without_repository(out, st)
 }
@@ -453,6 +463,7 @@ mod tests {
             local,
             now,
             ssh: None,
+            repository: None,
         }
     }
 

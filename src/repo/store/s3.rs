@@ -203,22 +203,22 @@ impl S3Store {
     /// what `check` and every writer ask before their first object.
     pub fn check_bucket(&self) -> Result<(), StoreError> {
         let url = self.bucket.head_bucket(Some(&self.creds)).sign(SIGN_FOR);
-        let resp = self.send(Method::Head, "", &url, &[], None)?;
+        let resp = self.send(Method::Head, "(bucket)", &url, &[], None)?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             404 => Err(self.remote(
                 "HEAD",
-                "",
+                "(bucket)",
                 Some(404),
                 format!("bucket '{}' does not exist", self.settings.bucket),
             )),
             403 => Err(self.remote(
                 "HEAD",
-                "",
+                "(bucket)",
                 Some(403),
                 "access denied: check s3_access_key_id and s3_secret_access_key".into(),
             )),
-            s => Err(self.remote("HEAD", "", Some(s), format!("HTTP {s}"))),
+            s => Err(self.remote("HEAD", "(bucket)", Some(s), format!("HTTP {s}"))),
         }
     }
 

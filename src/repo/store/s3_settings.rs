@@ -14,7 +14,7 @@ pub enum UrlStyle {
 }
 
 /// An S3 repository's settings, as validated from the configuration.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Settings {
     /// The bucket.
     pub bucket: String,
