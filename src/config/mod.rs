@@ -350,14 +350,6 @@ const SERVER_OPTIONS: &[&str] = &[
     "primary_pgbk_command",
     "reuse_backup",
     "repository",
-    "s3_endpoint",
-    "s3_region",
-    "s3_url_style",
-    "s3_access_key_id",
-    "s3_secret_access_key",
-    "s3_profile",
-    "s3_verify_tls",
-    "s3_ca_file",
 ];
 
 /// Barman server options pgbk does not use (yet): accepted silently, kept in `settings`.
@@ -447,6 +439,7 @@ const MAIN_OPTIONS: &[&str] = &[
 /// Whether a server section may carry `key` (pgbk's own or a known Barman option).
 fn is_server_option(key: &str) -> bool {
     SERVER_OPTIONS.contains(&key)
+        || repository::S3_OPTIONS.contains(&key)
         || BARMAN_SERVER_OPTIONS.contains(&key)
         || BARMAN_SERVER_PREFIXES.iter().any(|p| key.starts_with(p))
 }

@@ -40,6 +40,19 @@ impl PosixStore {
         }
     }
 
+    /// Opens the object's file; a missing one is NotFound.
+    fn open(&self, key: &str) -> Result<(File, PathBuf), StoreError> {
+        let path = self.path(key)?;
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
+                key: key.to_string(),
+                location: self.location(),
+            }),
+            Err(e) => Err(Self::io(&path)(e)),
+        }
+    }
+
     /// Writes `fill`'s bytes to a fresh temporary file beside `dest`, fsynced;
     /// returns its path and the content's BLAKE3.
     fn write_temp(
@@ -166,29 +179,11 @@ impl Store for PosixStore {
     }
 
     fn get(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
-        let path = self.path(key)?;
-        match File::open(&path) {
-            Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound {
-                key: key.to_string(),
-                location: self.location(),
-            }),
-            Err(e) => Err(Self::io(&path)(e)),
-        }
+        Ok(Box::new(self.open(key)?.0))
     }
 
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(key)?;
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    key: key.to_string(),
-                    location: self.location(),
-                })
-            }
-            Err(e) => return Err(Self::io(&path)(e)),
-        };
+        let (mut f, path) = self.open(key)?;
         let mut out = Vec::new();
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.take(len).read_to_end(&mut out))
