@@ -268,7 +268,7 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     for verb in [
         &["list-backups", "pg"][..],
         &["backup", "pg"],
-        &["receive-wal", "pg"],
+        &["recover", "pg", "latest", "/tmp/pgbk-never-used"],
     ] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
@@ -311,4 +311,108 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
             "{line}: {o:?}"
         );
     }
+}
+
+/// Reads an object of the bucket and decompresses it with the plain `zstd` binary:
+/// what is in the bucket is readable without pgbk.
+fn bucket_segment(sw: &SeaweedFs, prefix: &str, server: &str, segment: &str) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let store = S3Store::new(sw.settings(prefix)).unwrap();
+    let key = format!("{server}/wals/{}/{segment}.zst", &segment[..16]);
+    let mut object = Vec::new();
+    match store.get(&key) {
+        Ok(mut r) => r.read_to_end(&mut object).unwrap(),
+        Err(StoreError::NotFound { .. }) => return None,
+        Err(e) => panic!("{key}: {e}"),
+    };
+    let mut zstd = std::process::Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run zstd");
+    let mut stdin = zstd.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&object));
+    let out = zstd.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "zstd -d of {key} failed");
+    Some(out.stdout)
+}
+
+/// WAL reaches an S3 repository by every way it arrives: `put-wal` (the same
+/// content twice is fine, different content under a stored name is refused and
+/// the object stays as it was), `archive-wal` from incoming/, and `receive-wal`
+/// streaming; each object in the bucket decompresses to the server's own segment,
+/// and nothing of it is left in the local home's `wals/`.
+#[test]
+fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
+    use common::archiving::{completed_segments, pgbk_stdin, read_segment};
+    use common::seaweed::SECRET_KEY;
+    use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions};
+    let sw = SeaweedFs::start();
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    let pg = common::Pgbk::new();
+    pg.streaming_server_with(
+        "pg",
+        &c,
+        &format!(
+            "archiver = on\nrepository = s3://pgbk/wal-test\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            sw.endpoint()
+        ),
+    );
+    let segs = completed_segments(&c, 3);
+    let (a, b) = (&segs[0], &segs[1]);
+    let (seg_a, seg_b) = (read_segment(&c, a), read_segment(&c, b));
+
+    // put-wal: stored, then the same again is already there.
+    for expected in ["stored", "already_present"] {
+        let (code, out, err) = pgbk_stdin(
+            &pg,
+            &["put-wal", "pg", "--name", a, "--format", "json"],
+            &seg_a,
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(j["status"], expected, "{j}");
+    }
+    assert!(bucket_segment(&sw, "wal-test", "pg", a).unwrap() == seg_a);
+    // Different content under the stored name: refused, the object unchanged.
+    let (code, _, err) = pgbk_stdin(&pg, &["put-wal", "pg", "--name", a], &seg_b);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(a.as_str()), "{err}");
+    assert!(bucket_segment(&sw, "wal-test", "pg", a).unwrap() == seg_a);
+
+    // archive-wal: what archive_command copied into incoming/ goes up.
+    let incoming = pg.home.join("pg").join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join(b), &seg_b).unwrap();
+    pg.ok(&["archive-wal", "pg"]);
+    assert!(bucket_segment(&sw, "wal-test", "pg", b).unwrap() == seg_b);
+    assert!(!incoming.join(b).exists(), "left in incoming/");
+
+    // receive-wal: completed segments go up as they complete.
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    let first = c.current_wal_file();
+    for _ in 0..2 {
+        c.psql("insert into filler select g, repeat('y', 200) from generate_series(1, 2000) g");
+        c.psql("select pg_switch_wal()");
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "streamed segment in the bucket",
+        || bucket_segment(&sw, "wal-test", "pg", &first).is_some(),
+    );
+    rw.term();
+    let streamed = bucket_segment(&sw, "wal-test", "pg", &first).unwrap();
+    assert!(streamed == read_segment(&c, &first), "{first} differs");
+    assert!(
+        pg.archived_segments("pg").is_empty(),
+        "segments landed in the local home: {:?}",
+        pg.archived_segments("pg")
+    );
 }

@@ -9,8 +9,8 @@ use anyhow::Result;
 /// Runs the verb: exit 0 when every complete WAL file was archived, 1 when some were
 /// refused (moved to errors/) or the run failed.
 pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
-    let r = archive_incoming(&ctx.config.home, &s.name)?;
+    let s = super::server_config(ctx, name)?;
+    let r = archive_incoming(&super::repository(ctx, s)?, &s.name)?;
     match ctx.format {
         Format::Json => print_json(&r)?,
         Format::Text => {

@@ -312,7 +312,7 @@ fn replicate_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
 /// logged and recorded as an `error` action, and the pass goes on.
 fn archive_wal_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
     use crate::wal::incoming::{archive_incoming, IncomingError};
-    match archive_incoming(&ctx.config.home, &s.name) {
+    match archive_incoming(&crate::repo::Repository::local(&ctx.config.home), &s.name) {
         Ok(r) => {
             if !r.archived.is_empty() || !r.refused.is_empty() || !r.already_present.is_empty() {
                 let message = format!(

@@ -37,6 +37,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
 use crate::output::Format;
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
+use crate::repo::Repository;
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -213,10 +214,23 @@ pub fn server<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
     Ok(s)
 }
 
-/// Looks a server up for a verb that does not touch the repository's data (check,
-/// show-server, replication-status, the process verbs).
+/// Looks a server up for a verb that works on any repository: one that reaches
+/// its data only through [`repository`] (put-wal, archive-wal, receive-wal), or
+/// does not touch it (check, show-server, replication-status, the process verbs).
 pub fn server_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
     Ok(ctx.config.server(name)?)
+}
+
+/// The repository a server's configuration names (its local home, or a bucket).
+pub fn repository(ctx: &Context, s: &ServerConfig) -> Result<Repository> {
+    Repository::open(&ctx.config.home, s.repository.as_ref()).map_err(|e| {
+        UsageError(format!(
+            "server '{}': repository in {}: {e}",
+            s.name,
+            s.file.display()
+        ))
+        .into()
+    })
 }
 
 /// Refuses a server whose `repository` is on object storage for the verbs that
@@ -224,7 +238,7 @@ pub fn server_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfi
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet; check and show-server do",
+            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal and receive-wal do)",
             s.name,
             r.url(),
             s.file.display()

@@ -10,7 +10,8 @@ use anyhow::Result;
 /// Runs the verb: exit 0 only once the file is stored and fsynced (or was already
 /// archived with the same content).
 pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
-    let s = super::server(ctx, &a.server)?;
+    let s = super::server_config(ctx, &a.server)?;
+    let repository = super::repository(ctx, s)?;
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
         return Err(UsageError(format!(
@@ -20,7 +21,7 @@ pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
         .into());
     }
     let mut stdin = std::io::stdin().lock();
-    let o = match put_wal(&ctx.config.home, &s.name, a.name.as_deref(), &mut stdin) {
+    let o = match put_wal(&repository, &s.name, a.name.as_deref(), &mut stdin) {
         Ok(o) => o,
         Err(e @ PutError::BadName { .. }) => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),

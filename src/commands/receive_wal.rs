@@ -46,7 +46,7 @@ fn slot_name(s: &ServerConfig) -> Result<&str> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
-    let s = super::server(ctx, &args.server)?;
+    let s = super::server_config(ctx, &args.server)?;
     super::replicate::refuse_passive(s, "receive-wal")?;
     let lock_path = receive_wal_lock(&ctx.config.home, &s.name);
     if args.stop {
@@ -115,7 +115,7 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
         application_name: s.streaming_archiver_name.clone(),
         slot: s.slot_name.clone(),
         create_slot: s.create_slot == crate::config::CreateSlot::Auto,
-        home: ctx.config.home.clone(),
+        repository: super::repository(ctx, s)?,
         status_interval: Duration::from_secs(10),
     };
     tracing::info!(server = %s.name, pid = std::process::id(), "receive-wal starting");

@@ -69,19 +69,25 @@ pub fn read_trailer(file: &File) -> io::Result<Option<Recorded>> {
     }
     let mut t = [0u8; TRAILER_LEN];
     file.read_exact_at(&mut t, len - TRAILER_LEN as u64)?;
+    Ok(parse_trailer(&t))
+}
+
+/// The trailer at the end of `tail` (an object's last bytes), if there is one.
+pub fn parse_trailer(tail: &[u8]) -> Option<Recorded> {
+    let t = tail.get(tail.len().checked_sub(TRAILER_LEN)?..)?;
     let magic = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     let frame = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
     if magic != TRAILER_MAGIC || frame as usize != TRAILER_PAYLOAD || &t[8..16] != TRAILER_TAG {
-        return Ok(None);
+        return None;
     }
     let mut size = [0u8; 8];
     size.copy_from_slice(&t[16..24]);
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&t[24..56]);
-    Ok(Some(Recorded {
+    Some(Recorded {
         size: u64::from_le_bytes(size),
         checksum: blake3::Hash::from_bytes(hash).to_hex().to_string(),
-    }))
+    })
 }
 
 /// BLAKE3 of a byte slice, hex.
@@ -92,36 +98,199 @@ pub fn checksum(data: &[u8]) -> String {
 /// Compresses `data` into `dest` atomically and durably (0600), chunks in parallel,
 /// and ends the object with its [checksum trailer](checksum_trailer).
 pub fn store_compressed(data: &[u8], dest: &Path, level: i32) -> io::Result<StoredFile> {
+    let (object, stored) = compress_to_vec(data, level)?;
+    let mut out = AtomicFile::create(dest)?;
+    out.write_all(&object)?;
+    out.commit()?;
+    Ok(stored)
+}
+
+/// The stored object for `data` (zstd frames of [`CHUNK_SIZE`] compressed in parallel,
+/// then the [checksum trailer](checksum_trailer)) and what it records, for a store
+/// to put whole.
+pub fn compress_to_vec(data: &[u8], level: i32) -> io::Result<(Vec<u8>, StoredFile)> {
     let frames: Vec<io::Result<Vec<u8>>> = data
         .par_chunks(CHUNK_SIZE.max(1))
         .map(|c| zstd::bulk::compress(c, level))
         .collect();
-    let mut out = AtomicFile::create(dest)?;
-    let mut stored_size = 0u64;
-    let mut object = blake3::Hasher::new();
+    let mut out = Vec::with_capacity(data.len() / 3 + TRAILER_LEN);
     if data.is_empty() {
-        let frame = zstd::bulk::compress(&[], level)?;
-        out.write_all(&frame)?;
-        object.update(&frame);
-        stored_size += frame.len() as u64;
+        out.extend_from_slice(&zstd::bulk::compress(&[], level)?);
     }
     for frame in frames {
-        let frame = frame?;
-        out.write_all(&frame)?;
-        object.update(&frame);
-        stored_size += frame.len() as u64;
+        out.extend_from_slice(&frame?);
     }
     let content = blake3::hash(data);
-    let trailer = checksum_trailer(data.len() as u64, &content);
-    out.write_all(&trailer)?;
-    object.update(&trailer);
-    stored_size += trailer.len() as u64;
-    out.commit()?;
-    Ok(StoredFile {
+    out.extend_from_slice(&checksum_trailer(data.len() as u64, &content));
+    let stored = StoredFile {
         size: data.len() as u64,
-        stored_size,
+        stored_size: out.len() as u64,
         checksum: content.to_hex().to_string(),
-        stored_checksum: object.finalize().to_hex().to_string(),
+        stored_checksum: blake3::hash(&out).to_hex().to_string(),
+    };
+    Ok((out, stored))
+}
+
+/// The stored object of a stream, produced as it is read: the input is cut into
+/// [`CHUNK_SIZE`] chunks, a batch of them compressed in parallel (one per rayon
+/// thread, so memory stays bounded whatever the size), the frames handed out in
+/// order, then the checksum trailer. When the content's checksum was known in
+/// advance and the input turns out different, the read fails before the trailer,
+/// so a store never completes an object whose name would lie about it.
+pub struct CompressingReader<R> {
+    input: R,
+    level: i32,
+    expected: Option<String>,
+    out: Vec<u8>,
+    pos: usize,
+    done: bool,
+    size: u64,
+    stored_size: u64,
+    content: blake3::Hasher,
+    object: blake3::Hasher,
+    result: Option<StoredFile>,
+}
+
+impl<R: Read> CompressingReader<R> {
+    /// Compresses `input` at `level`; `expected` is the content's BLAKE3, if known.
+    pub fn new(input: R, level: i32, expected: Option<String>) -> CompressingReader<R> {
+        CompressingReader {
+            input,
+            level,
+            expected,
+            out: Vec::new(),
+            pos: 0,
+            done: false,
+            size: 0,
+            stored_size: 0,
+            content: blake3::Hasher::new(),
+            object: blake3::Hasher::new(),
+            result: None,
+        }
+    }
+
+    /// What the object records, once it has been read to its end.
+    pub fn stored(&self) -> Option<&StoredFile> {
+        self.result.as_ref()
+    }
+
+    /// Fills `out` with the next batch of frames (or the trailer at the end).
+    fn refill(&mut self) -> io::Result<()> {
+        self.out.clear();
+        self.pos = 0;
+        let batch = rayon::current_num_threads().max(1);
+        let mut chunks = Vec::with_capacity(batch);
+        let mut ended = false;
+        while chunks.len() < batch {
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            let n = read_full(&mut self.input, &mut buf)?;
+            buf.truncate(n);
+            if n < CHUNK_SIZE {
+                ended = true;
+                if n > 0 || (self.size == 0 && chunks.is_empty()) {
+                    chunks.push(buf);
+                }
+                break;
+            }
+            chunks.push(buf);
+        }
+        let level = self.level;
+        let frames: Vec<io::Result<Vec<u8>>> = chunks
+            .par_iter()
+            .map(|c| zstd::bulk::compress(c, level))
+            .collect();
+        for (chunk, frame) in chunks.iter().zip(frames) {
+            let frame = frame?;
+            self.content.update(chunk);
+            self.size += chunk.len() as u64;
+            self.object.update(&frame);
+            self.stored_size += frame.len() as u64;
+            self.out.extend_from_slice(&frame);
+        }
+        if ended {
+            let content = self.content.finalize();
+            let sum = content.to_hex().to_string();
+            if let Some(want) = &self.expected {
+                if *want != sum {
+                    return Err(io::Error::other(format!(
+                        "the content changed while it was stored (checksum {sum} instead of {want})"
+                    )));
+                }
+            }
+            let trailer = checksum_trailer(self.size, &content);
+            self.object.update(&trailer);
+            self.stored_size += trailer.len() as u64;
+            self.out.extend_from_slice(&trailer);
+            self.result = Some(StoredFile {
+                size: self.size,
+                stored_size: self.stored_size,
+                checksum: sum,
+                stored_checksum: self.object.finalize().to_hex().to_string(),
+            });
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for CompressingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.out.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = buf.len().min(self.out.len() - self.pos);
+        buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads a stored object to its end, checking its frames decompress and what its
+/// trailer records: the content's length and checksum, and the object's own length
+/// and BLAKE3 (what a catalog row about an object found already stored needs).
+pub fn inspect_object(object: impl Read) -> io::Result<StoredFile> {
+    struct Tee<R> {
+        inner: R,
+        hasher: blake3::Hasher,
+        n: u64,
+        tail: Vec<u8>,
+    }
+    impl<R: Read> Read for Tee<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            self.n += n as u64;
+            self.tail.extend_from_slice(&buf[..n]);
+            if self.tail.len() > 2 * TRAILER_LEN {
+                self.tail.drain(..self.tail.len() - TRAILER_LEN);
+            }
+            Ok(n)
+        }
+    }
+    let mut tee = Tee {
+        inner: object,
+        hasher: blake3::Hasher::new(),
+        n: 0,
+        tail: Vec::new(),
+    };
+    let (size, checksum) = hash_copy(zstd::stream::read::Decoder::new(&mut tee)?, io::sink())?;
+    io::copy(&mut tee, &mut io::sink())?;
+    if let Some(rec) = parse_trailer(&tee.tail) {
+        if rec.size != size || rec.checksum != checksum {
+            return Err(io::Error::other(format!(
+                "damaged: its trailer records {} bytes with checksum {}, its frames hold {size} bytes with checksum {checksum}",
+                rec.size, rec.checksum
+            )));
+        }
+    }
+    Ok(StoredFile {
+        size,
+        stored_size: tee.n,
+        checksum,
+        stored_checksum: tee.hasher.finalize().to_hex().to_string(),
     })
 }
 
@@ -198,5 +367,27 @@ mod tests {
         let empty = dir.path().join("e.zst");
         store_compressed(&[], &empty, 1).unwrap();
         assert!(read_decompressed(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_streaming_writer_makes_the_same_object_and_refuses_changed_content() {
+        for len in [0, 10, CHUNK_SIZE, CHUNK_SIZE * 3 + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+            let (whole, stored) = compress_to_vec(&data, DEFAULT_LEVEL).unwrap();
+            let mut r = CompressingReader::new(&data[..], DEFAULT_LEVEL, Some(checksum(&data)));
+            let mut streamed = Vec::new();
+            r.read_to_end(&mut streamed).unwrap();
+            assert_eq!(streamed, whole, "{len}");
+            assert_eq!(r.stored(), Some(&stored));
+            assert_eq!(inspect_object(&whole[..]).unwrap(), stored);
+        }
+        let mut r = CompressingReader::new(&b"abc"[..], 1, Some(checksum(b"abd")));
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        // A flipped byte in a frame is found by inspection, not reported as content.
+        let (mut obj, _) = compress_to_vec(&[7u8; 5000], 1).unwrap();
+        let (one, _) = compress_to_vec(&[8u8; 5000], 1).unwrap();
+        obj.truncate(obj.len() - TRAILER_LEN);
+        obj.extend_from_slice(&one[one.len() - TRAILER_LEN..]);
+        assert!(inspect_object(&obj[..]).is_err());
     }
 }

@@ -7,11 +7,68 @@ pub mod store;
 
 use crate::wal::{history_file_name, TimeLineId, WalSegment};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use store::posix::PosixStore;
+use store::s3::S3Store;
+use store::s3_settings::S3Settings;
+use store::Store;
 
-/// The folder of one server inside the repository.
+/// Where a server's repository lives: the local `home` (catalog, locks, the
+/// streaming partial segment, `incoming/`, `errors/`) and the store its WAL and
+/// backups go to, which is `home` itself or a bucket.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    home: PathBuf,
+    store: Arc<dyn Store>,
+    remote: bool,
+}
+
+impl Repository {
+    /// A repository kept entirely in the folder `home` (keys are paths below it).
+    pub fn local(home: &Path) -> Repository {
+        Repository {
+            home: home.to_path_buf(),
+            store: Arc::new(PosixStore::new(home)),
+            remote: false,
+        }
+    }
+
+    /// The repository a server's configuration names: `s3` when it has
+    /// `repository = s3://...`, else the local `home`.
+    pub fn open(home: &Path, s3: Option<&S3Settings>) -> Result<Repository, String> {
+        match s3 {
+            None => Ok(Repository::local(home)),
+            Some(settings) => Ok(Repository {
+                home: home.to_path_buf(),
+                store: Arc::new(S3Store::new(settings.clone())?),
+                remote: true,
+            }),
+        }
+    }
+
+    /// The local folder (catalog, locks, spools).
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Where WAL and backups are stored.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// True when the store is not the local folder.
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+}
+
+/// The folder of one server inside the repository, and the keys of its objects in
+/// the store (relative to the store's root: `<server>/wals/...`, which is also the
+/// path below `home` on the local backend).
 #[derive(Debug, Clone)]
 pub struct ServerRepo {
     root: PathBuf,
+    server: String,
 }
 
 impl ServerRepo {
@@ -19,7 +76,28 @@ impl ServerRepo {
     pub fn new(home: &Path, server: &str) -> ServerRepo {
         ServerRepo {
             root: home.join(server),
+            server: server.to_string(),
         }
+    }
+
+    /// Key of an archived segment: `<server>/wals/<first 16 hex>/<segment>.zst`.
+    pub fn segment_key(&self, seg: &WalSegment) -> String {
+        format!("{}/wals/{}/{}.zst", self.server, seg.prefix(), seg.name())
+    }
+
+    /// Key of an archived partial segment (an old timeline's last one).
+    pub fn partial_segment_key(&self, seg: &WalSegment) -> String {
+        format!(
+            "{}/wals/{}/{}.partial.zst",
+            self.server,
+            seg.prefix(),
+            seg.name()
+        )
+    }
+
+    /// Key of a timeline history file (stored as is).
+    pub fn history_key(&self, tli: TimeLineId) -> String {
+        format!("{}/wals/{}", self.server, history_file_name(tli))
     }
 
     /// `<home>/<server>`.
@@ -77,6 +155,14 @@ impl ServerRepo {
     }
 
     /// Creates the server's folders (0700) if missing.
+    pub fn ensure_local_dirs(&self) -> std::io::Result<()> {
+        for d in [self.streaming_dir(), self.lock_dir(), self.errors_dir()] {
+            durable::create_dir_all_private(&d)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the server's folders (0700) if missing, `wals/` included.
     pub fn ensure_dirs(&self) -> std::io::Result<()> {
         for d in [
             self.wals_dir(),
@@ -87,5 +173,30 @@ impl ServerRepo {
             durable::create_dir_all_private(&d)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_on_the_local_store_are_todays_paths() {
+        let home = Path::new("/srv/pgbk");
+        let r = ServerRepo::new(home, "pg1");
+        let seg = WalSegment {
+            tli: TimeLineId(2),
+            segno: 0x1_0000_0003,
+            seg_size: 16 << 20,
+        };
+        assert_eq!(home.join(r.segment_key(&seg)), r.segment_path(&seg));
+        assert_eq!(
+            home.join(r.partial_segment_key(&seg)),
+            r.partial_segment_path(&seg)
+        );
+        assert_eq!(
+            home.join(r.history_key(TimeLineId(2))),
+            r.history_path(TimeLineId(2))
+        );
     }
 }

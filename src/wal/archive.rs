@@ -5,9 +5,12 @@ use super::header::{validate_segment, HeaderError};
 use super::segment::{history_file_name, WalSegment};
 use super::{SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError, WalKind, WalRecord};
-use crate::repo::compress::{checksum, store_compressed, StoredFile, DEFAULT_LEVEL};
+use crate::repo::compress::{
+    checksum, compress_to_vec, inspect_object, CompressingReader, StoredFile, DEFAULT_LEVEL,
+};
 use crate::repo::durable::{create_dir_all_private, remove_durable, rename_durable, write_atomic};
-use crate::repo::ServerRepo;
+use crate::repo::store::{PutMode, PutOutcome, Store, StoreError};
+use crate::repo::{Repository, ServerRepo};
 use chrono::Utc;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,58 +35,15 @@ pub enum ArchiveError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The repository's store failed.
+    #[error("server '{server}': {source}")]
+    Store {
+        server: String,
+        source: Box<StoreError>,
+    },
     /// The catalog refused the record.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-}
-
-/// Compresses a file into `dest` chunk by chunk (zstd frames of
-/// [`crate::repo::compress::CHUNK_SIZE`]), so memory stays bounded whatever its size,
-/// ending with the checksum trailer readers without the catalog verify against.
-fn compress_file(src: &Path, dest: &Path, sum: &str) -> std::io::Result<StoredFile> {
-    use crate::repo::compress::{read_full, CHUNK_SIZE};
-    use crate::repo::durable::AtomicFile;
-    use std::io::Write;
-    let mut input = fs::File::open(src)?;
-    let mut out = AtomicFile::create(dest)?;
-    let mut buf = vec![0u8; CHUNK_SIZE];
-    let (mut size, mut stored_size) = (0u64, 0u64);
-    let mut object = blake3::Hasher::new();
-    let mut content = blake3::Hasher::new();
-    loop {
-        let n = read_full(&mut input, &mut buf)?;
-        if n == 0 && size > 0 {
-            break;
-        }
-        content.update(&buf[..n]);
-        let frame = zstd::bulk::compress(&buf[..n], DEFAULT_LEVEL)?;
-        out.write_all(&frame)?;
-        object.update(&frame);
-        size += n as u64;
-        stored_size += frame.len() as u64;
-        if n < buf.len() {
-            break;
-        }
-    }
-    let content = content.finalize();
-    if content.to_hex().as_str() != sum {
-        return Err(std::io::Error::other(format!(
-            "{} changed while it was archived (checksum {} instead of {sum})",
-            src.display(),
-            content.to_hex()
-        )));
-    }
-    let trailer = crate::repo::compress::checksum_trailer(size, &content);
-    out.write_all(&trailer)?;
-    object.update(&trailer);
-    stored_size += trailer.len() as u64;
-    out.commit()?;
-    Ok(StoredFile {
-        size,
-        stored_size,
-        checksum: sum.to_string(),
-        stored_checksum: object.finalize().to_hex().to_string(),
-    })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
@@ -93,10 +53,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
     }
 }
 
-/// The WAL archive of one server: repository folder plus catalog.
+/// The WAL archive of one server: its objects in the repository's store, its
+/// catalog rows, its local folders (errors/ for refused files).
 pub struct WalArchive {
     server: String,
     repo: ServerRepo,
+    repository: Repository,
     catalog: Catalog,
     system_id: Option<SystemId>,
     seg_size: u64,
@@ -114,17 +76,23 @@ pub enum Archived {
 impl WalArchive {
     /// Opens the archive of `server` (its catalog connection is its own).
     pub fn open(
-        home: &Path,
+        repository: &Repository,
         server: &str,
         system_id: Option<SystemId>,
         seg_size: u64,
     ) -> Result<WalArchive, ArchiveError> {
-        let repo = ServerRepo::new(home, server);
-        repo.ensure_dirs().map_err(io_err(repo.root()))?;
-        let catalog = Catalog::open(home)?;
+        let repo = ServerRepo::new(repository.home(), server);
+        if repository.is_remote() {
+            repo.ensure_local_dirs()
+        } else {
+            repo.ensure_dirs()
+        }
+        .map_err(io_err(repo.root()))?;
+        let catalog = Catalog::open(repository.home())?;
         Ok(WalArchive {
             server: server.to_string(),
             repo,
+            repository: repository.clone(),
             catalog,
             system_id,
             seg_size,
@@ -141,6 +109,20 @@ impl WalArchive {
         &self.catalog
     }
 
+    fn store_err(&self) -> impl FnOnce(StoreError) -> ArchiveError + '_ {
+        move |source| ArchiveError::Store {
+            server: self.server.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// True when the timeline's history file is stored.
+    pub fn has_history(&self, tli: TimeLineId) -> Result<bool, ArchiveError> {
+        let key = self.repo.history_key(tli);
+        let store = self.repository.store();
+        Ok(store.stat(&key).map_err(self.store_err())?.is_some())
+    }
+
     fn store(
         &self,
         name: &str,
@@ -148,28 +130,38 @@ impl WalArchive {
         tli: TimeLineId,
         segno: Option<u64>,
         data: &[u8],
-        dest: &Path,
+        key: &str,
     ) -> Result<Archived, ArchiveError> {
         let sum = checksum(data);
-        self.store_with(name, kind, tli, segno, &sum, dest, |dest| {
-            if kind == WalKind::History {
-                write_atomic(dest, data)?;
-                Ok(StoredFile {
+        self.store_with(name, kind, tli, segno, &sum, key, |store| {
+            let (object, stored) = if kind == WalKind::History {
+                // Stored as is: the object is the content.
+                let stored = StoredFile {
                     size: data.len() as u64,
                     stored_size: data.len() as u64,
                     checksum: sum.clone(),
-                    // Stored as is: the object is the content.
                     stored_checksum: sum.clone(),
-                })
+                };
+                (std::borrow::Cow::Borrowed(data), stored)
             } else {
-                store_compressed(data, dest, DEFAULT_LEVEL)
-            }
+                let (object, stored) =
+                    compress_to_vec(data, DEFAULT_LEVEL).map_err(|source| StoreError::Io {
+                        path: key.to_string(),
+                        source,
+                    })?;
+                (std::borrow::Cow::Owned(object), stored)
+            };
+            store
+                .put(key, &object, PutMode::Create)
+                .map(|outcome| (stored, outcome))
         })
     }
 
-    /// Stores a file whose content `write` produces at `dest` (atomically), unless the
-    /// catalog already holds `name` with the same checksum; different content under an
-    /// existing name is a [`ArchiveError::Conflict`] and nothing is written.
+    /// Stores a file whose object `put` writes under `key` (create-only), unless the
+    /// catalog already holds `name` with the same checksum and the object is there;
+    /// different content under an existing name is a [`ArchiveError::Conflict`] and
+    /// nothing is written. An object found already stored without a catalog row (a
+    /// crash between the two) is read back: same content, and its row is entered.
     #[allow(clippy::too_many_arguments)]
     fn store_with(
         &self,
@@ -178,26 +170,37 @@ impl WalArchive {
         tli: TimeLineId,
         segno: Option<u64>,
         sum: &str,
-        dest: &Path,
-        write: impl FnOnce(&Path) -> std::io::Result<StoredFile>,
+        key: &str,
+        put: impl FnOnce(&dyn Store) -> Result<(StoredFile, PutOutcome), StoreError>,
     ) -> Result<Archived, ArchiveError> {
+        let store = self.repository.store();
+        let conflict = |existing: String| ArchiveError::Conflict {
+            server: self.server.clone(),
+            name: name.to_string(),
+            existing,
+            new: sum.to_string(),
+        };
         if let Some(existing) = self.catalog.wal_file(&self.server, name)? {
-            if existing.checksum == sum && dest.exists() {
+            if existing.checksum != sum {
+                return Err(conflict(existing.checksum));
+            }
+            if store.stat(key).map_err(self.store_err())?.is_some() {
                 return Ok(Archived::AlreadyPresent(existing));
             }
-            if existing.checksum != sum {
-                return Err(ArchiveError::Conflict {
-                    server: self.server.clone(),
-                    name: name.to_string(),
-                    existing: existing.checksum,
-                    new: sum.to_string(),
-                });
+        }
+        let (stored, fresh) = match put(store) {
+            Ok((stored, outcome)) => (stored, outcome == PutOutcome::Stored),
+            Err(StoreError::Conflict { .. }) => {
+                // Another writer's object (an older pgbk's compression, or this
+                // file stored before a crash left its row out): compare contents.
+                let found = self.inspect(key, kind)?;
+                if found.checksum != sum {
+                    return Err(conflict(found.checksum));
+                }
+                (found, false)
             }
-        }
-        if let Some(dir) = dest.parent() {
-            create_dir_all_private(dir).map_err(io_err(dir))?;
-        }
-        let stored = write(dest).map_err(io_err(dest))?;
+            Err(e) => return Err(self.store_err()(e)),
+        };
         let rec = WalRecord {
             name: name.to_string(),
             kind,
@@ -210,7 +213,35 @@ impl WalArchive {
             archived_at: Utc::now(),
         };
         self.catalog.insert_wal(&self.server, &rec)?;
-        Ok(Archived::Stored(rec))
+        Ok(if fresh {
+            Archived::Stored(rec)
+        } else {
+            Archived::AlreadyPresent(rec)
+        })
+    }
+
+    /// What the stored object under `key` holds (read whole and checked).
+    fn inspect(&self, key: &str, kind: WalKind) -> Result<StoredFile, ArchiveError> {
+        let store = self.repository.store();
+        let object = store.get(key).map_err(self.store_err())?;
+        let damaged = |source: std::io::Error| ArchiveError::Store {
+            server: self.server.clone(),
+            source: Box::new(StoreError::Integrity {
+                key: key.to_string(),
+                detail: format!("the stored object cannot be read back: {source}"),
+            }),
+        };
+        if kind == WalKind::History {
+            let (size, sum) =
+                crate::repo::compress::hash_copy(object, std::io::sink()).map_err(damaged)?;
+            return Ok(StoredFile {
+                size,
+                stored_size: size,
+                checksum: sum.clone(),
+                stored_checksum: sum,
+            });
+        }
+        inspect_object(object).map_err(damaged)
     }
 
     /// Stores a segment (`partial` false) or an old timeline's `.partial` segment whose
@@ -223,17 +254,27 @@ impl WalArchive {
         src: &Path,
         sum: &str,
     ) -> Result<Archived, ArchiveError> {
-        let (name, kind, dest) = if partial {
+        let (name, kind, key) = if partial {
             (
                 format!("{}.partial", seg.name()),
                 WalKind::Partial,
-                self.repo.partial_segment_path(seg),
+                self.repo.partial_segment_key(seg),
             )
         } else {
-            (seg.name(), WalKind::Segment, self.repo.segment_path(seg))
+            (seg.name(), WalKind::Segment, self.repo.segment_key(seg))
         };
-        self.store_with(&name, kind, seg.tli, Some(seg.segno), sum, &dest, |dest| {
-            compress_file(src, dest, sum)
+        let input = fs::File::open(src).map_err(io_err(src))?;
+        self.store_with(&name, kind, seg.tli, Some(seg.segno), sum, &key, |store| {
+            let mut reader = CompressingReader::new(input, DEFAULT_LEVEL, Some(sum.to_string()));
+            let outcome = store.put_reader(&key, &mut reader, PutMode::Create)?;
+            let stored = reader
+                .stored()
+                .cloned()
+                .ok_or_else(|| StoreError::Integrity {
+                    key: key.clone(),
+                    detail: "the store did not read the object to its end".into(),
+                })?;
+            Ok((stored, outcome))
         })
     }
 
@@ -246,7 +287,7 @@ impl WalArchive {
             seg.tli,
             Some(seg.segno),
             data,
-            &self.repo.segment_path(seg),
+            &self.repo.segment_key(seg),
         )
     }
 
@@ -259,7 +300,7 @@ impl WalArchive {
             seg.tli,
             Some(seg.segno),
             data,
-            &self.repo.partial_segment_path(seg),
+            &self.repo.partial_segment_key(seg),
         )
     }
 
@@ -271,7 +312,7 @@ impl WalArchive {
             tli,
             None,
             content,
-            &self.repo.history_path(tli),
+            &self.repo.history_key(tli),
         )
     }
 

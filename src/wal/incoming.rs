@@ -12,7 +12,7 @@ use super::archive::{ArchiveError, WalArchive};
 use super::put::{put_wal, PutError, PutStatus};
 use crate::lock::{JobLock, LockError};
 use crate::repo::durable::remove_durable;
-use crate::repo::ServerRepo;
+use crate::repo::{Repository, ServerRepo};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -111,8 +111,13 @@ fn remove_if_stale(path: &Path) {
     }
 }
 
-/// Archives every complete WAL file in `server`'s incoming/ folder.
-pub fn archive_incoming(home: &Path, server: &str) -> Result<IncomingReport, IncomingError> {
+/// Archives every complete WAL file in `server`'s incoming/ folder (kept in the local
+/// home) into the repository's store.
+pub fn archive_incoming(
+    repository: &Repository,
+    server: &str,
+) -> Result<IncomingReport, IncomingError> {
+    let home = repository.home();
     let _lock = JobLock::acquire(
         &archive_wal_lock(home, server),
         &format!("archive-wal for server '{server}'"),
@@ -152,7 +157,7 @@ pub fn archive_incoming(home: &Path, server: &str) -> Result<IncomingReport, Inc
         return Ok(report);
     }
     names.sort_by_key(|n| wal_order(n));
-    let archive = WalArchive::open(home, server, None, 16 << 20)?;
+    let archive = WalArchive::open(repository, server, None, 16 << 20)?;
     for name in names {
         let path = dir.join(&name);
         let mut file = match fs::File::open(&path) {
@@ -161,7 +166,7 @@ pub fn archive_incoming(home: &Path, server: &str) -> Result<IncomingReport, Inc
             Err(source) => return Err(IncomingError::Io { path, source }),
         };
         let modified = file.metadata().and_then(|m| m.modified()).ok();
-        match put_wal(home, server, Some(&name), &mut file) {
+        match put_wal(repository, server, Some(&name), &mut file) {
             Ok(o) => {
                 match o.status {
                     PutStatus::Stored => {

@@ -20,7 +20,7 @@ use super::segment::{WalFileName, WalSegment};
 use super::{Lsn, SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError};
 use crate::repo::compress::read_full;
-use crate::repo::ServerRepo;
+use crate::repo::{Repository, ServerRepo};
 use serde::Serialize;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -139,27 +139,28 @@ pub struct PutOutcome {
     pub stored_size: u64,
 }
 
-/// Stores one WAL file read from `input` into `server`'s archive under `home`. `name`
-/// is `%f`; without it, a segment's name is derived from its header.
+/// Stores one WAL file read from `input` into `server`'s archive in `repository`.
+/// `name` is `%f`; without it, a segment's name is derived from its header.
 pub fn put_wal(
-    home: &Path,
+    repository: &Repository,
     server: &str,
     name: Option<&str>,
     input: &mut dyn Read,
 ) -> Result<PutOutcome, PutError> {
-    put_wal_with_limit(home, server, name, input, IN_MEMORY_LIMIT)
+    put_wal_with_limit(repository, server, name, input, IN_MEMORY_LIMIT)
 }
 
 /// [`put_wal`] with the in-memory limit given (tests use 0 to exercise the spool).
 pub fn put_wal_with_limit(
-    home: &Path,
+    repository: &Repository,
     server: &str,
     name: Option<&str>,
     input: &mut dyn Read,
     limit: u64,
 ) -> Result<PutOutcome, PutError> {
     let p = Put {
-        home,
+        repository,
+        home: repository.home(),
         server,
         shown: name.unwrap_or("stdin").to_string(),
     };
@@ -183,6 +184,7 @@ pub fn put_wal_with_limit(
 }
 
 struct Put<'a> {
+    repository: &'a Repository,
     home: &'a Path,
     server: &'a str,
     shown: String,
@@ -237,7 +239,7 @@ impl Put<'_> {
     fn open_archive(&self, catalog: &Catalog) -> Result<(WalArchive, Option<SystemId>), PutError> {
         let identity = catalog.server_identity(self.server)?;
         let archive = WalArchive::open(
-            self.home,
+            self.repository,
             self.server,
             identity.map(|(id, _)| id),
             identity.map_or(16 << 20, |(_, s)| s),
@@ -552,7 +554,7 @@ mod tests {
         data: &[u8],
         limit: u64,
     ) -> Result<PutOutcome, PutError> {
-        put_wal_with_limit(home, "pg1", name, &mut &data[..], limit)
+        put_wal_with_limit(&Repository::local(home), "pg1", name, &mut &data[..], limit)
     }
 
     #[test]

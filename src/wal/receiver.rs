@@ -12,7 +12,7 @@ use crate::pg::{
     ConnInfo, ConnectOptions, Connection, PgError, ReplicationMessage, StartReplication,
 };
 use crate::repo::durable::{fsync_dir, remove_stale_temp_files, rename_durable};
-use crate::repo::ServerRepo;
+use crate::repo::{Repository, ServerRepo};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -42,8 +42,8 @@ pub struct ReceiverOptions {
     pub slot: Option<String>,
     /// Create the slot when it is missing (`create_slot = auto`).
     pub create_slot: bool,
-    /// Repository home.
-    pub home: PathBuf,
+    /// The repository (its home keeps the streaming segment; its store the WAL).
+    pub repository: Repository,
     /// How often to send a status update when nothing else prompts one.
     pub status_interval: Duration,
 }
@@ -378,10 +378,10 @@ pub async fn receive_wal(
     opts: ReceiverOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReceiveError> {
-    let repo = ServerRepo::new(&opts.home, &opts.server);
+    let repo = ServerRepo::new(opts.repository.home(), &opts.server);
     repo.ensure_dirs().map_err(io_err(repo.root()))?;
     remove_stale_temp_files(&repo.streaming_dir()).map_err(io_err(&repo.streaming_dir()))?;
-    let catalog = Catalog::open(&opts.home)?;
+    let catalog = Catalog::open(opts.repository.home())?;
     let mut r = Receiver {
         opts,
         repo,
@@ -464,7 +464,7 @@ impl Receiver {
         archive: &WalArchive,
         tli: TimeLineId,
     ) -> Result<(), ReceiveError> {
-        if tli.0 <= 1 || archive.repo().history_path(tli).exists() {
+        if tli.0 <= 1 || archive.has_history(tli)? {
             return Ok(());
         }
         let h = conn.timeline_history(tli).await.map_err(self.pg_err())?;
@@ -493,7 +493,7 @@ impl Receiver {
         self.catalog
             .check_server_identity(&self.opts.server, ident.system_id, seg_size)?;
         let archive = WalArchive::open(
-            &self.opts.home,
+            &self.opts.repository,
             &self.opts.server,
             Some(ident.system_id),
             seg_size,
@@ -560,7 +560,7 @@ impl Receiver {
             archiver: Archiver::start(archive),
         };
         let history_archive = WalArchive::open(
-            &self.opts.home,
+            &self.opts.repository,
             &self.opts.server,
             Some(ident.system_id),
             seg_size,

@@ -64,7 +64,6 @@ pub fn keep_dirs() -> bool {
 /// `bind(127.0.0.1:0)`. Each is checked by binding it. [`Cluster`] also retries with
 /// another port if PostgreSQL still finds its port taken (another process won the race).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed_out = guard.get_or_insert_with(HashSet::new);
 
@@ -90,6 +89,20 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("free_port: no free TCP port found on 127.0.0.1");
+}
+
+/// Ports [`free_port`] handed out in this process.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Takes `port` too (for a server that also listens on a derived port): true when it
+/// is free and was not handed out before; [`free_port`] will not hand it out later.
+pub fn reserve_port(port: u16) -> bool {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let handed_out = guard.get_or_insert_with(HashSet::new);
+    if handed_out.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return false;
+    }
+    handed_out.insert(port)
 }
 
 /// Ports from 20000 up to the start of the ephemeral range (Linux default 32768).

@@ -38,7 +38,7 @@ pub struct SeaweedFs {
 fn port_pair() -> u16 {
     loop {
         let p = free_port();
-        if p < 55535 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+        if p < 55535 && super::reserve_port(p + 10000) {
             return p;
         }
     }
