@@ -343,7 +343,9 @@ fn bucket_segment(sw: &SeaweedFs, prefix: &str, server: &str, segment: &str) -> 
 /// content twice is fine, different content under a stored name is refused and
 /// the object stays as it was), `archive-wal` from incoming/, and `receive-wal`
 /// streaming; each object in the bucket decompresses to the server's own segment,
-/// and nothing of it is left in the local home's `wals/`.
+/// and nothing of it is left in the local home's `wals/`. `get-wal` serves it back
+/// verified (prefetch included), says "not in the archive" only for a missing
+/// segment, and refuses a damaged object with the exit code that stops recovery.
 #[test]
 fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     use common::archiving::{completed_segments, pgbk_stdin, read_segment};
@@ -394,6 +396,32 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     assert!(bucket_segment(&sw, "wal-test", "pg", b).unwrap() == seg_b);
     assert!(!incoming.join(b).exists(), "left in incoming/");
 
+    // get-wal serves from the bucket, verified; prefetch fills the local spool.
+    let out = pg.home.join("RECOVERYXLOG");
+    let out_s = out.to_str().unwrap();
+    pg.ok(&["get-wal", "pg", a, "--output", out_s]);
+    assert!(std::fs::read(&out).unwrap() == seg_a);
+    pg.ok(&[
+        "get-wal",
+        "pg",
+        a,
+        "--prefetch",
+        "2",
+        "--prefetch-only",
+        "1048576",
+    ]);
+    let spooled = pg.home.join("pg").join("spool").join(b);
+    assert!(std::fs::read(&spooled).unwrap() == seg_b, "prefetched {b}");
+    pg.ok(&["get-wal", "pg", b, "--output", out_s]);
+    assert!(std::fs::read(&out).unwrap() == seg_b);
+    assert!(!spooled.exists(), "the served spool file stays");
+    let missing = pg.run(&["get-wal", "pg", &segs[2], "--output", out_s]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(
+        missing.stderr.contains("is not in the archive"),
+        "{missing:?}"
+    );
+
     // receive-wal: completed segments go up as they complete.
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
     wait_receive_wal(&c);
@@ -415,4 +443,21 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
         "segments landed in the local home: {:?}",
         pg.archived_segments("pg")
     );
+
+    // A damaged object in the bucket is never served, nor reported missing: exit
+    // 200 (PostgreSQL stops recovery), naming the object.
+    let store = S3Store::new(sw.settings("wal-test")).unwrap();
+    let key = format!("pg/wals/{}/{a}.zst", &a[..16]);
+    let mut object = read_all(&store, &key);
+    let middle = object.len() / 2;
+    object[middle] ^= 0x01;
+    store.put(&key, &object, PutMode::Overwrite).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let bad = pg.run(&["get-wal", "pg", a, "--output", out_s]);
+    assert_eq!(bad.code, 200, "{bad:?}");
+    assert!(
+        bad.stderr.contains("is damaged") && bad.stderr.contains(&key),
+        "{bad:?}"
+    );
+    assert!(!out.exists(), "damaged bytes were delivered");
 }

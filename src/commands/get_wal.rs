@@ -1,12 +1,12 @@
 //! `get-wal`: PostgreSQL's restore_command. Writes one WAL file from the repository
 //! to `--output` (atomically) or stdout, verified against its recorded checksum; exits
 //! 1 with one line when it is not there, 200 when it is there but damaged.
-//! Reads only the repository's files, so it also works as the postgres OS user.
+//! Reads only the repository's objects (a folder or a bucket) and its local spool,
+//! never the catalog's write side, so it also works as the postgres OS user.
 
 use super::{CodedError, Context, ExitCode, UsageError, EXIT_ABORT_RECOVERY};
 use crate::cli::GetWalArgs;
-use crate::repo::ServerRepo;
-use crate::restore::get_wal::{self, Destination};
+use crate::restore::get_wal::{self, Destination, WalSource};
 use crate::restore::RestoreError;
 use crate::wal::WalSegment;
 use anyhow::Result;
@@ -14,13 +14,15 @@ use std::process::{Command, Stdio};
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &GetWalArgs) -> Result<ExitCode> {
-    let server = super::server(ctx, &a.server)?;
-    let repo = ServerRepo::new(&ctx.config.home, &server.name);
+    let server = super::server_config(ctx, &a.server)?;
+    let repository = super::repository(ctx, server)?;
+    let src = WalSource::new(&repository, &server.name);
+    let repo = src.local();
     if let Some(seg_size) = a.prefetch_only {
         let Some(after) = WalSegment::parse(&a.wal_name, seg_size) else {
             return Err(UsageError(format!("'{}' is not a WAL segment name", a.wal_name)).into());
         };
-        let n = get_wal::with_prefetch_lock(&repo, || get_wal::prefetch(&repo, &after, a.prefetch));
+        let n = get_wal::with_prefetch_lock(repo, || get_wal::prefetch(&src, &after, a.prefetch));
         if let Some(Err(e)) = n {
             return Err(e.into());
         }
@@ -30,7 +32,7 @@ pub fn run(ctx: &Context, a: &GetWalArgs) -> Result<ExitCode> {
         Some(p) => Destination::Path(p),
         None => Destination::Stdout,
     };
-    let served = match get_wal::serve(&repo, &server.name, &a.wal_name, &dest, a.partial) {
+    let served = match get_wal::serve(&src, &a.wal_name, &dest, a.partial) {
         Ok(s) => s,
         Err(RestoreError::Usage(m)) => return Err(UsageError(m).into()),
         // Exit 1 tells PostgreSQL "not archived": only for a file that is not there.
@@ -54,9 +56,8 @@ pub fn run(ctx: &Context, a: &GetWalArgs) -> Result<ExitCode> {
     if a.prefetch > 0 {
         if let Some(seg) = served.segment {
             if spawn_prefetch(ctx, a, &seg).is_err() {
-                let _ = get_wal::with_prefetch_lock(&repo, || {
-                    get_wal::prefetch(&repo, &seg, a.prefetch)
-                });
+                let _ =
+                    get_wal::with_prefetch_lock(repo, || get_wal::prefetch(&src, &seg, a.prefetch));
             }
         }
     }

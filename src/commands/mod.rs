@@ -215,7 +215,8 @@ pub fn server<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
 }
 
 /// Looks a server up for a verb that works on any repository: one that reaches
-/// its data only through [`repository`] (put-wal, archive-wal, receive-wal), or
+/// its data only through [`repository`] (put-wal, archive-wal, receive-wal,
+/// get-wal), or
 /// does not touch it (check, show-server, replication-status, the process verbs).
 pub fn server_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
     Ok(ctx.config.server(name)?)
@@ -238,7 +239,7 @@ pub fn repository(ctx: &Context, s: &ServerConfig) -> Result<Repository> {
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal and receive-wal do)",
+            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal and get-wal do)",
             s.name,
             r.url(),
             s.file.display()

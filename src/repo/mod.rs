@@ -82,7 +82,14 @@ impl ServerRepo {
 
     /// Key of an archived segment: `<server>/wals/<first 16 hex>/<segment>.zst`.
     pub fn segment_key(&self, seg: &WalSegment) -> String {
-        format!("{}/wals/{}/{}.zst", self.server, seg.prefix(), seg.name())
+        self.segment_name_key(&seg.name())
+    }
+
+    /// [`ServerRepo::segment_key`] from a segment's name (24 hex digits) alone, for
+    /// a reader that does not know the segment size yet.
+    pub fn segment_name_key(&self, name: &str) -> String {
+        let prefix = name.get(..16).unwrap_or(name);
+        format!("{}/wals/{prefix}/{name}.zst", self.server)
     }
 
     /// Key of an archived partial segment (an old timeline's last one).

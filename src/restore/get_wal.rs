@@ -9,8 +9,9 @@
 
 use super::{io_err, RestoreError};
 use crate::catalog::Catalog;
-use crate::repo::compress::{read_trailer, Recorded};
-use crate::repo::ServerRepo;
+use crate::repo::compress::{parse_trailer, Recorded, TRAILER_LEN};
+use crate::repo::store::{Store, StoreError};
+use crate::repo::{Repository, ServerRepo};
 use crate::wal::header::{read_long_header, validate_segment, HeaderError, PageChecker};
 use crate::wal::{WalFileName, WalSegment};
 use rayon::prelude::*;
@@ -51,7 +52,7 @@ pub struct Served {
 /// What PostgreSQL may ask for.
 enum Wanted {
     Segment(String),
-    History(String),
+    History(String, crate::wal::TimeLineId),
 }
 
 fn parse_name(name: &str) -> Result<Wanted, RestoreError> {
@@ -61,7 +62,7 @@ fn parse_name(name: &str) -> Result<Wanted, RestoreError> {
         Some(WalFileName::Segment(_)) if name.bytes().all(|b| !b.is_ascii_lowercase()) => {
             Ok(Wanted::Segment(name.to_string()))
         }
-        Some(WalFileName::History(_)) => Ok(Wanted::History(name.to_string())),
+        Some(WalFileName::History(tli)) => Ok(Wanted::History(name.to_string(), tli)),
         _ => Err(RestoreError::Usage(format!(
             "'{name}' is not a WAL segment or timeline history file name"
         ))),
@@ -180,37 +181,153 @@ fn segment_of(name: &str, head: &[u8]) -> Option<WalSegment> {
     ok.then(|| WalSegment::parse(name, h.seg_size)).flatten()
 }
 
-/// The length and checksum recorded for an archived object: its trailer, else (an
-/// object stored before trailers) the catalog's row, read-only.
-fn recorded(
-    repo: &ServerRepo,
-    server: &str,
-    name: &str,
-    object: &Path,
-    file: &File,
-) -> Result<Recorded, RestoreError> {
-    if let Some(r) = read_trailer(file).map_err(io_err(object))? {
-        return Ok(r);
+/// The server's repository as get-wal sees it: the store holding the archive and the
+/// local folder holding the spool, the streaming segments and `errors/`.
+pub struct WalSource<'a> {
+    repository: &'a Repository,
+    repo: ServerRepo,
+    server: &'a str,
+}
+
+impl<'a> WalSource<'a> {
+    /// The WAL of `server` in `repository`.
+    pub fn new(repository: &'a Repository, server: &'a str) -> WalSource<'a> {
+        WalSource {
+            repository,
+            repo: ServerRepo::new(repository.home(), server),
+            server,
+        }
     }
-    let home = repo.root().parent().unwrap_or(repo.root());
-    let row = match Catalog::open_read_only(home) {
-        Ok(Some(cat)) => cat.wal_file(server, name).map_err(|e| e.to_string()),
-        Ok(None) => Err("there is no catalog".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match row {
-        Ok(Some(rec)) => Ok(Recorded {
-            size: rec.size,
-            checksum: rec.checksum,
-        }),
-        Ok(None) => Err(RestoreError::Corrupt(format!(
-            "server '{server}': {} carries no checksum and the catalog has no record of {name}: it cannot be verified (run rebuild-catalog {server})",
-            object.display()
-        ))),
-        Err(why) => Err(RestoreError::Corrupt(format!(
-            "server '{server}': {} carries no checksum and the catalog cannot be read ({why}): it cannot be verified",
-            object.display()
-        ))),
+
+    /// The server's local folder.
+    pub fn local(&self) -> &ServerRepo {
+        &self.repo
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.repository.store()
+    }
+
+    /// The store's failure: never "not found", so recovery stops instead of ending early.
+    fn store_err(&self) -> impl FnOnce(StoreError) -> RestoreError + '_ {
+        move |e| RestoreError::Refused(format!("server '{}': {e}", self.server))
+    }
+
+    /// Opens an archived object; `None` when the store has no object under `key`.
+    fn open(&self, key: &str) -> Result<Option<Box<dyn Read + Send>>, RestoreError> {
+        match self.store().get(key) {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(self.store_err()(e)),
+        }
+    }
+
+    /// The length and checksum recorded for the archived object `key` without reading
+    /// it whole: its trailer, else the catalog's row.
+    fn recorded_for(&self, name: &str, key: &str) -> Result<Recorded, RestoreError> {
+        let Some(meta) = self.store().stat(key).map_err(self.store_err())? else {
+            return Err(damaged(
+                self.server,
+                &self.store().describe(key),
+                "it disappeared while being read",
+            ));
+        };
+        let tail_len = TRAILER_LEN as u64;
+        let tail = if meta.size >= tail_len {
+            self.store()
+                .get_range(key, meta.size - tail_len, tail_len)
+                .map_err(self.store_err())?
+        } else {
+            Vec::new()
+        };
+        self.recorded(name, key, parse_trailer(&tail))
+    }
+
+    /// What was recorded for an object: `trailer` when it has one, else (an object
+    /// stored before trailers) the catalog's row, read-only.
+    fn recorded(
+        &self,
+        name: &str,
+        key: &str,
+        trailer: Option<Recorded>,
+    ) -> Result<Recorded, RestoreError> {
+        if let Some(r) = trailer {
+            return Ok(r);
+        }
+        let server = self.server;
+        let object = self.store().describe(key);
+        let row = match Catalog::open_read_only(self.repository.home()) {
+            Ok(Some(cat)) => cat.wal_file(server, name).map_err(|e| e.to_string()),
+            Ok(None) => Err("there is no catalog".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match row {
+            Ok(Some(rec)) => Ok(Recorded {
+                size: rec.size,
+                checksum: rec.checksum,
+            }),
+            Ok(None) => Err(RestoreError::Corrupt(format!(
+                "server '{server}': {object} carries no checksum and the catalog has no record of {name}: it cannot be verified (run rebuild-catalog {server})"
+            ))),
+            Err(why) => Err(RestoreError::Corrupt(format!(
+                "server '{server}': {object} carries no checksum and the catalog cannot be read ({why}): it cannot be verified"
+            ))),
+        }
+    }
+
+    /// Decompresses the archived object `key` (opened as `object`) into `w`, verified
+    /// against what was recorded for it: returns the segment's first bytes and length.
+    fn deliver_archived(
+        &self,
+        name: &str,
+        key: &str,
+        object: Box<dyn Read + Send>,
+        w: &mut dyn Write,
+    ) -> Result<(Vec<u8>, u64), RestoreError> {
+        let what = self.store().describe(key);
+        let mut h = Head::new(w);
+        let input = io::BufReader::with_capacity(256 * 1024, Tail::new(object));
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
+            .map_err(|e| damaged(self.server, &what, &e.to_string()))?;
+        copy_checked(&mut decoder, &mut h, self.server, &what)?;
+        let mut rest = decoder.finish();
+        io::copy(&mut rest, &mut io::sink())
+            .map_err(|e| damaged(self.server, &what, &format!("it does not read back ({e})")))?;
+        let trailer = parse_trailer(&rest.into_inner().tail);
+        let want = self.recorded(name, key, trailer)?;
+        check_delivered(&h, &want, self.server, &what)?;
+        Ok((h.head, h.total))
+    }
+}
+
+/// A reader that keeps the last [`TRAILER_LEN`] bytes that went through it: an
+/// object's trailer, read in the same pass as its content.
+struct Tail<R> {
+    inner: R,
+    tail: Vec<u8>,
+}
+
+impl<R: Read> Tail<R> {
+    fn new(inner: R) -> Tail<R> {
+        Tail {
+            inner,
+            tail: Vec::with_capacity(2 * TRAILER_LEN),
+        }
+    }
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n >= TRAILER_LEN {
+            self.tail.clear();
+            self.tail.extend_from_slice(&buf[n - TRAILER_LEN..n]);
+        } else {
+            self.tail.extend_from_slice(&buf[..n]);
+            let extra = self.tail.len().saturating_sub(TRAILER_LEN);
+            self.tail.drain(..extra);
+        }
+        Ok(n)
     }
 }
 
@@ -219,7 +336,7 @@ fn check_delivered<W>(
     h: &Head<W>,
     want: &Recorded,
     server: &str,
-    object: &Path,
+    object: &str,
 ) -> Result<(), RestoreError> {
     let have = h.hasher.finalize().to_hex();
     if h.total != want.size || !want.checksum.eq_ignore_ascii_case(have.as_str()) {
@@ -235,29 +352,8 @@ fn check_delivered<W>(
     Ok(())
 }
 
-fn damaged(server: &str, object: &Path, why: &str) -> RestoreError {
-    RestoreError::Corrupt(format!(
-        "server '{server}': {} is damaged: {why}",
-        object.display()
-    ))
-}
-
-/// Decompresses an archived object into `w`, verifying it against what was recorded.
-fn deliver_archived(
-    repo: &ServerRepo,
-    server: &str,
-    name: &str,
-    object: &Path,
-    w: &mut dyn Write,
-) -> Result<(Vec<u8>, u64), RestoreError> {
-    let file = File::open(object).map_err(io_err(object))?;
-    let want = recorded(repo, server, name, object, &file)?;
-    let mut h = Head::new(w);
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(io::BufReader::new(file))
-        .map_err(|e| damaged(server, object, &e.to_string()))?;
-    copy_checked(&mut decoder, &mut h, server, object)?;
-    check_delivered(&h, &want, server, object)?;
-    Ok((h.head, h.total))
+fn damaged(server: &str, object: &str, why: &str) -> RestoreError {
+    RestoreError::Corrupt(format!("server '{server}': {object} is damaged: {why}"))
 }
 
 /// Copies `src` into `out`; a read error is damage of `object`, a write error one
@@ -266,7 +362,7 @@ fn copy_checked(
     src: &mut dyn Read,
     out: &mut dyn Write,
     server: &str,
-    object: &Path,
+    object: &str,
 ) -> Result<(), RestoreError> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -282,9 +378,8 @@ fn copy_checked(
                 ))
             }
         };
-        out.write_all(&buf[..n]).map_err(|e| {
-            RestoreError::Delivery(format!("writing {name}: {e}", name = object.display()))
-        })?;
+        out.write_all(&buf[..n])
+            .map_err(|e| RestoreError::Delivery(format!("writing {object}: {e}")))?;
     }
 }
 
@@ -292,25 +387,30 @@ fn copy_checked(
 /// for it (its trailer, else the catalog), a segment receive-wal has not archived
 /// yet against its page headers. [`RestoreError::NotFound`] (a one-line message) only
 /// when the repository does not have the file, so PostgreSQL tries its next source;
-/// a file that is there but damaged is [`RestoreError::Corrupt`], which get-wal turns
-/// into an exit code that makes PostgreSQL stop recovery instead of promoting.
+/// a file that is there but damaged is [`RestoreError::Corrupt`], and a store that
+/// cannot be read is [`RestoreError::Refused`]: get-wal turns both into an exit code
+/// that makes PostgreSQL stop recovery instead of promoting.
 pub fn serve(
-    repo: &ServerRepo,
-    server: &str,
+    src: &WalSource,
     name: &str,
     dest: &Destination,
     partial: bool,
 ) -> Result<Served, RestoreError> {
+    let (repo, server) = (&src.repo, src.server);
     let name = match parse_name(name)? {
-        Wanted::History(h) => {
-            let src = repo.wals_dir().join(&h);
-            if !src.is_file() {
+        Wanted::History(h, tli) => {
+            let key = repo.history_key(tli);
+            let what = src.store().describe(&key);
+            let Some(mut object) = src.open(&key)? else {
                 return Err(not_found(server, &h));
-            }
+            };
             let mut bytes = 0;
             deliver(dest, |w| {
-                let data = fs::read(&src).map_err(io_err(&src))?;
-                verify_history(repo, server, &h, &src, &data)?;
+                let mut data = Vec::new();
+                object
+                    .read_to_end(&mut data)
+                    .map_err(|e| damaged(server, &what, &format!("it does not read back ({e})")))?;
+                verify_history(src, &h, &what, &data)?;
                 w.write_all(&data)
                     .map_err(|e| RestoreError::Delivery(format!("writing {h}: {e}")))?;
                 bytes = data.len() as u64;
@@ -326,14 +426,11 @@ pub fn serve(
         Wanted::Segment(s) => s,
     };
     let spooled = spool_dir(repo).join(&name);
-    let archived = repo
-        .wals_dir()
-        .join(&name[..16])
-        .join(format!("{name}.zst"));
+    let key = repo.segment_name_key(&name);
     let finished = repo.streaming_dir().join(&name);
     let in_progress = repo.streaming_dir().join(format!("{name}.partial"));
     if spooled.is_file() {
-        match serve_spooled(repo, server, &name, &spooled, &archived, dest) {
+        match serve_spooled(src, &name, &spooled, &key, dest) {
             Ok(s) => {
                 let _ = fs::remove_file(&spooled);
                 return Ok(s);
@@ -346,11 +443,11 @@ pub fn serve(
             Err(e) => return Err(e),
         }
     }
-    if archived.is_file() {
+    if let Some(object) = src.open(&key)? {
         let mut head = Vec::new();
         let mut bytes = 0;
         let r = deliver(dest, |w| {
-            (head, bytes) = deliver_archived(repo, server, &name, &archived, w)?;
+            (head, bytes) = src.deliver_archived(&name, &key, object, w)?;
             Ok(())
         });
         if let Err(e @ RestoreError::Corrupt(_)) = &r {
@@ -371,7 +468,7 @@ pub fn serve(
             .ok_or_else(|| "no valid long page header".to_string())
             .and_then(|s| validate_segment(&data, &s, None).map_err(|e| e.to_string()));
         if let Err(why) = checked {
-            return Err(damaged(server, &finished, &why));
+            return Err(damaged(server, &finished.display().to_string(), &why));
         }
         deliver(dest, |w| {
             w.write_all(&data)
@@ -402,7 +499,11 @@ pub fn serve(
                 pages.feed(&data)
             })
         {
-            return Err(damaged(server, &in_progress, &e.to_string()));
+            return Err(damaged(
+                server,
+                &in_progress.display().to_string(),
+                &e.to_string(),
+            ));
         }
         deliver(dest, |w| {
             let werr = |e: io::Error| RestoreError::Delivery(format!("writing {name}: {e}"));
@@ -428,22 +529,21 @@ pub fn serve(
 
 /// Serves a prefetched segment, checked against what the archive records for it.
 fn serve_spooled(
-    repo: &ServerRepo,
-    server: &str,
+    src: &WalSource,
     name: &str,
     spooled: &Path,
-    archived: &Path,
+    key: &str,
     dest: &Destination,
 ) -> Result<Served, RestoreError> {
-    let object = File::open(archived).map_err(io_err(archived))?;
-    let want = recorded(repo, server, name, archived, &object)?;
+    let want = src.recorded_for(name, key)?;
+    let what = spooled.display().to_string();
     let mut head = Vec::new();
     let mut bytes = 0;
     deliver(dest, |w| {
         let mut h = Head::new(w);
         let mut f = File::open(spooled).map_err(io_err(spooled))?;
-        copy_checked(&mut f, &mut h, server, spooled)?;
-        check_delivered(&h, &want, server, spooled)?;
+        copy_checked(&mut f, &mut h, src.server, &what)?;
+        check_delivered(&h, &want, src.server, &what)?;
         head = h.head;
         bytes = h.total;
         Ok(())
@@ -459,22 +559,21 @@ fn serve_spooled(
 /// A history file is stored as is: checked against the catalog's checksum where
 /// the catalog can be read, and always parsed as PostgreSQL would.
 fn verify_history(
-    repo: &ServerRepo,
-    server: &str,
+    src: &WalSource,
     name: &str,
-    src: &Path,
+    what: &str,
     data: &[u8],
 ) -> Result<(), RestoreError> {
-    let text = std::str::from_utf8(data).map_err(|_| damaged(server, src, "it is not text"))?;
-    crate::wal::history::parse_history(text).map_err(|e| damaged(server, src, &e.to_string()))?;
-    let home = repo.root().parent().unwrap_or(repo.root());
-    if let Ok(Some(cat)) = Catalog::open_read_only(home) {
+    let server = src.server;
+    let text = std::str::from_utf8(data).map_err(|_| damaged(server, what, "it is not text"))?;
+    crate::wal::history::parse_history(text).map_err(|e| damaged(server, what, &e.to_string()))?;
+    if let Ok(Some(cat)) = Catalog::open_read_only(src.repository.home()) {
         if let Ok(Some(rec)) = cat.wal_file(server, name) {
             let have = crate::repo::compress::checksum(data);
             if !rec.checksum.eq_ignore_ascii_case(&have) {
                 return Err(damaged(
                     server,
-                    src,
+                    what,
                     &format!(
                         "its checksum is {have}, the catalog records {}",
                         rec.checksum
@@ -505,10 +604,11 @@ fn not_found(server: &str, name: &str) -> RestoreError {
 }
 
 /// Decompresses up to `n` archived segments following `after` into the spool (those
-/// already there are skipped; it stops at the first one not archived yet), and
-/// removes spooled segments older than `after`. Returns how many it decompressed.
-pub fn prefetch(repo: &ServerRepo, after: &WalSegment, n: u32) -> Result<usize, RestoreError> {
-    let spool = spool_dir(repo);
+/// already there are skipped; it stops at the first one not archived yet), in
+/// parallel, and removes spooled segments older than `after`. Returns how many it
+/// decompressed.
+pub fn prefetch(src: &WalSource, after: &WalSegment, n: u32) -> Result<usize, RestoreError> {
+    let spool = spool_dir(&src.repo);
     if !spool.is_dir() {
         match fs::DirBuilder::new().mode(0o700).create(&spool) {
             Ok(()) => {}
@@ -521,22 +621,21 @@ pub fn prefetch(repo: &ServerRepo, after: &WalSegment, n: u32) -> Result<usize, 
     let mut seg = *after;
     for _ in 0..n {
         seg = seg.next();
-        let src = repo.segment_path(&seg);
-        if !src.is_file() {
+        let key = src.repo.segment_key(&seg);
+        if src.store().stat(&key).map_err(src.store_err())?.is_none() {
             break;
         }
         if !spool.join(seg.name()).is_file() {
-            todo.push((seg, src));
+            todo.push((seg, key));
         }
     }
-    let server = repo
-        .root()
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    todo.par_iter().try_for_each(|(seg, src)| {
+    todo.par_iter().try_for_each(|(seg, key)| {
+        let Some(object) = src.open(key)? else {
+            return Ok(());
+        };
         write_via_temp(&spool.join(seg.name()), |w| {
-            deliver_archived(repo, &server, &seg.name(), src, w).map(|_| ())
+            src.deliver_archived(&seg.name(), key, object, w)
+                .map(|_| ())
         })
     })?;
     Ok(todo.len())
@@ -625,7 +724,9 @@ mod tests {
     #[test]
     fn serves_archive_history_partial_and_prefetched_segments() {
         let d = tempfile::tempdir().unwrap();
-        let repo = ServerRepo::new(d.path(), "pg1");
+        let repository = Repository::local(d.path());
+        let src = WalSource::new(&repository, "pg1");
+        let repo = src.local().clone();
         repo.ensure_dirs().unwrap();
         for n in 3..=6 {
             let s = seg(n);
@@ -640,14 +741,14 @@ mod tests {
         let out = d.path().join("pg_wal_RECOVERYXLOG");
         let dest = Destination::Path(&out);
 
-        let s = serve(&repo, "pg1", &seg(3).name(), &dest, false).unwrap();
+        let s = serve(&src, &seg(3).name(), &dest, false).unwrap();
         assert_eq!(s.source, Source::Archive);
         assert_eq!(s.segment, Some(seg(3)));
         assert_eq!(read_all(&out).unwrap(), fake(&seg(3)));
 
-        assert_eq!(prefetch(&repo, &seg(3), 2).unwrap(), 2);
-        assert_eq!(prefetch(&repo, &seg(3), 2).unwrap(), 0, "already spooled");
-        let s = serve(&repo, "pg1", &seg(4).name(), &dest, false).unwrap();
+        assert_eq!(prefetch(&src, &seg(3), 2).unwrap(), 2);
+        assert_eq!(prefetch(&src, &seg(3), 2).unwrap(), 0, "already spooled");
+        let s = serve(&src, &seg(4).name(), &dest, false).unwrap();
         assert_eq!(s.source, Source::Spool);
         assert_eq!(read_all(&out).unwrap(), fake(&seg(4)));
         assert!(
@@ -655,11 +756,11 @@ mod tests {
             "served spool file removed"
         );
         // After 5 (already spooled) only 6 is left to do: 7 is not archived.
-        assert_eq!(prefetch(&repo, &seg(5), 5).unwrap(), 1);
+        assert_eq!(prefetch(&src, &seg(5), 5).unwrap(), 1);
         assert!(spool_dir(&repo).join(seg(6).name()).exists());
         assert!(!spool_dir(&repo).join(seg(7).name()).exists());
 
-        let s = serve(&repo, "pg1", "00000002.history", &dest, false).unwrap();
+        let s = serve(&src, "00000002.history", &dest, false).unwrap();
         assert_eq!(s.source, Source::Archive);
         assert_eq!(fs::read_to_string(&out).unwrap(), "1\t0/5000000\tx\n");
 
@@ -672,10 +773,10 @@ mod tests {
             &part,
         )
         .unwrap();
-        let e = serve(&repo, "pg1", &seg(7).name(), &dest, false).unwrap_err();
+        let e = serve(&src, &seg(7).name(), &dest, false).unwrap_err();
         assert!(matches!(e, RestoreError::NotFound(_)), "{e}");
         assert!(e.to_string().contains("is not in the archive"));
-        let s = serve(&repo, "pg1", &seg(7).name(), &dest, true).unwrap();
+        let s = serve(&src, &seg(7).name(), &dest, true).unwrap();
         assert_eq!(s.source, Source::Partial);
         let got = read_all(&out).unwrap();
         assert_eq!(got.len() as u64, SEG);
@@ -684,7 +785,7 @@ mod tests {
 
         for bad in ["../../etc/passwd", "00000001000000000000000g", "x.history"] {
             assert!(matches!(
-                serve(&repo, "pg1", bad, &dest, true),
+                serve(&src, bad, &dest, true),
                 Err(RestoreError::Usage(_))
             ));
         }
@@ -700,7 +801,9 @@ mod tests {
     #[test]
     fn a_damaged_archived_segment_is_an_error_naming_it_never_not_found() {
         let d = tempfile::tempdir().unwrap();
-        let repo = ServerRepo::new(d.path(), "pg1");
+        let repository = Repository::local(d.path());
+        let src = WalSource::new(&repository, "pg1");
+        let repo = src.local().clone();
         repo.ensure_dirs().unwrap();
         let s = seg(3);
         let path = repo.segment_path(&s);
@@ -713,7 +816,7 @@ mod tests {
         let good = fs::read(&path).unwrap();
         let out = d.path().join("RECOVERYXLOG");
         let dest = Destination::Path(&out);
-        serve(&repo, "pg1", &s.name(), &dest, false).unwrap();
+        serve(&src, &s.name(), &dest, false).unwrap();
         assert_eq!(read_all(&out).unwrap(), content);
         fs::remove_file(&out).unwrap();
 
@@ -727,12 +830,12 @@ mod tests {
             ("no trailer, no catalog", no_trailer),
         ] {
             fs::write(&path, &bytes).unwrap();
-            let e = serve(&repo, "pg1", &s.name(), &dest, false).unwrap_err();
+            let e = serve(&src, &s.name(), &dest, false).unwrap_err();
             assert!(matches!(e, RestoreError::Corrupt(_)), "{what}: {e:?}");
             assert!(e.to_string().contains(&s.name()), "{what}: {e}");
             assert!(!out.exists(), "{what}: nothing delivered");
             // The prefetch refuses it too: nothing lands in the spool.
-            assert!(prefetch(&repo, &seg(2), 2).is_err(), "{what}");
+            assert!(prefetch(&src, &seg(2), 2).is_err(), "{what}");
             assert!(!spool_dir(&repo).join(s.name()).exists(), "{what}");
         }
         assert!(repo
@@ -744,7 +847,7 @@ mod tests {
         fs::write(&path, &good).unwrap();
         fs::create_dir_all(spool_dir(&repo)).unwrap();
         fs::write(spool_dir(&repo).join(s.name()), vec![0u8; SEG as usize]).unwrap();
-        let served = serve(&repo, "pg1", &s.name(), &dest, false).unwrap();
+        let served = serve(&src, &s.name(), &dest, false).unwrap();
         assert_eq!(served.source, Source::Archive);
         assert_eq!(read_all(&out).unwrap(), content);
     }

@@ -112,6 +112,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Where the objects are, for messages (never a secret).
     fn location(&self) -> String;
 
+    /// How messages name one object (a path on the local backend, an `s3://` URL).
+    fn describe(&self, key: &str) -> String {
+        format!("{} {key}", self.location())
+    }
+
     /// Stores `data` under `key` atomically: readers see the old object or the new,
     /// never part of it; once this returns, the object survives a crash.
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<PutOutcome, StoreError>;

@@ -161,6 +161,10 @@ impl Store for PosixStore {
         self.root.display().to_string()
     }
 
+    fn describe(&self, key: &str) -> String {
+        self.root.join(key).display().to_string()
+    }
+
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<PutOutcome, StoreError> {
         let dest = self.path(key)?;
         let (tmp, hash) = Self::write_temp(&dest, &mut |w| w.write_all(data))?;

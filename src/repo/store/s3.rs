@@ -635,6 +635,10 @@ impl Store for S3Store {
         )
     }
 
+    fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.settings.url())
+    }
+
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<PutOutcome, StoreError> {
         check_key(key)?;
         if data.len() <= PART_SIZE {
