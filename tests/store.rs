@@ -266,9 +266,9 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
 
     // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
     for verb in [
-        &["list-backups", "pg"][..],
-        &["backup", "pg"],
-        &["recover", "pg", "latest", "/tmp/pgbk-never-used"],
+        &["delete", "pg", "latest"][..],
+        &["check-backup", "pg", "latest"],
+        &["status", "pg"],
     ] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
@@ -460,4 +460,128 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
         "{bad:?}"
     );
     assert!(!out.exists(), "damaged bytes were delivered");
+}
+
+/// A streaming backup goes to the bucket (its files whole or multipart, files.jsonl,
+/// backup_manifest, backup.json last) with its WAL streamed there by receive-wal;
+/// `list-backups` and `show-backup` see it DONE, `recover` fetches it from the
+/// bucket into a data directory that `pg_verifybackup` accepts and that starts
+/// with every row committed before the backup and after it. With the gateway gone,
+/// `backup` fails in one line naming the store and lists nothing new as DONE.
+#[test]
+fn a_streaming_backup_in_s3_recovers_every_row() {
+    use common::seaweed::SECRET_KEY;
+    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions};
+    let mut sw = SeaweedFs::start();
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    c.psql("create table t (i int, pad text)");
+    // A relation file larger than the whole-object limit, so one object goes up
+    // as a multipart upload.
+    c.psql("insert into t select g, md5(g::text) || repeat('x', 100) from generate_series(1, 120000) g");
+    let pg = common::Pgbk::new();
+    pg.streaming_server_with(
+        "pg",
+        &c,
+        &format!(
+            "immediate_checkpoint = on\nrepository = s3://pgbk/backups-test\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            sw.endpoint()
+        ),
+    );
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    let out = pg.json(&["backup", "pg"]);
+    let id = out["backup_id"]
+        .as_str()
+        .or_else(|| out[0]["backup_id"].as_str())
+        .unwrap_or_else(|| panic!("no backup id: {out}"))
+        .to_string();
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(list[0]["status"], "DONE", "{list}");
+    let shown = pg.json(&["show-backup", "pg", &id]);
+    assert_eq!(shown["wal"]["present"], true, "{shown}");
+    let verified = pg.json(&["verify-backup", "pg", &id]);
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // Everything is in the bucket, nothing of the data in the local home.
+    let store = S3Store::new(sw.settings("backups-test")).unwrap();
+    let keys: Vec<String> = store
+        .list(&format!("pg/backups/{id}/"))
+        .map(|m| m.unwrap().key)
+        .collect();
+    for want in ["backup.json", "files.jsonl", "backup_manifest"] {
+        assert!(
+            keys.contains(&format!("pg/backups/{id}/{want}")),
+            "{want} not in the bucket: {keys:?}"
+        );
+    }
+    assert!(keys.iter().any(|k| k.contains("/data/base/")), "{keys:?}");
+    assert!(
+        !pg.home.join("pg/backups").join(&id).join("data").exists(),
+        "backup data in the local home"
+    );
+
+    c.psql("insert into t select g, 'after' from generate_series(120001, 120500) g");
+    let expected = c.psql("select count(*) from t");
+    let last = c.current_wal_file();
+    c.psql("select pg_switch_wal()");
+    wait_until(
+        Duration::from_secs(60),
+        "the last segment in the bucket",
+        || bucket_segment(&sw, "backups-test", "pg", &last).is_some(),
+    );
+
+    let dir = pg_scratch_dir("pgbk-s3-rec-");
+    let data = dir.path().join("data");
+    pg.ok(&["recover", "pg", "latest", data.to_str().unwrap()]);
+    let verify = std::process::Command::new(format!("{}/pg_verifybackup", common::PG_BIN))
+        .args(["-n", "-i", "pgbk_wal"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {verify:?}");
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_until(Duration::from_secs(60), "recovery to end", || {
+        r.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|s| s == "f")
+    });
+    assert_eq!(r.psql("select count(*) from t"), expected);
+    rw.term();
+
+    // A byte flipped in a stored object: verify-backup names it.
+    let victim = keys
+        .iter()
+        .find(|k| k.contains("/data/base/") && k.ends_with(".zst"))
+        .unwrap();
+    let mut object = read_all(&store, victim);
+    let middle = object.len() / 2;
+    object[middle] ^= 0x40;
+    store.put(victim, &object, PutMode::Overwrite).unwrap();
+    let bad = pg.run(&["verify-backup", "pg", &id]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    let rel = victim.split_once(&format!("{id}/")).unwrap().1;
+    assert!(bad.stdout.contains(rel), "{rel}: {bad:?}");
+
+    // The gateway gone: one line naming the store, no new DONE backup.
+    sw.kill("filer");
+    let failed = pg.run(&["backup", "pg"]);
+    assert_ne!(failed.code, 0, "{failed:?}");
+    let lines: Vec<&str> = failed
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("pgbk:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{failed:?}");
+    assert!(lines[0].contains("s3://pgbk/backups-test"), "{failed:?}");
+    let list = pg.json(&["list-backups", "pg"]);
+    let done = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "DONE")
+        .count();
+    assert_eq!(done, 1, "{list}");
 }

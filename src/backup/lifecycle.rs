@@ -23,6 +23,16 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
         let path = path.to_path_buf();
         move |source| BackupError::Io { path, source }
     };
+    if dir.is_remote() {
+        remove_stored_objects(dir)?;
+        if dir.root().is_dir() {
+            remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
+            for f in [dir.files_path(), dir.manifest_path()] {
+                remove_durable(&f).map_err(io(&f))?;
+            }
+        }
+        return Ok(());
+    }
     for sub in [dir.data_dir(), dir.root().join("tablespaces")] {
         match std::fs::remove_dir_all(&sub) {
             Ok(()) => {}
@@ -35,6 +45,32 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     // files.jsonl / backup_manifest still under their temporary names (a killed backup).
     remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
     fsync_dir(dir.root()).map_err(io(dir.root()))
+}
+
+/// Deletes every object of a backup in its store but `backup.json`, in batches.
+fn remove_stored_objects(dir: &BackupDir) -> Result<(), BackupError> {
+    let store = dir.store();
+    let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
+    let keep = dir.key("backup.json");
+    let mut batch = Vec::new();
+    for meta in store.list(&prefix) {
+        let meta = meta.map_err(|e| BackupError::Store(Box::new(e)))?;
+        if meta.key != keep {
+            batch.push(meta.key);
+        }
+        if batch.len() >= 1000 {
+            store
+                .delete(&batch)
+                .map_err(|e| BackupError::Store(Box::new(e)))?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        store
+            .delete(&batch)
+            .map_err(|e| BackupError::Store(Box::new(e)))?;
+    }
+    Ok(())
 }
 
 /// Marks a backup `FAILED` with a reason and removes its partial content.
@@ -54,14 +90,10 @@ pub fn mark_failed(
 }
 
 /// Brings every backup of a server up to date and returns them, oldest first.
-pub fn refresh(
-    home: &Path,
-    server: &str,
-    catalog: &Catalog,
-) -> Result<Vec<BackupInfo>, BackupError> {
-    let repo = ServerRepo::new(home, server);
+pub fn refresh(repo: &ServerRepo, catalog: &Catalog) -> Result<Vec<BackupInfo>, BackupError> {
+    let server = repo.server();
     // A delete a crash interrupted is finished first: its folder is already hidden.
-    crate::retention::finish_interrupted_deletes(&repo, catalog, server)?;
+    crate::retention::finish_interrupted_deletes(repo, catalog, server)?;
     let mut known = catalog.backups(server)?;
     // Backups on disk that the catalog missed (a crash between the two writes).
     if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
@@ -70,14 +102,14 @@ pub fn refresh(
             if !super::is_backup_id(&id) || known.iter().any(|b| b.backup_id == id) {
                 continue;
             }
-            if let Ok(info) = BackupDir::new(&repo, &id).read_info() {
+            if let Ok(info) = BackupDir::new(repo, &id).read_info() {
                 catalog.upsert_backup(&info)?;
                 known.push(info);
             }
         }
         known.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     }
-    let holder = JobLock::holder(&backup_lock_path(&repo)).ok().flatten();
+    let holder = JobLock::holder(&backup_lock_path(repo)).ok().flatten();
     for info in known.iter_mut() {
         if !matches!(
             info.status,
@@ -86,7 +118,7 @@ pub fn refresh(
             continue;
         }
         // backup.json is the truth; the catalog row may be behind it.
-        if let Ok(disk) = BackupDir::new(&repo, &info.backup_id).read_info() {
+        if let Ok(disk) = BackupDir::new(repo, &info.backup_id).read_info() {
             if disk != *info {
                 catalog.upsert_backup(&disk)?;
                 *info = disk;
@@ -101,16 +133,16 @@ pub fn refresh(
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "unknown".into());
                     mark_failed(
-                        &repo,
+                        repo,
                         catalog,
                         info,
                         &format!("the pgbk process taking it (pid {pid}) ended before the backup finished"),
                     )?;
                 }
             }
-            BackupStatus::WaitingForWals if missing_segments(info, &repo, catalog)?.is_empty() => {
+            BackupStatus::WaitingForWals if missing_segments(info, repo, catalog)?.is_empty() => {
                 info.status = BackupStatus::Done;
-                save(&repo, catalog, info)?;
+                save(repo, catalog, info)?;
             }
             _ => {}
         }

@@ -5,6 +5,7 @@ pub mod base_backup;
 pub mod info;
 pub mod lifecycle;
 pub mod manifest;
+mod object_upload;
 pub mod rsync;
 pub mod rsync_copy;
 pub mod rsync_index;
@@ -19,6 +20,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::repo::durable::write_atomic;
 use crate::repo::ServerRepo;
 use chrono::{DateTime, Utc};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Failures reading or writing a backup's metadata.
@@ -36,6 +38,9 @@ pub enum BackupError {
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The repository's store failed (an S3 request, an object that is not there).
+    #[error(transparent)]
+    Store(#[from] Box<crate::repo::store::StoreError>),
     /// No backup matches what the user named.
     #[error("server '{server}': no backup '{wanted}'{hint}")]
     NotFound {
@@ -59,23 +64,130 @@ pub fn is_backup_id(s: &str) -> bool {
             .all(|(i, b)| i == 8 || b.is_ascii_digit())
 }
 
-/// The folder of one backup: `<home>/<server>/backups/<id>/`.
+/// One backup in the repository: `<server>/backups/<id>/` in its store. On the local
+/// backend that is the folder `<home>/<server>/backups/<id>/`, read and written as
+/// files; on object storage its objects are in the bucket and the local folder only
+/// holds what is being written (files.jsonl and backup_manifest before they go up).
 #[derive(Debug, Clone)]
 pub struct BackupDir {
     root: PathBuf,
+    id: String,
+    repo: ServerRepo,
+}
+
+fn store_err(e: crate::repo::store::StoreError) -> BackupError {
+    BackupError::Store(Box::new(e))
 }
 
 impl BackupDir {
-    /// The folder of backup `id` of the server.
+    /// Backup `id` of the server, in the server's repository.
     pub fn new(repo: &ServerRepo, id: &str) -> BackupDir {
         BackupDir {
             root: repo.backups_dir().join(id),
+            id: id.to_string(),
+            repo: repo.clone(),
         }
     }
 
-    /// The folder itself.
+    /// The local folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The backup's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// True when the backup's objects are on object storage, not in [`Self::root`].
+    pub fn is_remote(&self) -> bool {
+        self.repo.repository().is_remote()
+    }
+
+    /// The store, shareable with upload threads.
+    pub fn shared_store(&self) -> std::sync::Arc<dyn crate::repo::store::Store> {
+        self.repo.repository().shared_store()
+    }
+
+    /// The store holding the backup's objects.
+    pub fn store(&self) -> &dyn crate::repo::store::Store {
+        self.repo.store()
+    }
+
+    /// The key of the backup's object `rel` (`data/<path>.zst`, `backup.json`).
+    pub fn key(&self, rel: &str) -> String {
+        self.repo.backup_key(&self.id, rel)
+    }
+
+    /// How messages name the backup's object `rel`.
+    pub fn describe(&self, rel: &str) -> String {
+        if self.is_remote() {
+            self.store().describe(&self.key(rel))
+        } else {
+            self.root.join(rel).display().to_string()
+        }
+    }
+
+    /// Opens the backup's object `rel` (a relative path already checked as safe).
+    pub fn open_object(&self, rel: &str) -> Result<Box<dyn std::io::Read + Send>, BackupError> {
+        if self.is_remote() {
+            return self.store().get(&self.key(rel)).map_err(store_err);
+        }
+        let path = self.root.join(rel);
+        std::fs::File::open(&path)
+            .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
+            .map_err(|source| BackupError::Io { path, source })
+    }
+
+    /// A small object of the backup (`backup_manifest`) whole; `None` when there is none.
+    pub fn read_small(&self, rel: &str) -> Result<Option<Vec<u8>>, BackupError> {
+        let mut r = match self.open_object(rel) {
+            Ok(r) => r,
+            Err(BackupError::Store(e)) if e.is_not_found() => return Ok(None),
+            Err(BackupError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut data = Vec::new();
+        r.read_to_end(&mut data).map_err(|source| BackupError::Io {
+            path: PathBuf::from(self.describe(rel)),
+            source,
+        })?;
+        Ok(Some(data))
+    }
+
+    /// Whether the backup's object `rel` exists.
+    pub fn has_object(&self, rel: &str) -> Result<bool, BackupError> {
+        if self.is_remote() {
+            return Ok(self
+                .store()
+                .stat(&self.key(rel))
+                .map_err(store_err)?
+                .is_some());
+        }
+        Ok(self.root.join(rel).exists())
+    }
+
+    /// Stores the local file `rel` (written under the backup's folder) as the object
+    /// `rel`, create-only, and removes the local copy: on the local backend it is
+    /// already in place, so nothing is done.
+    pub fn upload_local(&self, rel: &str) -> Result<(), BackupError> {
+        if !self.is_remote() {
+            return Ok(());
+        }
+        let path = self.root.join(rel);
+        let mut f = std::fs::File::open(&path).map_err(|source| BackupError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.store()
+            .put_reader(&self.key(rel), &mut f, crate::repo::store::PutMode::Create)
+            .map_err(store_err)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(())
     }
 
     /// `backup.json`.
@@ -105,18 +217,22 @@ impl BackupDir {
 
     /// Reads `backup.json`.
     pub fn read_info(&self) -> Result<BackupInfo, BackupError> {
-        let path = self.info_path();
-        let text = std::fs::read_to_string(&path).map_err(|source| BackupError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let path = PathBuf::from(self.describe("backup.json"));
+        let mut text = String::new();
+        self.open_object("backup.json")?
+            .read_to_string(&mut text)
+            .map_err(|source| BackupError::Io {
+                path: path.clone(),
+                source,
+            })?;
         serde_json::from_str(&text).map_err(|e| BackupError::Corrupt {
             path,
             message: e.to_string(),
         })
     }
 
-    /// Writes `backup.json` atomically and durably.
+    /// Writes `backup.json` atomically and durably (on object storage: one PUT that
+    /// replaces the object whole).
     pub fn write_info(&self, info: &BackupInfo) -> Result<(), BackupError> {
         let path = self.info_path();
         let mut text = serde_json::to_vec_pretty(info).map_err(|e| BackupError::Corrupt {
@@ -124,6 +240,16 @@ impl BackupDir {
             message: e.to_string(),
         })?;
         text.push(b'\n');
+        if self.is_remote() {
+            self.store()
+                .put(
+                    &self.key("backup.json"),
+                    &text,
+                    crate::repo::store::PutMode::Overwrite,
+                )
+                .map_err(store_err)?;
+            return Ok(());
+        }
         write_atomic(&path, &text).map_err(|source| BackupError::Io { path, source })
     }
 
@@ -132,12 +258,9 @@ impl BackupDir {
         &self,
     ) -> Result<impl Iterator<Item = Result<FileEntry, BackupError>>, BackupError> {
         use std::io::BufRead;
-        let path = self.files_path();
-        let f = std::fs::File::open(&path).map_err(|source| BackupError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let reader = std::io::BufReader::new(f);
+        let path = PathBuf::from(self.describe("files.jsonl"));
+        let reader =
+            std::io::BufReader::with_capacity(256 * 1024, self.open_object("files.jsonl")?);
         Ok(reader
             .lines()
             .enumerate()

@@ -50,6 +50,8 @@ pub enum WalWait {
 pub struct BackupRequest {
     /// The repository's home.
     pub home: PathBuf,
+    /// Where the backup's objects go (the home itself, or a bucket).
+    pub repository: crate::repo::Repository,
     /// Server (config section) name.
     pub server: String,
     /// Ordinary SQL connection (pg_switch_wal, tablespace names).
@@ -256,7 +258,7 @@ pub async fn take_backup(
     progress: Arc<dyn Progress>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Outcome, TakeError> {
-    let repo = ServerRepo::new(&req.home, &req.server);
+    let repo = req.repository.server(&req.server);
     let io = |path: PathBuf| move |source| TakeError::Io { path, source };
     repo.ensure_dirs().map_err(io(repo.root().to_path_buf()))?;
     let _lock = JobLock::acquire(
@@ -264,7 +266,7 @@ pub async fn take_backup(
         &format!("backup of server '{}'", req.server),
     )?;
     let catalog = Catalog::open(&req.home)?;
-    let existing = refresh(&req.home, &req.server, &catalog)?;
+    let existing = refresh(&repo, &catalog)?;
     if let Some(name) = &req.name {
         validate_name(name).map_err(TakeError::Refused)?;
         if let Some(b) = existing

@@ -17,6 +17,7 @@
 //! are refused (`.` components are dropped), symlinks are never created, an existing file is never
 //! overwritten.
 
+use super::object_upload::{Streamed, Uploads, WHOLE_UP_TO};
 use super::{BackupDir, FileEntry, FileKind};
 use crate::progress::Progress;
 use crate::repo::compress::CHUNK_SIZE;
@@ -61,6 +62,17 @@ pub enum StoreError {
     /// The stream stopped before the server confirmed the end of the backup.
     #[error("the backup stream ended before the backup was complete")]
     Aborted,
+    /// The repository's object store refused or lost an upload.
+    #[error(transparent)]
+    Upload(Box<crate::repo::store::StoreError>),
+}
+
+fn upload_err(e: super::BackupError) -> StoreError {
+    match e {
+        super::BackupError::Store(e) => StoreError::Upload(e),
+        super::BackupError::Io { path, source } => StoreError::Io { path, source },
+        other => StoreError::Invalid(other.to_string()),
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -101,7 +113,7 @@ pub struct Stored {
     pub file_count: u64,
     /// Tablespace archives received (oid, location).
     pub tablespaces: Vec<(u32, String)>,
-    root: PathBuf,
+    dir: BackupDir,
     files: AtomicFile,
     manifest: Option<AtomicFile>,
 }
@@ -125,16 +137,24 @@ impl Stored {
 
     /// Flushes every stored file to disk at once (`syncfs` on the backup's
     /// filesystem rather than an fsync per file), then puts `files.jsonl` and
-    /// `backup_manifest` in place atomically and durably.
+    /// `backup_manifest` in place atomically and durably. On object storage the
+    /// files are already stored (each upload completed), and the two lists go up.
     pub fn commit(self) -> Result<(), StoreError> {
-        sync_filesystem(&self.root).map_err(io_at(&self.root))?;
+        let remote = self.dir.is_remote();
+        if !remote {
+            let root = self.dir.root();
+            sync_filesystem(root).map_err(io_at(root))?;
+        }
         let files = self.files.dest().to_path_buf();
         self.files.commit().map_err(io_at(&files))?;
         if let Some(m) = self.manifest {
             let path = m.dest().to_path_buf();
             m.commit().map_err(io_at(&path))?;
+            self.dir
+                .upload_local("backup_manifest")
+                .map_err(upload_err)?;
         }
-        Ok(())
+        self.dir.upload_local("files.jsonl").map_err(upload_err)
     }
 }
 
@@ -255,6 +275,9 @@ enum Job {
     },
     FileStart {
         disk: PathBuf,
+        /// The object's path in the backup (`data/<path>.zst`).
+        object: String,
+        size: u64,
     },
     Chunk {
         frame: mpsc::Receiver<io::Result<Vec<u8>>>,
@@ -361,7 +384,11 @@ pub fn store_stream(
     progress: &dyn Progress,
 ) -> Result<Stored, StoreError> {
     let data = dir.data_dir();
-    create_dir_all_private(&data).map_err(io_at(&data))?;
+    if dir.is_remote() {
+        create_dir_all_private(dir.root()).map_err(io_at(dir.root()))?;
+    } else {
+        create_dir_all_private(&data).map_err(io_at(&data))?;
+    }
     let files_path = dir.files_path();
     let files = AtomicFile::create(&files_path).map_err(io_at(&files_path))?;
     let budget = Budget::new(opts.in_flight.max(opts.chunk_size + MIN_CHARGE));
@@ -378,7 +405,7 @@ pub fn store_stream(
         let writer = std::thread::Builder::new()
             .name("pgbk-writer".into())
             .spawn_scoped(scope, || {
-                write_jobs(jobs_rx, files, &files_path, &budget, progress)
+                write_jobs(dir, jobs_rx, files, &files_path, &budget, progress)
             })
             .map_err(|e| StoreError::Io {
                 path: files_path.clone(),
@@ -421,7 +448,7 @@ pub fn store_stream(
                 stored_bytes: w.stored,
                 file_count: w.count,
                 tablespaces,
-                root: dir.root().to_path_buf(),
+                dir: dir.clone(),
                 files: w.files,
                 manifest,
             }),
@@ -509,7 +536,9 @@ impl Reader<'_> {
             Target::Base => (self.dir.data_dir(), "data".to_string(), None),
             Target::Tablespace(oid) => {
                 let root = self.dir.tablespace_dir(oid);
-                create_dir_all_private(&root).map_err(io_at(&root))?;
+                if !self.dir.is_remote() {
+                    create_dir_all_private(&root).map_err(io_at(&root))?;
+                }
                 (root, format!("tablespaces/{oid}"), Some(oid))
             }
         };
@@ -607,7 +636,11 @@ impl Reader<'_> {
         archive: &str,
     ) -> Result<(), StoreError> {
         let size = entry.size();
-        self.send(Job::FileStart { disk })?;
+        self.send(Job::FileStart {
+            disk,
+            object: object.clone(),
+            size,
+        })?;
         let mut hasher = blake3::Hasher::new();
         let mut remaining = size;
         let mut first = true;
@@ -709,7 +742,18 @@ pub(super) fn create_file(disk: &Path) -> io::Result<File> {
     }
 }
 
+/// Where the open object's frames go.
+enum Out {
+    /// A file of the local repository.
+    Disk(File, PathBuf),
+    /// A small object for the store, uploaded whole once complete.
+    Whole(Vec<u8>, String),
+    /// A large object streaming to the store.
+    Stream(Streamed),
+}
+
 fn write_jobs(
+    dir: &BackupDir,
     jobs: mpsc::Receiver<Job>,
     files: AtomicFile,
     files_path: &Path,
@@ -717,6 +761,12 @@ fn write_jobs(
     progress: &dyn Progress,
 ) -> Result<Written, StoreError> {
     let _close = CloseOnDrop(budget);
+    let uploads = dir.is_remote().then(|| Uploads::new(dir.shared_store()));
+    let upload_failed = |u: Option<&Uploads>| -> StoreError {
+        u.map_or(StoreError::Aborted, |_| {
+            StoreError::Invalid("an upload to the repository failed".into())
+        })
+    };
     let mut list = BufWriter::with_capacity(256 * 1024, files);
     let record = |list: &mut BufWriter<AtomicFile>, e: &FileEntry| -> Result<(), StoreError> {
         serde_json::to_writer(&mut *list, e).map_err(|e| StoreError::Io {
@@ -725,56 +775,102 @@ fn write_jobs(
         })?;
         list.write_all(b"\n").map_err(io_at(files_path))
     };
-    // The open object: its file, path, bytes written and the BLAKE3 of those bytes
+    // The open object: where it goes, bytes written and the BLAKE3 of those bytes
     // (the object checksum: frames are hashed as written, in order).
-    let mut current: Option<(File, PathBuf, u64, blake3::Hasher)> = None;
+    let mut current: Option<(Out, u64, blake3::Hasher)> = None;
     let (mut size, mut stored, mut count) = (0u64, 0u64, 0u64);
-    for job in jobs {
-        match job {
-            Job::Dir { disk, entry } => {
-                match DirBuilder::new().recursive(true).mode(0o700).create(&disk) {
-                    Ok(()) => {}
-                    Err(e) => return Err(io_at(&disk)(e)),
+    let result = (|| {
+        for job in jobs {
+            if uploads.as_ref().is_some_and(Uploads::has_failed) {
+                return Err(upload_failed(uploads.as_ref()));
+            }
+            match job {
+                Job::Dir { disk, entry } => {
+                    if uploads.is_none() {
+                        DirBuilder::new()
+                            .recursive(true)
+                            .mode(0o700)
+                            .create(&disk)
+                            .map_err(io_at(&disk))?;
+                    }
+                    record(&mut list, &entry)?;
                 }
-                record(&mut list, &entry)?;
-            }
-            Job::Symlink { entry } => record(&mut list, &entry)?,
-            Job::FileStart { disk } => {
-                let f = create_file(&disk).map_err(io_at(&disk))?;
-                current = Some((f, disk, 0, blake3::Hasher::new()));
-            }
-            Job::Chunk { frame, raw, charge } => {
-                let Some((f, disk, written, object)) = current.as_mut() else {
-                    return Err(StoreError::Invalid("chunk outside a file".into()));
-                };
-                let frame = frame
-                    .recv()
-                    .map_err(|_| StoreError::Invalid("a compression worker died".into()))?
-                    .map_err(io_at(disk))?;
-                f.write_all(&frame).map_err(io_at(disk))?;
-                object.update(&frame);
-                *written += frame.len() as u64;
-                budget.release(charge);
-                size += raw as u64;
-                progress.set(size);
-            }
-            Job::FileEnd { mut entry } => {
-                let Some((f, _disk, written, object)) = current.take() else {
-                    return Err(StoreError::Invalid("file end outside a file".into()));
-                };
-                // The disk starts on a large object now, while the stream goes on,
-                // instead of all of it waiting for the final syncfs.
-                if written >= WRITEBACK_FROM {
-                    start_file_writeback(&f);
+                Job::Symlink { entry } => record(&mut list, &entry)?,
+                Job::FileStart {
+                    disk,
+                    object,
+                    size: raw,
+                } => {
+                    let out = match &uploads {
+                        None => Out::Disk(create_file(&disk).map_err(io_at(&disk))?, disk),
+                        Some(_) if raw <= WHOLE_UP_TO => Out::Whole(Vec::new(), dir.key(&object)),
+                        Some(u) => Out::Stream(u.stream(dir.key(&object))),
+                    };
+                    current = Some((out, 0, blake3::Hasher::new()));
                 }
-                drop(f);
-                entry.stored_size = written;
-                entry.stored_checksum = Some(object.finalize().to_hex().to_string());
-                stored += written;
-                count += 1;
-                record(&mut list, &entry)?;
+                Job::Chunk { frame, raw, charge } => {
+                    let Some((out, written, object)) = current.as_mut() else {
+                        return Err(StoreError::Invalid("chunk outside a file".into()));
+                    };
+                    let frame = frame
+                        .recv()
+                        .map_err(|_| StoreError::Invalid("a compression worker died".into()))?
+                        .map_err(|e| StoreError::Invalid(format!("compressing: {e}")))?;
+                    object.update(&frame);
+                    *written += frame.len() as u64;
+                    match out {
+                        Out::Disk(f, disk) => f.write_all(&frame).map_err(io_at(disk))?,
+                        Out::Whole(buf, _) => buf.extend_from_slice(&frame),
+                        Out::Stream(s) => {
+                            if !s.write(frame) {
+                                // The upload ended early: its own error says why.
+                                if let Some((Out::Stream(s), ..)) = current.take() {
+                                    s.finish().map_err(|e| StoreError::Upload(Box::new(e)))?;
+                                }
+                                return Err(upload_failed(uploads.as_ref()));
+                            }
+                        }
+                    }
+                    budget.release(charge);
+                    size += raw as u64;
+                    progress.set(size);
+                }
+                Job::FileEnd { mut entry } => {
+                    let Some((out, written, object)) = current.take() else {
+                        return Err(StoreError::Invalid("file end outside a file".into()));
+                    };
+                    match out {
+                        // The disk starts on a large object now, while the stream goes
+                        // on, instead of all of it waiting for the final syncfs.
+                        Out::Disk(f, _) if written >= WRITEBACK_FROM => start_file_writeback(&f),
+                        Out::Disk(..) => {}
+                        Out::Whole(buf, key) => {
+                            if let Some(u) = &uploads {
+                                u.whole(key, buf);
+                            }
+                        }
+                        Out::Stream(s) => {
+                            s.finish().map_err(|e| StoreError::Upload(Box::new(e)))?
+                        }
+                    }
+                    entry.stored_size = written;
+                    entry.stored_checksum = Some(object.finalize().to_hex().to_string());
+                    stored += written;
+                    count += 1;
+                    record(&mut list, &entry)?;
+                }
             }
         }
+        Ok(())
+    })();
+    // Every queued upload is waited for, whatever happened: an object is either
+    // stored whole or not at all before the backup's status changes.
+    drop(current);
+    match (result, uploads.map_or(Ok(()), Uploads::finish)) {
+        // The store's own answer explains a stop it caused.
+        (_, Err(e)) => return Err(StoreError::Upload(Box::new(e))),
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Ok(())) => {}
     }
     let files = list.into_inner().map_err(|e| StoreError::Io {
         path: files_path.to_path_buf(),

@@ -17,8 +17,7 @@ pub fn required_segments(info: &BackupInfo, repo: &ServerRepo) -> Vec<WalSegment
     let seg = info.wal_segment_size;
     let target = info.end_timeline.unwrap_or(info.timeline);
     let history = if target.0 > 1 {
-        std::fs::read_to_string(repo.history_path(target))
-            .ok()
+        read_history(repo, target)
             .and_then(|t| parse_history(&t).ok())
             .unwrap_or_default()
     } else {
@@ -29,8 +28,21 @@ pub fn required_segments(info: &BackupInfo, repo: &ServerRepo) -> Vec<WalSegment
     segments_between(&history, target, first, last, seg)
 }
 
-/// The required segments that the catalog does not list as archived, or whose file
-/// is gone.
+/// A timeline's history file from the archive (`None` when it cannot be read).
+fn read_history(repo: &ServerRepo, tli: crate::wal::TimeLineId) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    repo.store()
+        .get(&repo.history_key(tli))
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// The required segments that the catalog does not list as archived, or whose
+/// object is gone. On object storage the objects are asked for only once the
+/// catalog lists them all (one request each), not on every poll of a wait.
 pub fn missing_segments(
     info: &BackupInfo,
     repo: &ServerRepo,
@@ -46,8 +58,31 @@ pub fn missing_segments(
         .filter(|w| w.kind == WalKind::Segment)
         .map(|w| w.name)
         .collect();
+    let remote = repo.repository().is_remote();
+    let not_listed: Vec<WalSegment> = need
+        .iter()
+        .filter(|s| !have.contains(&s.name()))
+        .copied()
+        .collect();
+    if remote && !not_listed.is_empty() {
+        return Ok(not_listed);
+    }
     Ok(need
         .into_iter()
-        .filter(|s| !have.contains(&s.name()) || !repo.segment_path(s).exists())
+        .filter(|s| {
+            if !have.contains(&s.name()) {
+                return true;
+            }
+            if !remote {
+                return !repo.segment_path(s).exists();
+            }
+            match repo.store().stat(&repo.segment_key(s)) {
+                Ok(meta) => meta.is_none(),
+                Err(e) => {
+                    tracing::warn!(segment = %s.name(), "cannot check the archive: {e}");
+                    true
+                }
+            }
+        })
         .collect())
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// reported and the next server still backed up; exit 1 if any failed.
 pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     if args.server != "all" {
-        let s = super::server(ctx, &args.server)?;
+        let s = super::server_config(ctx, &args.server)?;
         return run_one(ctx, s, args, None);
     }
     if args.name.is_some() {
@@ -73,9 +73,13 @@ fn run_one(
     mut collect: Option<&mut Vec<serde_json::Value>>,
 ) -> Result<ExitCode> {
     super::replicate::refuse_passive(s, "backup")?;
-    super::refuse_object_storage(s)?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
+        // rsync backups reuse the previous backup's files by hard link: not on a bucket yet.
+        (BackupMethod::Rsync, _) if s.repository.is_some() => {
+            super::refuse_object_storage(s)?;
+            None
+        }
         (BackupMethod::Rsync, None) => {
             return Err(UsageError(format!(
                 "server '{}': backup_method = rsync needs ssh_command in {}",
@@ -122,6 +126,7 @@ fn run_one(
     };
     let req = BackupRequest {
         home: ctx.config.home.clone(),
+        repository: super::repository(ctx, s)?,
         server: s.name.clone(),
         conninfo: super::conninfo(s, "conninfo", &s.conninfo)?,
         streaming_conninfo: super::conninfo(s, "streaming_conninfo", &s.streaming_conninfo)?,

@@ -13,7 +13,7 @@ use serde_json::json;
 
 /// Runs `f` on a rayon pool of the server's `parallel_jobs` threads.
 pub fn in_pool<T: Send>(ctx: &Context, server: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let jobs = super::server(ctx, server)?.parallel_jobs.max(1) as usize;
+    let jobs = super::server_config(ctx, server)?.parallel_jobs.max(1) as usize;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
@@ -36,6 +36,7 @@ pub fn refuse_failed(b: &BackupInfo) -> Result<()> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
+    super::server(ctx, server)?;
     let (catalog, b) = super::find_backup(ctx, server, wanted)?;
     refuse_failed(&b)?;
     if b.begin_lsn.is_none() || b.end_lsn.is_none() {

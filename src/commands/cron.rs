@@ -178,7 +178,8 @@ fn server_pass(
         return Ok(());
     };
     let before = catalog.backups(&s.name)?;
-    let after = crate::backup::lifecycle::refresh(home, &s.name, &catalog)?;
+    let after =
+        crate::backup::lifecycle::refresh(&crate::repo::ServerRepo::new(home, &s.name), &catalog)?;
     for b in &after {
         let old = before.iter().find(|o| o.backup_id == b.backup_id);
         if let Some(o) = old.filter(|o| o.status != b.status) {

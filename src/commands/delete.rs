@@ -20,6 +20,7 @@ pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {
+    super::server(ctx, server)?;
     let (catalog, found) = super::find_backup(ctx, server, wanted)?;
     let _lock = retention_lock(ctx, server)?;
     // Under the lock, the backup as it is now (a keep may have landed meanwhile).

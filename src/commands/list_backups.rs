@@ -62,13 +62,13 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
     let servers: Vec<&str> = if target == "all" {
         ctx.config.servers.keys().map(String::as_str).collect()
     } else {
-        vec![super::server(ctx, target)?.name.as_str()]
+        vec![super::server_config(ctx, target)?.name.as_str()]
     };
     // (backup, outside the retention policy): judged now, never stored.
     let mut rows: Vec<(BackupInfo, bool)> = Vec::new();
     for s in servers {
         if let Some((_, list)) = super::backups_of(ctx, s)? {
-            let cfg = super::server(ctx, s)?;
+            let cfg = super::server_config(ctx, s)?;
             let obsolete = obsolete_now(
                 &list,
                 cfg.retention_policy.as_deref(),

@@ -7,7 +7,6 @@ use super::{Context, ExitCode};
 use crate::backup::wal_range::required_segments;
 use crate::backup::{BackupDir, BackupStatus, FileEntry};
 use crate::output::Format;
-use crate::repo::ServerRepo;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::io::{BufWriter, Write};
@@ -62,7 +61,7 @@ impl<W: Write> Sink<W> {
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, target: &str) -> Result<ExitCode> {
     let (_, b) = super::find_backup(ctx, server, wanted)?;
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     let dir = BackupDir::new(&repo, &b.backup_id);
     let (data, wal) = match target {
         "data" => (true, false),

@@ -37,7 +37,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
 use crate::output::Format;
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
-use crate::repo::Repository;
+use crate::repo::{Repository, ServerRepo};
 use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -234,12 +234,19 @@ pub fn repository(ctx: &Context, s: &ServerConfig) -> Result<Repository> {
     })
 }
 
+/// A server's part of its repository (local home, or bucket), for verbs that read
+/// backups through the store.
+pub fn server_repo(ctx: &Context, name: &str) -> Result<ServerRepo> {
+    let s = server_config(ctx, name)?;
+    Ok(repository(ctx, s)?.server(&s.name))
+}
+
 /// Refuses a server whose `repository` is on object storage for the verbs that
 /// do not use the storage layer yet.
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal and get-wal do)",
+            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal, get-wal, backup with backup_method = postgres, list-backups, show-backup, list-files, verify-backup and recover do)",
             s.name,
             r.url(),
             s.file.display()
@@ -362,7 +369,8 @@ pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<Ba
     let Some(catalog) = catalog else {
         return Ok(None);
     };
-    let list = crate::backup::lifecycle::refresh(&ctx.config.home, server, &catalog)
+    let repo = server_repo(ctx, server)?;
+    let list = crate::backup::lifecycle::refresh(&repo, &catalog)
         .with_context(|| format!("server '{server}'"))?;
     Ok(Some((catalog, list)))
 }
@@ -370,7 +378,7 @@ pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<Ba
 /// The backup a user named (id, `--name`, `latest`/`last`, `oldest`/`first`) among a
 /// server's up-to-date backups; an unknown one is a usage error.
 pub fn find_backup(ctx: &Context, server: &str, wanted: &str) -> Result<(Catalog, BackupInfo)> {
-    self::server(ctx, server)?;
+    server_config(ctx, server)?;
     let Some((catalog, _)) = backups_of(ctx, server)? else {
         return Err(UsageError(format!(
             "server '{server}': no backup '{wanted}' (the server has no backups)"

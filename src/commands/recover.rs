@@ -58,7 +58,8 @@ fn overrides(a: &RecoverArgs) -> Result<Vec<(String, String)>> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
-    let server = super::server(ctx, &a.server)?;
+    let server = super::server_config(ctx, &a.server)?;
+    let repository = super::repository(ctx, server)?;
     let target = if let Some(t) = a.target_time {
         Some(RecoveryTarget::Time(t))
     } else if let Some(x) = a.target_xid {
@@ -121,7 +122,7 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     if req.remote.is_none() {
         on_interrupt_say_incomplete(&dest);
     }
-    let summary = match restore::recover(&ctx.config.home, req, progress.as_ref()) {
+    let summary = match restore::recover(&repository, req, progress.as_ref()) {
         Ok(s) => s,
         Err(RestoreError::Usage(m)) => return Err(UsageError(m).into()),
         Err(e) => {

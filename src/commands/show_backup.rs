@@ -7,7 +7,6 @@ use crate::backup::wal_range::{missing_segments, required_segments};
 use crate::backup::BackupInfo;
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
-use crate::repo::ServerRepo;
 use crate::wal::WalSegment;
 use anyhow::Result;
 use serde::Serialize;
@@ -40,7 +39,7 @@ struct Shown<'a> {
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
     let (catalog, b) = super::find_backup(ctx, server, wanted)?;
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     let need = required_segments(&b, &repo);
     let missing: Vec<String> = missing_segments(&b, &repo, &catalog)?
         .iter()

@@ -7,7 +7,6 @@ use super::{Context, ExitCode};
 use crate::backup::{BackupDir, BackupStatus};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
-use crate::repo::ServerRepo;
 use crate::verify::backup_check::verify_backup_files;
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -22,7 +21,7 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             b.backup_id
         );
     }
-    let dir = BackupDir::new(&ServerRepo::new(&ctx.config.home, server), &b.backup_id);
+    let dir = BackupDir::new(&super::server_repo(ctx, server)?, &b.backup_id);
     let report = in_pool(ctx, server, || verify_backup_files(&dir, &b))??;
     let code = if report.ok() { 0 } else { 1 };
     if ctx.format == Format::Json {

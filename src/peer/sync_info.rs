@@ -169,7 +169,7 @@ pub fn build(home: &Path, server: &str, since: i64) -> Result<SyncInfo, PeerErro
     let identity = catalog.server_identity(server)?;
     doc.system_id = identity.map(|(s, _)| s);
     doc.wal_segment_size = identity.map(|(_, z)| z);
-    let mut backups = crate::backup::lifecycle::refresh(home, server, &catalog)?;
+    let mut backups = crate::backup::lifecycle::refresh(&ServerRepo::new(home, server), &catalog)?;
     backups.retain(|b| b.status == BackupStatus::Done);
     doc.backups = backups;
     // A cursor from before a catalog rebuild (rowids restarted) lists everything again.

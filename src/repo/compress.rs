@@ -329,9 +329,13 @@ pub fn hash_copy(mut src: impl Read, mut out: impl Write) -> io::Result<(u64, St
 
 /// Decompresses a stored file into a writer, returning the uncompressed length and checksum.
 pub fn decompress_to(src: &Path, out: impl Write) -> io::Result<(u64, String)> {
-    let file = File::open(src)?;
+    decompress_reader_to(File::open(src)?, out)
+}
+
+/// [`decompress_to`] for an object read as a stream (from any store).
+pub fn decompress_reader_to(object: impl Read, out: impl Write) -> io::Result<(u64, String)> {
     hash_copy(
-        zstd::stream::read::Decoder::with_buffer(BufReader::new(file))?,
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(256 * 1024, object))?,
         out,
     )
 }

@@ -56,9 +56,23 @@ impl Repository {
         self.store.as_ref()
     }
 
+    /// The store, for threads that outlive a borrow (parallel uploads).
+    pub fn shared_store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     /// True when the store is not the local folder.
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// One server's part of the repository.
+    pub fn server(&self, server: &str) -> ServerRepo {
+        ServerRepo {
+            root: self.home.join(server),
+            server: server.to_string(),
+            repository: self.clone(),
+        }
     }
 }
 
@@ -69,15 +83,33 @@ impl Repository {
 pub struct ServerRepo {
     root: PathBuf,
     server: String,
+    repository: Repository,
 }
 
 impl ServerRepo {
-    /// The folder `<home>/<server>`.
+    /// The folder `<home>/<server>` of a repository kept entirely in `home`.
     pub fn new(home: &Path, server: &str) -> ServerRepo {
-        ServerRepo {
-            root: home.join(server),
-            server: server.to_string(),
-        }
+        Repository::local(home).server(server)
+    }
+
+    /// The server's name.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The repository (and so the store) the server's WAL and backups are in.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// Where the server's WAL and backups are stored.
+    pub fn store(&self) -> &dyn Store {
+        self.repository.store()
+    }
+
+    /// Key of a backup's object `rel` (`backup.json`, `data/<path>.zst`...).
+    pub fn backup_key(&self, id: &str, rel: &str) -> String {
+        format!("{}/backups/{id}/{rel}", self.server)
     }
 
     /// Key of an archived segment: `<server>/wals/<first 16 hex>/<segment>.zst`.

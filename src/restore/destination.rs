@@ -259,11 +259,8 @@ fn write_small(path: &Path, data: &[u8], owner: Owner) -> Result<(), RestoreErro
 /// Copies the backup's `backup_manifest` into the destination (for `pg_verifybackup`
 /// and the DBA); false when the backup has none.
 pub fn write_manifest(plan: &RecoverPlan) -> Result<bool, RestoreError> {
-    let src = plan.dir.manifest_path();
-    let data = match fs::read(&src) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io_err(&src)(e)),
+    let Some(data) = plan.dir.read_small("backup_manifest")? else {
+        return Ok(false);
     };
     write_small(&plan.destination.join("backup_manifest"), &data, plan.owner)?;
     Ok(true)

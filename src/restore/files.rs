@@ -284,7 +284,7 @@ pub(crate) fn copy_object(
     let rel = safe_relative(object)
         .filter(|r| !r.as_os_str().is_empty())
         .ok_or_else(|| corrupt(info, format!("unsafe object path '{object}'")))?;
-    let src = dir.root().join(rel);
+    let src = dir.root().join(&rel);
     let zstd = match e.compression.as_deref() {
         Some("zstd") => true,
         Some("none") => false,
@@ -296,6 +296,17 @@ pub(crate) fn copy_object(
         }
         None => object.ends_with(".zst"),
     };
+    if dir.is_remote() {
+        let rel = rel.to_string_lossy();
+        let what = PathBuf::from(dir.describe(&rel));
+        let object = dir.open_object(&rel)?;
+        return if zstd {
+            crate::repo::compress::decompress_reader_to(object, out)
+        } else {
+            crate::repo::compress::hash_copy(object, out)
+        }
+        .map_err(io_err(&what));
+    }
     if zstd {
         crate::repo::compress::decompress_to(&src, out).map_err(io_err(&src))
     } else {

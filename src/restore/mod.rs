@@ -21,7 +21,7 @@ use crate::backup::lifecycle::refresh;
 use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus};
 use crate::catalog::{Catalog, CatalogError, Measurement};
 use crate::progress::Progress;
-use crate::repo::ServerRepo;
+use crate::repo::{Repository, ServerRepo};
 use chrono::Utc;
 use destination::Owner;
 use serde::Serialize;
@@ -198,11 +198,17 @@ pub struct RecoverSummary {
 
 /// Checks everything a recovery needs without changing anything.
 pub fn prepare(
-    home: &Path,
+    repository: &Repository,
     catalog: &Catalog,
     req: RecoverRequest,
 ) -> Result<RecoverPlan, RestoreError> {
-    let repo = ServerRepo::new(home, &req.server);
+    let repo = repository.server(&req.server);
+    if repository.is_remote() && req.remote.is_some() {
+        return Err(RestoreError::Usage(format!(
+            "server '{}': --remote-ssh-command does not work with an S3 repository yet; recover locally",
+            req.server
+        )));
+    }
     if req.target_action.is_some() && req.target.is_none() {
         return Err(RestoreError::Usage(
             "--target-action needs a recovery target (--target-time, --target-xid, --target-lsn, --target-name or --target-immediate)".into(),
@@ -213,7 +219,7 @@ pub fn prepare(
             "--exclusive needs a recovery target".into(),
         ));
     }
-    let backups = refresh(home, &req.server, catalog)?;
+    let backups = refresh(&repo, catalog)?;
     let info = choose_backup(catalog, &req, &backups)?;
     if info.status != BackupStatus::Done {
         return Err(RestoreError::Refused(format!(
@@ -566,10 +572,11 @@ fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written,
 
 /// `prepare` then `execute`, opening the catalog (recovery needs a repository).
 pub fn recover(
-    home: &Path,
+    repository: &Repository,
     req: RecoverRequest,
     progress: &dyn Progress,
 ) -> Result<RecoverSummary, RestoreError> {
+    let home = repository.home();
     let Some(catalog) = Catalog::open_existing(home)? else {
         return Err(RestoreError::Usage(format!(
             "server '{}': no backup '{}' (the repository {} has no catalog yet)",
@@ -578,6 +585,6 @@ pub fn recover(
             home.display()
         )));
     };
-    let plan = prepare(home, &catalog, req)?;
+    let plan = prepare(repository, &catalog, req)?;
     execute(&plan, &catalog, progress)
 }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The folder inside the destination that receives the WAL in copy mode.
@@ -36,8 +36,26 @@ pub struct WalPlan {
     pub histories: Vec<TimeLineId>,
 }
 
-/// The archived history files of a server, by timeline.
-fn archived_histories(repo: &ServerRepo) -> Vec<TimeLineId> {
+/// The archived history files of a server, by timeline (on object storage, as the
+/// catalog lists them: a listing of the bucket would page through every segment).
+fn archived_histories(
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    server: &str,
+) -> Result<Vec<TimeLineId>, RestoreError> {
+    if repo.repository().is_remote() {
+        let mut out: Vec<TimeLineId> = catalog
+            .wal_files(server)?
+            .into_iter()
+            .filter(|w| w.kind == WalKind::History)
+            .filter_map(|w| match WalFileName::parse(&w.name, 1 << 24) {
+                Some(WalFileName::History(t)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        return Ok(out);
+    }
     let mut out: Vec<TimeLineId> = fs::read_dir(repo.wals_dir())
         .map(|rd| {
             rd.flatten()
@@ -51,7 +69,25 @@ fn archived_histories(repo: &ServerRepo) -> Vec<TimeLineId> {
         })
         .unwrap_or_default();
     out.sort();
-    out
+    Ok(out)
+}
+
+/// A history file's text from the store; `None` when it is not there.
+fn history_text(repo: &ServerRepo, tli: TimeLineId) -> Result<Option<String>, RestoreError> {
+    use std::io::Read;
+    let key = repo.history_key(tli);
+    let store_err = |e: crate::repo::store::StoreError| {
+        RestoreError::Refused(format!("server '{}': {e}", repo.server()))
+    };
+    let mut r = match repo.store().get(&key) {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(store_err(e)),
+    };
+    let mut text = String::new();
+    r.read_to_string(&mut text)
+        .map_err(io_err(Path::new(&repo.store().describe(&key))))?;
+    Ok(Some(text))
 }
 
 fn read_history(repo: &ServerRepo, tli: TimeLineId) -> Result<Vec<HistoryEntry>, RestoreError> {
@@ -59,7 +95,16 @@ fn read_history(repo: &ServerRepo, tli: TimeLineId) -> Result<Vec<HistoryEntry>,
         return Ok(Vec::new());
     }
     let path = repo.history_path(tli);
-    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = if repo.repository().is_remote() {
+        history_text(repo, tli)?.ok_or_else(|| {
+            RestoreError::Refused(format!(
+                "server '{}': the history file of timeline {tli} is not in the archive",
+                repo.server()
+            ))
+        })?
+    } else {
+        fs::read_to_string(&path).map_err(io_err(&path))?
+    };
     parse_history(&text).map_err(|e| RestoreError::Corrupt(format!("{}: {e}", path.display())))
 }
 
@@ -72,6 +117,7 @@ fn descends(history: &[HistoryEntry], child: TimeLineId, tli: TimeLineId, lsn: L
 pub fn choose_timeline(
     info: &BackupInfo,
     repo: &ServerRepo,
+    histories: &[TimeLineId],
     wanted: Option<TargetTimeline>,
 ) -> Result<TimeLineId, RestoreError> {
     let backup_tli = info.end_timeline.unwrap_or(info.timeline);
@@ -100,7 +146,7 @@ pub fn choose_timeline(
             }
         }
         None | Some(TargetTimeline::Latest) => {
-            for t in archived_histories(repo).into_iter().rev() {
+            for &t in histories.iter().rev() {
                 if t <= backup_tli {
                     break;
                 }
@@ -136,7 +182,8 @@ pub fn plan(
         )));
     };
     let seg_size = info.wal_segment_size;
-    let timeline = choose_timeline(info, repo, tli)?;
+    let histories = archived_histories(repo, catalog, &info.server)?;
+    let timeline = choose_timeline(info, repo, &histories, tli)?;
     let history = read_history(repo, timeline)?;
     let archived: HashMap<String, WalRecord> = catalog
         .wal_files(&info.server)?
@@ -144,10 +191,13 @@ pub fn plan(
         .filter(|w| w.kind == WalKind::Segment)
         .map(|w| (w.name.clone(), w))
         .collect();
+    // On object storage the catalog row is trusted here (it is entered only once the
+    // object is stored); copying the segment reads and verifies it.
+    let remote = repo.repository().is_remote();
     let present = |seg: &WalSegment| {
         archived
             .get(&seg.name())
-            .filter(|_| repo.segment_path(seg).is_file())
+            .filter(|_| remote || repo.segment_path(seg).is_file())
     };
     let required = required_segments(info, repo);
     if let Some(missing) = required.iter().find(|s| present(s).is_none()) {
@@ -192,7 +242,7 @@ pub fn plan(
     Ok(WalPlan {
         timeline,
         segments,
-        histories: archived_histories(repo),
+        histories,
     })
 }
 
@@ -222,12 +272,16 @@ pub fn copy_into(
     };
     let result = pool.install(|| {
         plan.segments.par_iter().try_for_each(|(seg, sum)| {
-            let src = repo.segment_path(seg);
+            let src = PathBuf::from(repo.store().describe(&repo.segment_key(seg)));
+            let object = repo
+                .store()
+                .get(&repo.segment_key(seg))
+                .map_err(|e| RestoreError::Refused(format!("server '{}': {e}", repo.server())))?;
             let dest = dir.join(seg.name());
             let file = open(&dest)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
-            let (n, have) =
-                crate::repo::compress::decompress_to(&src, &mut w).map_err(io_err(&src))?;
+            let (n, have) = crate::repo::compress::decompress_reader_to(object, &mut w)
+                .map_err(io_err(&src))?;
             let file = w.into_inner().map_err(|e| io_err(&dest)(e.into_error()))?;
             if !have.eq_ignore_ascii_case(sum) || n != seg.seg_size {
                 return Err(RestoreError::Corrupt(format!(
@@ -245,12 +299,9 @@ pub fn copy_into(
     result?;
     let mut bytes = done.load(Ordering::Relaxed);
     for tli in &plan.histories {
-        let src = repo.history_path(*tli);
         let dest = dir.join(history_file_name(*tli));
-        let data = match fs::read(&src) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&src)(e)),
+        let Some(data) = history_text(repo, *tli)?.map(String::into_bytes) else {
+            continue;
         };
         let file = open(&dest)?;
         io::Write::write_all(&mut &file, &data).map_err(io_err(&dest))?;

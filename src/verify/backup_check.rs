@@ -5,7 +5,7 @@
 use crate::backup::wal_range::required_segments;
 use crate::backup::{BackupDir, BackupError, BackupInfo, FileEntry, FileKind};
 use crate::catalog::{WalKind, WalRecord};
-use crate::repo::compress::{decompress_to, read_decompressed};
+use crate::repo::compress::{decompress_reader_to, read_decompressed};
 use crate::repo::ServerRepo;
 use crate::wal::header::validate_segment;
 use crate::wal::WalSegment;
@@ -214,8 +214,11 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 
 /// The files PostgreSQL's `backup_manifest` lists: path (relative to the data
 /// directory, tablespaces under `pg_tblspc/<oid>/`) → size.
-pub fn read_manifest_files(path: &Path) -> Result<HashMap<String, u64>, String> {
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
+pub fn read_manifest_files(dir: &BackupDir) -> Result<HashMap<String, u64>, String> {
+    let text = dir
+        .read_small("backup_manifest")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "it is not in the backup".to_string())?;
     let m: Manifest = serde_json::from_slice(&text).map_err(|e| format!("does not parse: {e}"))?;
     let mut out = HashMap::with_capacity(m.files.len());
     for f in m.files {
@@ -238,7 +241,7 @@ pub fn read_manifest_files(path: &Path) -> Result<HashMap<String, u64>, String> 
 pub fn verify_backup_files(dir: &BackupDir, info: &BackupInfo) -> Result<FileCheck, BackupError> {
     let mut report = FileCheck::default();
     let mut manifest = if info.has_manifest {
-        match read_manifest_files(&dir.manifest_path()) {
+        match read_manifest_files(dir) {
             Ok(m) => {
                 report.manifest_files = Some(m.len() as u64);
                 Some(m)
@@ -283,10 +286,8 @@ pub fn verify_backup_files(dir: &BackupDir, info: &BackupInfo) -> Result<FileChe
             }
         }
         if batch.len() >= BATCH || (end && !batch.is_empty()) {
-            let found: Vec<Option<FileProblem>> = batch
-                .par_iter()
-                .map(|e| verify_file(dir.root(), e))
-                .collect();
+            let found: Vec<Option<FileProblem>> =
+                batch.par_iter().map(|e| verify_file(dir, e)).collect();
             report.files += batch.len() as u64;
             report.bytes += batch.iter().map(|e| e.size).sum::<u64>();
             report.problems.extend(found.into_iter().flatten());
@@ -316,7 +317,7 @@ fn is_contained(rel: &str) -> bool {
     !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-fn verify_file(root: &Path, entry: &FileEntry) -> Option<FileProblem> {
+fn verify_file(dir: &BackupDir, entry: &FileEntry) -> Option<FileProblem> {
     let problem = |issue, detail: String| {
         Some(FileProblem {
             path: manifest_path(entry),
@@ -340,20 +341,33 @@ fn verify_file(root: &Path, entry: &FileEntry) -> Option<FileProblem> {
     let Some(expected) = entry.checksum.as_deref() else {
         return problem(FileIssue::Invalid, "files.jsonl records no checksum".into());
     };
-    let path = root.join(object);
-    if !path.exists() {
-        return problem(
-            FileIssue::Missing,
-            format!("stored object {object} does not exist"),
-        );
+    match dir.has_object(object) {
+        Ok(true) => {}
+        Ok(false) => {
+            return problem(
+                FileIssue::Missing,
+                format!("stored object {object} does not exist"),
+            )
+        }
+        Err(e) => return problem(FileIssue::Unreadable, format!("{object}: {e}")),
     }
-    let read = match entry.compression.as_deref() {
-        Some("none") => hash_plain(&path),
-        Some("zstd") | None => decompress_to(&path, std::io::sink()),
+    let plain = match entry.compression.as_deref() {
+        Some("none") => true,
+        Some("zstd") | None => false,
         Some(other) => {
             return problem(FileIssue::Invalid, format!("unknown compression '{other}'"))
         }
     };
+    let read = dir
+        .open_object(object)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| {
+            if plain {
+                crate::repo::compress::hash_copy(r, std::io::sink())
+            } else {
+                decompress_reader_to(r, std::io::sink())
+            }
+        });
     match read {
         Err(e) => problem(FileIssue::Unreadable, format!("{object}: {e}")),
         Ok((size, _)) if size != entry.size => problem(
@@ -366,13 +380,6 @@ fn verify_file(root: &Path, entry: &FileEntry) -> Option<FileProblem> {
         ),
         Ok(_) => None,
     }
-}
-
-/// Length and BLAKE3 of a plain (uncompressed) stored file.
-fn hash_plain(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut hasher = blake3::Hasher::new();
-    let len = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok((len, hasher.finalize().to_hex().to_string()))
 }
 
 #[cfg(test)]
@@ -515,8 +522,8 @@ mod tests {
             target: None,
         };
         let good = crate::repo::compress::checksum(b"as is");
-        assert!(verify_file(dir.root(), &entry(&good)).is_none());
-        let bad = verify_file(dir.root(), &entry("0000")).unwrap();
+        assert!(verify_file(&dir, &entry(&good)).is_none());
+        let bad = verify_file(&dir, &entry("0000")).unwrap();
         assert_eq!(
             (bad.path.as_str(), bad.issue),
             ("plain", FileIssue::Mismatch)
