@@ -267,8 +267,8 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
     for verb in [
         &["delete", "pg", "latest"][..],
-        &["check-backup", "pg", "latest"],
         &["status", "pg"],
+        &["rebuild-catalog", "pg"],
     ] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
@@ -466,8 +466,10 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
 /// backup_manifest, backup.json last) with its WAL streamed there by receive-wal;
 /// `list-backups` and `show-backup` see it DONE, `recover` fetches it from the
 /// bucket into a data directory that `pg_verifybackup` accepts and that starts
-/// with every row committed before the backup and after it. With the gateway gone,
-/// `backup` fails in one line naming the store and lists nothing new as DONE.
+/// with every row committed before the backup and after it; `verify-backup` and
+/// `check-backup` pass, and a byte flipped in a stored object is named. With the
+/// gateway gone, `backup` fails in one line naming the store (within the retry
+/// bound) and lists nothing new as DONE; with it back, the next backup is DONE.
 #[test]
 fn a_streaming_backup_in_s3_recovers_every_row() {
     use common::seaweed::SECRET_KEY;
@@ -505,6 +507,8 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     assert_eq!(shown["wal"]["present"], true, "{shown}");
     let verified = pg.json(&["verify-backup", "pg", &id]);
     assert_eq!(verified["ok"], true, "{verified}");
+    let checked = pg.json(&["check-backup", "pg", &id]);
+    assert_eq!(checked["ok"], true, "{checked}");
 
     // Everything is in the bucket, nothing of the data in the local home.
     let store = S3Store::new(sw.settings("backups-test")).unwrap();
@@ -584,4 +588,19 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         .filter(|b| b["status"] == "DONE")
         .count();
     assert_eq!(done, 1, "{list}");
+
+    // The gateway back: the next backup is DONE.
+    sw.start_gateway();
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    pg.ok(&["backup", "pg"]);
+    rw.term();
+    let list = pg.json(&["list-backups", "pg"]);
+    let done = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "DONE")
+        .count();
+    assert_eq!(done, 2, "{list}");
 }

@@ -6,7 +6,6 @@ use super::{Context, ExitCode};
 use crate::backup::{BackupInfo, BackupStatus};
 use crate::outln;
 use crate::output::{print_json, Format};
-use crate::repo::ServerRepo;
 use crate::verify::backup_check::check_backup_wal;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
@@ -36,7 +35,6 @@ pub fn refuse_failed(b: &BackupInfo) -> Result<()> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
-    super::server(ctx, server)?;
     let (catalog, b) = super::find_backup(ctx, server, wanted)?;
     refuse_failed(&b)?;
     if b.begin_lsn.is_none() || b.end_lsn.is_none() {
@@ -46,7 +44,7 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             b.status
         );
     }
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     let archived = catalog.wal_files(server)?;
     let report = in_pool(ctx, server, || check_backup_wal(&b, &repo, &archived))?;
     let code = if report.ok() { 0 } else { 1 };

@@ -5,7 +5,7 @@
 use crate::backup::wal_range::required_segments;
 use crate::backup::{BackupDir, BackupError, BackupInfo, FileEntry, FileKind};
 use crate::catalog::{WalKind, WalRecord};
-use crate::repo::compress::{decompress_reader_to, read_decompressed};
+use crate::repo::compress::decompress_reader_to;
 use crate::repo::ServerRepo;
 use crate::wal::header::validate_segment;
 use crate::wal::WalSegment;
@@ -96,23 +96,28 @@ fn check_segment(
             detail,
         })
     };
-    let path = repo.segment_path(seg);
-    if !path.exists() {
-        return problem(
-            SegmentIssue::Missing,
-            format!("not in the archive ({} does not exist)", path.display()),
-        );
-    }
+    let key = repo.segment_key(seg);
+    let path = repo.store().describe(&key);
+    let object = match repo.store().get(&key) {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => {
+            return problem(
+                SegmentIssue::Missing,
+                format!("not in the archive ({path} does not exist)"),
+            )
+        }
+        Err(e) => return problem(SegmentIssue::Unreadable, e.to_string()),
+    };
     let Some(recorded) = recorded else {
         return problem(
             SegmentIssue::Missing,
-            format!("{} is not recorded in the catalog", path.display()),
+            format!("{path} is not recorded in the catalog"),
         );
     };
-    let data = match read_decompressed(&path) {
-        Ok(d) => d,
-        Err(e) => return problem(SegmentIssue::Unreadable, format!("{}: {e}", path.display())),
-    };
+    let mut data = Vec::with_capacity(seg.seg_size as usize);
+    if let Err(e) = decompress_reader_to(object, &mut data) {
+        return problem(SegmentIssue::Unreadable, format!("{path}: {e}"));
+    }
     if let Err(e) = validate_segment(&data, seg, Some(info.system_id)) {
         return problem(SegmentIssue::Unreadable, e.to_string());
     }
@@ -120,10 +125,7 @@ fn check_segment(
     if sum != recorded {
         return problem(
             SegmentIssue::Unreadable,
-            format!(
-                "{}: checksum {sum} differs from {recorded} recorded when it was archived",
-                path.display()
-            ),
+            format!("{path}: checksum {sum} differs from {recorded} recorded when it was archived"),
         );
     }
     None
