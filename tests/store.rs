@@ -266,8 +266,8 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
 
     // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
     for verb in [
-        &["delete", "pg", "latest"][..],
-        &["status", "pg"],
+        &["status", "pg"][..],
+        &["keep", "pg", "latest", "--release"],
         &["rebuild-catalog", "pg"],
     ] {
         let o = pg.run(verb);
@@ -603,4 +603,29 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         .filter(|b| b["status"] == "DONE")
         .count();
     assert_eq!(done, 2, "{list}");
+
+    // Deleting the first backup removes its objects and the WAL only it needed from
+    // the bucket; the second still has every segment it needs.
+    pg.ok(&["delete", "pg", &id]);
+    let left: Vec<String> = store
+        .list(&format!("pg/backups/{id}/"))
+        .map(|m| m.unwrap().key)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let first_wal = shown["begin_wal"].as_str().unwrap();
+    assert!(
+        bucket_segment(&sw, "backups-test", "pg", first_wal).is_none(),
+        "{first_wal} still in the bucket"
+    );
+    let second = list[1]["backup_id"]
+        .as_str()
+        .filter(|b| *b != id)
+        .or_else(|| list[0]["backup_id"].as_str())
+        .unwrap()
+        .to_string();
+    assert_ne!(second, id);
+    let checked = pg.json(&["check-backup", "pg", &second]);
+    assert_eq!(checked["ok"], true, "{checked}");
+    let verified = pg.json(&["verify-backup", "pg", &second]);
+    assert_eq!(verified["ok"], true, "{verified}");
 }

@@ -24,7 +24,7 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
         move |source| BackupError::Io { path, source }
     };
     if dir.is_remote() {
-        remove_stored_objects(dir)?;
+        remove_stored_objects(dir, true)?;
         if dir.root().is_dir() {
             remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
             for f in [dir.files_path(), dir.manifest_path()] {
@@ -47,11 +47,19 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     fsync_dir(dir.root()).map_err(io(dir.root()))
 }
 
-/// Deletes every object of a backup in its store but `backup.json`, in batches.
-fn remove_stored_objects(dir: &BackupDir) -> Result<(), BackupError> {
+/// Deletes every object of a backup in its store, in batches: all of them, or all
+/// but `backup.json` with `keep_info` (a FAILED backup stays on record). Without
+/// `keep_info`, `backup.json` goes first, so the bucket stops listing the backup
+/// before any of its files disappear.
+pub fn remove_stored_objects(dir: &BackupDir, keep_info: bool) -> Result<(), BackupError> {
     let store = dir.store();
     let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
     let keep = dir.key("backup.json");
+    if !keep_info {
+        store
+            .delete(std::slice::from_ref(&keep))
+            .map_err(|e| BackupError::Store(Box::new(e)))?;
+    }
     let mut batch = Vec::new();
     for meta in store.list(&prefix) {
         let meta = meta.map_err(|e| BackupError::Store(Box::new(e)))?;

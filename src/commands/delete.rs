@@ -20,7 +20,6 @@ pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {
-    super::server(ctx, server)?;
     let (catalog, found) = super::find_backup(ctx, server, wanted)?;
     let _lock = retention_lock(ctx, server)?;
     // Under the lock, the backup as it is now (a keep may have landed meanwhile).
@@ -31,9 +30,9 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<Exi
             found.backup_id
         );
     };
-    let minimum = super::server(ctx, server)?.minimum_redundancy;
+    let minimum = super::server_config(ctx, server)?.minimum_redundancy;
     refuse_delete(&b, &all, minimum, force)?;
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     let d = delete_backup(&repo, &catalog, &b)
         .with_context(|| format!("server '{server}': deleting backup {}", b.backup_id))?;
     if ctx.format == Format::Json {

@@ -215,6 +215,7 @@ pub fn delete_backup(
         Err(e) => return Err(io_err(dir.root())(e)),
     }
     catalog.delete_backup(server, &info.backup_id)?;
+    remove_objects(repo, &info.backup_id)?;
     remove_tree(&hidden, &repo.backups_dir())?;
 
     let removed = remove_unneeded_wal(repo, catalog, server, info.wal_segment_size)?;
@@ -261,8 +262,16 @@ pub fn remove_unneeded_wal(
     if seg_size == 0 {
         doomed.clear();
     }
+    if repo.repository().is_remote() {
+        let keys: Vec<String> = doomed.iter().map(|w| wal_key(repo, w, seg_size)).collect();
+        for batch in keys.chunks(1000) {
+            repo.store()
+                .delete(batch)
+                .map_err(|e| BackupError::Store(Box::new(e)))?;
+        }
+    }
     let mut dirs = BTreeSet::new();
-    for w in &doomed {
+    for w in doomed.iter().filter(|_| !repo.repository().is_remote()) {
         let path = wal_path(repo, w, seg_size);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -370,6 +379,20 @@ pub fn obsolete_now(
         .collect()
 }
 
+/// The key of an archived WAL file in the store.
+fn wal_key(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> String {
+    let seg = WalSegment {
+        tli: w.timeline,
+        segno: w.segno.unwrap_or(0),
+        seg_size,
+    };
+    match w.kind {
+        WalKind::Partial => repo.partial_segment_key(&seg),
+        WalKind::History => repo.history_key(w.timeline),
+        _ => repo.segment_key(&seg),
+    }
+}
+
 /// Where an archived segment or partial segment is stored.
 fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
     let seg = WalSegment {
@@ -381,6 +404,15 @@ fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
         WalKind::Partial => repo.partial_segment_path(&seg),
         _ => repo.segment_path(&seg),
     }
+}
+
+/// On object storage, deletes a backup's objects (the local `.deleting-<id>` folder
+/// is the record that the delete is under way, so a crash here is finished later).
+fn remove_objects(repo: &ServerRepo, id: &str) -> Result<(), BackupError> {
+    if !repo.repository().is_remote() {
+        return Ok(());
+    }
+    crate::backup::lifecycle::remove_stored_objects(&BackupDir::new(repo, id), false)
 }
 
 /// Removes a folder tree and makes its removal durable in `parent`.
@@ -414,6 +446,7 @@ pub fn finish_interrupted_deletes(
         };
         if crate::backup::is_backup_id(id) {
             catalog.delete_backup(server, id)?;
+            remove_objects(repo, id)?;
         }
         remove_tree(&e.path(), &dir)?;
         tracing::info!(server, "finished the interrupted delete of backup {id}");
