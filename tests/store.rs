@@ -484,15 +484,12 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     // as a multipart upload.
     c.psql("insert into t select g, md5(g::text) || repeat('x', 100) from generate_series(1, 120000) g");
     let pg = common::Pgbk::new();
-    pg.streaming_server_with(
-        "pg",
-        &c,
-        &format!(
-            "immediate_checkpoint = on\nrepository = s3://pgbk/backups-test\ns3_endpoint = {}\n\
-             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-            sw.endpoint()
-        ),
+    let conf = format!(
+        "immediate_checkpoint = on\nrepository = s3://pgbk/backups-test\ns3_endpoint = {}\n\
+         s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+        sw.endpoint()
     );
+    pg.streaming_server_with("pg", &c, &conf);
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
     wait_receive_wal(&c);
     let out = pg.json(&["backup", "pg"]);
@@ -628,4 +625,31 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     assert_eq!(checked["ok"], true, "{checked}");
     let verified = pg.json(&["verify-backup", "pg", &second]);
     assert_eq!(verified["ok"], true, "{verified}");
+
+    // Retention in cron (REDUNDANCY 1) deletes the older backup from the bucket
+    // and keeps everything the newest needs.
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    let third = pg.json(&["backup", "pg"])["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pg.streaming_server_with(
+        "pg",
+        &c,
+        &format!("{conf}retention_policy = REDUNDANCY 1\n"),
+    );
+    let actions = pg.json(&["cron"]);
+    rw.term();
+    assert!(
+        actions.to_string().contains(&second),
+        "retention did not delete {second}: {actions}"
+    );
+    assert_eq!(
+        store.list(&format!("pg/backups/{second}/")).count(),
+        0,
+        "{second} left objects"
+    );
+    let checked = pg.json(&["check-backup", "pg", &third]);
+    assert_eq!(checked["ok"], true, "{checked}");
 }

@@ -13,7 +13,7 @@ use crate::config::ServerConfig;
 use crate::lock::{JobLock, LockError};
 use crate::outln;
 use crate::output::{print_json, Format};
-use crate::repo::ServerRepo;
+use crate::repo::{Repository, ServerRepo};
 use crate::retention::{apply_retention, RetentionPolicy};
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -121,8 +121,13 @@ fn pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Res
     let mut failed = false;
     for s in ctx.config.servers.values().filter(|s| s.active) {
         let before = actions.len();
-        let result = super::refuse_object_storage(s)
-            .and_then(|()| server_pass(ctx, s, keep_descriptors, children, &mut actions));
+        // A passive copy (replicate) does not work on a bucket yet.
+        let refused = match s.primary_ssh_command {
+            Some(_) => super::refuse_object_storage(s),
+            None => Ok(()),
+        };
+        let result =
+            refused.and_then(|()| server_pass(ctx, s, keep_descriptors, children, &mut actions));
         failed |= actions[before..].iter().any(|a| a.action == "error");
         if let Err(e) = result {
             tracing::error!(server = s.name.as_str(), "cron: {e:#}");
@@ -147,6 +152,8 @@ fn server_pass(
     actions: &mut Vec<Action>,
 ) -> Result<()> {
     let home = &ctx.config.home;
+    let repository = super::repository(ctx, s)?;
+    let repo = repository.server(&s.name);
     if s.primary_ssh_command.is_some() {
         // A passive server streams nothing: one replicate pass copies from its primary.
         replicate_step(ctx, s, actions);
@@ -172,14 +179,13 @@ fn server_pass(
         }
     }
     if s.archiver {
-        archive_wal_step(ctx, s, actions);
+        archive_wal_step(&repository, s, actions);
     }
     let Some(catalog) = Catalog::open_existing(home)? else {
         return Ok(());
     };
     let before = catalog.backups(&s.name)?;
-    let after =
-        crate::backup::lifecycle::refresh(&crate::repo::ServerRepo::new(home, &s.name), &catalog)?;
+    let after = crate::backup::lifecycle::refresh(&repo, &catalog)?;
     for b in &after {
         let old = before.iter().find(|o| o.backup_id == b.backup_id);
         if let Some(o) = old.filter(|o| o.status != b.status) {
@@ -219,7 +225,6 @@ fn server_pass(
         }
         Err(e) => return Err(e),
     };
-    let repo = ServerRepo::new(home, &s.name);
     let applied = apply_retention(
         &repo,
         &catalog,
@@ -311,9 +316,9 @@ fn replicate_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
 
 /// Runs archive-wal in-process for a server with `archiver = on`; its errors are
 /// logged and recorded as an `error` action, and the pass goes on.
-fn archive_wal_step(ctx: &Context, s: &ServerConfig, actions: &mut Vec<Action>) {
+fn archive_wal_step(repository: &Repository, s: &ServerConfig, actions: &mut Vec<Action>) {
     use crate::wal::incoming::{archive_incoming, IncomingError};
-    match archive_incoming(&crate::repo::Repository::local(&ctx.config.home), &s.name) {
+    match archive_incoming(repository, &s.name) {
         Ok(r) => {
             if !r.archived.is_empty() || !r.refused.is_empty() || !r.already_present.is_empty() {
                 let message = format!(

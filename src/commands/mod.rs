@@ -246,7 +246,7 @@ pub fn server_repo(ctx: &Context, name: &str) -> Result<ServerRepo> {
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal, get-wal, backup with backup_method = postgres, list-backups, show-backup, list-files, verify-backup, check-backup, delete and recover do)",
+            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal, get-wal, backup with backup_method = postgres, list-backups, show-backup, list-files, verify-backup, check-backup, delete, recover and cron do)",
             s.name,
             r.url(),
             s.file.display()
