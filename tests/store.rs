@@ -265,11 +265,7 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     );
 
     // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
-    for verb in [
-        &["status", "pg"][..],
-        &["keep", "pg", "latest", "--release"],
-        &["rebuild-catalog", "pg"],
-    ] {
+    for verb in [&["status", "pg"][..], &["rebuild-catalog", "pg"]] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
         let lines: Vec<&str> = o
@@ -462,8 +458,11 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     assert!(!out.exists(), "damaged bytes were delivered");
 }
 
-/// A streaming backup goes to the bucket (its files whole or multipart, files.jsonl,
-/// backup_manifest, backup.json last) with its WAL streamed there by receive-wal;
+/// A streaming backup under pgbench load goes to the bucket (its files whole or
+/// multipart, files.jsonl, backup_manifest, backup.json last) with its WAL streamed
+/// there by receive-wal; `recover --target-time` between two batches gives exactly
+/// the rows committed before it; `delete`, retention in `cron` and `keep` act on
+/// the bucket and never remove WAL the remaining backup needs;
 /// `list-backups` and `show-backup` see it DONE, `recover` fetches it from the
 /// bucket into a data directory that `pg_verifybackup` accepts and that starts
 /// with every row committed before the backup and after it; `verify-backup` and
@@ -490,9 +489,12 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         sw.endpoint()
     );
     pg.streaming_server_with("pg", &c, &conf);
+    c.pgbench_init(1);
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
     wait_receive_wal(&c);
+    let mut load = c.pgbench(6, 2);
     let out = pg.json(&["backup", "pg"]);
+    let _ = load.wait();
     let id = out["backup_id"]
         .as_str()
         .or_else(|| out[0]["backup_id"].as_str())
@@ -526,14 +528,23 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     );
 
     c.psql("insert into t select g, 'after' from generate_series(120001, 120500) g");
+    let at_target = c.psql("select count(*) from t");
+    let target = c.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("insert into t select g, 'later' from generate_series(120501, 120600) g");
     let expected = c.psql("select count(*) from t");
+    assert_ne!(expected, at_target);
     let last = c.current_wal_file();
     c.psql("select pg_switch_wal()");
-    wait_until(
-        Duration::from_secs(60),
-        "the last segment in the bucket",
-        || bucket_segment(&sw, "backups-test", "pg", &last).is_some(),
-    );
+    // The catalog row is entered once the object is stored: wait for the row.
+    wait_until(Duration::from_secs(60), "the last segment archived", || {
+        pgbk::catalog::Catalog::open_existing(&pg.home)
+            .ok()
+            .flatten()
+            .and_then(|cat| cat.wal_files("pg").ok())
+            .is_some_and(|w| w.iter().any(|r| r.name == last))
+    });
+    assert!(bucket_segment(&sw, "backups-test", "pg", &last).is_some());
 
     let dir = pg_scratch_dir("pgbk-s3-rec-");
     let data = dir.path().join("data");
@@ -550,6 +561,28 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
             .is_ok_and(|s| s == "f")
     });
     assert_eq!(r.psql("select count(*) from t"), expected);
+    drop(r);
+
+    // To a time between the two batches: exactly the rows committed before it.
+    let dir = pg_scratch_dir("pgbk-s3-pitr-");
+    let data = dir.path().join("data");
+    pg.ok(&[
+        "recover",
+        "pg",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &target,
+        "--target-action",
+        "promote",
+    ]);
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_until(Duration::from_secs(60), "recovery to end", || {
+        r.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|s| s == "f")
+    });
+    assert_eq!(r.psql("select count(*) from t"), at_target);
+    drop(r);
     rw.term();
 
     // A byte flipped in a stored object: verify-backup names it.
@@ -652,4 +685,10 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     );
     let checked = pg.json(&["check-backup", "pg", &third]);
     assert_eq!(checked["ok"], true, "{checked}");
+
+    // keep annotates backup.json in the bucket.
+    pg.ok(&["keep", "pg", &third, "--target", "full"]);
+    let info = read_all(&store, &format!("pg/backups/{third}/backup.json"));
+    let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    assert_eq!(info["keep"], "full", "{info}");
 }

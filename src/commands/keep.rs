@@ -7,7 +7,6 @@ use crate::backup::{save, BackupDir, BackupStatus, KeepTarget};
 use crate::cli::KeepArgs;
 use crate::outln;
 use crate::output::{print_json, Format};
-use crate::repo::ServerRepo;
 use anyhow::{bail, Result};
 use serde_json::json;
 
@@ -24,7 +23,7 @@ pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    super::server(ctx, server)?;
+    super::server_config(ctx, server)?;
     if a.status {
         let (_, b) = super::find_backup(ctx, server, &a.backup_id)?;
         let keep = b
@@ -41,7 +40,7 @@ pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
     }
     let _lock = retention_lock(ctx, server)?;
     let (catalog, found) = super::find_backup(ctx, server, &a.backup_id)?;
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     // backup.json is the truth: change it, not the catalog's copy.
     let mut b = BackupDir::new(&repo, &found.backup_id).read_info()?;
     let before = b.keep;
