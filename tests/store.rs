@@ -268,14 +268,8 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     for verb in [&["status", "pg"][..], &["rebuild-catalog", "pg"]] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
-        let lines: Vec<&str> = o
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("pgbk:"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{o:?}");
         assert!(
-            lines[0].contains("server 'pg': repository = s3://pgbk/servers"),
+            error_line(&o).contains("server 'pg': repository = s3://pgbk/servers"),
             "{o:?}"
         );
     }
@@ -307,6 +301,37 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
             "{line}: {o:?}"
         );
     }
+}
+
+/// Waits until a recovered cluster has promoted; a server that stopped instead
+/// (recovery could not reach its target) fails at once with its log.
+fn wait_promoted(r: &common::Cluster, what: &str) {
+    common::wait_until(Duration::from_secs(120), what, || {
+        assert!(
+            r.is_running(),
+            "{what}: the server stopped:\n{}",
+            r.log_tail(40)
+        );
+        r.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|s| s == "f")
+    });
+}
+
+/// The one `pgbk:` line a failed command printed (panics unless exactly one).
+fn error_line(out: &common::Output) -> &str {
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("pgbk:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{out:?}");
+    lines[0]
+}
+
+/// How many backups of a `list-backups --format json` document are DONE.
+fn done_backups(list: &serde_json::Value) -> usize {
+    list.as_array()
+        .map_or(0, |a| a.iter().filter(|b| b["status"] == "DONE").count())
 }
 
 /// Reads an object of the bucket and decompresses it with the plain `zstd` binary:
@@ -556,10 +581,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         .unwrap();
     assert!(verify.status.success(), "pg_verifybackup: {verify:?}");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
+    wait_promoted(&r, "recovery to end");
     assert_eq!(r.psql("select count(*) from t"), expected);
     drop(r);
 
@@ -577,10 +599,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         "promote",
     ]);
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
+    wait_promoted(&r, "the point-in-time recovery to end");
     assert_eq!(r.psql("select count(*) from t"), at_target);
     drop(r);
     rw.term();
@@ -603,21 +622,12 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     sw.kill("filer");
     let failed = pg.run(&["backup", "pg"]);
     assert_ne!(failed.code, 0, "{failed:?}");
-    let lines: Vec<&str> = failed
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("pgbk:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{failed:?}");
-    assert!(lines[0].contains("s3://pgbk/backups-test"), "{failed:?}");
+    assert!(
+        error_line(&failed).contains("s3://pgbk/backups-test"),
+        "{failed:?}"
+    );
     let list = pg.json(&["list-backups", "pg"]);
-    let done = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["status"] == "DONE")
-        .count();
-    assert_eq!(done, 1, "{list}");
+    assert_eq!(done_backups(&list), 1, "{list}");
 
     // The gateway back: the next backup is DONE.
     sw.start_gateway();
@@ -626,13 +636,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     pg.ok(&["backup", "pg"]);
     rw.term();
     let list = pg.json(&["list-backups", "pg"]);
-    let done = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b["status"] == "DONE")
-        .count();
-    assert_eq!(done, 2, "{list}");
+    assert_eq!(done_backups(&list), 2, "{list}");
 
     // Deleting the first backup removes its objects and the WAL only it needed from
     // the bucket; the second still has every segment it needs.

@@ -393,17 +393,10 @@ fn wal_key(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> String {
     }
 }
 
-/// Where an archived segment or partial segment is stored.
+/// Where an archived WAL file is stored on the local backend (keys are the paths
+/// below the home).
 fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
-    let seg = WalSegment {
-        tli: w.timeline,
-        segno: w.segno.unwrap_or(0),
-        seg_size,
-    };
-    match w.kind {
-        WalKind::Partial => repo.partial_segment_path(&seg),
-        _ => repo.segment_path(&seg),
-    }
+    repo.repository().home().join(wal_key(repo, w, seg_size))
 }
 
 /// On object storage, deletes a backup's objects (the local `.deleting-<id>` folder
