@@ -587,11 +587,7 @@ fn backup_all_backs_up_each_active_server_and_names_the_one_that_fails() {
             && !text.stdout.contains("server 'off'"),
         "{text:?}"
     );
-    let errors: Vec<&str> = text
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("pgbk: "))
-        .collect();
+    let errors = text.error_lines();
     assert_eq!(errors.len(), 2, "{text:?}");
     assert!(errors[0].contains("'down'"), "{text:?}");
     assert_eq!(errors[1], "pgbk: backup failed for server(s) down");

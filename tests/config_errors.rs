@@ -146,11 +146,7 @@ fn errors_say_each_thing_once_and_are_json_with_format_json() {
          streaming_archiver = on\nslot_name = s\n",
     );
     let once = |out: &common::Output, what: &str| {
-        let line: Vec<&str> = out
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("pgbk:"))
-            .collect();
+        let line = out.error_lines();
         assert_eq!(line.len(), 1, "{what}: {out:?}");
         assert_eq!(
             line[0].matches(what).count(),

@@ -319,11 +319,7 @@ fn wait_promoted(r: &common::Cluster, what: &str) {
 
 /// The one `pgbk:` line a failed command printed (panics unless exactly one).
 fn error_line(out: &common::Output) -> &str {
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("pgbk:"))
-        .collect();
+    let lines = out.error_lines();
     assert_eq!(lines.len(), 1, "{out:?}");
     lines[0]
 }

@@ -17,7 +17,9 @@ pub fn required_segments(info: &BackupInfo, repo: &ServerRepo) -> Vec<WalSegment
     let seg = info.wal_segment_size;
     let target = info.end_timeline.unwrap_or(info.timeline);
     let history = if target.0 > 1 {
-        read_history(repo, target)
+        repo.read_history(target)
+            .ok()
+            .flatten()
             .and_then(|t| parse_history(&t).ok())
             .unwrap_or_default()
     } else {
@@ -26,18 +28,6 @@ pub fn required_segments(info: &BackupInfo, repo: &ServerRepo) -> Vec<WalSegment
     let first = begin.segno(seg);
     let last = end.prev_segno(seg).max(first);
     segments_between(&history, target, first, last, seg)
-}
-
-/// A timeline's history file from the archive (`None` when it cannot be read).
-fn read_history(repo: &ServerRepo, tli: crate::wal::TimeLineId) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    repo.store()
-        .get(&repo.history_key(tli))
-        .ok()?
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
 }
 
 /// The required segments that the catalog does not list as archived, or whose

@@ -139,6 +139,21 @@ impl ServerRepo {
         format!("{}/wals/{}", self.server, history_file_name(tli))
     }
 
+    /// A timeline's history file from the store; `None` when it is not there.
+    pub fn read_history(&self, tli: TimeLineId) -> Result<Option<String>, store::StoreError> {
+        use std::io::Read;
+        let key = self.history_key(tli);
+        let mut r = match self.store().get(&key) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut text = String::new();
+        r.read_to_string(&mut text)
+            .map_err(|source| store::StoreError::Io { path: key, source })?;
+        Ok(Some(text))
+    }
+
     /// `<home>/<server>`.
     pub fn root(&self) -> &Path {
         &self.root

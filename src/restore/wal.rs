@@ -72,40 +72,31 @@ fn archived_histories(
     Ok(out)
 }
 
-/// A history file's text from the store; `None` when it is not there.
-fn history_text(repo: &ServerRepo, tli: TimeLineId) -> Result<Option<String>, RestoreError> {
-    use std::io::Read;
-    let key = repo.history_key(tli);
-    let store_err = |e: crate::repo::store::StoreError| {
-        RestoreError::Refused(format!("server '{}': {e}", repo.server()))
-    };
-    let mut r = match repo.store().get(&key) {
-        Ok(r) => r,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(store_err(e)),
-    };
-    let mut text = String::new();
-    r.read_to_string(&mut text)
-        .map_err(io_err(Path::new(&repo.store().describe(&key))))?;
-    Ok(Some(text))
-}
-
 fn read_history(repo: &ServerRepo, tli: TimeLineId) -> Result<Vec<HistoryEntry>, RestoreError> {
     if tli.0 == 1 {
         return Ok(Vec::new());
     }
     let path = repo.history_path(tli);
     let text = if repo.repository().is_remote() {
-        history_text(repo, tli)?.ok_or_else(|| {
-            RestoreError::Refused(format!(
-                "server '{}': the history file of timeline {tli} is not in the archive",
-                repo.server()
-            ))
-        })?
+        repo.read_history(tli)
+            .map_err(store_refused(repo))?
+            .ok_or_else(|| {
+                RestoreError::Refused(format!(
+                    "server '{}': the history file of timeline {tli} is not in the archive",
+                    repo.server()
+                ))
+            })?
     } else {
         fs::read_to_string(&path).map_err(io_err(&path))?
     };
     parse_history(&text).map_err(|e| RestoreError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+/// The store's failure as a refusal naming the server (never "not found").
+fn store_refused(
+    repo: &ServerRepo,
+) -> impl Fn(crate::repo::store::StoreError) -> RestoreError + '_ {
+    move |e| RestoreError::Refused(format!("server '{}': {e}", repo.server()))
 }
 
 /// Whether timeline `child` (with this history) continues `tli` past `lsn`.
@@ -276,7 +267,7 @@ pub fn copy_into(
             let object = repo
                 .store()
                 .get(&repo.segment_key(seg))
-                .map_err(|e| RestoreError::Refused(format!("server '{}': {e}", repo.server())))?;
+                .map_err(store_refused(repo))?;
             let dest = dir.join(seg.name());
             let file = open(&dest)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
@@ -300,7 +291,11 @@ pub fn copy_into(
     let mut bytes = done.load(Ordering::Relaxed);
     for tli in &plan.histories {
         let dest = dir.join(history_file_name(*tli));
-        let Some(data) = history_text(repo, *tli)?.map(String::into_bytes) else {
+        let Some(data) = repo
+            .read_history(*tli)
+            .map_err(store_refused(repo))?
+            .map(String::into_bytes)
+        else {
             continue;
         };
         let file = open(&dest)?;

@@ -264,11 +264,9 @@ pub fn remove_unneeded_wal(
     }
     if repo.repository().is_remote() {
         let keys: Vec<String> = doomed.iter().map(|w| wal_key(repo, w, seg_size)).collect();
-        for batch in keys.chunks(1000) {
-            repo.store()
-                .delete(batch)
-                .map_err(|e| BackupError::Store(Box::new(e)))?;
-        }
+        repo.store()
+            .delete(&keys)
+            .map_err(|e| BackupError::Store(Box::new(e)))?;
     }
     let mut dirs = BTreeSet::new();
     for w in doomed.iter().filter(|_| !repo.repository().is_remote()) {

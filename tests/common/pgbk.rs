@@ -20,6 +20,16 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// The `pgbk:` lines of stderr (pgbk's one-line errors).
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("pgbk:"))
+            .collect()
+    }
+}
+
 /// A pgbk setup: `root/pgbk.conf` (`home = root/home`, `log_level = debug`) and an
 /// empty `root/conf.d/`. `home` itself is not created: pgbk must create it.
 pub struct Pgbk {
