@@ -3,7 +3,8 @@
 use super::{Catalog, CatalogError, WalKind, WalRecord};
 use crate::backup::{is_backup_id, BackupDir, BackupInfo};
 use crate::lock::{JobLock, LockError};
-use crate::repo::compress::{checksum, decompress_to};
+use crate::repo::compress::{checksum, inspect_object, parse_trailer, TRAILER_LEN};
+use crate::repo::store::{ObjectMeta, Store, StoreError};
 use crate::repo::ServerRepo;
 use crate::wal::header::read_long_header;
 use crate::wal::{SystemId, TimeLineId, WalFileName};
@@ -12,37 +13,31 @@ use rayon::prelude::*;
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The backups whose folder (with a `backup.json` past STARTED) is in the repository
-/// but that the catalog does not list (`catalog` `None`: there is no catalog at all). A catalog
-/// removed or restored from an older copy would otherwise make `list-backups` print
-/// nothing, or too little, with exit 0.
+/// (its local folder or its bucket) but that the catalog does not list (`catalog`
+/// `None`: there is no catalog at all). A catalog removed or restored from an older
+/// copy would otherwise make `list-backups` print nothing, or too little, with exit 0.
 pub fn backups_missing_from_catalog(
-    home: &Path,
-    server: &str,
+    repo: &ServerRepo,
     catalog: Option<&Catalog>,
-) -> Result<Vec<String>, CatalogError> {
-    let repo = ServerRepo::new(home, server);
-    let Ok(rd) = std::fs::read_dir(repo.backups_dir()) else {
-        return Ok(Vec::new());
-    };
+) -> Result<Vec<String>, RebuildError> {
     let known: std::collections::HashSet<String> = match catalog {
         Some(c) => c
-            .backups(server)?
+            .backups(repo.server())?
             .into_iter()
             .map(|b| b.backup_id)
             .collect(),
         None => Default::default(),
     };
-    let mut out: Vec<String> = rd
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|id| is_backup_id(id) && !known.contains(id))
+    let mut out: Vec<String> = backup_ids(repo)?
+        .into_iter()
+        .filter(|id| !known.contains(id))
         // A backup that just started writes backup.json a moment before its row:
         // only a folder past STARTED is certainly one the catalog lost.
         .filter(|id| {
-            BackupDir::new(&repo, id)
+            BackupDir::new(repo, id)
                 .read_info()
                 .is_ok_and(|b| b.status != crate::backup::BackupStatus::Started)
         })
@@ -51,70 +46,119 @@ pub fn backups_missing_from_catalog(
     Ok(out)
 }
 
-/// Every file under `wals/` (its files and those one folder down), sorted.
-fn archived_wal_paths(repo: &ServerRepo) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(repo.wals_dir()) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if let Ok(sub) = std::fs::read_dir(&p) {
-                    files.extend(sub.flatten().map(|s| s.path()));
-                }
-            } else {
-                files.push(p);
-            }
+/// The backup ids under `<server>/backups/` in the repository, sorted.
+fn backup_ids(repo: &ServerRepo) -> Result<Vec<String>, RebuildError> {
+    let folder = format!("{}/backups/", repo.server());
+    let ids = repo.store().list_folders(&folder).map_err(store_err)?;
+    Ok(ids.into_iter().filter(|id| is_backup_id(id)).collect())
+}
+
+fn store_err(e: StoreError) -> RebuildError {
+    RebuildError::Store(Box::new(e))
+}
+
+/// One archived WAL object: its listing entry and its file name without `.zst`.
+struct WalObject {
+    meta: ObjectMeta,
+    file: String,
+    name: String,
+}
+
+/// Every WAL object under `<server>/wals/` (its files and those one folder down),
+/// in key order, with its WAL file name (segments, partials, history files).
+fn archived_wal_objects(repo: &ServerRepo) -> Result<Vec<WalObject>, StoreError> {
+    let prefix = format!("{}/wals/", repo.server());
+    let mut out = Vec::new();
+    for m in repo.store().list(&prefix) {
+        let meta = m?;
+        let rest = &meta.key[prefix.len()..];
+        let file = match rest.split('/').collect::<Vec<_>>()[..] {
+            [f] | [_, f] => f.to_string(),
+            _ => continue,
+        };
+        let name = file.strip_suffix(".zst").unwrap_or(&file).to_string();
+        if WalFileName::parse(&name, crate::wal::put::MIN_SEG_SIZE).is_none() {
+            continue;
         }
+        out.push(WalObject { meta, file, name });
     }
-    files.sort();
-    files
+    Ok(out)
 }
 
-/// The WAL files archived for a server, with their names (without `.zst`):
-/// segments, partials and history files under `wals/`, whatever the catalog says.
-fn archived_wal_files(repo: &ServerRepo) -> Vec<(PathBuf, String)> {
-    archived_wal_paths(repo)
+/// The names of the WAL files archived for a server (see [`archived_wal_objects`]).
+pub fn archived_wal_names(repo: &ServerRepo) -> Result<Vec<String>, StoreError> {
+    Ok(archived_wal_objects(repo)?
         .into_iter()
-        .filter_map(|p| {
-            let file = p.file_name()?.to_str()?;
-            let name = file.strip_suffix(".zst").unwrap_or(file).to_string();
-            WalFileName::parse(&name, crate::wal::put::MIN_SEG_SIZE)?;
-            Some((p, name))
-        })
-        .collect()
-}
-
-/// The names of the WAL files archived for `server` (see [`archived_wal_files`]).
-pub fn archived_wal_names(home: &Path, server: &str) -> Vec<String> {
-    archived_wal_files(&ServerRepo::new(home, server))
-        .into_iter()
-        .map(|(_, n)| n)
-        .collect()
+        .map(|o| o.name)
+        .collect())
 }
 
 /// How old an archived WAL file must be before its missing catalog row counts as
 /// lost: archiving renames the file into place a moment before it writes the row.
 pub const WAL_ROW_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The archived WAL files (segments, partials, history files) under `wals/` that
-/// `known` (the catalog's rows of the server) does not list, sorted; files newer
-/// than `grace` ([`WAL_ROW_GRACE`] while a catalog exists) are left out.
+/// The archived WAL files (segments, partials, history files) in the repository
+/// that `known` (the catalog's rows of the server) does not list, sorted; files
+/// newer than `grace` ([`WAL_ROW_GRACE`] while a catalog exists) are left out.
 pub fn wal_missing_from_catalog(
-    home: &Path,
-    server: &str,
+    repo: &ServerRepo,
     known: &[WalRecord],
     grace: std::time::Duration,
-) -> Vec<String> {
+) -> Result<Vec<String>, StoreError> {
     let known: std::collections::HashSet<&str> = known.iter().map(|w| w.name.as_str()).collect();
     let now = std::time::SystemTime::now();
-    archived_wal_files(&ServerRepo::new(home, server))
+    Ok(archived_wal_objects(repo)?
         .into_iter()
-        .filter(|(_, name)| !known.contains(name.as_str()))
-        .filter_map(|(p, name)| {
-            let age = now.duration_since(std::fs::metadata(&p).ok()?.modified().ok()?);
-            age.is_ok_and(|a| a >= grace).then_some(name)
+        .filter(|o| !known.contains(o.name.as_str()))
+        .filter_map(|o| {
+            let age = now.duration_since(o.meta.modified?);
+            age.is_ok_and(|a| a >= grace).then_some(o.name)
         })
-        .collect()
+        .collect())
+}
+
+/// The cluster (system identifier, segment size) whose WAL or backups a server's
+/// repository holds: the long header of its first archived segment, else its
+/// newest readable backup.json; `None` when it holds neither, or cannot be read
+/// (the writes that follow report that themselves).
+pub fn repository_identity(repo: &ServerRepo) -> Option<(SystemId, u64)> {
+    let store = repo.store();
+    let prefix = format!("{}/wals/", repo.server());
+    for m in store.list(&prefix).take(1000) {
+        let meta = m.ok()?;
+        let file = meta.key.rsplit('/').next().unwrap_or_default();
+        let segment = file
+            .strip_suffix(".zst")
+            .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !segment {
+            continue;
+        }
+        if let Some(h) = segment_head(store, &meta.key).and_then(|h| read_long_header(&h)) {
+            return Some((h.system_id, h.seg_size));
+        }
+    }
+    backup_ids(repo)
+        .ok()?
+        .iter()
+        .rev()
+        .find_map(|id| BackupDir::new(repo, id).read_info().ok())
+        .map(|b| (b.system_id, b.wal_segment_size))
+}
+
+/// Before a writer stores anything in a bucket for a server whose cluster the
+/// catalog does not know yet (a new manager, a lost catalog), the cluster the
+/// bucket already holds becomes the catalog's: a bucket holding another server's
+/// repository is then refused by the identity check, naming both identifiers,
+/// instead of being mixed with this one. A local repository keeps its catalog
+/// beside it and is left to the catalog alone.
+pub fn adopt_repository_identity(repo: &ServerRepo, catalog: &Catalog) -> Result<(), CatalogError> {
+    if !repo.repository().is_remote() || catalog.server_identity(repo.server())?.is_some() {
+        return Ok(());
+    }
+    match repository_identity(repo) {
+        Some((id, seg)) => catalog.check_server_identity(repo.server(), id, seg),
+        None => Ok(()),
+    }
 }
 
 /// Why a server's catalog rows could not be rebuilt.
@@ -136,6 +180,12 @@ pub enum RebuildError {
         /// The error.
         source: std::io::Error,
     },
+    /// The repository's store could not be listed or read.
+    #[error(transparent)]
+    Store(Box<StoreError>),
+    /// A backup.json could not be read.
+    #[error(transparent)]
+    Backup(Box<crate::backup::BackupError>),
     /// The catalog refused.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -156,45 +206,110 @@ pub struct RebuildSummary {
     pub unreadable: Vec<String>,
 }
 
-/// One WAL archive file found on disk.
+/// One WAL archive object found in the repository.
 struct Found {
-    path: PathBuf,
-    name: String,
+    object: WalObject,
     kind: WalKind,
     timeline: TimeLineId,
     segno: Option<u64>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RebuildError + '_ {
-    move |source| RebuildError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+fn io_err(store: &dyn Store, key: &str) -> impl FnOnce(std::io::Error) -> RebuildError {
+    let path = PathBuf::from(store.describe(key));
+    move |source| RebuildError::Io { path, source }
 }
 
-fn modified(path: &Path) -> DateTime<Utc> {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(DateTime::<Utc>::from)
-        .unwrap_or_else(|_| Utc::now())
+/// The first bytes of a stored segment, decompressed (its long page header).
+fn segment_head(store: &dyn Store, key: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let object = store.get(key).ok()?;
+    let mut head = Vec::new();
+    zstd::stream::read::Decoder::new(object)
+        .ok()?
+        .take(8192)
+        .read_to_end(&mut head)
+        .ok()?;
+    Some(head)
 }
 
-/// Rebuilds a server's catalog rows from its repository folder: every
-/// `backups/<id>/backup.json`, every archived WAL file (decompressed in parallel for
-/// its size and checksum), and the identity from a segment's long header (else the
-/// newest backup). Holds the server's receive-wal and backup locks meanwhile, and
-/// refuses when either job is running.
+/// What the catalog records about one stored WAL object. Locally the object is read
+/// whole (its frames decompressed, its trailer compared); from a bucket, its
+/// trailer alone is fetched (one small ranged GET instead of downloading the whole
+/// archive), as the trailer is what every reader verifies the content against.
+fn describe_wal(store: &dyn Store, f: &Found, remote: bool) -> Result<WalRecord, RebuildError> {
+    use std::io::Read;
+    let key = &f.object.meta.key;
+    let stored_size = f.object.meta.size;
+    let (size, sum, stored_sum) = if f.kind == WalKind::History {
+        let mut data = Vec::new();
+        store
+            .get(key)
+            .map_err(store_err)?
+            .read_to_end(&mut data)
+            .map_err(io_err(store, key))?;
+        let sum = checksum(&data);
+        (data.len() as u64, sum.clone(), Some(sum))
+    } else {
+        let tail = if remote && stored_size >= TRAILER_LEN as u64 {
+            let tail = store
+                .get_range(key, stored_size - TRAILER_LEN as u64, TRAILER_LEN as u64)
+                .map_err(store_err)?;
+            parse_trailer(&tail)
+        } else {
+            None
+        };
+        match tail {
+            Some(rec) => (rec.size, rec.checksum, None),
+            None => {
+                let object = store.get(key).map_err(store_err)?;
+                let s = inspect_object(object).map_err(io_err(store, key))?;
+                (s.size, s.checksum, Some(s.stored_checksum))
+            }
+        }
+    };
+    Ok(WalRecord {
+        name: f.object.name.clone(),
+        kind: f.kind,
+        timeline: f.timeline,
+        segno: f.segno,
+        size,
+        stored_size,
+        checksum: sum,
+        stored_checksum: stored_sum,
+        archived_at: f
+            .object
+            .meta
+            .modified
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(Utc::now),
+    })
+}
+
+/// Rebuilds a server's catalog rows from its repository (the local folder or the
+/// bucket): every `backups/<id>/backup.json`, every archived WAL object (its size
+/// and checksum), and the identity from a segment's long header (else the newest
+/// backup). Holds the server's receive-wal and backup locks meanwhile, and refuses
+/// when either job is running.
 pub fn rebuild_server(
-    home: &Path,
+    repo: &ServerRepo,
     catalog: &Catalog,
-    server: &str,
 ) -> Result<RebuildSummary, RebuildError> {
-    let repo = ServerRepo::new(home, server);
+    let server = repo.server();
+    let remote = repo.repository().is_remote();
     let busy = |source| RebuildError::Busy {
         server: server.to_string(),
         source,
     };
-    // A server with no repository folder has nothing to rebuild (and gets none).
+    // A server with no local folder gets one only when its repository is a bucket
+    // (the locks live on the manager host); a local repository without its folder
+    // has nothing to rebuild (and gets none).
+    if remote {
+        repo.ensure_local_dirs()
+            .map_err(|source| RebuildError::Io {
+                path: repo.root().to_path_buf(),
+                source,
+            })?;
+    }
     let _locks = if repo.root().exists() {
         Some((
             JobLock::acquire(&repo.lock_dir().join("receive-wal.lock"), "receive-wal")
@@ -204,37 +319,33 @@ pub fn rebuild_server(
     } else {
         None
     };
+    let store = repo.store();
 
     let mut backups = Vec::new();
     let mut unreadable = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            if !is_backup_id(&id) {
-                continue;
+    for id in backup_ids(repo)? {
+        match BackupDir::new(repo, &id).read_info() {
+            Ok(info) => backups.push(info),
+            // A bucket that cannot be read is an error, not a backup to skip.
+            Err(crate::backup::BackupError::Store(e)) if !e.is_not_found() => {
+                return Err(RebuildError::Store(e))
             }
-            match BackupDir::new(&repo, &id).read_info() {
-                Ok(info) => backups.push(info),
-                Err(_) => unreadable.push(id),
-            }
+            Err(_) => unreadable.push(id),
         }
     }
     backups.sort_by(|a: &BackupInfo, b| a.backup_id.cmp(&b.backup_id));
 
     // The segment size names segments; the newest backup knows it, else a header does.
-    let files = archived_wal_paths(&repo);
+    let objects = archived_wal_objects(repo).map_err(store_err)?;
     let mut seg_size = backups.last().map(|b| b.wal_segment_size);
     let mut identity = None;
-    let first_segment = files.iter().find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".zst"))
+    let first_segment = objects.iter().find(|o| {
+        o.file
+            .strip_suffix(".zst")
             .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
     });
-    if let Some(p) = first_segment {
-        let mut head = Vec::new();
-        let _ = decompress_to(p, &mut head);
-        if let Some(h) = read_long_header(&head) {
+    if let Some(o) = first_segment {
+        if let Some(h) = segment_head(store, &o.meta.key).and_then(|h| read_long_header(&h)) {
             seg_size = Some(h.seg_size);
             identity = Some((h.system_id, h.seg_size));
         }
@@ -243,67 +354,27 @@ pub fn rebuild_server(
     if identity.is_none() {
         identity = backups.last().map(|b| (b.system_id, b.wal_segment_size));
     }
-    let found: Vec<Found> = files
-        .iter()
-        .filter_map(|p| {
-            let file = p.file_name()?.to_str()?;
-            let name = file.strip_suffix(".zst").unwrap_or(file);
-            match WalFileName::parse(name, seg_size)? {
-                WalFileName::Segment(s) if file.ends_with(".zst") => Some(Found {
-                    path: p.clone(),
-                    name: name.to_string(),
-                    kind: WalKind::Segment,
-                    timeline: s.tli,
-                    segno: Some(s.segno),
-                }),
-                WalFileName::Partial(s) if file.ends_with(".zst") => Some(Found {
-                    path: p.clone(),
-                    name: name.to_string(),
-                    kind: WalKind::Partial,
-                    timeline: s.tli,
-                    segno: Some(s.segno),
-                }),
-                WalFileName::History(tli) if !file.ends_with(".zst") => Some(Found {
-                    path: p.clone(),
-                    name: name.to_string(),
-                    kind: WalKind::History,
-                    timeline: tli,
-                    segno: None,
-                }),
-                _ => None,
-            }
+    let found: Vec<Found> = objects
+        .into_iter()
+        .filter_map(|o| {
+            let compressed = o.file.ends_with(".zst");
+            let (kind, timeline, segno) = match WalFileName::parse(&o.name, seg_size)? {
+                WalFileName::Segment(s) if compressed => (WalKind::Segment, s.tli, Some(s.segno)),
+                WalFileName::Partial(s) if compressed => (WalKind::Partial, s.tli, Some(s.segno)),
+                WalFileName::History(tli) if !compressed => (WalKind::History, tli, None),
+                _ => return None,
+            };
+            Some(Found {
+                object: o,
+                kind,
+                timeline,
+                segno,
+            })
         })
         .collect();
     let wal: Vec<WalRecord> = found
         .par_iter()
-        .map(|f| {
-            let stored_size = std::fs::metadata(&f.path).map_err(io_err(&f.path))?.len();
-            let (size, sum, stored_sum) = if f.kind == WalKind::History {
-                let data = std::fs::read(&f.path).map_err(io_err(&f.path))?;
-                let sum = checksum(&data);
-                (data.len() as u64, sum.clone(), sum)
-            } else {
-                let (size, sum) =
-                    decompress_to(&f.path, std::io::sink()).map_err(io_err(&f.path))?;
-                // The object's own checksum: one more read of a file just read (cached).
-                let mut object = blake3::Hasher::new();
-                std::fs::File::open(&f.path)
-                    .and_then(|mut file| std::io::copy(&mut file, &mut object))
-                    .map_err(io_err(&f.path))?;
-                (size, sum, object.finalize().to_hex().to_string())
-            };
-            Ok(WalRecord {
-                name: f.name.clone(),
-                kind: f.kind,
-                timeline: f.timeline,
-                segno: f.segno,
-                size,
-                stored_size,
-                checksum: sum,
-                stored_checksum: Some(stored_sum),
-                archived_at: modified(&f.path),
-            })
-        })
+        .map(|f| describe_wal(store, f, remote))
         .collect::<Result<_, RebuildError>>()?;
     catalog.replace_server_rows(
         server,
@@ -440,7 +511,7 @@ mod tests {
         let cat = Catalog::open(dir.path()).unwrap();
         cat.insert_wal("ghost", &wal("000000010000000000000001", 1))
             .unwrap();
-        let s = rebuild_server(dir.path(), &cat, "ghost").unwrap();
+        let s = rebuild_server(&ServerRepo::new(dir.path(), "ghost"), &cat).unwrap();
         assert_eq!((s.backups, s.wal_files), (0, 0));
         assert!(cat.wal_files("ghost").unwrap().is_empty());
         assert!(!dir.path().join("ghost").exists());

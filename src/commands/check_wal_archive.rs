@@ -6,12 +6,14 @@ use crate::outln;
 use crate::output::{print_json, Format};
 use crate::verify::wal_archive::check_wal_archive;
 use crate::wal::TimeLineId;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 /// Runs the verb: exit 0 when the archive is safe, 1 when it is not.
 pub fn run(ctx: &Context, name: &str, timeline: Option<u32>) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
-    let c = check_wal_archive(&ctx.config.home, &s.name, timeline.map(TimeLineId));
+    let s = super::server_config(ctx, name)?;
+    let repo = super::server_repo(ctx, name)?;
+    let c = check_wal_archive(&repo, timeline.map(TimeLineId))
+        .with_context(|| format!("server '{}'", s.name))?;
     match ctx.format {
         Format::Json => print_json(&c)?,
         Format::Text if c.safe => match (c.files, c.timeline) {

@@ -11,13 +11,14 @@ pub fn run(ctx: &Context, target: &str) -> Result<ExitCode> {
     let names: Vec<String> = if target == "all" {
         ctx.config.servers.keys().cloned().collect()
     } else {
-        vec![super::server(ctx, target)?.name.clone()]
+        vec![super::server_config(ctx, target)?.name.clone()]
     };
     let home = &ctx.config.home;
     let catalog = Catalog::open(home).context("opening the catalog")?;
     let mut done: Vec<RebuildSummary> = Vec::new();
     for name in &names {
-        let summary = rebuild_server(home, &catalog, name)?;
+        let repo = super::server_repo(ctx, name)?;
+        let summary = rebuild_server(&repo, &catalog)?;
         for id in &summary.unreadable {
             tracing::warn!("server '{name}': backup {id}: backup.json unreadable, skipped");
         }

@@ -179,6 +179,9 @@ pub struct PartialState {
     pub end_lsn: Lsn,
     /// When it was last written.
     pub modified: DateTime<Utc>,
+    /// True when the repository is a bucket: the partial segment is on this host
+    /// only until it is complete and uploaded.
+    pub local_only: bool,
 }
 
 /// Everything one probe learned.
@@ -502,15 +505,12 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     incoming_state(&repo, &mut st);
     let cat = Catalog::open_existing(home).map_err(|e| e.to_string())?;
     st.backups_not_in_catalog =
-        crate::catalog::rebuild::backups_missing_from_catalog(home, &server.name, cat.as_ref())
+        crate::catalog::rebuild::backups_missing_from_catalog(&repo, cat.as_ref())
             .map_err(|e| e.to_string())?;
     let Some(cat) = cat else {
-        st.wal_not_in_catalog = crate::catalog::rebuild::wal_missing_from_catalog(
-            home,
-            &server.name,
-            &[],
-            Duration::ZERO,
-        );
+        st.wal_not_in_catalog =
+            crate::catalog::rebuild::wal_missing_from_catalog(&repo, &[], Duration::ZERO)
+                .map_err(|e| e.to_string())?;
         return Ok(st);
     };
     if server.primary_ssh_command.is_some() {
@@ -526,11 +526,11 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     let seg_size = st.wal_segment_size.unwrap_or(16 << 20);
     let files = cat.wal_files(&server.name).map_err(|e| e.to_string())?;
     st.wal_not_in_catalog = crate::catalog::rebuild::wal_missing_from_catalog(
-        home,
-        &server.name,
+        &repo,
         &files,
         crate::catalog::rebuild::WAL_ROW_GRACE,
-    );
+    )
+    .map_err(|e| e.to_string())?;
     let mut complete = Vec::new();
     for f in &files {
         match f.kind {
@@ -580,6 +580,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
                         segment: seg.name(),
                         end_lsn: end,
                         modified,
+                        local_only: server.repository.is_some(),
                     });
                 }
             }

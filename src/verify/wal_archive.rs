@@ -4,9 +4,10 @@
 //! file in it is on a timeline below the one the new server will start on.
 
 use crate::catalog::rebuild::archived_wal_names;
+use crate::repo::store::StoreError;
+use crate::repo::ServerRepo;
 use crate::wal::{TimeLineId, WalFileName};
 use serde::Serialize;
-use std::path::Path;
 
 /// How many conflicting names the result carries.
 const SHOWN: usize = 5;
@@ -39,14 +40,15 @@ fn timeline_of(name: &str) -> Option<TimeLineId> {
     }
 }
 
-/// Judges the archive of `server` in `home` from the files themselves (not the
-/// catalog, which may be behind).
+/// Judges a server's archive from the stored files themselves (not the catalog,
+/// which may be behind); an archive that cannot be listed is an error, never
+/// "empty".
 pub fn check_wal_archive(
-    home: &Path,
-    server: &str,
+    repo: &ServerRepo,
     timeline: Option<TimeLineId>,
-) -> WalArchiveCheck {
-    let names = archived_wal_names(home, server);
+) -> Result<WalArchiveCheck, StoreError> {
+    let server = repo.server();
+    let names = archived_wal_names(repo)?;
     let tlis: Vec<(String, TimeLineId)> = names
         .into_iter()
         .filter_map(|n| timeline_of(&n).map(|t| (n, t)))
@@ -56,7 +58,7 @@ pub fn check_wal_archive(
         .filter(|(_, t)| timeline.is_none_or(|want| *t >= want))
         .map(|(n, _)| n)
         .collect();
-    WalArchiveCheck {
+    Ok(WalArchiveCheck {
         server: server.to_string(),
         timeline,
         files: tlis.len(),
@@ -68,19 +70,18 @@ pub fn check_wal_archive(
             .collect(),
         conflicting_count: conflicting.len(),
         safe: conflicting.is_empty(),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::ServerRepo;
 
     #[test]
     fn empty_is_safe_and_a_timeline_below_the_new_one_is_too() {
         let home = tempfile::tempdir().unwrap();
-        assert!(check_wal_archive(home.path(), "pg", None).safe);
         let repo = ServerRepo::new(home.path(), "pg");
+        assert!(check_wal_archive(&repo, None).unwrap().safe);
         let dir = repo.wals_dir().join("0000000100000000");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("000000010000000000000003.zst"), b"x").unwrap();
@@ -89,12 +90,12 @@ mod tests {
             b"1\t0/3000000\tx\n",
         )
         .unwrap();
-        let none = check_wal_archive(home.path(), "pg", None);
+        let none = check_wal_archive(&repo, None).unwrap();
         assert!(!none.safe);
         assert_eq!(none.files, 2);
         assert_eq!(none.newest_timeline, Some(TimeLineId(2)));
-        assert!(!check_wal_archive(home.path(), "pg", Some(TimeLineId(2))).safe);
-        let three = check_wal_archive(home.path(), "pg", Some(TimeLineId(3)));
+        assert!(!check_wal_archive(&repo, Some(TimeLineId(2))).unwrap().safe);
+        let three = check_wal_archive(&repo, Some(TimeLineId(3))).unwrap();
         assert!(three.safe, "{three:?}");
     }
 }

@@ -149,6 +149,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         prefix: &str,
     ) -> Box<dyn Iterator<Item = Result<ObjectMeta, StoreError>> + 'a>;
 
+    /// The names of the folders directly under `folder` (a prefix ending in `/`),
+    /// sorted: one LIST with a delimiter on S3, one `read_dir` locally. What finds a
+    /// server's backups without listing every object each of them holds.
+    fn list_folders(&self, folder: &str) -> Result<Vec<String>, StoreError>;
+
     /// Deletes the objects (a missing one is not an error).
     fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
 

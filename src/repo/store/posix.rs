@@ -229,6 +229,29 @@ impl Store for PosixStore {
         })
     }
 
+    fn list_folders(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        check_prefix(folder)?;
+        if !folder.is_empty() && !folder.ends_with('/') {
+            return Err(StoreError::InvalidKey(folder.to_string()));
+        }
+        let dir = self.root.join(folder);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::io(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(Self::io(&dir))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.starts_with('.') && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for key in keys {

@@ -535,7 +535,8 @@ impl S3Store {
         &self,
         prefix: &str,
         token: Option<&str>,
-    ) -> Result<(Vec<ObjectMeta>, Option<String>), StoreError> {
+        delimited: bool,
+    ) -> Result<ListPage, StoreError> {
         let full = self.full_key(prefix);
         let full = if prefix.is_empty() {
             if self.settings.prefix.is_empty() {
@@ -549,6 +550,9 @@ impl S3Store {
         let mut action = self.bucket.list_objects_v2(Some(&self.creds));
         action.with_prefix(full.clone());
         action.with_max_keys(self.page_size);
+        if delimited {
+            action.with_delimiter("/");
+        }
         if let Some(t) = token {
             action.with_continuation_token(t.to_string());
         }
@@ -587,8 +591,31 @@ impl S3Store {
                 modified,
             });
         }
-        Ok((out, page.next_continuation_token))
+        let mut folders = Vec::with_capacity(page.common_prefixes.len());
+        for c in page.common_prefixes {
+            let name = c
+                .prefix
+                .strip_prefix(full.as_str())
+                .and_then(|n| n.strip_suffix('/'))
+                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .ok_or_else(|| StoreError::InvalidKey(c.prefix.clone()))?;
+            check_key(name)?;
+            folders.push(name.to_string());
+        }
+        Ok(ListPage {
+            objects: out,
+            folders,
+            next: page.next_continuation_token,
+        })
     }
+}
+
+/// One page of a listing: objects, the folders a delimited listing rolled up, and
+/// the token of the next page.
+struct ListPage {
+    objects: Vec<ObjectMeta>,
+    folders: Vec<String>,
+    next: Option<String>,
 }
 
 /// A paged listing: one page held at a time.
@@ -611,11 +638,14 @@ impl Iterator for Pages<'_> {
             if self.done {
                 return None;
             }
-            match self.store.list_page(&self.prefix, self.token.as_deref()) {
-                Ok((items, next)) => {
-                    self.done = next.is_none();
-                    self.token = next;
-                    self.page = items.into();
+            match self
+                .store
+                .list_page(&self.prefix, self.token.as_deref(), false)
+            {
+                Ok(page) => {
+                    self.done = page.next.is_none();
+                    self.token = page.next;
+                    self.page = page.objects.into();
                 }
                 Err(e) => {
                     self.done = true;
@@ -758,6 +788,26 @@ impl Store for S3Store {
             token: None,
             done: false,
         })
+    }
+
+    fn list_folders(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        check_prefix(folder)?;
+        if !folder.is_empty() && !folder.ends_with('/') {
+            return Err(StoreError::InvalidKey(folder.to_string()));
+        }
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.list_page(folder, token.as_deref(), true)?;
+            out.extend(page.folders);
+            match page.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 
     fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
