@@ -11,7 +11,7 @@ use chrono::Utc;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
+    let s = super::server_config(ctx, name)?;
     let st = runtime()?.block_on(probe(s, &ctx.config.home));
     let rpo = st.rpo();
     let rto = estimate_from_catalog(&ctx.config.home, &s.name);
@@ -108,8 +108,25 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
         human_bytes(l.archived_bytes),
         human_bytes(l.stored_bytes)
     )?;
+    if let Some(r) = &st.repository {
+        match &r.error {
+            None => outln!("\tRepository: {} (reachable)", r.location)?,
+            Some(e) => outln!("\tRepository: {} (FAILED: {e})", r.location)?,
+        }
+    }
     if let Some(p) = &l.partial {
-        outln!("\tPartial segment: {} up to {}", p.segment, p.end_lsn)?;
+        // On object storage the partial segment is only on this host until it is
+        // complete and uploaded: say so, it is not yet safe from losing this host.
+        let where_ = if p.local_only {
+            " (on this host only: not in the bucket until complete)"
+        } else {
+            ""
+        };
+        outln!(
+            "\tPartial segment: {} up to {}{where_}",
+            p.segment,
+            p.end_lsn
+        )?;
     }
     outln!("\tRPO (streaming lag): {}", rpo.text())?;
     outln!("\tRTO (estimated): {}", rto_text(&rto))?;

@@ -27,7 +27,7 @@ pub fn run(
     archive: bool,
     timeout: Duration,
 ) -> Result<ExitCode> {
-    let s = super::server(ctx, name)?;
+    let s = super::server_config(ctx, name)?;
     let (switched, wal_file) = runtime()?.block_on(async {
         let mut conn = connect_sql(s).await?;
         let q = |r: Vec<crate::pg::Row>, what: &str| -> Result<String> {

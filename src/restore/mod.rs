@@ -203,12 +203,6 @@ pub fn prepare(
     req: RecoverRequest,
 ) -> Result<RecoverPlan, RestoreError> {
     let repo = repository.server(&req.server);
-    if repository.is_remote() && req.remote.is_some() {
-        return Err(RestoreError::Usage(format!(
-            "server '{}': --remote-ssh-command does not work with an S3 repository yet; recover locally",
-            req.server
-        )));
-    }
     if req.target_action.is_some() && req.target.is_none() {
         return Err(RestoreError::Usage(
             "--target-action needs a recovery target (--target-time, --target-xid, --target-lsn, --target-name or --target-immediate)".into(),

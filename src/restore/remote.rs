@@ -20,7 +20,7 @@ use crate::ssh::{shell_quote, ExecOutput, RemoteStdin, SshError, SshSession, Ssh
 use crate::wal::history_file_name;
 use std::collections::HashSet;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Refuses what a remote recovery cannot do (before anything else happens).
 pub fn check_request(req: &RecoverRequest, target: &SshTarget) -> Result<(), RestoreError> {
@@ -266,6 +266,13 @@ struct Extras {
     standard_dirs: HashSet<String>,
 }
 
+/// The store's failure as a refusal naming the server (never "not found").
+fn store_refused(
+    plan: &RecoverPlan,
+) -> impl Fn(crate::repo::store::StoreError) -> RestoreError + '_ {
+    move |e| RestoreError::Refused(format!("server '{}': {e}", plan.repo.server()))
+}
+
 fn io_stream(e: std::io::Error) -> RestoreError {
     RestoreError::Io {
         path: Default::default(),
@@ -391,11 +398,13 @@ fn send_extras(
     if let Some(w) = &plan.wal {
         tar.dir(wal::WAL_DIR, 0o700, now).map_err(io_stream)?;
         for (seg, sum) in &w.segments {
-            let src = plan.repo.segment_path(seg);
+            let key = plan.repo.segment_key(seg);
+            let src = PathBuf::from(plan.repo.store().describe(&key));
             let name = format!("{}/{}", wal::WAL_DIR, seg.name());
+            let object = plan.repo.store().get(&key).map_err(store_refused(plan))?;
             tar.file(&name, 0o600, now, seg.seg_size)
                 .map_err(io_stream)?;
-            let (n, have) = crate::repo::compress::decompress_to(&src, &mut *tar)
+            let (n, have) = crate::repo::compress::decompress_reader_to(object, &mut *tar)
                 .map_err(super::io_err(&src))?;
             if !have.eq_ignore_ascii_case(sum) || n != seg.seg_size {
                 return Err(RestoreError::Corrupt(format!(
@@ -409,35 +418,39 @@ fn send_extras(
             progress.set(*done);
         }
         for tli in &w.histories {
-            let src = plan.repo.history_path(*tli);
-            let data = match std::fs::read(&src) {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(super::io_err(&src)(e)),
+            let Some(data) = plan.repo.read_history(*tli).map_err(store_refused(plan))? else {
+                continue;
             };
             let name = format!("{}/{}", wal::WAL_DIR, history_file_name(*tli));
-            tar.small_file(&name, 0o600, now, &data)
+            tar.small_file(&name, 0o600, now, data.as_bytes())
                 .map_err(io_stream)?;
             written.wal_files += 1;
             written.wal_bytes += data.len() as u64;
         }
     }
-    let manifest = plan.dir.manifest_path();
-    match std::fs::File::open(&manifest) {
-        Ok(mut f) => {
-            let len = f.metadata().map_err(super::io_err(&manifest))?.len();
-            tar.file("backup_manifest", 0o600, now, len)
-                .map_err(io_stream)?;
-            let n = std::io::copy(&mut f, tar).map_err(super::io_err(&manifest))?;
-            if n != len {
-                return Err(super::io_err(&manifest)(std::io::Error::other(
-                    "changed size while being sent",
-                )));
-            }
-            written.manifest = true;
+    // The manifest is streamed (it has a line per file: large for a large cluster).
+    let manifest_key = plan.dir.key("backup_manifest");
+    let manifest = PathBuf::from(plan.dir.describe("backup_manifest"));
+    if let Some(meta) = plan
+        .dir
+        .store()
+        .stat(&manifest_key)
+        .map_err(store_refused(plan))?
+    {
+        let mut f = plan
+            .dir
+            .store()
+            .get(&manifest_key)
+            .map_err(store_refused(plan))?;
+        tar.file("backup_manifest", 0o600, now, meta.size)
+            .map_err(io_stream)?;
+        let n = std::io::copy(&mut f, tar).map_err(super::io_err(&manifest))?;
+        if n != meta.size {
+            return Err(super::io_err(&manifest)(std::io::Error::other(
+                "changed size while being sent",
+            )));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(super::io_err(&manifest)(e)),
+        written.manifest = true;
     }
     if !extra.auto_conf {
         let text = destination::auto_conf_with_settings(plan, None);
