@@ -290,6 +290,7 @@ pub async fn take_backup(
             source,
         })?;
     let facts = server_facts(req, &mut repl).await?;
+    crate::catalog::rebuild::adopt_repository_identity(&repo, &catalog)?;
     catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
 
     let (id, begin_time) = new_backup_id(&repo, &existing).await;

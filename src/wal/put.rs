@@ -237,6 +237,10 @@ impl Put<'_> {
     }
 
     fn open_archive(&self, catalog: &Catalog) -> Result<(WalArchive, Option<SystemId>), PutError> {
+        crate::catalog::rebuild::adopt_repository_identity(
+            &self.repository.server(self.server),
+            catalog,
+        )?;
         let identity = catalog.server_identity(self.server)?;
         let archive = WalArchive::open(
             self.repository,
