@@ -116,6 +116,26 @@ fn conformance(store: &dyn Store) {
         .collect();
     assert_eq!(partial, expect, "{what}");
 
+    // Folders directly under a folder (a delimited listing on S3), sorted; the page
+    // size is small, so several pages are rolled up.
+    for f in ["b", "a", "c"] {
+        for i in 0..3 {
+            let k = format!("pg1/f/{f}/{i}");
+            store.put(&k, b"x", PutMode::Create).unwrap();
+        }
+    }
+    store.put("pg1/f/plain", b"x", PutMode::Create).unwrap();
+    assert_eq!(
+        store.list_folders("pg1/f/").unwrap(),
+        ["a", "b", "c"],
+        "{what}"
+    );
+    assert!(
+        store.list_folders("pg1/none/").unwrap().is_empty(),
+        "{what}"
+    );
+    assert!(store.list_folders("pg1/f").is_err(), "{what}");
+
     // Batch delete, a missing key included.
     let mut gone: Vec<String> = names[..10].to_vec();
     gone.push("pg1/l/never".into());
@@ -265,7 +285,10 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     );
 
     // Verbs that do not use the storage layer yet refuse, in one line, exit 2.
-    for verb in [&["status", "pg"][..], &["rebuild-catalog", "pg"]] {
+    for verb in [
+        &["sync-info", "pg"][..],
+        &["generate-manifest", "pg", "latest"],
+    ] {
         let o = pg.run(verb);
         assert_eq!(o.code, 2, "{verb:?}: {o:?}");
         assert!(
@@ -691,4 +714,261 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     let info = read_all(&store, &format!("pg/backups/{third}/backup.json"));
     let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
     assert_eq!(info["keep"], "full", "{info}");
+}
+
+/// The bucket is the only copy: the manager's local home (catalog, locks, spool)
+/// is lost and only its configuration is left. `list-backups` says to rebuild the
+/// catalog instead of printing nothing; `rebuild-catalog` brings the backup and
+/// every archived WAL file back from the bucket alone; `status` and
+/// `check-wal-archive` read the bucket; and `recover --remote-ssh-command` streams
+/// the backup and its WAL from the bucket through a real sshd into a data
+/// directory that starts with every row committed before the last archived
+/// segment.
+#[test]
+fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
+    use common::seaweed::SECRET_KEY;
+    use common::{
+        chown_to_postgres, pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Sshd,
+    };
+    let sw = SeaweedFs::start();
+    let sshd = Sshd::start();
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    c.psql("create table t (i int)");
+    c.psql("insert into t select generate_series(1, 1000)");
+    let pg = common::Pgbk::new();
+    pg.streaming_server_with(
+        "pg",
+        &c,
+        &format!(
+            "immediate_checkpoint = on\nrepository = s3://pgbk/only-copy\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            sw.endpoint()
+        ),
+    );
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    let id = pg.json(&["backup", "pg"])["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.psql("insert into t select generate_series(1001, 1500)");
+    pg.ok(&[
+        "switch-wal",
+        "--force",
+        "--archive",
+        "--archive-timeout",
+        "60",
+        "pg",
+    ]);
+    let status = pg.ok(&["status", "pg"]);
+    assert!(
+        status.contains(&format!(
+            "Repository: s3://pgbk/only-copy at {} (reachable)",
+            sw.endpoint()
+        )),
+        "{status}"
+    );
+    rw.term();
+    let archived = pgbk::catalog::Catalog::open_existing(&pg.home)
+        .unwrap()
+        .unwrap()
+        .wal_files("pg")
+        .unwrap()
+        .len();
+    assert!(archived >= 2, "{archived}");
+
+    std::fs::remove_dir_all(&pg.home).unwrap();
+    let lost = pg.run(&["list-backups", "pg"]);
+    assert_eq!(lost.code, 1, "{lost:?}");
+    assert!(
+        error_line(&lost).contains(&format!("backup(s) the repository holds ({id})"))
+            && error_line(&lost).contains("run rebuild-catalog pg"),
+        "{lost:?}"
+    );
+
+    let rebuilt = pg.json(&["rebuild-catalog", "pg"]);
+    assert_eq!(rebuilt[0]["backups"], 1, "{rebuilt}");
+    assert_eq!(rebuilt[0]["wal_files"], archived as u64, "{rebuilt}");
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(list[0]["backup_id"], id.as_str(), "{list}");
+    assert_eq!(list[0]["status"], "DONE", "{list}");
+    let checked = pg.json(&["check-backup", "pg", &id]);
+    assert_eq!(checked["ok"], true, "{checked}");
+    // The archive is not empty: a new cluster must not be pointed at it.
+    let archive = pg.run(&["--format", "json", "check-wal-archive", "pg"]);
+    assert_eq!(archive.code, 1, "{archive:?}");
+    let archive: serde_json::Value = serde_json::from_str(&archive.stdout).unwrap();
+    assert_eq!(archive["files"], archived as u64, "{archive}");
+
+    // Straight from the bucket to another host, over SSH.
+    let dir = pg_scratch_dir("pgbk-s3-rrec-");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    chown_to_postgres(&data, false);
+    let out = pg.json(&[
+        "recover",
+        "pg",
+        "latest",
+        data.to_str().unwrap(),
+        "--remote-ssh-command",
+        &sshd.ssh_command("postgres"),
+    ]);
+    assert_eq!(out["manifest"], true, "{out}");
+    assert!(out["wal_files"].as_u64().unwrap() >= 1, "{out}");
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_promoted(&r, "the remote recovery to end");
+    assert_eq!(r.psql("select count(*) from t"), "1500");
+    drop(r);
+
+    // A new manager whose server section names another cluster but this bucket:
+    // refused in one line naming both system identifiers, the bucket unchanged.
+    let other = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    let stranger = common::Pgbk::new();
+    stranger.streaming_server_with(
+        "pg",
+        &other,
+        &format!(
+            "immediate_checkpoint = on\nrepository = s3://pgbk/only-copy\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            sw.endpoint()
+        ),
+    );
+    let store = S3Store::new(sw.settings("only-copy")).unwrap();
+    let before = store.list("pg/").count();
+    let refused = stranger.run(&["backup", "pg"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        error_line(&refused).contains("system identifier"),
+        "{refused:?}"
+    );
+    assert_eq!(store.list("pg/").count(), before, "the bucket changed");
+}
+
+/// The store failing in the middle of a backup (uploads slowed by the test hook so
+/// the failure lands mid-way). A volume server killed with SIGKILL: the store's
+/// replication covers it (every object is on three volume servers; a fourth lets
+/// SeaweedFS place new volumes on three live ones, as a volume missing a replica
+/// turns read-only), the backup ends DONE and verifies. The S3 gateway killed:
+/// the backup fails within the retry bound with one line naming the store, is
+/// FAILED, nothing new is DONE; once the gateway is back the next backup is DONE.
+#[test]
+fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
+    use common::seaweed::SECRET_KEY;
+    use common::{wait_receive_wal, Cluster, ClusterOptions};
+    let mut sw = SeaweedFs::start_with_volumes(4);
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    c.pgbench_init(1);
+    let mut pg = common::Pgbk::new();
+    pg.streaming_server_with(
+        "pg",
+        &c,
+        &format!(
+            "immediate_checkpoint = on\nrepository = s3://pgbk/mid-backup\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            sw.endpoint()
+        ),
+    );
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    pg.set_env("PGBK_TEST_UPLOAD_THROTTLE_MS", "40");
+
+    // A volume server lost mid-backup.
+    let mut backup = pg.spawn(&["--format", "json", "backup", "pg"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        backup.is_running(),
+        "the backup ended too soon to be interrupted"
+    );
+    sw.kill("volume1");
+    let code = backup.wait_timeout(Duration::from_secs(300));
+    assert_eq!(code, Some(0), "{}", backup.log_tail(20));
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(done_backups(&list), 1, "{list}");
+    let id = list[0]["backup_id"].as_str().unwrap().to_string();
+    let verified = pg.json(&["verify-backup", "pg", &id]);
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // The gateway lost mid-backup.
+    let mut backup = pg.spawn(&["backup", "pg"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        backup.is_running(),
+        "the backup ended too soon to be interrupted"
+    );
+    sw.kill("filer");
+    let started = Instant::now();
+    let code = backup.wait_timeout(Duration::from_secs(240));
+    assert_eq!(code, Some(1), "{}", backup.log_tail(20));
+    assert!(
+        started.elapsed() < Duration::from_secs(200),
+        "not within the retry bound: {:?}",
+        started.elapsed()
+    );
+    let log = backup.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("pgbk:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("s3://pgbk/mid-backup"), "{log}");
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(done_backups(&list), 1, "{list}");
+    assert_eq!(list[0]["status"], "FAILED", "{list}");
+
+    // The gateway back: the next backup is DONE.
+    pg.unset_env("PGBK_TEST_UPLOAD_THROTTLE_MS");
+    sw.start_gateway();
+    pg.ok(&["backup", "pg"]);
+    rw.term();
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(done_backups(&list), 2, "{list}");
+}
+
+/// An https gateway: with `s3_ca_file` naming the CA that signed its certificate
+/// the repository is reachable and writable; without it the certificate is
+/// refused (verification is on by default), naming the endpoint; with
+/// `s3_verify_tls = off` (a lab) it is accepted.
+#[test]
+fn tls_to_the_store_is_verified_against_the_configured_ca() {
+    use common::seaweed::SECRET_KEY;
+    let sw = SeaweedFs::start_tls();
+    let store = S3Store::new(sw.settings("tls")).unwrap();
+    store.put("pg/x", b"over tls", PutMode::Create).unwrap();
+    assert_eq!(read_all(&store, "pg/x"), b"over tls");
+
+    let pg = common::Pgbk::new();
+    let port = common::free_port();
+    let base = format!(
+        "conninfo = host=127.0.0.1 port={port} user=postgres dbname=postgres\n\
+         repository = s3://pgbk/tls\ns3_endpoint = {}\ns3_access_key_id = {ACCESS_KEY}\n\
+         s3_secret_access_key = {SECRET_KEY}\n",
+        sw.endpoint()
+    );
+    pg.add_server(
+        "ca",
+        &format!("{base}s3_ca_file = {}\n", sw.ca_file().display()),
+    );
+    pg.add_server("default", &base);
+    pg.add_server("lab", &format!("{base}s3_verify_tls = off\n"));
+    let ok = |name: &str| {
+        let out = pg.run(&["check", name]);
+        assert!(
+            out.stdout
+                .contains("repository: OK (s3://pgbk/tls at https://"),
+            "{name}: {out:?}"
+        );
+    };
+    ok("ca");
+    ok("lab");
+    let out = pg.run(&["check", "default"]);
+    assert!(
+        out.stdout.contains("repository: FAILED (") && out.stdout.contains("certificate"),
+        "{out:?}"
+    );
 }

@@ -93,8 +93,28 @@ pub fn mark_failed(
     info.pid = None;
     let dir = BackupDir::new(repo, &info.backup_id);
     let removed = remove_content(&dir);
-    save(repo, catalog, info)?;
-    removed
+    if !dir.is_remote() {
+        save(repo, catalog, info)?;
+        return removed;
+    }
+    // A store that fails now (often why the backup failed) must not leave the
+    // catalog saying STARTED: the failure is recorded in the catalog whatever the
+    // bucket says. Its backup.json, STARTED, never reads as DONE, and the objects
+    // left go with `delete` of the FAILED backup.
+    if let Err(e) = removed {
+        tracing::warn!(
+            "backup {}: its partial objects could not be removed now: {e}",
+            info.backup_id
+        );
+    }
+    if let Err(e) = dir.write_info(info) {
+        tracing::warn!(
+            "backup {}: FAILED recorded in the catalog only: {e}",
+            info.backup_id
+        );
+    }
+    catalog.upsert_backup(info)?;
+    Ok(())
 }
 
 /// Brings every backup of a server up to date and returns them, oldest first.

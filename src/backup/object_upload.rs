@@ -22,6 +22,17 @@ const STREAM_QUEUE: usize = 4;
 
 type Failure = Arc<Mutex<Option<StoreError>>>;
 
+/// Test hook: each whole-object upload first waits this many milliseconds, so the
+/// test suite can fail the store in the middle of a backup. Not for production.
+pub const THROTTLE_ENV: &str = "PGBK_TEST_UPLOAD_THROTTLE_MS";
+
+fn throttle() -> Option<std::time::Duration> {
+    std::env::var(THROTTLE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
 /// The uploads of one backup.
 pub(super) struct Uploads {
     store: Arc<dyn Store>,
@@ -36,6 +47,7 @@ impl Uploads {
         let (tx, rx) = mpsc::sync_channel::<(String, Vec<u8>)>(UPLOADERS);
         let rx = Arc::new(Mutex::new(rx));
         let failed: Failure = Arc::new(Mutex::new(None));
+        let pause = throttle();
         let workers = (0..UPLOADERS)
             .map(|_| {
                 let (rx, failed, store) = (rx.clone(), failed.clone(), store.clone());
@@ -44,6 +56,9 @@ impl Uploads {
                     let Ok(Ok((key, data))) = job else { return };
                     if has_failed(&failed) {
                         continue;
+                    }
+                    if let Some(p) = pause {
+                        std::thread::sleep(p);
                     }
                     if let Err(e) = store.put(&key, &data, PutMode::Create) {
                         record(&failed, e);

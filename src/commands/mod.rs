@@ -246,7 +246,7 @@ pub fn server_repo(ctx: &Context, name: &str) -> Result<ServerRepo> {
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): this verb does not work on an S3 repository yet (check, show-server, put-wal, archive-wal, receive-wal, get-wal, backup with backup_method = postgres, list-backups, show-backup, list-files, verify-backup, check-backup, delete, recover and cron do)",
+            "server '{}': repository = {} (in {}): not yet on an S3 repository: rsync backups, replicate, sync-info and generate-manifest (every other verb works on one)",
             s.name,
             r.url(),
             s.file.display()
@@ -350,9 +350,22 @@ macro_rules! outln {
 /// yet (so no backup). Read-only verbs never create a repository.
 pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<BackupInfo>)>> {
     let home = &ctx.config.home;
+    let repo = server_repo(ctx, server)?;
     let catalog = Catalog::open_existing(home)?;
-    let unknown =
-        crate::catalog::rebuild::backups_missing_from_catalog(home, server, catalog.as_ref())?;
+    // On object storage each comparison is a LIST of the bucket (and a wait for the
+    // retry bound when the store is down): compare only when the catalog knows no
+    // backup of the server, the case where it would otherwise answer "none".
+    let compare = !repo.repository().is_remote()
+        || match &catalog {
+            None => true,
+            Some(c) => c.backups(server)?.is_empty(),
+        };
+    let unknown = if compare {
+        crate::catalog::rebuild::backups_missing_from_catalog(&repo, catalog.as_ref())
+            .with_context(|| format!("server '{server}'"))?
+    } else {
+        Vec::new()
+    };
     if !unknown.is_empty() {
         let what = if catalog.is_some() {
             "does not list"
@@ -369,7 +382,6 @@ pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<Ba
     let Some(catalog) = catalog else {
         return Ok(None);
     };
-    let repo = server_repo(ctx, server)?;
     let list = crate::backup::lifecycle::refresh(&repo, &catalog)
         .with_context(|| format!("server '{server}'"))?;
     Ok(Some((catalog, list)))

@@ -30,6 +30,9 @@ pub struct SeaweedFs {
     volumes: Vec<u16>,
     dir: TempDir,
     children: Vec<(String, Child)>,
+    /// The CA certificate the gateway's TLS certificate is signed by, when the
+    /// gateway speaks https ([`SeaweedFs::start_tls`]).
+    ca: Option<PathBuf>,
 }
 
 /// A free port whose SeaweedFS gRPC companion (port + 10000) is free too: the S3
@@ -83,16 +86,41 @@ fn listens_within(port: u16, limit: Duration) -> bool {
 impl SeaweedFs {
     /// Starts the cluster and creates [`BUCKET`] through the S3 API.
     pub fn start() -> SeaweedFs {
+        Self::start_with(false, 3)
+    }
+
+    /// [`SeaweedFs::start`] with `volumes` volume servers (each object still on
+    /// three): with a fourth, losing one still leaves three to write to.
+    pub fn start_with_volumes(volumes: usize) -> SeaweedFs {
+        Self::start_with(false, volumes)
+    }
+
+    /// [`SeaweedFs::start`] with the S3 gateway on https, its certificate (for
+    /// 127.0.0.1) signed by a CA made for the cluster ([`SeaweedFs::ca_file`]).
+    pub fn start_tls() -> SeaweedFs {
+        Self::start_with(true, 3)
+    }
+
+    /// The CA certificate of a [`SeaweedFs::start_tls`] cluster.
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca.clone().expect("a cluster started with start_tls")
+    }
+
+    fn start_with(tls: bool, volumes: usize) -> SeaweedFs {
         let dir = scratch_dir("pgbk-seaweed-");
         let mut sw = SeaweedFs {
             s3_port: free_port(),
             master: free_port(),
             filer: port_pair(),
-            volumes: (0..3).map(|_| free_port()).collect(),
+            volumes: (0..volumes).map(|_| free_port()).collect(),
             dir,
             children: Vec::new(),
+            ca: None,
         };
         let root = sw.dir.path().to_path_buf();
+        if tls {
+            sw.ca = Some(make_certificates(&root));
+        }
         std::fs::write(
             root.join("s3.json"),
             format!(
@@ -115,7 +143,7 @@ impl SeaweedFs {
             ],
         );
         wait_port(m, "weed master", &root.join("master.log"));
-        for i in 0..3 {
+        for i in 0..volumes {
             sw.start_volume(i);
         }
         // Under a loaded machine the gateway has been seen not to come up on its
@@ -200,7 +228,17 @@ impl SeaweedFs {
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 "-s3.config=s3.json",
-            ],
+            ]
+            .into_iter()
+            .chain(if self.ca.is_some() {
+                vec![
+                    "-s3.cert.file=tls/server.crt",
+                    "-s3.key.file=tls/server.key",
+                ]
+            } else {
+                vec![]
+            })
+            .collect::<Vec<_>>(),
         );
     }
 
@@ -218,20 +256,21 @@ impl SeaweedFs {
         S3Settings {
             bucket: BUCKET.into(),
             prefix: prefix.into(),
-            endpoint: Some(format!("http://127.0.0.1:{}", self.s3_port)),
+            endpoint: Some(self.endpoint()),
             region: "us-east-1".into(),
             url_style: UrlStyle::Path,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
             profile: None,
             verify_tls: true,
-            ca_file: None,
+            ca_file: self.ca.clone(),
         }
     }
 
     /// The endpoint URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.s3_port)
     }
 
     fn create_bucket(&self) {
@@ -246,10 +285,23 @@ impl SeaweedFs {
         let creds = rusty_s3::Credentials::new(ACCESS_KEY, SECRET_KEY);
         use rusty_s3::S3Action;
         let url = bucket.create_bucket(&creds).sign(Duration::from_secs(600));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let mut config = ureq::Agent::config_builder().http_status_as_error(false);
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).unwrap();
+            let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         let end = Instant::now() + Duration::from_secs(60);
         loop {
             let status = agent
@@ -278,6 +330,70 @@ impl SeaweedFs {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, in `root/tls/` (openssl).
+fn make_certificates(root: &std::path::Path) -> PathBuf {
+    let tls = root.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pgbk test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        tls.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    tls.join("ca.crt")
 }
 
 impl Drop for SeaweedFs {
