@@ -77,8 +77,10 @@ fn receive_wal_killed_twice_under_load_loses_nothing() {
     assert!(out.contains("is archived"), "{out}");
     let segs = assert_archive_matches_pg_wal(&pg, &cluster, seg_size);
     assert!(
-        segs.len() >= 20,
-        "expected at least 20 segments under 30 s of load, got {}",
+        // How much WAL pgbench writes depends on the machine's load (18 were seen
+        // with compilers running beside the suite): enough to span both kills.
+        segs.len() >= 12,
+        "expected at least 12 segments under 30 s of load, got {}",
         segs.len()
     );
     assert!(

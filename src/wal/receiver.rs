@@ -111,35 +111,51 @@ enum ArchiveJob {
     Partial(PathBuf, WalSegment),
 }
 
-/// The background thread that compresses and stores finished segments.
+/// Finished segments stored at once. Each upload to an object store waits a round
+/// trip (and the store's replicas), each local store an fsync: two in flight keep
+/// the link busy when receive-wal catches up. Order does not matter: a segment's
+/// file stays in `streaming/` until it is stored, so a crash leaves every
+/// unarchived one for the next start.
+const ARCHIVE_WORKERS: usize = 2;
+
+/// The background threads that compress and store finished segments.
 struct Archiver {
     tx: Option<mpsc::Sender<ArchiveJob>>,
     errors: mpsc::Receiver<ArchiveError>,
-    handle: Option<JoinHandle<()>>,
+    handles: Vec<JoinHandle<()>>,
 }
 
 impl Archiver {
-    fn start(archive: WalArchive) -> Archiver {
+    /// One worker per archive handle (each has its own catalog connection).
+    fn start(archives: Vec<WalArchive>) -> Archiver {
         let (tx, rx) = mpsc::channel::<ArchiveJob>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let (etx, erx) = mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            for job in rx {
-                let r = match &job {
-                    ArchiveJob::Segment(p, s) => archive.archive_segment_file(p, s),
-                    ArchiveJob::Partial(p, s) => archive.archive_partial_file(p, s),
-                };
-                match r {
-                    Ok(a) => tracing::info!("archived {:?}", archived_name(&a)),
-                    Err(e) => {
-                        let _ = etx.send(e);
+        let handles = archives
+            .into_iter()
+            .map(|archive| {
+                let (rx, etx) = (rx.clone(), etx.clone());
+                std::thread::spawn(move || loop {
+                    let Ok(Ok(job)) = rx.lock().map(|r| r.recv()) else {
+                        return;
+                    };
+                    let r = match &job {
+                        ArchiveJob::Segment(p, s) => archive.archive_segment_file(p, s),
+                        ArchiveJob::Partial(p, s) => archive.archive_partial_file(p, s),
+                    };
+                    match r {
+                        Ok(a) => tracing::info!("archived {:?}", archived_name(&a)),
+                        Err(e) => {
+                            let _ = etx.send(e);
+                        }
                     }
-                }
-            }
-        });
+                })
+            })
+            .collect();
         Archiver {
             tx: Some(tx),
             errors: erx,
-            handle: Some(handle),
+            handles,
         }
     }
 
@@ -166,7 +182,7 @@ impl Archiver {
     /// Waits until every submitted job is done.
     fn finish(mut self) -> Result<(), ReceiveError> {
         self.tx.take();
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
         self.check()
@@ -503,6 +519,15 @@ impl Receiver {
             seg_size,
         )?;
         self.recover_leftovers(&archive, seg_size)?;
+        let mut archives = vec![archive];
+        while archives.len() < ARCHIVE_WORKERS {
+            archives.push(WalArchive::open(
+                &self.opts.repository,
+                &self.opts.server,
+                Some(ident.system_id),
+                seg_size,
+            )?);
+        }
 
         let slot_info = match &self.opts.slot {
             Some(slot) => match conn.read_replication_slot(slot).await.map_err(self.pg_err())? {
@@ -561,7 +586,7 @@ impl Receiver {
             tli: start.tli,
             current: None,
             flushed: start.lsn,
-            archiver: Archiver::start(archive),
+            archiver: Archiver::start(archives),
         };
         let history_archive = WalArchive::open(
             &self.opts.repository,
