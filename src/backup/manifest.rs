@@ -335,6 +335,49 @@ mod tests {
     }
 
     #[test]
+    fn bundled_and_empty_files_of_a_streamed_backup_are_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, info) = backup(root.path(), &[("PG_VERSION", b"15\n", b"15\n")]);
+        let frame = zstd::bulk::compress(b"small", 1).unwrap();
+        std::fs::create_dir_all(dir.root().join("bundles")).unwrap();
+        let mut bundle = vec![0u8; 3];
+        bundle.extend_from_slice(&frame);
+        std::fs::write(dir.root().join("bundles/000001.zst"), &bundle).unwrap();
+        let mut list = std::fs::read_to_string(dir.files_path()).unwrap();
+        for (path, size, object, offset) in [
+            ("bundled", 5, Some("bundles/000001.zst"), Some(3)),
+            ("empty", 0, None, None),
+        ] {
+            let content: &[u8] = if size == 0 { b"" } else { b"small" };
+            let e = FileEntry {
+                path: path.into(),
+                tablespace: None,
+                kind: FileKind::File,
+                mode: 0o600,
+                mtime: 1_700_000_000,
+                size,
+                checksum: Some(blake3::hash(content).to_hex().to_string()),
+                object: object.map(str::to_string),
+                compression: object.map(|_| "zstd".to_string()),
+                stored_size: frame.len() as u64,
+                stored_checksum: None,
+                offset,
+                length: offset.map(|_| frame.len() as u64),
+                target: None,
+            };
+            list.push_str(&serde_json::to_string(&e).unwrap());
+            list.push('\n');
+        }
+        std::fs::write(dir.files_path(), list).unwrap();
+        let r = generate_manifest(&dir, &info).unwrap();
+        assert_eq!((r.files, r.bytes), (3, 8));
+        let text = std::fs::read_to_string(dir.manifest_path()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Files"][1]["Checksum"], hex(&Sha256::digest(b"small")));
+        assert_eq!(v["Files"][2]["Checksum"], hex(&Sha256::digest(b"")));
+    }
+
+    #[test]
     fn a_file_that_differs_from_files_jsonl_leaves_no_manifest() {
         let root = tempfile::tempdir().unwrap();
         let (dir, info) = backup(
