@@ -118,15 +118,42 @@ fn assert_catalog_matches_disk(pg: &Pgbk) -> Vec<pgbk::backup::BackupInfo> {
     rows
 }
 
-/// Decompresses `src` (a backup's `data/` or `tablespaces/<oid>/`) with the plain
-/// zstd binary into `dest`, empty directories included.
-fn zstd_restore(src: &Path, dest: &Path) {
+/// Decompresses the data directory (`tablespace` None) or a tablespace of the
+/// backup in `dir` into `dest` without pgbk: its own objects (`data/` or
+/// `tablespaces/<oid>/`) with the plain zstd binary, empty directories included; the
+/// small files by their range of a bundle, and the empty ones, as files.jsonl says.
+fn zstd_restore(dir: &Path, tablespace: Option<u32>, dest: &Path) {
+    let src = match tablespace {
+        None => dir.join("data"),
+        Some(oid) => dir.join(format!("tablespaces/{oid}")),
+    };
     std::fs::create_dir_all(dest).unwrap();
+    let list = std::fs::read_to_string(dir.join("files.jsonl")).unwrap();
+    for e in list
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    {
+        if e["kind"] != "file" || e["tablespace"].as_u64().map(|o| o as u32) != tablespace {
+            continue;
+        }
+        let path = dest.join(e["path"].as_str().unwrap());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        if e["object"].is_null() {
+            std::fs::write(&path, b"").unwrap();
+        } else if let (Some(off), Some(len)) = (e["offset"].as_u64(), e["length"].as_u64()) {
+            let bundle = std::fs::read(dir.join(e["object"].as_str().unwrap())).unwrap();
+            let range = &bundle[off as usize..(off + len) as usize];
+            std::fs::write(&path, zstd::stream::decode_all(range).unwrap()).unwrap();
+        }
+    }
+    if !src.is_dir() {
+        return;
+    }
     let out = Command::new("zstd")
         .args(["-d", "-q", "-r", "."])
         .arg("--output-dir-mirror")
         .arg(dest)
-        .current_dir(src)
+        .current_dir(&src)
         .output()
         .expect("run zstd");
     assert!(
@@ -143,7 +170,7 @@ fn zstd_restore(src: &Path, dest: &Path) {
             }
         }
     }
-    dirs(src, dest);
+    dirs(&src, dest);
 }
 
 fn pg_verifybackup(dir: &Path) {
@@ -212,7 +239,8 @@ fn backup_under_pgbench_load_is_done_and_plain_zstd_gives_a_directory_pg_verifyb
     use std::os::unix::fs::PermissionsExt;
     let dir = backups_dir(&pg).join(id);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&dir.join("data/global/pg_control.zst")), 0o600);
+    assert_eq!(mode(&dir.join("data/base/1/1255.zst")), 0o600);
+    assert_eq!(mode(&dir.join("bundles/000001.zst")), 0o600);
     assert_eq!(mode(&dir.join("data/base")), 0o700);
     let files = files_jsonl(&pg, id);
     let regular = files.iter().filter(|f| f["kind"] == "file").count() as u64;
@@ -226,7 +254,7 @@ fn backup_under_pgbench_load_is_done_and_plain_zstd_gives_a_directory_pg_verifyb
 
     let restored = scratch_dir("pgbk-restored-");
     let target = restored.path().join("data");
-    zstd_restore(&dir.join("data"), &target);
+    zstd_restore(&dir, None, &target);
     std::fs::copy(dir.join("backup_manifest"), target.join("backup_manifest")).unwrap();
     assert!(target.join("pg_wal").is_dir());
     assert!(target.join("backup_label").is_file());
@@ -292,11 +320,22 @@ fn a_tablespace_outside_the_data_directory_is_stored_and_listed() {
             .any(|f| f["kind"] == "file" && f["size"].as_u64().unwrap() > 4 << 20),
         "{in_ts:?}"
     );
+    // Its large files have objects of their own under tablespaces/<oid>/, its
+    // small ones are in bundles, its empty ones have none.
     for f in in_ts.iter().filter(|f| f["kind"] == "file") {
-        let object = f["object"].as_str().unwrap();
+        let Some(object) = f["object"].as_str() else {
+            assert_eq!(f["size"], 0, "{f}");
+            continue;
+        };
+        let own = format!("tablespaces/{oid}/PG_15_");
         assert!(
-            object.starts_with(&format!("tablespaces/{oid}/PG_15_")),
+            object.starts_with(&own) || (f["offset"].is_u64() && object.starts_with("bundles/")),
             "{object}"
+        );
+        assert_eq!(
+            object.starts_with(&own),
+            f["size"].as_u64().unwrap() >= 256 << 10,
+            "{f}"
         );
         assert!(dir.join(object).is_file(), "{object}");
     }
@@ -305,8 +344,8 @@ fn a_tablespace_outside_the_data_directory_is_stored_and_listed() {
     let restored = scratch_dir("pgbk-restored-");
     let data = restored.path().join("data");
     let tsr = restored.path().join("ts");
-    zstd_restore(&dir.join("data"), &data);
-    zstd_restore(&dir.join(format!("tablespaces/{oid}")), &tsr);
+    zstd_restore(&dir, None, &data);
+    zstd_restore(&dir, Some(oid), &tsr);
     std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
     std::os::unix::fs::symlink(&tsr, data.join(format!("pg_tblspc/{oid}"))).unwrap();
     std::fs::copy(dir.join("backup_manifest"), data.join("backup_manifest")).unwrap();

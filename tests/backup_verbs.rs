@@ -126,12 +126,24 @@ fn a_flipped_byte_and_a_lost_segment_are_named_an_untouched_backup_passes() {
         "{bad}"
     );
     assert_eq!(bad["files"]["problems"][0]["path"], path);
-    // A stored object gone is named too.
-    let gone = e.backup_dir(&id).join("data/PG_VERSION.zst");
-    std::fs::remove_file(&gone).unwrap();
+    // A stored object gone is named too (a file with an object of its own: the
+    // small ones share bundles).
+    let lost = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["offset"].is_null() && f["object"].is_string() && f["path"] != victim["path"])
+        .unwrap()
+        .clone();
+    std::fs::remove_file(s(&lost["stored_path"])).unwrap();
     let out = e.pg.run(&["verify-backup", "pg1", &id]);
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("missing PG_VERSION"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("missing {}", s(&lost["path"]))),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stdout.contains("2 bad or missing file"),
         "{}",
@@ -295,7 +307,14 @@ fn backups_are_listed_shown_and_found_by_id_name_latest_and_oldest() {
         data.contains(&format!("/tablespaces/{oid}/PG_15_")),
         "{data}"
     );
-    assert!(data.contains("/data/global/pg_control.zst"), "{data}");
+    assert!(data.contains("/data/base/1/1255.zst"), "{data}");
+    // The small files (global/pg_control among them) are in bundles, each listed once.
+    assert!(data.contains("/bundles/000001.zst"), "{data}");
+    let mut lines: Vec<&str> = data.lines().collect();
+    let all = lines.len();
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines.len(), all, "{data}");
     let wal = e.pg.ok(&["list-files", "pg1", "latest", "--target", "wal"]);
     let wal_lines: Vec<&str> = wal.lines().collect();
     assert!(!wal_lines.is_empty());

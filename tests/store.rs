@@ -716,6 +716,94 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     assert_eq!(info["keep"], "full", "{info}");
 }
 
+#[test]
+fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
+    use common::seaweed::SECRET_KEY;
+    use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions};
+    let sw = SeaweedFs::start();
+    let c = Cluster::new(ClusterOptions::default());
+    let tables = 1000;
+    let sql: String = (0..tables)
+        .map(|i| format!("create table t{i}(i int); insert into t{i} values ({i});\n"))
+        .collect();
+    c.psql(&sql);
+    let pg = common::Pgbk::new();
+    let conf = format!(
+        "immediate_checkpoint = on\nrepository = s3://pgbk/bundles-test\ns3_endpoint = {}\n\
+         s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+        sw.endpoint()
+    );
+    pg.streaming_server_with("pg", &c, &conf);
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+    let id = pg.json(&["backup", "pg"])["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Far fewer objects in the bucket than files in the backup.
+    let store = S3Store::new(sw.settings("bundles-test")).unwrap();
+    let prefix = format!("pg/backups/{id}/");
+    let keys: Vec<String> = store.list(&prefix).map(|m| m.unwrap().key).collect();
+    let list = read_all(&store, &format!("{prefix}files.jsonl"));
+    let entries: Vec<serde_json::Value> = String::from_utf8(list)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let files = entries.iter().filter(|e| e["kind"] == "file").count();
+    eprintln!(
+        "{tables} tables on S3: {files} files, {} objects",
+        keys.len()
+    );
+    assert!(files > tables, "{files}");
+    assert!(keys.len() * 10 < files, "{} objects: {keys:?}", keys.len());
+    assert!(keys.contains(&format!("{prefix}bundles.jsonl")), "{keys:?}");
+
+    let verified = pg.json(&["verify-backup", "pg", &id]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let rec = pg_scratch_dir("pgbk-s3-bundles-");
+    let data = rec.path().join("data");
+    pg.ok(&[
+        "recover",
+        "pg",
+        &id,
+        data.to_str().unwrap(),
+        "--target-immediate",
+        "--target-action",
+        "promote",
+    ]);
+    rw.term();
+    let r = Cluster::from_datadir(rec, ClusterOptions::default());
+    wait_promoted(&r, "recovery to end");
+    assert_eq!(r.psql("select i from t777"), "777");
+    assert_eq!(
+        r.psql(
+            "select sum((xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I', relname), false, true, '')))[1]::text::int) \
+             from pg_class where relkind = 'r' and relname ~ '^t[0-9]+$'"
+        ),
+        tables.to_string()
+    );
+    drop(r);
+
+    // A byte flipped in a bundle in the bucket: verify-backup names a file of it.
+    let victim = entries
+        .iter()
+        .find(|e| e["offset"].as_u64().is_some_and(|o| o > 0))
+        .unwrap();
+    let key = format!("{prefix}{}", victim["object"].as_str().unwrap());
+    let mut bundle = read_all(&store, &key);
+    let at = victim["offset"].as_u64().unwrap() + victim["length"].as_u64().unwrap() / 2;
+    bundle[at as usize] ^= 0x40;
+    store.put(&key, &bundle, PutMode::Overwrite).unwrap();
+    let bad = pg.run(&["verify-backup", "pg", &id]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stdout.contains(victim["path"].as_str().unwrap()),
+        "{victim}: {bad:?}"
+    );
+}
+
 /// The bucket is the only copy: the manager's local home (catalog, locks, spool)
 /// is lost and only its configuration is left. `list-backups` says to rebuild the
 /// catalog instead of printing nothing; `rebuild-catalog` brings the backup and
@@ -879,11 +967,13 @@ fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
     );
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
     wait_receive_wal(&c);
-    pg.set_env("PGBK_TEST_UPLOAD_THROTTLE_MS", "40");
+    // Small files go up in a few bundles: a pgbench scale-1 backup is some fifteen
+    // whole objects, four uploading at a time, each held back 2 s.
+    pg.set_env("PGBK_TEST_UPLOAD_THROTTLE_MS", "2000");
 
     // A volume server lost mid-backup.
     let mut backup = pg.spawn(&["--format", "json", "backup", "pg"]);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     assert!(
         backup.is_running(),
         "the backup ended too soon to be interrupted"
@@ -899,7 +989,7 @@ fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
 
     // The gateway lost mid-backup.
     let mut backup = pg.spawn(&["backup", "pg"]);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     assert!(
         backup.is_running(),
         "the backup ended too soon to be interrupted"

@@ -245,7 +245,8 @@ pub struct FileEntry {
     /// BLAKE3 of the content, hex (files only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    /// Object holding the content, relative to the backup folder (files only).
+    /// Object holding the content, relative to the backup folder (files only; none
+    /// for an empty file of a streamed backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
     /// `zstd` or `none` (rsync backups keep plain files so rsync can compare).
@@ -263,4 +264,12 @@ pub struct FileEntry {
     /// Link target (symlinks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Bundled small files: where the file's stored bytes (its own zstd frames)
+    /// start in `object`, a bundle shared with other files (`bundles/<n>.zst`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Bundled small files: how many bytes of `object` from `offset` are the
+    /// file's (`stored_size` and `stored_checksum` describe this range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
 }

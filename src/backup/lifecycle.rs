@@ -27,13 +27,21 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
         remove_stored_objects(dir, true)?;
         if dir.root().is_dir() {
             remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
-            for f in [dir.files_path(), dir.manifest_path()] {
+            for f in [
+                dir.files_path(),
+                dir.manifest_path(),
+                dir.root().join(super::bundle::LIST),
+            ] {
                 remove_durable(&f).map_err(io(&f))?;
             }
         }
         return Ok(());
     }
-    for sub in [dir.data_dir(), dir.root().join("tablespaces")] {
+    for sub in [
+        dir.data_dir(),
+        dir.root().join("tablespaces"),
+        dir.root().join("bundles"),
+    ] {
         match std::fs::remove_dir_all(&sub) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -42,7 +50,10 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     }
     remove_durable(&dir.files_path()).map_err(io(&dir.files_path()))?;
     remove_durable(&dir.manifest_path()).map_err(io(&dir.manifest_path()))?;
-    // files.jsonl / backup_manifest still under their temporary names (a killed backup).
+    let bundles = dir.root().join(super::bundle::LIST);
+    remove_durable(&bundles).map_err(io(&bundles))?;
+    // files.jsonl / backup_manifest / bundles.jsonl still under their temporary
+    // names (a killed backup).
     remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
     fsync_dir(dir.root()).map_err(io(dir.root()))
 }

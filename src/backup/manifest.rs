@@ -95,27 +95,58 @@ fn manifest_path(e: &FileEntry) -> String {
 /// The manifest line of one file, after checking its stored bytes.
 fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestError> {
     let path = manifest_path(e);
+    let mut sha = Sha256Sink(Sha256::new());
     let object = e
         .object
         .as_deref()
         .and_then(crate::restore::files::safe_relative)
-        .filter(|p| !p.as_os_str().is_empty())
-        .ok_or(ManifestError::Mismatch {
-            path: path.clone(),
+        .filter(|p| !p.as_os_str().is_empty());
+    let Some(object) = object else {
+        // An empty file of a streamed backup has no object: it is checked below.
+        if e.object.is_none() && e.size == 0 {
+            let none = hash_copy(io::empty(), &mut sha).map_err(|source| ManifestError::Io {
+                path: dir.root().to_path_buf(),
+                source,
+            })?;
+            return finish_line(e, path, none, sha);
+        }
+        return Err(ManifestError::Mismatch {
+            path,
             what: "object name",
-        })?;
+        });
+    };
     let stored = dir.root().join(object);
     let io = |source| ManifestError::Io {
         path: stored.clone(),
         source,
     };
-    let file = BufReader::new(File::open(&stored).map_err(io)?);
-    let reader: Box<dyn Read> = match e.compression.as_deref() {
-        Some("none") => Box::new(file),
-        _ => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
+    let (size, blake3) = if e.offset.is_some() {
+        // A bundled file: its own frames, by range.
+        let bytes = crate::backup::bundle::BundleReader::new(dir, 0)
+            .stored(e)
+            .map_err(|err| io(std::io::Error::other(err.to_string())))?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        crate::backup::bundle::decode(&bytes, &mut sha).map_err(io)?
+    } else {
+        let file = BufReader::new(File::open(&stored).map_err(io)?);
+        let reader: Box<dyn Read> = match e.compression.as_deref() {
+            Some("none") => Box::new(file),
+            _ => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
+        };
+        hash_copy(reader, &mut sha).map_err(io)?
     };
-    let mut sha = Sha256Sink(Sha256::new());
-    let (size, blake3) = hash_copy(reader, &mut sha).map_err(io)?;
+    finish_line(e, path, (size, blake3), sha)
+}
+
+/// The manifest line of a file whose content read back as `(size, blake3)` with
+/// SHA-256 `sha`, once both match files.jsonl.
+fn finish_line(
+    e: &FileEntry,
+    path: String,
+    (size, blake3): (u64, String),
+    sha: Sha256Sink,
+) -> Result<(String, u64), ManifestError> {
     if size != e.size {
         return Err(ManifestError::Mismatch { path, what: "size" });
     }
@@ -257,6 +288,8 @@ mod tests {
                 compression: Some("none".into()),
                 stored_size: content.len() as u64,
                 stored_checksum: None,
+                offset: None,
+                length: None,
                 target: None,
             };
             list.push_str(&serde_json::to_string(&e).unwrap());
@@ -299,6 +332,49 @@ mod tests {
             generate_manifest(&dir, &info),
             Err(ManifestError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn bundled_and_empty_files_of_a_streamed_backup_are_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, info) = backup(root.path(), &[("PG_VERSION", b"15\n", b"15\n")]);
+        let frame = zstd::bulk::compress(b"small", 1).unwrap();
+        std::fs::create_dir_all(dir.root().join("bundles")).unwrap();
+        let mut bundle = vec![0u8; 3];
+        bundle.extend_from_slice(&frame);
+        std::fs::write(dir.root().join("bundles/000001.zst"), &bundle).unwrap();
+        let mut list = std::fs::read_to_string(dir.files_path()).unwrap();
+        for (path, size, object, offset) in [
+            ("bundled", 5, Some("bundles/000001.zst"), Some(3)),
+            ("empty", 0, None, None),
+        ] {
+            let content: &[u8] = if size == 0 { b"" } else { b"small" };
+            let e = FileEntry {
+                path: path.into(),
+                tablespace: None,
+                kind: FileKind::File,
+                mode: 0o600,
+                mtime: 1_700_000_000,
+                size,
+                checksum: Some(blake3::hash(content).to_hex().to_string()),
+                object: object.map(str::to_string),
+                compression: object.map(|_| "zstd".to_string()),
+                stored_size: frame.len() as u64,
+                stored_checksum: None,
+                offset,
+                length: offset.map(|_| frame.len() as u64),
+                target: None,
+            };
+            list.push_str(&serde_json::to_string(&e).unwrap());
+            list.push('\n');
+        }
+        std::fs::write(dir.files_path(), list).unwrap();
+        let r = generate_manifest(&dir, &info).unwrap();
+        assert_eq!((r.files, r.bytes), (3, 8));
+        let text = std::fs::read_to_string(dir.manifest_path()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Files"][1]["Checksum"], hex(&Sha256::digest(b"small")));
+        assert_eq!(v["Files"][2]["Checksum"], hex(&Sha256::digest(b"")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! each backup in the repository, and the catalog index kept in step with them.
 
 pub mod base_backup;
+pub mod bundle;
 pub mod info;
 pub mod lifecycle;
 pub mod manifest;
@@ -137,6 +138,29 @@ impl BackupDir {
         std::fs::File::open(&path)
             .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
             .map_err(|source| BackupError::Io { path, source })
+    }
+
+    /// `len` bytes of the backup's object `rel` from `offset` (fewer at its end): on
+    /// object storage one ranged GET.
+    pub fn read_range(&self, rel: &str, offset: u64, len: u64) -> Result<Vec<u8>, BackupError> {
+        if self.is_remote() {
+            return self
+                .store()
+                .get_range(&self.key(rel), offset, len)
+                .map_err(store_err);
+        }
+        use std::io::{Seek, SeekFrom};
+        let path = self.root.join(rel);
+        let io = |source| BackupError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let mut out = Vec::new();
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.take(len).read_to_end(&mut out))
+            .map_err(io)?;
+        Ok(out)
     }
 
     /// A small object of the backup (`backup_manifest`) whole; `None` when there is none.

@@ -639,6 +639,8 @@ async fn copy(
             compression: None,
             stored_size: 0,
             stored_checksum: None,
+            offset: None,
+            length: None,
             target: Some(t.location.clone()),
         })
         .collect();

@@ -163,6 +163,8 @@ pub fn index(
                 compression: None,
                 stored_size: 0,
                 stored_checksum: None,
+                offset: None,
+                length: None,
                 target: None,
             };
             if e.is_dir {

@@ -17,6 +17,7 @@
 //! are refused (`.` components are dropped), symlinks are never created, an existing file is never
 //! overwritten.
 
+use super::bundle::{is_bundled, BundleWriter, Closed};
 use super::object_upload::{Streamed, Uploads, WHOLE_UP_TO};
 use super::{BackupDir, FileEntry, FileKind};
 use crate::progress::Progress;
@@ -115,6 +116,7 @@ pub struct Stored {
     pub tablespaces: Vec<(u32, String)>,
     dir: BackupDir,
     files: AtomicFile,
+    bundles: Option<AtomicFile>,
     manifest: Option<AtomicFile>,
 }
 
@@ -144,6 +146,11 @@ impl Stored {
         if !remote {
             let root = self.dir.root();
             sync_filesystem(root).map_err(io_at(root))?;
+        }
+        if let Some(b) = self.bundles {
+            let path = b.dest().to_path_buf();
+            b.commit().map_err(io_at(&path))?;
+            self.dir.upload_local("bundles.jsonl").map_err(upload_err)?;
         }
         let files = self.files.dest().to_path_buf();
         self.files.commit().map_err(io_at(&files))?;
@@ -450,6 +457,7 @@ pub fn store_stream(
                 tablespaces,
                 dir: dir.clone(),
                 files: w.files,
+                bundles: w.bundles,
                 manifest,
             }),
         }
@@ -563,6 +571,8 @@ impl Reader<'_> {
                     compression: None,
                     stored_size: 0,
                     stored_checksum: None,
+                    offset: None,
+                    length: None,
                     target: None,
                 };
                 match kind {
@@ -636,6 +646,11 @@ impl Reader<'_> {
         archive: &str,
     ) -> Result<(), StoreError> {
         let size = entry.size();
+        if size == 0 {
+            // An empty file has no object: its entry says everything.
+            meta.checksum = Some(blake3::hash(b"").to_hex().to_string());
+            return self.send(Job::FileEnd { entry: meta });
+        }
         self.send(Job::FileStart {
             disk,
             object: object.clone(),
@@ -700,6 +715,7 @@ impl Reader<'_> {
 
 struct Written {
     files: AtomicFile,
+    bundles: Option<AtomicFile>,
     size: u64,
     stored: u64,
     count: u64,
@@ -750,6 +766,10 @@ enum Out {
     Whole(Vec<u8>, String),
     /// A large object streaming to the store.
     Stream(Streamed),
+    /// A small file going into the open bundle (its name), from this offset.
+    Bundled(String, u64),
+    /// No object (an empty file).
+    Nothing,
 }
 
 fn write_jobs(
@@ -778,6 +798,12 @@ fn write_jobs(
     // The open object: where it goes, bytes written and the BLAKE3 of those bytes
     // (the object checksum: frames are hashed as written, in order).
     let mut current: Option<(Out, u64, blake3::Hasher)> = None;
+    let mut bundles = BundleWriter::new(dir);
+    let put_bundle = |u: Option<&Uploads>, closed: Option<Closed>| {
+        if let (Some(u), Some(c)) = (u, closed) {
+            u.whole(c.key, c.data);
+        }
+    };
     let (mut size, mut stored, mut count) = (0u64, 0u64, 0u64);
     let result = (|| {
         for job in jobs {
@@ -802,6 +828,10 @@ fn write_jobs(
                     size: raw,
                 } => {
                     let out = match &uploads {
+                        _ if is_bundled(raw) => {
+                            let (name, offset) = bundles.start_file()?;
+                            Out::Bundled(name, offset)
+                        }
                         None => Out::Disk(create_file(&disk).map_err(io_at(&disk))?, disk),
                         Some(_) if raw <= WHOLE_UP_TO => Out::Whole(Vec::new(), dir.key(&object)),
                         Some(u) => Out::Stream(u.stream(dir.key(&object))),
@@ -821,6 +851,8 @@ fn write_jobs(
                     match out {
                         Out::Disk(f, disk) => f.write_all(&frame).map_err(io_at(disk))?,
                         Out::Whole(buf, _) => buf.extend_from_slice(&frame),
+                        Out::Bundled(..) => bundles.write(&frame)?,
+                        Out::Nothing => {}
                         Out::Stream(s) => {
                             if !s.write(frame) {
                                 // The upload ended early: its own error says why.
@@ -836,10 +868,25 @@ fn write_jobs(
                     progress.set(size);
                 }
                 Job::FileEnd { mut entry } => {
-                    let Some((out, written, object)) = current.take() else {
+                    let Some((out, written, object)) = current.take().or_else(|| {
+                        // An empty file: no FileStart, no object.
+                        (entry.size == 0).then(|| (Out::Nothing, 0, blake3::Hasher::new()))
+                    }) else {
                         return Err(StoreError::Invalid("file end outside a file".into()));
                     };
+                    let mut closed = None;
                     match out {
+                        Out::Nothing => {
+                            count += 1;
+                            record(&mut list, &entry)?;
+                            continue;
+                        }
+                        Out::Bundled(name, offset) => {
+                            entry.object = Some(name);
+                            entry.offset = Some(offset);
+                            entry.length = Some(written);
+                            closed = bundles.end_file()?;
+                        }
                         // The disk starts on a large object now, while the stream goes
                         // on, instead of all of it waiting for the final syncfs.
                         Out::Disk(f, _) if written >= WRITEBACK_FROM => start_file_writeback(&f),
@@ -858,9 +905,12 @@ fn write_jobs(
                     stored += written;
                     count += 1;
                     record(&mut list, &entry)?;
+                    put_bundle(uploads.as_ref(), closed);
                 }
             }
         }
+        let last = bundles.close()?;
+        put_bundle(uploads.as_ref(), last);
         Ok(())
     })();
     // Every queued upload is waited for, whatever happened: an object is either
@@ -876,8 +926,10 @@ fn write_jobs(
         path: files_path.to_path_buf(),
         source: io::Error::new(e.error().kind(), e.error().to_string()),
     })?;
+    let bundle_list = bundles.into_list()?;
     Ok(Written {
         files,
+        bundles: bundle_list,
         size,
         stored,
         count,
@@ -1042,17 +1094,17 @@ mod tests {
             zstd::stream::decode_all(File::open(dir.data_dir().join("base/big.zst")).unwrap())
                 .unwrap();
         assert_eq!(back, big);
-        let empty = zstd::stream::decode_all(File::open(dir.data_dir().join("empty.zst")).unwrap())
-            .unwrap();
-        assert!(empty.is_empty());
+        // An empty file has no object.
+        assert!(!dir.data_dir().join("empty.zst").exists());
         assert!(dir.data_dir().join("pg_wal").is_dir());
         assert!(!dir.data_dir().join("pg_tblspc/16385").exists());
-        let hello = dir.tablespace_dir(16385).join("PG_15_1/5/6.zst");
-        assert_eq!(
-            zstd::stream::decode_all(File::open(hello).unwrap()).unwrap(),
-            b"hello"
-        );
         let entries: Vec<FileEntry> = dir.files().unwrap().map(|e| e.unwrap()).collect();
+        let empty = entries.iter().find(|e| e.path == "empty").unwrap();
+        assert_eq!((empty.object.as_ref(), empty.size), (None, 0));
+        assert_eq!(
+            empty.checksum.as_deref(),
+            Some(crate::repo::compress::checksum(b"").as_str())
+        );
         let big_e = entries.iter().find(|e| e.path == "base/big").unwrap();
         assert_eq!(
             big_e.checksum.as_deref(),
@@ -1071,14 +1123,27 @@ mod tests {
             .find(|e| e.kind == FileKind::Symlink)
             .unwrap();
         assert_eq!(link.target.as_deref(), Some("/srv/ts"));
+        // A small file is in a bundle, read back by its range.
         let ts_e = entries
             .iter()
             .find(|e| e.tablespace == Some(16385))
             .unwrap();
+        assert_eq!(ts_e.object.as_deref(), Some("bundles/000001.zst"));
         assert_eq!(
-            ts_e.object.as_deref(),
-            Some("tablespaces/16385/PG_15_1/5/6.zst")
+            (ts_e.offset, ts_e.length),
+            (Some(0), Some(ts_e.stored_size))
         );
+        let bundle = std::fs::read(dir.root().join("bundles/000001.zst")).unwrap();
+        assert_eq!(bundle.len() as u64, ts_e.stored_size);
+        assert_eq!(
+            ts_e.stored_checksum.as_deref(),
+            Some(crate::repo::compress::checksum(&bundle).as_str())
+        );
+        assert_eq!(zstd::stream::decode_all(&bundle[..]).unwrap(), b"hello");
+        let list: super::super::bundle::BundleInfo =
+            serde_json::from_slice(&std::fs::read(dir.root().join("bundles.jsonl")).unwrap())
+                .unwrap();
+        assert_eq!((list.files, list.stored_size), (1, bundle.len() as u64));
         assert_eq!(std::fs::read(dir.manifest_path()).unwrap(), b"{\"m\":1}\n");
     }
 

@@ -87,15 +87,23 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, target: &str) -> Result<Ex
         count: 0,
     };
     if data {
+        // Bundles already listed (a few per GiB of small files).
+        let mut bundles_listed = std::collections::HashSet::new();
         for entry in dir.files()? {
             let entry = entry?;
             let stored = entry
                 .object
                 .as_deref()
                 .map(|o| dir.root().join(o).display().to_string());
-            // Text lists what a copy needs: the stored object of each regular file.
+            // Text lists what a copy needs: the stored object of each regular file,
+            // each bundle once (JSON has each file with its offset and length).
             let text = stored.clone().unwrap_or_default();
-            if sink.json || stored.is_some() {
+            let repeated = entry.offset.is_some()
+                && entry
+                    .object
+                    .as_ref()
+                    .is_some_and(|o| !bundles_listed.insert(o.clone()));
+            if sink.json || (stored.is_some() && !repeated) {
                 sink.item(
                     &DataLine {
                         entry: &entry,

@@ -23,6 +23,10 @@
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
 use super::pool::{Done, Job, Pool, Work};
 use super::sftp_batch::{batch_full, MAX_OBJECT};
+use crate::backup::bundle;
+
+/// SFTP's status for a name that does not exist (`SSH_FX_NO_SUCH_FILE`).
+const SFTP_NO_SUCH_FILE: i32 = 2;
 use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
 use super::transfer::{self, already_there, commit_batch, temp_path, Expected, TransferError};
 use super::PeerError;
@@ -606,25 +610,33 @@ impl Pass<'_> {
         }
         let remote_dir = format!("backups/{id}");
         // The file list and the manifest, unless a previous pass stored them.
-        let mut metadata = vec![("files.jsonl", dir.files_path())];
+        let mut metadata = vec![("files.jsonl", dir.files_path(), false)];
         if info.has_manifest {
-            metadata.push(("backup_manifest", dir.manifest_path()));
+            metadata.push(("backup_manifest", dir.manifest_path(), false));
         }
-        for (file, dest) in metadata {
+        // Only a backup with bundled small files has a bundle list.
+        metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
+        for (file, dest, optional) in metadata {
             if dest.is_file() {
                 continue;
             }
             let remote = self.remote(&format!("{remote_dir}/{file}"));
             let result = self
                 .main_sftp()
-                .and_then(|sftp| {
-                    sftp.open(Path::new(&remote))
-                        .map_err(|e| TransferError::Remote {
-                            path: remote.clone(),
-                            msg: e.message().to_string(),
-                        })
+                .and_then(|sftp| match sftp.open(Path::new(&remote)) {
+                    Err(e) if optional && e.code() == ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(TransferError::Remote {
+                        path: remote.clone(),
+                        msg: e.message().to_string(),
+                    }),
+                    Ok(f) => Ok(Some(f)),
                 })
-                .and_then(|f| transfer::receive_plain(f, &remote, &dest, &self.moved));
+                .and_then(|f| match f {
+                    Some(f) => transfer::receive_plain(f, &remote, &dest, &self.moved),
+                    None => Ok(()),
+                });
             if let Err(e) = result {
                 self.error(format!("backup {id}: {e}"));
                 return Ok(false);
@@ -650,7 +662,12 @@ impl Pass<'_> {
             if halted {
                 break;
             }
-            let entries = match dir.files() {
+            // The objects: every file's own, then the bundles small files share
+            // (each verified whole against bundles.jsonl).
+            let entries = match dir
+                .files()
+                .and_then(|f| Ok(f.chain(bundle::list(&dir)?.map(|b| b.map(|b| b.as_entry())))))
+            {
                 Ok(it) => it,
                 Err(e) => {
                     self.error(format!("backup {id}: {e}"));
@@ -674,7 +691,10 @@ impl Pass<'_> {
                         break;
                     }
                 };
-                if entry.kind != FileKind::File || (entry.stored_size > MAX_OBJECT) != big_round {
+                if entry.kind != FileKind::File
+                    || entry.offset.is_some()
+                    || (entry.stored_size > MAX_OBJECT) != big_round
+                {
                     continue;
                 }
                 let Some(object) = entry.object.as_deref() else {

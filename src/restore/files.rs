@@ -14,6 +14,7 @@
 
 use super::destination::Owner;
 use super::{io_err, RestoreError};
+use crate::backup::bundle::{self, BundleReader};
 use crate::backup::{BackupDir, BackupInfo, FileEntry, FileKind};
 use crate::progress::Progress;
 use rayon::prelude::*;
@@ -264,13 +265,16 @@ fn set_mtime(f: &File, path: &Path, mtime: i64) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Writes the content of one stored object into `out` (decompressed); its size and
+/// Writes the content of one stored file into `out` (decompressed); its size and
 /// BLAKE3 checksum. The object's path is checked like every path of `files.jsonl`.
-pub(crate) fn copy_object(
+/// A bundled file is read through `bundles`, which serves the following files of
+/// the same bundle from the span it already read.
+pub(crate) fn copy_entry(
     dir: &BackupDir,
     info: &BackupInfo,
     e: &FileEntry,
     out: &mut impl Write,
+    bundles: &mut BundleReader,
 ) -> Result<(u64, String), RestoreError> {
     let Some(object) = &e.object else {
         if e.size == 0 {
@@ -296,6 +300,30 @@ pub(crate) fn copy_object(
         }
         None => object.ends_with(".zst"),
     };
+    if e.offset.is_some() {
+        if !zstd {
+            return Err(corrupt(
+                info,
+                format!("'{}' is bundled but not zstd", e.path),
+            ));
+        }
+        let stored = bundles
+            .stored(e)?
+            .ok_or_else(|| corrupt(info, format!("'{}' has an offset but no length", e.path)))?;
+        let data = bundle::decode_limited(stored, e.size).map_err(|err| {
+            corrupt(
+                info,
+                format!(
+                    "'{}' (bytes {}.. of {object}) does not decompress: {err}; the bundle is damaged (run verify-backup)",
+                    e.path,
+                    e.offset.unwrap_or_default()
+                ),
+            )
+        })?;
+        let what = PathBuf::from(dir.describe(&rel.to_string_lossy()));
+        out.write_all(&data).map_err(io_err(&what))?;
+        return Ok((data.len() as u64, blake3::hash(&data).to_hex().to_string()));
+    }
     if dir.is_remote() {
         let rel = rel.to_string_lossy();
         let what = PathBuf::from(dir.describe(&rel));
@@ -379,7 +407,23 @@ fn throttle() {
     }
 }
 
-fn restore_file(ctx: &Ctx, e: &FileEntry) -> Result<(), RestoreError> {
+/// Restores a group of files ([`bundle::groups`]): the files of one bundle that
+/// follow one another cost one read of the span they cover.
+fn restore_group(ctx: &Ctx, group: &[FileEntry]) -> Result<(), RestoreError> {
+    let mut bundles = BundleReader::new(ctx.dir, 0);
+    let span_end = group.first().and_then(|e| e.offset).unwrap_or(0) + bundle::group_span(group);
+    for e in group {
+        // A miss (the first file written, after any a delta skipped) reads from
+        // this file to the group's last byte at once.
+        if let Some(off) = e.offset {
+            bundles.set_read_ahead(span_end.saturating_sub(off));
+        }
+        restore_file(ctx, e, &mut bundles)?;
+    }
+    Ok(())
+}
+
+fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<(), RestoreError> {
     throttle();
     let (path, rel) = place(ctx, e)?;
     if rel.as_os_str().is_empty() {
@@ -427,7 +471,7 @@ fn restore_file(ctx: &Ctx, e: &FileEntry) -> Result<(), RestoreError> {
         Err(err) => return Err(io_err(&path)(err)),
     };
     let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let (size, sum) = copy_object(ctx.dir, ctx.info, e, &mut w)?;
+    let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut w, bundles)?;
     let file = w
         .into_inner()
         .map_err(|err| io_err(&path)(err.into_error()))?;
@@ -571,9 +615,9 @@ pub fn restore(
         done.err().map(Err)
     });
     let result = pool.install(|| {
-        entries
+        bundle::groups(entries)
             .par_bridge()
-            .try_for_each(|r| r.and_then(|e| restore_file(&ctx, &e)))
+            .try_for_each(|r| r.and_then(|g| restore_group(&ctx, &g)))
     });
     progress.finish();
     result?;
@@ -647,7 +691,7 @@ pub fn restore_control_file(
         files_skipped: AtomicU64::new(0),
         bytes_skipped: AtomicU64::new(0),
     };
-    restore_file(&ctx, &e)?;
+    restore_file(&ctx, &e, &mut BundleReader::new(dir, 0))?;
     stats.files_written += ctx.files_written.load(Ordering::Relaxed);
     stats.bytes_written += ctx.bytes_written.load(Ordering::Relaxed);
     stats.files_skipped += ctx.files_skipped.load(Ordering::Relaxed);
@@ -719,6 +763,8 @@ mod tests {
             compression: None,
             stored_size: 0,
             stored_checksum: None,
+            offset: None,
+            length: None,
             target: None,
         }
     }
@@ -769,6 +815,27 @@ mod tests {
             b"tablespace data",
             0o600,
         ));
+        // Two small files in a bundle, each its own frame at its range.
+        let bundle_path = dir.root().join("bundles/000001.zst");
+        fs::create_dir_all(bundle_path.parent().unwrap()).unwrap();
+        let mut bundle = Vec::new();
+        for (path, data) in [
+            ("base/1/2600", &b"first small"[..]),
+            ("base/1/2601", b"second"),
+        ] {
+            let frame = zstd::bulk::compress(data, 1).unwrap();
+            let mut e = entry(path, None, FileKind::File, 0o600);
+            e.size = data.len() as u64;
+            e.checksum = Some(checksum(data));
+            e.object = Some("bundles/000001.zst".into());
+            e.compression = Some("zstd".into());
+            e.offset = Some(bundle.len() as u64);
+            e.length = Some(frame.len() as u64);
+            e.stored_size = frame.len() as u64;
+            bundle.extend_from_slice(&frame);
+            lines.push(serde_json::to_string(&e).unwrap());
+        }
+        fs::write(&bundle_path, &bundle).unwrap();
         // A file whose directory entry comes later than the file itself.
         lines.push(add_file("global/pg_control", None, &[1u8; 8192], 0o600));
         lines.push(dirs("global", None));
@@ -780,7 +847,7 @@ mod tests {
             "begin_wal":null,"end_wal":null,"begin_time":"2026-01-01T00:00:00Z","end_time":null,
             "size_bytes":{},"stored_bytes":0,"file_count":5,"tablespaces":[{{"oid":16390,"name":"tbs","location":"/original/tbs"}}],"error":null,
             "pid":null,"keep":null,"checksum_algorithm":"blake3","has_manifest":false}}"#,
-            9 * 1024 * 1024 + 5 + 3 + 15 + 8192
+            9 * 1024 * 1024 + 5 + 3 + 15 + 8192 + 17
         ))
         .unwrap();
         (dir, info)
@@ -828,8 +895,9 @@ mod tests {
         let fresh = layout("fresh");
         fs::create_dir_all(&fresh.data).unwrap();
         let s = restore_all(&dir, &info, &fresh, &Options::default(), &pool, &NoProgress).unwrap();
-        assert_eq!(s.files_written, 5);
+        assert_eq!(s.files_written, 7);
         assert_eq!(s.links, 1);
+        assert_eq!(fs::read(fresh.data.join("base/1/2601")).unwrap(), b"second");
         assert_eq!(
             fs::read_link(fresh.data.join("pg_tblspc/16390")).unwrap(),
             fresh.tablespaces[0].1
@@ -849,6 +917,7 @@ mod tests {
         fs::create_dir_all(&old.data).unwrap();
         restore_all(&dir, &info, &old, &Options::default(), &pool, &NoProgress).unwrap();
         fs::write(old.data.join("PG_VERSION"), "14\n").unwrap();
+        fs::write(old.data.join("base/1/2601"), "changed").unwrap();
         let big = old.data.join("base/1/1259");
         let f = OpenOptions::new().write(true).open(&big).unwrap();
         f.set_len(100).unwrap();
@@ -871,8 +940,8 @@ mod tests {
         let s = restore_all(&dir, &info, &old, &opts, &pool, &NoProgress).unwrap();
         // global/pg_control matched, but a delta removes it first and writes it last
         // (an interrupted delta must not leave a folder PostgreSQL starts on).
-        assert_eq!(s.files_written, 4, "{s:?}");
-        assert_eq!(s.files_skipped, 1, "{s:?}");
+        assert_eq!(s.files_written, 5, "{s:?}");
+        assert_eq!(s.files_skipped, 2, "{s:?}");
         assert!(s.bytes_written < info.size_bytes);
         assert_eq!(tree(&old.data).len(), tree(&fresh.data).len());
         let strip = |v: Vec<(String, String)>, root: &Path| -> Vec<(String, String)> {
@@ -890,6 +959,25 @@ mod tests {
             .join("PG_15_202209061/5/99999")
             .exists());
         assert!(old.tablespaces[0].1.join("not-ours").exists());
+
+        // A damaged bundle: the restore stops naming the file, never writes it as good.
+        let bundle = dir.root().join("bundles/000001.zst");
+        let mut bytes = fs::read(&bundle).unwrap();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x55;
+        fs::write(&bundle, bytes).unwrap();
+        let broken = layout("broken");
+        fs::create_dir_all(&broken.data).unwrap();
+        let e = restore_all(
+            &dir,
+            &info,
+            &broken,
+            &Options::default(),
+            &pool,
+            &NoProgress,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("base/1/2601"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use super::files::{self, FileStats};
 use super::tar_stream::TarStream;
 use super::{destination, wal, RecoverPlan, RecoverRequest, RestoreError, WalSource, Written};
+use crate::backup::bundle::{self, BundleReader};
 use crate::backup::{FileEntry, FileKind};
 use crate::progress::Progress;
 use crate::ssh::{shell_quote, ExecOutput, RemoteStdin, SshError, SshSession, SshTarget};
@@ -214,12 +215,22 @@ fn send_root(
     let mut tar: Sink = TarStream::new(BufWriter::with_capacity(256 * 1024, stdin));
     let sent = (|| {
         let mut extra = Extras::default();
+        // Bundled files follow one another: one read serves the rest of a bundle.
+        let mut bundles = BundleReader::new(&plan.dir, bundle::READ_AHEAD);
         for e in plan.dir.files()? {
             let e = e?;
             if e.tablespace != tablespace {
                 continue;
             }
-            send_entry(plan, &e, &mut tar, &mut extra, &mut written.files, done)?;
+            send_entry(
+                plan,
+                &e,
+                &mut tar,
+                &mut extra,
+                &mut written.files,
+                done,
+                &mut bundles,
+            )?;
             progress.set(*done);
         }
         if tablespace.is_none() {
@@ -287,6 +298,7 @@ fn send_entry(
     extra: &mut Extras,
     stats: &mut FileStats,
     done: &mut u64,
+    bundles: &mut BundleReader,
 ) -> Result<(), RestoreError> {
     let info = &plan.info;
     let rel = files::safe_relative(&e.path)
@@ -352,7 +364,7 @@ fn send_entry(
                 (true, "recovery.signal" | "standby.signal") => return Ok(()),
                 (true, "postgresql.auto.conf" | "tablespace_map") => {
                     let mut buf = Vec::with_capacity(e.size as usize);
-                    let (size, sum) = files::copy_object(&plan.dir, info, e, &mut buf)?;
+                    let (size, sum) = files::copy_entry(&plan.dir, info, e, &mut buf, bundles)?;
                     files::check_content(info, e, size, &sum)?;
                     let text = String::from_utf8_lossy(&buf).into_owned();
                     let data = if name == "tablespace_map" {
@@ -366,7 +378,7 @@ fn send_entry(
                 }
                 _ => {
                     tar.file(name, mode, e.mtime, e.size).map_err(io_stream)?;
-                    let (size, sum) = files::copy_object(&plan.dir, info, e, tar)?;
+                    let (size, sum) = files::copy_entry(&plan.dir, info, e, tar, bundles)?;
                     files::check_content(info, e, size, &sum)?;
                 }
             }

@@ -2,6 +2,7 @@
 //! `verify-backup` (does every stored file still hold what was backed up?), as library
 //! functions returning what they found. Both run in parallel on the current rayon pool.
 
+use crate::backup::bundle::{self, BundleReader};
 use crate::backup::wal_range::required_segments;
 use crate::backup::{BackupDir, BackupError, BackupInfo, FileEntry, FileKind};
 use crate::catalog::{WalKind, WalRecord};
@@ -288,8 +289,15 @@ pub fn verify_backup_files(dir: &BackupDir, info: &BackupInfo) -> Result<FileChe
             }
         }
         if batch.len() >= BATCH || (end && !batch.is_empty()) {
-            let found: Vec<Option<FileProblem>> =
-                batch.par_iter().map(|e| verify_file(dir, e)).collect();
+            // The files of one bundle that follow one another are checked together,
+            // with one read of the span they cover.
+            let groups: Vec<&[FileEntry]> = batch
+                .chunk_by(|a, b| matches!((bundle::range(a), bundle::range(b)), (Some((x, ..)), Some((y, ..))) if x == y))
+                .collect();
+            let found: Vec<Option<FileProblem>> = groups
+                .par_iter()
+                .flat_map_iter(|g| verify_group(dir, g))
+                .collect();
             report.files += batch.len() as u64;
             report.bytes += batch.iter().map(|e| e.size).sum::<u64>();
             report.problems.extend(found.into_iter().flatten());
@@ -319,7 +327,27 @@ fn is_contained(rel: &str) -> bool {
     !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
-fn verify_file(dir: &BackupDir, entry: &FileEntry) -> Option<FileProblem> {
+/// [`verify_file`] for each file of a group (consecutive files of one bundle, or
+/// one file).
+fn verify_group(dir: &BackupDir, group: &[FileEntry]) -> Vec<Option<FileProblem>> {
+    let mut bundles = BundleReader::new(dir, 0);
+    let span_end = group.first().and_then(|e| e.offset).unwrap_or(0) + bundle::group_span(group);
+    group
+        .iter()
+        .map(|e| {
+            if let Some(off) = e.offset {
+                bundles.set_read_ahead(span_end.saturating_sub(off));
+            }
+            verify_file(dir, e, &mut bundles)
+        })
+        .collect()
+}
+
+fn verify_file(
+    dir: &BackupDir,
+    entry: &FileEntry,
+    bundles: &mut BundleReader,
+) -> Option<FileProblem> {
     let problem = |issue, detail: String| {
         Some(FileProblem {
             path: manifest_path(entry),
@@ -328,6 +356,14 @@ fn verify_file(dir: &BackupDir, entry: &FileEntry) -> Option<FileProblem> {
             detail,
         })
     };
+    let empty = blake3::hash(b"").to_hex().to_string();
+    if entry.object.is_none()
+        && entry.size == 0
+        && entry.checksum.as_deref().is_none_or(|c| c == empty)
+    {
+        // An empty file of a streamed backup has no object.
+        return None;
+    }
     let Some(object) = entry.object.as_deref() else {
         return problem(
             FileIssue::Invalid,
@@ -343,6 +379,49 @@ fn verify_file(dir: &BackupDir, entry: &FileEntry) -> Option<FileProblem> {
     let Some(expected) = entry.checksum.as_deref() else {
         return problem(FileIssue::Invalid, "files.jsonl records no checksum".into());
     };
+    if let Some((_, offset, length)) = bundle::range(entry) {
+        let at = format!("{object} bytes {offset}..{}", offset.saturating_add(length));
+        let stored = match bundles.stored(entry) {
+            Ok(Some(s)) => s,
+            Ok(None) => return problem(FileIssue::Invalid, "no bundle range".into()),
+            Err(BackupError::Store(e)) if e.is_not_found() => {
+                return problem(
+                    FileIssue::Missing,
+                    format!("bundle {object} does not exist"),
+                )
+            }
+            Err(BackupError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return problem(
+                    FileIssue::Missing,
+                    format!("bundle {object} does not exist"),
+                )
+            }
+            Err(e) => return problem(FileIssue::Unreadable, format!("{at}: {e}")),
+        };
+        if !bundle::stored_matches(entry, stored) {
+            return problem(
+                FileIssue::Mismatch,
+                format!(
+                    "{at}: the stored bytes differ from their checksum {} in files.jsonl (the bundle is damaged)",
+                    entry.stored_checksum.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        return match bundle::decode(stored, std::io::sink()) {
+            Err(e) => problem(FileIssue::Unreadable, format!("{at}: {e}")),
+            Ok((size, _)) if size != entry.size => problem(
+                FileIssue::Mismatch,
+                format!("{at}: {size} bytes, files.jsonl says {}", entry.size),
+            ),
+            Ok((_, sum)) if sum != expected => problem(
+                FileIssue::Mismatch,
+                format!("{at}: checksum {sum} differs from {expected} in files.jsonl"),
+            ),
+            Ok(_) => None,
+        };
+    }
     match dir.has_object(object) {
         Ok(true) => {}
         Ok(false) => {
@@ -434,6 +513,8 @@ mod tests {
                 compression: Some("zstd".into()),
                 stored_size: s.stored_size,
                 stored_checksum: Some(s.stored_checksum),
+                offset: None,
+                length: None,
                 target: None,
             };
             writeln!(list, "{}", serde_json::to_string(&e).unwrap()).unwrap();
@@ -521,11 +602,13 @@ mod tests {
             compression: Some("none".into()),
             stored_size: 5,
             stored_checksum: None,
+            offset: None,
+            length: None,
             target: None,
         };
         let good = crate::repo::compress::checksum(b"as is");
-        assert!(verify_file(&dir, &entry(&good)).is_none());
-        let bad = verify_file(&dir, &entry("0000")).unwrap();
+        assert!(verify_file(&dir, &entry(&good), &mut BundleReader::new(&dir, 0)).is_none());
+        let bad = verify_file(&dir, &entry("0000"), &mut BundleReader::new(&dir, 0)).unwrap();
         assert_eq!(
             (bad.path.as_str(), bad.issue),
             ("plain", FileIssue::Mismatch)

@@ -106,7 +106,11 @@ pub fn assert_object_checksums(pg: &Pgbk, server: &str) -> Vec<(String, String)>
                 continue;
             }
             let object = dir.join(e["object"].as_str().unwrap());
-            let bytes = std::fs::read(&object).unwrap();
+            let mut bytes = std::fs::read(&object).unwrap();
+            // A bundled file: its checksum is its range's.
+            if let (Some(off), Some(len)) = (e["offset"].as_u64(), e["length"].as_u64()) {
+                bytes = bytes[off as usize..(off + len) as usize].to_vec();
+            }
             assert_eq!(
                 e["stored_checksum"].as_str(),
                 Some(blake3::hash(&bytes).to_hex().to_string().as_str()),
@@ -114,6 +118,19 @@ pub fn assert_object_checksums(pg: &Pgbk, server: &str) -> Vec<(String, String)>
                 object.display()
             );
             objects += 1;
+        }
+        // Each bundle is the one bundles.jsonl records.
+        let bundles = std::fs::read_to_string(dir.join("bundles.jsonl")).unwrap_or_default();
+        for line in bundles.lines() {
+            let b: Value = serde_json::from_str(line).unwrap();
+            let object = dir.join(b["object"].as_str().unwrap());
+            let bytes = std::fs::read(&object).unwrap();
+            assert_eq!(
+                b["stored_checksum"].as_str(),
+                Some(blake3::hash(&bytes).to_hex().to_string().as_str()),
+                "{}",
+                object.display()
+            );
         }
     }
     assert!(objects > 0, "{}: no zstd backup object", pg.home.display());
