@@ -389,7 +389,6 @@ fn bucket_segment(sw: &SeaweedFs, prefix: &str, server: &str, segment: &str) -> 
 #[test]
 fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     use common::archiving::{completed_segments, pgbk_stdin, read_segment};
-    use common::seaweed::SECRET_KEY;
     use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions};
     let sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions {
@@ -400,11 +399,7 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     pg.streaming_server_with(
         "pg",
         &c,
-        &format!(
-            "archiver = on\nrepository = s3://pgbk/wal-test\ns3_endpoint = {}\n\
-             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-            sw.endpoint()
-        ),
+        &format!("archiver = on\n{}", sw.server_conf("wal-test")),
     );
     let segs = completed_segments(&c, 3);
     let (a, b) = (&segs[0], &segs[1]);
@@ -515,7 +510,6 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
 /// bound) and lists nothing new as DONE; with it back, the next backup is DONE.
 #[test]
 fn a_streaming_backup_in_s3_recovers_every_row() {
-    use common::seaweed::SECRET_KEY;
     use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions};
     let mut sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions {
@@ -528,9 +522,8 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     c.psql("insert into t select g, md5(g::text) || repeat('x', 100) from generate_series(1, 120000) g");
     let pg = common::Pgbk::new();
     let conf = format!(
-        "immediate_checkpoint = on\nrepository = s3://pgbk/backups-test\ns3_endpoint = {}\n\
-         s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-        sw.endpoint()
+        "immediate_checkpoint = on\n{}",
+        sw.server_conf("backups-test")
     );
     pg.streaming_server_with("pg", &c, &conf);
     c.pgbench_init(1);
@@ -718,7 +711,6 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
 
 #[test]
 fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
-    use common::seaweed::SECRET_KEY;
     use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions};
     let sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions::default());
@@ -729,9 +721,8 @@ fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
     c.psql(&sql);
     let pg = common::Pgbk::new();
     let conf = format!(
-        "immediate_checkpoint = on\nrepository = s3://pgbk/bundles-test\ns3_endpoint = {}\n\
-         s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-        sw.endpoint()
+        "immediate_checkpoint = on\n{}",
+        sw.server_conf("bundles-test")
     );
     pg.streaming_server_with("pg", &c, &conf);
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
@@ -814,7 +805,6 @@ fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
 /// segment.
 #[test]
 fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
-    use common::seaweed::SECRET_KEY;
     use common::{
         chown_to_postgres, pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Sshd,
     };
@@ -830,11 +820,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
     pg.streaming_server_with(
         "pg",
         &c,
-        &format!(
-            "immediate_checkpoint = on\nrepository = s3://pgbk/only-copy\ns3_endpoint = {}\n\
-             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-            sw.endpoint()
-        ),
+        &format!("immediate_checkpoint = on\n{}", sw.server_conf("only-copy")),
     );
     let mut rw = pg.spawn(&["receive-wal", "pg"]);
     wait_receive_wal(&c);
@@ -921,11 +907,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
     stranger.streaming_server_with(
         "pg",
         &other,
-        &format!(
-            "immediate_checkpoint = on\nrepository = s3://pgbk/only-copy\ns3_endpoint = {}\n\
-             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-            sw.endpoint()
-        ),
+        &format!("immediate_checkpoint = on\n{}", sw.server_conf("only-copy")),
     );
     let store = S3Store::new(sw.settings("only-copy")).unwrap();
     let before = store.list("pg/").count();
@@ -947,7 +929,6 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
 /// FAILED, nothing new is DONE; once the gateway is back the next backup is DONE.
 #[test]
 fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
-    use common::seaweed::SECRET_KEY;
     use common::{wait_receive_wal, Cluster, ClusterOptions};
     let mut sw = SeaweedFs::start_with_volumes(4);
     let c = Cluster::new(ClusterOptions {
@@ -960,9 +941,8 @@ fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
         "pg",
         &c,
         &format!(
-            "immediate_checkpoint = on\nrepository = s3://pgbk/mid-backup\ns3_endpoint = {}\n\
-             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
-            sw.endpoint()
+            "immediate_checkpoint = on\n{}",
+            sw.server_conf("mid-backup")
         ),
     );
     let mut rw = pg.spawn(&["receive-wal", "pg"]);

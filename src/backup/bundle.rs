@@ -83,7 +83,6 @@ impl BundleInfo {
 pub fn list(
     dir: &BackupDir,
 ) -> Result<impl Iterator<Item = Result<BundleInfo, BackupError>>, BackupError> {
-    use std::io::BufRead;
     let path = PathBuf::from(dir.describe(LIST));
     let reader = match dir.open_object(LIST) {
         Ok(r) => Some(io::BufReader::new(r)),
@@ -93,18 +92,7 @@ pub fn list(
     };
     Ok(reader
         .into_iter()
-        .flat_map(|r| r.lines().enumerate())
-        .filter_map(move |(i, line)| match line {
-            Err(source) => Some(Err(BackupError::Io {
-                path: path.clone(),
-                source,
-            })),
-            Ok(l) if l.trim().is_empty() => None,
-            Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
-                path: path.clone(),
-                message: format!("line {}: {e}", i + 1),
-            })),
-        }))
+        .flat_map(move |r| super::json_lines(r, path.clone())))
 }
 
 /// Where a bundled entry's stored bytes are: the bundle, offset and length.

@@ -281,25 +281,33 @@ impl BackupDir {
     pub fn files(
         &self,
     ) -> Result<impl Iterator<Item = Result<FileEntry, BackupError>>, BackupError> {
-        use std::io::BufRead;
         let path = PathBuf::from(self.describe("files.jsonl"));
         let reader =
             std::io::BufReader::with_capacity(256 * 1024, self.open_object("files.jsonl")?);
-        Ok(reader
-            .lines()
-            .enumerate()
-            .filter_map(move |(i, line)| match line {
-                Err(source) => Some(Err(BackupError::Io {
-                    path: path.clone(),
-                    source,
-                })),
-                Ok(l) if l.trim().is_empty() => None,
-                Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
-                    path: path.clone(),
-                    message: format!("line {}: {e}", i + 1),
-                })),
-            }))
+        Ok(json_lines(reader, path))
     }
+}
+
+/// The entries of a JSON Lines object one at a time (blank lines skipped), each
+/// error naming the object and the line.
+pub(crate) fn json_lines<T: serde::de::DeserializeOwned>(
+    reader: impl std::io::BufRead,
+    path: PathBuf,
+) -> impl Iterator<Item = Result<T, BackupError>> {
+    reader
+        .lines()
+        .enumerate()
+        .filter_map(move |(i, line)| match line {
+            Err(source) => Some(Err(BackupError::Io {
+                path: path.clone(),
+                source,
+            })),
+            Ok(l) if l.trim().is_empty() => None,
+            Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
+                path: path.clone(),
+                message: format!("line {}: {e}", i + 1),
+            })),
+        })
 }
 
 /// Writes backup.json and mirrors it into the catalog: the file first (the truth), the

@@ -267,6 +267,20 @@ impl SeaweedFs {
         }
     }
 
+    /// The lines of a server section that keep its repository under `prefix` of
+    /// [`BUCKET`] in this cluster (endpoint, credentials, the CA under TLS).
+    pub fn server_conf(&self, prefix: &str) -> String {
+        let mut conf = format!(
+            "repository = s3://{BUCKET}/{prefix}\ns3_endpoint = {}\n\
+             s3_access_key_id = {ACCESS_KEY}\ns3_secret_access_key = {SECRET_KEY}\n",
+            self.endpoint()
+        );
+        if let Some(ca) = &self.ca {
+            conf.push_str(&format!("s3_ca_file = {}\n", ca.display()));
+        }
+        conf
+    }
+
     /// The endpoint URL.
     pub fn endpoint(&self) -> String {
         let scheme = if self.ca.is_some() { "https" } else { "http" };
