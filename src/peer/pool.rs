@@ -107,86 +107,95 @@ impl Pool {
                         }
                     }
                     let mut batcher: Option<Batcher<SshChannel>> = None;
-                    while let Some(work) = jobs.pop(prefer) {
-                        let started = std::time::Instant::now();
-                        let results: Vec<(Job, Fetched)> = match work {
-                            Work::One(job) => {
-                                let job = *job;
-                                let streamed =
-                                    fetch_streamed(&session, &mut batcher, &lost, &job, &moved);
-                                // Anything but a verified copy or a refusal is tried
-                                // again through libssh2's client.
-                                let r = match streamed {
-                                    Some(r @ (Ok(_) | Err(TransferError::Mismatch { .. }))) => r,
-                                    _ => fetch_one(&sftp, &lost, &job, &moved),
+                    'jobs: while let Some(whole) = jobs.pop(prefer) {
+                        for work in throttled_pieces(whole, throttle) {
+                            // The test hook waits before fetching, for each object of
+                            // the work, so a pass killed after N objects has fetched
+                            // no more than a few beyond them.
+                            if let Some(t) = throttle {
+                                let n = match &work {
+                                    Work::One(_) => 1,
+                                    Work::Batch(b) => b.len() as u32,
                                 };
-                                vec![(job, Fetched::Done(r))]
+                                std::thread::sleep(t * n);
                             }
-                            Work::Batch(batch) => fetch_batch(&session, &mut batcher, &lost, batch),
-                        };
-                        if started.elapsed() >= std::time::Duration::from_millis(20) {
-                            tracing::debug!(
-                                objects = results.len(),
-                                first = %results.first().map(|(j, _)| j.remote.as_str()).unwrap_or(""),
-                                "fetched in {:?}",
-                                started.elapsed()
-                            );
-                        }
-                        let mut stop = false;
-                        let mut checked = false;
-                        for (job, fetched) in results {
-                            // A batch's objects are written and verified one by one,
-                            // each reported at once (a killed pass keeps what the
-                            // caller committed meanwhile).
-                            let result = match fetched {
-                                Fetched::Done(r) => r,
-                                Fetched::Fallback => fetch_one(&sftp, &lost, &job, &moved),
-                                Fetched::Bytes(bytes) if job.unsynced => {
-                                    transfer::receive_unsynced(
+                            let started = std::time::Instant::now();
+                            let results: Vec<(Job, Fetched)> = match work {
+                                Work::One(job) => {
+                                    let job = *job;
+                                    let streamed =
+                                        fetch_streamed(&session, &mut batcher, &lost, &job, &moved);
+                                    // Anything but a verified copy or a refusal is tried
+                                    // again through libssh2's client.
+                                    let r = match streamed {
+                                        Some(r @ (Ok(_) | Err(TransferError::Mismatch { .. }))) => r,
+                                        _ => fetch_one(&sftp, &lost, &job, &moved),
+                                    };
+                                    vec![(job, Fetched::Done(r))]
+                                }
+                                Work::Batch(batch) => fetch_batch(&session, &mut batcher, &lost, batch),
+                            };
+                            if started.elapsed() >= std::time::Duration::from_millis(20) {
+                                tracing::debug!(
+                                    objects = results.len(),
+                                    first = %results.first().map(|(j, _)| j.remote.as_str()).unwrap_or(""),
+                                    "fetched in {:?}",
+                                    started.elapsed()
+                                );
+                            }
+                            let mut stop = false;
+                            let mut checked = false;
+                            for (job, fetched) in results {
+                                // A batch's objects are written and verified one by one,
+                                // each reported at once (a killed pass keeps what the
+                                // caller committed meanwhile).
+                                let result = match fetched {
+                                    Fetched::Done(r) => r,
+                                    Fetched::Fallback => fetch_one(&sftp, &lost, &job, &moved),
+                                    Fetched::Bytes(bytes) if job.unsynced => {
+                                        transfer::receive_unsynced(
+                                            &bytes[..],
+                                            &job.remote,
+                                            &job.dest,
+                                            &job.expect,
+                                            &moved,
+                                        )
+                                    }
+                                    Fetched::Bytes(bytes) => transfer::receive(
                                         &bytes[..],
                                         &job.remote,
                                         &job.dest,
                                         &job.expect,
                                         &moved,
-                                    )
-                                }
-                                Fetched::Bytes(bytes) => transfer::receive(
-                                    &bytes[..],
-                                    &job.remote,
-                                    &job.dest,
-                                    &job.expect,
-                                    &moved,
-                                ),
-                            };
-                            if let (Err(TransferError::Remote { msg, .. }), Ok(sftp), false) =
-                                (&result, &sftp, checked)
-                            {
-                                // A connection that no longer answers a stat of "/"
-                                // is gone (checked once per queue item).
-                                checked = true;
-                                let gone = lost.lock().ok().and_then(|l| l.clone());
-                                if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
-                                    if let Ok(mut l) = lost.lock() {
-                                        l.get_or_insert_with(|| {
-                                            format!("connection lost ({msg})")
-                                        });
+                                    ),
+                                };
+                                if let (Err(TransferError::Remote { msg, .. }), Ok(sftp), false) =
+                                    (&result, &sftp, checked)
+                                {
+                                    // A connection that no longer answers a stat of "/"
+                                    // is gone (checked once per queue item).
+                                    checked = true;
+                                    let gone = lost.lock().ok().and_then(|l| l.clone());
+                                    if gone.is_none() && sftp.stat(Path::new("/")).is_err() {
+                                        if let Ok(mut l) = lost.lock() {
+                                            l.get_or_insert_with(|| {
+                                                format!("connection lost ({msg})")
+                                            });
+                                        }
                                     }
                                 }
+                                let done = Done {
+                                    tag: job.tag,
+                                    dest: job.dest,
+                                    result,
+                                };
+                                if done_tx.send(done).is_err() {
+                                    stop = true;
+                                }
                             }
-                            if let Some(t) = throttle {
-                                std::thread::sleep(t);
+                            if stop {
+                                break 'jobs;
                             }
-                            let done = Done {
-                                tag: job.tag,
-                                dest: job.dest,
-                                result,
-                            };
-                            if done_tx.send(done).is_err() {
-                                stop = true;
-                            }
-                        }
-                        if stop {
-                            break;
                         }
                     }
                     drop(batcher);
@@ -455,4 +464,24 @@ fn fetch_batch(
             (job, r)
         })
         .collect()
+}
+
+/// Objects fetched at once while the test hook throttles a pass.
+const THROTTLED_BATCH: usize = 4;
+
+/// `work` as it is fetched: whole, or with the test hook's throttle in batches of
+/// [`THROTTLED_BATCH`] (a batch of 128 fetched at once would run ahead of the hook).
+fn throttled_pieces(work: Work, throttle: Option<std::time::Duration>) -> Vec<Work> {
+    match (work, throttle) {
+        (Work::Batch(mut rest), Some(_)) if rest.len() > THROTTLED_BATCH => {
+            let mut pieces = Vec::new();
+            while !rest.is_empty() {
+                let tail = rest.split_off(rest.len().min(THROTTLED_BATCH));
+                pieces.push(Work::Batch(rest));
+                rest = tail;
+            }
+            pieces
+        }
+        (work, _) => vec![work],
+    }
 }
