@@ -320,9 +320,13 @@ pub(crate) fn copy_entry(
                 ),
             )
         })?;
+        // The whole file is in memory: its checksum is compared before any byte
+        // of it is written.
+        let sum = blake3::hash(&data).to_hex().to_string();
+        check_content(info, e, data.len() as u64, &sum)?;
         let what = PathBuf::from(dir.describe(&rel.to_string_lossy()));
         out.write_all(&data).map_err(io_err(&what))?;
-        return Ok((data.len() as u64, blake3::hash(&data).to_hex().to_string()));
+        return Ok((data.len() as u64, sum));
     }
     if dir.is_remote() {
         let rel = rel.to_string_lossy();
