@@ -79,8 +79,9 @@ fn error_lines(o: &Output) -> Vec<String> {
         .collect()
 }
 
-/// The id of a STARTED backup past pg_backup_start whose data files are arriving.
-fn copying_backup(pg: &Pgbk) -> Option<String> {
+/// The id of process `pid`'s STARTED backup, once it is past pg_backup_start and
+/// its data files are arriving (a backup killed earlier may still read STARTED).
+fn copying_backup(pg: &Pgbk, pid: u32) -> Option<String> {
     for e in std::fs::read_dir(pg.home.join("pg1/backups"))
         .ok()?
         .flatten()
@@ -92,6 +93,7 @@ fn copying_backup(pg: &Pgbk) -> Option<String> {
             continue;
         };
         if v["status"] == "STARTED"
+            && v["pid"] == pid
             && !v["begin_lsn"].is_null()
             && regular_files(&e.path().join("data")).len() > 10
         {
@@ -106,7 +108,7 @@ fn wait_copying(pg: &Pgbk, bg: &mut BackgroundPgbk) -> String {
     let mut copying = None;
     wait_until(Duration::from_secs(60), "the copy to be under way", || {
         assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(30));
-        copying = copying_backup(pg);
+        copying = copying_backup(pg, bg.pid());
         copying.is_some()
     });
     copying.unwrap()

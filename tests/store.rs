@@ -1042,3 +1042,143 @@ fn tls_to_the_store_is_verified_against_the_configured_ca() {
         "{out:?}"
     );
 }
+
+#[test]
+fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
+    use common::rsync::{backup_dir, rsync_server};
+    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
+    let sw = SeaweedFs::start();
+    let sshd = Sshd::start();
+    let c = Cluster::new(ClusterOptions {
+        wal_segsize_mb: Some(1),
+        ..Default::default()
+    });
+    // A table nothing touches after this (frozen, no autovacuum): its file keeps its
+    // size and mtime on the server.
+    c.psql("create table still (i int, pad text) with (autovacuum_enabled = off)");
+    c.psql("insert into still select g, repeat('s', 200) from generate_series(1, 20000) g");
+    c.psql("vacuum (freeze) still");
+    c.psql("checkpoint");
+    c.psql("create table t (i int)");
+    c.pgbench_init(1);
+    let pg = common::Pgbk::new();
+    let conf = format!("reuse_backup = link\n{}", sw.server_conf("rsync-test"));
+    rsync_server(&pg, "pg", &c, &sshd.ssh_command("postgres"), &conf);
+    let mut rw = pg.spawn(&["receive-wal", "pg"]);
+    wait_receive_wal(&c);
+
+    // Two backups under load: the first streams a first copy, the second compares
+    // with the first's staged copy.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut load = c.pgbench(4, 2);
+        let out = pg.json(&["backup", "pg"]);
+        let _ = load.wait();
+        assert_eq!(out["status"], "DONE", "{out}");
+        ids.push(out["backup_id"].as_str().unwrap().to_string());
+        if ids.len() == 2 {
+            // rsync compared with the first's staged copy: the frozen table was not sent.
+            let sent = out["transferred_bytes"].as_u64().unwrap();
+            assert!(
+                sent + 4_000_000 < out["size_bytes"].as_u64().unwrap(),
+                "{out}"
+            );
+        }
+    }
+    let store = S3Store::new(sw.settings("rsync-test")).unwrap();
+    for id in &ids {
+        let keys: Vec<String> = store
+            .list(&format!("pg/backups/{id}/"))
+            .map(|m| m.unwrap().key)
+            .collect();
+        for want in ["backup.json", "files.jsonl", "bundles.jsonl"] {
+            assert!(
+                keys.contains(&format!("pg/backups/{id}/{want}")),
+                "{want} not in the bucket: {keys:?}"
+            );
+        }
+        let verified = pg.json(&["verify-backup", "pg", id]);
+        assert_eq!(verified["ok"], true, "{verified}");
+        let checked = pg.json(&["check-backup", "pg", id]);
+        assert_eq!(checked["ok"], true, "{checked}");
+    }
+    let shown = pg.json(&["show-backup", "pg", &ids[1]]);
+    assert_eq!(shown["method"], "rsync", "{shown}");
+    // generate-manifest writes PostgreSQL's manifest into the bucket, once.
+    pg.ok(&["generate-manifest", "pg", &ids[1]]);
+    assert!(store
+        .stat(&format!("pg/backups/{}/backup_manifest", ids[1]))
+        .unwrap()
+        .is_some());
+    let twice = pg.run(&["generate-manifest", "pg", &ids[1]]);
+    assert_ne!(twice.code, 0, "{twice:?}");
+    // Only the newest staged copy stays on this host, for the next rsync.
+    assert!(!backup_dir(&pg, "pg", &ids[0]).join("data").exists());
+    let staged = backup_dir(&pg, "pg", &ids[1]).join("data");
+    assert!(staged.join("PG_VERSION").is_file());
+
+    // Point in time between two batches: exactly the rows committed before it.
+    c.psql("insert into t select generate_series(1, 500)");
+    let target = c.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("insert into t select generate_series(501, 600)");
+    let last = c.current_wal_file();
+    c.psql("select pg_switch_wal()");
+    wait_until(Duration::from_secs(60), "the last segment archived", || {
+        bucket_segment(&sw, "rsync-test", "pg", &last).is_some()
+    });
+    let dir = pg_scratch_dir("pgbk-s3-rsync-");
+    let data = dir.path().join("data");
+    pg.ok(&[
+        "recover",
+        "pg",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &target,
+        "--target-action",
+        "promote",
+    ]);
+    let verify = std::process::Command::new(format!("{}/pg_verifybackup", common::PG_BIN))
+        .args(["-n", "-i", "pgbk_wal"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {verify:?}");
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_promoted(&r, "the point-in-time recovery to end");
+    assert_eq!(r.psql("select count(*) from t"), "500");
+    assert_eq!(r.psql("select count(*) from still"), "20000");
+    drop(r);
+
+    // A byte of the staged copy flipped behind pgbk's back (same size and mtime, so
+    // rsync links it unread): the next backup refuses to store it, and the one after
+    // starts from a fresh copy.
+    let rel = c.psql("select pg_relation_filepath('still')");
+    let victim = staged.join(&rel);
+    let mtime = std::fs::metadata(&victim).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[9000] ^= 0x01;
+    std::fs::write(&victim, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let bad = pg.run(&["backup", "pg"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(error_line(&bad).contains(&rel), "{bad:?}");
+    assert!(error_line(&bad).contains("checksum"), "{bad:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = pg.json(&["backup", "pg"]);
+    assert_eq!(again["status"], "DONE", "{again}");
+    let id = again["backup_id"].as_str().unwrap();
+    let verified = pg.json(&["verify-backup", "pg", id]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    rw.term();
+    let list = pg.json(&["list-backups", "pg"]);
+    assert_eq!(done_backups(&list), 3, "{list}");
+}

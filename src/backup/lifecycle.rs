@@ -31,8 +31,17 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
                 dir.files_path(),
                 dir.manifest_path(),
                 dir.root().join(super::bundle::LIST),
+                dir.root().join(super::rsync_upload::STAGED_INDEX),
             ] {
                 remove_durable(&f).map_err(io(&f))?;
+            }
+            // An rsync backup's staged copy.
+            for sub in [dir.data_dir(), dir.root().join("tablespaces")] {
+                match std::fs::remove_dir_all(&sub) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&sub)(e)),
+                }
             }
         }
         return Ok(());

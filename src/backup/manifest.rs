@@ -14,7 +14,6 @@ use crate::repo::durable::AtomicFile;
 use chrono::{TimeZone, Utc};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
 
@@ -115,7 +114,7 @@ fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestEr
             what: "object name",
         });
     };
-    let stored = dir.root().join(object);
+    let stored = std::path::PathBuf::from(dir.describe(&object.to_string_lossy()));
     let io = |source| ManifestError::Io {
         path: stored.clone(),
         source,
@@ -129,7 +128,11 @@ fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestEr
             .unwrap_or_default();
         crate::backup::bundle::decode(&bytes, &mut sha).map_err(io)?
     } else {
-        let file = BufReader::new(File::open(&stored).map_err(io)?);
+        let object = object.to_string_lossy();
+        let file = BufReader::new(
+            dir.open_object(&object)
+                .map_err(|err| io(std::io::Error::other(err.to_string())))?,
+        );
         let reader: Box<dyn Read> = match e.compression.as_deref() {
             Some("none") => Box::new(file),
             _ => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(io)?),
@@ -177,7 +180,7 @@ pub fn generate_manifest(
     dir: &BackupDir,
     info: &BackupInfo,
 ) -> Result<ManifestReport, ManifestError> {
-    if info.has_manifest || dir.manifest_path().exists() {
+    if info.has_manifest || dir.has_object("backup_manifest")? {
         return Err(ManifestError::Exists(info.backup_id.clone()));
     }
     if info.status != super::BackupStatus::Done {
@@ -191,6 +194,10 @@ pub fn generate_manifest(
         path: dest.clone(),
         source,
     };
+    if dir.is_remote() {
+        // Written locally first, then one create-only upload.
+        crate::repo::durable::create_dir_all_private(dir.root()).map_err(io)?;
+    }
     let mut out = AtomicFile::create(&dest).map_err(io)?;
     let mut whole = Sha256::new();
     let mut emit = |text: &str, out: &mut AtomicFile| -> io::Result<()> {
@@ -257,6 +264,7 @@ pub fn generate_manifest(
     out.write_all(last.as_bytes()).map_err(io)?;
     out.commit().map_err(io)?;
     report.manifest_bytes = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    dir.upload_local("backup_manifest")?;
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ pub mod rsync;
 pub mod rsync_copy;
 pub mod rsync_index;
 pub mod rsync_tar;
+pub mod rsync_upload;
 pub mod take;
 pub mod tar_store;
 pub mod wal_range;

@@ -36,6 +36,7 @@ use super::rsync_copy::{
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
+use super::rsync_upload::{remove_older_staged, upload_staged, UploadError};
 use super::take::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
@@ -671,6 +672,47 @@ async fn copy(
     info.reused_bytes = Some(totals.reused_bytes);
     info.file_count = totals.file_count;
     info.has_manifest = false;
+    if dir.is_remote() {
+        // 7. On object storage, the staged copy goes up as a streamed backup's would.
+        let (dir2, store_opts, p2) = (dir.clone(), req.store.clone(), progress.clone());
+        let tablespaces: Vec<(u32, String)> = facts
+            .tablespaces
+            .iter()
+            .map(|t| (t.oid, t.location.clone()))
+            .collect();
+        let abort2 = abort.clone();
+        let backups_dir = repo.backups_dir();
+        let stored_bytes = blocking(stop, abort.clone(), move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("pgbk-zstd-{i}"))
+                .build()
+                .map_err(|e| format!("starting compression threads: {e}"))?;
+            p2.start(&format!("upload {}", dir2.id()), Some(totals.size_bytes));
+            let stored = upload_staged(&dir2, &tablespaces, &pool, &store_opts, &abort2, &*p2)
+                .map_err(|e| {
+                    if let UploadError::Staged(_) = e {
+                        // No staged copy is a base to trust: the next backup starts afresh.
+                        remove_older_staged(&backups_dir, dir2.id());
+                    }
+                    e.to_string()
+                })?;
+            p2.finish();
+            let bytes = stored.stored_bytes;
+            stored.commit().map_err(|e| e.to_string())?;
+            Ok(bytes)
+        })
+        .await?;
+        // Every file went up: nothing is shared with another backup in the bucket.
+        info.stored_bytes = stored_bytes;
+        info.reused_bytes = Some(0);
+        // The newest staged copy is the next backup's base, unless nothing reuses it.
+        let keep = match opts.reuse {
+            ReuseBackup::Off => "",
+            _ => info.backup_id.as_str(),
+        };
+        remove_older_staged(&repo.backups_dir(), keep);
+    }
     Ok(())
 }
 

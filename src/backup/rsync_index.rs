@@ -41,8 +41,21 @@ pub type PreviousSums = HashMap<(Option<u32>, String), String>;
 /// Reads the previous backup's checksums of plain (rsync) files.
 pub fn previous_sums(dir: &BackupDir) -> PreviousSums {
     let mut sums = HashMap::new();
-    let Ok(files) = dir.files() else {
-        return sums;
+    // On object storage the plain list is the staged copy's own, kept on this host.
+    let files: Box<dyn Iterator<Item = Result<FileEntry, super::BackupError>>> = if dir.is_remote()
+    {
+        let Some(p) = super::rsync_upload::staged_index(dir) else {
+            return sums;
+        };
+        let Ok(f) = std::fs::File::open(&p) else {
+            return sums;
+        };
+        Box::new(super::json_lines(std::io::BufReader::new(f), p))
+    } else {
+        match dir.files() {
+            Ok(files) => Box::new(files),
+            Err(_) => return sums,
+        }
     };
     for e in files.flatten() {
         if e.kind == FileKind::File && e.compression.as_deref() == Some("none") {

@@ -75,11 +75,6 @@ fn run_one(
     super::replicate::refuse_passive(s, "backup")?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
-        // rsync backups reuse the previous backup's files by hard link: not on a bucket yet.
-        (BackupMethod::Rsync, _) if s.repository.is_some() => {
-            super::refuse_object_storage(s)?;
-            None
-        }
         (BackupMethod::Rsync, None) => {
             return Err(UsageError(format!(
                 "server '{}': backup_method = rsync needs ssh_command in {}",

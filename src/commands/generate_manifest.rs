@@ -7,16 +7,15 @@ use crate::backup::manifest::generate_manifest;
 use crate::backup::{save, BackupDir};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
-use crate::repo::ServerRepo;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
-    super::server(ctx, server)?;
+    super::server_config(ctx, server)?;
     let _lock = retention_lock(ctx, server)?;
     let (catalog, found) = super::find_backup(ctx, server, backup_id)?;
-    let repo = ServerRepo::new(&ctx.config.home, server);
+    let repo = super::server_repo(ctx, server)?;
     let dir = BackupDir::new(&repo, &found.backup_id);
     // backup.json is the truth: read and update it, not the catalog's copy.
     let mut info = dir.read_info()?;
@@ -31,11 +30,11 @@ pub fn run(ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
             "files": report.files,
             "bytes": report.bytes,
             "manifest_bytes": report.manifest_bytes,
-            "path": dir.manifest_path(),
+            "path": dir.describe("backup_manifest"),
         }))?,
         Format::Text => outln!(
             "Wrote {} for backup {} ({} files, {} verified)",
-            dir.manifest_path().display(),
+            dir.describe("backup_manifest"),
             info.backup_id,
             report.files,
             human_bytes(report.bytes)
