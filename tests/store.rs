@@ -1182,3 +1182,102 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     let list = pg.json(&["list-backups", "pg"]);
     assert_eq!(done_backups(&list), 3, "{list}");
 }
+
+#[test]
+fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
+    use common::peer::{add_passive_server, backup_summary, replicate};
+    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
+    // Region A: a local home.
+    let c = Cluster::new(ClusterOptions::default());
+    c.pgbench_init(1);
+    // Tables above the bundle limit: objects of their own, so the copy takes a while.
+    let sql: String = (0..60)
+        .map(|i| format!("create table own{i} as select generate_series(1, 10000) g;\n"))
+        .collect();
+    c.psql(&sql);
+    let a = common::Pgbk::new();
+    a.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
+    let mut rw = a.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&c);
+    let id = a.json(&["backup", "pg1"])["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.psql("create table marker as select 'after the backup' as note");
+    a.ok(&[
+        "switch-wal",
+        "--force",
+        "--archive",
+        "--archive-timeout",
+        "60",
+        "pg1",
+    ]);
+    rw.term();
+
+    // Region B: its repository is a bucket.
+    let sw = SeaweedFs::start();
+    let sshd = Sshd::start();
+    let b = common::Pgbk::new();
+    add_passive_server(
+        &b,
+        "pg1",
+        &sshd,
+        &a,
+        &format!("parallel_jobs = 2\n{}", sw.server_conf("region-b")),
+    );
+    let store = S3Store::new(sw.settings("region-b")).unwrap();
+    let objects = |store: &S3Store| store.list(&format!("pg1/backups/{id}/")).count();
+
+    // Killed in the middle of the copy (slowed by the documented test hook).
+    let mut child = b
+        .cmd()
+        .args(["replicate", "pg1"])
+        .env("PGBK_TEST_REPLICATE_THROTTLE_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "B to store some objects", || {
+        objects(&store) >= 20
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = b.json(&["list-backups", "pg1"]);
+    assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
+
+    // The next pass stores only what is missing, and the backup is DONE in the bucket.
+    let report = replicate(&b, "pg1");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["backups_copied"][0], id.as_str(), "{report}");
+    assert!(report["files_present"].as_u64().unwrap() >= 10, "{report}");
+    assert_eq!(backup_summary(&b, "pg1"), backup_summary(&a, "pg1"));
+    let info = read_all(&store, &format!("pg1/backups/{id}/backup.json"));
+    let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    assert_eq!(info["status"], "DONE", "{info}");
+    assert!(
+        !b.home.join("pg1/backups").join(&id).exists(),
+        "backup objects left in B's home"
+    );
+    let wal = store.list("pg1/wals/").count();
+    assert!(wal >= 2, "{wal} WAL objects in the bucket");
+    let verified = b.json(&["verify-backup", "pg1", &id]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let again = replicate(&b, "pg1");
+    assert_eq!(again["files_copied"], 0, "{again}");
+    assert_eq!(again["wal_copied"], 0, "{again}");
+
+    // B recovers from the bucket with the row written after the backup.
+    let dir = pg_scratch_dir("pgbk-s3-passive-");
+    let data = dir.path().join("data");
+    b.ok(&["recover", "pg1", "latest", data.to_str().unwrap()]);
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    wait_promoted(&r, "recovery on B to end");
+    assert_eq!(r.psql("select note from marker"), "after the backup");
+    assert_eq!(r.psql("select count(*) from own59"), "10000");
+    drop(r);
+
+    // sync-info cannot serve a passive peer from a bucket: one line, exit 2.
+    let refused = b.run(&["sync-info", "pg1"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(error_line(&refused).contains("sync-info"), "{refused:?}");
+}

@@ -121,13 +121,7 @@ fn pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Res
     let mut failed = false;
     for s in ctx.config.servers.values().filter(|s| s.active) {
         let before = actions.len();
-        // A passive copy (replicate) does not work on a bucket yet.
-        let refused = match s.primary_ssh_command {
-            Some(_) => super::refuse_object_storage(s),
-            None => Ok(()),
-        };
-        let result =
-            refused.and_then(|()| server_pass(ctx, s, keep_descriptors, children, &mut actions));
+        let result = server_pass(ctx, s, keep_descriptors, children, &mut actions);
         failed |= actions[before..].iter().any(|a| a.action == "error");
         if let Err(e) = result {
             tracing::error!(server = s.name.as_str(), "cron: {e:#}");

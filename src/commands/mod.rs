@@ -205,19 +205,8 @@ fn init_logging(config: &Config, cli: &Cli) {
     };
 }
 
-/// Looks a server up for a verb that reads or writes its repository's data: a
-/// usage error when it is unknown, or when its repository is on object storage,
-/// which these verbs do not use yet (they would silently work on the local home).
-pub fn server<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
-    let s = ctx.config.server(name)?;
-    refuse_object_storage(s)?;
-    Ok(s)
-}
-
-/// Looks a server up for a verb that works on any repository: one that reaches
-/// its data only through [`repository`] (put-wal, archive-wal, receive-wal,
-/// get-wal), or
-/// does not touch it (check, show-server, replication-status, the process verbs).
+/// Looks a server up by name (a usage error naming it when it is unknown). Verbs
+/// reach its data through [`repository`], on either backend.
 pub fn server_config<'a>(ctx: &'a Context, name: &str) -> Result<&'a ServerConfig> {
     Ok(ctx.config.server(name)?)
 }
@@ -241,12 +230,12 @@ pub fn server_repo(ctx: &Context, name: &str) -> Result<ServerRepo> {
     Ok(repository(ctx, s)?.server(&s.name))
 }
 
-/// Refuses a server whose `repository` is on object storage for the verbs that
-/// do not use the storage layer yet.
+/// Refuses a server whose `repository` is on object storage for `sync-info`, which
+/// serves a passive peer files under the home over SFTP.
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     match &s.repository {
         Some(r) => Err(UsageError(format!(
-            "server '{}': repository = {} (in {}): not yet on an S3 repository: rsync backups, replicate, sync-info and generate-manifest (every other verb works on one)",
+            "server '{}': repository = {} (in {}): sync-info serves a passive manager the files under this host's home; a repository in a bucket is mirrored by the object store's own replication (a passive copy into a bucket works: replicate on the passive side)",
             s.name,
             r.url(),
             s.file.display()

@@ -134,7 +134,7 @@ pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
         }
         list
     } else {
-        let s = super::server(ctx, &a.server)?;
+        let s = super::server_config(ctx, &a.server)?;
         if s.primary_ssh_command.is_none() {
             return Err(UsageError(format!(
                 "server '{}': not a passive server (no primary_ssh_command in {})",

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
-    super::server(ctx, &a.server)?;
+    super::refuse_object_storage(super::server_config(ctx, &a.server)?)?;
     let since = match a.since.as_deref() {
         None => 0,
         Some(s) => parse_cursor(s).ok_or_else(|| {

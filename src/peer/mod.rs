@@ -45,6 +45,9 @@ pub enum PeerError {
     /// The primary holds another PostgreSQL cluster than this repository.
     #[error("server '{server}': {msg}")]
     Identity { server: String, msg: String },
+    /// The server's repository could not be opened (its `repository` options).
+    #[error("server '{server}': repository: {msg}")]
+    Store { server: String, msg: String },
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),

@@ -17,6 +17,13 @@
 //! Objects travel over SFTP as stored (never recompressed), `parallel_jobs` at once,
 //! each on its own SSH session, and are verified by [`super::transfer`].
 //!
+//! When this side's repository is on object storage, every object is received and
+//! verified under the home exactly as on the local backend, then stored in the
+//! bucket create-only (the same key as its path under the home) and the local copy
+//! removed ([`Pass::publish`]); a WAL file enters the catalog, and backup.json
+//! says DONE, only once the bucket holds it. The partial segment stays local, as
+//! receive-wal's does.
+//!
 //! A backup older than the oldest `DONE` backup held here is not copied again: the
 //! passive side's own retention removed it (or never needed it).
 
@@ -37,7 +44,8 @@ use crate::config::ServerConfig;
 use crate::repo::durable::{
     create_dir_all_private, fsync_dir, remove_durable, remove_stale_temp_files, rename_durable,
 };
-use crate::repo::ServerRepo;
+use crate::repo::store::{PutMode, StoreError};
+use crate::repo::{Repository, ServerRepo};
 use crate::ssh::{shell_quote, SshSession, SshTarget};
 use crate::wal::{Lsn, WalFileName};
 use chrono::Utc;
@@ -129,6 +137,13 @@ pub const COMMIT_OBJECTS: usize = 512;
 /// …or once the oldest has waited this long (what a killed pass copies again).
 pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Uploads at once when this side's repository is on object storage.
+const PUBLISHERS: usize = 4;
+
+fn store_err(e: StoreError) -> PeerError {
+    PeerError::Backup(crate::backup::BackupError::Store(Box::new(e)))
+}
+
 /// Copied WAL files entered in the catalog per transaction.
 pub const WAL_BATCH: usize = 1000;
 
@@ -166,6 +181,11 @@ pub fn replicate_pass(
         target: command.clone(),
         msg: format!("primary_ssh_command: {e}"),
     })?;
+    let repository =
+        Repository::open(home, server.repository.as_ref()).map_err(|msg| PeerError::Store {
+            server: name.clone(),
+            msg,
+        })?;
     let catalog = Catalog::open(home)?;
     let moved = Arc::new(AtomicU64::new(0));
     // A pass that will likely copy (the first one, or one after a pass that left
@@ -198,7 +218,7 @@ pub fn replicate_pass(
         server,
         session,
         sftp: None,
-        repo: ServerRepo::new(home, &name),
+        repo: repository.server(&name),
         catalog,
         seg_size: doc.wal_segment_size.unwrap_or(0),
         doc,
@@ -407,7 +427,7 @@ impl Pass<'_> {
             };
             let dest = paths::local_wal_path(&self.repo, &checked);
             if let Some(have) = self.catalog.wal_file(self.name(), &w.name)? {
-                if have.checksum == w.checksum && dest.is_file() {
+                if have.checksum == w.checksum && self.stored_at(&dest, None)? {
                     self.report.wal_present += 1;
                     continue;
                 }
@@ -528,6 +548,7 @@ impl Pass<'_> {
         for dir in dirs {
             fsync_dir(dir).map_err(Self::io(dir))?;
         }
+        self.publish(&dests)?;
         if !records.is_empty() {
             self.catalog.insert_wals(self.name(), &records)?;
             self.report.wal_copied += records.len() as u64;
@@ -617,7 +638,7 @@ impl Pass<'_> {
         // Only a backup with bundled small files has a bundle list.
         metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
         for (file, dest, optional) in metadata {
-            if dest.is_file() {
+            if self.stored_at(&dest, None)? {
                 continue;
             }
             let remote = self.remote(&format!("{remote_dir}/{file}"));
@@ -634,14 +655,22 @@ impl Pass<'_> {
                     Ok(f) => Ok(Some(f)),
                 })
                 .and_then(|f| match f {
-                    Some(f) => transfer::receive_plain(f, &remote, &dest, &self.moved),
-                    None => Ok(()),
+                    Some(f) => transfer::receive_plain(f, &remote, &dest, &self.moved).map(|()| true),
+                    None => Ok(false),
                 });
-            if let Err(e) = result {
-                self.error(format!("backup {id}: {e}"));
-                return Ok(false);
+            match result {
+                Ok(true) => self.publish(std::slice::from_ref(&dest))?,
+                Ok(false) => {}
+                Err(e) => {
+                    self.error(format!("backup {id}: {e}"));
+                    return Ok(false);
+                }
             }
         }
+        // On object storage, what the bucket already holds of this backup (a pass
+        // resumed after an interruption skips it), by key: one listing, not a
+        // request per object.
+        let present = self.stored_objects(&id)?;
         tracing::debug!(server = %self.server.name, backup = %id, "file list here");
         // Every object files.jsonl names, streamed (never the whole list in memory):
         // the list is read twice. The first round collects the objects too large for
@@ -686,6 +715,9 @@ impl Pass<'_> {
                         // An unreadable list is fetched again by the next pass.
                         self.error(format!("backup {id}: {e}"));
                         let _ = remove_durable(&dir.files_path());
+                        if dir.is_remote() {
+                            let _ = dir.store().delete(&[dir.key("files.jsonl")]);
+                        }
                         failures += 1;
                         halted = true;
                         break;
@@ -735,7 +767,11 @@ impl Pass<'_> {
                     stored_checksum: entry.stored_checksum.clone(),
                     compressed,
                 };
-                if already_there(&dest, &expect) {
+                let there = match &present {
+                    Some(keys) => keys.get(&dir.key(&rel.to_string_lossy())) == Some(&expect.stored_size),
+                    None => already_there(&dest, &expect),
+                };
+                if there {
                     self.report.files_present += 1;
                     continue;
                 }
@@ -819,7 +855,102 @@ impl Pass<'_> {
         fsync_dir(dir.root()).map_err(Self::io(dir.root()))?;
         info.status = BackupStatus::Done;
         save(&self.repo, &self.catalog, &info)?;
+        if dir.is_remote() {
+            // Only emptied folders are left here; the backup is in the bucket.
+            let _ = std::fs::remove_dir_all(dir.root());
+        }
         Ok(true)
+    }
+
+    /// Whether the object received at `dest` (a path under the home) is stored:
+    /// on object storage, whether the bucket holds its key (with `size` bytes when
+    /// given); locally, whether the file is there.
+    fn stored_at(&self, dest: &Path, size: Option<u64>) -> Result<bool, PeerError> {
+        if !self.repo.repository().is_remote() {
+            return Ok(dest.is_file());
+        }
+        let key = self.key_of(dest)?;
+        let meta = self.repo.store().stat(&key).map_err(store_err)?;
+        Ok(meta.is_some_and(|m| size.is_none_or(|s| m.size == s)))
+    }
+
+    /// On object storage, the objects of backup `id` in the bucket with their sizes.
+    fn stored_objects(
+        &self,
+        id: &str,
+    ) -> Result<Option<std::collections::HashMap<String, u64>>, PeerError> {
+        if !self.repo.repository().is_remote() {
+            return Ok(None);
+        }
+        let prefix = self.repo.backup_key(id, "");
+        let mut keys = std::collections::HashMap::new();
+        for m in self.repo.store().list(&prefix) {
+            let m = m.map_err(store_err)?;
+            keys.insert(m.key, m.size);
+        }
+        Ok(Some(keys))
+    }
+
+    /// The store key of a path under the home: the repository's layout is the same
+    /// on both backends.
+    fn key_of(&self, path: &Path) -> Result<String, PeerError> {
+        let home = self.repo.repository().home();
+        path.strip_prefix(home)
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|_| PeerError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("not under the home"),
+            })
+    }
+
+    /// On object storage, stores verified files (already under their final local
+    /// names) in the bucket, create-only and a few at once, then removes the local
+    /// copies. Locally there is nothing to do: the files are in place.
+    fn publish(&self, dests: &[PathBuf]) -> Result<(), PeerError> {
+        if !self.repo.repository().is_remote() || dests.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = dests
+            .iter()
+            .map(|d| self.key_of(d))
+            .collect::<Result<_, _>>()?;
+        let store = self.repo.store();
+        let next = AtomicU64::new(0);
+        let failed: std::sync::Mutex<Option<PeerError>> = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..PUBLISHERS.min(dests.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= dests.len() || failed.lock().map_or(true, |f| f.is_some()) {
+                        return;
+                    }
+                    let put = std::fs::File::open(&dests[i])
+                        .map_err(|source| PeerError::Io {
+                            path: dests[i].clone(),
+                            source,
+                        })
+                        .and_then(|mut f| {
+                            store
+                                .put_reader(&keys[i], &mut f, PutMode::Create)
+                                .map_err(store_err)
+                        });
+                    match put {
+                        Ok(_) => {
+                            let _ = std::fs::remove_file(&dests[i]);
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        match failed.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Queues `work` (see [`Self::queue_work`]), then as many `held` large objects as
@@ -898,6 +1029,7 @@ impl Pass<'_> {
         let batch = std::mem::take(&mut self.batch);
         self.committed_at = Instant::now();
         commit_batch(self.repo.root(), &batch).map_err(transfer_io)?;
+        self.publish(&batch)?;
         tracing::debug!(
             server = %self.server.name,
             objects = batch.len(),
