@@ -655,7 +655,9 @@ impl Pass<'_> {
                     Ok(f) => Ok(Some(f)),
                 })
                 .and_then(|f| match f {
-                    Some(f) => transfer::receive_plain(f, &remote, &dest, &self.moved).map(|()| true),
+                    Some(f) => {
+                        transfer::receive_plain(f, &remote, &dest, &self.moved).map(|()| true)
+                    }
                     None => Ok(false),
                 });
             match result {
@@ -768,7 +770,9 @@ impl Pass<'_> {
                     compressed,
                 };
                 let there = match &present {
-                    Some(keys) => keys.get(&dir.key(&rel.to_string_lossy())) == Some(&expect.stored_size),
+                    Some(keys) => {
+                        keys.get(&dir.key(&rel.to_string_lossy())) == Some(&expect.stored_size)
+                    }
                     None => already_there(&dest, &expect),
                 };
                 if there {
