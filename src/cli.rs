@@ -186,6 +186,54 @@ pub enum Command {
     /// Write PostgreSQL's backup_manifest for a backup taken without one (rsync), so
     /// that pg_verifybackup can check a restore of it.
     GenerateManifest(BackupRef),
+    /// Restore drill: restore a backup into a scratch folder, start it cut off from
+    /// production, recover to the target, check it, and record the measured RTO and
+    /// the achieved RPO.
+    Drill(DrillArgs),
+    /// List a server's past restore drills (text, JSON, or one HTML page with a plot).
+    DrillReport(DrillReportArgs),
+}
+
+/// Options of `drill`.
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Server name, or 'all' (every active server, one after the other).
+    pub server: String,
+    /// The backup to restore: an id, a name, or latest.
+    #[arg(long, default_value = "latest", value_name = "ID")]
+    pub backup: String,
+    /// Stop at the first commit after this time (RFC 3339; without a zone: local time).
+    #[arg(long, value_name = "TIMESTAMP", value_parser = crate::restore::target::parse_time)]
+    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop at this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// Stop at this WAL location.
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<crate::wal::Lsn>,
+    /// Stop at this restore point.
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub target_immediate: bool,
+    /// Leave the drill's server running and its folder in place (the report says
+    /// where); stop it with pg_ctl and remove the folder yourself.
+    #[arg(long)]
+    pub keep: bool,
+    /// Decompression threads (default: every core).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+}
+
+/// Options of `drill-report`.
+#[derive(Debug, Args)]
+pub struct DrillReportArgs {
+    /// Server name, or 'all'.
+    pub server: String,
+    /// Write one self-contained HTML page (table and plot) instead of text or JSON.
+    #[arg(long)]
+    pub html: bool,
 }
 
 /// Options of `put-wal`.

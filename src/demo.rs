@@ -110,42 +110,16 @@ fn sleep(d: Duration) -> Result<()> {
 
 /// `(uid, gid)` PostgreSQL runs as: the postgres user when we are root.
 fn postgres_user() -> Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    let name = c"postgres";
-    // SAFETY: getpwnam with a valid C string; the result is read at once, before any
-    // other call could reuse its static buffer.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        bail!("running as root, but there is no 'postgres' OS user to run PostgreSQL as (PostgreSQL refuses root): create one, or run the demo as an ordinary user");
-    }
-    // SAFETY: pw is non-null and points at getpwnam's passwd record.
-    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-    Ok(Some((uid, gid)))
+    crate::pg::local::postgres_user()
+        .map_err(|e| anyhow!("{e}: create one, or run the demo as an ordinary user"))
 }
 
-/// Gives `path` and everything below to `owner` (no-op when `None`).
 fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
-    let Some((uid, gid)) = owner else {
-        return Ok(());
-    };
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in fs::read_dir(path).with_context(|| format!("{}", path.display()))? {
-            chown_tree(&entry?.path(), owner)?;
-        }
-    }
-    Ok(())
+    Ok(crate::pg::local::chown_tree(path, owner)?)
 }
 
-/// A TCP port on 127.0.0.1 nothing listens on right now.
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    crate::pg::local::free_port().context("finding a free port")
 }
 
 /// The scratch folder, removed on drop unless kept.
@@ -274,30 +248,7 @@ impl Drop for Cluster {
     }
 }
 
-/// The last `n` lines of a text file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A command for a PostgreSQL binary, run as `owner`, with no `PG*` variables, in
-/// its own process group, from `/`.
-fn pg_command(pg_bin: &Path, bin: &str, owner: Option<(u32, u32)>) -> Command {
-    let mut c = Command::new(pg_bin.join(bin));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            c.env_remove(k);
-        }
-    }
-    c.env("LC_ALL", "C").current_dir("/").process_group(0);
-    if let Some((uid, gid)) = owner {
-        c.uid(uid).gid(gid);
-    }
-    c
-}
+use crate::pg::local::{pg_command, tail};
 
 /// Runs a command to completion (giving up on Ctrl-C) and returns its stdout; an
 /// error holds its stderr.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod drill;
 pub mod lock;
 pub mod output;
 pub mod peer;

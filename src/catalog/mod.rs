@@ -13,6 +13,8 @@ use std::time::Duration;
 
 pub mod rebuild;
 pub use rebuild::{rebuild_server, RebuildError, RebuildSummary, ServerRows};
+mod drill;
+pub use drill::DrillRow;
 mod peer;
 pub use peer::{PeerState, SeqWal};
 
@@ -104,6 +106,18 @@ const MIGRATIONS: &[&str] = &[
     // so a passive peer verifies a copy by hashing the bytes it received; NULL for
     // files stored before.
     "ALTER TABLE wal_files ADD COLUMN stored_checksum TEXT;",
+    // 8: restore drills (`drill`): one row per drill, its whole report as JSON.
+    "CREATE TABLE drills (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        server TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        backup_id TEXT,
+        ok INTEGER NOT NULL,
+        rto_secs REAL,
+        rpo_secs REAL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX drills_by_server ON drills (server, started_at);",
 ];
 
 /// A catalog failure; names the database file.
@@ -719,7 +733,7 @@ mod tests {
             .unwrap();
         }
         let cat = Catalog::open(dir.path()).unwrap();
-        assert_eq!(cat.schema_version().unwrap(), 7);
+        assert_eq!(cat.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let old = cat
             .wal_file("pg1", "000000010000000000000002")
             .unwrap()

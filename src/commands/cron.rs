@@ -180,6 +180,17 @@ fn server_pass(
     };
     let before = catalog.backups(&s.name)?;
     let after = crate::backup::lifecycle::refresh(&repo, &catalog)?;
+    if s.primary_ssh_command.is_none() {
+        drill_step(
+            ctx,
+            s,
+            &catalog,
+            &after,
+            keep_descriptors,
+            children,
+            actions,
+        )?;
+    }
     for b in &after {
         let old = before.iter().find(|o| o.backup_id == b.backup_id);
         if let Some(o) = old.filter(|o| o.status != b.status) {
@@ -357,11 +368,17 @@ fn archive_wal_step(repository: &Repository, s: &ServerConfig, actions: &mut Vec
 /// from /dev/null, stdout and stderr appended to `log_file` (or
 /// `<home>/<server>/receive-wal.log`) unless `keep_descriptors` keeps cron's own.
 fn start_receive_wal(ctx: &Context, s: &ServerConfig, keep_descriptors: bool) -> Result<Child> {
+    start_job(ctx, s, "receive-wal", keep_descriptors)
+}
+
+/// Starts `pgbk <verb> <server>` in its own session, its output in the log file (or
+/// the server's `<verb>.log`) unless `keep_descriptors`.
+fn start_job(ctx: &Context, s: &ServerConfig, verb: &str, keep_descriptors: bool) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the pgbk binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("-c")
         .arg(&ctx.config.file)
-        .args(["receive-wal", &s.name])
+        .args([verb, &s.name])
         .stdin(Stdio::null());
     if !keep_descriptors {
         let log = match &ctx.config.log_file {
@@ -371,7 +388,7 @@ fn start_receive_wal(ctx: &Context, s: &ServerConfig, keep_descriptors: bool) ->
                 let dir = repo.root().to_path_buf();
                 crate::repo::durable::create_dir_all_private(&dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
-                dir.join("receive-wal.log")
+                dir.join(format!("{verb}.log"))
             }
         };
         let file = std::fs::OpenOptions::new()
@@ -389,5 +406,57 @@ fn start_receive_wal(ctx: &Context, s: &ServerConfig, keep_descriptors: bool) ->
         });
     }
     cmd.spawn()
-        .with_context(|| format!("server '{}': starting receive-wal", s.name))
+        .with_context(|| format!("server '{}': starting {verb}", s.name))
+}
+
+/// Starts the server's restore drill when its `drill_schedule` is due: the newest
+/// drill started before the last scheduled time, the server has a DONE backup, no
+/// drill runs on the host and no backup of the server runs.
+fn drill_step(
+    ctx: &Context,
+    s: &ServerConfig,
+    catalog: &Catalog,
+    backups: &[crate::backup::BackupInfo],
+    keep_descriptors: bool,
+    children: &mut Vec<Child>,
+    actions: &mut Vec<Action>,
+) -> Result<()> {
+    let Some(schedule) = s.drill.schedule else {
+        return Ok(());
+    };
+    let now = chrono::Utc::now();
+    let due = schedule.last_due(now);
+    let last = catalog.last_drill(&s.name)?;
+    if last.is_some_and(|d| d.started_at >= due)
+        || !backups
+            .iter()
+            .any(|b| b.status == crate::backup::BackupStatus::Done)
+    {
+        return Ok(());
+    }
+    let home = &ctx.config.home;
+    if JobLock::holder(&super::drill::drill_lock_path(home))?.is_some() {
+        return Ok(());
+    }
+    let repo = ServerRepo::new(home, &s.name);
+    if JobLock::holder(&crate::backup::lifecycle::backup_lock_path(&repo))?.is_some() {
+        return Ok(());
+    }
+    let child = start_job(ctx, s, "drill", keep_descriptors)?;
+    let pid = child.id();
+    tracing::info!(
+        server = s.name.as_str(),
+        "cron started a restore drill (pid {pid})"
+    );
+    actions.push(Action::new(
+        &s.name,
+        "drill-started",
+        format!(
+            "restore drill started (pid {pid}), due since {}",
+            due.format("%Y-%m-%d %H:%M UTC")
+        ),
+        serde_json::json!({ "pid": pid, "due": due }),
+    ));
+    children.push(child);
+    Ok(())
 }

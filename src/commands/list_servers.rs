@@ -44,6 +44,9 @@ struct ServerLine<'a> {
     /// RTO estimate (JSON only).
     #[serde(skip_serializing_if = "Option::is_none")]
     rto: Option<serde_json::Value>,
+    /// The newest restore drill (JSON only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_drill: Option<serde_json::Value>,
 }
 
 /// Prints every server (name and description; `--minimal`: names only).
@@ -64,6 +67,7 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             config_file: s.file.display().to_string(),
             rpo: None,
             rto: None,
+            last_drill: None,
         })
         .collect();
     if ctx.format == Format::Json && !minimal {
@@ -77,6 +81,10 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             l.rto = Some(match &rto {
                 Ok(Some(r)) => serde_json::json!({ "seconds": r.seconds, "basis": r.basis }),
                 _ => super::status::rto_json(&rto),
+            });
+            l.last_drill = Some(match crate::verify::probe::LastDrill::read(home, &s.name) {
+                Ok(d) => d.map(|d| d.json(chrono::Utc::now())).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e }),
             });
         }
     }

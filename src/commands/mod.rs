@@ -11,6 +11,8 @@ pub mod cron;
 pub mod delete;
 pub mod demo;
 pub mod diagnose;
+pub mod drill;
+pub mod drill_report;
 pub mod generate_manifest;
 pub mod get_wal;
 pub mod keep;
@@ -160,6 +162,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             minimal,
         } => replication_status::run(&ctx, &server, &target, minimal),
         Command::GenerateManifest(r) => generate_manifest::run(&ctx, &r.server, &r.backup_id),
+        Command::Drill(a) => drill::run(&ctx, &a),
+        Command::DrillReport(a) => drill_report::run(&ctx, &a),
     }
 }
 

@@ -119,6 +119,8 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     let settings = effective_settings(s, &ctx.config.home);
     let rpo = super::runtime()?.block_on(live_rpo(s, &ctx.config.home));
     let rto = estimate_from_catalog(&ctx.config.home, &s.name);
+    let drill = crate::verify::probe::LastDrill::read(&ctx.config.home, &s.name);
+    let now = chrono::Utc::now();
     match ctx.format {
         Format::Json => {
             let mut obj = serde_json::Map::new();
@@ -128,6 +130,13 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             }
             obj.insert("rpo".into(), serde_json::to_value(rpo)?);
             obj.insert("rto".into(), super::status::rto_json(&rto));
+            obj.insert(
+                "last_drill".into(),
+                match &drill {
+                    Ok(d) => d.as_ref().map(|d| d.json(now)).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                },
+            );
             print_json(&obj)?;
         }
         Format::Text => {
@@ -137,6 +146,11 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             }
             outln!("\tRPO: {}", rpo.text())?;
             outln!("\tRTO (estimated): {}", super::status::rto_text(&rto))?;
+            match &drill {
+                Ok(Some(d)) => outln!("\tLast restore drill: {}", d.text(now))?,
+                Ok(None) => outln!("\tLast restore drill: none")?,
+                Err(e) => outln!("\tLast restore drill: unknown ({e})")?,
+            }
         }
     }
     Ok(0)

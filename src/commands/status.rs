@@ -22,6 +22,14 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
             obj.insert("description".into(), s.description.clone().into());
             obj.insert("rpo".into(), serde_json::to_value(rpo)?);
             obj.insert("rto".into(), rto_json(&rto));
+            obj.insert(
+                "last_drill".into(),
+                st.local
+                    .last_drill
+                    .as_ref()
+                    .map(|d| d.json(st.now))
+                    .unwrap_or_default(),
+            );
             obj.insert("active".into(), s.active.into());
             obj.insert("passive".into(), passive.into());
         }
@@ -130,6 +138,10 @@ pub fn run(ctx: &Context, name: &str) -> Result<ExitCode> {
     }
     outln!("\tRPO (streaming lag): {}", rpo.text())?;
     outln!("\tRTO (estimated): {}", rto_text(&rto))?;
+    match &st.local.last_drill {
+        Some(d) => outln!("\tLast restore drill: {}", d.text(st.now))?,
+        None => outln!("\tLast restore drill: none (pgbk drill {})", s.name)?,
+    }
     Ok(if st.sql.is_ok() || passive { 0 } else { 1 })
 }
 

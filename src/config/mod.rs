@@ -132,6 +132,8 @@ pub struct ServerConfig {
     /// `repository = s3://...`: the repository on object storage; `None`: the
     /// local `home`.
     pub repository: Option<crate::repo::store::s3_settings::S3Settings>,
+    /// Restore drills (`drill`) and the recovery objectives they are checked against.
+    pub drill: DrillSettings,
     /// Every option seen by this server after interpolation (its own keys, `[DEFAULT]`
     /// keys and defaults from the main section), known or not, with raw values:
     /// mask passwords before showing them.
@@ -319,6 +321,33 @@ fn known_list(known: &[String]) -> String {
     }
 }
 
+/// A server's restore-drill options and recovery objectives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DrillSettings {
+    /// `drill_workdir`: where drills restore (default `<home>/drills`).
+    pub workdir: Option<PathBuf>,
+    /// `drill_pg_bin`: the PostgreSQL binaries a drill starts (default: `path_prefix`,
+    /// else `/usr/lib/postgresql/<major>/bin`).
+    pub pg_bin: Option<String>,
+    /// `drill_check_query`: a query whose first value the drill reports.
+    pub check_query: Option<String>,
+    /// `drill_check_database`: where that query runs (default: `conninfo`'s dbname,
+    /// else `postgres`).
+    pub check_database: Option<String>,
+    /// `drill_check_expected`: the value the query must return.
+    pub check_expected: Option<String>,
+    /// `drill_check_minimum`: a lower bound for the query's (numeric) value.
+    pub check_minimum: Option<f64>,
+    /// `drill_maximum_age`: check warns when the newest drill is older.
+    pub maximum_age: Option<Duration>,
+    /// `recovery_time_objective`: the RTO a drill must meet.
+    pub rto: Option<Duration>,
+    /// `recovery_point_objective`: the RPO a drill and the live archive must meet.
+    pub rpo: Option<Duration>,
+    /// `drill_schedule`: when cron starts a drill.
+    pub schedule: Option<values::DrillSchedule>,
+}
+
 /// Options of a server section that pgbk reads into [`ServerConfig`] fields.
 const SERVER_OPTIONS: &[&str] = &[
     "description",
@@ -350,6 +379,16 @@ const SERVER_OPTIONS: &[&str] = &[
     "primary_pgbk_command",
     "reuse_backup",
     "repository",
+    "drill_workdir",
+    "drill_pg_bin",
+    "drill_check_query",
+    "drill_check_database",
+    "drill_check_expected",
+    "drill_check_minimum",
+    "drill_maximum_age",
+    "drill_schedule",
+    "recovery_time_objective",
+    "recovery_point_objective",
 ];
 
 /// Barman server options pgbk does not use (yet): accepted silently, kept in `settings`.
@@ -953,6 +992,23 @@ fn build_server(
             })?
             .unwrap_or_default(),
         repository: repository::s3_repository(&f, &section.name, warnings)?,
+        drill: DrillSettings {
+            workdir: f.string("drill_workdir").map(PathBuf::from),
+            pg_bin: f.string("drill_pg_bin"),
+            check_query: f.string("drill_check_query"),
+            check_database: f.string("drill_check_database"),
+            check_expected: f.string("drill_check_expected"),
+            check_minimum: f.parse("drill_check_minimum", |s| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| format!("expected a number, got '{s}'"))
+            })?,
+            maximum_age: f.parse("drill_maximum_age", values::parse_interval)?,
+            rto: f.parse("recovery_time_objective", values::parse_objective)?,
+            rpo: f.parse("recovery_point_objective", values::parse_objective)?,
+            schedule: f.parse("drill_schedule", values::parse_schedule)?,
+        },
         settings: opts
             .iter()
             .map(|(k, r)| (k.clone(), r.value.clone()))

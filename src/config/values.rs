@@ -63,6 +63,90 @@ pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("interval too large: '{s}'"))
 }
 
+/// A recovery objective: `<n> SECONDS` or any [`parse_interval`] unit.
+pub(crate) fn parse_objective(s: &str) -> Result<Duration, String> {
+    if let Some((n, unit)) = count_and_unit(s) {
+        if matches!(unit.as_str(), "second" | "seconds") {
+            return Ok(Duration::from_secs(n));
+        }
+    }
+    parse_interval(s).map_err(|_| {
+        format!("expected '<n> SECONDS', '<n> MINUTES', '<n> HOURS', '<n> DAYS' or '<n> WEEKS', got '{s}'")
+    })
+}
+
+/// When `cron` starts a restore drill: `daily HH:MM` or `weekly DAY HH:MM` (UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrillSchedule {
+    /// `None`: every day; else the weekday (0 = Monday).
+    pub weekday: Option<u32>,
+    /// Minutes after midnight, UTC.
+    pub minute_of_day: u32,
+}
+
+impl DrillSchedule {
+    /// The newest scheduled time at or before `now`.
+    pub fn last_due(&self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        use chrono::{Datelike, Duration as Days, Timelike};
+        let today = now
+            .with_hour(0)
+            .and_then(|t| t.with_minute(0))
+            .and_then(|t| t.with_second(0))
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(now);
+        let at =
+            |day: chrono::DateTime<chrono::Utc>| day + Days::minutes(i64::from(self.minute_of_day));
+        for back in 0..8 {
+            let day = today - Days::days(back);
+            let weekday_ok = self
+                .weekday
+                .is_none_or(|w| day.weekday().num_days_from_monday() == w);
+            if weekday_ok && at(day) <= now {
+                return at(day);
+            }
+        }
+        at(today - Days::days(7))
+    }
+}
+
+/// Parses `daily HH:MM` or `weekly DAY HH:MM` (DAY: monday..sunday or mon..sun).
+pub(crate) fn parse_schedule(s: &str) -> Result<DrillSchedule, String> {
+    let err = || format!("expected 'daily HH:MM' or 'weekly DAY HH:MM' (UTC), got '{s}'");
+    let words: Vec<String> = s
+        .split_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let (weekday, time) = match words.as_slice() {
+        [d, t] if d == "daily" => (None, t),
+        [w, day, t] if w == "weekly" => {
+            const DAYS: [&str; 7] = [
+                "monday",
+                "tuesday",
+                "wednesday",
+                "thursday",
+                "friday",
+                "saturday",
+                "sunday",
+            ];
+            let n = DAYS
+                .iter()
+                .position(|d| d == day || (day.len() == 3 && d.starts_with(day.as_str())))
+                .ok_or_else(err)?;
+            (Some(n as u32), t)
+        }
+        _ => return Err(err()),
+    };
+    let (h, m) = time.split_once(':').ok_or_else(err)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| err())?, m.parse().map_err(|_| err())?);
+    if h > 23 || m > 59 {
+        return Err(err());
+    }
+    Ok(DrillSchedule {
+        weekday,
+        minute_of_day: h * 60 + m,
+    })
+}
+
 /// Checks Barman's retention policy grammar: `REDUNDANCY <n>` or
 /// `RECOVERY WINDOW OF <n> DAY(S)|WEEK(S)|MONTH(S)`, any case, `n >= 1`.
 /// Returns the redundancy count for a redundancy policy, `None` for a window.

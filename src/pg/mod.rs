@@ -18,6 +18,7 @@
 pub mod connection;
 pub mod conninfo;
 mod error;
+pub mod local;
 mod message;
 pub mod pgpass;
 pub mod query;

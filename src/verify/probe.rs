@@ -137,6 +137,93 @@ pub struct LocalState {
     /// A passive server's replication state (`None` for an active server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<super::peer_check::PeerStatus>,
+    /// The newest restore drill (`drill`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<LastDrill>,
+}
+
+/// The newest restore drill of a server, as `status` and `check` show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastDrill {
+    /// The drill's id (`drill-report`).
+    pub id: i64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// The backup it restored.
+    pub backup_id: Option<String>,
+    /// Whether every check passed.
+    pub ok: bool,
+    /// The measured RTO (seconds).
+    pub rto_secs: Option<f64>,
+    /// The achieved RPO (seconds).
+    pub rpo_secs: Option<f64>,
+    /// Its first failure.
+    pub error: Option<String>,
+}
+
+impl LastDrill {
+    /// The newest drill of `server` in the catalog at `home` (none without a catalog).
+    pub fn read(home: &Path, server: &str) -> Result<Option<LastDrill>, String> {
+        let Some(cat) = crate::catalog::Catalog::open_existing(home).map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        Ok(cat
+            .last_drill(server)
+            .map_err(|e| e.to_string())?
+            .as_ref()
+            .map(LastDrill::from_row))
+    }
+
+    /// One line: result, age, measured RTO and achieved RPO.
+    pub fn text(&self, now: DateTime<Utc>) -> String {
+        let age = (now - self.started_at).num_seconds().max(0) as f64;
+        let secs = |v: Option<f64>| {
+            v.map(crate::output::human_seconds)
+                .unwrap_or_else(|| "unknown".into())
+        };
+        format!(
+            "drill {} {} {} ago (backup {}): measured RTO {}, achieved RPO {}{}",
+            self.id,
+            if self.ok { "passed" } else { "FAILED" },
+            crate::output::human_seconds(age),
+            self.backup_id.as_deref().unwrap_or("-"),
+            secs(self.rto_secs),
+            secs(self.rpo_secs),
+            self.error
+                .as_deref()
+                .map(|e| format!("; {}", e.lines().next().unwrap_or_default()))
+                .unwrap_or_default()
+        )
+    }
+
+    /// As JSON, with its age in seconds at `now`.
+    pub fn json(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "age_secs".into(),
+                ((now - self.started_at).num_seconds().max(0)).into(),
+            );
+        }
+        v
+    }
+
+    /// From the catalog's row (the error is read from the stored report).
+    pub fn from_row(row: &crate::catalog::DrillRow) -> LastDrill {
+        let error = serde_json::from_str::<serde_json::Value>(&row.report)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string));
+        LastDrill {
+            id: row.id,
+            started_at: row.started_at,
+            backup_id: row.backup_id.clone(),
+            ok: row.ok,
+            rto_secs: row.rto_secs,
+            rpo_secs: row.rpo_secs,
+            error,
+        }
+    }
 }
 
 /// The filesystem holding `home`, as `statvfs` sees it.
@@ -549,6 +636,11 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     }
     st.last_segment = cat.last_segment(&server.name).map_err(|e| e.to_string())?;
     st.backups = cat.backups(&server.name).map_err(|e| e.to_string())?;
+    st.last_drill = cat
+        .last_drill(&server.name)
+        .map_err(|e| e.to_string())?
+        .as_ref()
+        .map(LastDrill::from_row);
     let (target, history) = archived_history(&repo, &files);
     st.gaps = find_gaps(&complete, &history, target, seg_size)
         .iter()

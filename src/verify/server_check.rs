@@ -350,6 +350,7 @@ fn repository_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         };
         out.push(item("wal maximum age", ok, Some(hint)));
     }
+    out.extend(drill_items(server, st));
     // The configuration loader already refused an invalid policy; show what applies.
     out.push(item(
         "retention policy settings",
@@ -361,6 +362,94 @@ fn repository_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
     ));
     if let Some(d) = st.local.disk {
         out.push(disk_item(d));
+    }
+    out
+}
+
+/// The restore drills and the recovery objectives: the newest drill passed, is
+/// younger than `drill_maximum_age` and met `recovery_time_objective`; the live RPO
+/// (the age of the newest WAL safely stored) meets `recovery_point_objective`.
+pub fn drill_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
+    let d = &server.drill;
+    let mut out = Vec::new();
+    let last = st.local.last_drill.as_ref();
+    if let Some(max) = d.maximum_age {
+        let interval = human_seconds(max.as_secs_f64());
+        out.push(match last {
+            None => item(
+                "drill maximum age",
+                false,
+                Some(format!(
+                    "interval provided: {interval}, no drill yet (run 'pgbk drill {}')",
+                    server.name
+                )),
+            ),
+            Some(l) => {
+                let age = age_seconds(st.now, l.started_at);
+                item(
+                    "drill maximum age",
+                    age <= max.as_secs_f64(),
+                    Some(format!(
+                        "interval provided: {interval}, latest drill age: {}",
+                        human_seconds(age)
+                    )),
+                )
+            }
+        });
+    }
+    if let Some(l) = last {
+        out.push(item(
+            "last drill",
+            l.ok,
+            Some(match (&l.error, l.ok) {
+                (Some(e), false) => format!(
+                    "drill {} failed: {}",
+                    l.id,
+                    e.lines().next().unwrap_or_default()
+                ),
+                _ => format!("drill {} passed", l.id),
+            }),
+        ));
+    }
+    if let Some(obj) = d.rto {
+        let objective = human_seconds(obj.as_secs_f64());
+        out.push(match last.and_then(|l| l.rto_secs) {
+            None => CheckItem::unknown(
+                "recovery time objective",
+                &format!("objective {objective}; no drill has measured the RTO yet"),
+            ),
+            Some(rto) => item(
+                "recovery time objective",
+                rto <= obj.as_secs_f64(),
+                Some(format!(
+                    "objective {objective}, measured RTO {}",
+                    human_seconds(rto)
+                )),
+            ),
+        });
+    }
+    if let Some(obj) = d.rpo {
+        let objective = human_seconds(obj.as_secs_f64());
+        out.push(match st.local.last_receive_time {
+            None => item(
+                "recovery point objective",
+                false,
+                Some(format!("objective {objective}, no WAL stored yet")),
+            ),
+            Some(t) => {
+                // With receive-wal streaming, what is not flushed yet; with
+                // archive_command only, the age of the newest archived WAL.
+                let live = age_seconds(st.now, t);
+                item(
+                    "recovery point objective",
+                    live <= obj.as_secs_f64(),
+                    Some(format!(
+                        "objective {objective}, live RPO {} (newest WAL stored)",
+                        human_seconds(live)
+                    )),
+                )
+            }
+        });
     }
     out
 }

@@ -1,0 +1,172 @@
+//! `drill`: a restore drill of one server (or every active one): the backup
+//! restored, started cut off from production, recovered, checked and timed; exit 1
+//! when a check fails (the drill is recorded either way).
+
+use super::{Context, ExitCode, UsageError};
+use crate::backup::lifecycle::backup_lock_path;
+use crate::cli::DrillArgs;
+use crate::config::ServerConfig;
+use crate::drill::{run_drill, DrillError, DrillReport, DrillRequest, QueryCheck};
+use crate::lock::JobLock;
+use crate::outln;
+use crate::output::{human_seconds, print_json, Format};
+use crate::restore::target::RecoveryTarget;
+use anyhow::Result;
+
+/// The lock that keeps drills one at a time on this host.
+pub fn drill_lock_path(home: &std::path::Path) -> std::path::PathBuf {
+    home.join("drill.lock")
+}
+
+/// Runs the verb.
+pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
+    let servers: Vec<&ServerConfig> = if a.server == "all" {
+        ctx.config.servers.values().filter(|s| s.active).collect()
+    } else {
+        vec![super::server_config(ctx, &a.server)?]
+    };
+    let target = if let Some(t) = a.target_time {
+        Some(RecoveryTarget::Time(t))
+    } else if let Some(x) = a.target_xid {
+        Some(RecoveryTarget::Xid(x))
+    } else if let Some(l) = a.target_lsn {
+        Some(RecoveryTarget::Lsn(l))
+    } else if let Some(n) = &a.target_name {
+        Some(RecoveryTarget::Name(n.clone()))
+    } else if a.target_immediate {
+        Some(RecoveryTarget::Immediate)
+    } else {
+        None
+    };
+    let _host = JobLock::acquire(
+        &drill_lock_path(&ctx.config.home),
+        "a restore drill (one at a time on this host)",
+    )?;
+    let mut reports = Vec::new();
+    for s in servers {
+        let req = request(ctx, s, a, target.clone());
+        reports.push(drill_one(ctx, s, &req)?);
+    }
+    let ok = reports.iter().all(|r| r.ok);
+    if ctx.format == Format::Json {
+        if a.server == "all" {
+            print_json(&reports)?;
+        } else if let Some(r) = reports.first() {
+            print_json(r)?;
+        }
+    } else {
+        for r in &reports {
+            print_text(r)?;
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The drill of server `s` as its configuration describes it.
+pub fn request(
+    ctx: &Context,
+    s: &ServerConfig,
+    a: &DrillArgs,
+    target: Option<RecoveryTarget>,
+) -> DrillRequest {
+    let d = &s.drill;
+    let database = d.check_database.clone().unwrap_or_else(|| {
+        crate::pg::ConnInfo::parse(&s.conninfo)
+            .ok()
+            .and_then(|c| c.dbname())
+            .unwrap_or_else(|| "postgres".into())
+    });
+    DrillRequest {
+        server: s.name.clone(),
+        backup: a.backup.clone(),
+        target,
+        keep: a.keep,
+        workdir: d
+            .workdir
+            .clone()
+            .unwrap_or_else(|| ctx.config.home.join("drills")),
+        pg_bin: d.pg_bin.clone().or_else(|| s.path_prefix.clone()),
+        query: d.check_query.as_ref().map(|sql| QueryCheck {
+            sql: sql.clone(),
+            database,
+            expected: d.check_expected.clone(),
+            minimum: d.check_minimum,
+        }),
+        rto_objective: d.rto,
+        rpo_objective: d.rpo,
+        jobs: a.jobs.filter(|&j| j > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+    }
+}
+
+/// One server's drill, never while its backup runs.
+pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<DrillReport> {
+    let repository = super::repository(ctx, s)?;
+    let repo = repository.server(&s.name);
+    if let Ok(Some(pid)) = JobLock::holder(&backup_lock_path(&repo)) {
+        return Err(UsageError(format!(
+            "server '{}': a backup is running (pid {pid}): the drill waits for the next occasion",
+            s.name
+        ))
+        .into());
+    }
+    let Some((catalog, _)) = super::backups_of(ctx, &s.name)? else {
+        return Err(UsageError(format!("server '{}': no backup to drill", s.name)).into());
+    };
+    let progress = crate::progress::for_cli(ctx.quiet);
+    match run_drill(&repository, &catalog, req, progress.as_ref()) {
+        Ok(r) => Ok(r),
+        Err(DrillError::Refused(m)) => Err(UsageError(m).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_text(r: &DrillReport) -> Result<()> {
+    outln!(
+        "Drill {} of server '{}', backup {}: {}",
+        r.id,
+        r.server,
+        r.backup_id.as_deref().unwrap_or("-"),
+        if r.ok { "PASSED" } else { "FAILED" }
+    )?;
+    if let Some(t) = &r.target {
+        outln!("  recovery target: {t}")?;
+    }
+    for p in &r.phases {
+        outln!("  {:<8} {}", p.name, human_seconds(p.seconds))?;
+    }
+    for c in &r.checks {
+        outln!("  check {:<9} {:<7} {}", c.name, c.status, c.detail)?;
+    }
+    match r.rto_secs {
+        Some(s) => outln!(
+            "  measured RTO: {} (wall clock {})",
+            human_seconds(s),
+            human_seconds(r.wall_secs)
+        )?,
+        None => outln!("  measured RTO: none (the drill did not get that far)")?,
+    }
+    match (r.rpo_secs, r.last_commit) {
+        (Some(s), Some(at)) => outln!(
+            "  achieved RPO: {} (newest commit recovered {})",
+            human_seconds(s),
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        )?,
+        _ => outln!("  achieved RPO: unknown")?,
+    }
+    if let Some(k) = &r.kept {
+        outln!(
+            "  kept: {} (server running: psql \"{}\"; stop it with pg_ctl -D {}/data stop)",
+            k.folder.display(),
+            k.conninfo,
+            k.folder.display()
+        )?;
+    }
+    if let Some(e) = &r.error {
+        outln!("  error: {e}")?;
+    }
+    Ok(())
+}
