@@ -149,10 +149,9 @@ fn a_drill_passes_every_check_records_its_timing_and_touches_nothing_of_producti
     assert!(r["rpo_secs"].as_f64().is_some(), "{r}");
     assert!(r["last_commit"].as_str().is_some(), "{r}");
     // Nothing is left behind.
-    let left: Vec<_> = std::fs::read_dir(pg.home.join("drills"))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    let folder = std::path::PathBuf::from(r["folder"].as_str().unwrap());
+    assert!(folder.parent().is_some_and(|p| p.is_dir()), "{r}");
+    assert!(!folder.exists(), "{}", folder.display());
 
     // Production saw no connection and its archive got nothing.
     let log = c.log();

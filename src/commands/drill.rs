@@ -85,6 +85,7 @@ pub fn request(
             .workdir
             .clone()
             .unwrap_or_else(|| ctx.config.home.join("drills")),
+        workdir_is_default: d.workdir.is_none(),
         pg_bin: d.pg_bin.clone().or_else(|| s.path_prefix.clone()),
         query: d.check_query.as_ref().map(|sql| QueryCheck {
             sql: sql.clone(),

@@ -88,6 +88,10 @@ pub struct DrillRequest {
     pub keep: bool,
     /// Under which folder the drill's scratch folder is made.
     pub workdir: PathBuf,
+    /// `workdir` is the default (`<home>/drills`), not `drill_workdir`: when the
+    /// `postgres` OS user cannot reach it (a private home, pgbk run as root), the
+    /// system's temporary folder is used instead.
+    pub workdir_is_default: bool,
     /// The PostgreSQL binaries to start (`None`: by the backup's major version).
     pub pg_bin: Option<String>,
     /// The query check, if configured.
@@ -169,8 +173,15 @@ pub struct DrillReport {
     pub last_commit: Option<DateTime<Utc>>,
     /// The drill's wall clock, from the restore's start to the checks' end.
     pub wall_secs: f64,
+    /// Stopping the drill's server and removing its folder, after the checks (not
+    /// part of the RTO).
+    #[serde(default)]
+    pub cleanup_secs: f64,
     /// The PostgreSQL binaries used.
     pub pg_bin: Option<String>,
+    /// The drill's folder (removed afterwards unless kept).
+    #[serde(default)]
+    pub folder: PathBuf,
     /// With `--keep`: the folder and the port the server still runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,
@@ -230,8 +241,22 @@ pub fn run_drill(
     // Room for the files and the WAL after them, with a margin.
     let wal_after = wal_bytes_after(catalog, &info)?;
     let needed = (info.size_bytes + wal_after) / 10 * 11;
-    crate::repo::durable::create_dir_all_private(&req.workdir).map_err(io_at(&req.workdir))?;
-    let free = crate::verify::probe::DiskSpace::of(&req.workdir)
+    let owner = postgres_user().map_err(|e| DrillError::Refused(e.to_string()))?;
+    let workdir = match owner {
+        Some((uid, gid)) if !reachable(&req.workdir, uid, gid) => {
+            if !req.workdir_is_default {
+                return Err(DrillError::Refused(format!(
+                    "server '{}': drill_workdir {} cannot be reached by the postgres OS user (a folder above it is private): choose one it can reach",
+                    req.server,
+                    req.workdir.display()
+                )));
+            }
+            std::env::temp_dir().join("pgbk-drills")
+        }
+        _ => req.workdir.clone(),
+    };
+    make_workdir(&workdir, owner.is_some()).map_err(io_at(&workdir))?;
+    let free = crate::verify::probe::DiskSpace::of(&workdir)
         .map(|d| d.available_bytes)
         .unwrap_or(u64::MAX);
     if free < needed {
@@ -240,7 +265,7 @@ pub fn run_drill(
             req.server,
             info.backup_id,
             needed / 1_000_000,
-            req.workdir.display(),
+            workdir.display(),
             free / 1_000_000
         )));
     }
@@ -259,15 +284,18 @@ pub fn run_drill(
         rpo_secs: None,
         last_commit: None,
         wall_secs: 0.0,
+        cleanup_secs: 0.0,
         pg_bin: None,
+        folder: PathBuf::new(),
         kept: None,
     };
-    let folder = req.workdir.join(format!(
+    let folder = workdir.join(format!(
         "{}-{}-{}",
         req.server,
         started_at.format("%Y%m%dT%H%M%S"),
         std::process::id()
     ));
+    report.folder = folder.clone();
     let mut scratch = Scratch {
         path: folder.clone(),
         keep: req.keep,
@@ -279,6 +307,7 @@ pub fn run_drill(
         req,
         &info,
         &folder,
+        wall,
         &mut report,
         progress,
     )
@@ -286,7 +315,9 @@ pub fn run_drill(
         report.kept = kept;
     })
     .unwrap_or_else(|check| report.fail(check));
-    report.wall_secs = wall.elapsed().as_secs_f64();
+    if report.wall_secs == 0.0 {
+        report.wall_secs = wall.elapsed().as_secs_f64();
+    }
     let phase_sum: f64 = report.phases.iter().map(|p| p.seconds).sum();
     if report.phases.iter().any(|p| p.name == "replay") {
         report.rto_secs = Some(phase_sum);
@@ -327,9 +358,36 @@ pub fn run_drill(
     // With --keep the folder stays (a failed drill's too, to look into); a passing
     // drill's server keeps running.
     scratch.keep = req.keep;
-    record(catalog, &mut report, &info)?;
+    let t = Instant::now();
     drop(scratch);
+    report.cleanup_secs += t.elapsed().as_secs_f64();
+    record(catalog, &mut report, &info)?;
     Ok(report)
+}
+
+/// Whether user `uid` (group `gid`) may traverse every folder down to `path` (the
+/// part that exists).
+fn reachable(path: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .all(|m| {
+            let mode = m.mode();
+            (m.uid() == uid && mode & 0o100 != 0)
+                || (m.gid() == gid && mode & 0o010 != 0)
+                || mode & 0o001 != 0
+        })
+}
+
+/// The drills' folder: private, or (when PostgreSQL runs as another user) only
+/// traversable by others (0711: each drill's own folder inside is 0700 and theirs).
+fn make_workdir(path: &Path, shared: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::repo::durable::create_dir_all_private(path)?;
+    if shared {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711))?;
+    }
+    Ok(())
 }
 
 /// WAL archived after the backup ended (bytes), what a drill restores beside it.
@@ -389,17 +447,22 @@ fn record(
 
 /// The drill's steps; `Err` is the failed check that ended it. Returns where the
 /// server still runs with `keep`.
+#[allow(clippy::too_many_arguments)]
 fn drill_steps(
     repository: &Repository,
     catalog: &Catalog,
     req: &DrillRequest,
     info: &BackupInfo,
     folder: &Path,
+    wall: Instant,
     report: &mut DrillReport,
     progress: &dyn Progress,
 ) -> Result<Option<Kept>, Check> {
     let fail = |name: &str, detail: String| Check::new(name, "fail", detail);
+    // The restore phase counts from here: the WAL check belongs to it.
+    let t = Instant::now();
     let owner = postgres_user().map_err(|e| fail("start", e.to_string()))?;
+    // The drill's folder is PostgreSQL's (0700), inside a folder it can traverse.
     let data = folder.join("data");
     let socket = folder.join("socket");
     for d in [folder, &socket] {
@@ -463,7 +526,6 @@ fn drill_steps(
             )
         })
         .collect();
-    let t = Instant::now();
     let summary = restore::recover(
         repository,
         RecoverRequest {
@@ -593,6 +655,7 @@ fn drill_steps(
         seconds: t.elapsed().as_secs_f64(),
         bytes: None,
     });
+    report.wall_secs = wall.elapsed().as_secs_f64();
     result?;
     if req.keep {
         // The server stays up for the DBA; its folder is kept.
@@ -603,7 +666,9 @@ fn drill_steps(
             conninfo: format!("host={} port={port} user=postgres", socket.display()),
         }));
     }
+    let t = Instant::now();
     server.stop();
+    report.cleanup_secs = t.elapsed().as_secs_f64();
     Ok(None)
 }
 
@@ -652,12 +717,7 @@ fn checks(
     // amcheck over every database, when pg_amcheck is installed.
     match server.client(
         "pg_amcheck",
-        &[
-            "--all",
-            "--install-missing",
-            "--heapallindexed",
-            "--no-progress",
-        ],
+        &["--all", "--install-missing", "--heapallindexed"],
     ) {
         None => report.checks.push(Check::new(
             "amcheck",
