@@ -250,11 +250,12 @@ fn drills_fail_on_a_wal_hole_a_damaged_object_a_wrong_value_and_a_missed_objecti
         "{r}"
     );
 
-    // An RTO objective no restore can meet.
+    // An RTO objective the drill cannot meet (its check query alone takes longer).
     pg.streaming_server_with(
         "pg1",
         &c,
-        "immediate_checkpoint = on\nrecovery_time_objective = 1 SECONDS\n",
+        "immediate_checkpoint = on\nrecovery_time_objective = 1 SECONDS\n\
+         drill_check_query = SELECT pg_sleep(1.5)\n",
     );
     let (code, r) = run_json(&pg, &["drill", "pg1"]);
     assert_eq!(code, 1, "{r}");

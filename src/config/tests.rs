@@ -939,3 +939,56 @@ fn enums_round_trip() {
         Err("expected off, copy or link, got 'x'".to_string())
     );
 }
+
+#[test]
+fn drill_options_and_objectives() {
+    let s = Setup::new("[pgbk]\nhome = /tmp/x\nrecovery_time_objective = 2 HOURS\n").server_file(
+        "pg.conf",
+        &server(
+            "pg",
+            "drill_schedule = weekly Sun 03:30\n\
+             drill_check_query = SELECT count(*) FROM orders\n\
+             drill_check_minimum = 1000\n\
+             drill_maximum_age = 8 DAYS\n\
+             recovery_point_objective = 90 SECONDS\n\
+             drill_workdir = /srv/drills\n",
+        ),
+    );
+    let c = s.load();
+    let d = &c.servers["pg"].drill;
+    assert_eq!(d.rto, Some(Duration::from_secs(7200)));
+    assert_eq!(d.rpo, Some(Duration::from_secs(90)));
+    assert_eq!(d.maximum_age, Some(Duration::from_secs(8 * 86_400)));
+    assert_eq!(d.check_minimum, Some(1000.0));
+    assert_eq!(
+        d.workdir.as_deref(),
+        Some(std::path::Path::new("/srv/drills"))
+    );
+    let sched = d.schedule.unwrap();
+    assert_eq!((sched.weekday, sched.minute_of_day), (Some(6), 210));
+    // Sunday 2026-12-06 03:30 UTC is the last due time from Monday 2026-12-07 noon.
+    let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(
+        sched.last_due(now).to_rfc3339(),
+        "2026-12-06T03:30:00+00:00"
+    );
+    let daily = values::parse_schedule("daily 02:00").unwrap();
+    assert_eq!(
+        daily.last_due(now).to_rfc3339(),
+        "2026-12-07T02:00:00+00:00"
+    );
+
+    for (line, want) in [
+        ("drill_schedule = hourly", "option 'drill_schedule': expected 'daily HH:MM' or 'weekly DAY HH:MM' (UTC), got 'hourly'"),
+        ("drill_schedule = daily 25:00", "got 'daily 25:00'"),
+        ("recovery_time_objective = soon", "option 'recovery_time_objective': expected '<n> SECONDS'"),
+        ("drill_check_minimum = many", "option 'drill_check_minimum': expected a number, got 'many'"),
+    ] {
+        let s = Setup::new("[pgbk]\nhome = /tmp/x\n")
+            .server_file("pg.conf", &server("pg", &format!("{line}\n")));
+        let e = s.error();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}

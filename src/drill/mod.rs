@@ -715,10 +715,9 @@ fn checks(
     report: &mut DrillReport,
 ) -> Result<(), Check> {
     // amcheck over every database, when pg_amcheck is installed.
-    match server.client(
-        "pg_amcheck",
-        &["--all", "--install-missing", "--heapallindexed"],
-    ) {
+    // Every heap page and B-tree index, relations checked `jobs` at a time.
+    let jobs = format!("--jobs={}", req.jobs.max(1));
+    match server.client("pg_amcheck", &["--all", "--install-missing", &jobs]) {
         None => report.checks.push(Check::new(
             "amcheck",
             "skipped",
