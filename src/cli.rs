@@ -194,6 +194,48 @@ pub enum Command {
     DrillReport(DrillReportArgs),
 }
 
+/// A recovery target: `recover`'s and `drill`'s `--target-*` options, at most one.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct TargetArgs {
+    /// Stop at the first commit after this time ('2026-01-31 12:00:00+00', RFC 3339;
+    /// without a zone: this host's local time).
+    #[arg(long, value_name = "TIMESTAMP", value_parser = crate::restore::target::parse_time)]
+    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop at this transaction id.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u64>,
+    /// Stop at this WAL location (e.g. 0/3000148).
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<crate::wal::Lsn>,
+    /// Stop at this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long)]
+    pub target_immediate: bool,
+}
+
+impl TargetArgs {
+    /// The target asked for, if any.
+    pub fn target(&self) -> Option<crate::restore::RecoveryTarget> {
+        use crate::restore::RecoveryTarget;
+        if let Some(t) = self.target_time {
+            Some(RecoveryTarget::Time(t))
+        } else if let Some(x) = self.target_xid {
+            Some(RecoveryTarget::Xid(x))
+        } else if let Some(l) = self.target_lsn {
+            Some(RecoveryTarget::Lsn(l))
+        } else if let Some(n) = &self.target_name {
+            Some(RecoveryTarget::Name(n.clone()))
+        } else if self.target_immediate {
+            Some(RecoveryTarget::Immediate)
+        } else {
+            None
+        }
+    }
+}
+
 /// Options of `drill`.
 #[derive(Debug, Args)]
 pub struct DrillArgs {
@@ -202,21 +244,9 @@ pub struct DrillArgs {
     /// The backup to restore: an id, a name, or latest.
     #[arg(long, default_value = "latest", value_name = "ID")]
     pub backup: String,
-    /// Stop at the first commit after this time (RFC 3339; without a zone: local time).
-    #[arg(long, value_name = "TIMESTAMP", value_parser = crate::restore::target::parse_time)]
-    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Stop at this transaction id.
-    #[arg(long, value_name = "XID")]
-    pub target_xid: Option<u64>,
-    /// Stop at this WAL location.
-    #[arg(long, value_name = "LSN")]
-    pub target_lsn: Option<crate::wal::Lsn>,
-    /// Stop at this restore point.
-    #[arg(long, value_name = "NAME")]
-    pub target_name: Option<String>,
-    /// Stop as soon as the backup is consistent.
-    #[arg(long)]
-    pub target_immediate: bool,
+    /// Where recovery stops (at most one; none: all archived WAL).
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Leave the drill's server running and its folder in place (the report says
     /// where); stop it with pg_ctl and remove the folder yourself.
     #[arg(long)]
@@ -356,9 +386,6 @@ pub struct ReceiveWalArgs {
 
 /// Options of `recover` (Barman's names).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").multiple(false).args(
-    ["target_time", "target_xid", "target_lsn", "target_name", "target_immediate"]
-)))]
 pub struct RecoverArgs {
     /// Server name.
     pub server: String,
@@ -367,22 +394,9 @@ pub struct RecoverArgs {
     pub backup_id: String,
     /// The data directory to create: missing or empty (or an older copy with --delta).
     pub destination: PathBuf,
-    /// Stop at the first commit after this time ('2026-01-31 12:00:00+00', RFC 3339;
-    /// without a zone: this host's local time).
-    #[arg(long, value_name = "TIMESTAMP", value_parser = crate::restore::target::parse_time)]
-    pub target_time: Option<chrono::DateTime<chrono::Utc>>,
-    /// Stop at this transaction id.
-    #[arg(long, value_name = "XID")]
-    pub target_xid: Option<u64>,
-    /// Stop at this WAL location (e.g. 0/3000148).
-    #[arg(long, value_name = "LSN")]
-    pub target_lsn: Option<crate::wal::Lsn>,
-    /// Stop at this restore point (pg_create_restore_point).
-    #[arg(long, value_name = "NAME")]
-    pub target_name: Option<String>,
-    /// Stop as soon as the backup is consistent.
-    #[arg(long)]
-    pub target_immediate: bool,
+    /// Where recovery stops (at most one; none: all archived WAL).
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Timeline to follow: a number, current or latest (PostgreSQL's default).
     #[arg(long, value_name = "TLI")]
     pub target_tli: Option<crate::restore::TargetTimeline>,

@@ -122,20 +122,6 @@ fn free_port() -> Result<u16> {
     crate::pg::local::free_port().context("finding a free port")
 }
 
-/// The scratch folder, removed on drop unless kept.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// A background child in its own process group, stopped on drop.
 struct Background {
     child: Child,
@@ -398,7 +384,7 @@ pub fn run_demo(opts: &DemoOptions, out: &mut dyn Reporter) -> Result<DemoSummar
     );
     let path = base.join(name);
     fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-    let scratch = Scratch {
+    let scratch = crate::pg::local::ScratchDir {
         path: path.clone(),
         keep: opts.keep,
     };

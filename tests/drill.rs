@@ -85,14 +85,7 @@ fn backed_up(extra: &str) -> (Cluster, Pgbk, common::BackgroundPgbk) {
     assert_eq!(b["status"], "DONE", "{b}");
     let _ = load.wait();
     c.psql("insert into marker values ('after the backup')");
-    pg.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    pg.archive_now("pg1");
     (c, pg, rw)
 }
 
@@ -268,14 +261,7 @@ fn drills_fail_on_a_wal_hole_a_damaged_object_a_wrong_value_and_a_missed_objecti
     pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
     for _ in 0..3 {
         c.psql("insert into marker select 'more' from generate_series(1, 1000)");
-        pg.ok(&[
-            "switch-wal",
-            "--force",
-            "--archive",
-            "--archive-timeout",
-            "60",
-            "pg1",
-        ]);
+        pg.archive_now("pg1");
     }
     rw.term();
     let backup = pg.json(&["show-backup", "pg1", "latest"]);

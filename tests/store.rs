@@ -824,14 +824,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
         .unwrap()
         .to_string();
     c.psql("insert into t select generate_series(1001, 1500)");
-    pg.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg",
-    ]);
+    pg.archive_now("pg");
     let status = pg.ok(&["status", "pg"]);
     assert!(
         status.contains(&format!(
@@ -1199,14 +1192,7 @@ fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
         .unwrap()
         .to_string();
     c.psql("create table marker as select 'after the backup' as note");
-    a.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    a.archive_now("pg1");
     rw.term();
 
     // Region B: its repository is a bucket.

@@ -25,19 +25,7 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
     } else {
         vec![super::server_config(ctx, &a.server)?]
     };
-    let target = if let Some(t) = a.target_time {
-        Some(RecoveryTarget::Time(t))
-    } else if let Some(x) = a.target_xid {
-        Some(RecoveryTarget::Xid(x))
-    } else if let Some(l) = a.target_lsn {
-        Some(RecoveryTarget::Lsn(l))
-    } else if let Some(n) = &a.target_name {
-        Some(RecoveryTarget::Name(n.clone()))
-    } else if a.target_immediate {
-        Some(RecoveryTarget::Immediate)
-    } else {
-        None
-    };
+    let target = a.target.target();
     let _host = JobLock::acquire(
         &drill_lock_path(&ctx.config.home),
         "a restore drill (one at a time on this host)",

@@ -6,7 +6,7 @@ use crate::cli::RecoverArgs;
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::restore::target::shell_quote;
-use crate::restore::{self, RecoverRequest, RecoveryTarget, RestoreError, WalSource};
+use crate::restore::{self, RecoverRequest, RestoreError, WalSource};
 use anyhow::{Context as _, Result};
 use std::path::PathBuf;
 
@@ -60,19 +60,7 @@ fn overrides(a: &RecoverArgs) -> Result<Vec<(String, String)>> {
 pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
     let server = super::server_config(ctx, &a.server)?;
     let repository = super::repository(ctx, server)?;
-    let target = if let Some(t) = a.target_time {
-        Some(RecoveryTarget::Time(t))
-    } else if let Some(x) = a.target_xid {
-        Some(RecoveryTarget::Xid(x))
-    } else if let Some(l) = a.target_lsn {
-        Some(RecoveryTarget::Lsn(l))
-    } else if let Some(n) = &a.target_name {
-        Some(RecoveryTarget::Name(n.clone()))
-    } else if a.target_immediate {
-        Some(RecoveryTarget::Immediate)
-    } else {
-        None
-    };
+    let target = a.target.target();
     let tablespaces = a
         .tablespace
         .iter()

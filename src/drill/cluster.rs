@@ -188,18 +188,15 @@ impl DrillCluster {
     /// One query in database `db`: the first column of the first row (`None` when
     /// there is no row or it is NULL).
     pub fn query(&self, db: &str, sql: &str) -> Result<Option<String>, ClusterError> {
-        let mut conn = self.connect(db)?;
-        let rows = self.rt.block_on(conn.simple_query(sql));
-        self.rt.block_on(conn.close());
-        let rows = rows.map_err(|e| ClusterError::Query {
-            sql: sql.to_string(),
-            msg: e.to_string(),
-        })?;
-        Ok(rows.first().and_then(|r| r.get_idx(0)).map(str::to_string))
+        Ok(self.column_values(db, sql)?.into_iter().next().flatten())
     }
 
-    /// The first column of every row.
+    /// The first column of every row (NULLs left out).
     pub fn column(&self, db: &str, sql: &str) -> Result<Vec<String>, ClusterError> {
+        Ok(self.column_values(db, sql)?.into_iter().flatten().collect())
+    }
+
+    fn column_values(&self, db: &str, sql: &str) -> Result<Vec<Option<String>>, ClusterError> {
         let mut conn = self.connect(db)?;
         let rows = self.rt.block_on(conn.simple_query(sql));
         self.rt.block_on(conn.close());
@@ -209,7 +206,7 @@ impl DrillCluster {
         })?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.get_idx(0).map(str::to_string))
+            .map(|r| r.get_idx(0).map(str::to_string))
             .collect())
     }
 

@@ -208,20 +208,6 @@ impl DrillReport {
     }
 }
 
-/// The scratch folder, removed on drop unless kept.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Runs one drill and records it in the catalog (and, from its phases, the restore
 /// and replay rates the RTO estimate uses).
 pub fn run_drill(
@@ -296,7 +282,7 @@ pub fn run_drill(
         std::process::id()
     ));
     report.folder = folder.clone();
-    let mut scratch = Scratch {
+    let mut scratch = crate::pg::local::ScratchDir {
         path: folder.clone(),
         keep: req.keep,
     };

@@ -45,6 +45,22 @@ pub fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     Ok(())
 }
 
+/// A scratch folder (a throwaway cluster's), removed on drop unless kept.
+pub struct ScratchDir {
+    /// The folder.
+    pub path: PathBuf,
+    /// Leave it in place on drop.
+    pub keep: bool,
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 /// A TCP port on 127.0.0.1 nothing listens on right now.
 pub fn free_port() -> io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

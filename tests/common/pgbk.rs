@@ -111,6 +111,19 @@ impl Pgbk {
         );
     }
 
+    /// `switch-wal --force --archive` of `server`: returns once the segment in
+    /// progress is closed and archived (60 s at most).
+    pub fn archive_now(&self, server: &str) {
+        self.ok(&[
+            "switch-wal",
+            "--force",
+            "--archive",
+            "--archive-timeout",
+            "60",
+            server,
+        ]);
+    }
+
     /// `pgbk -c <config>`, with every `PG*`/`PGBK_*` variable removed from the
     /// environment and `root` as working directory. Add the arguments and run.
     pub fn cmd(&self) -> Command {
