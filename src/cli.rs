@@ -251,6 +251,11 @@ pub struct DrillArgs {
     /// where); stop it with pg_ctl and remove the folder yourself.
     #[arg(long)]
     pub keep: bool,
+    /// Run the drill on another host, reached with this ssh command line (e.g.
+    /// "ssh postgres@drill1"; the host key checked against known_hosts); overrides
+    /// drill_ssh_command.
+    #[arg(long, value_name = "CMD")]
+    pub host: Option<String>,
     /// Decompression threads (default: every core).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,

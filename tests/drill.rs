@@ -318,3 +318,44 @@ fn drills_fail_on_a_wal_hole_a_damaged_object_a_wrong_value_and_a_missed_objecti
         .collect();
     assert_eq!(oks, [false, false, false, false], "{list}");
 }
+
+#[test]
+fn a_drill_on_a_drill_host_over_ssh_runs_there_and_cleans_up() {
+    let (_c, pg, _rw) =
+        backed_up("drill_check_query = SELECT count(*) FROM marker\ndrill_check_expected = 1\n");
+    let sshd = common::Sshd::start();
+    let ssh = sshd.ssh_command("postgres");
+    let (code, r) = run_json(&pg, &["drill", "pg1", "--host", &ssh]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    for name in ["wal", "restore", "start", "promoted", "amcheck", "query"] {
+        assert_eq!(check_named(&r, name)["status"], "pass", "{name}: {r}");
+    }
+    assert!(
+        r["host"].as_str().unwrap().contains("postgres@127.0.0.1"),
+        "{r}"
+    );
+    // It ran in the drill user's home there, and nothing is left of it.
+    let folder = r["folder"].as_str().unwrap();
+    assert!(
+        folder.starts_with("/var/lib/postgresql/pgbk-drills/"),
+        "{r}"
+    );
+    assert!(
+        !std::path::Path::new(folder).exists(),
+        "{folder} left behind"
+    );
+    let log = sshd.log_tail(400);
+    assert!(
+        log.contains("Starting session: command for postgres"),
+        "{log}"
+    );
+
+    // drill_ssh_command does the same from the configuration; a bad one is refused
+    // in one line naming the option.
+    pg.streaming_server_with("pg1", &_c, "drill_ssh_command = ssh -p notaport x@y\n");
+    let bad = pg.run(&["drill", "pg1"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(bad.error_lines().len(), 1, "{bad:?}");
+    assert!(bad.stderr.contains("drill_ssh_command"), "{bad:?}");
+}

@@ -32,7 +32,7 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
     )?;
     let mut reports = Vec::new();
     for s in servers {
-        let req = request(ctx, s, a, target.clone());
+        let req = request(ctx, s, a, target.clone())?;
         reports.push(drill_one(ctx, s, &req)?);
     }
     let ok = reports.iter().all(|r| r.ok);
@@ -56,7 +56,7 @@ pub fn request(
     s: &ServerConfig,
     a: &DrillArgs,
     target: Option<RecoveryTarget>,
-) -> DrillRequest {
+) -> Result<DrillRequest> {
     let d = &s.drill;
     let database = d.check_database.clone().unwrap_or_else(|| {
         crate::pg::ConnInfo::parse(&s.conninfo)
@@ -64,7 +64,22 @@ pub fn request(
             .and_then(|c| c.dbname())
             .unwrap_or_else(|| "postgres".into())
     });
-    DrillRequest {
+    let host = match a.host.as_ref().or(d.ssh_command.as_ref()) {
+        Some(cmd) => Some(crate::ssh::SshTarget::parse(cmd).map_err(|e| {
+            UsageError(format!(
+                "server '{}': {}: {e}",
+                s.name,
+                if a.host.is_some() {
+                    "--host"
+                } else {
+                    "drill_ssh_command"
+                }
+            ))
+        })?),
+        None => None,
+    };
+    Ok(DrillRequest {
+        host,
         server: s.name.clone(),
         backup: a.backup.clone(),
         target,
@@ -88,7 +103,7 @@ pub fn request(
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
-    }
+    })
 }
 
 /// One server's drill, never while its backup runs.

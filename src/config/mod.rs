@@ -346,6 +346,8 @@ pub struct DrillSettings {
     pub rpo: Option<Duration>,
     /// `drill_schedule`: when cron starts a drill.
     pub schedule: Option<values::DrillSchedule>,
+    /// `drill_ssh_command`: the drill host, reached over SSH (`None`: this host).
+    pub ssh_command: Option<String>,
 }
 
 /// Options of a server section that pgbk reads into [`ServerConfig`] fields.
@@ -387,6 +389,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "drill_check_minimum",
     "drill_maximum_age",
     "drill_schedule",
+    "drill_ssh_command",
     "recovery_time_objective",
     "recovery_point_objective",
 ];
@@ -1008,6 +1011,7 @@ fn build_server(
             rto: f.parse("recovery_time_objective", values::parse_objective)?,
             rpo: f.parse("recovery_point_objective", values::parse_objective)?,
             schedule: f.parse("drill_schedule", values::parse_schedule)?,
+            ssh_command: f.string("drill_ssh_command"),
         },
         settings: opts
             .iter()

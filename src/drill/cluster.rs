@@ -1,10 +1,13 @@
 //! The drill's throwaway PostgreSQL: started from a restored data directory on a
 //! free port, reachable only through a Unix socket in the drill's own folder
 //! (`listen_addresses = ''`), with its own `pg_hba.conf` (trust on that socket,
-//! nothing else), and stopped when dropped.
+//! nothing else), and stopped when dropped. It runs on this host (as the
+//! `postgres` OS user when pgbk runs as root) or on a drill host over SSH; either
+//! way it is driven with PostgreSQL's own programs (`pg_ctl`, `psql`,
+//! `pg_amcheck`), so both paths are the same code.
 
 use crate::pg::local::{pg_command, tail};
-use crate::pg::{ConnInfo, ConnectOptions, Connection};
+use crate::ssh::{shell_quote, SshSession};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Why the drill's server could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// `pg_ctl` could not be run or refused.
+    /// A program could not be run or refused.
     #[error("{what}: {msg}")]
     Command { what: String, msg: String },
     /// The server stopped (recovery failed); the log's last lines say why.
@@ -26,73 +29,207 @@ pub enum ClusterError {
     Query { sql: String, msg: String },
 }
 
+/// What a program did.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// Exited 0.
+    pub ok: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// The first non-empty line of stderr, else of stdout.
+    pub fn first_line(&self) -> String {
+        self.stderr
+            .lines()
+            .chain(self.stdout.lines())
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("no output")
+            .to_string()
+    }
+}
+
+/// Where the drill's programs run.
+pub enum Host {
+    /// This host, as `owner` (the `postgres` OS user when pgbk runs as root).
+    Local {
+        /// uid and gid, `None`: this process's user.
+        owner: Option<(u32, u32)>,
+    },
+    /// A drill host, over one SSH session (as the SSH user, who runs PostgreSQL).
+    Remote(SshSession),
+}
+
+impl Host {
+    /// How messages name the host.
+    pub fn describe(&self) -> String {
+        match self {
+            Host::Local { .. } => "this host".into(),
+            Host::Remote(s) => s.target().display(),
+        }
+    }
+
+    /// Runs `argv` (a program by absolute path and its arguments).
+    pub fn run(&self, argv: &[&str]) -> Result<Ran, ClusterError> {
+        let fail = |msg: String| ClusterError::Command {
+            what: argv.first().copied().unwrap_or("?").to_string(),
+            msg,
+        };
+        match self {
+            Host::Local { owner } => {
+                let program = Path::new(argv.first().copied().unwrap_or_default());
+                let dir = program.parent().unwrap_or(Path::new("/"));
+                let name = program
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let out = pg_command(dir, &name, *owner)
+                    .args(&argv[1..])
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(Ran {
+                    ok: out.status.success(),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+            Host::Remote(session) => {
+                let line: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+                let out = session
+                    .exec(&format!("LC_ALL=C {}", line.join(" ")))
+                    .map_err(|e| fail(e.to_string()))?;
+                Ok(Ran {
+                    ok: out.success(),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        }
+    }
+
+    /// Writes (or appends to) a small text file.
+    pub fn write(&self, path: &Path, text: &str, append: bool) -> Result<(), ClusterError> {
+        let fail = |msg: String| ClusterError::Command {
+            what: path.display().to_string(),
+            msg,
+        };
+        match self {
+            Host::Local { .. } => {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(path)
+                    .map_err(|e| fail(e.to_string()))?;
+                f.write_all(text.as_bytes())
+                    .map_err(|e| fail(e.to_string()))
+            }
+            Host::Remote(session) => {
+                let out = session
+                    .exec(&format!(
+                        "umask 077 && printf %s {} {} {}",
+                        shell_quote(text),
+                        if append { ">>" } else { ">" },
+                        shell_quote(&path.to_string_lossy())
+                    ))
+                    .map_err(|e| fail(e.to_string()))?;
+                if out.success() {
+                    Ok(())
+                } else {
+                    Err(fail(out.stderr_line()))
+                }
+            }
+        }
+    }
+
+    /// Whether `path` exists.
+    pub fn exists(&self, path: &Path) -> bool {
+        match self {
+            Host::Local { .. } => path.exists(),
+            Host::Remote(_) => self
+                .run(&[
+                    "/bin/sh",
+                    "-c",
+                    &format!("test -e {}", shell_quote(&path.to_string_lossy())),
+                ])
+                .is_ok_and(|r| r.ok),
+        }
+    }
+
+    /// The last lines of a text file.
+    pub fn tail(&self, path: &Path, n: usize) -> String {
+        match self {
+            Host::Local { .. } => tail(path, n),
+            Host::Remote(_) => self
+                .run(&["tail", "-n", &n.to_string(), &path.to_string_lossy()])
+                .map(|r| r.stdout)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A PostgreSQL server the drill started.
-pub struct DrillCluster {
+pub struct DrillCluster<'h> {
+    host: &'h Host,
     pg_bin: PathBuf,
-    owner: Option<(u32, u32)>,
     datadir: PathBuf,
     socket_dir: PathBuf,
     /// The server's log file.
     pub log: PathBuf,
     port: u16,
-    rt: tokio::runtime::Runtime,
     running: bool,
 }
 
-impl DrillCluster {
-    /// A server for `datadir` (not started).
+impl<'h> DrillCluster<'h> {
+    /// A server for `datadir` on `host` (not started).
     pub fn new(
+        host: &'h Host,
         pg_bin: &Path,
-        owner: Option<(u32, u32)>,
         datadir: &Path,
         socket_dir: &Path,
         log: &Path,
         port: u16,
-    ) -> Result<DrillCluster, ClusterError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ClusterError::Command {
-                what: "starting a runtime".into(),
-                msg: e.to_string(),
-            })?;
-        Ok(DrillCluster {
+    ) -> DrillCluster<'h> {
+        DrillCluster {
+            host,
             pg_bin: pg_bin.to_path_buf(),
-            owner,
             datadir: datadir.to_path_buf(),
             socket_dir: socket_dir.to_path_buf(),
             log: log.to_path_buf(),
             port,
-            rt,
             running: false,
-        })
+        }
     }
 
-    fn pg_ctl(&self) -> std::process::Command {
-        let mut c = pg_command(&self.pg_bin, "pg_ctl", self.owner);
-        c.arg("-D").arg(&self.datadir);
-        c
+    fn bin(&self, name: &str) -> String {
+        self.pg_bin.join(name).to_string_lossy().into_owned()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<Ran, ClusterError> {
+        let bin = self.bin("pg_ctl");
+        let data = self.datadir.to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str(), "-D", data.as_str()];
+        argv.extend_from_slice(args);
+        self.host.run(&argv)
     }
 
     /// `pg_ctl start` without waiting: recovery may take long, and [`Self::wait_ready`]
     /// watches it.
     pub fn start(&mut self) -> Result<(), ClusterError> {
-        let out = self
-            .pg_ctl()
-            .arg("-l")
-            .arg(&self.log)
-            .args(["-W", "start"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| ClusterError::Command {
-                what: format!("{}/pg_ctl", self.pg_bin.display()),
-                msg: e.to_string(),
-            })?;
+        let log = self.log.to_string_lossy().into_owned();
+        let out = self.pg_ctl(&["-l", &log, "-W", "start"])?;
         self.running = true;
-        if !out.status.success() {
+        if !out.ok {
             return Err(ClusterError::Command {
                 what: "pg_ctl start".into(),
-                msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                msg: out.first_line(),
             });
         }
         Ok(())
@@ -100,45 +237,14 @@ impl DrillCluster {
 
     /// Whether the postmaster is still running (`pg_ctl status`).
     fn alive(&self) -> bool {
-        self.pg_ctl()
-            .arg("status")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        self.pg_ctl(&["status"]).is_ok_and(|r| r.ok)
     }
 
     fn stopped(&self, phase: &str) -> ClusterError {
         ClusterError::Stopped {
             phase: phase.to_string(),
-            log: tail(&self.log, 15),
+            log: self.host.tail(&self.log, 15),
         }
-    }
-
-    /// A connection to database `db` over the drill's socket.
-    pub fn connect(&self, db: &str) -> Result<Connection, ClusterError> {
-        let info = ConnInfo::parse(&format!(
-            "host={} port={} user=postgres dbname={}",
-            self.socket_dir.display(),
-            self.port,
-            quote(db)
-        ))
-        .map_err(|e| ClusterError::Command {
-            what: "connecting".into(),
-            msg: e.to_string(),
-        })?;
-        let opts = ConnectOptions {
-            replication: false,
-            application_name: Some("pgbk_drill".into()),
-            connect_timeout: Some(Duration::from_secs(10)),
-        };
-        self.rt
-            .block_on(Connection::connect(&info, &opts))
-            .map_err(|e| ClusterError::Command {
-                what: format!("connecting to database {db}"),
-                msg: e.to_string(),
-            })
     }
 
     /// Waits until the server accepts connections (recovery reached a consistent
@@ -147,8 +253,7 @@ impl DrillCluster {
         let end = Instant::now() + limit;
         let mut probes = 0u32;
         loop {
-            if let Ok(c) = self.connect("postgres") {
-                self.rt.block_on(c.close());
+            if self.query("postgres", "SELECT 1").is_ok() {
                 return Ok(());
             }
             probes += 1;
@@ -197,34 +302,62 @@ impl DrillCluster {
     }
 
     fn column_values(&self, db: &str, sql: &str) -> Result<Vec<Option<String>>, ClusterError> {
-        let mut conn = self.connect(db)?;
-        let rows = self.rt.block_on(conn.simple_query(sql));
-        self.rt.block_on(conn.close());
-        let rows = rows.map_err(|e| ClusterError::Query {
-            sql: sql.to_string(),
-            msg: e.to_string(),
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| r.get_idx(0).map(str::to_string))
+        const NULL: &str = "\u{1}pgbk-null\u{1}";
+        let out = self.client(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-P",
+                &format!("null={NULL}"),
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
+        )?;
+        if !out.ok {
+            return Err(ClusterError::Query {
+                sql: sql.to_string(),
+                msg: out.first_line(),
+            });
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .map(|l| {
+                let first = l.split('|').next().unwrap_or_default();
+                (first != NULL).then(|| first.to_string())
+            })
             .collect())
     }
 
-    /// Runs a PostgreSQL client program of the drill's binaries against the
-    /// server (`pg_amcheck`); `None` when the program is not installed.
-    pub fn client(&self, bin: &str, args: &[&str]) -> Option<std::process::Output> {
-        let path = self.pg_bin.join(bin);
-        if !path.is_file() {
-            return None;
-        }
-        pg_command(&self.pg_bin, bin, self.owner)
-            .arg("-h")
-            .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-U", "postgres"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()
+    /// Runs a PostgreSQL client program of the drill's binaries against the server
+    /// (`psql`, `pg_amcheck`), connected through the drill's socket as `postgres`.
+    pub fn client(&self, bin: &str, args: &[&str]) -> Result<Ran, ClusterError> {
+        let program = self.bin(bin);
+        let socket = self.socket_dir.to_string_lossy().into_owned();
+        let port = self.port.to_string();
+        let mut argv = vec![
+            program.as_str(),
+            "-h",
+            socket.as_str(),
+            "-p",
+            port.as_str(),
+            "-U",
+            "postgres",
+        ];
+        argv.extend_from_slice(args);
+        self.host.run(&argv)
+    }
+
+    /// Whether a program is among the drill's binaries.
+    pub fn has(&self, bin: &str) -> bool {
+        self.host.exists(&self.pg_bin.join(bin))
     }
 
     /// `pg_ctl stop -m immediate`: the copy is thrown away, so no shutdown
@@ -233,24 +366,18 @@ impl DrillCluster {
         if !self.running {
             return;
         }
-        let _ = self
-            .pg_ctl()
-            .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "60", "stop"]);
+        self.running = false;
+    }
+
+    /// Leaves the server running (a kept drill).
+    pub fn detach(mut self) {
         self.running = false;
     }
 }
 
-impl Drop for DrillCluster {
+impl Drop for DrillCluster<'_> {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A conninfo value in single quotes.
-fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }

@@ -29,7 +29,7 @@ use crate::repo::Repository;
 use crate::restore::target::{RecoveryTarget, TargetAction};
 use crate::restore::{self, RecoverRequest, WalSource};
 use chrono::{DateTime, Utc};
-use cluster::DrillCluster;
+use cluster::{DrillCluster, Host};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -102,6 +102,8 @@ pub struct DrillRequest {
     pub rpo_objective: Option<Duration>,
     /// Decompression threads.
     pub jobs: usize,
+    /// A drill host reached over SSH (`--host`, `drill_ssh_command`); `None`: this host.
+    pub host: Option<crate::ssh::SshTarget>,
 }
 
 /// One timed phase.
@@ -182,6 +184,9 @@ pub struct DrillReport {
     /// The drill's folder (removed afterwards unless kept).
     #[serde(default)]
     pub folder: PathBuf,
+    /// Where the drill ran: `this host` or the drill host's `user@host:port`.
+    #[serde(default)]
+    pub host: String,
     /// With `--keep`: the folder and the port the server still runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Kept>,
@@ -227,8 +232,20 @@ pub fn run_drill(
     // Room for the files and the WAL after them, with a margin.
     let wal_after = wal_bytes_after(catalog, &info)?;
     let needed = (info.size_bytes + wal_after) / 10 * 11;
-    let owner = postgres_user().map_err(|e| DrillError::Refused(e.to_string()))?;
+    let host = match &req.host {
+        Some(target) => Host::Remote(crate::ssh::SshSession::connect(target).map_err(|e| {
+            DrillError::Refused(format!("server '{}': drill host: {e}", req.server))
+        })?),
+        None => Host::Local {
+            owner: postgres_user().map_err(|e| DrillError::Refused(e.to_string()))?,
+        },
+    };
+    let owner = match &host {
+        Host::Local { owner } => *owner,
+        Host::Remote(_) => None,
+    };
     let workdir = match owner {
+        _ if req.host.is_some() => remote_workdir(&host, req)?,
         Some((uid, gid)) if !reachable(&req.workdir, uid, gid) => {
             if !req.workdir_is_default {
                 return Err(DrillError::Refused(format!(
@@ -241,10 +258,15 @@ pub fn run_drill(
         }
         _ => req.workdir.clone(),
     };
-    make_workdir(&workdir, owner.is_some()).map_err(io_at(&workdir))?;
-    let free = crate::verify::probe::DiskSpace::of(&workdir)
-        .map(|d| d.available_bytes)
-        .unwrap_or(u64::MAX);
+    let free = match &host {
+        Host::Local { .. } => {
+            make_workdir(&workdir, owner.is_some()).map_err(io_at(&workdir))?;
+            crate::verify::probe::DiskSpace::of(&workdir)
+                .map(|d| d.available_bytes)
+                .unwrap_or(u64::MAX)
+        }
+        Host::Remote(_) => remote_free(&host, &workdir),
+    };
     if free < needed {
         return Err(DrillError::Refused(format!(
             "server '{}': a drill of backup {} needs about {} MB in {} (drill_workdir), which has {} MB free",
@@ -273,6 +295,7 @@ pub fn run_drill(
         cleanup_secs: 0.0,
         pg_bin: None,
         folder: PathBuf::new(),
+        host: String::new(),
         kept: None,
     };
     let folder = workdir.join(format!(
@@ -282,9 +305,10 @@ pub fn run_drill(
         std::process::id()
     ));
     report.folder = folder.clone();
+    report.host = host.describe();
     let mut scratch = crate::pg::local::ScratchDir {
         path: folder.clone(),
-        keep: req.keep,
+        keep: req.keep || req.host.is_some(),
     };
     let wall = Instant::now();
     drill_steps(
@@ -292,6 +316,7 @@ pub fn run_drill(
         catalog,
         req,
         &info,
+        &host,
         &folder,
         wall,
         &mut report,
@@ -343,12 +368,57 @@ pub fn run_drill(
     }
     // With --keep the folder stays (a failed drill's too, to look into); a passing
     // drill's server keeps running.
-    scratch.keep = req.keep;
+    scratch.keep = req.keep || req.host.is_some();
     let t = Instant::now();
     drop(scratch);
+    if req.host.is_some() && !req.keep {
+        let _ = host.run(&["rm", "-rf", &folder.to_string_lossy()]);
+    }
     report.cleanup_secs += t.elapsed().as_secs_f64();
     record(catalog, &mut report, &info)?;
     Ok(report)
+}
+
+/// The drills' folder on a drill host: `drill_workdir`, else `pgbk-drills` in the
+/// SSH user's home (created 0700 by that user, who runs PostgreSQL there).
+fn remote_workdir(host: &Host, req: &DrillRequest) -> Result<PathBuf, DrillError> {
+    let dir = if req.workdir_is_default {
+        "pgbk-drills".to_string()
+    } else {
+        req.workdir.to_string_lossy().into_owned()
+    };
+    let script = format!(
+        "mkdir -p -m 0700 {0} && cd {0} && pwd -P",
+        crate::ssh::shell_quote(&dir)
+    );
+    let ran = host
+        .run(&["/bin/sh", "-c", &script])
+        .map_err(|e| DrillError::Refused(format!("server '{}': drill host: {e}", req.server)))?;
+    let path = ran.stdout.trim();
+    if !ran.ok || !path.starts_with('/') {
+        return Err(DrillError::Refused(format!(
+            "server '{}': drill host {}: creating {dir}: {}",
+            req.server,
+            host.describe(),
+            ran.first_line()
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Free bytes in `dir` on a drill host (`df`; unknown counts as enough).
+fn remote_free(host: &Host, dir: &Path) -> u64 {
+    host.run(&["df", "-P", "-k", &dir.to_string_lossy()])
+        .ok()
+        .filter(|r| r.ok)
+        .and_then(|r| {
+            r.stdout
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |k| k * 1024)
 }
 
 /// Whether user `uid` (group `gid`) may traverse every folder down to `path` (the
@@ -439,6 +509,7 @@ fn drill_steps(
     catalog: &Catalog,
     req: &DrillRequest,
     info: &BackupInfo,
+    host: &Host,
     folder: &Path,
     wall: Instant,
     report: &mut DrillReport,
@@ -447,13 +518,28 @@ fn drill_steps(
     let fail = |name: &str, detail: String| Check::new(name, "fail", detail);
     // The restore phase counts from here: the WAL check belongs to it.
     let t = Instant::now();
-    let owner = postgres_user().map_err(|e| fail("start", e.to_string()))?;
+    let owner = match host {
+        Host::Local { owner } => *owner,
+        Host::Remote(_) => None,
+    };
     // The drill's folder is PostgreSQL's (0700), inside a folder it can traverse.
     let data = folder.join("data");
     let socket = folder.join("socket");
-    for d in [folder, &socket] {
-        crate::repo::durable::create_dir_all_private(d)
-            .map_err(|e| fail("restore", format!("{}: {e}", d.display())))?;
+    match host {
+        Host::Local { .. } => {
+            for d in [folder, &socket] {
+                crate::repo::durable::create_dir_all_private(d)
+                    .map_err(|e| fail("restore", format!("{}: {e}", d.display())))?;
+            }
+        }
+        Host::Remote(_) => {
+            let ran = host
+                .run(&["mkdir", "-p", "-m", "0700", &socket.to_string_lossy()])
+                .map_err(|e| fail("restore", e.to_string()))?;
+            if !ran.ok {
+                return Err(fail("restore", ran.first_line()));
+            }
+        }
     }
     // The WAL must run without a hole from the backup to the newest segment
     // archived (recovery would end early at a hole and promote: a silent loss).
@@ -480,11 +566,12 @@ fn drill_steps(
     // 1. restore.
     let port = free_port().map_err(|e| fail("start", format!("finding a free port: {e}")))?;
     let hba = folder.join("pg_hba.drill.conf");
-    std::fs::write(
+    host.write(
         &hba,
         "# pgbk drill: the drill's own socket only, nobody else\nlocal all all trust\n",
+        false,
     )
-    .map_err(|e| fail("restore", format!("{}: {e}", hba.display())))?;
+    .map_err(|e| fail("restore", e.to_string()))?;
     let overrides: Vec<(String, String)> = [
         ("port", port.to_string()),
         ("listen_addresses", String::new()),
@@ -527,7 +614,7 @@ fn drill_steps(
             wal: WalSource::Copy,
             jobs: req.jobs,
             delta: false,
-            remote: None,
+            remote: req.host.clone(),
             overrides,
             source: None,
         },
@@ -545,17 +632,18 @@ fn drill_steps(
     // Said where a DBA looks first: this copy is cut off from production.
     let auto = data.join("postgresql.auto.conf");
     let note = "\n# pgbk drill: a throwaway copy cut off from production: archive_mode off, no\n# primary_conninfo, Unix socket in the drill's folder only (listen_addresses '').\n";
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&auto)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()))
-        .map_err(|e| fail("restore", format!("{}: {e}", auto.display())))?;
+    host.write(&auto, note, true)
+        .map_err(|e| fail("restore", e.to_string()))?;
     // A data directory whose configuration lived elsewhere (Debian's /etc) starts
     // with PostgreSQL's defaults.
     let conf = data.join("postgresql.conf");
-    if !conf.exists() {
-        std::fs::write(&conf, "# pgbk drill: the backup held no postgresql.conf\n")
-            .map_err(|e| fail("restore", format!("{}: {e}", conf.display())))?;
+    if !host.exists(&conf) {
+        host.write(
+            &conf,
+            "# pgbk drill: the backup held no postgresql.conf\n",
+            false,
+        )
+        .map_err(|e| fail("restore", e.to_string()))?;
     }
     chown_tree(folder, owner).map_err(|e| fail("restore", e.to_string()))?;
     report.phases.push(Phase {
@@ -568,25 +656,25 @@ fn drill_steps(
     // 2. start, 3. replay.
     let pg_bin = crate::pg::local::bin_dir(req.pg_bin.as_deref(), info.server_version);
     report.pg_bin = Some(pg_bin.display().to_string());
-    if !pg_bin.join("pg_ctl").is_file() {
+    if !host.exists(&pg_bin.join("pg_ctl")) {
         return Err(fail(
             "start",
             format!(
-                "no pg_ctl in {} (PostgreSQL {} binaries: set drill_pg_bin or path_prefix)",
+                "no pg_ctl in {} on {} (PostgreSQL {} binaries: set drill_pg_bin or path_prefix)",
                 pg_bin.display(),
+                host.describe(),
                 info.server_version / 10000
             ),
         ));
     }
     let mut server = DrillCluster::new(
+        host,
         &pg_bin,
-        owner,
         &data,
         &socket,
         &folder.join("postgresql.log"),
         port,
-    )
-    .map_err(|e| fail("start", e.to_string()))?;
+    );
     server
         .start()
         .and_then(|()| server.wait_ready(SERVER_LIMIT))
@@ -645,7 +733,7 @@ fn drill_steps(
     result?;
     if req.keep {
         // The server stays up for the DBA; its folder is kept.
-        std::mem::forget(server);
+        server.detach();
         return Ok(Some(Kept {
             folder: folder.to_path_buf(),
             port,
@@ -703,31 +791,22 @@ fn checks(
     // amcheck over every database, when pg_amcheck is installed.
     // Every heap page and B-tree index, relations checked `jobs` at a time.
     let jobs = format!("--jobs={}", req.jobs.max(1));
-    match server.client("pg_amcheck", &["--all", "--install-missing", &jobs]) {
-        None => report.checks.push(Check::new(
+    if !server.has("pg_amcheck") {
+        report.checks.push(Check::new(
             "amcheck",
             "skipped",
             "pg_amcheck is not installed with these binaries",
-        )),
-        Some(out) if out.status.success() => {
-            let dbs = server
-                .column(
-                    "postgres",
-                    "SELECT datname FROM pg_database WHERE datallowconn",
-                )
-                .map(|d| d.len())
-                .unwrap_or(0);
-            report.checks.push(Check::new(
-                "amcheck",
-                "pass",
-                format!("pg_amcheck found no corruption in {dbs} database(s)"),
-            ))
-        }
-        Some(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let first = text
+        ));
+    } else {
+        let out = server
+            .client("pg_amcheck", &["--all", "--install-missing", &jobs])
+            .map_err(|e| Check::new("amcheck", "fail", e.to_string()))?;
+        if !out.ok {
+            // pg_amcheck reports corruption on stdout, its own failures on stderr.
+            let first = out
+                .stdout
                 .lines()
-                .chain(String::from_utf8_lossy(&out.stderr).lines())
+                .chain(out.stderr.lines())
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("no output")
                 .to_string();
@@ -737,6 +816,18 @@ fn checks(
                 format!("pg_amcheck: {first}"),
             ));
         }
+        let dbs = server
+            .column(
+                "postgres",
+                "SELECT datname FROM pg_database WHERE datallowconn",
+            )
+            .map(|d| d.len())
+            .unwrap_or(0);
+        report.checks.push(Check::new(
+            "amcheck",
+            "pass",
+            format!("pg_amcheck found no corruption in {dbs} database(s)"),
+        ));
     }
     if let Some(q) = &req.query {
         let got = server
