@@ -225,14 +225,33 @@ fn a_drill_passes_every_check_records_its_timing_and_touches_nothing_of_producti
 
 #[test]
 fn drills_fail_on_a_wal_hole_a_damaged_object_a_wrong_value_and_a_missed_objective() {
-    let (c, pg, mut rw) = backed_up(
+    // PostgreSQL's binaries without pg_amcheck: amcheck's bt_index_check through SQL.
+    let bins = tempfile::tempdir().unwrap();
+    for b in ["pg_ctl", "psql", "postgres"] {
+        std::os::unix::fs::symlink(format!("{}/{b}", common::PG_BIN), bins.path().join(b)).unwrap();
+    }
+    let mut perms = std::fs::metadata(bins.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(bins.path(), perms).unwrap();
+    let (c, pg, mut rw) = backed_up(&format!(
         "drill_check_query = SELECT count(*) FROM marker\n\
-         drill_check_expected = 5\n",
-    );
+         drill_check_expected = 5\n\
+         drill_pg_bin = {}\n",
+        bins.path().display()
+    ));
     // The query's value does not hold: FAILED with what it returned.
     let (code, r) = run_json(&pg, &["drill", "pg1"]);
     assert_eq!(code, 1, "{r}");
     assert_eq!(r["ok"], false, "{r}");
+    let amcheck = check_named(&r, "amcheck");
+    assert_eq!(amcheck["status"], "pass", "{r}");
+    assert!(
+        amcheck["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bt_index_check"),
+        "{r}"
+    );
     let q = check_named(&r, "query");
     assert_eq!(q["status"], "fail", "{r}");
     assert!(
