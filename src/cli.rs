@@ -5,6 +5,28 @@ use crate::output::Format;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// `--format`: what the verbs print. `html` is drill-report's page; every other verb
+/// refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+    /// One self-contained HTML page (drill-report).
+    Html,
+}
+
+impl OutputFormat {
+    /// Text or JSON, as the verbs format (HTML pages are text to them).
+    pub fn format(self) -> Format {
+        match self {
+            OutputFormat::Json => Format::Json,
+            OutputFormat::Text | OutputFormat::Html => Format::Text,
+        }
+    }
+}
+
 /// pgbk: PostgreSQL backup manager — continuous WAL streaming, base backups and
 /// point-in-time recovery for many servers from one host.
 #[derive(Debug, Parser)]
@@ -14,9 +36,9 @@ pub struct Cli {
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Output format.
-    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format (html: drill-report only).
+    #[arg(short = 'f', long = "format", global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
 
     /// Only errors on stderr.
     #[arg(short = 'q', long, global = true)]
@@ -266,7 +288,7 @@ pub struct DrillArgs {
 pub struct DrillReportArgs {
     /// Server name, or 'all'.
     pub server: String,
-    /// Write one self-contained HTML page (table and plot) instead of text or JSON.
+    /// Write one self-contained HTML page (table and plot): the same as --format html.
     #[arg(long)]
     pub html: bool,
 }

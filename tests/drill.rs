@@ -184,7 +184,11 @@ fn a_drill_passes_every_check_records_its_timing_and_touches_nothing_of_producti
     // drill-report: text, JSON, HTML with the table and the plot.
     let rep = pg.json(&["drill-report", "pg1"]);
     assert_eq!(rep.as_array().unwrap().len(), 1, "{rep}");
-    let html = pg.ok(&["drill-report", "pg1", "--html"]);
+    let html = pg.ok(&["drill-report", "pg1", "--format", "html"]);
+    assert_eq!(pg.ok(&["drill-report", "pg1", "--html"]), html);
+    let refused = pg.run(&["list-backups", "pg1", "--format", "html"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("only drill-report"), "{refused:?}");
     assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
     assert!(html.contains("<table id=\"drills\">") && html.contains("<svg id=\"plot\""));
     // Only the SVG namespace is a URL: no external asset.

@@ -32,7 +32,7 @@ pub fn run(ctx: &Context, a: &DrillReportArgs) -> Result<ExitCode> {
             }
         }
     }
-    if a.html {
+    if a.html || ctx.html {
         if ctx.format == Format::Json {
             return Err(UsageError(
                 "drill-report: --html and --format json exclude each other".into(),

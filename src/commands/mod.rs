@@ -72,6 +72,8 @@ pub struct Context {
     pub format: Format,
     /// Fewer messages.
     pub quiet: bool,
+    /// `--format html` (drill-report's page).
+    pub html: bool,
 }
 
 /// Exit codes: 0 ok, 1 a failed check or operation, 2 bad usage or configuration.
@@ -91,7 +93,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             warnings: Vec::new(),
         };
         init_logging(&defaults, &cli);
-        return demo::run(cli.format, a);
+        return demo::run(cli.format.format(), a);
     }
     let path = Config::default_path(cli.config.as_deref());
     let config = Config::load(&path)?;
@@ -99,9 +101,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    if cli.format == crate::cli::OutputFormat::Html
+        && !matches!(cli.command, Command::DrillReport(_))
+    {
+        return Err(UsageError(
+            "--format html: only drill-report writes HTML (text or json here)".into(),
+        )
+        .into());
+    }
     let ctx = Context {
+        html: cli.format == crate::cli::OutputFormat::Html,
         config,
-        format: cli.format,
+        format: cli.format.format(),
         quiet: cli.quiet,
     };
     match cli.command {
