@@ -334,36 +334,23 @@ pub fn run_drill(
         report.rto_secs = Some(phase_sum);
     }
     // The objectives, once the figures are known.
-    if let (Some(obj), Some(rto)) = (req.rto_objective, report.rto_secs) {
+    for (name, what, objective, figure) in [
+        ("rto", "measured RTO", req.rto_objective, report.rto_secs),
+        ("rpo", "achieved RPO", req.rpo_objective, report.rpo_secs),
+    ] {
+        let (Some(obj), Some(v)) = (objective, figure) else {
+            continue;
+        };
+        let met = v <= obj.as_secs_f64();
         let c = Check::new(
-            "rto",
-            if rto <= obj.as_secs_f64() {
-                "pass"
-            } else {
-                "fail"
-            },
-            format!("measured RTO {rto:.1} s, objective {} s", obj.as_secs()),
+            name,
+            if met { "pass" } else { "fail" },
+            format!("{what} {v:.1} s, objective {} s", obj.as_secs()),
         );
-        if c.failed() {
-            report.fail(c);
-        } else {
+        if met {
             report.checks.push(c);
-        }
-    }
-    if let (Some(obj), Some(rpo)) = (req.rpo_objective, report.rpo_secs) {
-        let c = Check::new(
-            "rpo",
-            if rpo <= obj.as_secs_f64() {
-                "pass"
-            } else {
-                "fail"
-            },
-            format!("achieved RPO {rpo:.1} s, objective {} s", obj.as_secs()),
-        );
-        if c.failed() {
-            report.fail(c);
         } else {
-            report.checks.push(c);
+            report.fail(c);
         }
     }
     // With --keep the folder stays (a failed drill's too, to look into); a passing
