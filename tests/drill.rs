@@ -308,6 +308,14 @@ fn drills_fail_on_a_wal_hole_a_damaged_object_a_wrong_value_and_a_missed_objecti
     let nagios = pg.run(&["check", "pg1", "--nagios"]);
     assert!(nagios.stdout.starts_with("PGBK CRITICAL"), "{nagios:?}");
     assert!(nagios.stdout.contains("last drill"), "{nagios:?}");
+    // recover itself warns of the same hole.
+    let scratch = common::pg_scratch_dir("pgbk-drill-hole-");
+    let dest = scratch.path().join("data");
+    let out = pg.ok(&["recover", "pg1", "latest", dest.to_str().unwrap()]);
+    assert!(
+        out.contains(&format!("Warning: WAL segment {hole} is missing")),
+        "{out}"
+    );
     std::fs::write(&path, saved).unwrap();
 
     // A byte flipped in a stored data object: the restore refuses it.

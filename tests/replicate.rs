@@ -20,7 +20,8 @@
 
 mod common;
 use common::peer::{
-    add_passive_server, assert_object_checksums, backup_summary, last_lsn, replicate,
+    add_passive_server, assert_object_checksums, backup_summary, kill_replicate_midway, last_lsn,
+    replicate,
 };
 use common::{
     chown_to_postgres, free_port, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk,
@@ -359,14 +360,6 @@ fn replicate_killed_mid_backup_resumes_without_copying_again_and_verifies() {
     add_passive_server(&b, "pg1", &sshd, &a.pg, "parallel_jobs = 2\n");
 
     // Slow the copy down (a documented test hook) so the kill lands mid-backup.
-    let mut child = b
-        .cmd()
-        .args(["replicate", "pg1"])
-        .env("PGBK_TEST_REPLICATE_THROTTLE_MS", "100")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let data = b.home.join("pg1/backups").join(&id).join("data");
     let count = |d: &Path| {
         let mut n = 0;
@@ -382,13 +375,7 @@ fn replicate_killed_mid_backup_resumes_without_copying_again_and_verifies() {
         }
         n
     };
-    wait_until(Duration::from_secs(60), "B to copy some objects", || {
-        count(&data) >= 60
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let listed = b.json(&["list-backups", "pg1"]);
-    assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
+    kill_replicate_midway(&b, "pg1", "B to copy some objects", || count(&data) >= 60);
 
     let report = replicate(&b, "pg1");
     assert_eq!(report["errors"], Value::Array(vec![]), "{report}");

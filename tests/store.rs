@@ -335,6 +335,28 @@ fn wait_promoted(r: &common::Cluster, what: &str) {
     });
 }
 
+/// `recover pg latest <scratch>/data --target-time T --target-action promote`;
+/// returns the scratch folder and the data directory.
+fn recover_to_time(
+    pg: &common::Pgbk,
+    target: &str,
+    prefix: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = common::pg_scratch_dir(prefix);
+    let data = dir.path().join("data");
+    pg.ok(&[
+        "recover",
+        "pg",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        target,
+        "--target-action",
+        "promote",
+    ]);
+    (dir, data)
+}
+
 /// The one `pgbk:` line a failed command printed (panics unless exactly one).
 fn error_line(out: &common::Output) -> &str {
     let lines = out.error_lines();
@@ -593,18 +615,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     drop(r);
 
     // To a time between the two batches: exactly the rows committed before it.
-    let dir = pg_scratch_dir("pgbk-s3-pitr-");
-    let data = dir.path().join("data");
-    pg.ok(&[
-        "recover",
-        "pg",
-        "latest",
-        data.to_str().unwrap(),
-        "--target-time",
-        &target,
-        "--target-action",
-        "promote",
-    ]);
+    let (dir, _) = recover_to_time(&pg, &target, "pgbk-s3-pitr-");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
     wait_promoted(&r, "the point-in-time recovery to end");
     assert_eq!(r.psql("select count(*) from t"), at_target);
@@ -1034,7 +1045,7 @@ fn tls_to_the_store_is_verified_against_the_configured_ca() {
 #[test]
 fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     use common::rsync::{backup_dir, rsync_server};
-    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
+    use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
     let sw = SeaweedFs::start();
     let sshd = Sshd::start();
     let c = Cluster::new(ClusterOptions {
@@ -1116,18 +1127,7 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     wait_until(Duration::from_secs(60), "the last segment archived", || {
         bucket_segment(&sw, "rsync-test", "pg", &last).is_some()
     });
-    let dir = pg_scratch_dir("pgbk-s3-rsync-");
-    let data = dir.path().join("data");
-    pg.ok(&[
-        "recover",
-        "pg",
-        "latest",
-        data.to_str().unwrap(),
-        "--target-time",
-        &target,
-        "--target-action",
-        "promote",
-    ]);
+    let (dir, data) = recover_to_time(&pg, &target, "pgbk-s3-rsync-");
     let verify = std::process::Command::new(format!("{}/pg_verifybackup", common::PG_BIN))
         .args(["-n", "-i", "pgbk_wal"])
         .arg(&data)
@@ -1173,8 +1173,8 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
 
 #[test]
 fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
-    use common::peer::{add_passive_server, backup_summary, replicate};
-    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
+    use common::peer::{add_passive_server, backup_summary, kill_replicate_midway, replicate};
+    use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Sshd};
     // Region A: a local home.
     let c = Cluster::new(ClusterOptions::default());
     c.pgbench_init(1);
@@ -1210,21 +1210,9 @@ fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
     let objects = |store: &S3Store| store.list(&format!("pg1/backups/{id}/")).count();
 
     // Killed in the middle of the copy (slowed by the documented test hook).
-    let mut child = b
-        .cmd()
-        .args(["replicate", "pg1"])
-        .env("PGBK_TEST_REPLICATE_THROTTLE_MS", "100")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until(Duration::from_secs(60), "B to store some objects", || {
+    kill_replicate_midway(&b, "pg1", "B to store some objects", || {
         objects(&store) >= 20
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let listed = b.json(&["list-backups", "pg1"]);
-    assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
 
     // The next pass stores only what is missing, and the backup is DONE in the bucket.
     let report = replicate(&b, "pg1");

@@ -121,8 +121,10 @@ impl Host {
         match self {
             Host::Local { .. } => {
                 use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
+                    .mode(0o600)
                     .write(true)
                     .append(append)
                     .truncate(!append)
@@ -303,6 +305,8 @@ impl<'h> DrillCluster<'h> {
 
     fn column_values(&self, db: &str, sql: &str) -> Result<Vec<Option<String>>, ClusterError> {
         const NULL: &str = "\u{1}pgbk-null\u{1}";
+        // Fields apart by a control character no value of a check holds.
+        const SEP: &str = "\u{1f}";
         let out = self.client(
             "psql",
             &[
@@ -312,6 +316,8 @@ impl<'h> DrillCluster<'h> {
                 "-q",
                 "-v",
                 "ON_ERROR_STOP=1",
+                "-F",
+                SEP,
                 "-P",
                 &format!("null={NULL}"),
                 "-d",
@@ -330,7 +336,7 @@ impl<'h> DrillCluster<'h> {
             .stdout
             .lines()
             .map(|l| {
-                let first = l.split('|').next().unwrap_or_default();
+                let first = l.split(SEP).next().unwrap_or_default();
                 (first != NULL).then(|| first.to_string())
             })
             .collect())

@@ -204,6 +204,15 @@ pub struct Kept {
 }
 
 impl DrillReport {
+    /// Records a phase that began at `since`.
+    fn phase(&mut self, name: &str, since: Instant, bytes: Option<u64>) {
+        self.phases.push(Phase {
+            name: name.to_string(),
+            seconds: since.elapsed().as_secs_f64(),
+            bytes,
+        });
+    }
+
     fn fail(&mut self, check: Check) {
         if self.error.is_none() {
             self.error = Some(format!("{}: {}", check.name, check.detail));
@@ -533,13 +542,11 @@ fn drill_steps(
     let repo = repository.server(&req.server);
     let plan = restore::wal::plan(info, &repo, catalog, req.target.as_ref(), None)
         .map_err(|e| fail("wal", e.to_string()))?;
-    if needs_all_wal(req.target.as_ref()) {
-        if let Some(hole) = first_hole(catalog, info, &plan)? {
-            return Err(fail(
-                "wal",
-                format!("WAL segment {hole} is missing from the archive (later segments are there): recovery would stop before it"),
-            ));
-        }
+    if let Some(hole) = &plan.hole {
+        return Err(fail(
+            "wal",
+            format!("WAL segment {hole} is missing from the archive (later segments are there): recovery would stop before it"),
+        ));
     }
     report.checks.push(Check::new(
         "wal",
@@ -633,11 +640,11 @@ fn drill_steps(
         .map_err(|e| fail("restore", e.to_string()))?;
     }
     chown_tree(folder, owner).map_err(|e| fail("restore", e.to_string()))?;
-    report.phases.push(Phase {
-        name: "restore".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        bytes: Some(summary.files.bytes_written + summary.wal_bytes),
-    });
+    report.phase(
+        "restore",
+        t,
+        Some(summary.files.bytes_written + summary.wal_bytes),
+    );
     let t = Instant::now();
 
     // 2. start, 3. replay.
@@ -666,11 +673,7 @@ fn drill_steps(
         .start()
         .and_then(|()| server.wait_ready(SERVER_LIMIT))
         .map_err(|e| fail("start", e.to_string()))?;
-    report.phases.push(Phase {
-        name: "start".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        bytes: None,
-    });
+    report.phase("start", t, None);
     report.checks.push(Check::new(
         "start",
         "pass",
@@ -692,11 +695,7 @@ fn drill_steps(
         (Some(end), Some(begin)) if end.0 > begin.0 => Some(end.0 - begin.0),
         _ => None,
     };
-    report.phases.push(Phase {
-        name: "replay".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        bytes: replay_bytes,
-    });
+    report.phase("replay", t, replay_bytes);
     report.checks.push(Check::new(
         "promoted",
         "pass",
@@ -711,11 +710,7 @@ fn drill_steps(
     // 4. checks.
     let t = Instant::now();
     let result = checks(&server, req, report);
-    report.phases.push(Phase {
-        name: "checks".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        bytes: None,
-    });
+    report.phase("checks", t, None);
     report.wall_secs = wall.elapsed().as_secs_f64();
     result?;
     if req.keep {
@@ -731,42 +726,6 @@ fn drill_steps(
     server.stop();
     report.cleanup_secs = t.elapsed().as_secs_f64();
     Ok(None)
-}
-
-/// Whether the target makes recovery replay everything archived (a hole then cuts
-/// it short silently).
-fn needs_all_wal(target: Option<&RecoveryTarget>) -> bool {
-    !matches!(
-        target,
-        Some(RecoveryTarget::Immediate | RecoveryTarget::Lsn(_))
-    )
-}
-
-/// The first segment missing after the planned ones while later segments of the
-/// same timeline are archived.
-fn first_hole(
-    catalog: &Catalog,
-    info: &BackupInfo,
-    plan: &restore::wal::WalPlan,
-) -> Result<Option<String>, Check> {
-    let Some((last, _)) = plan.segments.last() else {
-        return Ok(None);
-    };
-    let later = catalog
-        .wal_files(&info.server)
-        .map_err(|e| Check::new("wal", "fail", e.to_string()))?
-        .into_iter()
-        .any(|w| {
-            w.kind == WalKind::Segment
-                && w.timeline == last.tli
-                && w.segno.is_some_and(|s| s > last.segno)
-        });
-    let next = crate::wal::WalSegment {
-        tli: last.tli,
-        segno: last.segno + 1,
-        seg_size: last.seg_size,
-    };
-    Ok(later.then(|| next.name()))
 }
 
 /// Without `pg_amcheck`: amcheck's `bt_index_check` on every B-tree index of every

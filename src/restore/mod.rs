@@ -155,6 +155,8 @@ pub struct RecoverPlan {
     pub tablespaces: Vec<TablespacePlan>,
     /// With [`WalSource::Copy`]: the WAL to copy into `pgbk_wal/`.
     pub wal: Option<wal::WalPlan>,
+    /// A WAL segment missing where later ones are archived (see [`wal::WalPlan::hole`]).
+    pub wal_hole: Option<String>,
     /// What goes into postgresql.auto.conf.
     pub settings: RecoverySettings,
 }
@@ -266,6 +268,7 @@ pub fn prepare(
     };
     Ok(RecoverPlan {
         owner,
+        wal_hole: wal.hole.clone(),
         wal: matches!(req.wal, WalSource::Copy).then_some(wal),
         request: req,
         info,
@@ -457,7 +460,12 @@ pub fn execute(
         warnings: match &req.remote {
             None => clash::warnings(&plan.destination, req),
             Some(_) => Vec::new(),
-        },
+        }
+        .into_iter()
+        .chain(plan.wal_hole.as_ref().map(|h| {
+            format!("WAL segment {h} is missing from the archive while later ones are there: recovery stops before it")
+        }))
+        .collect(),
     };
     let measurement = Measurement {
         server: req.server.clone(),

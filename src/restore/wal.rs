@@ -34,6 +34,10 @@ pub struct WalPlan {
     pub segments: Vec<(WalSegment, String)>,
     /// Every archived timeline history file.
     pub histories: Vec<TimeLineId>,
+    /// The first segment missing where later ones are archived: recovery stops
+    /// before it (and, without a target, promotes there) instead of replaying the
+    /// rest. `None` when the archive runs without a hole.
+    pub hole: Option<String>,
 }
 
 /// The archived history files of a server, by timeline (on object storage, as the
@@ -202,6 +206,7 @@ pub fn plan(
         .unwrap_or_else(|| begin.segno(seg_size));
     let mut segments = Vec::new();
     let mut segno = begin.segno(seg_size);
+    let mut missing = None;
     loop {
         let seg = WalSegment {
             tli: segment_timeline(&history, timeline, segno, seg_size),
@@ -209,6 +214,7 @@ pub fn plan(
             seg_size,
         };
         let Some(rec) = present(&seg) else {
+            missing = Some(seg);
             break;
         };
         segments.push((seg, rec.checksum.clone()));
@@ -226,10 +232,18 @@ pub fn plan(
         }
         segno += 1;
     }
+    let hole = missing
+        .filter(|m| {
+            archived
+                .values()
+                .any(|w| w.timeline >= m.tli && w.segno.is_some_and(|s| s > m.segno))
+        })
+        .map(|m| m.name());
     Ok(WalPlan {
         timeline,
         segments,
         histories,
+        hole,
     })
 }
 

@@ -136,3 +136,27 @@ pub fn assert_object_checksums(pg: &Pgbk, server: &str) -> Vec<(String, String)>
     assert!(objects > 0, "{}: no zstd backup object", pg.home.display());
     wal
 }
+
+/// Starts `replicate <server>` on `passive`, slowed by the documented test hook
+/// (100 ms per object), waits until `copied_enough` (60 s at most), kills it with
+/// SIGKILL and checks that the backup it was copying is left SYNCING.
+pub fn kill_replicate_midway(
+    passive: &Pgbk,
+    server: &str,
+    what: &str,
+    copied_enough: impl FnMut() -> bool,
+) {
+    let mut child = passive
+        .cmd()
+        .args(["replicate", server])
+        .env("PGBK_TEST_REPLICATE_THROTTLE_MS", "100")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    super::wait_until(std::time::Duration::from_secs(60), what, copied_enough);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = passive.json(&["list-backups", server]);
+    assert_eq!(listed[0]["status"], "SYNCING", "{listed}");
+}
