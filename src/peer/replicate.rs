@@ -427,7 +427,7 @@ impl Pass<'_> {
             };
             let dest = paths::local_wal_path(&self.repo, &checked);
             if let Some(have) = self.catalog.wal_file(self.name(), &w.name)? {
-                if have.checksum == w.checksum && self.stored_at(&dest, None)? {
+                if have.checksum == w.checksum && self.stored_at(&dest)? {
                     self.report.wal_present += 1;
                     continue;
                 }
@@ -638,7 +638,7 @@ impl Pass<'_> {
         // Only a backup with bundled small files has a bundle list.
         metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
         for (file, dest, optional) in metadata {
-            if self.stored_at(&dest, None)? {
+            if self.stored_at(&dest)? {
                 continue;
             }
             let remote = self.remote(&format!("{remote_dir}/{file}"));
@@ -867,15 +867,15 @@ impl Pass<'_> {
     }
 
     /// Whether the object received at `dest` (a path under the home) is stored:
-    /// on object storage, whether the bucket holds its key (with `size` bytes when
-    /// given); locally, whether the file is there.
-    fn stored_at(&self, dest: &Path, size: Option<u64>) -> Result<bool, PeerError> {
+    /// on object storage, whether the bucket holds its key; locally, whether the
+    /// file is there.
+    fn stored_at(&self, dest: &Path) -> Result<bool, PeerError> {
         if !self.repo.repository().is_remote() {
             return Ok(dest.is_file());
         }
         let key = self.key_of(dest)?;
         let meta = self.repo.store().stat(&key).map_err(store_err)?;
-        Ok(meta.is_some_and(|m| size.is_none_or(|s| m.size == s)))
+        Ok(meta.is_some())
     }
 
     /// On object storage, the objects of backup `id` in the bucket with their sizes.
