@@ -28,6 +28,9 @@ pub struct BaseBackupOptions {
     pub max_rate: Option<u32>,
     /// `PROGRESS`: the server estimates each tablespace's size first.
     pub progress: bool,
+    /// `INCREMENTAL` (PostgreSQL 17+): send only the blocks changed since the
+    /// backup whose manifest `UPLOAD_MANIFEST` gave on the same connection.
+    pub incremental: bool,
 }
 
 /// Barman's `bandwidth_limit` (KiB/s) as a MAX_RATE PostgreSQL accepts.
@@ -57,6 +60,9 @@ impl BaseBackupOptions {
         opts.push("WAIT false".to_string());
         opts.push("MANIFEST 'yes'".to_string());
         opts.push("TARGET 'client'".to_string());
+        if self.incremental {
+            opts.push("INCREMENTAL".to_string());
+        }
         if let Some(rate) = self.max_rate {
             opts.push(format!("MAX_RATE {rate}"));
         }
@@ -389,12 +395,19 @@ mod tests {
             fast_checkpoint: true,
             max_rate: Some(max_rate_for(1)),
             progress: true,
+            incremental: false,
         };
         assert_eq!(
             o.command(),
             "BASE_BACKUP (LABEL 'pgbk it''s', PROGRESS, CHECKPOINT 'fast', WAL false, WAIT false, \
              MANIFEST 'yes', TARGET 'client', MAX_RATE 32)"
         );
+        let inc = BaseBackupOptions {
+            incremental: true,
+            max_rate: None,
+            ..o
+        };
+        assert!(inc.command().ends_with("TARGET 'client', INCREMENTAL)"));
         assert_eq!(max_rate_for(10_000_000), 1_048_576);
         assert_eq!(max_rate_for(1024), 1024);
     }

@@ -152,6 +152,12 @@ pub struct BackupInfo {
     pub checksum_algorithm: String,
     /// PostgreSQL's `backup_manifest` is stored beside backup.json.
     pub has_manifest: bool,
+    /// An incremental backup: the backup it is built on (whose `backup_manifest`
+    /// the server compared against). Its relation files are `INCREMENTAL.*` files
+    /// holding only the blocks changed since; a restore needs the whole chain.
+    /// `None` for a full backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// rsync backups: regular files rsync transferred (its `--stats`); files reused
     /// from the previous backup are not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,6 +181,15 @@ pub struct BackupInfo {
 }
 
 impl BackupInfo {
+    /// `incremental` when the backup is built on a parent, else `full`.
+    pub fn backup_type(&self) -> &'static str {
+        if self.parent.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+    }
+
     /// A backup just begun: status `STARTED`, method `postgres`, nothing measured yet.
     /// Callers fill in what they know with struct-update syntax.
     pub fn new(backup_id: &str, server: &str, begin_time: DateTime<Utc>) -> BackupInfo {
@@ -204,6 +219,7 @@ impl BackupInfo {
             keep: None,
             checksum_algorithm: "blake3".to_string(),
             has_manifest: false,
+            parent: None,
             transferred_files: None,
             transferred_bytes: None,
             reused_bytes: None,

@@ -3,6 +3,8 @@
 
 pub mod base_backup;
 pub mod bundle;
+pub mod chain;
+pub mod incremental;
 pub mod info;
 pub mod lifecycle;
 pub mod manifest;

@@ -12,6 +12,7 @@
 use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
 };
+use super::incremental::{decide, Decision, IncrementalPlan, ServerSide};
 use super::lifecycle::{backup_lock_path, mark_failed, refresh};
 use super::tar_store::{store_stream, StoreError, StoreOptions, Stored, StreamMsg};
 use super::wal_range::missing_segments;
@@ -74,6 +75,8 @@ pub struct BackupRequest {
     pub store: StoreOptions,
     /// `Some` for `backup_method = rsync`: copy over SSH instead of BASE_BACKUP.
     pub rsync: Option<super::rsync::RsyncOptions>,
+    /// `Some` for an incremental backup (`--incremental`, `backup_type = incremental`).
+    pub incremental: Option<IncrementalPlan>,
 }
 
 /// How a backup that did not fail ended.
@@ -187,6 +190,8 @@ struct ServerFacts {
     timeline: TimeLineId,
     seg_size: u64,
     in_recovery: bool,
+    /// `summarize_wal` (PostgreSQL 17+).
+    summarize_wal: Option<bool>,
     tablespace_names: HashMap<u32, String>,
 }
 
@@ -215,6 +220,12 @@ async fn server_facts(
         .await
         .map_err(pg)?;
     let in_recovery = rows.first().and_then(|r| r.get_idx(0)) == Some("t");
+    let summarize_wal = if version >= super::incremental::MIN_INCREMENTAL_VERSION {
+        let rows = sql.simple_query("SHOW summarize_wal").await.map_err(pg)?;
+        Some(rows.first().and_then(|r| r.get_idx(0)) == Some("on"))
+    } else {
+        None
+    };
     let rows = sql
         .simple_query("SELECT oid, spcname FROM pg_tablespace")
         .await
@@ -230,6 +241,7 @@ async fn server_facts(
         timeline: ident.timeline,
         seg_size,
         in_recovery,
+        summarize_wal,
         tablespace_names,
     })
 }
@@ -281,6 +293,12 @@ pub async fn take_backup(
     }
 
     if let Some(opts) = &req.rsync {
+        if req.incremental.is_some() {
+            return Err(TakeError::Refused(format!(
+                "server '{}': incremental backups need backup_method = postgres (rsync backups reuse unchanged files with reuse_backup instead)",
+                req.server
+            )));
+        }
         return super::rsync::take(req, opts, &repo, &catalog, &existing, progress, stop).await;
     }
     let mut repl = connect(&req.streaming_conninfo, true, &req.application_name)
@@ -292,6 +310,26 @@ pub async fn take_backup(
     let facts = server_facts(req, &mut repl).await?;
     crate::catalog::rebuild::adopt_repository_identity(&repo, &catalog)?;
     catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
+    let parent = match &req.incremental {
+        None => None,
+        Some(plan) => {
+            let side = ServerSide {
+                version: facts.version,
+                summarize_wal: facts.summarize_wal,
+                system_id: facts.system_id,
+                timeline: facts.timeline,
+            };
+            match decide(&req.server, plan, &side, &existing).map_err(TakeError::Refused)? {
+                Decision::Incremental(p) => Some(BackupDir::new(&repo, &p.backup_id)),
+                Decision::Full(notice) => {
+                    if let Some(n) = notice {
+                        tracing::warn!(server = %req.server, "{n}");
+                    }
+                    None
+                }
+            }
+        }
+    };
 
     let (id, begin_time) = new_backup_id(&repo, &existing).await;
     let dir = BackupDir::new(&repo, &id);
@@ -302,6 +340,7 @@ pub async fn take_backup(
         timeline: facts.timeline,
         wal_segment_size: facts.seg_size,
         pid: Some(std::process::id()),
+        parent: parent.as_ref().map(|p| p.id().to_string()),
         ..BackupInfo::new(&id, &req.server, begin_time)
     };
     create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
@@ -321,6 +360,7 @@ pub async fn take_backup(
         &repo,
         &catalog,
         &facts,
+        parent.as_ref(),
         progress.clone(),
         &mut stop,
     )
@@ -432,6 +472,47 @@ pub(super) fn fail(
     TakeError::Failed(Box::new(info))
 }
 
+/// `UPLOAD_MANIFEST`: hands the server the parent's `backup_manifest`, read from
+/// the repository in chunks on a blocking thread (the store may be a bucket).
+async fn upload_manifest(repl: &mut Connection, parent: &BackupDir) -> Result<(), String> {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(4);
+    let dir = parent.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let what = dir.describe("backup_manifest");
+        let mut r = match dir.open_object("backup_manifest") {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(format!("reading the parent's manifest: {e}")));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(format!("reading {what}: {e}")));
+                    return;
+                }
+            }
+        }
+    });
+    let sent = repl.copy_in("UPLOAD_MANIFEST", rx).await;
+    let _ = reader.await;
+    sent.map(|_| ()).map_err(|e| match e {
+        PgError::InvalidArgument(why) => why,
+        e => format!("UPLOAD_MANIFEST: {e}"),
+    })
+}
+
 async fn switch_wal(req: &BackupRequest) -> Result<(), PgError> {
     let mut sql = connect(&req.conninfo, false, "pgbk").await?;
     let r = sql.simple_query("SELECT pg_switch_wal()").await;
@@ -472,6 +553,7 @@ async fn receive(
     repo: &ServerRepo,
     catalog: &Catalog,
     facts: &ServerFacts,
+    parent: Option<&BackupDir>,
     progress: Arc<dyn Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stored, String> {
@@ -491,7 +573,10 @@ async fn receive(
             .spawn(move || store_stream(rx, &dir, &pool, &opts, &*progress))
             .map_err(|e| format!("starting the tar thread: {e}"))?
     };
-    let streamed = stream(req, repl, info, repo, catalog, facts, &*progress, tx, stop).await;
+    let streamed = stream(
+        req, repl, info, repo, catalog, facts, parent, &*progress, tx, stop,
+    )
+    .await;
     // The channel is closed now: the tar thread ends whatever happened.
     let stored = match store.join() {
         Ok(r) => r,
@@ -519,6 +604,7 @@ async fn stream(
     repo: &ServerRepo,
     catalog: &Catalog,
     facts: &ServerFacts,
+    parent: Option<&BackupDir>,
     progress: &dyn Progress,
     tx: tokio::sync::mpsc::Sender<StreamMsg>,
     stop: &mut watch::Receiver<bool>,
@@ -528,8 +614,16 @@ async fn stream(
         fast_checkpoint: req.immediate_checkpoint,
         max_rate: req.max_rate,
         progress: true,
+        incremental: parent.is_some(),
     };
     let interrupted = || Failure::Reason("interrupted".to_string());
+    if let Some(parent) = parent {
+        tracing::info!(backup = %info.backup_id, "incremental: sending the backup_manifest of backup {}", parent.id());
+        tokio::select! {
+            r = upload_manifest(repl, parent) => r.map_err(Failure::Reason)?,
+            _ = stopped(stop) => return Err(interrupted()),
+        }
+    }
     let pg = |e: PgError| Failure::Reason(format!("BASE_BACKUP: {e}"));
     let seg = facts.seg_size;
     if !req.immediate_checkpoint {

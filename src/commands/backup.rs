@@ -3,12 +3,13 @@
 
 use super::{runtime, Context, ExitCode, UsageError};
 use crate::backup::base_backup::max_rate_for;
+use crate::backup::incremental::IncrementalPlan;
 use crate::backup::rsync::RsyncOptions;
 use crate::backup::take::{take_backup, validate_name, BackupRequest, Outcome, TakeError, WalWait};
 use crate::backup::tar_store::StoreOptions;
 use crate::backup::BackupInfo;
 use crate::cli::BackupArgs;
-use crate::config::{BackupMethod, ServerConfig};
+use crate::config::{BackupMethod, BackupType, IncrementalFallback, ServerConfig};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::progress::{for_cli, Progress};
@@ -133,6 +134,7 @@ fn run_one(
         wait,
         store: StoreOptions::default(),
         rsync,
+        incremental: incremental_plan(s, args),
     };
     let progress: Arc<dyn Progress> = Arc::from(for_cli(ctx.quiet));
     let result = runtime()?.block_on(async {
@@ -188,6 +190,25 @@ fn run_one(
     }
 }
 
+/// What kind of backup the command line and the server's configuration ask for.
+fn incremental_plan(s: &ServerConfig, args: &BackupArgs) -> Option<IncrementalPlan> {
+    let fallback_full = s.incremental_fallback == IncrementalFallback::Full;
+    if let Some(parent) = &args.incremental {
+        return Some(IncrementalPlan {
+            parent: Some(parent.clone()),
+            from_config: false,
+            full_backup_every: None,
+            fallback_full,
+        });
+    }
+    (!args.full && s.backup_type == BackupType::Incremental).then_some(IncrementalPlan {
+        parent: None,
+        from_config: true,
+        full_backup_every: s.full_backup_every,
+        fallback_full,
+    })
+}
+
 /// The backup as text or JSON.
 fn show(
     ctx: &Context,
@@ -233,6 +254,9 @@ fn show(
             format!(", {} tablespace(s)", info.tablespaces.len())
         }
     )?;
+    if let Some(parent) = &info.parent {
+        outln!("  Incremental, built on backup {parent}")?;
+    }
     if let (Some(files), Some(bytes)) = (info.transferred_files, info.transferred_bytes) {
         outln!(
             "  rsync: {} transferred in {files} files, {} reused from the previous backup",

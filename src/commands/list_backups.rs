@@ -42,12 +42,17 @@ fn line(b: &BackupInfo, obsolete: bool) -> String {
         Some(t) => show_time(t),
         None => format!("started {}", show_time(b.begin_time)),
     };
+    let parent = b
+        .parent
+        .as_deref()
+        .map(|p| format!(" - INCREMENTAL:{p}"))
+        .unwrap_or_default();
     let keep = b
         .keep
         .map(|k| format!(" - KEEP:{}", k.to_string().to_uppercase()))
         .unwrap_or_default();
     format!(
-        "{} {}{name} - {when} - Size: {} - Stored: {} - WAL: {}{keep} - {}",
+        "{} {}{name} - {when} - Size: {} - Stored: {} - WAL: {}{parent}{keep} - {}",
         b.server,
         b.backup_id,
         human_bytes(b.size_bytes),
@@ -65,7 +70,7 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
         vec![super::server_config(ctx, target)?.name.as_str()]
     };
     // (backup, outside the retention policy): judged now, never stored.
-    let mut rows: Vec<(BackupInfo, bool)> = Vec::new();
+    let mut rows: Vec<(BackupInfo, bool, u64)> = Vec::new();
     for s in servers {
         if let Some((_, list)) = super::backups_of(ctx, s)? {
             let cfg = super::server_config(ctx, s)?;
@@ -74,26 +79,32 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
                 cfg.retention_policy.as_deref(),
                 cfg.minimum_redundancy,
             );
-            rows.extend(list.into_iter().rev().map(|b| {
+            let chain_bytes: Vec<u64> = list
+                .iter()
+                .map(|b| crate::backup::chain::stored_bytes(b, &list))
+                .collect();
+            rows.extend(list.into_iter().zip(chain_bytes).rev().map(|(b, c)| {
                 let o = obsolete.contains(&b.backup_id);
-                (b, o)
+                (b, o, c)
             }));
         }
     }
     match ctx.format {
         Format::Json => {
             let mut out = Vec::with_capacity(rows.len());
-            for (b, o) in &rows {
+            for (b, o, c) in &rows {
                 let mut v = serde_json::to_value(b)?;
                 if let Some(obj) = v.as_object_mut() {
                     obj.insert("obsolete".into(), (*o).into());
+                    obj.insert("backup_type".into(), b.backup_type().into());
+                    obj.insert("chain_stored_bytes".into(), (*c).into());
                 }
                 out.push(v);
             }
             print_json(&out)?
         }
         Format::Text => {
-            for (b, o) in &rows {
+            for (b, o, _) in &rows {
                 match (minimal, target == "all") {
                     (true, true) => outln!("{} {}", b.server, b.backup_id)?,
                     (true, false) => outln!("{}", b.backup_id)?,

@@ -33,6 +33,14 @@ struct Shown<'a> {
     duration_seconds: Option<f64>,
     throughput_bytes_per_second: Option<f64>,
     compression_ratio: Option<f64>,
+    /// `full` or `incremental`.
+    backup_type: &'static str,
+    /// The chain a restore of this backup reads: the full backup first, this one last.
+    chain: Vec<String>,
+    /// Stored bytes of the whole chain.
+    chain_stored_bytes: u64,
+    /// Bytes this backup added to the repository (its own stored bytes).
+    added_bytes: u64,
     wal: WalNeeds,
 }
 
@@ -45,6 +53,12 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
         .iter()
         .map(WalSegment::name)
         .collect();
+    let all = catalog.backups(server)?;
+    let mut chain: Vec<String> = crate::backup::chain::ancestors(&b, &all)
+        .map(|a| a.iter().map(|p| p.backup_id.clone()).collect())
+        .unwrap_or_default();
+    chain.reverse();
+    chain.push(b.backup_id.clone());
     let duration = b
         .end_time
         .map(|end| (end - b.begin_time).num_milliseconds().max(0) as f64 / 1000.0);
@@ -56,6 +70,10 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             .map(|d| b.size_bytes as f64 / d),
         compression_ratio: (b.stored_bytes > 0)
             .then(|| b.size_bytes as f64 / b.stored_bytes as f64),
+        backup_type: b.backup_type(),
+        chain,
+        chain_stored_bytes: crate::backup::chain::stored_bytes(&b, &all),
+        added_bytes: b.stored_bytes,
         wal: WalNeeds {
             first: need.first().map(WalSegment::name),
             last: need.last().map(WalSegment::name),
@@ -76,6 +94,20 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
     outln!("  PostgreSQL Version     : {}", b.server_version)?;
     outln!("  System Id              : {}", b.system_id)?;
     outln!("  Backup Method          : {}", b.method)?;
+    outln!("  Backup Type            : {}", b.backup_type())?;
+    if let Some(parent) = &b.parent {
+        outln!("  Parent Backup          : {parent}")?;
+        if shown.chain.len() < 2 || shown.chain.get(shown.chain.len() - 2) != Some(parent) {
+            outln!("  Chain                  : broken (a backup it is built on is missing or not DONE)")?;
+        } else {
+            outln!(
+                "  Chain                  : {} ({} backups, {} stored)",
+                shown.chain.join(" <- "),
+                shown.chain.len(),
+                human_bytes(shown.chain_stored_bytes)
+            )?;
+        }
+    }
     outln!(
         "  Keep                   : {}",
         b.keep
@@ -100,6 +132,9 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
     outln!("  Base backup information:")?;
     outln!("    Size                 : {}", human_bytes(b.size_bytes))?;
     outln!("    Stored size          : {}", human_bytes(b.stored_bytes))?;
+    if b.parent.is_some() {
+        outln!("    Added by this backup : {}", human_bytes(b.stored_bytes))?;
+    }
     outln!(
         "    Compression ratio    : {}",
         opt(shown.compression_ratio.map(|r| format!("{r:.2}")))

@@ -1,19 +1,20 @@
 //! `verify-backup`: re-read every stored file of a backup, decompress it and compare
 //! its checksum with files.jsonl, and check that every file of PostgreSQL's
-//! backup_manifest is there. Exit 1 naming each bad or missing file.
+//! backup_manifest is there. Exit 1 naming each bad or missing file. An incremental
+//! backup is verified with every backup it is built on: a restore reads them all.
 
 use super::check_backup::{in_pool, refuse_failed};
 use super::{Context, ExitCode};
-use crate::backup::{BackupDir, BackupStatus};
+use crate::backup::{chain, BackupDir, BackupInfo, BackupStatus};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
-use crate::verify::backup_check::verify_backup_files;
-use anyhow::{bail, Result};
+use crate::verify::backup_check::{verify_backup_files, FileCheck};
+use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
-    let (_, b) = super::find_backup(ctx, server, wanted)?;
+    let (catalog, b) = super::find_backup(ctx, server, wanted)?;
     refuse_failed(&b)?;
     if b.status == BackupStatus::Started {
         bail!(
@@ -21,18 +22,50 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             b.backup_id
         );
     }
-    let dir = BackupDir::new(&super::server_repo(ctx, server)?, &b.backup_id);
-    let report = in_pool(ctx, server, || verify_backup_files(&dir, &b))??;
-    let code = if report.ok() { 0 } else { 1 };
+    let all = catalog.backups(server)?;
+    let mut members: Vec<BackupInfo> = chain::ancestors(&b, &all)
+        .map_err(|e| anyhow!("{e}"))?
+        .into_iter()
+        .rev()
+        .cloned()
+        .collect();
+    members.push(b.clone());
+    let repo = super::server_repo(ctx, server)?;
+    let mut reports: Vec<(BackupInfo, FileCheck)> = Vec::new();
+    for m in members {
+        let dir = BackupDir::new(&repo, &m.backup_id);
+        let report = in_pool(ctx, server, || verify_backup_files(&dir, &m))??;
+        reports.push((m, report));
+    }
+    let ok = reports.iter().all(|(_, r)| r.ok());
+    let code = if ok { 0 } else { 1 };
     if ctx.format == Format::Json {
-        print_json(&json!({
+        let Some((_, own)) = reports.last() else {
+            return Ok(code);
+        };
+        let parents: Vec<serde_json::Value> = reports[..reports.len() - 1]
+            .iter()
+            .map(|(m, r)| json!({ "backup_id": m.backup_id, "ok": r.ok(), "files": r }))
+            .collect();
+        let mut doc = json!({
             "server": server,
             "backup_id": b.backup_id,
-            "ok": report.ok(),
-            "files": report,
-        }))?;
+            "ok": ok,
+            "files": own,
+        });
+        if !parents.is_empty() {
+            doc["chain"] = parents.into();
+        }
+        print_json(&doc)?;
         return Ok(code);
     }
+    for (m, report) in &reports {
+        print_report(server, m, report)?;
+    }
+    Ok(code)
+}
+
+fn print_report(server: &str, b: &BackupInfo, report: &FileCheck) -> Result<()> {
     let manifest = match report.manifest_files {
         Some(n) => format!(", {n} file(s) of backup_manifest present"),
         None => String::new(),
@@ -66,5 +99,5 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             )?;
         }
     }
-    Ok(code)
+    Ok(())
 }

@@ -129,6 +129,14 @@ pub struct ServerConfig {
     pub primary_pgbk_command: String,
     /// Whether an rsync backup reuses the previous backup's files.
     pub reuse_backup: ReuseBackup,
+    /// `backup_type`: what `backup` (and cron's scheduled backups) take by default.
+    pub backup_type: BackupType,
+    /// `full_backup_every`: with `backup_type = incremental`, a chain holds at most
+    /// this many backups (a full one and its incrementals); `None`: no limit.
+    pub full_backup_every: Option<u32>,
+    /// `incremental_fallback`: what an incremental backup does on a server that
+    /// cannot take one (before PostgreSQL 17, `summarize_wal = off`).
+    pub incremental_fallback: IncrementalFallback,
     /// `repository = s3://...`: the repository on object storage; `None`: the
     /// local `home`.
     pub repository: Option<crate::repo::store::s3_settings::S3Settings>,
@@ -198,6 +206,28 @@ word_enum!(
         Postgres => "postgres",
         /// rsync over SSH between pg_backup_start and pg_backup_stop.
         Rsync => "rsync",
+    }
+);
+
+word_enum!(
+    /// `backup_type`: full backups, or incremental ones built on the previous backup.
+    BackupType, "full or incremental", {
+        /// Every backup is a full one.
+        #[default]
+        Full => "full",
+        /// Only the blocks changed since the previous backup (PostgreSQL 17+).
+        Incremental => "incremental",
+    }
+);
+
+word_enum!(
+    /// `incremental_fallback`: an incremental backup the server cannot take.
+    IncrementalFallback, "error or full", {
+        /// Refuse, saying which setting is missing.
+        #[default]
+        Error => "error",
+        /// Take a full backup instead, with a notice.
+        Full => "full",
     }
 );
 
@@ -380,6 +410,9 @@ const SERVER_OPTIONS: &[&str] = &[
     "primary_ssh_command",
     "primary_pgbk_command",
     "reuse_backup",
+    "backup_type",
+    "full_backup_every",
+    "incremental_fallback",
     "repository",
     "drill_workdir",
     "drill_pg_bin",
@@ -992,6 +1025,17 @@ fn build_server(
         reuse_backup: f
             .parse("reuse_backup", |s| {
                 s.parse::<ReuseBackup>().map_err(|e| e.to_string())
+            })?
+            .unwrap_or_default(),
+        backup_type: f
+            .parse("backup_type", |s| {
+                s.parse::<BackupType>().map_err(|e| e.to_string())
+            })?
+            .unwrap_or_default(),
+        full_backup_every: f.parse("full_backup_every", |s| values::parse_u32(s, 1))?,
+        incremental_fallback: f
+            .parse("incremental_fallback", |s| {
+                s.parse::<IncrementalFallback>().map_err(|e| e.to_string())
             })?
             .unwrap_or_default(),
         repository: repository::s3_repository(&f, &section.name, warnings)?,

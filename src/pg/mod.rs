@@ -10,6 +10,7 @@
 //!   (trust, cleartext, md5, SCRAM-SHA-256) and simple queries.
 //! - [`query`]: a simple query's answer as a stream of events (result sets and
 //!   COPY data, for `BASE_BACKUP`).
+//! - `copy_in`: commands that read COPY data from the client (`UPLOAD_MANIFEST`).
 //! - [`replication`]: `IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`, slots and the physical
 //!   replication stream, including both answers `START_REPLICATION` can give.
 //!
@@ -17,6 +18,7 @@
 
 pub mod connection;
 pub mod conninfo;
+mod copy_in;
 mod error;
 pub mod local;
 mod message;

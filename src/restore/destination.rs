@@ -259,6 +259,10 @@ fn write_small(path: &Path, data: &[u8], owner: Owner) -> Result<(), RestoreErro
 /// Copies the backup's `backup_manifest` into the destination (for `pg_verifybackup`
 /// and the DBA); false when the backup has none.
 pub fn write_manifest(plan: &RecoverPlan) -> Result<bool, RestoreError> {
+    if plan.info.parent.is_some() {
+        // It lists the INCREMENTAL.* files, not the rebuilt ones.
+        return Ok(false);
+    }
     let Some(data) = plan.dir.read_small("backup_manifest")? else {
         return Ok(false);
     };

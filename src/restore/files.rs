@@ -12,6 +12,7 @@
 //! everything the backup does not hold is removed first (symlinks are removed, never
 //! followed).
 
+use super::combine::{self, Chain};
 use super::destination::Owner;
 use super::{io_err, RestoreError};
 use crate::backup::bundle::{self, BundleReader};
@@ -131,6 +132,8 @@ pub(crate) fn through_tablespace_link(rel: &Path) -> bool {
 struct Ctx<'a> {
     dir: &'a BackupDir,
     info: &'a BackupInfo,
+    /// An incremental backup's chain, to rebuild its `INCREMENTAL.*` files.
+    chain: Option<&'a Chain>,
     layout: &'a Layout,
     opts: &'a Options,
     progress: &'a dyn Progress,
@@ -429,6 +432,11 @@ fn restore_group(ctx: &Ctx, group: &[FileEntry]) -> Result<(), RestoreError> {
 
 fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<(), RestoreError> {
     throttle();
+    if let Some(chain) = ctx.chain {
+        if let Some(target) = combine::reconstructed_path(&e.path) {
+            return rebuild_file(ctx, chain, e, target);
+        }
+    }
     let (path, rel) = place(ctx, e)?;
     if rel.as_os_str().is_empty() {
         return Err(corrupt(
@@ -475,11 +483,23 @@ fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<
         Err(err) => return Err(io_err(&path)(err)),
     };
     let mut w = BufWriter::with_capacity(256 * 1024, file);
-    let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut w, bundles)?;
+    let size = if ctx.chain.is_some() && combine::is_backup_label(e) {
+        // The label of an incremental backup loses its INCREMENTAL FROM lines,
+        // checked first as stored.
+        let mut label = Vec::new();
+        let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut label, bundles)?;
+        check_content(ctx.info, e, size, &sum)?;
+        let label = combine::label_without_incremental(&label);
+        w.write_all(&label).map_err(io_err(&path))?;
+        label.len() as u64
+    } else {
+        let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut w, bundles)?;
+        check_content(ctx.info, e, size, &sum)?;
+        size
+    };
     let file = w
         .into_inner()
         .map_err(|err| io_err(&path)(err.into_error()))?;
-    check_content(ctx.info, e, size, &sum)?;
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(&path))?;
     ctx.opts.owner.apply_file(&file, &path)?;
@@ -487,6 +507,54 @@ fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_written.fetch_add(size, Ordering::Relaxed);
     advance(size);
+    Ok(())
+}
+
+/// Rebuilds an incremental backup's relation file from its chain (always
+/// written, delta or not: its checksum is only known source by source).
+fn rebuild_file(
+    ctx: &Ctx,
+    chain: &Chain,
+    e: &FileEntry,
+    target: String,
+) -> Result<(), RestoreError> {
+    let rebuilt = FileEntry {
+        path: target,
+        ..e.clone()
+    };
+    let (path, rel) = place(ctx, &rebuilt)?;
+    if rel.as_os_str().is_empty() {
+        return Err(corrupt(
+            ctx.info,
+            format!("file entry '{}' has no name", e.path),
+        ));
+    }
+    if ctx.opts.delta {
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            if !m.is_file() {
+                remove_any(&path)?;
+            }
+        }
+    }
+    let file = match open_for_write(&path, 0o600) {
+        Ok(f) => f,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                create_dir(parent, ctx.opts.owner)?;
+            }
+            open_for_write(&path, 0o600).map_err(io_err(&path))?
+        }
+        Err(err) => return Err(io_err(&path)(err)),
+    };
+    let size = chain.rebuild(ctx.dir, ctx.info, e, &file, &path)?;
+    file.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
+        .map_err(io_err(&path))?;
+    ctx.opts.owner.apply_file(&file, &path)?;
+    set_mtime(&file, &path, e.mtime)?;
+    ctx.files_written.fetch_add(1, Ordering::Relaxed);
+    ctx.bytes_written.fetch_add(size, Ordering::Relaxed);
+    let d = ctx.done.fetch_add(e.size, Ordering::Relaxed) + e.size;
+    ctx.progress.set(d);
     Ok(())
 }
 
@@ -543,10 +611,12 @@ fn sweep(
     Ok(removed)
 }
 
-/// Restores every file, directory and tablespace link of a backup into `layout`.
+/// Restores every file, directory and tablespace link of a backup into `layout`;
+/// with `chain` (an incremental backup), its `INCREMENTAL.*` files are rebuilt.
 pub fn restore(
     dir: &BackupDir,
     info: &BackupInfo,
+    chain: Option<&Chain>,
     layout: &Layout,
     opts: &Options,
     pool: &rayon::ThreadPool,
@@ -557,8 +627,12 @@ pub fn restore(
         let mut wanted: HashMap<u128, FileKind> = HashMap::new();
         for e in dir.files()? {
             let e = e?;
-            let rel = safe_relative(&e.path)
-                .ok_or_else(|| corrupt(info, format!("unsafe path '{}' in files.jsonl", e.path)))?;
+            let path = match chain {
+                Some(_) => combine::reconstructed_path(&e.path).unwrap_or(e.path),
+                None => e.path,
+            };
+            let rel = safe_relative(&path)
+                .ok_or_else(|| corrupt(info, format!("unsafe path '{path}' in files.jsonl")))?;
             wanted.insert(key(e.tablespace, &rel), e.kind);
         }
         stats.removed += sweep(&layout.data, None, &wanted, false)?;
@@ -581,6 +655,7 @@ pub fn restore(
     let ctx = Ctx {
         dir,
         info,
+        chain,
         layout,
         opts,
         progress,
@@ -686,6 +761,7 @@ pub fn restore_control_file(
     let ctx = Ctx {
         dir,
         info,
+        chain: None,
         layout,
         opts,
         progress: &crate::progress::NoProgress,
@@ -749,7 +825,7 @@ mod tests {
         pool: &rayon::ThreadPool,
         progress: &dyn Progress,
     ) -> Result<FileStats, RestoreError> {
-        let mut s = restore(dir, info, layout, opts, pool, progress)?;
+        let mut s = restore(dir, info, None, layout, opts, pool, progress)?;
         restore_control_file(dir, info, layout, opts, &mut s)?;
         Ok(s)
     }
@@ -1009,6 +1085,7 @@ mod tests {
             let e = restore(
                 &dir,
                 &info,
+                None,
                 &layout,
                 &Options::default(),
                 &pool,

@@ -7,6 +7,7 @@
 //! and returns a [`RecoverPlan`]; [`execute`] carries it out.
 
 pub mod clash;
+pub mod combine;
 pub mod destination;
 pub mod files;
 pub mod get_wal;
@@ -145,6 +146,9 @@ pub struct RecoverPlan {
     pub info: BackupInfo,
     /// Its folder.
     pub dir: BackupDir,
+    /// An incremental backup's chain: the backups it is built on, parent first,
+    /// the full backup last (empty for a full backup).
+    pub ancestors: Vec<(BackupDir, BackupInfo)>,
     /// The server's repository folder.
     pub repo: ServerRepo,
     /// The destination, absolute.
@@ -159,6 +163,16 @@ pub struct RecoverPlan {
     pub wal_hole: Option<String>,
     /// What goes into postgresql.auto.conf.
     pub settings: RecoverySettings,
+}
+
+impl RecoverPlan {
+    /// The index an incremental backup's restore rebuilds its relation files from.
+    pub fn chain(&self) -> Result<Option<combine::Chain>, RestoreError> {
+        if self.ancestors.is_empty() {
+            return Ok(None);
+        }
+        combine::Chain::build(&self.dir, self.ancestors.clone()).map(Some)
+    }
 }
 
 /// What a recovery did.
@@ -226,6 +240,11 @@ pub fn prepare(
     check_target_against_backup(&req, &info)?;
     check_target_against_archive(catalog, &req)?;
     let dir = BackupDir::new(&repo, &info.backup_id);
+    let ancestors = crate::backup::chain::ancestors(&info, &backups)
+        .map_err(|e| RestoreError::Refused(e.to_string()))?
+        .into_iter()
+        .map(|b| (BackupDir::new(&repo, &b.backup_id), b.clone()))
+        .collect();
     let (destination, tablespaces, owner) = match &req.remote {
         None => {
             let destination = destination::absolute(&req.destination)?;
@@ -273,6 +292,7 @@ pub fn prepare(
         request: req,
         info,
         dir,
+        ancestors,
         repo,
         destination,
         tablespaces,
@@ -540,7 +560,16 @@ fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written,
         delta: req.delta,
         owner: plan.owner,
     };
-    let mut files = files::restore(&plan.dir, &plan.info, &layout, &file_opts, &pool, progress)?;
+    let chain = plan.chain()?;
+    let mut files = files::restore(
+        &plan.dir,
+        &plan.info,
+        chain.as_ref(),
+        &layout,
+        &file_opts,
+        &pool,
+        progress,
+    )?;
     let manifest = destination::write_manifest(plan)?;
     destination::relocate_tablespace_map(plan)?;
     let (wal_files, wal_bytes) = match &plan.wal {

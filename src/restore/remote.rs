@@ -11,6 +11,7 @@
 //! rewritten in the stream, the signal file, `backup_manifest` and (without
 //! `--get-wal`) the WAL in `pgbk_wal/` are added to it.
 
+use super::combine::{self, Chain};
 use super::files::{self, FileStats};
 use super::tar_stream::TarStream;
 use super::{destination, wal, RecoverPlan, RecoverRequest, RestoreError, WalSource, Written};
@@ -156,12 +157,23 @@ pub fn execute(
     progress.start("restore", Some(plan.info.size_bytes));
     let mut written = Written::default();
     let mut done = 0u64;
+    let chain = plan.chain()?;
     let result = (|| {
-        send_root(&session, plan, None, &mut written, &mut done, progress)?;
+        let chain = chain.as_ref();
+        send_root(
+            &session,
+            plan,
+            chain,
+            None,
+            &mut written,
+            &mut done,
+            progress,
+        )?;
         for t in &plan.tablespaces {
             send_root(
                 &session,
                 plan,
+                chain,
                 Some(t.oid),
                 &mut written,
                 &mut done,
@@ -195,6 +207,7 @@ type Sink<'a> = TarStream<BufWriter<RemoteStdin<'a>>>;
 fn send_root(
     session: &SshSession,
     plan: &RecoverPlan,
+    chain: Option<&Chain>,
     tablespace: Option<u32>,
     written: &mut Written,
     done: &mut u64,
@@ -224,6 +237,7 @@ fn send_root(
             }
             send_entry(
                 plan,
+                chain,
                 &e,
                 &mut tar,
                 &mut extra,
@@ -291,8 +305,10 @@ fn io_stream(e: std::io::Error) -> RestoreError {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn send_entry(
     plan: &RecoverPlan,
+    chain: Option<&Chain>,
     e: &FileEntry,
     tar: &mut Sink,
     extra: &mut Extras,
@@ -360,8 +376,30 @@ fn send_entry(
         }
         FileKind::File => {
             let mode = e.mode & 0o7777;
+            if let Some((chain, target)) = chain.zip(combine::reconstructed_path(name)) {
+                // Rebuilt into an unnamed local file first: its blocks come in any
+                // order, a tar stream takes them in one.
+                let scratch = tempfile::tempfile().map_err(io_stream)?;
+                let size = chain.rebuild(&plan.dir, info, e, &scratch, Path::new(&target))?;
+                tar.file(&target, mode, e.mtime, size).map_err(io_stream)?;
+                let mut r = std::io::BufReader::new(scratch);
+                std::io::Seek::rewind(&mut r).map_err(io_stream)?;
+                std::io::copy(&mut r, tar).map_err(io_stream)?;
+                stats.files_written += 1;
+                stats.bytes_written += size;
+                *done += e.size;
+                return Ok(());
+            }
             match (top, name) {
                 (true, "recovery.signal" | "standby.signal") => return Ok(()),
+                (true, "backup_label") if chain.is_some() => {
+                    let mut buf = Vec::with_capacity(e.size as usize);
+                    let (size, sum) = files::copy_entry(&plan.dir, info, e, &mut buf, bundles)?;
+                    files::check_content(info, e, size, &sum)?;
+                    let label = combine::label_without_incremental(&buf);
+                    tar.small_file(name, mode, e.mtime, &label)
+                        .map_err(io_stream)?;
+                }
                 (true, "postgresql.auto.conf" | "tablespace_map") => {
                     let mut buf = Vec::with_capacity(e.size as usize);
                     let (size, sum) = files::copy_entry(&plan.dir, info, e, &mut buf, bundles)?;
@@ -443,12 +481,16 @@ fn send_extras(
     // The manifest is streamed (it has a line per file: large for a large cluster).
     let manifest_key = plan.dir.key("backup_manifest");
     let manifest = PathBuf::from(plan.dir.describe("backup_manifest"));
-    if let Some(meta) = plan
-        .dir
-        .store()
-        .stat(&manifest_key)
-        .map_err(store_refused(plan))?
-    {
+    // An incremental backup's manifest lists its INCREMENTAL.* files: not sent.
+    let stat = match plan.info.parent {
+        Some(_) => None,
+        None => plan
+            .dir
+            .store()
+            .stat(&manifest_key)
+            .map_err(store_refused(plan))?,
+    };
+    if let Some(meta) = stat {
         let mut f = plan
             .dir
             .store()

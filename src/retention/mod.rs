@@ -93,6 +93,13 @@ pub enum DeleteRefusal {
         backup_id: String,
         keep: KeepTarget,
     },
+    /// Incremental backups are built on it.
+    #[error("server '{server}': backup {backup_id} is the parent of incremental backup(s) {dependents}; delete those first, newest first")]
+    HasDependents {
+        server: String,
+        backup_id: String,
+        dependents: String,
+    },
     /// It is the only DONE backup.
     #[error("server '{server}': backup {backup_id} is the last DONE backup; add --force to delete it anyway")]
     LastDone { server: String, backup_id: String },
@@ -134,6 +141,19 @@ pub fn refuse_delete(
             server,
             backup_id,
             keep,
+        });
+    }
+    let dependents: Vec<&str> = crate::backup::chain::descendants(&target.backup_id, all)
+        .iter()
+        .filter(|d| d.status != BackupStatus::Failed)
+        .map(|d| d.backup_id.as_str())
+        .collect();
+    if !dependents.is_empty() {
+        let (server, backup_id) = ids();
+        return Err(DeleteRefusal::HasDependents {
+            server,
+            backup_id,
+            dependents: dependents.join(", "),
         });
     }
     let done = all
@@ -721,5 +741,15 @@ mod tests {
         assert!(e.to_string().contains("minimum_redundancy = 2"), "{e}");
         assert!(refuse_delete(&all2[0], &all2, 2, true).is_ok());
         assert!(refuse_delete(&all2[0], &all2, 1, false).is_ok());
+        // A parent is never deleted, forced or not, while a backup is built on it.
+        let child = BackupInfo {
+            parent: Some("b1".into()),
+            ..backup("b5", 9, 9, Done, None)
+        };
+        let all3 = [all[0].clone(), child.clone(), kept];
+        let e = refuse_delete(&all3[0], &all3, 0, true).unwrap_err();
+        assert!(matches!(e, DeleteRefusal::HasDependents { .. }), "{e}");
+        assert!(e.to_string().contains("b5"), "{e}");
+        assert!(refuse_delete(&child, &all3, 0, false).is_ok());
     }
 }

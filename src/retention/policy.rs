@@ -101,11 +101,16 @@ fn taken_at(b: &BackupInfo) -> DateTime<Utc> {
     b.end_time.unwrap_or(b.begin_time)
 }
 
-/// The ids of the backups `policy` makes obsolete at `now`, oldest first.
+/// The ids of the backups `policy` makes obsolete at `now`: chain by chain, the
+/// oldest chain first, each one's incremental backups newest first and its full
+/// backup last (so a crash part-way never leaves an incremental without its parent).
 ///
+/// - The policy counts full backups (chains): an incremental backup goes with the
+///   full backup it is built on, never before.
 /// - Only `DONE` backups without a `keep` annotation are ever obsolete, and only they
 ///   count toward redundancy: `STARTED`, `WAITING_FOR_WALS`, `FAILED`, `SYNCING` and
-///   kept backups are left alone.
+///   kept backups are left alone, and so is every backup of a chain holding one
+///   (a kept incremental keeps the backups it is built on).
 /// - `REDUNDANCY n` keeps the newest `n` of them.
 /// - `RECOVERY WINDOW OF n …` keeps every one that ended inside the window and the
 ///   newest one that ended before it (the base a recovery to the window's start
@@ -120,7 +125,7 @@ pub fn obsolete(
 ) -> Vec<String> {
     let mut done: Vec<&BackupInfo> = backups
         .iter()
-        .filter(|b| b.status == BackupStatus::Done && b.keep.is_none())
+        .filter(|b| b.status == BackupStatus::Done && b.keep.is_none() && b.parent.is_none())
         .collect();
     done.sort_by(|a, b| (taken_at(a), &a.backup_id).cmp(&(taken_at(b), &b.backup_id)));
     // How many of the oldest ones go.
@@ -135,7 +140,28 @@ pub fn obsolete(
     };
     let floor = (minimum_redundancy as usize).min(done.len());
     let go = by_policy.min(done.len() - floor);
-    done[..go].iter().map(|b| b.backup_id.clone()).collect()
+    let mut out = Vec::new();
+    for root in &done[..go] {
+        let built_on = crate::backup::chain::descendants(&root.backup_id, backups);
+        let held = built_on.iter().any(|d| {
+            d.keep.is_some()
+                || matches!(
+                    d.status,
+                    BackupStatus::Started | BackupStatus::WaitingForWals | BackupStatus::Syncing
+                )
+        });
+        if held {
+            continue;
+        }
+        out.extend(
+            built_on
+                .iter()
+                .filter(|d| d.status == BackupStatus::Done)
+                .map(|d| d.backup_id.clone()),
+        );
+        out.push(root.backup_id.clone());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -320,5 +346,37 @@ mod tests {
                 .collect();
             assert_eq!(obsolete(&list, *policy, *min, now()), *want, "{what}");
         }
+    }
+
+    #[test]
+    fn chains_go_whole_and_a_kept_incremental_holds_its_chain() {
+        let at = |id: &str, days: i64, parent: Option<&str>, keep: Option<KeepTarget>| BackupInfo {
+            parent: parent.map(str::to_string),
+            ..backup_at(id, now() - Duration::days(days), Done, keep)
+        };
+        // Two chains and a newer full: REDUNDANCY 1 counts fulls only.
+        let list = vec![
+            at("f1", 9, None, None),
+            at("i1", 8, Some("f1"), None),
+            at("i2", 7, Some("i1"), None),
+            at("f2", 5, None, None),
+            at("j1", 4, Some("f2"), None),
+            at("f3", 1, None, None),
+        ];
+        assert_eq!(
+            obsolete(&list, RetentionPolicy::Redundancy(1), 0, now()),
+            ["i2", "i1", "f1", "j1", "f2"]
+        );
+        assert_eq!(
+            obsolete(&list, RetentionPolicy::Redundancy(2), 0, now()),
+            ["i2", "i1", "f1"]
+        );
+        // A kept incremental keeps its whole chain.
+        let mut held = list.clone();
+        held[1].keep = Some(KeepTarget::Standalone);
+        assert_eq!(
+            obsolete(&held, RetentionPolicy::Redundancy(1), 0, now()),
+            ["j1", "f2"]
+        );
     }
 }

@@ -1,0 +1,407 @@
+//! Restoring the relation files of an incremental backup: PostgreSQL 17 sends a
+//! relation segment that changed partly as `INCREMENTAL.<name>`, holding only the
+//! blocks changed since the parent backup. The file is rebuilt from the chain,
+//! as `pg_combinebackup` does: each block comes from the newest backup holding it.
+//!
+//! The `INCREMENTAL.*` format (PostgreSQL 17): a header of native-endian `u32`s,
+//! magic `0xd3ae1f0d`, the number of blocks, the truncation block length, the
+//! block numbers (relative to the segment, in any order), zero padding up to a
+//! multiple of BLCKSZ when there is at least one block; then the blocks, in the
+//! order of their numbers in the header.
+//!
+//! Rebuilding is one pass over the chain, newest first: every source is streamed
+//! once (and its checksum verified) and each of its blocks no newer backup
+//! provided is written in place. A block at or past the truncation block length
+//! of a newer incremental was truncated away since that older backup: older
+//! backups never provide it. The file ends at the newest header's truncation
+//! length, or after its highest block.
+
+use super::files::{check_content, copy_entry, corrupt, safe_relative};
+use super::{io_err, RestoreError};
+use crate::backup::bundle::BundleReader;
+use crate::backup::{BackupDir, BackupInfo, FileEntry, FileKind};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// PostgreSQL's block size (the default build, which every supported package uses).
+pub const BLCKSZ: u64 = 8192;
+
+/// What PostgreSQL 17 puts in front of the name of an incremental relation file.
+pub const INCREMENTAL_PREFIX: &str = "INCREMENTAL.";
+
+const INCREMENTAL_MAGIC: u32 = 0xd3ae_1f0d;
+
+/// Blocks in a 1 GiB relation segment: no header may list more.
+const MAX_BLOCKS: u32 = (1 << 30) / BLCKSZ as u32;
+
+/// The path an `INCREMENTAL.*` file restores to (its name without the prefix);
+/// `None` for any other path.
+pub fn reconstructed_path(path: &str) -> Option<String> {
+    let (dir, name) = match path.rsplit_once('/') {
+        Some((d, n)) => (Some(d), n),
+        None => (None, path),
+    };
+    let name = name.strip_prefix(INCREMENTAL_PREFIX)?;
+    if name.is_empty() {
+        return None;
+    }
+    Some(match dir {
+        Some(d) => format!("{d}/{name}"),
+        None => name.to_string(),
+    })
+}
+
+/// The backups an incremental backup is built on, each with the entries of its
+/// file list that a rebuild may need (only those: the lists are streamed).
+pub struct Chain {
+    /// Parent first, the full backup last.
+    levels: Vec<Level>,
+}
+
+struct Level {
+    dir: BackupDir,
+    info: BackupInfo,
+    /// By (tablespace, reconstructed path).
+    files: HashMap<(Option<u32>, String), FileEntry>,
+}
+
+impl Chain {
+    /// Indexes the ancestors' file lists by the relation files `newest` holds as
+    /// `INCREMENTAL.*`.
+    pub fn build(
+        newest: &BackupDir,
+        ancestors: Vec<(BackupDir, BackupInfo)>,
+    ) -> Result<Chain, RestoreError> {
+        let mut wanted: HashSet<(Option<u32>, String)> = HashSet::new();
+        for e in newest.files()? {
+            let e = e?;
+            if e.kind == FileKind::File {
+                if let Some(p) = reconstructed_path(&e.path) {
+                    wanted.insert((e.tablespace, p));
+                }
+            }
+        }
+        let mut levels = Vec::new();
+        for (dir, info) in ancestors {
+            let mut files = HashMap::new();
+            for e in dir.files()? {
+                let e = e?;
+                if e.kind != FileKind::File {
+                    continue;
+                }
+                let key = (
+                    e.tablespace,
+                    reconstructed_path(&e.path).unwrap_or_else(|| e.path.clone()),
+                );
+                if wanted.contains(&key) {
+                    files.insert(key, e);
+                }
+            }
+            levels.push(Level { dir, info, files });
+        }
+        Ok(Chain { levels })
+    }
+
+    /// Rebuilds the file `e` (an `INCREMENTAL.*` entry of the newest backup) into
+    /// `out`, an empty file; returns its size. Every source's size and checksum are
+    /// verified against its backup's file list.
+    pub fn rebuild(
+        &self,
+        dir: &BackupDir,
+        info: &BackupInfo,
+        e: &FileEntry,
+        out: &File,
+        out_path: &Path,
+    ) -> Result<u64, RestoreError> {
+        let target = reconstructed_path(&e.path)
+            .ok_or_else(|| corrupt(info, format!("'{}' is not an incremental file", e.path)))?;
+        let mut state = Rebuild {
+            out,
+            block_length: 0,
+            limit: u32::MAX,
+            claimed: Vec::new(),
+            newest: true,
+        };
+        state.feed(dir, info, e, Source::Incremental, out_path)?;
+        let mut full_seen = false;
+        for level in &self.levels {
+            if state.limit == 0 {
+                break;
+            }
+            let key = (e.tablespace, target.clone());
+            let Some(entry) = level.files.get(&key) else {
+                return Err(corrupt(
+                    info,
+                    format!(
+                        "'{target}' is incremental, but backup {} of its chain holds neither it nor {}: the chain is damaged",
+                        level.info.backup_id,
+                        e.path
+                    ),
+                ));
+            };
+            let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+            let source = if name.starts_with(INCREMENTAL_PREFIX) {
+                Source::Incremental
+            } else {
+                Source::Full
+            };
+            state.feed(&level.dir, &level.info, entry, source, out_path)?;
+            if source == Source::Full {
+                full_seen = true;
+                break;
+            }
+        }
+        if !full_seen && state.limit > 0 {
+            return Err(corrupt(
+                info,
+                format!("'{target}': the chain ends without a full copy of it"),
+            ));
+        }
+        let size = u64::from(state.block_length) * BLCKSZ;
+        out.set_len(size).map_err(io_err(out_path))?;
+        Ok(size)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Incremental,
+    Full,
+}
+
+/// The file being rebuilt.
+struct Rebuild<'a> {
+    out: &'a File,
+    /// Blocks the rebuilt file has (set by the newest header).
+    block_length: u32,
+    /// Blocks at or past this were truncated since the older backups.
+    limit: u32,
+    /// Blocks already written, by a newer source.
+    claimed: Vec<bool>,
+    /// The next source is the newest incremental file.
+    newest: bool,
+}
+
+impl Rebuild<'_> {
+    /// Streams one source through a [`Blocks`] parser and checks its content.
+    fn feed(
+        &mut self,
+        dir: &BackupDir,
+        info: &BackupInfo,
+        e: &FileEntry,
+        source: Source,
+        out_path: &Path,
+    ) -> Result<(), RestoreError> {
+        let mut bundles = BundleReader::new(dir, 0);
+        let mut parser = Blocks {
+            rebuild: self,
+            source,
+            buf: Vec::new(),
+            header: None,
+            next: 0,
+            failure: None,
+        };
+        let copied = copy_entry(dir, info, e, &mut parser, &mut bundles);
+        if let Some(f) = parser.failure.take() {
+            return Err(match f {
+                Failure::Format(m) => corrupt(info, format!("'{}': {m}", e.path)),
+                Failure::Write(err) => io_err(out_path)(err),
+            });
+        }
+        let (size, sum) = copied?;
+        parser
+            .finish()
+            .map_err(|m| corrupt(info, format!("'{}': {m}", e.path)))?;
+        check_content(info, e, size, &sum)
+    }
+
+    /// Writes `block` number `b` unless a newer source gave it or it was truncated.
+    fn offer(&mut self, b: u32, block: &[u8]) -> io::Result<()> {
+        if b >= self.block_length || b >= self.limit {
+            return Ok(());
+        }
+        let slot = &mut self.claimed[b as usize];
+        if *slot {
+            return Ok(());
+        }
+        *slot = true;
+        self.out.write_all_at(block, u64::from(b) * BLCKSZ)
+    }
+}
+
+struct Header {
+    blocks: Vec<u32>,
+}
+
+enum Failure {
+    Format(String),
+    Write(io::Error),
+}
+
+/// A `Write` sink parsing one source as its bytes are decompressed.
+struct Blocks<'a, 'b> {
+    rebuild: &'a mut Rebuild<'b>,
+    source: Source,
+    buf: Vec<u8>,
+    header: Option<Header>,
+    /// Index of the next block (in the header's list, or in the full file).
+    next: u32,
+    failure: Option<Failure>,
+}
+
+impl Blocks<'_, '_> {
+    /// The header, once enough bytes arrived.
+    fn parse_header(&mut self) -> Result<bool, String> {
+        if self.buf.len() < 12 {
+            return Ok(false);
+        }
+        let word = |i: usize| {
+            u32::from_ne_bytes([
+                self.buf[4 * i],
+                self.buf[4 * i + 1],
+                self.buf[4 * i + 2],
+                self.buf[4 * i + 3],
+            ])
+        };
+        if word(0) != INCREMENTAL_MAGIC {
+            return Err(format!(
+                "not an incremental file (magic {:#x}, expected {INCREMENTAL_MAGIC:#x})",
+                word(0)
+            ));
+        }
+        let (n, truncation) = (word(1), word(2));
+        if n > MAX_BLOCKS || truncation > MAX_BLOCKS {
+            return Err(format!(
+                "header says {n} blocks and truncation length {truncation}: more than a segment holds"
+            ));
+        }
+        let mut len = 12 + 4 * n as usize;
+        if n > 0 && len % BLCKSZ as usize != 0 {
+            len += BLCKSZ as usize - len % BLCKSZ as usize;
+        }
+        if self.buf.len() < len {
+            return Ok(false);
+        }
+        let blocks: Vec<u32> = (0..n as usize).map(|i| word(3 + i)).collect();
+        if blocks.iter().any(|&b| b >= MAX_BLOCKS) {
+            return Err("a block number is past the end of a segment".into());
+        }
+        self.buf.drain(..len);
+        let r = &mut *self.rebuild;
+        if r.newest {
+            r.newest = false;
+            let highest = blocks.iter().map(|&b| b + 1).max().unwrap_or(0);
+            r.block_length = truncation.max(highest);
+            r.claimed = vec![false; r.block_length as usize];
+        }
+        r.limit = r.limit.min(truncation);
+        self.header = Some(Header { blocks });
+        Ok(true)
+    }
+
+    fn take_blocks(&mut self) -> Result<(), Failure> {
+        if self.source == Source::Incremental && self.header.is_none() {
+            match self.parse_header() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(m) => return Err(Failure::Format(m)),
+            }
+        }
+        let size = BLCKSZ as usize;
+        let mut at = 0;
+        while self.buf.len() - at >= size {
+            let b = match &self.header {
+                Some(h) => *h.blocks.get(self.next as usize).ok_or_else(|| {
+                    Failure::Format(format!(
+                        "more data than the {} blocks its header lists",
+                        h.blocks.len()
+                    ))
+                })?,
+                None => self.next,
+            };
+            self.rebuild
+                .offer(b, &self.buf[at..at + size])
+                .map_err(Failure::Write)?;
+            self.next += 1;
+            at += size;
+        }
+        self.buf.drain(..at);
+        Ok(())
+    }
+
+    /// Checks that the source ended where its header says.
+    fn finish(&mut self) -> Result<(), String> {
+        match (&self.header, self.source) {
+            (None, Source::Incremental) => Err("shorter than its header".into()),
+            (Some(h), _) if (self.next as usize) < h.blocks.len() || !self.buf.is_empty() => {
+                Err(format!(
+                    "holds {} whole blocks (and {} more bytes), its header lists {}",
+                    self.next,
+                    self.buf.len(),
+                    h.blocks.len()
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Write for Blocks<'_, '_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("the rebuild stopped"));
+        }
+        self.buf.extend_from_slice(data);
+        if let Err(f) = self.take_blocks() {
+            self.failure = Some(f);
+            return Err(io::Error::other("the rebuild stopped"));
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `backup_label` of an incremental backup, as a data directory needs it: without
+/// the `INCREMENTAL FROM` lines, which PostgreSQL refuses to start with.
+pub fn label_without_incremental(label: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len());
+    for line in label.split_inclusive(|&c| c == b'\n') {
+        if !line.starts_with(b"INCREMENTAL FROM ") {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Whether `e` is the data directory's `backup_label`.
+pub fn is_backup_label(e: &FileEntry) -> bool {
+    e.tablespace.is_none() && safe_relative(&e.path).is_some_and(|p| p == Path::new("backup_label"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels() {
+        assert_eq!(
+            reconstructed_path("base/5/INCREMENTAL.16384.1").as_deref(),
+            Some("base/5/16384.1")
+        );
+        assert_eq!(reconstructed_path("INCREMENTAL.1").as_deref(), Some("1"));
+        assert_eq!(reconstructed_path("base/5/16384"), None);
+        assert_eq!(reconstructed_path("base/5/INCREMENTAL."), None);
+        let label = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+INCREMENTAL FROM LSN: 0/1000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n";
+        assert_eq!(
+            label_without_incremental(label),
+            b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n"
+        );
+    }
+}
