@@ -1,0 +1,372 @@
+//! Incremental backups on PostgreSQL 17 and 18 (`summarize_wal = on`, the parent's
+//! `backup_manifest` uploaded, `BASE_BACKUP ... INCREMENTAL`), on real servers from
+//! `.ci/install-pg-majors`:
+//!
+//! - a full backup, then pgbench work plus an update of one contiguous 1% range
+//!   of `pgbench_accounts`, an incremental backup; then a relation created, one
+//!   truncated and one dropped, more work, a second incremental: each stores
+//!   under 10% of the full's bytes;
+//! - `recover` of the newest to a time between two marker rows rebuilds every
+//!   relation file from the chain and gives exactly what was committed before it
+//!   (locally on 17, through sshd with `--remote-ssh-command` on 18), and every
+//!   btree index passes amcheck;
+//! - `verify-backup` checks the whole chain, `show-backup` reports it; deleting a
+//!   parent is refused; retention keeps a chain holding a kept incremental whole
+//!   and removes a chain whole;
+//! - refusals in one line: PostgreSQL 15, `summarize_wal = off`, nothing to build
+//!   on; `incremental_fallback = full` takes a full backup instead.
+
+mod common;
+use common::{
+    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, wait_receive_wal, wait_until,
+    BackgroundPgbk, Cluster, ClusterOptions, Pgbk, Sshd,
+};
+use serde_json::Value;
+use std::fs;
+use std::time::Duration;
+
+fn options(major: u32) -> ClusterOptions {
+    ClusterOptions {
+        major: Some(major),
+        extra_conf: vec!["summarize_wal = on".into()],
+        ..Default::default()
+    }
+}
+
+/// `pgbench -n -t <n> -c 2`: a fixed amount of TPC-B work, so that the change
+/// between two backups stays a small share of the database whatever the speed.
+fn pgbench_transactions(c: &Cluster, n: u32) {
+    let mut cmd = pg_command("pgbench");
+    cmd.args(["-n", "-t", &n.to_string(), "-c", "2", "-j", "2"])
+        .args(["-h", c.socket_dir.to_str().unwrap()])
+        .args(["-p", &c.port.to_string(), "-U", "postgres", "postgres"]);
+    run_checked(&mut cmd, || c.log_tail(20));
+}
+
+/// What a recovery to the target must give back.
+fn facts(c: &Cluster) -> String {
+    c.psql(
+        "select (select count(*) from marker), \
+                (select sum(abalance) from pgbench_accounts), \
+                (select count(*) from pgbench_history), \
+                (select count(*) from created_between), \
+                (select count(*) from truncated_between), \
+                (select count(*) from pg_class where relname = 'dropped_between')",
+    )
+}
+
+struct Chain {
+    c: Cluster,
+    pg: Pgbk,
+    _rw: BackgroundPgbk,
+    full: Value,
+    inc1: Value,
+    inc2: Value,
+    /// A time between the two marker rows.
+    target: String,
+    /// [`facts`] at the target.
+    expected: String,
+}
+
+fn id(b: &Value) -> &str {
+    b["backup_id"].as_str().unwrap()
+}
+
+fn build_chain(major: u32, extra_conf: &str) -> Chain {
+    let c = Cluster::new(options(major));
+    c.pgbench_init(10);
+    c.psql(
+        "create table marker (id int); \
+         create table truncated_between as select g from generate_series(1, 20000) g; \
+         create table dropped_between as select g from generate_series(1, 20000) g;",
+    );
+    let pg = Pgbk::new();
+    pg.streaming_server_with(
+        "pg1",
+        &c,
+        &format!("immediate_checkpoint = on\n{extra_conf}"),
+    );
+    let rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&c);
+
+    let full = pg.json(&["backup", "pg1"]);
+    assert_eq!(full["status"], "DONE", "{full}");
+    assert!(full.get("parent").is_none(), "{full}");
+
+    pgbench_transactions(&c, 150);
+    c.psql(
+        "update pgbench_accounts set abalance = abalance + 7 where aid between 500001 and 510000",
+    );
+    let inc1 = pg.json(&["backup", "pg1", "--incremental"]);
+    assert_eq!(inc1["status"], "DONE", "{inc1}");
+    assert_eq!(inc1["parent"], id(&full), "{inc1}");
+
+    c.psql("create table created_between as select g from generate_series(1, 30000) g");
+    c.psql("truncate truncated_between");
+    c.psql("drop table dropped_between");
+    pgbench_transactions(&c, 150);
+    let inc2 = pg.json(&["backup", "pg1", "--incremental", id(&inc1)]);
+    assert_eq!(inc2["status"], "DONE", "{inc2}");
+    assert_eq!(inc2["parent"], id(&inc1), "{inc2}");
+
+    let full_bytes = full["stored_bytes"].as_u64().unwrap();
+    for inc in [&inc1, &inc2] {
+        let stored = inc["stored_bytes"].as_u64().unwrap();
+        assert!(
+            stored * 10 < full_bytes,
+            "incremental {} stored {stored} bytes, the full {full_bytes}: not under 10%",
+            id(inc)
+        );
+    }
+
+    // Replayed WAL: a first marker, the target time, then work the recovery must
+    // not reach.
+    pgbench_transactions(&c, 50);
+    c.psql("insert into marker values (1)");
+    let expected = facts(&c);
+    let target = c.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("insert into marker values (2)");
+    pgbench_transactions(&c, 50);
+    pg.archive_now("pg1");
+    Chain {
+        c,
+        pg,
+        _rw: rw,
+        full,
+        inc1,
+        inc2,
+        target,
+        expected,
+    }
+}
+
+/// Starts the recovered copy, waits for the end of recovery, and checks its rows
+/// and every btree index.
+fn check_recovered(ch: &Chain, dir: tempfile::TempDir, major: u32) {
+    let r = Cluster::from_datadir(dir, options(major));
+    wait_until(Duration::from_secs(60), "recovery to end", || {
+        assert!(
+            r.is_running(),
+            "the recovered server stopped\n{}",
+            r.log_tail(40)
+        );
+        r.try_psql("select pg_is_in_recovery()")
+            .is_ok_and(|s| s == "f")
+    });
+    assert_eq!(facts(&r), ch.expected, "{}", r.log_tail(40));
+    assert_ne!(
+        facts(&ch.c),
+        ch.expected,
+        "the source moved on after the target"
+    );
+    r.psql("create extension amcheck");
+    let checked = r.psql(
+        "select count(bt_index_check(c.oid, true)) from pg_index i \
+         join pg_class c on c.oid = i.indexrelid join pg_am a on a.oid = c.relam \
+         where a.amname = 'btree' and c.relpersistence = 'p'",
+    );
+    assert!(checked.parse::<u32>().unwrap() > 10, "{checked}");
+    // Every page of every table reads back (checksums are verified on 18).
+    r.psql("select count(*) from pgbench_accounts where filler is not null");
+}
+
+#[test]
+fn an_incremental_chain_on_postgresql_17_recovers_exactly_and_retention_keeps_chains_whole() {
+    let ch = build_chain(17, "retention_policy = REDUNDANCY 1\n");
+    let pg = &ch.pg;
+
+    let shown = pg.json(&["show-backup", "pg1", id(&ch.inc2)]);
+    assert_eq!(shown["backup_type"], "incremental", "{shown}");
+    let chain: Vec<&str> = shown["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(chain, [id(&ch.full), id(&ch.inc1), id(&ch.inc2)], "{shown}");
+    let total: u64 = [&ch.full, &ch.inc1, &ch.inc2]
+        .iter()
+        .map(|b| b["stored_bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(shown["chain_stored_bytes"], total, "{shown}");
+    let text = pg.ok(&["show-backup", "pg1", id(&ch.inc2)]);
+    assert!(
+        text.contains("Backup Type            : incremental"),
+        "{text}"
+    );
+    let list = pg.ok(&["list-backups", "pg1"]);
+    assert!(
+        list.contains(&format!("INCREMENTAL:{}", id(&ch.inc1))),
+        "{list}"
+    );
+
+    let verified = pg.json(&["verify-backup", "pg1", id(&ch.inc2)]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["chain"].as_array().unwrap().len(), 2, "{verified}");
+    pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
+
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    let out = pg.json(&[
+        "recover",
+        "pg1",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &ch.target,
+        "--target-action",
+        "promote",
+    ]);
+    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    let label = fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(!label.contains("INCREMENTAL"), "{label}");
+    assert!(!data.join("backup_manifest").exists());
+    let incremental_files = walk(&data)
+        .into_iter()
+        .filter(|p| p.contains("INCREMENTAL."))
+        .collect::<Vec<_>>();
+    assert!(incremental_files.is_empty(), "{incremental_files:?}");
+    check_recovered(&ch, dir, 17);
+
+    // A parent is not deleted while a backup is built on it, forced or not.
+    let refused = pg.run(&["delete", "pg1", id(&ch.inc1), "--force"]);
+    assert_ne!(refused.code, 0);
+    assert_eq!(refused.error_lines().len(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(id(&ch.inc2)) && refused.stderr.contains("parent"),
+        "{}",
+        refused.stderr
+    );
+
+    // A kept incremental holds its chain against REDUNDANCY 1; released, the
+    // chain goes whole, newest first.
+    pg.ok(&["keep", "pg1", id(&ch.inc1), "--target", "standalone"]);
+    let new_full = pg.json(&["backup", "pg1"]);
+    assert!(new_full.get("parent").is_none(), "{new_full}");
+    pg.ok(&["cron"]);
+    let ids = backup_ids(pg);
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    pg.ok(&["keep", "pg1", id(&ch.inc1), "--release"]);
+    pg.ok(&["cron"]);
+    assert_eq!(backup_ids(pg), [id(&new_full).to_string()]);
+
+    // With summarize_wal off, an incremental is refused in one line.
+    ch.c.psql("alter system set summarize_wal = off");
+    ch.c.reload();
+    let off = pg.run(&["backup", "pg1", "--incremental"]);
+    assert_eq!(off.code, 2, "{}", off.stderr);
+    assert_eq!(off.error_lines().len(), 1, "{}", off.stderr);
+    assert!(off.stderr.contains("summarize_wal = on"), "{}", off.stderr);
+    assert_eq!(backup_ids(pg).len(), 1);
+}
+
+#[test]
+fn an_incremental_chain_on_postgresql_18_recovers_through_sshd() {
+    let sshd = Sshd::start();
+    let ch = build_chain(18, "");
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    chown_to_postgres(&data, false);
+    let out = ch.pg.json(&[
+        "recover",
+        "pg1",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &ch.target,
+        "--target-action",
+        "promote",
+        "--remote-ssh-command",
+        &sshd.ssh_command("postgres"),
+    ]);
+    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    assert_eq!(out["manifest"], false, "{out}");
+    let label = fs::read_to_string(data.join("backup_label")).unwrap();
+    assert!(!label.contains("INCREMENTAL"), "{label}");
+    check_recovered(&ch, dir, 18);
+}
+
+#[test]
+fn incremental_refusals_and_the_full_fallback() {
+    // PostgreSQL 15 has no incremental BASE_BACKUP.
+    let c = Cluster::new(ClusterOptions::default());
+    let pg = Pgbk::new();
+    pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
+    let rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&c);
+    let out = pg.run(&["backup", "pg1", "--incremental"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PostgreSQL 17 or later"),
+        "{}",
+        out.stderr
+    );
+    assert!(backup_ids(&pg).is_empty());
+    // backup_type = incremental with incremental_fallback = full: a full backup,
+    // with a notice.
+    pg.streaming_server_with(
+        "pg1",
+        &c,
+        "immediate_checkpoint = on\nbackup_type = incremental\nincremental_fallback = full\n",
+    );
+    let out = pg.run(&["backup", "pg1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("taking a full backup"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(backup_ids(&pg).len(), 1);
+    drop(rw);
+
+    // PostgreSQL 17: nothing to build on yet.
+    let c17 = Cluster::new(options(17));
+    let pg17 = Pgbk::new();
+    pg17.streaming_server_with("pg1", &c17, "immediate_checkpoint = on\n");
+    let rw17 = pg17.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&c17);
+    let out = pg17.run(&["backup", "pg1", "--incremental"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("take a full backup first"),
+        "{}",
+        out.stderr
+    );
+    let out = pg17.run(&["backup", "pg1", "--incremental", "nosuchbackup"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no backup 'nosuchbackup'"),
+        "{}",
+        out.stderr
+    );
+    drop(rw17);
+}
+
+fn backup_ids(pg: &Pgbk) -> Vec<String> {
+    pg.json(&["list-backups", "pg1"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backup_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
