@@ -59,6 +59,9 @@ pub struct BackupRequest {
     pub conninfo: ConnInfo,
     /// Replication connection (BASE_BACKUP).
     pub streaming_conninfo: ConnInfo,
+    /// When `conninfo` names a hot standby: the primary, where the WAL switch and
+    /// checkpoint go ([`super::standby`]).
+    pub primary_conninfo: Option<ConnInfo>,
     /// `application_name` of the replication connection.
     pub application_name: String,
     /// Optional friendly name (checked with [`validate_name`]).
@@ -310,6 +313,7 @@ pub async fn take_backup(
     let facts = server_facts(req, &mut repl).await?;
     crate::catalog::rebuild::adopt_repository_identity(&repo, &catalog)?;
     catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
+    super::standby::prepare(req, facts.system_id).await?;
     let parent = match &req.incremental {
         None => None,
         Some(plan) => {
@@ -413,8 +417,14 @@ pub(super) async fn wait_for_wal(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Outcome, TakeError> {
     let id = info.backup_id.clone();
-    if !in_recovery {
-        if let Err(e) = switch_wal(req).await {
+    // A standby cannot switch WAL: its primary does, when configured.
+    let switch_on = match (&req.primary_conninfo, in_recovery) {
+        (Some(primary), _) => Some(primary),
+        (None, false) => Some(&req.conninfo),
+        (None, true) => None,
+    };
+    if let Some(on) = switch_on {
+        if let Err(e) = switch_wal(on).await {
             tracing::warn!(server = %req.server, "pg_switch_wal() failed: {e}; the end segment is archived once the server fills it");
         }
     }
@@ -513,8 +523,8 @@ async fn upload_manifest(repl: &mut Connection, parent: &BackupDir) -> Result<()
     })
 }
 
-async fn switch_wal(req: &BackupRequest) -> Result<(), PgError> {
-    let mut sql = connect(&req.conninfo, false, "pgbk").await?;
+async fn switch_wal(on: &ConnInfo) -> Result<(), PgError> {
+    let mut sql = connect(on, false, "pgbk").await?;
     let r = sql.simple_query("SELECT pg_switch_wal()").await;
     sql.close().await;
     r.map(|_| ())

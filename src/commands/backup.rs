@@ -126,6 +126,11 @@ fn run_one(
         server: s.name.clone(),
         conninfo: super::conninfo(s, "conninfo", &s.conninfo)?,
         streaming_conninfo: super::conninfo(s, "streaming_conninfo", &s.streaming_conninfo)?,
+        primary_conninfo: s
+            .primary_conninfo
+            .as_deref()
+            .map(|c| super::conninfo(s, "primary_conninfo", c))
+            .transpose()?,
         application_name: "pgbk_backup".to_string(),
         name: args.name.clone(),
         immediate_checkpoint,

@@ -274,7 +274,20 @@ pub fn conninfo(server: &ServerConfig, option: &str, text: &str) -> Result<ConnI
 
 /// Opens an ordinary SQL connection (`conninfo`).
 pub async fn connect_sql(server: &ServerConfig) -> Result<Connection> {
-    let info = conninfo(server, "conninfo", &server.conninfo)?;
+    connect_sql_to(server, "conninfo", &server.conninfo).await
+}
+
+/// Opens an ordinary SQL connection to the primary: `primary_conninfo` when the
+/// server's `conninfo` names a standby, else `conninfo` (WAL switches).
+pub async fn connect_primary_sql(server: &ServerConfig) -> Result<Connection> {
+    match &server.primary_conninfo {
+        Some(p) => connect_sql_to(server, "primary_conninfo", p).await,
+        None => connect_sql(server).await,
+    }
+}
+
+async fn connect_sql_to(server: &ServerConfig, option: &str, text: &str) -> Result<Connection> {
+    let info = conninfo(server, option, text)?;
     let opts = ConnectOptions {
         replication: false,
         application_name: Some("pgbk".into()),
@@ -285,9 +298,11 @@ pub async fn connect_sql(server: &ServerConfig) -> Result<Connection> {
         .with_context(|| format!("server '{}'", server.name))
 }
 
-/// Opens a replication connection (`streaming_conninfo`).
+/// Opens receive-wal's replication connection (`wal_streaming_conninfo`, else
+/// `streaming_conninfo`).
 pub async fn connect_replication(server: &ServerConfig) -> Result<Connection> {
-    let info = conninfo(server, "streaming_conninfo", &server.streaming_conninfo)?;
+    let (option, text) = server.wal_streaming();
+    let info = conninfo(server, option, text)?;
     let opts = ConnectOptions {
         replication: true,
         application_name: Some(server.streaming_archiver_name.clone()),

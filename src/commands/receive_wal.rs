@@ -111,7 +111,10 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
     }
     let opts = ReceiverOptions {
         server: s.name.clone(),
-        conninfo: super::conninfo(s, "streaming_conninfo", &s.streaming_conninfo)?,
+        conninfo: {
+            let (option, text) = s.wal_streaming();
+            super::conninfo(s, option, text)?
+        },
         application_name: s.streaming_archiver_name.clone(),
         slot: s.slot_name.clone(),
         create_slot: s.create_slot == crate::config::CreateSlot::Auto,

@@ -1,7 +1,7 @@
 //! `switch-wal`: close the current WAL segment on the server, and with `--archive`
 //! wait until that segment is safely in the archive.
 
-use super::{connect_sql, runtime, Context, ExitCode};
+use super::{connect_primary_sql, runtime, Context, ExitCode};
 use crate::catalog::Catalog;
 use crate::outln;
 use crate::output::{print_json, Format};
@@ -29,7 +29,7 @@ pub fn run(
 ) -> Result<ExitCode> {
     let s = super::server_config(ctx, name)?;
     let (switched, wal_file) = runtime()?.block_on(async {
-        let mut conn = connect_sql(s).await?;
+        let mut conn = connect_primary_sql(s).await?;
         let q = |r: Vec<crate::pg::Row>, what: &str| -> Result<String> {
             r.first()
                 .and_then(|row| row.get_idx(0))

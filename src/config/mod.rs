@@ -80,6 +80,17 @@ pub struct ServerConfig {
     pub conninfo: String,
     /// libpq connection string for the replication connection; defaults to `conninfo`.
     pub streaming_conninfo: String,
+    /// Barman's `primary_conninfo`: when `conninfo` and `streaming_conninfo` name a
+    /// hot standby (backups are taken there), the primary, where a backup's WAL
+    /// switch and checkpoint go.
+    pub primary_conninfo: Option<String>,
+    /// Barman's `wal_streaming_conninfo`: where receive-wal streams WAL from
+    /// (default `streaming_conninfo`), e.g. the primary while backups come from a
+    /// standby.
+    pub wal_streaming_conninfo: Option<String>,
+    /// Barman's `wal_conninfo`: SQL connection to the server WAL streams from, for
+    /// its replication slot (default `wal_streaming_conninfo`, then `conninfo`).
+    pub wal_conninfo: Option<String>,
     /// Whether receive-wal streams WAL from this server.
     pub streaming_archiver: bool,
     /// The `application_name` receive-wal connects with.
@@ -146,6 +157,28 @@ pub struct ServerConfig {
     /// keys and defaults from the main section), known or not, with raw values:
     /// mask passwords before showing them.
     pub settings: BTreeMap<String, String>,
+}
+
+impl ServerConfig {
+    /// Where receive-wal streams WAL from: `wal_streaming_conninfo`, else
+    /// `streaming_conninfo`; the option's name, and the connection string.
+    pub fn wal_streaming(&self) -> (&'static str, &str) {
+        match &self.wal_streaming_conninfo {
+            Some(c) => ("wal_streaming_conninfo", c),
+            None => ("streaming_conninfo", &self.streaming_conninfo),
+        }
+    }
+
+    /// The SQL connection to the server WAL streams from (its slot, its receivers,
+    /// its current position), as Barman picks it: `wal_conninfo`, else
+    /// `wal_streaming_conninfo`, else `conninfo`.
+    pub fn wal_sql(&self) -> (&'static str, &str) {
+        match (&self.wal_conninfo, &self.wal_streaming_conninfo) {
+            (Some(c), _) => ("wal_conninfo", c),
+            (None, Some(c)) => ("wal_streaming_conninfo", c),
+            (None, None) => ("conninfo", &self.conninfo),
+        }
+    }
 }
 
 /// A value that is not one of an option's words.
@@ -386,6 +419,9 @@ const SERVER_OPTIONS: &[&str] = &[
     "active",
     "conninfo",
     "streaming_conninfo",
+    "primary_conninfo",
+    "wal_conninfo",
+    "wal_streaming_conninfo",
     "streaming_archiver",
     "streaming_archiver_name",
     "slot_name",
@@ -452,15 +488,12 @@ const BARMAN_SERVER_OPTIONS: &[&str] = &[
     "parallel_jobs_start_batch_period",
     "parallel_jobs_start_batch_size",
     "primary_checkpoint_timeout",
-    "primary_conninfo",
     "recovery_options",
     "recovery_staging_path",
     "streaming_archiver_batch_size",
     "streaming_backup_name",
     "streaming_wals_directory",
     "tablespace_bandwidth_limit",
-    "wal_conninfo",
-    "wal_streaming_conninfo",
     "wals_directory",
     "worm_mode",
     "xlogdb_directory",
@@ -979,6 +1012,9 @@ fn build_server(
             .text("streaming_conninfo")
             .map_or_else(|| conninfo.clone(), |r| r.value.clone()),
         conninfo,
+        primary_conninfo: f.string("primary_conninfo"),
+        wal_streaming_conninfo: f.string("wal_streaming_conninfo"),
+        wal_conninfo: f.string("wal_conninfo"),
         streaming_archiver: f.bool("streaming_archiver", false)?,
         streaming_archiver_name: f
             .string("streaming_archiver_name")

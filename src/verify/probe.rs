@@ -428,7 +428,8 @@ fn literal(s: &str) -> String {
 }
 
 async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
-    let info = ConnInfo::parse(&server.conninfo).map_err(|e| format!("conninfo: {e}"))?;
+    let (option, text) = server.wal_sql();
+    let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
     let opts = ConnectOptions {
         replication: false,
         application_name: Some("pgbk".into()),
@@ -512,8 +513,8 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
 }
 
 async fn streaming_state(server: &ServerConfig) -> Result<StreamingState, String> {
-    let info = ConnInfo::parse(&server.streaming_conninfo)
-        .map_err(|e| format!("streaming_conninfo: {e}"))?;
+    let (option, text) = server.wal_streaming();
+    let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
     let opts = ConnectOptions {
         replication: true,
         application_name: Some("pgbk_check".into()),

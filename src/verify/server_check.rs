@@ -463,7 +463,7 @@ pub fn application_name_item(server: &ServerConfig, all: &[&ServerConfig]) -> Op
         return None;
     }
     let target = |s: &ServerConfig| {
-        let ci = crate::pg::ConnInfo::parse(&s.streaming_conninfo).ok()?;
+        let ci = crate::pg::ConnInfo::parse(s.wal_streaming().1).ok()?;
         Some((ci.host(), ci.port()))
     };
     let mine = target(server)?;
