@@ -12,7 +12,17 @@
 #   bench_probe_file_creation NAME  microseconds per file creation right now
 #   bench_pgbk_config HOME "LINES"   pgbk.conf + conf.d/bench.conf (server 'bench'); sets PGBK_CONF
 #   bench_wait_streaming APP PID LOG wait until APP streams (pg_stat_replication)
+#   bench_apt_install PACKAGE        apt-get install -y (as root; apt-get update once if it fails)
+#   bench_drop_caches                sync, then drop the page cache (as root; else sync only)
+#   bench_start_sshd DIR             a throwaway sshd on a loopback port; sets SSH_COMMAND
+#   bench_loadavg                    the three load averages
+#   bench_median FILE FIELD KEY...   median of column FIELD over FILE's lines starting with KEY...
+#   bench_goal TEXT VALUE LIMIT      prints PASS/MISS (VALUE <= LIMIT) and TEXT
 #   log, die, human BYTES, ratio A B
+# PG_CLIENT_BIN, when a script sets it (after bench_clean_pg_env, which unsets it),
+# is where psql_ and bench_pgbench_init find psql and pgbench, so a cluster run by
+# other server binaries (PG_BIN=/var/tmp/pgbk-pg/17/bin has only initdb, pg_ctl
+# and postgres) is driven by Debian's client tools; unset, they come from PG_BIN.
 # Background processes the script starts go into PIDS: cleanup sends them SIGTERM
 # (then SIGKILL), stops the cluster and removes WORK unless PGBK_KEEP_TEST_DIRS is
 # set. A script may define bench_on_cleanup, called first.
@@ -51,6 +61,8 @@ fi
 # Foreground only: a function run in the background would put a subshell between
 # $! and the binary. Background jobs use "${AS_PG[@]}" "$PG_BIN/..." directly.
 pg() { "${AS_PG[@]}" "$PG_BIN/$1" "${@:2}"; }
+# The same for the client tools (psql, pgbench): PG_CLIENT_BIN, else PG_BIN.
+pgc() { "${AS_PG[@]}" "${PG_CLIENT_BIN:-$PG_BIN}/$1" "${@:2}"; }
 
 bench_require_pg_tools() {
     local tool
@@ -169,11 +181,11 @@ EOF
     log "PostgreSQL $(pg postgres --version | awk '{print $3}') on port $PORT"
 }
 
-psql_() { pg psql -X -A -t -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d postgres "$@"; }
+psql_() { pgc psql -X -A -t -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d postgres "$@"; }
 
 bench_pgbench_init() {
     log "pgbench -i -s $1"
-    pg pgbench -i -q -s "$1" -h "$WORK" -p "$PORT" -U postgres postgres >"$WORK/pgbench-init.log" 2>&1 ||
+    pgc pgbench -i -q -s "$1" -h "$WORK" -p "$PORT" -U postgres postgres >"$WORK/pgbench-init.log" 2>&1 ||
         { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
     psql_ -c checkpoint
 }
@@ -234,6 +246,104 @@ bench_wait_streaming() {
         sleep 0.1
     done
     log "$app is streaming"
+}
+
+# --- system -----------------------------------------------------------------
+# bench_apt_install PACKAGE: apt-get install -y PACKAGE (root only), with one
+# apt-get update and a second try when the first fails.
+bench_apt_install() {
+    [ "$(id -u)" -eq 0 ] || die "$1 is missing: install the Debian package '$1' (apt-get install -y $1) or run as root"
+    log "installing the Debian package '$1': apt-get install -y $1"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2; then
+        log "apt-get install failed; running apt-get update and trying again"
+        apt-get update >&2 || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >&2 || die "apt-get install -y $1 failed"
+    fi
+}
+
+# bench_drop_caches: sync, then (as root) drop the page cache, dentries and
+# inodes; returns 1 when it could not (not root).
+bench_drop_caches() {
+    sync
+    [ "$(id -u)" -eq 0 ] && echo 3 2>/dev/null >/proc/sys/vm/drop_caches
+}
+
+# bench_start_sshd DIR: a throwaway sshd (as tests/common/sshd.rs and bench/rsync
+# start it) on a free loopback port, host and client keys generated in DIR, a
+# known_hosts, `UsePAM yes` so the key gets into Debian's locked postgres account.
+# Root only. Adds it to PIDS; sets SSH_PORT, SSHD_PID and SSH_COMMAND (ssh as
+# postgres@127.0.0.1 with that key and known_hosts), checked with one login.
+bench_start_sshd() {
+    local dir=$1
+    [ "$(id -u)" -eq 0 ] || die "bench_start_sshd needs root"
+    mkdir -p "$dir" /run/sshd
+    chmod 0755 "$dir" # sshd reads authorized_keys as postgres
+    ssh-keygen -q -t ed25519 -N '' -C pgbk-bench -f "$dir/host_key"
+    ssh-keygen -q -t ed25519 -N '' -C pgbk-bench -f "$dir/client_key"
+    cp "$dir/client_key.pub" "$dir/authorized_keys"
+    chmod 0644 "$dir/authorized_keys"
+    for _ in 1 2 3 4 5; do
+        SSH_PORT=$(pick_port)
+        cat >"$dir/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+UsePAM yes
+PidFile $dir/sshd.pid
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+LogLevel INFO
+Subsystem sftp internal-sftp
+EOF
+        /usr/sbin/sshd -D -e -f "$dir/sshd_config" >>"$dir/sshd.log" 2>&1 &
+        SSHD_PID=$!
+        PIDS+=("$SSHD_PID")
+        for _ in $(seq 100); do
+            port_in_use "$SSH_PORT" && break
+            kill -0 "$SSHD_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SSHD_PID" 2>/dev/null && port_in_use "$SSH_PORT"; then
+            echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1-2 "$dir/host_key.pub")" >"$dir/known_hosts"
+            SSH_COMMAND="ssh -p $SSH_PORT -i $dir/client_key -o UserKnownHostsFile=$dir/known_hosts postgres@127.0.0.1"
+            $SSH_COMMAND -o BatchMode=yes true 2>"$dir/ssh-probe.log" ||
+                { cat "$dir/ssh-probe.log" >&2; tail -20 "$dir/sshd.log" >&2; die "cannot log in as postgres through the test sshd"; }
+            return
+        fi
+        kill "$SSHD_PID" 2>/dev/null || true
+    done
+    tail -20 "$dir/sshd.log" >&2
+    die "sshd did not start (log: $dir/sshd.log)"
+}
+
+bench_loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# --- results ----------------------------------------------------------------
+# bench_median FILE FIELD KEY...: the median of column FIELD (numbers) over the
+# lines of FILE whose first columns are KEY... ("-" values skipped); "-" if none.
+bench_median() {
+    local file=$1 field=$2
+    shift 2
+    awk -v f="$field" -v keys="$*" 'BEGIN { n = split(keys, k, " ") }
+        { for (i = 1; i <= n; i++) if ($i != k[i]) next
+          if ($f != "-" && $f != "") print $f }' "$file" | sort -g |
+        awk '{ v[NR] = $1 } END {
+            if (NR == 0) { print "-"; exit }
+            printf "%.15g\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bench_goal TEXT VALUE LIMIT: "  PASS  TEXT" when VALUE <= LIMIT, MISS above it
+# (or inf), n/a when VALUE is "-".
+bench_goal() {
+    local verdict
+    verdict=$(awk -v v="$2" -v l="$3" 'BEGIN {
+        if (v == "-" || v == "") print "n/a"; else if (v == "inf") print "MISS";
+        else if (v + 0 <= l + 0) print "PASS"; else print "MISS" }')
+    printf '  %-4s  %s\n' "$verdict" "$1"
 }
 
 # --- formatting -------------------------------------------------------------

@@ -51,8 +51,18 @@ fn facts(c: &Cluster) -> String {
                 (select count(*) from pgbench_history), \
                 (select count(*) from created_between), \
                 (select count(*) from truncated_between), \
-                (select count(*) from pg_class where relname = 'dropped_between')",
+                (select count(*) from pg_class where relname = 'dropped_between'), \
+                (select count(*) || '/' || sum(g) from shrinks)",
     )
+}
+
+fn shrink_and_grow(c: &Cluster, round: u32) {
+    c.psql("delete from shrinks where g > 5000");
+    c.psql("vacuum shrinks");
+    c.psql(&format!(
+        "insert into shrinks select g from generate_series({0} * 100000, {0} * 100000 + 20000) g",
+        round
+    ));
 }
 
 struct Chain {
@@ -78,7 +88,8 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
     c.psql(
         "create table marker (id int); \
          create table truncated_between as select g from generate_series(1, 20000) g; \
-         create table dropped_between as select g from generate_series(1, 20000) g;",
+         create table dropped_between as select g from generate_series(1, 20000) g; \
+         create table shrinks as select g from generate_series(1, 40000) g;",
     );
     let pg = Pgbk::new();
     pg.streaming_server_with(
@@ -94,6 +105,9 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
     assert!(full.get("parent").is_none(), "{full}");
 
     pgbench_transactions(&c, 150);
+    // VACUUM truncates the file, then new rows extend it again: the incremental
+    // holds blocks past its truncation length.
+    shrink_and_grow(&c, 1);
     c.psql(
         "update pgbench_accounts set abalance = abalance + 7 where aid between 500001 and 510000",
     );
@@ -104,6 +118,7 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
     c.psql("create table created_between as select g from generate_series(1, 30000) g");
     c.psql("truncate truncated_between");
     c.psql("drop table dropped_between");
+    shrink_and_grow(&c, 2);
     pgbench_transactions(&c, 150);
     let inc2 = pg.json(&["backup", "pg1", "--incremental", id(&inc1)]);
     assert_eq!(inc2["status"], "DONE", "{inc2}");
@@ -311,6 +326,14 @@ fn incremental_refusals_and_the_full_fallback() {
         "pg1",
         &c,
         "immediate_checkpoint = on\nbackup_type = incremental\nincremental_fallback = full\n",
+    );
+    let check = pg.run(&["check", "pg1"]);
+    assert_ne!(check.code, 0, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("incremental backups: FAILED")
+            && check.stdout.contains("PostgreSQL 17 or later"),
+        "{}",
+        check.stdout
     );
     let out = pg.run(&["backup", "pg1"]);
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -215,7 +215,18 @@ impl Rebuild<'_> {
         parser
             .finish()
             .map_err(|m| corrupt(info, format!("'{}': {m}", e.path)))?;
-        check_content(info, e, size, &sum)
+        let truncation = parser.header.as_ref().map(|h| h.truncation);
+        check_content(info, e, size, &sum)?;
+        self.source_done(truncation);
+        Ok(())
+    }
+
+    /// After a source: its truncation length limits what older sources give (not
+    /// its own blocks, which may lie past it).
+    fn source_done(&mut self, truncation: Option<u32>) {
+        if let Some(t) = truncation {
+            self.limit = self.limit.min(t);
+        }
     }
 
     /// Writes `block` number `b` unless a newer source gave it or it was truncated.
@@ -234,6 +245,7 @@ impl Rebuild<'_> {
 
 struct Header {
     blocks: Vec<u32>,
+    truncation: u32,
 }
 
 enum Failure {
@@ -297,8 +309,7 @@ impl Blocks<'_, '_> {
             r.block_length = truncation.max(highest);
             r.claimed = vec![false; r.block_length as usize];
         }
-        r.limit = r.limit.min(truncation);
-        self.header = Some(Header { blocks });
+        self.header = Some(Header { blocks, truncation });
         Ok(true)
     }
 
@@ -403,5 +414,118 @@ INCREMENTAL FROM LSN: 0/1000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n";
             label_without_incremental(label),
             b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIMELINE: 1\n"
         );
+    }
+
+    fn incremental(truncation: u32, blocks: &[(u32, u8)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [INCREMENTAL_MAGIC, blocks.len() as u32, truncation] {
+            v.extend_from_slice(&w.to_ne_bytes());
+        }
+        for (b, _) in blocks {
+            v.extend_from_slice(&b.to_ne_bytes());
+        }
+        if !blocks.is_empty() {
+            v.resize(v.len().div_ceil(BLCKSZ as usize) * BLCKSZ as usize, 0);
+        }
+        for (_, fill) in blocks {
+            v.extend(std::iter::repeat_n(*fill, BLCKSZ as usize));
+        }
+        v
+    }
+
+    fn full(fills: &[u8]) -> Vec<u8> {
+        fills
+            .iter()
+            .flat_map(|f| std::iter::repeat_n(*f, BLCKSZ as usize))
+            .collect()
+    }
+
+    /// Feeds sources newest first, in uneven pieces, and returns the blocks' fill bytes.
+    fn rebuild(sources: &[(Source, Vec<u8>)]) -> Result<Vec<u8>, String> {
+        let file = tempfile::tempfile().unwrap();
+        let mut r = Rebuild {
+            out: &file,
+            block_length: 0,
+            limit: u32::MAX,
+            claimed: Vec::new(),
+            newest: true,
+        };
+        for (source, bytes) in sources {
+            let mut p = Blocks {
+                rebuild: &mut r,
+                source: *source,
+                buf: Vec::new(),
+                header: None,
+                next: 0,
+                failure: None,
+            };
+            for piece in bytes.chunks(3001) {
+                if p.write_all(piece).is_err() {
+                    return Err(match p.failure.take() {
+                        Some(Failure::Format(m)) => m,
+                        _ => "write failed".into(),
+                    });
+                }
+            }
+            p.finish()?;
+            let truncation = p.header.as_ref().map(|h| h.truncation);
+            r.source_done(truncation);
+        }
+        let len = u64::from(r.block_length) * BLCKSZ;
+        file.set_len(len).unwrap();
+        let mut data = Vec::new();
+        use std::io::{Read, Seek};
+        let mut f = &file;
+        f.rewind().unwrap();
+        f.read_to_end(&mut data).unwrap();
+        Ok(data.chunks(BLCKSZ as usize).map(|b| b[0]).collect())
+    }
+
+    #[test]
+    fn the_newest_source_of_each_block_wins_within_the_truncation_length() {
+        use Source::*;
+        // Full: 6 blocks. Middle incremental: truncated to 4 blocks, then block 1
+        // changed and block 4 written again. Newest: block 2 changed, 5 blocks.
+        let got = rebuild(&[
+            (Incremental, incremental(5, &[(2, 0x32)])),
+            (Incremental, incremental(4, &[(1, 0x21), (4, 0x24)])),
+            (Full, full(&[0x10, 0x11, 0x12, 0x13, 0x14, 0x15])),
+        ])
+        .unwrap();
+        assert_eq!(got, [0x10, 0x21, 0x32, 0x13, 0x24]);
+        // An unchanged segment (a 12-byte header) is its full copy; a block past
+        // the full copy's end that no backup holds reads as zeros.
+        let got = rebuild(&[
+            (Incremental, incremental(3, &[])),
+            (Full, full(&[0x10, 0x11])),
+        ])
+        .unwrap();
+        assert_eq!(got, [0x10, 0x11, 0]);
+        // The newest file's highest block extends it past its truncation length.
+        let got = rebuild(&[
+            (Incremental, incremental(1, &[(3, 0x33)])),
+            (Full, full(&[0x10, 0x11, 0x12, 0x13])),
+        ])
+        .unwrap();
+        assert_eq!(got, [0x10, 0, 0, 0x33]);
+    }
+
+    #[test]
+    fn damaged_sources_are_refused() {
+        use Source::*;
+        let mut bad = incremental(2, &[(0, 1)]);
+        bad[0] ^= 0xff;
+        assert!(rebuild(&[(Incremental, bad)])
+            .unwrap_err()
+            .contains("magic"));
+        let mut short = incremental(2, &[(0, 1), (1, 2)]);
+        short.truncate(short.len() - 10);
+        assert!(rebuild(&[(Incremental, short)])
+            .unwrap_err()
+            .contains("its header lists 2"));
+        let huge = incremental(MAX_BLOCKS + 1, &[]);
+        assert!(rebuild(&[(Incremental, huge)])
+            .unwrap_err()
+            .contains("more than a segment"));
     }
 }

@@ -37,6 +37,8 @@ pub struct SqlState {
     pub wal_segment_size: u64,
     /// `synchronous_standby_names`.
     pub synchronous_standby_names: String,
+    /// `summarize_wal` (`None` before PostgreSQL 17).
+    pub summarize_wal: Option<bool>,
     /// The configured slot, if it exists.
     pub slot: Option<SlotState>,
     /// receive-wal's row in `pg_stat_replication`, if connected.
@@ -449,7 +451,8 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
                          THEN coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
                          ELSE pg_current_wal_lsn() END AS current_lsn,
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size') AS seg_size,
-                    current_setting('synchronous_standby_names') AS sync_names
+                    current_setting('synchronous_standby_names') AS sync_names,
+                    current_setting('summarize_wal', true) AS summarize_wal
                FROM pg_roles r WHERE r.rolname = current_user",
         )
         .await
@@ -465,6 +468,11 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
         current_lsn: get("current_lsn").parse().unwrap_or_default(),
         wal_segment_size: get("seg_size").parse().unwrap_or(16 << 20),
         synchronous_standby_names: get("sync_names"),
+        summarize_wal: match get("summarize_wal").as_str() {
+            "on" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        },
         slot: None,
         receiver: None,
         data_directory: None,

@@ -95,6 +95,21 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
         }
         Err(e) => out.push(item("PostgreSQL", false, Some(e.clone()))),
     }
+    if server.backup_type == crate::config::BackupType::Incremental {
+        if let Ok(sql) = &st.sql {
+            let hint = if sql.version_num < crate::backup::incremental::MIN_INCREMENTAL_VERSION {
+                Some(format!(
+                    "backup_type = incremental needs PostgreSQL 17 or later, the server runs {}",
+                    sql.version
+                ))
+            } else if sql.summarize_wal != Some(true) {
+                Some("backup_type = incremental needs summarize_wal = on on the server".to_string())
+            } else {
+                None
+            };
+            out.push(item("incremental backups", hint.is_none(), hint));
+        }
+    }
     let streaming_needed =
         server.streaming_archiver || server.backup_method.to_string() == "postgres";
     if streaming_needed {
