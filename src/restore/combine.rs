@@ -105,6 +105,13 @@ impl Chain {
         Ok(Chain { levels })
     }
 
+    /// About how many bytes restoring the chain writes (for progress): the full
+    /// backup's size, or the newest backup's when larger.
+    pub fn estimated_size(&self, newest: &BackupInfo) -> u64 {
+        let root = self.levels.last().map_or(0, |l| l.info.size_bytes);
+        root.max(newest.size_bytes)
+    }
+
     /// Rebuilds the file `e` (an `INCREMENTAL.*` entry of the newest backup) into
     /// `out`, an empty file; returns its size. Every source's size and checksum are
     /// verified against its backup's file list.
@@ -124,6 +131,8 @@ impl Chain {
             limit: u32::MAX,
             claimed: Vec::new(),
             newest: true,
+            run_start: 0,
+            run: Vec::new(),
         };
         state.feed(dir, info, e, Source::Incremental, out_path)?;
         let mut full_seen = false;
@@ -183,7 +192,14 @@ struct Rebuild<'a> {
     claimed: Vec<bool>,
     /// The next source is the newest incremental file.
     newest: bool,
+    /// Accepted blocks that follow one another, written at once: the first one's
+    /// number and their bytes.
+    run_start: u32,
+    run: Vec<u8>,
 }
+
+/// The most bytes of consecutive blocks gathered into one write.
+const RUN_BYTES: usize = 1 << 20;
 
 impl Rebuild<'_> {
     /// Streams one source through a [`Blocks`] parser and checks its content.
@@ -217,16 +233,25 @@ impl Rebuild<'_> {
             .map_err(|m| corrupt(info, format!("'{}': {m}", e.path)))?;
         let truncation = parser.header.as_ref().map(|h| h.truncation);
         check_content(info, e, size, &sum)?;
-        self.source_done(truncation);
-        Ok(())
+        self.source_done(truncation).map_err(io_err(out_path))
     }
 
-    /// After a source: its truncation length limits what older sources give (not
-    /// its own blocks, which may lie past it).
-    fn source_done(&mut self, truncation: Option<u32>) {
+    /// After a source: its blocks are written, and its truncation length limits
+    /// what older sources give (not its own blocks, which may lie past it).
+    fn source_done(&mut self, truncation: Option<u32>) -> io::Result<()> {
         if let Some(t) = truncation {
             self.limit = self.limit.min(t);
         }
+        self.flush_run()
+    }
+
+    fn flush_run(&mut self) -> io::Result<()> {
+        if !self.run.is_empty() {
+            self.out
+                .write_all_at(&self.run, u64::from(self.run_start) * BLCKSZ)?;
+            self.run.clear();
+        }
+        Ok(())
     }
 
     /// Writes `block` number `b` unless a newer source gave it or it was truncated.
@@ -239,7 +264,13 @@ impl Rebuild<'_> {
             return Ok(());
         }
         *slot = true;
-        self.out.write_all_at(block, u64::from(b) * BLCKSZ)
+        let next = self.run_start as usize + self.run.len() / BLCKSZ as usize;
+        if self.run.is_empty() || b as usize != next || self.run.len() >= RUN_BYTES {
+            self.flush_run()?;
+            self.run_start = b;
+        }
+        self.run.extend_from_slice(block);
+        Ok(())
     }
 }
 
@@ -449,6 +480,8 @@ INCREMENTAL FROM LSN: 0/1000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n";
             limit: u32::MAX,
             claimed: Vec::new(),
             newest: true,
+            run_start: 0,
+            run: Vec::new(),
         };
         for (source, bytes) in sources {
             let mut p = Blocks {
@@ -469,7 +502,7 @@ INCREMENTAL FROM LSN: 0/1000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n";
             }
             p.finish()?;
             let truncation = p.header.as_ref().map(|h| h.truncation);
-            r.source_done(truncation);
+            r.source_done(truncation).unwrap();
         }
         let len = u64::from(r.block_length) * BLCKSZ;
         file.set_len(len).unwrap();

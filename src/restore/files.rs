@@ -553,7 +553,7 @@ fn rebuild_file(
     set_mtime(&file, &path, e.mtime)?;
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_written.fetch_add(size, Ordering::Relaxed);
-    let d = ctx.done.fetch_add(e.size, Ordering::Relaxed) + e.size;
+    let d = ctx.done.fetch_add(size, Ordering::Relaxed) + size;
     ctx.progress.set(d);
     Ok(())
 }
@@ -651,7 +651,8 @@ pub fn restore(
         }
     }
     let control = std::sync::Mutex::new(None);
-    progress.start("restore", Some(info.size_bytes));
+    let total = chain.map_or(info.size_bytes, |c| c.estimated_size(info));
+    progress.start("restore", Some(total));
     let ctx = Ctx {
         dir,
         info,

@@ -154,10 +154,13 @@ pub fn execute(
     if !out.success() {
         return Err(failed(&session, "creating the destination", &out));
     }
-    progress.start("restore", Some(plan.info.size_bytes));
+    let chain = plan.chain()?;
+    let total = chain
+        .as_ref()
+        .map_or(plan.info.size_bytes, |c| c.estimated_size(&plan.info));
+    progress.start("restore", Some(total));
     let mut written = Written::default();
     let mut done = 0u64;
-    let chain = plan.chain()?;
     let result = (|| {
         let chain = chain.as_ref();
         send_root(
@@ -387,7 +390,7 @@ fn send_entry(
                 std::io::copy(&mut r, tar).map_err(io_stream)?;
                 stats.files_written += 1;
                 stats.bytes_written += size;
-                *done += e.size;
+                *done += size;
                 return Ok(());
             }
             match (top, name) {
