@@ -19,8 +19,8 @@
 
 mod common;
 use common::{
-    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, wait_receive_wal, wait_until,
-    BackgroundPgbk, Cluster, ClusterOptions, Pgbk, Sshd,
+    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, wait_receive_wal, BackgroundPgbk,
+    Cluster, ClusterOptions, Pgbk, Sshd,
 };
 use serde_json::Value;
 use std::fs;
@@ -161,15 +161,7 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
 /// and every btree index.
 fn check_recovered(ch: &Chain, dir: tempfile::TempDir, major: u32) {
     let r = Cluster::from_datadir(dir, options(major));
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        assert!(
-            r.is_running(),
-            "the recovered server stopped\n{}",
-            r.log_tail(40)
-        );
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
+    r.wait_promoted();
     assert_eq!(facts(&r), ch.expected, "{}", r.log_tail(40));
     assert_ne!(
         facts(&ch.c),
@@ -459,10 +451,7 @@ fn an_incremental_chain_in_a_bucket_rebuilds_its_links_and_recovers() {
     ]);
     assert_eq!(out["backup_id"], id(&inc), "{out}");
     let r = Cluster::from_datadir(dir, options(17));
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        assert!(r.is_running(), "{}", r.log_tail(40));
-        r.try_psql("select pg_is_in_recovery()").is_ok_and(|s| s == "f")
-    });
+    r.wait_promoted();
     // --target-immediate stops at the incremental's end: everything up to it.
     let at_backup = r.psql(
         "select (select count(*) || '/' || sum(g) from shrinks), \

@@ -12,7 +12,7 @@
 //! streams, and a missing major fails naming the installer.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -90,15 +90,7 @@ fn backup_and_point_in_time_recover(major: u32) {
         major.to_string()
     );
     let r = Cluster::from_datadir(dir, opts);
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        assert!(
-            r.is_running(),
-            "the recovered server stopped\n{}",
-            r.log_tail(40)
-        );
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
+    r.wait_promoted();
     let recovered: u32 = r.psql("show server_version_num").parse().unwrap();
     assert_eq!(recovered, version);
     assert_eq!(r.system_id(), c.system_id());

@@ -7,7 +7,7 @@
 //! A `primary_conninfo` naming another cluster is refused in one line.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
 use std::fs;
 use std::time::Duration;
 
@@ -69,11 +69,7 @@ fn a_backup_from_a_standby_under_load_on_the_primary_recovers_exactly() {
     let label = fs::read_to_string(data.join("backup_label")).unwrap();
     assert!(label.contains("BACKUP FROM: standby"), "{label}");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_until(Duration::from_secs(60), "recovery to end", || {
-        assert!(r.is_running(), "{}", r.log_tail(40));
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
+    r.wait_promoted();
     assert_eq!(r.psql("select string_agg(id::text, ',') from marker"), "1");
     assert_eq!(
         r.psql("select count(*) from pgbench_history"),

@@ -125,15 +125,7 @@ impl Chain {
     ) -> Result<u64, RestoreError> {
         let target = reconstructed_path(&e.path)
             .ok_or_else(|| corrupt(info, format!("'{}' is not an incremental file", e.path)))?;
-        let mut state = Rebuild {
-            out,
-            block_length: 0,
-            limit: u32::MAX,
-            claimed: Vec::new(),
-            newest: true,
-            run_start: 0,
-            run: Vec::new(),
-        };
+        let mut state = Rebuild::new(out);
         state.feed(dir, info, e, Source::Incremental, out_path)?;
         let mut full_seen = false;
         for level in &self.levels {
@@ -201,7 +193,20 @@ struct Rebuild<'a> {
 /// The most bytes of consecutive blocks gathered into one write.
 const RUN_BYTES: usize = 1 << 20;
 
-impl Rebuild<'_> {
+impl<'a> Rebuild<'a> {
+    /// A rebuild into `out`, before the newest source.
+    fn new(out: &'a File) -> Rebuild<'a> {
+        Rebuild {
+            out,
+            block_length: 0,
+            limit: u32::MAX,
+            claimed: Vec::new(),
+            newest: true,
+            run_start: 0,
+            run: Vec::new(),
+        }
+    }
+
     /// Streams one source through a [`Blocks`] parser and checks its content.
     fn feed(
         &mut self,
@@ -474,15 +479,7 @@ INCREMENTAL FROM LSN: 0/1000028\nINCREMENTAL FROM TLI: 1\nSTART TIMELINE: 1\n";
     /// Feeds sources newest first, in uneven pieces, and returns the blocks' fill bytes.
     fn rebuild(sources: &[(Source, Vec<u8>)]) -> Result<Vec<u8>, String> {
         let file = tempfile::tempfile().unwrap();
-        let mut r = Rebuild {
-            out: &file,
-            block_length: 0,
-            limit: u32::MAX,
-            claimed: Vec::new(),
-            newest: true,
-            run_start: 0,
-            run: Vec::new(),
-        };
+        let mut r = Rebuild::new(&file);
         for (source, bytes) in sources {
             let mut p = Blocks {
                 rebuild: &mut r,

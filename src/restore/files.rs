@@ -387,6 +387,21 @@ pub(crate) fn check_content(
     Ok(())
 }
 
+/// Creates (or truncates) a file to restore into, 0600 until its content is
+/// checked, creating its folder if the list has not.
+fn create_file(ctx: &Ctx, path: &Path) -> Result<File, RestoreError> {
+    match open_for_write(path, 0o600) {
+        Ok(f) => Ok(f),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                create_dir(parent, ctx.opts.owner)?;
+            }
+            open_for_write(path, 0o600).map_err(io_err(path))
+        }
+        Err(err) => Err(io_err(path)(err)),
+    }
+}
+
 fn open_for_write(path: &Path, mode: u32) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
@@ -472,16 +487,7 @@ fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<
             }
         }
     }
-    let file = match open_for_write(&path, 0o600) {
-        Ok(f) => f,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                create_dir(parent, ctx.opts.owner)?;
-            }
-            open_for_write(&path, 0o600).map_err(io_err(&path))?
-        }
-        Err(err) => return Err(io_err(&path)(err)),
-    };
+    let file = create_file(ctx, &path)?;
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     let size = if ctx.chain.is_some() && combine::is_backup_label(e) {
         // The label of an incremental backup loses its INCREMENTAL FROM lines,
@@ -536,16 +542,7 @@ fn rebuild_file(
             }
         }
     }
-    let file = match open_for_write(&path, 0o600) {
-        Ok(f) => f,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                create_dir(parent, ctx.opts.owner)?;
-            }
-            open_for_write(&path, 0o600).map_err(io_err(&path))?
-        }
-        Err(err) => return Err(io_err(&path)(err)),
-    };
+    let file = create_file(ctx, &path)?;
     let size = chain.rebuild(ctx.dir, ctx.info, e, &file, &path)?;
     file.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
         .map_err(io_err(&path))?;

@@ -380,6 +380,20 @@ impl Cluster {
         run_checked(&mut cmd, || self.log_tail(40));
     }
 
+    /// Waits (up to 120 s) until a recovering server has promoted, panicking with
+    /// its log if it stops meanwhile.
+    pub fn wait_promoted(&self) {
+        wait_until(Duration::from_secs(120), "recovery to end", || {
+            assert!(
+                self.is_running(),
+                "the recovered server stopped\n{}",
+                self.log_tail(40)
+            );
+            self.try_psql("select pg_is_in_recovery()")
+                .is_ok_and(|s| s == "f")
+        });
+    }
+
     /// Whether a postmaster runs on this data directory (`pg_ctl status`).
     pub fn is_running(&self) -> bool {
         self.pg_ctl()
