@@ -469,3 +469,61 @@ fn an_incremental_chain_in_a_bucket_rebuilds_its_links_and_recovers() {
         r.log_tail(30)
     );
 }
+
+/// A passive copy in another region gets the chain whole (parent links
+/// included) from `replicate`, and recovers it.
+#[test]
+fn replicate_copies_a_chain_that_recovers_on_the_passive_side() {
+    use common::peer::{add_passive_server, replicate};
+    let sshd = Sshd::start();
+    let c = Cluster::new(options(17));
+    c.pgbench_init(1);
+    c.psql("create table marker (id int)");
+    let a = Pgbk::new();
+    a.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
+    let rw = a.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&c);
+    let full = a.json(&["backup", "pg1"]);
+    pgbench_transactions(&c, 100);
+    c.psql("insert into marker values (1)");
+    let inc = a.json(&["backup", "pg1", "--incremental"]);
+    assert_eq!(inc["parent"], id(&full), "{inc}");
+    let expected =
+        c.psql("select sum(abalance), (select count(*) from marker) from pgbench_accounts");
+    a.archive_now("pg1");
+
+    let b = Pgbk::new();
+    add_passive_server(&b, "pg1", &sshd, &a, "");
+    let report = replicate(&b, "pg1");
+    assert_eq!(
+        report["backups_copied"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    let shown = b.json(&["show-backup", "pg1", id(&inc)]);
+    assert_eq!(shown["status"], "DONE", "{shown}");
+    assert_eq!(shown["parent"], id(&full), "{shown}");
+    let verified = b.json(&["verify-backup", "pg1", id(&inc)]);
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    let dir = pg_scratch_dir("pgbk-inc-peer-");
+    let data = dir.path().join("data");
+    b.ok(&[
+        "recover",
+        "pg1",
+        id(&inc),
+        data.to_str().unwrap(),
+        "--target-immediate",
+        "--target-action",
+        "promote",
+    ]);
+    let r = Cluster::from_datadir(dir, options(17));
+    r.wait_promoted();
+    assert_eq!(
+        r.psql("select sum(abalance), (select count(*) from marker) from pgbench_accounts"),
+        expected,
+        "{}",
+        r.log_tail(30)
+    );
+    drop(rw);
+}

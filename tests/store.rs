@@ -321,20 +321,6 @@ fn an_s3_repository_is_configured_shown_masked_and_checked() {
     }
 }
 
-/// Waits until a recovered cluster has promoted; a server that stopped instead
-/// (recovery could not reach its target) fails at once with its log.
-fn wait_promoted(r: &common::Cluster, what: &str) {
-    common::wait_until(Duration::from_secs(120), what, || {
-        assert!(
-            r.is_running(),
-            "{what}: the server stopped:\n{}",
-            r.log_tail(40)
-        );
-        r.try_psql("select pg_is_in_recovery()")
-            .is_ok_and(|s| s == "f")
-    });
-}
-
 /// `recover pg latest <scratch>/data --target-time T --target-action promote`;
 /// returns the scratch folder and the data directory.
 fn recover_to_time(
@@ -610,14 +596,14 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
         .unwrap();
     assert!(verify.status.success(), "pg_verifybackup: {verify:?}");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_promoted(&r, "recovery to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select count(*) from t"), expected);
     drop(r);
 
     // To a time between the two batches: exactly the rows committed before it.
     let (dir, _) = recover_to_time(&pg, &target, "pgbk-s3-pitr-");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_promoted(&r, "the point-in-time recovery to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select count(*) from t"), at_target);
     drop(r);
     rw.term();
@@ -772,7 +758,7 @@ fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
     ]);
     rw.term();
     let r = Cluster::from_datadir(rec, ClusterOptions::default());
-    wait_promoted(&r, "recovery to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select i from t777"), "777");
     assert_eq!(
         r.psql(
@@ -892,7 +878,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
     assert_eq!(out["manifest"], true, "{out}");
     assert!(out["wal_files"].as_u64().unwrap() >= 1, "{out}");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_promoted(&r, "the remote recovery to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select count(*) from t"), "1500");
     drop(r);
 
@@ -1135,7 +1121,7 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
         .unwrap();
     assert!(verify.status.success(), "pg_verifybackup: {verify:?}");
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_promoted(&r, "the point-in-time recovery to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select count(*) from t"), "500");
     assert_eq!(r.psql("select count(*) from still"), "20000");
     drop(r);
@@ -1240,7 +1226,7 @@ fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
     let data = dir.path().join("data");
     b.ok(&["recover", "pg1", "latest", data.to_str().unwrap()]);
     let r = Cluster::from_datadir(dir, ClusterOptions::default());
-    wait_promoted(&r, "recovery on B to end");
+    r.wait_promoted();
     assert_eq!(r.psql("select note from marker"), "after the backup");
     assert_eq!(r.psql("select count(*) from own59"), "10000");
     drop(r);

@@ -184,14 +184,7 @@ struct Rebuild<'a> {
     claimed: Vec<bool>,
     /// The next source is the newest incremental file.
     newest: bool,
-    /// Accepted blocks that follow one another, written at once: the first one's
-    /// number and their bytes.
-    run_start: u32,
-    run: Vec<u8>,
 }
-
-/// The most bytes of consecutive blocks gathered into one write.
-const RUN_BYTES: usize = 1 << 20;
 
 impl<'a> Rebuild<'a> {
     /// A rebuild into `out`, before the newest source.
@@ -202,8 +195,6 @@ impl<'a> Rebuild<'a> {
             limit: u32::MAX,
             claimed: Vec::new(),
             newest: true,
-            run_start: 0,
-            run: Vec::new(),
         }
     }
 
@@ -241,41 +232,79 @@ impl<'a> Rebuild<'a> {
         self.source_done(truncation).map_err(io_err(out_path))
     }
 
-    /// After a source: its blocks are written, and its truncation length limits
-    /// what older sources give (not its own blocks, which may lie past it).
+    /// After a source: its truncation length limits what older sources give (not
+    /// its own blocks, which may lie past it).
     fn source_done(&mut self, truncation: Option<u32>) -> io::Result<()> {
         if let Some(t) = truncation {
             self.limit = self.limit.min(t);
         }
-        self.flush_run()
-    }
-
-    fn flush_run(&mut self) -> io::Result<()> {
-        if !self.run.is_empty() {
-            self.out
-                .write_all_at(&self.run, u64::from(self.run_start) * BLCKSZ)?;
-            self.run.clear();
-        }
         Ok(())
     }
 
-    /// Writes `block` number `b` unless a newer source gave it or it was truncated.
-    fn offer(&mut self, b: u32, block: &[u8]) -> io::Result<()> {
+    /// Whether this source gives block `b` (claiming it): no newer source gave it
+    /// and it was not truncated away since.
+    fn accept(&mut self, b: u32) -> bool {
         if b >= self.block_length || b >= self.limit {
-            return Ok(());
+            return false;
         }
         let slot = &mut self.claimed[b as usize];
         if *slot {
-            return Ok(());
+            return false;
         }
         *slot = true;
-        let next = self.run_start as usize + self.run.len() / BLCKSZ as usize;
-        if self.run.is_empty() || b as usize != next || self.run.len() >= RUN_BYTES {
-            self.flush_run()?;
-            self.run_start = b;
+        true
+    }
+
+    /// Writes the accepted blocks of `src` (whole blocks, the `*next`th of the
+    /// source first), each run of consecutive ones in one write straight from
+    /// `src`; returns the bytes used.
+    fn take(
+        &mut self,
+        header: Option<&Header>,
+        next: &mut u32,
+        src: &[u8],
+    ) -> Result<usize, Failure> {
+        let size = BLCKSZ as usize;
+        // The pending run: first block number, where it starts in `src`, bytes.
+        let mut run: Option<(u32, usize, usize)> = None;
+        let write = |run: Option<(u32, usize, usize)>| match run {
+            Some((b, at, len)) => self
+                .out
+                .write_all_at(&src[at..at + len], u64::from(b) * BLCKSZ)
+                .map_err(Failure::Write),
+            None => Ok(()),
+        };
+        let mut at = 0;
+        let mut accepted: Vec<(u32, usize)> = Vec::new();
+        while src.len() - at >= size {
+            let b = match header {
+                Some(h) => *h.blocks.get(*next as usize).ok_or_else(|| {
+                    Failure::Format(format!(
+                        "more data than the {} blocks its header lists",
+                        h.blocks.len()
+                    ))
+                })?,
+                None => *next,
+            };
+            if self.accept(b) {
+                accepted.push((b, at));
+            }
+            *next += 1;
+            at += size;
         }
-        self.run.extend_from_slice(block);
-        Ok(())
+        for (b, off) in accepted {
+            run = match run {
+                Some((rb, ra, rl)) if rb + (rl / size) as u32 == b && ra + rl == off => {
+                    Some((rb, ra, rl + size))
+                }
+                done => {
+                    write(done)?;
+                    Some((b, off, size))
+                }
+            };
+        }
+        write(run)?;
+        Ok(at)
     }
 }
 
@@ -357,25 +386,19 @@ impl Blocks<'_, '_> {
                 Err(m) => return Err(Failure::Format(m)),
             }
         }
-        let size = BLCKSZ as usize;
-        let mut at = 0;
-        while self.buf.len() - at >= size {
-            let b = match &self.header {
-                Some(h) => *h.blocks.get(self.next as usize).ok_or_else(|| {
-                    Failure::Format(format!(
-                        "more data than the {} blocks its header lists",
-                        h.blocks.len()
-                    ))
-                })?,
-                None => self.next,
-            };
-            self.rebuild
-                .offer(b, &self.buf[at..at + size])
-                .map_err(Failure::Write)?;
-            self.next += 1;
-            at += size;
-        }
-        self.buf.drain(..at);
+        let used = self
+            .rebuild
+            .take(self.header.as_ref(), &mut self.next, &self.buf)?;
+        self.buf.drain(..used);
+        Ok(())
+    }
+
+    /// Blocks straight from the decompressor's output, when nothing is pending.
+    fn take_direct(&mut self, data: &[u8]) -> Result<(), Failure> {
+        let used = self
+            .rebuild
+            .take(self.header.as_ref(), &mut self.next, data)?;
+        self.buf.extend_from_slice(&data[used..]);
         Ok(())
     }
 
@@ -401,8 +424,14 @@ impl Write for Blocks<'_, '_> {
         if self.failure.is_some() {
             return Err(io::Error::other("the rebuild stopped"));
         }
-        self.buf.extend_from_slice(data);
-        if let Err(f) = self.take_blocks() {
+        let ready = self.buf.is_empty() && (self.source == Source::Full || self.header.is_some());
+        let taken = if ready {
+            self.take_direct(data)
+        } else {
+            self.buf.extend_from_slice(data);
+            self.take_blocks()
+        };
+        if let Err(f) = taken {
             self.failure = Some(f);
             return Err(io::Error::other("the rebuild stopped"));
         }
