@@ -4,7 +4,8 @@
 //! pgbench load on the primary, the backup (BASE_BACKUP on the standby, the WAL
 //! switch on the primary) ends DONE, its backup_label says it came from a standby,
 //! and a point-in-time recovery gives exactly the rows committed before the target.
-//! A `primary_conninfo` naming another cluster is refused in one line.
+//! A `primary_conninfo` naming another cluster is refused in one line, and a
+//! standby promoted in the middle of a backup makes it FAILED with the reason.
 
 mod common;
 use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
@@ -88,4 +89,44 @@ fn a_backup_from_a_standby_under_load_on_the_primary_recovers_exactly() {
     let list = pg.json(&["list-backups", "pg1"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     drop(rw);
+}
+
+#[test]
+fn a_standby_promoted_during_the_backup_fails_it_with_the_reason() {
+    let primary = Cluster::new(ClusterOptions::default());
+    primary.pgbench_init(2);
+    let standby = primary.standby();
+    let pg = Pgbk::new();
+    // MAX_RATE keeps BASE_BACKUP on the standby busy for several seconds.
+    pg.add_server(
+        "pg1",
+        &format!(
+            "{}bandwidth_limit = 4096\n",
+            server_file(&standby, &primary)
+        ),
+    );
+    let _rw = pg.spawn(&["receive-wal", "pg1"]);
+    wait_receive_wal(&primary);
+    let mut backup = pg.spawn(&["backup", "pg1"]);
+    common::wait_until(
+        Duration::from_secs(60),
+        "the backup to start copying",
+        || {
+            let list = pg.json(&["list-backups", "pg1"]);
+            list.as_array()
+                .and_then(|l| l.first())
+                .is_some_and(|b| b["status"] == "STARTED" && b["begin_lsn"].is_string())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    standby.promote();
+    let code = backup.wait_timeout(Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{}", backup.log_tail(20));
+    let list = pg.json(&["list-backups", "pg1"]);
+    let b = &list[0];
+    assert_eq!(b["status"], "FAILED", "{list}");
+    assert!(
+        b["error"].as_str().unwrap_or_default().contains("promoted"),
+        "{list}"
+    );
 }
