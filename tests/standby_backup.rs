@@ -40,6 +40,14 @@ fn a_backup_from_a_standby_under_load_on_the_primary_recovers_exactly() {
     let rw = pg.spawn(&["receive-wal", "pg1"]);
     wait_receive_wal(&primary);
 
+    let check = pg.run(&["check", "pg1"]);
+    for line in [
+        "backup source (conninfo): OK",
+        "primary (primary_conninfo): OK",
+        "replication slot: OK",
+    ] {
+        assert!(check.stdout.contains(line), "{line}: {}", check.stdout);
+    }
     let mut load = primary.pgbench(30, 2);
     let info = pg.json(&["backup", "pg1"]);
     assert_eq!(info["status"], "DONE", "{info}");
@@ -86,6 +94,12 @@ fn a_backup_from_a_standby_under_load_on_the_primary_recovers_exactly() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("another cluster"), "{}", out.stderr);
+    let check = pg.run(&["check", "pg1"]);
+    assert!(
+        check.stdout.contains("primary (primary_conninfo): FAILED"),
+        "{}",
+        check.stdout
+    );
     let list = pg.json(&["list-backups", "pg1"]);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     drop(rw);

@@ -185,6 +185,7 @@ mod tests {
             now,
             ssh: None,
             repository: None,
+            backup_source: None,
         };
         let items = peer_items(server, &st);
         let lag = items

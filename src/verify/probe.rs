@@ -293,6 +293,73 @@ pub struct ServerState {
     /// An S3 repository's reachability (`None` for the local one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<RepositoryState>,
+    /// Where backups are taken when WAL comes from elsewhere (`conninfo` and
+    /// `primary_conninfo` beside `wal_streaming_conninfo`/`wal_conninfo`); `None`
+    /// when one server does both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_source: Option<BackupSource>,
+}
+
+/// The servers a backup from a standby involves, as `check` sees them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSource {
+    /// `conninfo`'s server: (in recovery, system identifier), or why not.
+    #[serde(serialize_with = "ser_result")]
+    pub conninfo: Result<(bool, String), String>,
+    /// `primary_conninfo`'s server, when configured.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_result"
+    )]
+    pub primary: Option<Result<(bool, String), String>>,
+}
+
+fn ser_opt_result<T: Serialize, S: serde::Serializer>(
+    r: &Option<Result<T, String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match r {
+        Some(r) => ser_result(r, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// (in recovery, system identifier) of the server `text` names.
+async fn identity(option: &str, text: &str) -> Result<(bool, String), String> {
+    let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
+    let opts = ConnectOptions {
+        replication: false,
+        application_name: Some("pgbk".into()),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    let mut c = Connection::connect(&info, &opts)
+        .await
+        .map_err(|e| format!("{option}: {e}"))?;
+    let rows = c
+        .simple_query("SELECT pg_is_in_recovery(), system_identifier FROM pg_control_system()")
+        .await
+        .map_err(|e| format!("{option}: {e}"))?;
+    c.close().await;
+    let row = rows.first();
+    Ok((
+        row.and_then(|r| r.get_idx(0)) == Some("t"),
+        row.and_then(|r| r.get_idx(1))
+            .unwrap_or_default()
+            .to_string(),
+    ))
+}
+
+/// The backup side of a server whose WAL comes from elsewhere.
+async fn backup_source(server: &ServerConfig) -> Option<BackupSource> {
+    if server.wal_sql().1 == server.conninfo && server.primary_conninfo.is_none() {
+        return None;
+    }
+    let conninfo = identity("conninfo", &server.conninfo).await;
+    let primary = match &server.primary_conninfo {
+        Some(p) => Some(identity("primary_conninfo", p).await),
+        None => None,
+    };
+    Some(BackupSource { conninfo, primary })
 }
 
 /// Whether an object-storage repository can be used right now.
@@ -734,6 +801,9 @@ fn incoming_state(repo: &ServerRepo, st: &mut LocalState) {
 /// `ssh_command` the PostgreSQL host over SSH (one session).
 pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
     let mut st = probe_without_ssh(server, home).await;
+    if server.primary_ssh_command.is_none() {
+        st.backup_source = backup_source(server).await;
+    }
     if let Some(r) = &server.repository {
         let r = r.clone();
         st.repository = Some(
@@ -780,6 +850,7 @@ pub async fn probe_without_ssh(server: &ServerConfig, home: &Path) -> ServerStat
         now: Utc::now(),
         ssh: None,
         repository: None,
+        backup_source: None,
     }
 }
 

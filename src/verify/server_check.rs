@@ -59,6 +59,35 @@ impl CheckItem {
     }
 }
 
+/// `conninfo` (where backups are taken) and `primary_conninfo`, when WAL comes
+/// from another server than backups.
+fn backup_source_items(src: &super::probe::BackupSource) -> Vec<CheckItem> {
+    let mut out = vec![match &src.conninfo {
+        Ok(_) => item("backup source (conninfo)", true, None),
+        Err(e) => item("backup source (conninfo)", false, Some(e.clone())),
+    }];
+    if let Some(primary) = &src.primary {
+        let standby_id = src.conninfo.as_ref().ok().map(|(_, id)| id.clone());
+        let (ok, hint) = match primary {
+            Err(e) => (false, Some(e.clone())),
+            Ok((true, _)) => (
+                false,
+                Some("primary_conninfo names a server in recovery, not the primary".into()),
+            ),
+            Ok((false, id)) if standby_id.as_ref().is_some_and(|s| s != id) => (
+                false,
+                Some(format!(
+                    "primary_conninfo names another cluster (system id {id}, conninfo's is {})",
+                    standby_id.unwrap_or_default()
+                )),
+            ),
+            Ok(_) => (true, None),
+        };
+        out.push(item("primary (primary_conninfo)", ok, hint));
+    }
+    out
+}
+
 fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
     CheckItem::new(name, ok, hint)
 }
@@ -109,6 +138,9 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
             };
             out.push(item("incremental backups", hint.is_none(), hint));
         }
+    }
+    if let Some(src) = &st.backup_source {
+        out.extend(backup_source_items(src));
     }
     let streaming_needed =
         server.streaming_archiver || server.backup_method.to_string() == "postgres";
@@ -568,6 +600,7 @@ mod tests {
             now,
             ssh: None,
             repository: None,
+            backup_source: None,
         }
     }
 
