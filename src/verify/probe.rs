@@ -324,17 +324,28 @@ fn ser_opt_result<T: Serialize, S: serde::Serializer>(
     }
 }
 
-/// (in recovery, system identifier) of the server `text` names.
-async fn identity(option: &str, text: &str) -> Result<(bool, String), String> {
+/// A probe's connection to the server the option `option` (its text `text`)
+/// names; a connection string that does not parse is an error naming the option.
+async fn connect_probe(
+    option: &str,
+    text: &str,
+    replication: bool,
+    application_name: &str,
+) -> Result<Connection, String> {
     let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
     let opts = ConnectOptions {
-        replication: false,
-        application_name: Some("pgbk".into()),
+        replication,
+        application_name: Some(application_name.into()),
         connect_timeout: Some(Duration::from_secs(10)),
     };
-    let mut c = Connection::connect(&info, &opts)
+    Connection::connect(&info, &opts)
         .await
-        .map_err(|e| format!("{option}: {e}"))?;
+        .map_err(|e| e.to_string())
+}
+
+/// (in recovery, system identifier) of the server `text` names.
+async fn identity(option: &str, text: &str) -> Result<(bool, String), String> {
+    let mut c = connect_probe(option, text, false, "pgbk").await?;
     let rows = c
         .simple_query("SELECT pg_is_in_recovery(), system_identifier FROM pg_control_system()")
         .await
@@ -498,15 +509,7 @@ fn literal(s: &str) -> String {
 
 async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
     let (option, text) = server.wal_sql();
-    let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
-    let opts = ConnectOptions {
-        replication: false,
-        application_name: Some("pgbk".into()),
-        connect_timeout: Some(Duration::from_secs(10)),
-    };
-    let mut c = Connection::connect(&info, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut c = connect_probe(option, text, false, "pgbk").await?;
     let rows = c
         .simple_query(
             "SELECT current_setting('server_version') AS version,
@@ -589,15 +592,7 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
 
 async fn streaming_state(server: &ServerConfig) -> Result<StreamingState, String> {
     let (option, text) = server.wal_streaming();
-    let info = ConnInfo::parse(text).map_err(|e| format!("{option}: {e}"))?;
-    let opts = ConnectOptions {
-        replication: true,
-        application_name: Some("pgbk_check".into()),
-        connect_timeout: Some(Duration::from_secs(10)),
-    };
-    let mut c = Connection::connect(&info, &opts)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut c = connect_probe(option, text, true, "pgbk_check").await?;
     let id = c.identify_system().await.map_err(|e| e.to_string())?;
     c.close().await;
     Ok(StreamingState {
