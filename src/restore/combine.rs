@@ -265,17 +265,16 @@ impl<'a> Rebuild<'a> {
         src: &[u8],
     ) -> Result<usize, Failure> {
         let size = BLCKSZ as usize;
-        // The pending run: first block number, where it starts in `src`, bytes.
-        let mut run: Option<(u32, usize, usize)> = None;
+        let out = self.out;
         let write = |run: Option<(u32, usize, usize)>| match run {
-            Some((b, at, len)) => self
-                .out
+            Some((b, at, len)) => out
                 .write_all_at(&src[at..at + len], u64::from(b) * BLCKSZ)
                 .map_err(Failure::Write),
             None => Ok(()),
         };
+        // The pending run: first block number, where it starts in `src`, bytes.
+        let mut run: Option<(u32, usize, usize)> = None;
         let mut at = 0;
-        let mut accepted: Vec<(u32, usize)> = Vec::new();
         while src.len() - at >= size {
             let b = match header {
                 Some(h) => *h.blocks.get(*next as usize).ok_or_else(|| {
@@ -286,22 +285,17 @@ impl<'a> Rebuild<'a> {
                 })?,
                 None => *next,
             };
-            if self.accept(b) {
-                accepted.push((b, at));
-            }
-            *next += 1;
-            at += size;
-        }
-        for (b, off) in accepted {
-            run = match run {
-                Some((rb, ra, rl)) if rb + (rl / size) as u32 == b && ra + rl == off => {
+            run = match (run, self.accept(b)) {
+                (Some((rb, ra, rl)), true) if rb + (rl / size) as u32 == b && ra + rl == at => {
                     Some((rb, ra, rl + size))
                 }
-                done => {
-                    write(done)?;
-                    Some((b, off, size))
+                (pending, accepted) => {
+                    write(pending)?;
+                    accepted.then_some((b, at, size))
                 }
             };
+            *next += 1;
+            at += size;
         }
         write(run)?;
         Ok(at)
