@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod drill;
 pub mod lock;
+pub mod maintenance;
 pub mod output;
 pub mod peer;
 pub mod pg;
