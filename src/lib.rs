@@ -21,5 +21,6 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod ssh;
+pub mod types;
 pub mod verify;
 pub mod wal;

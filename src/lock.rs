@@ -102,7 +102,8 @@ impl JobLock {
 
     /// The pid of the process holding the lock at `path`, or `None` if nobody holds it.
     pub fn holder(path: &Path) -> io::Result<Option<i32>> {
-        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        // Read-only: asking who holds a lock writes nothing (a read-only home).
+        let mut file = match OpenOptions::new().read(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),

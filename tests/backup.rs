@@ -101,7 +101,7 @@ fn assert_only_backup_json_left(pg: &Pgbk, id: &str) {
 /// Every catalog row matches its backup.json (the truth).
 fn assert_catalog_matches_disk(pg: &Pgbk) -> Vec<pgbk::backup::BackupInfo> {
     let cat = pgbk::catalog::Catalog::open(&pg.home).expect("open catalog");
-    let rows = cat.backups("pg1").expect("catalog backups");
+    let rows: Vec<pgbk::backup::BackupInfo> = cat.backups("pg1").expect("catalog backups");
     for b in &rows {
         let disk = info_of(pg, &b.backup_id);
         assert_eq!(

@@ -180,6 +180,24 @@ pub struct BackupInfo {
     pub copy_millis: Option<u64>,
 }
 
+impl crate::catalog::BackupRecord for BackupInfo {
+    fn server(&self) -> &str {
+        &self.server
+    }
+    fn backup_id(&self) -> &str {
+        &self.backup_id
+    }
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn status(&self) -> &str {
+        self.status.as_str()
+    }
+    fn begin_time(&self) -> DateTime<Utc> {
+        self.begin_time
+    }
+}
+
 impl BackupInfo {
     /// `incremental` when the backup is built on a parent, else `full`.
     pub fn backup_type(&self) -> &'static str {

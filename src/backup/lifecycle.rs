@@ -1,7 +1,9 @@
-//! Keeping backup statuses true: a `STARTED` backup whose pgbk process is gone becomes
-//! `FAILED` (its partial files removed), a `WAITING_FOR_WALS` backup whose WAL is all
-//! archived becomes `DONE`, backup.json (the truth) wins over the catalog, and a
-//! delete a crash interrupted (`.deleting-<id>`) is finished.
+//! Keeping backup statuses true: which changes a server's backups are due
+//! ([`reconcile`], pure: a `STARTED` backup whose pgbk process is gone is due to be
+//! `FAILED`, a `WAITING_FOR_WALS` backup whose WAL is all archived `DONE`, backup.json
+//! wins over the catalog, a delete a crash interrupted is due to finish), and the
+//! writes a failure needs (content removed, `FAILED` recorded). Applying the due
+//! changes is the `maintenance` module's, for the verbs that own the repository.
 
 use super::wal_range::missing_segments;
 use super::{save, BackupDir, BackupError, BackupInfo, BackupStatus};
@@ -137,26 +139,117 @@ pub fn mark_failed(
     Ok(())
 }
 
-/// Brings every backup of a server up to date and returns them, oldest first.
-pub fn refresh(repo: &ServerRepo, catalog: &Catalog) -> Result<Vec<BackupInfo>, BackupError> {
+/// The folder prefix a backup is renamed to while `delete` removes it: from then
+/// on it is gone for every reader, and maintenance finishes the job after a crash.
+pub const DELETING_PREFIX: &str = ".deleting-";
+
+/// A change a server's repository is due: what the next verb owning the repository
+/// (`backup`, `delete`, `cron`, `rebuild-catalog`) writes, and reading verbs only
+/// report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A delete a crash interrupted: its `.deleting-<id>` folder and catalog row go.
+    FinishDelete,
+    /// The catalog row follows backup.json (missing, or behind it).
+    Record(BackupInfo),
+    /// A `STARTED` backup whose process is gone becomes `FAILED` (content removed);
+    /// the backup as on record, and the reason recorded.
+    MarkFailed(BackupInfo, String),
+    /// A `WAITING_FOR_WALS` backup whose WAL is all archived becomes `DONE`.
+    Done(BackupInfo),
+}
+
+/// One change due for one backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueChange {
+    /// The backup concerned.
+    pub backup_id: String,
+    /// What is due.
+    pub change: Change,
+}
+
+impl std::fmt::Display for DueChange {
+    /// One line for a reading verb's stderr: what is stale, and who fixes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let id = &self.backup_id;
+        match &self.change {
+            Change::FinishDelete => write!(
+                f,
+                "backup {id} is stale: its delete was interrupted; the next backup, delete or cron finishes it"
+            ),
+            Change::Record(_) => write!(
+                f,
+                "backup {id} is stale: the catalog is behind its backup.json; the next backup or cron records it"
+            ),
+            Change::MarkFailed(info, _) => match info.pid {
+                Some(pid) => write!(
+                    f,
+                    "backup {id} is stale: its process {pid} is gone; the next backup or cron marks it FAILED"
+                ),
+                None => write!(
+                    f,
+                    "backup {id} is stale: its process is gone; the next backup or cron marks it FAILED"
+                ),
+            },
+            Change::Done(_) => write!(
+                f,
+                "backup {id} is stale: all the WAL it needs is archived; the next backup or cron marks it DONE"
+            ),
+        }
+    }
+}
+
+/// A server's backups as they are once the due changes are applied (oldest first),
+/// and those changes, in the order they apply.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciled {
+    /// Every backup, statuses brought up to date.
+    pub backups: Vec<BackupInfo>,
+    /// What the repository is due for that.
+    pub due: Vec<DueChange>,
+}
+
+/// Compares a server's backups on disk (backup.json, `.deleting-` folders), its
+/// catalog rows and the holder of its backup lock, and says which changes are due;
+/// writes nothing, so it runs on a read-only home. A `STARTED` backup whose pgbk
+/// process is gone is due to be `FAILED` (its partial files removed), a
+/// `WAITING_FOR_WALS` backup whose WAL is all archived `DONE`, backup.json (the
+/// truth) wins over the catalog, and a delete a crash interrupted is due to finish.
+pub fn reconcile(repo: &ServerRepo, catalog: &Catalog) -> Result<Reconciled, BackupError> {
     let server = repo.server();
-    // A delete a crash interrupted is finished first: its folder is already hidden.
-    crate::retention::finish_interrupted_deletes(repo, catalog, server)?;
-    let mut known = catalog.backups(server)?;
-    // Backups on disk that the catalog missed (a crash between the two writes).
+    let mut due = Vec::new();
+    let mut on_disk = Vec::new();
     if let Ok(entries) = std::fs::read_dir(repo.backups_dir()) {
         for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            if !super::is_backup_id(&id) || known.iter().any(|b| b.backup_id == id) {
-                continue;
-            }
-            if let Ok(info) = BackupDir::new(repo, &id).read_info() {
-                catalog.upsert_backup(&info)?;
-                known.push(info);
+            let name = e.file_name().to_string_lossy().to_string();
+            match name.strip_prefix(DELETING_PREFIX) {
+                Some(id) => due.push(DueChange {
+                    backup_id: id.to_string(),
+                    change: Change::FinishDelete,
+                }),
+                None if super::is_backup_id(&name) => on_disk.push(name),
+                None => {}
             }
         }
-        known.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     }
+    due.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    let deleting: Vec<String> = due.iter().map(|d| d.backup_id.clone()).collect();
+    let mut known: Vec<BackupInfo> = catalog.backups(server)?;
+    known.retain(|b| !deleting.contains(&b.backup_id));
+    // Backups on disk that the catalog missed (a crash between the two writes).
+    for id in on_disk {
+        if known.iter().any(|b| b.backup_id == id) {
+            continue;
+        }
+        if let Ok(info) = BackupDir::new(repo, &id).read_info() {
+            due.push(DueChange {
+                backup_id: id,
+                change: Change::Record(info.clone()),
+            });
+            known.push(info);
+        }
+    }
+    known.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     let holder = JobLock::holder(&backup_lock_path(repo)).ok().flatten();
     for info in known.iter_mut() {
         if !matches!(
@@ -168,7 +261,13 @@ pub fn refresh(repo: &ServerRepo, catalog: &Catalog) -> Result<Vec<BackupInfo>, 
         // backup.json is the truth; the catalog row may be behind it.
         if let Ok(disk) = BackupDir::new(repo, &info.backup_id).read_info() {
             if disk != *info {
-                catalog.upsert_backup(&disk)?;
+                let listed = due.iter().any(|d| d.backup_id == disk.backup_id);
+                if !listed {
+                    due.push(DueChange {
+                        backup_id: disk.backup_id.clone(),
+                        change: Change::Record(disk.clone()),
+                    });
+                }
                 *info = disk;
             }
         }
@@ -180,20 +279,41 @@ pub fn refresh(repo: &ServerRepo, catalog: &Catalog) -> Result<Vec<BackupInfo>, 
                         .pid
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "unknown".into());
-                    mark_failed(
-                        repo,
-                        catalog,
-                        info,
-                        &format!("the pgbk process taking it (pid {pid}) ended before the backup finished"),
-                    )?;
+                    let reason = format!(
+                        "the pgbk process taking it (pid {pid}) ended before the backup finished"
+                    );
+                    due.push(DueChange {
+                        backup_id: info.backup_id.clone(),
+                        change: Change::MarkFailed(info.clone(), reason.clone()),
+                    });
+                    info.status = BackupStatus::Failed;
+                    info.error = Some(reason);
+                    info.pid = None;
                 }
             }
             BackupStatus::WaitingForWals if missing_segments(info, repo, catalog)?.is_empty() => {
                 info.status = BackupStatus::Done;
-                save(repo, catalog, info)?;
+                due.push(DueChange {
+                    backup_id: info.backup_id.clone(),
+                    change: Change::Done(info.clone()),
+                });
             }
             _ => {}
         }
     }
-    Ok(known)
+    Ok(Reconciled {
+        backups: known,
+        due,
+    })
+}
+
+/// A server's backups for a verb that only reads: brought up to date in memory
+/// ([`reconcile`]), each stale one reported in one line (a warning on stderr), and
+/// nothing written.
+pub fn current(repo: &ServerRepo, catalog: &Catalog) -> Result<Vec<BackupInfo>, BackupError> {
+    let r = reconcile(repo, catalog)?;
+    for d in &r.due {
+        tracing::warn!("{d}");
+    }
+    Ok(r.backups)
 }

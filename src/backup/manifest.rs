@@ -98,7 +98,7 @@ fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestEr
     let object = e
         .object
         .as_deref()
-        .and_then(crate::restore::files::safe_relative)
+        .and_then(crate::repo::safe_relative)
         .filter(|p| !p.as_os_str().is_empty());
     let Some(object) = object else {
         // An empty file of a streamed backup has no object: it is checked below.

@@ -60,14 +60,7 @@ pub fn backup_id_at(t: DateTime<Utc>) -> String {
     t.format("%Y%m%dT%H%M%S").to_string()
 }
 
-/// Whether a string has the shape of a backup id.
-pub fn is_backup_id(s: &str) -> bool {
-    s.len() == 15
-        && s.as_bytes()[8] == b'T'
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| i == 8 || b.is_ascii_digit())
-}
+pub use crate::repo::is_backup_id;
 
 /// One backup in the repository: `<server>/backups/<id>/` in its store. On the local
 /// backend that is the folder `<home>/<server>/backups/<id>/`, read and written as
@@ -325,7 +318,17 @@ pub fn save(repo: &ServerRepo, catalog: &Catalog, info: &BackupInfo) -> Result<(
 /// Finds a backup by id, name, or `latest`/`last`/`oldest`/`first` (those two pairs
 /// only consider `DONE` backups, as Barman does).
 pub fn resolve(catalog: &Catalog, server: &str, wanted: &str) -> Result<BackupInfo, BackupError> {
-    let all = catalog.backups(server)?;
+    let all: Vec<BackupInfo> = catalog.backups(server)?;
+    resolve_among(&all, server, wanted)
+}
+
+/// [`resolve`] among a list of a server's backups, oldest first (a reading verb's
+/// view, which nothing wrote back to the catalog).
+pub fn resolve_among(
+    all: &[BackupInfo],
+    server: &str,
+    wanted: &str,
+) -> Result<BackupInfo, BackupError> {
     let done = || all.iter().filter(|b| b.status == BackupStatus::Done);
     let found = match wanted {
         "latest" | "last" => done().next_back().cloned(),

@@ -13,7 +13,7 @@ use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
 };
 use super::incremental::{decide, Decision, IncrementalPlan, ServerSide};
-use super::lifecycle::{backup_lock_path, mark_failed, refresh};
+use super::lifecycle::{backup_lock_path, mark_failed};
 use super::tar_store::{store_stream, StoreError, StoreOptions, Stored, StreamMsg};
 use super::wal_range::missing_segments;
 use super::{
@@ -267,21 +267,50 @@ pub(super) async fn new_backup_id(
     }
 }
 
-/// Takes a backup of one server. `stop` turning true (SIGINT/SIGTERM) interrupts it.
-pub async fn take_backup(
-    req: &BackupRequest,
-    progress: Arc<dyn Progress>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<Outcome, TakeError> {
+/// A backup's hold on its server's repository: the backup lock, taken before
+/// anything is read, and the catalog open for writing.
+pub struct Held {
+    /// The server's repository.
+    pub repo: ServerRepo,
+    /// The catalog.
+    pub catalog: Catalog,
+    _lock: JobLock,
+}
+
+/// Takes the server's backup lock (creating its folders) and opens the catalog:
+/// the first step of a backup, before its statuses are brought up to date.
+pub fn hold_repository(req: &BackupRequest) -> Result<Held, TakeError> {
     let repo = req.repository.server(&req.server);
     let io = |path: PathBuf| move |source| TakeError::Io { path, source };
     repo.ensure_dirs().map_err(io(repo.root().to_path_buf()))?;
-    let _lock = JobLock::acquire(
+    let lock = JobLock::acquire(
         &backup_lock_path(&repo),
         &format!("backup of server '{}'", req.server),
     )?;
     let catalog = Catalog::open(&req.home)?;
-    let existing = refresh(&repo, &catalog)?;
+    Ok(Held {
+        repo,
+        catalog,
+        _lock: lock,
+    })
+}
+
+/// Takes a backup of one server, holding its repository, given its backups
+/// brought up to date (the `maintenance` module's `take_backup` does both first steps).
+/// `stop` turning true (SIGINT/SIGTERM) interrupts it.
+pub async fn take_held(
+    req: &BackupRequest,
+    held: Held,
+    existing: Vec<BackupInfo>,
+    progress: Arc<dyn Progress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Outcome, TakeError> {
+    let Held {
+        repo,
+        catalog,
+        _lock,
+    } = held;
+    let io = |path: PathBuf| move |source| TakeError::Io { path, source };
     if let Some(name) = &req.name {
         validate_name(name).map_err(TakeError::Refused)?;
         if let Some(b) = existing
@@ -311,7 +340,7 @@ pub async fn take_backup(
             source,
         })?;
     let facts = server_facts(req, &mut repl).await?;
-    crate::catalog::rebuild::adopt_repository_identity(&repo, &catalog)?;
+    crate::wal::stored::adopt_repository_identity(&repo, &catalog)?;
     catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
     super::standby::prepare(req, facts.system_id).await?;
     let parent = match &req.incremental {

@@ -2,21 +2,29 @@
 //! (servers' identities, archived WAL; later backups and measurements). Every fact is
 //! also in the repository's files, so a lost catalog can be rebuilt.
 
-use crate::backup::BackupInfo;
 use crate::repo::durable::create_dir_all_private;
-use crate::wal::{SystemId, TimeLineId};
+use crate::types::{SystemId, TimeLineId};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub mod rebuild;
-pub use rebuild::{rebuild_server, RebuildError, RebuildSummary, ServerRows};
+mod rows;
+pub use rows::ServerRows;
 mod drill;
 pub use drill::DrillRow;
 mod peer;
 pub use peer::{PeerState, SeqWal};
+
+/// A path as an SQLite URI filename: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    path.to_string_lossy()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
+}
 
 /// Schema migrations, in order; `schema_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -244,20 +252,62 @@ impl Catalog {
         Self::open_path(path).map(Some)
     }
 
-    /// Opens an existing catalog read-only, without migrations or permission changes
-    /// (get-wal, which may run as the postgres OS user, only looks up checksums).
+    /// Opens an existing catalog read-only, without migrations or permission changes:
+    /// reading verbs (and get-wal, which may run as the postgres OS user) write
+    /// nothing, and work on a read-only home. A catalog in WAL mode needs its `-shm`
+    /// file; when that cannot be created (a read-only folder, and no writer left
+    /// one), the file is opened as immutable, which is what it is then.
     pub fn open_read_only(home: &Path) -> Result<Option<Catalog>, CatalogError> {
         let path = Self::path_in(home);
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|source| CatalogError::Sqlite {
+        let err = |source| CatalogError::Sqlite {
             path: path.clone(),
             source,
-        })?;
+        };
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
         let _ = conn.busy_timeout(Duration::from_secs(30));
-        Ok(Some(Catalog { conn, path }))
+        let conn = match conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+            Ok(()) => conn,
+            Err(_) => {
+                drop(conn);
+                let uri = format!("file:{}?immutable=1", uri_path(&path));
+                Connection::open_with_flags(
+                    uri,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(err)?
+            }
+        };
+        let cat = Catalog { conn, path };
+        let known = MIGRATIONS.len() as i64;
+        match cat.schema_version() {
+            Ok(found) if found > known => Err(CatalogError::TooNew {
+                path: cat.path.clone(),
+                found,
+                known,
+            }),
+            _ => Ok(Some(cat)),
+        }
+    }
+
+    /// Opens an existing catalog for writing when the home allows it, else
+    /// read-only ([`Catalog::open_read_only`]): for a verb that only reads the
+    /// repository but records a measurement on the side when it can (`recover`).
+    pub fn open_existing_or_read_only(home: &Path) -> Result<Option<Catalog>, CatalogError> {
+        match Self::open_existing(home) {
+            Ok(c) => Ok(c),
+            Err(e) => match Self::open_read_only(home) {
+                Ok(c) => {
+                    tracing::debug!("catalog opened read-only: {e}");
+                    Ok(c)
+                }
+                Err(_) => Err(e),
+            },
+        }
     }
 
     fn open_path(path: PathBuf) -> Result<Catalog, CatalogError> {
@@ -493,9 +543,25 @@ impl Catalog {
     }
 }
 
+/// A backup's record as the catalog keeps it: the whole backup.json as JSON, plus
+/// the columns it is looked up by. The backup layer implements it for its
+/// `BackupInfo`, so the catalog stays below the code that takes backups.
+pub trait BackupRecord: Serialize + DeserializeOwned {
+    /// The server the backup belongs to.
+    fn server(&self) -> &str;
+    /// Its id (`YYYYMMDDTHHMMSS`).
+    fn backup_id(&self) -> &str;
+    /// The name the user gave it, if any.
+    fn name(&self) -> Option<&str>;
+    /// Its status as backup.json spells it (`DONE`, `FAILED`, ...).
+    fn status(&self) -> &str;
+    /// When it began.
+    fn begin_time(&self) -> DateTime<Utc>;
+}
+
 impl Catalog {
     /// Records or updates a backup from its backup.json content.
-    pub fn upsert_backup(&self, info: &BackupInfo) -> Result<(), CatalogError> {
+    pub fn upsert_backup(&self, info: &impl BackupRecord) -> Result<(), CatalogError> {
         let json = serde_json::to_string(info).unwrap_or_default();
         self.conn
             .execute(
@@ -504,11 +570,11 @@ impl Catalog {
                  ON CONFLICT (server, backup_id) DO UPDATE SET name = excluded.name,
                    status = excluded.status, begin_time = excluded.begin_time, info = excluded.info",
                 params![
-                    info.server,
-                    info.backup_id,
-                    info.name,
-                    info.status.as_str(),
-                    info.begin_time.to_rfc3339(),
+                    info.server(),
+                    info.backup_id(),
+                    info.name(),
+                    info.status(),
+                    info.begin_time().to_rfc3339(),
                     json
                 ],
             )
@@ -517,7 +583,7 @@ impl Catalog {
     }
 
     /// Every backup of a server, oldest first.
-    pub fn backups(&self, server: &str) -> Result<Vec<BackupInfo>, CatalogError> {
+    pub fn backups<B: BackupRecord>(&self, server: &str) -> Result<Vec<B>, CatalogError> {
         let mut stmt = self
             .conn
             .prepare("SELECT info FROM backups WHERE server = ?1 ORDER BY backup_id")
@@ -528,7 +594,7 @@ impl Catalog {
         let mut out = Vec::new();
         for r in rows {
             let text = r.map_err(|e| self.sql_err(e))?;
-            if let Ok(info) = serde_json::from_str::<BackupInfo>(&text) {
+            if let Ok(info) = serde_json::from_str::<B>(&text) {
                 out.push(info);
             }
         }

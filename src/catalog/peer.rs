@@ -3,7 +3,7 @@
 //! what is new), and a passive server's replication state (`peer_state`).
 
 use super::{Catalog, CatalogError, WalKind, WalRecord};
-use crate::wal::{Lsn, TimeLineId};
+use crate::types::{Lsn, TimeLineId};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;

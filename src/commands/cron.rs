@@ -178,8 +178,8 @@ fn server_pass(
     let Some(catalog) = Catalog::open_existing(home)? else {
         return Ok(());
     };
-    let before = catalog.backups(&s.name)?;
-    let after = crate::backup::lifecycle::refresh(&repo, &catalog)?;
+    let before: Vec<crate::backup::BackupInfo> = catalog.backups(&s.name)?;
+    let after = crate::maintenance::reconcile::refresh(&repo, &catalog)?;
     if s.primary_ssh_command.is_none() {
         drill_step(
             ctx,

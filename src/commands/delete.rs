@@ -20,10 +20,10 @@ pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {
-    let (catalog, found) = super::find_backup(ctx, server, wanted)?;
+    let (catalog, found) = super::find_backup_for(ctx, server, wanted, super::Access::Own)?;
     let _lock = retention_lock(ctx, server)?;
     // Under the lock, the backup as it is now (a keep may have landed meanwhile).
-    let all = catalog.backups(server)?;
+    let all: Vec<crate::backup::BackupInfo> = catalog.backups(server)?;
     let Some(b) = all.iter().find(|b| b.backup_id == found.backup_id).cloned() else {
         bail!(
             "server '{server}': backup {} was deleted meanwhile",

@@ -117,7 +117,7 @@ pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<
         ))
         .into());
     }
-    let Some((catalog, _)) = super::backups_of(ctx, &s.name)? else {
+    let Some((catalog, _)) = super::backups_for(ctx, &s.name, super::Access::Change)? else {
         return Err(UsageError(format!("server '{}': no backup to drill", s.name)).into());
     };
     let progress = crate::progress::for_cli(ctx.quiet);

@@ -14,7 +14,7 @@ use serde_json::json;
 pub fn run(ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
     super::server_config(ctx, server)?;
     let _lock = retention_lock(ctx, server)?;
-    let (catalog, found) = super::find_backup(ctx, server, backup_id)?;
+    let (catalog, found) = super::find_backup_for(ctx, server, backup_id, super::Access::Change)?;
     let repo = super::server_repo(ctx, server)?;
     let dir = BackupDir::new(&repo, &found.backup_id);
     // backup.json is the truth: read and update it, not the catalog's copy.

@@ -39,7 +39,8 @@ pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
         return Ok(0);
     }
     let _lock = retention_lock(ctx, server)?;
-    let (catalog, found) = super::find_backup(ctx, server, &a.backup_id)?;
+    let (catalog, found) =
+        super::find_backup_for(ctx, server, &a.backup_id, super::Access::Change)?;
     let repo = super::server_repo(ctx, server)?;
     // backup.json is the truth: change it, not the catalog's copy.
     let mut b = BackupDir::new(&repo, &found.backup_id).read_info()?;

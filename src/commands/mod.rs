@@ -364,23 +364,50 @@ macro_rules! outln {
     }};
 }
 
+/// How a verb reaches a server's backups: only reading them (the catalog opened
+/// read-only, nothing written, stale backups reported), changing some of them
+/// (`keep`, `generate-manifest`, `drill`: the catalog open for writing), or owning
+/// the repository (`delete`: the due changes applied first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A reading verb: works on a read-only home.
+    Read,
+    /// A verb that writes what it was asked to, and nothing else.
+    Change,
+    /// A verb that owns the repository and applies the due changes.
+    Own,
+}
+
 /// A server's backups, oldest first, with their statuses brought up to date
-/// ([`crate::backup::lifecycle::refresh`]); `None` when the repository has no catalog
-/// yet (so no backup). Read-only verbs never create a repository.
+/// ([`crate::backup::lifecycle::reconcile`]; written back only with [`Access::Own`]);
+/// `None` when the repository has no catalog yet (so no backup). Read-only verbs
+/// never create a repository.
 pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<BackupInfo>)>> {
+    backups_for(ctx, server, Access::Read)
+}
+
+/// [`backups_of`] for a verb that writes (see [`Access`]).
+pub fn backups_for(
+    ctx: &Context,
+    server: &str,
+    access: Access,
+) -> Result<Option<(Catalog, Vec<BackupInfo>)>> {
     let home = &ctx.config.home;
     let repo = server_repo(ctx, server)?;
-    let catalog = Catalog::open_existing(home)?;
+    let catalog = match access {
+        Access::Read => Catalog::open_read_only(home)?,
+        Access::Change | Access::Own => Catalog::open_existing(home)?,
+    };
     // On object storage each comparison is a LIST of the bucket (and a wait for the
     // retry bound when the store is down): compare only when the catalog knows no
     // backup of the server, the case where it would otherwise answer "none".
     let compare = !repo.repository().is_remote()
         || match &catalog {
             None => true,
-            Some(c) => c.backups(server)?.is_empty(),
+            Some(c) => c.backups::<BackupInfo>(server)?.is_empty(),
         };
     let unknown = if compare {
-        crate::catalog::rebuild::backups_missing_from_catalog(&repo, catalog.as_ref())
+        crate::maintenance::rebuild::backups_missing_from_catalog(&repo, catalog.as_ref())
             .with_context(|| format!("server '{server}'"))?
     } else {
         Vec::new()
@@ -401,22 +428,35 @@ pub fn backups_of(ctx: &Context, server: &str) -> Result<Option<(Catalog, Vec<Ba
     let Some(catalog) = catalog else {
         return Ok(None);
     };
-    let list = crate::backup::lifecycle::refresh(&repo, &catalog)
-        .with_context(|| format!("server '{server}'"))?;
+    let list = match access {
+        Access::Own => crate::maintenance::reconcile::refresh(&repo, &catalog),
+        Access::Read | Access::Change => crate::backup::lifecycle::current(&repo, &catalog),
+    }
+    .with_context(|| format!("server '{server}'"))?;
     Ok(Some((catalog, list)))
 }
 
 /// The backup a user named (id, `--name`, `latest`/`last`, `oldest`/`first`) among a
-/// server's up-to-date backups; an unknown one is a usage error.
+/// server's up-to-date backups; an unknown one is a usage error. Reads only.
 pub fn find_backup(ctx: &Context, server: &str, wanted: &str) -> Result<(Catalog, BackupInfo)> {
+    find_backup_for(ctx, server, wanted, Access::Read)
+}
+
+/// [`find_backup`] for a verb that writes (see [`Access`]).
+pub fn find_backup_for(
+    ctx: &Context,
+    server: &str,
+    wanted: &str,
+    access: Access,
+) -> Result<(Catalog, BackupInfo)> {
     server_config(ctx, server)?;
-    let Some((catalog, _)) = backups_of(ctx, server)? else {
+    let Some((catalog, all)) = backups_for(ctx, server, access)? else {
         return Err(UsageError(format!(
             "server '{server}': no backup '{wanted}' (the server has no backups)"
         ))
         .into());
     };
-    match crate::backup::resolve(&catalog, server, wanted) {
+    match crate::backup::resolve_among(&all, server, wanted) {
         Ok(info) => Ok((catalog, info)),
         Err(e @ crate::backup::BackupError::NotFound { .. }) => {
             Err(UsageError(e.to_string()).into())

@@ -1,7 +1,8 @@
 //! `rebuild-catalog`: a server's catalog rows rebuilt from its repository files.
 
 use super::{Context, ExitCode};
-use crate::catalog::{rebuild_server, Catalog, RebuildSummary};
+use crate::catalog::Catalog;
+use crate::maintenance::rebuild::{rebuild_server, RebuildSummary};
 use crate::outln;
 use crate::output::{print_json, Format};
 use anyhow::{Context as _, Result};

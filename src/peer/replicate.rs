@@ -558,7 +558,7 @@ impl Pass<'_> {
 
     fn copy_backups(&mut self) -> Result<(), PeerError> {
         let name = self.name().to_string();
-        let local = self.catalog.backups(&name)?;
+        let local: Vec<BackupInfo> = self.catalog.backups(&name)?;
         let oldest_done = local
             .iter()
             .filter(|b| b.status == BackupStatus::Done)

@@ -163,13 +163,13 @@ pub fn build(home: &Path, server: &str, since: i64) -> Result<SyncInfo, PeerErro
         cursor: since.to_string(),
         generated_at: Utc::now(),
     };
-    let Some(catalog) = Catalog::open_existing(home)? else {
+    let Some(catalog) = Catalog::open_read_only(home)? else {
         return Ok(doc);
     };
     let identity = catalog.server_identity(server)?;
     doc.system_id = identity.map(|(s, _)| s);
     doc.wal_segment_size = identity.map(|(_, z)| z);
-    let mut backups = crate::backup::lifecycle::refresh(&ServerRepo::new(home, server), &catalog)?;
+    let mut backups = crate::backup::lifecycle::current(&ServerRepo::new(home, server), &catalog)?;
     backups.retain(|b| b.status == BackupStatus::Done);
     doc.backups = backups;
     // A cursor from before a catalog rebuild (rowids restarted) lists everything again.

@@ -135,7 +135,7 @@ pub(crate) struct CopyState {
     /// The server sent CopyDone.
     pub server_done: bool,
     /// The `(next_tli, next_tli_startpos)` row after the server's CopyDone.
-    pub next_timeline: Option<(crate::wal::TimeLineId, crate::wal::Lsn)>,
+    pub next_timeline: Option<(crate::types::TimeLineId, crate::types::Lsn)>,
 }
 
 /// An open connection to a PostgreSQL server (ordinary or replication).

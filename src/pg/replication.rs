@@ -13,7 +13,7 @@ use postgres_protocol::message::frontend;
 use super::connection::{Connection, CopyState, State};
 use super::message;
 use super::PgError;
-use crate::wal::{Lsn, SystemId, TimeLineId};
+use crate::types::{Lsn, SystemId, TimeLineId};
 
 /// Seconds from the Unix epoch to PostgreSQL's epoch (2000-01-01 00:00:00 UTC).
 pub const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;

@@ -5,7 +5,7 @@ pub mod compress;
 pub mod durable;
 pub mod store;
 
-use crate::wal::{history_file_name, TimeLineId, WalSegment};
+use crate::types::{history_file_name, TimeLineId, WalSegment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use store::posix::PosixStore;
@@ -228,6 +228,35 @@ impl ServerRepo {
         }
         Ok(())
     }
+}
+
+/// Whether a string has the shape of a backup id.
+pub fn is_backup_id(s: &str) -> bool {
+    s.len() == 15
+        && s.as_bytes()[8] == b'T'
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| i == 8 || b.is_ascii_digit())
+}
+
+/// A relative path from `files.jsonl` or a manifest, made safe: `None` for an
+/// absolute path, a `..` component or a NUL byte; `.` components dropped (so `""`
+/// and `"."` are the root). Writers and readers of a backup share this one check.
+pub fn safe_relative(path: &str) -> Option<PathBuf> {
+    if path.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+            | std::path::Component::RootDir
+            | std::path::Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

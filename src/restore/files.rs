@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where restored files go.
@@ -85,22 +85,7 @@ pub struct FileStats {
 /// The control file's path in `files.jsonl`.
 pub const CONTROL_FILE: &str = "global/pg_control";
 
-/// A relative path from `files.jsonl`, made safe: `None` for an absolute path, a `..`
-/// component or a NUL byte; `.` components dropped (so `""` and `"."` are the root).
-pub fn safe_relative(path: &str) -> Option<PathBuf> {
-    if path.contains('\0') {
-        return None;
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
+pub use crate::repo::safe_relative;
 
 /// The key of a path in the delta sweep's set: 128 bits of BLAKE3 over the tablespace
 /// and the normalised path (a million files take 16 MB, not the whole list).

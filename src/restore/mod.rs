@@ -18,7 +18,7 @@ pub mod wal;
 
 pub use target::{RecoverySettings, RecoveryTarget, TargetAction, TargetTimeline};
 
-use crate::backup::lifecycle::refresh;
+use crate::backup::lifecycle::current;
 use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus};
 use crate::catalog::{Catalog, CatalogError, Measurement};
 use crate::progress::Progress;
@@ -229,7 +229,7 @@ pub fn prepare(
             "--exclusive needs a recovery target".into(),
         ));
     }
-    let backups = refresh(&repo, catalog)?;
+    let backups = current(&repo, catalog)?;
     let info = choose_backup(catalog, &req, &backups)?;
     if info.status != BackupStatus::Done {
         return Err(RestoreError::Refused(format!(
@@ -608,7 +608,7 @@ pub fn recover(
     progress: &dyn Progress,
 ) -> Result<RecoverSummary, RestoreError> {
     let home = repository.home();
-    let Some(catalog) = Catalog::open_existing(home)? else {
+    let Some(catalog) = Catalog::open_existing_or_read_only(home)? else {
         return Err(RestoreError::Usage(format!(
             "server '{}': no backup '{}' (the repository {} has no catalog yet)",
             req.server,

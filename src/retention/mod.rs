@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The prefix a backup folder is renamed to while it is being deleted.
-pub const DELETING_PREFIX: &str = ".deleting-";
+pub use crate::backup::lifecycle::DELETING_PREFIX;
 
 /// The WAL segment range (segment numbers, inclusive) a backup needs, if known.
 fn own_range(b: &BackupInfo) -> Option<(u64, u64)> {
@@ -208,7 +208,7 @@ fn deleting_path(repo: &ServerRepo, backup_id: &str) -> PathBuf {
 
 /// Deletes a backup crash-safely, then the archived WAL no remaining backup needs:
 /// 1. the folder is renamed to `.deleting-<id>` (durably): from here the backup is
-///    gone for every reader, and [`finish_interrupted_deletes`] completes the job if
+///    gone for every reader, and maintenance (`finish_interrupted_deletes`) completes the job if
 ///    pgbk dies;
 /// 2. its catalog row is removed; 3. the folder is removed;
 /// 4. each WAL file of [`removable_wal`]: the file first, then its catalog row.
@@ -338,7 +338,7 @@ pub fn apply_retention(
     minimum_redundancy: u32,
     now: DateTime<Utc>,
 ) -> Result<Applied, BackupError> {
-    let mut backups = catalog.backups(server)?;
+    let mut backups: Vec<BackupInfo> = catalog.backups(server)?;
     for b in backups.iter_mut() {
         if let Ok(disk) = BackupDir::new(repo, &b.backup_id).read_info() {
             if disk != *b {
@@ -419,7 +419,7 @@ fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
 
 /// On object storage, deletes a backup's objects (the local `.deleting-<id>` folder
 /// is the record that the delete is under way, so a crash here is finished later).
-fn remove_objects(repo: &ServerRepo, id: &str) -> Result<(), BackupError> {
+pub fn remove_objects(repo: &ServerRepo, id: &str) -> Result<(), BackupError> {
     if !repo.repository().is_remote() {
         return Ok(());
     }
@@ -427,43 +427,13 @@ fn remove_objects(repo: &ServerRepo, id: &str) -> Result<(), BackupError> {
 }
 
 /// Removes a folder tree and makes its removal durable in `parent`.
-fn remove_tree(path: &Path, parent: &Path) -> Result<(), BackupError> {
+pub fn remove_tree(path: &Path, parent: &Path) -> Result<(), BackupError> {
     match std::fs::remove_dir_all(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(path)(e)),
     }
     fsync_dir(parent).map_err(io_err(parent))
-}
-
-/// Completes deletes a crash interrupted: every `.deleting-<id>` folder loses its
-/// catalog row and is removed. Returns the ids finished.
-pub fn finish_interrupted_deletes(
-    repo: &ServerRepo,
-    catalog: &Catalog,
-    server: &str,
-) -> Result<Vec<String>, BackupError> {
-    let dir = repo.backups_dir();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(&dir)(e)),
-    };
-    let mut done = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(id) = name.strip_prefix(DELETING_PREFIX) else {
-            continue;
-        };
-        if crate::backup::is_backup_id(id) {
-            catalog.delete_backup(server, id)?;
-            remove_objects(repo, id)?;
-        }
-        remove_tree(&e.path(), &dir)?;
-        tracing::info!(server, "finished the interrupted delete of backup {id}");
-        done.push(id.to_string());
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
@@ -650,7 +620,7 @@ mod tests {
         assert!(!BackupDir::new(&repo, &b1.backup_id).root().exists());
         assert!(!deleting_path(&repo, &b1.backup_id).exists());
         let ids: Vec<String> = catalog
-            .backups("pg1")
+            .backups::<BackupInfo>("pg1")
             .unwrap()
             .into_iter()
             .map(|b| b.backup_id)
@@ -686,26 +656,14 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_delete_is_finished() {
+    fn a_row_whose_folder_vanished_can_still_be_deleted() {
         let tmp = tempfile::tempdir().unwrap();
         let repo = ServerRepo::new(tmp.path(), "pg1");
         let catalog = Catalog::open(tmp.path()).unwrap();
         let b = backup("20260101T000000", 2, 3, Done, None);
-        std::fs::create_dir_all(BackupDir::new(&repo, &b.backup_id).data_dir()).unwrap();
-        crate::backup::save(&repo, &catalog, &b).unwrap();
-        std::fs::rename(
-            BackupDir::new(&repo, &b.backup_id).root(),
-            deleting_path(&repo, &b.backup_id),
-        )
-        .unwrap();
-        let done = finish_interrupted_deletes(&repo, &catalog, "pg1").unwrap();
-        assert_eq!(done, [b.backup_id.as_str()]);
-        assert!(catalog.backups("pg1").unwrap().is_empty());
-        assert!(!deleting_path(&repo, &b.backup_id).exists());
-        // A row whose folder vanished can still be deleted.
         catalog.upsert_backup(&b).unwrap();
         delete_backup(&repo, &catalog, &b).unwrap();
-        assert!(catalog.backups("pg1").unwrap().is_empty());
+        assert!(catalog.backups::<BackupInfo>("pg1").unwrap().is_empty());
     }
 
     #[test]

@@ -663,11 +663,11 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     incoming_state(&repo, &mut st);
     let cat = Catalog::open_existing(home).map_err(|e| e.to_string())?;
     st.backups_not_in_catalog =
-        crate::catalog::rebuild::backups_missing_from_catalog(&repo, cat.as_ref())
+        crate::maintenance::rebuild::backups_missing_from_catalog(&repo, cat.as_ref())
             .map_err(|e| e.to_string())?;
     let Some(cat) = cat else {
         st.wal_not_in_catalog =
-            crate::catalog::rebuild::wal_missing_from_catalog(&repo, &[], Duration::ZERO)
+            crate::wal::stored::wal_missing_from_catalog(&repo, &[], Duration::ZERO)
                 .map_err(|e| e.to_string())?;
         return Ok(st);
     };
@@ -683,10 +683,10 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     }
     let seg_size = st.wal_segment_size.unwrap_or(16 << 20);
     let files = cat.wal_files(&server.name).map_err(|e| e.to_string())?;
-    st.wal_not_in_catalog = crate::catalog::rebuild::wal_missing_from_catalog(
+    st.wal_not_in_catalog = crate::wal::stored::wal_missing_from_catalog(
         &repo,
         &files,
-        crate::catalog::rebuild::WAL_ROW_GRACE,
+        crate::wal::stored::WAL_ROW_GRACE,
     )
     .map_err(|e| e.to_string())?;
     let mut complete = Vec::new();

@@ -3,9 +3,9 @@
 //! names would mix two histories; an archive is safe when it is empty, or when every
 //! file in it is on a timeline below the one the new server will start on.
 
-use crate::catalog::rebuild::archived_wal_names;
 use crate::repo::store::StoreError;
 use crate::repo::ServerRepo;
+use crate::wal::stored::archived_wal_names;
 use crate::wal::{TimeLineId, WalFileName};
 use serde::Serialize;
 

@@ -6,10 +6,9 @@ pub mod continuity;
 pub mod header;
 pub mod history;
 pub mod incoming;
-pub mod lsn;
 pub mod put;
 pub mod receiver;
-pub mod segment;
+pub mod stored;
 
-pub use lsn::{Lsn, SystemId, TimeLineId};
-pub use segment::{history_file_name, WalFileName, WalSegment};
+pub use crate::types::{history_file_name, Lsn, SystemId, TimeLineId, WalFileName, WalSegment};
+pub use crate::types::{lsn, segment};

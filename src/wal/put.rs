@@ -28,10 +28,7 @@ use std::path::{Path, PathBuf};
 
 /// Segments up to this size are read whole into memory; larger ones are spooled.
 pub const IN_MEMORY_LIMIT: u64 = 64 << 20;
-/// The smallest `wal_segment_size` PostgreSQL allows (1 MiB).
-pub const MIN_SEG_SIZE: u64 = 1 << 20;
-/// The largest `wal_segment_size` PostgreSQL allows (1 GiB).
-pub const MAX_SEG_SIZE: u64 = 1 << 30;
+pub use crate::types::segment::{MAX_SEG_SIZE, MIN_SEG_SIZE};
 /// History and backup history files are small text files; more is refused.
 const MAX_TEXT_FILE: u64 = 16 << 20;
 
@@ -237,7 +234,7 @@ impl Put<'_> {
     }
 
     fn open_archive(&self, catalog: &Catalog) -> Result<(WalArchive, Option<SystemId>), PutError> {
-        crate::catalog::rebuild::adopt_repository_identity(
+        crate::wal::stored::adopt_repository_identity(
             &self.repository.server(self.server),
             catalog,
         )?;

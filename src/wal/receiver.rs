@@ -506,7 +506,7 @@ impl Receiver {
             .map_err(self.pg_err())?;
         let ident = conn.identify_system().await.map_err(self.pg_err())?;
         let seg_size = conn.wal_segment_size().await.map_err(self.pg_err())?;
-        crate::catalog::rebuild::adopt_repository_identity(
+        crate::wal::stored::adopt_repository_identity(
             &self.opts.repository.server(&self.opts.server),
             &self.catalog,
         )?;

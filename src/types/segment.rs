@@ -4,6 +4,11 @@
 use super::lsn::{Lsn, TimeLineId};
 use std::fmt;
 
+/// The smallest `wal_segment_size` PostgreSQL allows (1 MiB).
+pub const MIN_SEG_SIZE: u64 = 1 << 20;
+/// The largest `wal_segment_size` PostgreSQL allows (1 GiB).
+pub const MAX_SEG_SIZE: u64 = 1 << 30;
+
 /// One WAL segment: a timeline and a segment number, for a given segment size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WalSegment {

@@ -1,18 +1,18 @@
-//! Replacing a server's rows at once (`rebuild-catalog`) and counting rows (`diagnose`).
+//! Rebuilding a server's catalog rows from its repository (`rebuild-catalog`), and
+//! finding the backups a catalog lost.
 
-use super::{Catalog, CatalogError, WalKind, WalRecord};
 use crate::backup::{is_backup_id, BackupDir, BackupInfo};
+use crate::catalog::{Catalog, CatalogError, ServerRows, WalKind, WalRecord};
 use crate::lock::{JobLock, LockError};
 use crate::repo::compress::{checksum, inspect_object, parse_trailer, TRAILER_LEN};
-use crate::repo::store::{ObjectMeta, Store, StoreError};
+use crate::repo::store::{Store, StoreError};
 use crate::repo::ServerRepo;
+use crate::types::{SystemId, TimeLineId, WalFileName};
 use crate::wal::header::read_long_header;
-use crate::wal::{SystemId, TimeLineId, WalFileName};
+use crate::wal::stored::{archived_wal_objects, segment_head, WalObject};
 use chrono::{DateTime, Utc};
 use rayon::prelude::*;
-use rusqlite::params;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The backups whose folder (with a `backup.json` past STARTED) is in the repository
@@ -25,7 +25,7 @@ pub fn backups_missing_from_catalog(
 ) -> Result<Vec<String>, RebuildError> {
     let known: std::collections::HashSet<String> = match catalog {
         Some(c) => c
-            .backups(repo.server())?
+            .backups::<BackupInfo>(repo.server())?
             .into_iter()
             .map(|b| b.backup_id)
             .collect(),
@@ -55,110 +55,6 @@ fn backup_ids(repo: &ServerRepo) -> Result<Vec<String>, RebuildError> {
 
 fn store_err(e: StoreError) -> RebuildError {
     RebuildError::Store(Box::new(e))
-}
-
-/// One archived WAL object: its listing entry and its file name without `.zst`.
-struct WalObject {
-    meta: ObjectMeta,
-    file: String,
-    name: String,
-}
-
-/// Every WAL object under `<server>/wals/` (its files and those one folder down),
-/// in key order, with its WAL file name (segments, partials, history files).
-fn archived_wal_objects(repo: &ServerRepo) -> Result<Vec<WalObject>, StoreError> {
-    let prefix = format!("{}/wals/", repo.server());
-    let mut out = Vec::new();
-    for m in repo.store().list(&prefix) {
-        let meta = m?;
-        let rest = &meta.key[prefix.len()..];
-        let file = match rest.split('/').collect::<Vec<_>>()[..] {
-            [f] | [_, f] => f.to_string(),
-            _ => continue,
-        };
-        let name = file.strip_suffix(".zst").unwrap_or(&file).to_string();
-        if WalFileName::parse(&name, crate::wal::put::MIN_SEG_SIZE).is_none() {
-            continue;
-        }
-        out.push(WalObject { meta, file, name });
-    }
-    Ok(out)
-}
-
-/// The names of the WAL files archived for a server (see [`archived_wal_objects`]).
-pub fn archived_wal_names(repo: &ServerRepo) -> Result<Vec<String>, StoreError> {
-    Ok(archived_wal_objects(repo)?
-        .into_iter()
-        .map(|o| o.name)
-        .collect())
-}
-
-/// How old an archived WAL file must be before its missing catalog row counts as
-/// lost: archiving renames the file into place a moment before it writes the row.
-pub const WAL_ROW_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The archived WAL files (segments, partials, history files) in the repository
-/// that `known` (the catalog's rows of the server) does not list, sorted; files
-/// newer than `grace` ([`WAL_ROW_GRACE`] while a catalog exists) are left out.
-pub fn wal_missing_from_catalog(
-    repo: &ServerRepo,
-    known: &[WalRecord],
-    grace: std::time::Duration,
-) -> Result<Vec<String>, StoreError> {
-    let known: std::collections::HashSet<&str> = known.iter().map(|w| w.name.as_str()).collect();
-    let now = std::time::SystemTime::now();
-    Ok(archived_wal_objects(repo)?
-        .into_iter()
-        .filter(|o| !known.contains(o.name.as_str()))
-        .filter_map(|o| {
-            let age = now.duration_since(o.meta.modified?);
-            age.is_ok_and(|a| a >= grace).then_some(o.name)
-        })
-        .collect())
-}
-
-/// The cluster (system identifier, segment size) whose WAL or backups a server's
-/// repository holds: the long header of its first archived segment, else its
-/// newest readable backup.json; `None` when it holds neither, or cannot be read
-/// (the writes that follow report that themselves).
-pub fn repository_identity(repo: &ServerRepo) -> Option<(SystemId, u64)> {
-    let store = repo.store();
-    let prefix = format!("{}/wals/", repo.server());
-    for m in store.list(&prefix).take(1000) {
-        let meta = m.ok()?;
-        let file = meta.key.rsplit('/').next().unwrap_or_default();
-        let segment = file
-            .strip_suffix(".zst")
-            .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !segment {
-            continue;
-        }
-        if let Some(h) = segment_head(store, &meta.key).and_then(|h| read_long_header(&h)) {
-            return Some((h.system_id, h.seg_size));
-        }
-    }
-    backup_ids(repo)
-        .ok()?
-        .iter()
-        .rev()
-        .find_map(|id| BackupDir::new(repo, id).read_info().ok())
-        .map(|b| (b.system_id, b.wal_segment_size))
-}
-
-/// Before a writer stores anything in a bucket for a server whose cluster the
-/// catalog does not know yet (a new manager, a lost catalog), the cluster the
-/// bucket already holds becomes the catalog's: a bucket holding another server's
-/// repository is then refused by the identity check, naming both identifiers,
-/// instead of being mixed with this one. A local repository keeps its catalog
-/// beside it and is left to the catalog alone.
-pub fn adopt_repository_identity(repo: &ServerRepo, catalog: &Catalog) -> Result<(), CatalogError> {
-    if !repo.repository().is_remote() || catalog.server_identity(repo.server())?.is_some() {
-        return Ok(());
-    }
-    match repository_identity(repo) {
-        Some((id, seg)) => catalog.check_server_identity(repo.server(), id, seg),
-        None => Ok(()),
-    }
 }
 
 /// Why a server's catalog rows could not be rebuilt.
@@ -217,19 +113,6 @@ struct Found {
 fn io_err(store: &dyn Store, key: &str) -> impl FnOnce(std::io::Error) -> RebuildError {
     let path = PathBuf::from(store.describe(key));
     move |source| RebuildError::Io { path, source }
-}
-
-/// The first bytes of a stored segment, decompressed (its long page header).
-fn segment_head(store: &dyn Store, key: &str) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let object = store.get(key).ok()?;
-    let mut head = Vec::new();
-    zstd::stream::read::Decoder::new(object)
-        .ok()?
-        .take(8192)
-        .read_to_end(&mut head)
-        .ok()?;
-    Some(head)
 }
 
 /// What the catalog records about one stored WAL object. Locally the object is read
@@ -393,62 +276,9 @@ pub fn rebuild_server(
     })
 }
 
-/// What a server's part of the catalog is rebuilt from.
-pub struct ServerRows<'a> {
-    /// System identifier and segment size, when the repository shows them.
-    pub identity: Option<(SystemId, u64)>,
-    /// Every backup.json.
-    pub backups: &'a [BackupInfo],
-    /// Every archived WAL file.
-    pub wal: &'a [WalRecord],
-}
-
-impl Catalog {
-    /// Replaces a server's identity, backups and WAL rows in one transaction; other
-    /// servers' rows and the measurements are left as they are.
-    pub fn replace_server_rows(&self, server: &str, rows: &ServerRows) -> Result<(), CatalogError> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(|e| self.sql_err(e))?;
-        for table in [
-            "DELETE FROM servers WHERE name = ?1",
-            "DELETE FROM wal_files WHERE server = ?1",
-            "DELETE FROM backups WHERE server = ?1",
-        ] {
-            tx.execute(table, params![server])
-                .map_err(|e| self.sql_err(e))?;
-        }
-        if let Some((id, seg)) = rows.identity {
-            self.check_server_identity(server, id, seg)?;
-        }
-        for b in rows.backups {
-            self.upsert_backup(b)?;
-        }
-        for w in rows.wal {
-            self.insert_wal(server, w)?;
-        }
-        tx.commit().map_err(|e| self.sql_err(e))
-    }
-
-    /// Rows per table (servers, wal_files, backups, measurements).
-    pub fn row_counts(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
-        let mut out = BTreeMap::new();
-        for table in ["servers", "wal_files", "backups", "measurements"] {
-            let n: i64 = self
-                .conn
-                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-                .map_err(|e| self.sql_err(e))?;
-            out.insert(table.to_string(), n);
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::TimeLineId;
 
     fn wal(name: &str, segno: u64) -> WalRecord {
         WalRecord {
@@ -462,47 +292,6 @@ mod tests {
             stored_checksum: None,
             archived_at: Utc::now(),
         }
-    }
-
-    #[test]
-    fn replacing_a_servers_rows_leaves_the_others_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let cat = Catalog::open(dir.path()).unwrap();
-        cat.insert_wal("pg1", &wal("000000010000000000000001", 1))
-            .unwrap();
-        cat.insert_wal("pg2", &wal("000000010000000000000001", 1))
-            .unwrap();
-        cat.check_server_identity("pg1", SystemId(7), 16 << 20)
-            .unwrap();
-        let rows = [
-            wal("000000010000000000000005", 5),
-            wal("000000010000000000000006", 6),
-        ];
-        cat.replace_server_rows(
-            "pg1",
-            &ServerRows {
-                identity: Some((SystemId(9), 16 << 20)),
-                backups: &[],
-                wal: &rows,
-            },
-        )
-        .unwrap();
-        let names: Vec<String> = cat
-            .wal_files("pg1")
-            .unwrap()
-            .into_iter()
-            .map(|w| w.name)
-            .collect();
-        assert_eq!(
-            names,
-            ["000000010000000000000005", "000000010000000000000006"]
-        );
-        assert_eq!(cat.wal_files("pg2").unwrap().len(), 1);
-        assert_eq!(
-            cat.server_identity("pg1").unwrap(),
-            Some((SystemId(9), 16 << 20))
-        );
-        assert_eq!(cat.row_counts().unwrap()["wal_files"], 3);
     }
 
     #[test]
