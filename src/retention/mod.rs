@@ -661,6 +661,7 @@ mod tests {
         let repo = ServerRepo::new(tmp.path(), "pg1");
         let catalog = Catalog::open(tmp.path()).unwrap();
         let b = backup("20260101T000000", 2, 3, Done, None);
+        std::fs::create_dir_all(repo.backups_dir()).unwrap();
         catalog.upsert_backup(&b).unwrap();
         delete_backup(&repo, &catalog, &b).unwrap();
         assert!(catalog.backups::<BackupInfo>("pg1").unwrap().is_empty());

@@ -2,10 +2,13 @@
 //! `check` judges.
 
 pub mod backup_check;
+pub mod item;
 pub mod peer_check;
+pub mod peer_probe;
 pub mod probe;
 pub mod rto;
 pub mod server_check;
 pub mod ssh_check;
+pub mod ssh_probe;
 pub mod standbys;
 pub mod wal_archive;

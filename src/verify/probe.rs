@@ -46,7 +46,7 @@ pub struct SqlState {
     /// `data_directory`, when the role may read it.
     pub data_directory: Option<String>,
     /// archive_mode, archive_command and `pg_stat_archiver`, when readable.
-    pub archiving: Option<super::ssh_check::ArchivingState>,
+    pub archiving: Option<super::ssh_probe::ArchivingState>,
 }
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -138,7 +138,7 @@ pub struct LocalState {
     pub incoming_oldest: Option<DateTime<Utc>>,
     /// A passive server's replication state (`None` for an active server).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<super::peer_check::PeerStatus>,
+    pub peer: Option<super::peer_probe::PeerStatus>,
     /// The newest restore drill (`drill`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<LastDrill>,
@@ -289,7 +289,7 @@ pub struct ServerState {
     /// When the probe ran (age checks measure against it).
     pub now: DateTime<Utc>,
     /// The SSH side (`None` without `ssh_command`).
-    pub ssh: Option<super::ssh_check::SshState>,
+    pub ssh: Option<super::ssh_probe::SshState>,
     /// An S3 repository's reachability (`None` for the local one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<RepositoryState>,
@@ -581,10 +581,10 @@ async fn sql_state(server: &ServerConfig) -> Result<SqlState, String> {
     if let Ok(rows) = c.simple_query("SHOW data_directory").await {
         st.data_directory = rows.first().and_then(|r| r.get_idx(0)).map(str::to_string);
     }
-    if let Ok(rows) = c.simple_query(super::ssh_check::ARCHIVING_QUERY).await {
+    if let Ok(rows) = c.simple_query(super::ssh_probe::ARCHIVING_QUERY).await {
         st.archiving = rows
             .first()
-            .map(|r| super::ssh_check::archiving_from_row(|k| r.get(k).map(str::to_string)));
+            .map(|r| super::ssh_probe::archiving_from_row(|k| r.get(k).map(str::to_string)));
     }
     c.close().await;
     Ok(st)
@@ -672,7 +672,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         return Ok(st);
     };
     if server.primary_ssh_command.is_some() {
-        st.peer = Some(super::peer_check::peer_status(server, &cat, Utc::now()));
+        st.peer = Some(super::peer_probe::peer_status(server, &cat, Utc::now()));
     }
     if let Some((id, seg)) = cat
         .server_identity(&server.name)
@@ -814,10 +814,10 @@ pub async fn probe(server: &ServerConfig, home: &Path) -> ServerState {
     if let Some(cmd) = &server.ssh_command {
         let cmd = cmd.clone();
         let dir = st.sql.as_ref().ok().and_then(|s| s.data_directory.clone());
-        let probe = move || super::ssh_check::probe_ssh(&cmd, dir.as_deref());
+        let probe = move || super::ssh_probe::probe_ssh(&cmd, dir.as_deref());
         st.ssh = Some(match tokio::task::spawn_blocking(probe).await {
             Ok(ssh) => ssh,
-            Err(e) => super::ssh_check::SshState::failed(format!("ssh probe: {e}")),
+            Err(e) => super::ssh_probe::SshState::failed(format!("ssh probe: {e}")),
         });
     }
     st

@@ -5,59 +5,13 @@ use crate::backup::BackupStatus;
 use crate::config::ServerConfig;
 use crate::output::{human_bytes, human_seconds};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 /// `disk space` fails when less than this many bytes are available in `home`…
 pub const DISK_MIN_FREE_BYTES: u64 = 1 << 30;
 /// …or less than this share of the filesystem (2%).
 pub const DISK_MIN_FREE_RATIO: f64 = 0.02;
 
-/// One judged item.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckItem {
-    /// What was checked, as `check` prints it.
-    pub name: String,
-    /// Passed (false when failed or unknown).
-    pub ok: bool,
-    /// Could not be judged (what it depends on could not be read): neither passed
-    /// nor failed.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub unknown: bool,
-    /// Why it failed, or a detail worth showing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl CheckItem {
-    /// A judged item.
-    pub fn new(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
-        CheckItem {
-            name: name.to_string(),
-            ok,
-            unknown: false,
-            hint,
-        }
-    }
-
-    /// An item that could not be judged, with why.
-    pub fn unknown(name: &str, why: &str) -> CheckItem {
-        CheckItem {
-            name: name.to_string(),
-            ok: false,
-            unknown: true,
-            hint: Some(why.to_string()),
-        }
-    }
-
-    /// `OK`, `FAILED` or `UNKNOWN`, as `check` prints it.
-    pub fn state(&self) -> &'static str {
-        match (self.ok, self.unknown) {
-            (true, _) => "OK",
-            (false, true) => "UNKNOWN",
-            (false, false) => "FAILED",
-        }
-    }
-}
+pub use super::item::CheckItem;
 
 /// `conninfo` (where backups are taken) and `primary_conninfo`, when WAL comes
 /// from another server than backups.
