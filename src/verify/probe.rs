@@ -166,7 +166,7 @@ pub struct LastDrill {
 impl LastDrill {
     /// The newest drill of `server` in the catalog at `home` (none without a catalog).
     pub fn read(home: &Path, server: &str) -> Result<Option<LastDrill>, String> {
-        let Some(cat) = crate::catalog::Catalog::open_existing(home).map_err(|e| e.to_string())?
+        let Some(cat) = crate::catalog::Catalog::open_read_only(home).map_err(|e| e.to_string())?
         else {
             return Ok(None);
         };
@@ -661,7 +661,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         ..Default::default()
     };
     incoming_state(&repo, &mut st);
-    let cat = Catalog::open_existing(home).map_err(|e| e.to_string())?;
+    let cat = Catalog::open_read_only(home).map_err(|e| e.to_string())?;
     st.backups_not_in_catalog =
         crate::maintenance::rebuild::backups_missing_from_catalog(&repo, cat.as_ref())
             .map_err(|e| e.to_string())?;
@@ -706,7 +706,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
         }
     }
     st.last_segment = cat.last_segment(&server.name).map_err(|e| e.to_string())?;
-    st.backups = cat.backups(&server.name).map_err(|e| e.to_string())?;
+    st.backups = crate::backup::lifecycle::current(&repo, &cat).map_err(|e| e.to_string())?;
     st.last_drill = cat
         .last_drill(&server.name)
         .map_err(|e| e.to_string())?

@@ -116,7 +116,7 @@ pub fn estimate(
 
 /// Reads what [`estimate`] needs from the catalog (none yet: `Ok(None)`).
 pub fn estimate_from_catalog(home: &Path, server: &str) -> Result<Option<Rto>, String> {
-    let Some(cat) = Catalog::open_existing(home).map_err(|e| e.to_string())? else {
+    let Some(cat) = Catalog::open_read_only(home).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     from_catalog(&cat, server).map_err(|e| e.to_string())
