@@ -151,37 +151,11 @@ pub(crate) fn parse_schedule(s: &str) -> Result<DrillSchedule, String> {
 /// `RECOVERY WINDOW OF <n> DAY(S)|WEEK(S)|MONTH(S)`, any case, `n >= 1`.
 /// Returns the redundancy count for a redundancy policy, `None` for a window.
 pub(crate) fn check_retention_policy(s: &str) -> Result<Option<u64>, String> {
-    let err = || {
-        format!(
-            "expected 'REDUNDANCY <n>' or 'RECOVERY WINDOW OF <n> DAYS|WEEKS|MONTHS', got '{s}'"
-        )
-    };
-    let words: Vec<String> = s
-        .split_whitespace()
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let (count, redundancy) = match words.as_slice() {
-        ["redundancy", n] => (*n, true),
-        ["recovery", "window", "of", n, unit] => {
-            if !matches!(
-                *unit,
-                "day" | "days" | "week" | "weeks" | "month" | "months"
-            ) {
-                return Err(err());
-            }
-            (*n, false)
-        }
-        _ => return Err(err()),
-    };
-    if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(err());
+    use crate::types::retention_policy::RetentionPolicy;
+    match RetentionPolicy::parse(s)? {
+        RetentionPolicy::Redundancy(n) => Ok(Some(u64::from(n))),
+        RetentionPolicy::RecoveryWindow(..) => Ok(None),
     }
-    let n: u64 = count.parse().map_err(|_| err())?;
-    if n == 0 {
-        return Err(format!("the count must be at least 1, got '{s}'"));
-    }
-    Ok(redundancy.then_some(n))
 }
 
 /// PostgreSQL's rule for replication slot names (`ReplicationSlotValidateName`):

@@ -265,7 +265,7 @@ impl Connection {
             ));
         };
         let filename = String::from_utf8_lossy(name).into_owned();
-        let expected = format!("{:08X}.history", tli.0);
+        let expected = crate::types::history_file_name(tli);
         if filename != expected {
             return Err(PgError::Protocol(format!(
                 "server sent history file \"{}\" for timeline {tli}, expected \"{expected}\"",

@@ -1,9 +1,11 @@
-//! PostgreSQL's WAL vocabulary that every layer shares: positions (`Lsn`), timeline
-//! and system identifiers, and WAL file names (segments, partials, `.history`). It
-//! sits below `pg`, `repo`, `catalog` and `wal`, which all speak it; `wal`
-//! re-exports it, so `wal::Lsn` and `types::Lsn` are the same type.
+//! The vocabulary every layer shares: PostgreSQL's WAL positions (`Lsn`), timeline
+//! and system identifiers, WAL file names (segments, partials, `.history`), and the
+//! retention policy grammar. It sits below `pg`, `repo`, `catalog`, `config` and
+//! `wal`, which all speak it; `wal` re-exports its WAL part, so `wal::Lsn` and
+//! `types::Lsn` are the same type.
 
 pub mod lsn;
+pub mod retention_policy;
 pub mod segment;
 
 pub use lsn::{Lsn, SystemId, TimeLineId};

@@ -8,6 +8,8 @@
 //! being written by a plain copy and is left for the next run. One run at a time per
 //! server (`lock/archive-wal.lock`).
 
+use crate::types::segment::MIN_SEG_SIZE;
+use crate::types::WalFileName;
 use super::archive::{ArchiveError, WalArchive};
 use super::put::{put_wal, PutError, PutStatus};
 use crate::lock::{JobLock, LockError};
@@ -82,21 +84,23 @@ pub fn archive_wal_lock(home: &Path, server: &str) -> PathBuf {
 }
 
 /// Sort key putting WAL files in WAL order: history files first, then by position
-/// (the last 16 hex digits) and timeline.
-fn wal_order(name: &str) -> (u8, String, String) {
-    if name.ends_with(".history") {
-        (0, String::new(), name.to_string())
-    } else if name.len() >= 24 {
-        (1, name[8..24].to_string(), name.to_string())
-    } else {
-        (2, String::new(), name.to_string())
+/// (the segment number, read by the one WAL name parser) and name (timeline).
+fn wal_order(name: &str) -> (u8, u64, String) {
+    // The smallest segment size numbers segments in the same order as the
+    // cluster's own (a segment's low part is below every size's segments per id).
+    match WalFileName::parse(name, MIN_SEG_SIZE) {
+        Some(WalFileName::History(_)) => (0, 0, name.to_string()),
+        Some(
+            WalFileName::Segment(s) | WalFileName::Partial(s) | WalFileName::BackupHistory(s, _),
+        ) => (1, s.segno, name.to_string()),
+        None => (2, 0, name.to_string()),
     }
 }
 
 /// Whether a name in incoming/ is one archive-wal processes.
 fn is_wal_name(name: &str) -> bool {
     !name.starts_with('.')
-        && super::segment::WalFileName::parse(name, super::put::MIN_SEG_SIZE).is_some()
+        && WalFileName::parse(name, MIN_SEG_SIZE).is_some()
 }
 
 /// Removes a put-wal spool file nobody has written for [`STALE_SPOOL_AGE`].
