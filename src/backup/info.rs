@@ -307,3 +307,12 @@ pub struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
 }
+
+impl FileEntry {
+    /// Appends the entry to `files.jsonl` as one JSON line: the one writer of the
+    /// format, for streamed and rsync backups alike.
+    pub fn write_line(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *w, self)?;
+        w.write_all(b"\n")
+    }
+}

@@ -126,7 +126,7 @@ impl EarlySums {
     }
 
     /// Records the checksum of a file just written here with its current identity
-    /// (see [`super::rsync_tar`], which hashes files as it writes them).
+    /// (see `rsync_tar`, which hashes files as it writes them).
     pub fn insert(&self, path: &Path, size: u64, sum: String) {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if let Ok(mut map) = self.0.lock() {
@@ -245,7 +245,7 @@ pub fn index(
         let mut w = std::io::BufWriter::new(&mut out);
         dirs.sort_by(|a, b| (a.tablespace, &a.path).cmp(&(b.tablespace, &b.path)));
         for e in dirs.iter().chain(links.iter()) {
-            write_line(&mut w, e).map_err(io)?;
+            e.write_line(&mut w).map_err(io)?;
         }
         for r in checked {
             let Some((e, new)) = r? else { continue };
@@ -253,14 +253,9 @@ pub fn index(
             totals.new_bytes += new;
             totals.reused_bytes += e.size - new;
             totals.file_count += 1;
-            write_line(&mut w, &e).map_err(io)?;
+            e.write_line(&mut w).map_err(io)?;
         }
         w.flush().map_err(io)?;
     }
     Ok((out, totals))
-}
-
-fn write_line(w: &mut impl Write, e: &FileEntry) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *w, e)?;
-    w.write_all(b"\n")
 }

@@ -789,11 +789,7 @@ fn write_jobs(
     };
     let mut list = BufWriter::with_capacity(256 * 1024, files);
     let record = |list: &mut BufWriter<AtomicFile>, e: &FileEntry| -> Result<(), StoreError> {
-        serde_json::to_writer(&mut *list, e).map_err(|e| StoreError::Io {
-            path: files_path.to_path_buf(),
-            source: io::Error::other(e),
-        })?;
-        list.write_all(b"\n").map_err(io_at(files_path))
+        e.write_line(list).map_err(io_at(files_path))
     };
     // The open object: where it goes, bytes written and the BLAKE3 of those bytes
     // (the object checksum: frames are hashed as written, in order).
