@@ -11,7 +11,7 @@
 //! Files of [`SMALL_FILE`] bytes or more keep an object of their own; empty files
 //! have no object at all (their files.jsonl entry says everything).
 
-use super::tar_store::StoreError;
+use super::object_file::StoreError;
 use super::{BackupDir, BackupError, FileEntry};
 use crate::repo::durable::AtomicFile;
 use serde::{Deserialize, Serialize};
@@ -313,7 +313,7 @@ impl<'a> BundleWriter<'a> {
                 Sink::Memory(Vec::with_capacity((BUNDLE_TARGET + SMALL_FILE) as usize))
             } else {
                 let disk = self.dir.root().join(&rel);
-                let f = super::tar_store::create_file(&disk).map_err(Self::io(disk.clone()))?;
+                let f = super::object_file::create_file(&disk).map_err(Self::io(disk.clone()))?;
                 Sink::Disk(BufWriter::with_capacity(256 * 1024, f), disk)
             };
             self.open = Some(Open {
@@ -389,7 +389,7 @@ impl<'a> BundleWriter<'a> {
                 let f = w
                     .into_inner()
                     .map_err(|e| Self::io(disk.clone())(e.into_error()))?;
-                super::tar_store::start_file_writeback(&f);
+                super::object_file::start_file_writeback(&f);
                 Ok(None)
             }
             Sink::Memory(data) => Ok(Some(Closed {

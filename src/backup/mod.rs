@@ -8,6 +8,7 @@ pub mod incremental;
 pub mod info;
 pub mod lifecycle;
 pub mod manifest;
+pub mod object_file;
 mod object_upload;
 pub mod rsync;
 pub mod rsync_copy;

@@ -18,6 +18,8 @@
 //! overwritten.
 
 use super::bundle::{is_bundled, BundleWriter, Closed};
+pub use super::object_file::StoreError;
+pub(super) use super::object_file::{create_file, start_file_writeback};
 use super::object_upload::{Streamed, Uploads, WHOLE_UP_TO};
 use super::{BackupDir, FileEntry, FileKind};
 use crate::progress::Progress;
@@ -25,9 +27,9 @@ use crate::repo::compress::CHUNK_SIZE;
 use crate::repo::durable::{create_dir_all_private, AtomicFile};
 use bytes::{Buf, Bytes};
 use std::cell::RefCell;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -49,23 +51,6 @@ pub enum StreamMsg {
     ManifestData(Bytes),
     /// The server confirmed the end of the backup.
     End,
-}
-
-/// Why storing failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Reading or writing a file of the repository failed.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    /// The stream holds something pgbk refuses to store.
-    #[error("{0}")]
-    Invalid(String),
-    /// The stream stopped before the server confirmed the end of the backup.
-    #[error("the backup stream ended before the backup was complete")]
-    Aborted,
-    /// The repository's object store refused or lost an upload.
-    #[error(transparent)]
-    Upload(Box<crate::repo::store::StoreError>),
 }
 
 fn upload_err(e: super::BackupError) -> StoreError {
@@ -723,40 +708,6 @@ struct Written {
 
 /// Stored objects from this size on start their writeback when complete.
 const WRITEBACK_FROM: u64 = 256 * 1024;
-
-/// Asks the kernel to start writing a file's dirty pages to disk now, without
-/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the disk works while the
-/// backup goes on. Advisory: durability comes from the backup's final `syncfs`.
-pub(super) fn start_file_writeback(f: &File) {
-    // SAFETY: sync_file_range on a descriptor the caller owns, for its whole length.
-    unsafe {
-        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-/// A new file (never an existing name, so never through a link), 0600, its
-/// folders made 0700 where missing.
-pub(super) fn create_file(disk: &Path) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(disk)
-    };
-    match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = disk.parent() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)?;
-            }
-            open()
-        }
-        r => r,
-    }
-}
 
 /// Where the open object's frames go.
 enum Out {

@@ -8,13 +8,13 @@
 //! being written by a plain copy and is left for the next run. One run at a time per
 //! server (`lock/archive-wal.lock`).
 
-use crate::types::segment::MIN_SEG_SIZE;
-use crate::types::WalFileName;
 use super::archive::{ArchiveError, WalArchive};
 use super::put::{put_wal, PutError, PutStatus};
 use crate::lock::{JobLock, LockError};
 use crate::repo::durable::remove_durable;
 use crate::repo::{Repository, ServerRepo};
+use crate::types::segment::MIN_SEG_SIZE;
+use crate::types::WalFileName;
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -99,8 +99,7 @@ fn wal_order(name: &str) -> (u8, u64, String) {
 
 /// Whether a name in incoming/ is one archive-wal processes.
 fn is_wal_name(name: &str) -> bool {
-    !name.starts_with('.')
-        && WalFileName::parse(name, MIN_SEG_SIZE).is_some()
+    !name.starts_with('.') && WalFileName::parse(name, MIN_SEG_SIZE).is_some()
 }
 
 /// Removes a put-wal spool file nobody has written for [`STALE_SPOOL_AGE`].
