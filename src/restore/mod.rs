@@ -230,7 +230,7 @@ pub fn prepare(
         ));
     }
     let backups = current(&repo, catalog)?;
-    let info = choose_backup(catalog, &req, &backups)?;
+    let info = choose_backup(&req, &backups)?;
     if info.status != BackupStatus::Done {
         return Err(RestoreError::Refused(format!(
             "server '{}': backup {} is {}, only a DONE backup can be recovered",
@@ -302,15 +302,13 @@ pub fn prepare(
 
 /// The backup the request names; `auto` picks the newest DONE backup that ended
 /// before the target.
-fn choose_backup(
-    catalog: &Catalog,
-    req: &RecoverRequest,
-    backups: &[BackupInfo],
-) -> Result<BackupInfo, RestoreError> {
+fn choose_backup(req: &RecoverRequest, backups: &[BackupInfo]) -> Result<BackupInfo, RestoreError> {
     if req.backup_id != "auto" {
-        return crate::backup::resolve(catalog, &req.server, &req.backup_id).map_err(|e| match e {
-            BackupError::NotFound { .. } => RestoreError::Usage(e.to_string()),
-            e => e.into(),
+        return crate::backup::resolve_among(backups, &req.server, &req.backup_id).map_err(|e| {
+            match e {
+                BackupError::NotFound { .. } => RestoreError::Usage(e.to_string()),
+                e => e.into(),
+            }
         });
     }
     if let Some(t @ (RecoveryTarget::Xid(_) | RecoveryTarget::Name(_))) = &req.target {
