@@ -28,7 +28,7 @@
 //! passive side's own retention removed it (or never needed it).
 
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
-use super::pool::{Done, Job, Pool, Work};
+use super::pool::{Done, Job, Pool, Work, IO_TIMEOUT};
 use super::sftp_batch::{batch_full, MAX_OBJECT};
 use crate::backup::bundle;
 
@@ -57,14 +57,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Test hook, documented as such in pgbk(1): milliseconds each transfer worker waits
-/// after each object, so a test can interrupt a copy in the middle.
-pub const THROTTLE_ENV: &str = "PGBK_TEST_REPLICATE_THROTTLE_MS";
-
-/// How long one SSH operation (a read, the sync-info answer) may block before the
-/// primary is considered gone.
-pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, Serialize)]
