@@ -15,7 +15,7 @@
 //!    whose `labelfile` / `spcmapfile` become `data/backup_label` /
 //!    `data/tablespace_map`, plain entries of files.jsonl;
 //! 5. checksums, files.jsonl, backup.json `WAITING_FOR_WALS`, then the same WAL
-//!    wait as the streaming method ([`super::take::wait_for_wal`]).
+//!    wait as the streaming method ([`super::run::wait_for_wal`]).
 //!
 //! Lists with no previous copy to compare against (the first backup, a new
 //! tablespace, `reuse_backup = off`) are streamed with GNU tar instead, unless the
@@ -37,7 +37,8 @@ use super::rsync_copy::{
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
 use super::rsync_upload::{remove_older_staged, upload_staged, UploadError};
-use super::take::{
+pub use super::run::RsyncOptions;
+use super::run::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
 };
@@ -56,19 +57,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// What an rsync backup needs beyond a streaming one.
-#[derive(Debug, Clone)]
-pub struct RsyncOptions {
-    /// The server's `ssh_command` (`ssh -p 22 postgres@pg1`).
-    pub ssh_command: String,
-    /// `reuse_backup`.
-    pub reuse: ReuseBackup,
-    /// `bandwidth_limit` in KiB/s, shared by all workers.
-    pub bandwidth_limit: Option<u64>,
-    /// `network_compression` (rsync `-z`).
-    pub network_compression: bool,
-}
 
 /// A tablespace of the server with where it lives.
 #[derive(Debug, Clone)]
@@ -174,7 +162,7 @@ fn label_timeline(label: &str) -> Option<TimeLineId> {
         .map(TimeLineId)
 }
 
-/// Takes an rsync backup. Called by [`super::take::take_backup`] with the backup
+/// Takes an rsync backup. Called by `take_backup` with the backup
 /// lock held and statuses refreshed.
 pub(super) async fn take(
     req: &BackupRequest,
