@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
 
-/// Debian's location of the PostgreSQL 15 binaries.
-pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
 /// The server name the demo configures.
 pub const SERVER: &str = "demo";
 
