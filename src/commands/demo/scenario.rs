@@ -20,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::output::human_bytes;
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
 
 /// The server name the demo configures.
@@ -406,250 +407,37 @@ pub fn run_demo(opts: &DemoOptions, out: &mut dyn Reporter) -> Result<DemoSummar
     result
 }
 
+/// The backup step 4 took.
+struct BackupTaken {
+    id: String,
+    bytes: u64,
+    stored_bytes: u64,
+    secs: f64,
+}
+
+/// The moment recovery aims at (step 5).
+struct Target {
+    /// `YYYY-MM-DD HH:MI:SS.US+00`.
+    time: String,
+    /// `pgbench_history` rows committed at that moment.
+    expected_rows: u64,
+}
+
+/// What the recovered server holds (step 7).
+struct Recovered {
+    rows: u64,
+    verified: bool,
+}
+
+/// The eight steps, in order. The resources a step starts are locals of this
+/// function, so that on any way out they are released latest first.
 fn scenario(d: &Demo, out: &mut dyn Reporter) -> Result<DemoSummary> {
-    let opts = d.opts;
-    // 1. cluster
-    out.step(
-        1,
-        &format!("scratch folder {}; throwaway cluster", d.scratch.display()),
-    );
-    let pgdir = d.scratch.join("pg");
-    mkdir_owned(&pgdir, d.owner, 0o700)?;
-    let mut source = Cluster {
-        pg_bin: opts.pg_bin.clone(),
-        owner: d.owner,
-        datadir: pgdir.join("data"),
-        log: pgdir.join("source.log"),
-        port: free_port()?,
-        running: false,
-    };
-    let mut initdb = pg_command(&opts.pg_bin, "initdb", d.owner);
-    initdb.arg("-D").arg(&source.datadir).args([
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-    ]);
-    run(&mut initdb, "initdb")?;
-    fs::OpenOptions::new()
-        .append(true)
-        .open(source.datadir.join("postgresql.conf"))?
-        .write_all(
-            b"\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
-              shared_buffers = '64MB'\nlog_line_prefix = '%m [%p] '\n",
-        )?;
-    source.start(&pgdir)?;
-    // The clock starts with this step: its own time would print the same number twice.
-    out.note(&format!(
-        "{} initdb + start on 127.0.0.1:{}",
-        d.elapsed(),
-        source.port
-    ));
-
-    // 2. pgbk configuration and receive-wal
-    out.step(2, "pgbk configuration; receive-wal streams the WAL");
-    let pgbk_dir = d.scratch.join("pgbk");
-    fs::create_dir(&pgbk_dir)?;
-    fs::create_dir(pgbk_dir.join("conf.d"))?;
-    fs::write(
-        &d.config,
-        format!(
-            "[pgbk]\nhome = {}\nlog_level = info\n",
-            pgbk_dir.join("home").display()
-        ),
-    )?;
-    fs::write(
-        pgbk_dir.join("conf.d").join("demo.conf"),
-        format!(
-            "[{SERVER}]\ndescription = pgbk demo cluster\nconninfo = {}\n\
-             streaming_conninfo = %(conninfo)s\nbackup_method = postgres\n\
-             streaming_archiver = on\nslot_name = pgbk_demo\ncreate_slot = auto\n",
-            source.conninfo()
-        ),
-    )?;
-    let t = Instant::now();
-    let rw_log = fs::File::create(pgbk_dir.join("receive-wal.log"))?;
-    let mut receive_wal = Background {
-        child: Command::new(&opts.exe)
-            .arg("-c")
-            .arg(&d.config)
-            .args(["receive-wal", SERVER])
-            .env_remove("PGBK_CONFIG")
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(rw_log.try_clone()?)
-            .stderr(rw_log)
-            .spawn()
-            .context("starting receive-wal")?,
-        what: "receive-wal",
-    };
-    let mut conn = d.connect(&source)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = d.query(
-            &mut conn,
-            "select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'",
-        )?;
-        if n == "1" {
-            break;
-        }
-        if let Some(st) = receive_wal.exited() {
-            bail!(
-                "receive-wal exited ({st}):\n{}",
-                tail(&pgbk_dir.join("receive-wal.log"), 20)
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("receive-wal did not start streaming within 60 s");
-        }
-        sleep(Duration::from_millis(100))?;
-    }
-    out.note(&format!(
-        "{} receive-wal (pid {}) streaming after {:.1}s (slot pgbk_demo)",
-        d.elapsed(),
-        receive_wal.child.id(),
-        t.elapsed().as_secs_f64()
-    ));
-
-    // 3. pgbench
-    out.step(
-        3,
-        &format!("pgbench -i -s {}; pgbench in the background", opts.scale),
-    );
-    let t = Instant::now();
-    let bench_args = |c: &mut Command| {
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &source.port.to_string(),
-            "-U",
-            "postgres",
-        ]);
-    };
-    let mut init = pg_command(&opts.pg_bin, "pgbench", d.owner);
-    init.args(["-i", "-q", "-s", &opts.scale.to_string()]);
-    bench_args(&mut init);
-    init.arg("postgres");
-    run(&mut init, "pgbench -i")?;
-    d.query(
-        &mut conn,
-        "create table demo_marker (id int primary key, note text, at timestamptz default clock_timestamp())",
-    )?;
-    out.note(&format!(
-        "{} {} accounts loaded in {:.1}s",
-        d.elapsed(),
-        u64::from(opts.scale) * 100_000,
-        t.elapsed().as_secs_f64()
-    ));
-    let bench_log = fs::File::create(pgdir.join("pgbench.log"))?;
-    let mut load = pg_command(&opts.pg_bin, "pgbench", d.owner);
-    load.args(["-n", "-c", "4", "-j", "2", "-T", "86400"]);
-    bench_args(&mut load);
-    load.arg("postgres")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(bench_log);
-    let mut pgbench = Background {
-        child: load.spawn().context("starting pgbench")?,
-        what: "pgbench",
-    };
-    sleep(Duration::from_secs(2))?;
-    if let Some(st) = pgbench.exited() {
-        bail!(
-            "pgbench exited ({st}):\n{}",
-            tail(&pgdir.join("pgbench.log"), 10)
-        );
-    }
-
-    // 4. backup under load, verify
-    out.step(4, "backup under load; verify-backup; check-backup");
-    let t = Instant::now();
-    let info = d.pgbk_json(&["backup", SERVER, "--immediate-checkpoint"])?;
-    let backup_secs = t.elapsed().as_secs_f64();
-    let backup_id = info["backup_id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("backup: no backup_id in its output"))?
-        .to_string();
-    let backup_bytes = info["size_bytes"].as_u64().unwrap_or(0);
-    let stored_bytes = info["stored_bytes"].as_u64().unwrap_or(0);
-    out.note(&format!(
-        "{} backup {backup_id}: {} stored as {} in {:.1}s",
-        d.elapsed(),
-        crate::output::human_bytes(backup_bytes),
-        crate::output::human_bytes(stored_bytes),
-        backup_secs
-    ));
-    let t = Instant::now();
-    d.pgbk(&["verify-backup", SERVER, &backup_id])?;
-    out.note(&format!(
-        "{} verify-backup: every checksum matches ({:.1}s)",
-        d.elapsed(),
-        t.elapsed().as_secs_f64()
-    ));
-    let t = Instant::now();
-    d.pgbk(&["check-backup", SERVER, &backup_id])?;
-    out.note(&format!(
-        "{} check-backup: the WAL chain is complete ({:.1}s)",
-        d.elapsed(),
-        t.elapsed().as_secs_f64()
-    ));
-
-    // 5. the target moment
-    out.step(5, "marker row and target time");
-    sleep(Duration::from_secs(2))?;
-    // While `lock` holds pgbench_history, no transaction that writes it can commit, so
-    // the count taken under the lock is exactly the rows committed at the target.
-    let mut lock = d.connect(&source)?;
-    d.query(
-        &mut lock,
-        "begin; lock table pgbench_history in exclusive mode",
-    )?;
-    d.query(
-        &mut conn,
-        "insert into demo_marker (id, note) values (1, 'before the target')",
-    )?;
-    let target = d.query(
-        &mut conn,
-        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
-    )?;
-    let expected_rows: u64 = d
-        .query(&mut lock, "select count(*) from pgbench_history")?
-        .parse()
-        .context("count of pgbench_history")?;
-    std::thread::sleep(Duration::from_millis(5));
-    d.query(&mut lock, "commit")?;
-    drop(lock);
-    out.note(&format!(
-        "{} target time {target}: {expected_rows} pgbench_history rows",
-        d.elapsed()
-    ));
-
-    // 6. RPO at that moment
-    out.step(
-        6,
-        "RPO at the target moment (status); more load; second marker",
-    );
-    let status = d.pgbk_json(&["status", SERVER])?;
-    let rpo_bytes = status["rpo"]["bytes"].as_u64().unwrap_or(0);
-    let rpo_secs = status["rpo"]["seconds"].as_f64();
-    out.note(&format!(
-        "{} RPO now (status): {} behind, {}",
-        d.elapsed(),
-        crate::output::human_bytes(rpo_bytes),
-        rpo_secs
-            .map(|s| format!("{s:.3}s"))
-            .unwrap_or_else(|| "-".into())
-    ));
-    sleep(Duration::from_secs(3))?;
-    d.query(
-        &mut conn,
-        "insert into demo_marker (id, note) values (2, 'after the target')",
-    )?;
-    out.note(&format!("{} second marker inserted", d.elapsed()));
+    let mut source = d.start_source(out)?;
+    let (mut receive_wal, mut conn) = d.start_receive_wal(&source, out)?;
+    let mut pgbench = d.start_pgbench(&source, &mut conn, out)?;
+    let backup = d.backup_and_verify(out)?;
+    let target = d.mark_target(&source, &mut conn, out)?;
+    let (rpo_bytes, rpo_secs) = d.measure_rpo(&mut conn, out)?;
 
     // 7. disaster and recovery
     out.step(
@@ -657,72 +445,8 @@ fn scenario(d: &Demo, out: &mut dyn Reporter) -> Result<DemoSummary> {
         "stop pgbench; switch-wal --archive; recover to the target; start it",
     );
     pgbench.stop();
-    d.pgbk(&[
-        "switch-wal",
-        SERVER,
-        "--archive",
-        "--archive-timeout",
-        "120",
-    ])?;
-    out.note(&format!("{} the last segment is archived", d.elapsed()));
-    let recovered_dir = d.scratch.join("recovered");
-    let t = Instant::now();
-    let rec = d.pgbk_json(&[
-        "recover",
-        SERVER,
-        "auto",
-        &recovered_dir.to_string_lossy(),
-        "--target-time",
-        &target,
-        "--target-action",
-        "promote",
-    ])?;
-    let restore_secs = t.elapsed().as_secs_f64();
-    out.note(&format!(
-        "{} recover: backup {} restored in {:.1}s",
-        d.elapsed(),
-        rec["backup_id"].as_str().unwrap_or("?"),
-        restore_secs
-    ));
-    fs::set_permissions(&recovered_dir, fs::Permissions::from_mode(0o700))?;
-    chown_tree(&recovered_dir, d.owner)?;
-    let mut recovered = Cluster {
-        pg_bin: opts.pg_bin.clone(),
-        owner: d.owner,
-        datadir: recovered_dir.clone(),
-        log: pgdir.join("recovered.log"),
-        port: free_port()?,
-        running: false,
-    };
-    recovered.start(&pgdir)?;
-    let mut rconn = d.connect(&recovered)?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while d.query(&mut rconn, "select pg_is_in_recovery()")? != "f" {
-        if Instant::now() > deadline {
-            bail!("the recovered server is still in recovery after 10 minutes");
-        }
-        sleep(Duration::from_millis(20))?;
-    }
-    let rto_secs = t.elapsed().as_secs_f64();
-    out.note(&format!(
-        "{} recovered server on 127.0.0.1:{} promoted and accepting writes: RTO {:.1}s",
-        d.elapsed(),
-        recovered.port,
-        rto_secs
-    ));
-    let markers = d.query(
-        &mut rconn,
-        "select coalesce(string_agg(id::text, ',' order by id), '') from demo_marker",
-    )?;
-    let recovered_rows: u64 = d
-        .query(&mut rconn, "select count(*) from pgbench_history")?
-        .parse()
-        .context("count of pgbench_history")?;
-    let verified = markers == "1" && recovered_rows == expected_rows;
-    out.note(&format!(
-        "markers: {} (expected: 1); pgbench_history: {recovered_rows} rows (expected {expected_rows})",
-        if markers.is_empty() { "none" } else { &markers }
-    ));
+    let (mut recovered, mut rconn, rto_secs) = d.recover(&target, out)?;
+    let check = d.check_recovered(&mut rconn, &target, out)?;
     drop(rconn);
     drop(conn);
 
@@ -733,17 +457,417 @@ fn scenario(d: &Demo, out: &mut dyn Reporter) -> Result<DemoSummary> {
     receive_wal.stop();
     source.stop("fast");
     Ok(DemoSummary {
-        backup_id,
-        backup_bytes,
-        stored_bytes,
-        backup_secs,
+        backup_id: backup.id,
+        backup_bytes: backup.bytes,
+        stored_bytes: backup.stored_bytes,
+        backup_secs: backup.secs,
         rpo_bytes,
         rpo_secs,
         rto_secs,
-        target_time: target,
-        expected_rows,
-        recovered_rows,
-        verified,
+        target_time: target.time,
+        expected_rows: target.expected_rows,
+        recovered_rows: check.rows,
+        verified: check.verified,
         scratch: d.scratch.clone(),
     })
+}
+
+impl Demo<'_> {
+    /// The clusters' folder (data directories, logs, sockets).
+    fn pg_dir(&self) -> PathBuf {
+        self.scratch.join("pg")
+    }
+
+    /// pgbk's folder (configuration, home, receive-wal's log).
+    fn pgbk_dir(&self) -> PathBuf {
+        self.scratch.join("pgbk")
+    }
+
+    /// Step 1: initdb and start the throwaway source cluster.
+    fn start_source(&self, out: &mut dyn Reporter) -> Result<Cluster> {
+        let opts = self.opts;
+        out.step(
+            1,
+            &format!(
+                "scratch folder {}; throwaway cluster",
+                self.scratch.display()
+            ),
+        );
+        let pgdir = self.pg_dir();
+        mkdir_owned(&pgdir, self.owner, 0o700)?;
+        let mut source = Cluster {
+            pg_bin: opts.pg_bin.clone(),
+            owner: self.owner,
+            datadir: pgdir.join("data"),
+            log: pgdir.join("source.log"),
+            port: free_port()?,
+            running: false,
+        };
+        let mut initdb = pg_command(&opts.pg_bin, "initdb", self.owner);
+        initdb.arg("-D").arg(&source.datadir).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(&mut initdb, "initdb")?;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(source.datadir.join("postgresql.conf"))?
+            .write_all(
+                b"\nwal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
+                  shared_buffers = '64MB'\nlog_line_prefix = '%m [%p] '\n",
+            )?;
+        source.start(&pgdir)?;
+        // The clock starts with this step: its own time would print the same number twice.
+        out.note(&format!(
+            "{} initdb + start on 127.0.0.1:{}",
+            self.elapsed(),
+            source.port
+        ));
+        Ok(source)
+    }
+
+    /// Step 2: pgbk's configuration, then receive-wal, waited for until it streams.
+    /// Returns it and a SQL session on the source.
+    fn start_receive_wal(
+        &self,
+        source: &Cluster,
+        out: &mut dyn Reporter,
+    ) -> Result<(Background, Connection)> {
+        out.step(2, "pgbk configuration; receive-wal streams the WAL");
+        let pgbk_dir = self.pgbk_dir();
+        fs::create_dir(&pgbk_dir)?;
+        fs::create_dir(pgbk_dir.join("conf.d"))?;
+        fs::write(
+            &self.config,
+            format!(
+                "[pgbk]\nhome = {}\nlog_level = info\n",
+                pgbk_dir.join("home").display()
+            ),
+        )?;
+        fs::write(
+            pgbk_dir.join("conf.d").join("demo.conf"),
+            format!(
+                "[{SERVER}]\ndescription = pgbk demo cluster\nconninfo = {}\n\
+                 streaming_conninfo = %(conninfo)s\nbackup_method = postgres\n\
+                 streaming_archiver = on\nslot_name = pgbk_demo\ncreate_slot = auto\n",
+                source.conninfo()
+            ),
+        )?;
+        let t = Instant::now();
+        let rw_log = fs::File::create(pgbk_dir.join("receive-wal.log"))?;
+        let mut receive_wal = Background {
+            child: Command::new(&self.opts.exe)
+                .arg("-c")
+                .arg(&self.config)
+                .args(["receive-wal", SERVER])
+                .env_remove("PGBK_CONFIG")
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(rw_log.try_clone()?)
+                .stderr(rw_log)
+                .spawn()
+                .context("starting receive-wal")?,
+            what: "receive-wal",
+        };
+        let mut conn = self.connect(source)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = self.query(
+                &mut conn,
+                "select count(*) from pg_stat_replication where application_name = 'pgbk_receive_wal'",
+            )?;
+            if n == "1" {
+                break;
+            }
+            if let Some(st) = receive_wal.exited() {
+                bail!(
+                    "receive-wal exited ({st}):\n{}",
+                    tail(&pgbk_dir.join("receive-wal.log"), 20)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("receive-wal did not start streaming within 60 s");
+            }
+            sleep(Duration::from_millis(100))?;
+        }
+        out.note(&format!(
+            "{} receive-wal (pid {}) streaming after {:.1}s (slot pgbk_demo)",
+            self.elapsed(),
+            receive_wal.child.id(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok((receive_wal, conn))
+    }
+
+    /// Step 3: `pgbench -i`, the marker table, then pgbench running in the background.
+    fn start_pgbench(
+        &self,
+        source: &Cluster,
+        conn: &mut Connection,
+        out: &mut dyn Reporter,
+    ) -> Result<Background> {
+        let opts = self.opts;
+        let pgdir = self.pg_dir();
+        out.step(
+            3,
+            &format!("pgbench -i -s {}; pgbench in the background", opts.scale),
+        );
+        let t = Instant::now();
+        let bench_args = |c: &mut Command| {
+            c.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &source.port.to_string(),
+                "-U",
+                "postgres",
+            ]);
+        };
+        let mut init = pg_command(&opts.pg_bin, "pgbench", self.owner);
+        init.args(["-i", "-q", "-s", &opts.scale.to_string()]);
+        bench_args(&mut init);
+        init.arg("postgres");
+        run(&mut init, "pgbench -i")?;
+        self.query(
+            conn,
+            "create table demo_marker (id int primary key, note text, at timestamptz default clock_timestamp())",
+        )?;
+        out.note(&format!(
+            "{} {} accounts loaded in {:.1}s",
+            self.elapsed(),
+            u64::from(opts.scale) * 100_000,
+            t.elapsed().as_secs_f64()
+        ));
+        let bench_log = fs::File::create(pgdir.join("pgbench.log"))?;
+        let mut load = pg_command(&opts.pg_bin, "pgbench", self.owner);
+        load.args(["-n", "-c", "4", "-j", "2", "-T", "86400"]);
+        bench_args(&mut load);
+        load.arg("postgres")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(bench_log);
+        let mut pgbench = Background {
+            child: load.spawn().context("starting pgbench")?,
+            what: "pgbench",
+        };
+        sleep(Duration::from_secs(2))?;
+        if let Some(st) = pgbench.exited() {
+            bail!(
+                "pgbench exited ({st}):\n{}",
+                tail(&pgdir.join("pgbench.log"), 10)
+            );
+        }
+        Ok(pgbench)
+    }
+
+    /// Step 4: A backup under load, then `verify-backup` and `check-backup` of it.
+    fn backup_and_verify(&self, out: &mut dyn Reporter) -> Result<BackupTaken> {
+        out.step(4, "backup under load; verify-backup; check-backup");
+        let t = Instant::now();
+        let info = self.pgbk_json(&["backup", SERVER, "--immediate-checkpoint"])?;
+        let backup_secs = t.elapsed().as_secs_f64();
+        let backup_id = info["backup_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("backup: no backup_id in its output"))?
+            .to_string();
+        let backup_bytes = info["size_bytes"].as_u64().unwrap_or(0);
+        let stored_bytes = info["stored_bytes"].as_u64().unwrap_or(0);
+        out.note(&format!(
+            "{} backup {backup_id}: {} stored as {} in {:.1}s",
+            self.elapsed(),
+            human_bytes(backup_bytes),
+            human_bytes(stored_bytes),
+            backup_secs
+        ));
+        let t = Instant::now();
+        self.pgbk(&["verify-backup", SERVER, &backup_id])?;
+        out.note(&format!(
+            "{} verify-backup: every checksum matches ({:.1}s)",
+            self.elapsed(),
+            t.elapsed().as_secs_f64()
+        ));
+        let t = Instant::now();
+        self.pgbk(&["check-backup", SERVER, &backup_id])?;
+        out.note(&format!(
+            "{} check-backup: the WAL chain is complete ({:.1}s)",
+            self.elapsed(),
+            t.elapsed().as_secs_f64()
+        ));
+        Ok(BackupTaken {
+            id: backup_id,
+            bytes: backup_bytes,
+            stored_bytes,
+            secs: backup_secs,
+        })
+    }
+
+    /// Step 5: The first marker row and the target time, with the rows committed then.
+    fn mark_target(
+        &self,
+        source: &Cluster,
+        conn: &mut Connection,
+        out: &mut dyn Reporter,
+    ) -> Result<Target> {
+        out.step(5, "marker row and target time");
+        sleep(Duration::from_secs(2))?;
+        // While `lock` holds pgbench_history, no transaction that writes it can commit, so
+        // the count taken under the lock is exactly the rows committed at the target.
+        let mut lock = self.connect(source)?;
+        self.query(
+            &mut lock,
+            "begin; lock table pgbench_history in exclusive mode",
+        )?;
+        self.query(
+            conn,
+            "insert into demo_marker (id, note) values (1, 'before the target')",
+        )?;
+        let target = self.query(
+            conn,
+            "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+        )?;
+        let expected_rows: u64 = self
+            .query(&mut lock, "select count(*) from pgbench_history")?
+            .parse()
+            .context("count of pgbench_history")?;
+        std::thread::sleep(Duration::from_millis(5));
+        self.query(&mut lock, "commit")?;
+        drop(lock);
+        out.note(&format!(
+            "{} target time {target}: {expected_rows} pgbench_history rows",
+            self.elapsed()
+        ));
+        Ok(Target {
+            time: target,
+            expected_rows,
+        })
+    }
+
+    /// Step 6: The RPO at the target moment (`status`), more load, the second marker.
+    /// Returns the RPO in bytes and seconds.
+    fn measure_rpo(
+        &self,
+        conn: &mut Connection,
+        out: &mut dyn Reporter,
+    ) -> Result<(u64, Option<f64>)> {
+        out.step(
+            6,
+            "RPO at the target moment (status); more load; second marker",
+        );
+        let status = self.pgbk_json(&["status", SERVER])?;
+        let rpo_bytes = status["rpo"]["bytes"].as_u64().unwrap_or(0);
+        let rpo_secs = status["rpo"]["seconds"].as_f64();
+        out.note(&format!(
+            "{} RPO now (status): {} behind, {}",
+            self.elapsed(),
+            human_bytes(rpo_bytes),
+            rpo_secs
+                .map(|s| format!("{s:.3}s"))
+                .unwrap_or_else(|| "-".into())
+        ));
+        sleep(Duration::from_secs(3))?;
+        self.query(
+            conn,
+            "insert into demo_marker (id, note) values (2, 'after the target')",
+        )?;
+        out.note(&format!("{} second marker inserted", self.elapsed()));
+        Ok((rpo_bytes, rpo_secs))
+    }
+
+    /// Step 7a: The last segment archived, `recover` to the target, the recovered server
+    /// started and waited for until promoted. Returns it, a session on it and the
+    /// RTO in seconds.
+    fn recover(
+        &self,
+        target: &Target,
+        out: &mut dyn Reporter,
+    ) -> Result<(Cluster, Connection, f64)> {
+        let pgdir = self.pg_dir();
+        self.pgbk(&[
+            "switch-wal",
+            SERVER,
+            "--archive",
+            "--archive-timeout",
+            "120",
+        ])?;
+        out.note(&format!("{} the last segment is archived", self.elapsed()));
+        let recovered_dir = self.scratch.join("recovered");
+        let t = Instant::now();
+        let rec = self.pgbk_json(&[
+            "recover",
+            SERVER,
+            "auto",
+            &recovered_dir.to_string_lossy(),
+            "--target-time",
+            &target.time,
+            "--target-action",
+            "promote",
+        ])?;
+        let restore_secs = t.elapsed().as_secs_f64();
+        out.note(&format!(
+            "{} recover: backup {} restored in {:.1}s",
+            self.elapsed(),
+            rec["backup_id"].as_str().unwrap_or("?"),
+            restore_secs
+        ));
+        fs::set_permissions(&recovered_dir, fs::Permissions::from_mode(0o700))?;
+        chown_tree(&recovered_dir, self.owner)?;
+        let mut recovered = Cluster {
+            pg_bin: self.opts.pg_bin.clone(),
+            owner: self.owner,
+            datadir: recovered_dir.clone(),
+            log: pgdir.join("recovered.log"),
+            port: free_port()?,
+            running: false,
+        };
+        recovered.start(&pgdir)?;
+        let mut rconn = self.connect(&recovered)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.query(&mut rconn, "select pg_is_in_recovery()")? != "f" {
+            if Instant::now() > deadline {
+                bail!("the recovered server is still in recovery after 10 minutes");
+            }
+            sleep(Duration::from_millis(20))?;
+        }
+        let rto_secs = t.elapsed().as_secs_f64();
+        out.note(&format!(
+            "{} recovered server on 127.0.0.1:{} promoted and accepting writes: RTO {:.1}s",
+            self.elapsed(),
+            recovered.port,
+            rto_secs
+        ));
+        Ok((recovered, rconn, rto_secs))
+    }
+
+    /// Step 7b: The recovered server holds the first marker, not the second, and exactly
+    /// the rows committed at the target.
+    fn check_recovered(
+        &self,
+        rconn: &mut Connection,
+        target: &Target,
+        out: &mut dyn Reporter,
+    ) -> Result<Recovered> {
+        let expected_rows = target.expected_rows;
+        let markers = self.query(
+            rconn,
+            "select coalesce(string_agg(id::text, ',' order by id), '') from demo_marker",
+        )?;
+        let recovered_rows: u64 = self
+            .query(rconn, "select count(*) from pgbench_history")?
+            .parse()
+            .context("count of pgbench_history")?;
+        let verified = markers == "1" && recovered_rows == expected_rows;
+        out.note(&format!(
+            "markers: {} (expected: 1); pgbench_history: {recovered_rows} rows (expected {expected_rows})",
+            if markers.is_empty() { "none" } else { &markers }
+        ));
+        Ok(Recovered {
+            rows: recovered_rows,
+            verified,
+        })
+    }
 }
