@@ -45,7 +45,7 @@ pub struct BackupRequest {
     /// Replication connection (BASE_BACKUP).
     pub streaming_conninfo: ConnInfo,
     /// When `conninfo` names a hot standby: the primary, where the WAL switch and
-    /// checkpoint go ([`super::standby`]).
+    /// checkpoint go (`standby.rs`).
     pub primary_conninfo: Option<ConnInfo>,
     /// `application_name` of the replication connection.
     pub application_name: String,
