@@ -328,8 +328,8 @@ impl Copy<'_> {
         let (listings, session) = self.list_remote(session).await?;
         let mut roots = self.local_roots(listings)?;
         let early = self.transfer(session, tar_possible, &roots, info).await?;
-        self.backup_stop(sql, info, begin, &mut roots[0].1).await?;
-        let size_bytes = self.store_file_list(roots, early, info).await?;
+        let stopped_at = self.backup_stop(sql, info, begin, &mut roots[0].1).await?;
+        let size_bytes = self.store_file_list(roots, early, stopped_at, info).await?;
         if self.dir.is_remote() {
             self.upload(info, size_bytes).await?;
         }
@@ -644,14 +644,15 @@ impl Copy<'_> {
     }
 
     /// Step 5: pg_backup_stop: the backup_label and tablespace_map to restore, written
-    /// into the data directory's copy (`data_root`).
+    /// into the data directory's copy (`data_root`). Returns when they were written
+    /// (their mtime in files.jsonl, and the tablespace links').
     async fn backup_stop(
         &mut self,
         sql: &mut Connection,
         info: &mut BackupInfo,
         begin: Lsn,
         data_root: &mut CopiedRoot,
-    ) -> Result<(), String> {
+    ) -> Result<f64, String> {
         let rows = tokio::select! {
             r = sql.simple_query("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)") =>
                 r.map_err(|e| format!("pg_backup_stop: {e}"))?,
@@ -697,7 +698,7 @@ impl Copy<'_> {
                 size: text.len() as u64,
             });
         }
-        Ok(())
+        Ok(now)
     }
 
     /// Step 6: Checksums and files.jsonl, everything flushed, then the list committed.
@@ -706,9 +707,9 @@ impl Copy<'_> {
         &mut self,
         roots: Vec<(String, CopiedRoot)>,
         early: Arc<EarlySums>,
+        stopped_at: f64,
         info: &mut BackupInfo,
     ) -> Result<u64, String> {
-        let now = Utc::now().timestamp();
         let links: Vec<FileEntry> = self
             .facts
             .tablespaces
@@ -718,7 +719,7 @@ impl Copy<'_> {
                 tablespace: None,
                 kind: FileKind::Symlink,
                 mode: 0o777,
-                mtime: now,
+                mtime: stopped_at as i64,
                 size: 0,
                 checksum: None,
                 object: None,
