@@ -323,11 +323,14 @@ pub struct ReplicateArgs {
     pub follow: bool,
 }
 
+/// Debian's location of the PostgreSQL 15 binaries: where `demo` looks by default.
+pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
 /// Options of `demo` (it needs no configuration file).
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Folder of the PostgreSQL 15 binaries (initdb, pg_ctl, pgbench).
-    #[arg(long, value_name = "DIR", default_value = crate::demo::DEFAULT_PG_BIN)]
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PG_BIN)]
     pub pg_bin: PathBuf,
     /// pgbench scale factor (about 15 MB of data per unit).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]

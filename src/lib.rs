@@ -9,7 +9,6 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod drill;
 pub mod lock;
 pub mod maintenance;

@@ -13,8 +13,7 @@
 
 mod common;
 use common::{
-    pg_scratch_dir, scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk, Cluster,
-    ClusterOptions, Pgbk,
+    pg_scratch_dir, scratch_dir, wait_until, BackgroundPgbk, Cluster, ClusterOptions, Pgbk,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -202,8 +201,7 @@ fn backup_under_pgbench_load_is_done_and_plain_zstd_gives_a_directory_pg_verifyb
     cluster.pgbench_init(10);
     let pg = Pgbk::new();
     configure(&pg, &cluster, "");
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
 
     let mut load = cluster.pgbench(120, 2);
     let info = pg.json(&["backup", "pg1", "--name", "under-load"]);
@@ -276,8 +274,7 @@ fn a_tablespace_outside_the_data_directory_is_stored_and_listed() {
         .unwrap();
     let pg = Pgbk::new();
     configure(&pg, &cluster, "");
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
 
     // Item 8 of the fixes issue: a spread checkpoint is announced, and the copy's
     // time and throughput are reported apart from the whole duration.
@@ -358,8 +355,7 @@ fn a_killed_backup_is_failed_by_the_next_one_which_is_done_and_a_concurrent_one_
     let pg = Pgbk::new();
     // 1 MiB/s: a fresh cluster takes ~20 s, time enough to interfere.
     configure(&pg, &cluster, "bandwidth_limit = 1024\n");
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
 
     let mut first = pg.spawn(&["backup", "pg1"]);
     let old = wait_started(&pg, &mut first);
@@ -506,8 +502,7 @@ fn a_full_filesystem_fails_the_backup_cleanly_and_one_after_growing_it_is_done()
         return;
     };
     configure(&pg, &cluster, "");
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
 
     let out = pg.run(&["backup", "pg1", "--format", "json"]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -574,8 +569,7 @@ fn no_wait_leaves_it_waiting_for_wals_until_receive_wal_archives_them() {
     );
     assert_eq!(info_of(&pg, &id)["status"], "WAITING_FOR_WALS");
 
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
     // The next backup refreshes the older ones first.
     let third = pg.json(&["backup", "pg1"]);

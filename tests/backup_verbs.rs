@@ -8,7 +8,7 @@
 //! backup needs.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, BackgroundPgbk, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, BackgroundPgbk, Cluster, ClusterOptions, Pgbk};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -23,8 +23,7 @@ fn env() -> Env {
     let cluster = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let rw = pg.start_receive_wal("pg1", &cluster);
     Env {
         cluster,
         pg,

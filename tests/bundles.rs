@@ -5,7 +5,7 @@
 //! row back.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, wait_until, Cluster, ClusterOptions, Pgbk};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -65,8 +65,7 @@ fn two_thousand_small_tables_back_up_as_a_few_bundles_verify_and_recover() {
     assert_eq!(total_rows(&c), TABLES.to_string());
     let pg = Pgbk::new();
     pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = pg.start_receive_wal("pg1", &c);
     let info = pg.json(&["backup", "pg1"]);
     assert_eq!(info["status"], "DONE", "{info}");
     let id = info["backup_id"].as_str().unwrap().to_string();

@@ -2,7 +2,7 @@
 //! fails the check naming the item; --nagios gives the plugin line and exit code.
 
 mod common;
-use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{wait_until, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -10,8 +10,7 @@ fn check_passes_when_healthy_and_names_what_breaks() {
     let cluster = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
 
     let out = pg.run(&["check", "pg1"]);
@@ -220,8 +219,7 @@ fn processes_replication_status_and_wal_archive_check() {
     let none = pg.ok(&["list-processes", "pg1"]);
     assert!(none.contains("No pgbk process"), "{none}");
 
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
 
     let procs = pg.json(&["list-processes", "pg1"]);

@@ -5,7 +5,7 @@
 //! stored object, a query whose value does not hold, objectives not met.
 
 mod common;
-use common::{wait_receive_wal, Cluster, ClusterOptions, Pgbk};
+use common::{Cluster, ClusterOptions, Pgbk};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -78,8 +78,7 @@ fn backed_up(extra: &str) -> (Cluster, Pgbk, common::BackgroundPgbk) {
     c.psql("create table marker (note text)");
     let pg = Pgbk::new();
     pg.streaming_server_with("pg1", &c, &format!("immediate_checkpoint = on\n{extra}"));
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = pg.start_receive_wal("pg1", &c);
     let mut load = c.pgbench(4, 2);
     let b = pg.json(&["backup", "pg1"]);
     assert_eq!(b["status"], "DONE", "{b}");

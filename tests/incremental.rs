@@ -19,8 +19,8 @@
 
 mod common;
 use common::{
-    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, wait_receive_wal, BackgroundPgbk,
-    Cluster, ClusterOptions, Pgbk, Sshd,
+    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, BackgroundPgbk, Cluster,
+    ClusterOptions, Pgbk, Sshd,
 };
 use serde_json::Value;
 use std::fs;
@@ -98,8 +98,7 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
         &c,
         &format!("immediate_checkpoint = on\n{extra_conf}"),
     );
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = pg.start_receive_wal("pg1", &c);
 
     let full = pg.json(&["backup", "pg1"]);
     assert_eq!(full["status"], "DONE", "{full}");
@@ -308,8 +307,7 @@ fn incremental_refusals_and_the_full_fallback() {
     let c = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
     pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = pg.start_receive_wal("pg1", &c);
     let out = pg.run(&["backup", "pg1", "--incremental"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
@@ -348,8 +346,7 @@ fn incremental_refusals_and_the_full_fallback() {
     let c17 = Cluster::new(options(17));
     let pg17 = Pgbk::new();
     pg17.streaming_server_with("pg1", &c17, "immediate_checkpoint = on\n");
-    let rw17 = pg17.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c17);
+    let rw17 = pg17.start_receive_wal("pg1", &c17);
     let out = pg17.run(&["backup", "pg1", "--incremental"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
@@ -409,8 +406,7 @@ fn an_incremental_chain_in_a_bucket_rebuilds_its_links_and_recovers() {
         &c,
         &format!("immediate_checkpoint = on\n{}", sw.server_conf("chain")),
     );
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg1", &c);
     let full = pg.json(&["backup", "pg1"]);
     assert_eq!(full["status"], "DONE", "{full}");
     shrink_and_grow(&c, 1);
@@ -481,8 +477,7 @@ fn replicate_copies_a_chain_that_recovers_on_the_passive_side() {
     c.psql("create table marker (id int)");
     let a = Pgbk::new();
     a.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
-    let rw = a.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = a.start_receive_wal("pg1", &c);
     let full = a.json(&["backup", "pg1"]);
     pgbench_transactions(&c, 100);
     c.psql("insert into marker values (1)");

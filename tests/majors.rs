@@ -12,7 +12,7 @@
 //! streams, and a missing major fails naming the installer.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -42,8 +42,7 @@ fn backup_and_point_in_time_recover(major: u32) {
     c.pgbench_init(1);
     let pg = Pgbk::new();
     pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let rw = pg.start_receive_wal("pg1", &c);
 
     c.psql("insert into marker values (0, 'before the backup')");
     let info = pg.json(&["backup", "pg1"]);

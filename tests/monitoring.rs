@@ -5,7 +5,7 @@
 //! carries RPO and RTO for monitoring systems.
 
 mod common;
-use common::{wait_receive_wal, wait_until, Auth, Cluster, ClusterOptions, Pgbk, PASSWORD};
+use common::{wait_until, Auth, Cluster, ClusterOptions, Pgbk, PASSWORD};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,7 @@ fn nagios_follows_backup_age_and_a_deleted_catalog_is_rebuilt() {
     let cluster = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
     server_with(&pg, &cluster, "last_backup_maximum_age = 1 DAYS\n");
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
 
     // No backup yet: the age item fails.
     let nag = pg.run(&["check", "pg1", "--nagios"]);
@@ -203,8 +202,7 @@ fn rpo_grows_while_receive_wal_is_stopped_and_diagnose_hides_the_password() {
     let pg = Pgbk::new();
     server_with(&pg, &cluster, "");
     assert!(cluster.conninfo().contains(PASSWORD));
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     // Until receive-wal has flushed something, the RPO is unknown (null), not a number.
     let near_zero = |pg: &Pgbk| {
         pg.json(&["status", "pg1"])["rpo"]["bytes"]

@@ -45,8 +45,7 @@ fn receive_wal_killed_twice_under_load_loses_nothing() {
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
 
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     let first_server_segment = cluster.current_wal_file();
 
     let started = Instant::now();
@@ -57,8 +56,7 @@ fn receive_wal_killed_twice_under_load_loses_nothing() {
         }
         rw.kill9();
         std::thread::sleep(Duration::from_secs(2));
-        rw = pg.spawn(&["receive-wal", "pg1"]);
-        wait_receive_wal(&cluster);
+        rw = pg.start_receive_wal("pg1", &cluster);
     }
     assert!(
         load.wait().unwrap().success(),
@@ -111,8 +109,7 @@ fn server_restarts_fast_and_immediate_leave_no_gap() {
     cluster.psql("create table t (id int, pad text)");
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     let write = |n: i32| {
         cluster.psql(&format!(
             "insert into t select g, repeat('x', 500) from generate_series(1, {n}) g; select pg_switch_wal()"
@@ -130,14 +127,7 @@ fn server_restarts_fast_and_immediate_leave_no_gap() {
         "receive-wal must survive server restarts: {}",
         rw.log()
     );
-    pg.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    pg.archive_now("pg1");
     let segs = assert_archive_matches_pg_wal(&pg, &cluster, seg_size);
     assert!(segs.len() >= 4, "{segs:?}");
     let check = pg.run(&["check", "pg1"]);

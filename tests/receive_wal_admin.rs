@@ -3,7 +3,7 @@
 //! slot with no gap), a missing slot with create_slot = manual.
 
 mod common;
-use common::{wait_receive_wal, Cluster, ClusterOptions, Pgbk};
+use common::{Cluster, ClusterOptions, Pgbk};
 
 #[test]
 fn receive_wal_refusals_reset_and_manual_slot() {
@@ -50,8 +50,7 @@ fn receive_wal_refusals_reset_and_manual_slot() {
     assert_eq!(dup.code, 1);
     assert!(dup.stderr.contains("already exists"), "{dup:?}");
 
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     // --reset while it runs: refused, naming the pid.
     let out = pg.run(&["receive-wal", "--reset", "pg1"]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -73,8 +72,7 @@ fn receive_wal_refusals_reset_and_manual_slot() {
 
     // Writes while it is stopped are kept by the slot and streamed after the reset.
     cluster.psql("insert into t select g from generate_series(1, 100000) g");
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     pg.ok(&["switch-wal", "--force", "--archive", "pg1"]);
     let check = pg.run(&["check", "pg1"]);
     assert_eq!(check.code, 0, "{check:?}");

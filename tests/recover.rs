@@ -12,9 +12,10 @@
 //! - every refusal leaves the destination as it was.
 
 mod common;
+use common::source::StreamingSource;
 use common::{
-    chown_to_postgres, pg_scratch_dir, postgres_user, wait_receive_wal, wait_until, BackgroundPgbk,
-    Cluster, ClusterOptions, Output, Pgbk,
+    chown_to_postgres, pg_scratch_dir, postgres_user, wait_until, Cluster, ClusterOptions, Output,
+    Pgbk,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,53 +29,8 @@ use tempfile::TempDir;
 const PG_VERIFYBACKUP: &str = "/usr/lib/postgresql/15/bin/pg_verifybackup";
 
 /// A source cluster with pgbench tables, pgbk streaming its WAL.
-struct Source {
-    cluster: Cluster,
-    pg: Pgbk,
-    rw: BackgroundPgbk,
-}
-
-fn source() -> Source {
-    let cluster = Cluster::new(ClusterOptions::default());
-    cluster.pgbench_init(1);
-    let pg = Pgbk::new();
-    pg.streaming_server_with(
-        "pg1",
-        &cluster,
-        "immediate_checkpoint = on
-",
-    );
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
-    Source { cluster, pg, rw }
-}
-
-impl Source {
-    /// Takes a backup and returns its id.
-    fn backup(&self) -> String {
-        let info = self.pg.json(&["backup", "pg1"]);
-        assert_eq!(info["status"], "DONE", "{info}");
-        info["backup_id"].as_str().unwrap().to_string()
-    }
-
-    /// Closes the current segment and waits until it is archived.
-    fn archive_now(&self) {
-        self.pg.ok(&[
-            "switch-wal",
-            "--force",
-            "--archive",
-            "--archive-timeout",
-            "60",
-            "pg1",
-        ]);
-    }
-
-    fn history_count(&self) -> u64 {
-        self.cluster
-            .psql("select count(*) from pgbench_history")
-            .parse()
-            .unwrap()
-    }
+fn source() -> StreamingSource {
+    StreamingSource::start(1)
 }
 
 /// `pgbk recover … --format json`, panicking with its output unless it succeeds.

@@ -11,9 +11,10 @@
 //!   refused and left as it was.
 
 mod common;
+use common::source::StreamingSource;
 use common::{
-    chown_to_postgres, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk, Cluster,
-    ClusterOptions, Pgbk, Sshd,
+    chown_to_postgres, pg_scratch_dir, wait_until, BackgroundPgbk, Cluster, ClusterOptions, Pgbk,
+    Sshd,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,29 +31,12 @@ struct Source {
 }
 
 fn source() -> Source {
-    let cluster = Cluster::new(ClusterOptions::default());
-    cluster.pgbench_init(1);
-    let pg = Pgbk::new();
-    pg.streaming_server_with(
-        "pg1",
-        &cluster,
-        "immediate_checkpoint = on
-",
-    );
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
-    let info = pg.json(&["backup", "pg1"]);
-    assert_eq!(info["status"], "DONE", "{info}");
-    cluster.pgbench_wait(2, 2);
-    let count = history_count(&cluster);
-    pg.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    let base = StreamingSource::start(1);
+    base.backup();
+    base.cluster.pgbench_wait(2, 2);
+    let count = base.history_count();
+    base.archive_now();
+    let StreamingSource { cluster, pg, rw } = base;
     Source {
         cluster,
         pg,

@@ -23,9 +23,9 @@ use common::peer::{
     add_passive_server, assert_object_checksums, backup_summary, kill_replicate_midway, last_lsn,
     replicate,
 };
+use common::source::StreamingSource;
 use common::{
-    chown_to_postgres, free_port, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk,
-    Cluster, ClusterOptions, Pgbk, Sshd,
+    chown_to_postgres, free_port, pg_scratch_dir, wait_until, Cluster, ClusterOptions, Pgbk, Sshd,
 };
 use serde_json::Value;
 use std::fs;
@@ -33,48 +33,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Region A: a cluster with pgbench tables and pgbk streaming its WAL.
-struct RegionA {
-    cluster: Cluster,
-    pg: Pgbk,
-    rw: BackgroundPgbk,
-}
-
-fn region_a(scale: u32) -> RegionA {
-    let cluster = Cluster::new(ClusterOptions::default());
-    cluster.pgbench_init(scale);
-    let pg = Pgbk::new();
-    pg.streaming_server_with("pg1", &cluster, "immediate_checkpoint = on\n");
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
-    RegionA { cluster, pg, rw }
-}
-
-impl RegionA {
-    /// Adds `n` tables of 10,000 rows (360 KiB each, above the bundle limit): as
-    /// many objects of their own, so a copy takes a while.
-    fn add_objects(&self, n: usize) {
-        let sql: String = (0..n)
-            .map(|i| format!("create table own{i} as select generate_series(1, 10000) g;\n"))
-            .collect();
-        self.cluster.psql(&sql);
-    }
-
-    fn backup(&self) -> String {
-        let info = self.pg.json(&["backup", "pg1"]);
-        assert_eq!(info["status"], "DONE", "{info}");
-        info["backup_id"].as_str().unwrap().to_string()
-    }
-
-    fn archive_now(&self) {
-        self.pg.ok(&[
-            "switch-wal",
-            "--force",
-            "--archive",
-            "--archive-timeout",
-            "60",
-            "pg1",
-        ]);
-    }
+fn region_a(scale: u32) -> StreamingSource {
+    StreamingSource::start(scale)
 }
 
 /// Recovers `pg1` at a restore point into a fresh folder and starts it.
@@ -259,14 +219,7 @@ fn region_b_mirrors_backups_and_wal_that_verify_and_recover_to_the_same_rows() {
         c.try_psql("select count(*) from pg_stat_replication where application_name = 'pgbk_b'")
             .is_ok_and(|n| n == "1")
     });
-    b.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    b.archive_now("pg1");
     assert!(b.archived_segments("pg1").len() > before);
     assert_eq!(rw_b.term(), 0, "{}", rw_b.log_tail(30));
     drop(a.rw);

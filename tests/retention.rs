@@ -31,11 +31,7 @@ fn env(extra: &str, spawn_receive_wal: bool) -> Env {
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(extra);
     std::fs::write(&conf, text).unwrap();
-    let rw = spawn_receive_wal.then(|| {
-        let rw = pg.spawn(&["receive-wal", "pg1"]);
-        wait_receive_wal(&cluster);
-        rw
-    });
+    let rw = spawn_receive_wal.then(|| pg.start_receive_wal("pg1", &cluster));
     Env {
         cluster,
         pg,
@@ -63,14 +59,7 @@ impl Env {
 
     /// Closes the current segment and waits until it is archived.
     fn switch(&self) {
-        self.pg.ok(&[
-            "switch-wal",
-            "--force",
-            "--archive",
-            "--archive-timeout",
-            "60",
-            "pg1",
-        ]);
+        self.pg.archive_now("pg1");
     }
 
     fn show(&self, id: &str) -> Value {

@@ -17,8 +17,8 @@
 mod common;
 use common::rsync::{backup_dir, inode, nlink, regular_files, rsync_server};
 use common::{
-    free_port, pg_scratch_dir, wait_receive_wal, wait_until, BackgroundPgbk, Cluster,
-    ClusterOptions, Output, Pgbk, Sshd,
+    free_port, pg_scratch_dir, wait_until, BackgroundPgbk, Cluster, ClusterOptions, Output, Pgbk,
+    Sshd,
 };
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -56,14 +56,7 @@ fn markers(c: &Cluster) -> String {
 }
 
 fn archive_now(pg: &Pgbk) {
-    pg.ok(&[
-        "switch-wal",
-        "--force",
-        "--archive",
-        "--archive-timeout",
-        "60",
-        "pg1",
-    ]);
+    pg.archive_now("pg1");
 }
 
 fn id_of(v: &Value) -> String {
@@ -168,8 +161,7 @@ fn rsync_backups_under_load_and_with_hard_link_reuse_recover_and_survive_deletes
         &sshd.ssh_command("postgres"),
         "reuse_backup = link\nparallel_jobs = 2\n",
     );
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
 
     // 1. Under pgbench load.
     let mut load = cluster.pgbench(35, 2);
@@ -401,9 +393,7 @@ fn a_wrong_host_key_or_an_unreachable_host_fails_the_backup_in_one_line() {
     let pg = Pgbk::new();
     let _rw = {
         rsync_server(&pg, "pg1", &cluster, &sshd.ssh_command("postgres"), "");
-        let rw = pg.spawn(&["receive-wal", "pg1"]);
-        wait_receive_wal(&cluster);
-        rw
+        pg.start_receive_wal("pg1", &cluster)
     };
 
     // A host key other than the recorded one: one line, nothing copied, the server
@@ -583,8 +573,7 @@ fn a_first_copy_streamed_with_tar_stops_cleanly_and_leaves_nothing_running() {
         &sshd.ssh_command("postgres"),
         "parallel_jobs = 2\n",
     );
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let _rw = pg.start_receive_wal("pg1", &cluster);
 
     // Slowed down (a documented test hook) so that SIGTERM lands mid-copy.
     pg.set_env("PGBK_TEST_COPY_THROTTLE_MS", "30");

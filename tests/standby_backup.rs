@@ -8,7 +8,7 @@
 //! standby promoted in the middle of a backup makes it FAILED with the reason.
 
 mod common;
-use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, Cluster, ClusterOptions, Pgbk};
 use std::fs;
 use std::time::Duration;
 
@@ -37,8 +37,7 @@ fn a_backup_from_a_standby_under_load_on_the_primary_recovers_exactly() {
     let standby = primary.standby();
     let pg = Pgbk::new();
     pg.add_server("pg1", &server_file(&standby, &primary));
-    let rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&primary);
+    let rw = pg.start_receive_wal("pg1", &primary);
 
     let check = pg.run(&["check", "pg1"]);
     for line in [
@@ -119,8 +118,7 @@ fn a_standby_promoted_during_the_backup_fails_it_with_the_reason() {
             server_file(&standby, &primary)
         ),
     );
-    let _rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&primary);
+    let _rw = pg.start_receive_wal("pg1", &primary);
     let mut backup = pg.spawn(&["backup", "pg1"]);
     common::wait_until(
         Duration::from_secs(60),

@@ -392,7 +392,7 @@ fn bucket_segment(sw: &SeaweedFs, prefix: &str, server: &str, segment: &str) -> 
 #[test]
 fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     use common::archiving::{completed_segments, pgbk_stdin, read_segment};
-    use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions};
+    use common::{wait_until, Cluster, ClusterOptions};
     let sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions {
         wal_segsize_mb: Some(1),
@@ -461,8 +461,7 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     );
 
     // receive-wal: completed segments go up as they complete.
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     let first = c.current_wal_file();
     for _ in 0..2 {
         c.psql("insert into filler select g, repeat('y', 200) from generate_series(1, 2000) g");
@@ -513,7 +512,7 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
 /// bound) and lists nothing new as DONE; with it back, the next backup is DONE.
 #[test]
 fn a_streaming_backup_in_s3_recovers_every_row() {
-    use common::{pg_scratch_dir, wait_receive_wal, wait_until, Cluster, ClusterOptions};
+    use common::{pg_scratch_dir, wait_until, Cluster, ClusterOptions};
     let mut sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions {
         wal_segsize_mb: Some(1),
@@ -530,8 +529,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
     );
     pg.streaming_server_with("pg", &c, &conf);
     c.pgbench_init(1);
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     let mut load = c.pgbench(6, 2);
     let out = pg.json(&["backup", "pg"]);
     let _ = load.wait();
@@ -635,8 +633,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
 
     // The gateway back: the next backup is DONE.
     sw.start_gateway();
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     pg.ok(&["backup", "pg"]);
     rw.term();
     let list = pg.json(&["list-backups", "pg"]);
@@ -669,8 +666,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
 
     // Retention in cron (REDUNDANCY 1) deletes the older backup from the bucket
     // and keeps everything the newest needs.
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     let third = pg.json(&["backup", "pg"])["backup_id"]
         .as_str()
         .unwrap()
@@ -703,7 +699,7 @@ fn a_streaming_backup_in_s3_recovers_every_row() {
 
 #[test]
 fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
-    use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions};
+    use common::{pg_scratch_dir, Cluster, ClusterOptions};
     let sw = SeaweedFs::start();
     let c = Cluster::new(ClusterOptions::default());
     let tables = 1000;
@@ -717,8 +713,7 @@ fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
         sw.server_conf("bundles-test")
     );
     pg.streaming_server_with("pg", &c, &conf);
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     let id = pg.json(&["backup", "pg"])["backup_id"]
         .as_str()
         .unwrap()
@@ -797,9 +792,7 @@ fn small_tables_go_to_s3_as_a_few_bundles_that_verify_and_recover() {
 /// segment.
 #[test]
 fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
-    use common::{
-        chown_to_postgres, pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Sshd,
-    };
+    use common::{chown_to_postgres, pg_scratch_dir, Cluster, ClusterOptions, Sshd};
     let sw = SeaweedFs::start();
     let sshd = Sshd::start();
     let c = Cluster::new(ClusterOptions {
@@ -814,8 +807,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
         &c,
         &format!("immediate_checkpoint = on\n{}", sw.server_conf("only-copy")),
     );
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     let id = pg.json(&["backup", "pg"])["backup_id"]
         .as_str()
         .unwrap()
@@ -914,7 +906,7 @@ fn the_bucket_alone_rebuilds_the_catalog_and_recovers_over_ssh() {
 /// FAILED, nothing new is DONE; once the gateway is back the next backup is DONE.
 #[test]
 fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
-    use common::{wait_receive_wal, Cluster, ClusterOptions};
+    use common::{Cluster, ClusterOptions};
     let mut sw = SeaweedFs::start_with_volumes(4);
     let c = Cluster::new(ClusterOptions {
         wal_segsize_mb: Some(1),
@@ -930,8 +922,7 @@ fn the_store_failing_mid_backup_is_covered_or_fails_the_backup_cleanly() {
             sw.server_conf("mid-backup")
         ),
     );
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
     // Small files go up in a few bundles: a pgbench scale-1 backup is some fifteen
     // whole objects, four uploading at a time, each held back 2 s.
     pg.set_env("PGBK_TEST_UPLOAD_THROTTLE_MS", "2000");
@@ -1031,7 +1022,7 @@ fn tls_to_the_store_is_verified_against_the_configured_ca() {
 #[test]
 fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     use common::rsync::{backup_dir, rsync_server};
-    use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions, Sshd};
+    use common::{wait_until, Cluster, ClusterOptions, Sshd};
     let sw = SeaweedFs::start();
     let sshd = Sshd::start();
     let c = Cluster::new(ClusterOptions {
@@ -1049,8 +1040,7 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     let pg = common::Pgbk::new();
     let conf = format!("reuse_backup = link\n{}", sw.server_conf("rsync-test"));
     rsync_server(&pg, "pg", &c, &sshd.ssh_command("postgres"), &conf);
-    let mut rw = pg.spawn(&["receive-wal", "pg"]);
-    wait_receive_wal(&c);
+    let mut rw = pg.start_receive_wal("pg", &c);
 
     // Two backups under load: the first streams a first copy, the second compares
     // with the first's staged copy.
@@ -1160,7 +1150,7 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
 #[test]
 fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
     use common::peer::{add_passive_server, backup_summary, kill_replicate_midway, replicate};
-    use common::{pg_scratch_dir, wait_receive_wal, Cluster, ClusterOptions, Sshd};
+    use common::{pg_scratch_dir, Cluster, ClusterOptions, Sshd};
     // Region A: a local home.
     let c = Cluster::new(ClusterOptions::default());
     c.pgbench_init(1);
@@ -1171,8 +1161,7 @@ fn a_passive_copy_into_a_bucket_resumes_verifies_and_recovers() {
     c.psql(&sql);
     let a = common::Pgbk::new();
     a.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
-    let mut rw = a.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&c);
+    let mut rw = a.start_receive_wal("pg1", &c);
     let id = a.json(&["backup", "pg1"])["backup_id"]
         .as_str()
         .unwrap()

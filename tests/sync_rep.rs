@@ -3,7 +3,7 @@
 //! on the backup host (archive plus partial) when the commit returns.
 
 mod common;
-use common::{wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk, PG_BIN};
+use common::{wait_until, Cluster, ClusterOptions, Pgbk, PG_BIN};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -14,8 +14,7 @@ fn synchronous_commit_waits_for_pgbk_and_loses_nothing() {
     cluster.psql("create table t (id int primary key)");
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &cluster);
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&cluster);
+    let mut rw = pg.start_receive_wal("pg1", &cluster);
     cluster.psql("alter system set synchronous_standby_names = 'pgbk_receive_wal'");
     cluster.psql("select pg_reload_conf()");
     wait_until(

@@ -2,7 +2,7 @@
 //! streams from it: the history file and the new timeline are archived, no gap.
 
 mod common;
-use common::{parse_segment_name, wait_receive_wal, wait_until, Cluster, ClusterOptions, Pgbk};
+use common::{parse_segment_name, wait_until, Cluster, ClusterOptions, Pgbk};
 use std::time::Duration;
 
 #[test]
@@ -13,8 +13,7 @@ fn promotion_of_the_streamed_standby_is_followed() {
     let standby = primary.standby();
     let pg = Pgbk::new();
     pg.streaming_server("pg1", &standby);
-    let mut rw = pg.spawn(&["receive-wal", "pg1"]);
-    wait_receive_wal(&standby);
+    let mut rw = pg.start_receive_wal("pg1", &standby);
     for _ in 0..3 {
         primary.psql("insert into t select g, repeat('x', 500) from generate_series(1, 20000) g; select pg_switch_wal()");
     }

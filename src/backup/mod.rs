@@ -15,6 +15,7 @@ pub mod rsync_copy;
 pub mod rsync_index;
 pub mod rsync_tar;
 pub mod rsync_upload;
+pub mod run;
 mod standby;
 pub mod take;
 pub mod tar_store;

@@ -15,7 +15,7 @@
 //!    whose `labelfile` / `spcmapfile` become `data/backup_label` /
 //!    `data/tablespace_map`, plain entries of files.jsonl;
 //! 5. checksums, files.jsonl, backup.json `WAITING_FOR_WALS`, then the same WAL
-//!    wait as the streaming method ([`super::take::wait_for_wal`]).
+//!    wait as the streaming method ([`super::run::wait_for_wal`]).
 //!
 //! Lists with no previous copy to compare against (the first backup, a new
 //! tablespace, `reuse_backup = off`) are streamed with GNU tar instead, unless the
@@ -37,7 +37,8 @@ use super::rsync_copy::{
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
 use super::rsync_upload::{remove_older_staged, upload_staged, UploadError};
-use super::take::{
+pub use super::run::RsyncOptions;
+use super::run::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
     TakeError,
 };
@@ -56,19 +57,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// What an rsync backup needs beyond a streaming one.
-#[derive(Debug, Clone)]
-pub struct RsyncOptions {
-    /// The server's `ssh_command` (`ssh -p 22 postgres@pg1`).
-    pub ssh_command: String,
-    /// `reuse_backup`.
-    pub reuse: ReuseBackup,
-    /// `bandwidth_limit` in KiB/s, shared by all workers.
-    pub bandwidth_limit: Option<u64>,
-    /// `network_compression` (rsync `-z`).
-    pub network_compression: bool,
-}
 
 /// A tablespace of the server with where it lives.
 #[derive(Debug, Clone)]
@@ -174,7 +162,7 @@ fn label_timeline(label: &str) -> Option<TimeLineId> {
         .map(TimeLineId)
 }
 
-/// Takes an rsync backup. Called by [`super::take::take_backup`] with the backup
+/// Takes an rsync backup. Called by `take_held` with the backup
 /// lock held and statuses refreshed.
 pub(super) async fn take(
     req: &BackupRequest,
@@ -250,21 +238,22 @@ pub(super) async fn take(
             .find(|b| b.status == BackupStatus::Done && b.method == "rsync")
             .cloned(),
     };
-    let copied = copy(
+    let copied = Copy {
         req,
         opts,
-        &target,
-        &shell,
-        &mut sql,
-        &facts,
-        &mut info,
-        &dir,
+        target: &target,
+        shell: &shell,
+        facts: &facts,
+        dir: &dir,
         repo,
         catalog,
-        previous.as_ref(),
-        progress.clone(),
-        &mut stop,
-    )
+        previous: previous.as_ref(),
+        progress: progress.clone(),
+        stop: &mut stop,
+        abort: Arc::new(AtomicBool::new(false)),
+        jobs: req.jobs.max(1),
+    }
+    .run(&mut sql, &mut info)
     .await;
     sql.close().await;
     progress.finish();
@@ -304,391 +293,497 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Everything between STARTED and the stored file list. Returns the reason on
-/// failure; the caller marks the backup FAILED (and the SQL session's end aborts
+/// One rsync backup between STARTED and the stored file list: what every step
+/// needs, so that each numbered step below is one method. A step returns the reason
+/// on failure; the caller marks the backup FAILED (and the SQL session's end aborts
 /// the server's side of the backup).
-#[allow(clippy::too_many_arguments)]
-async fn copy(
-    req: &BackupRequest,
-    opts: &RsyncOptions,
-    target: &SshTarget,
-    shell: &str,
-    sql: &mut Connection,
-    facts: &Facts,
-    info: &mut BackupInfo,
-    dir: &BackupDir,
-    repo: &ServerRepo,
-    catalog: &Catalog,
-    previous: Option<&BackupInfo>,
+struct Copy<'a> {
+    req: &'a BackupRequest,
+    opts: &'a RsyncOptions,
+    target: &'a SshTarget,
+    shell: &'a str,
+    facts: &'a Facts,
+    dir: &'a BackupDir,
+    repo: &'a ServerRepo,
+    catalog: &'a Catalog,
+    /// The previous `DONE` rsync backup whose files this one may reuse.
+    previous: Option<&'a BackupInfo>,
     progress: Arc<dyn Progress>,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
-    let abort = Arc::new(AtomicBool::new(false));
-    // 1. The host key, the data directory and rsync, before the server is touched.
-    let pgdata = facts.data_directory.clone();
-    let t = target.clone();
-    let (session, tar_possible) = blocking(stop, abort.clone(), move || {
-        let s = SshSession::connect(&t).map_err(|e| e.to_string())?;
-        // GNU tar (which streams first copies, see rsync_tar) answers "gnu-tar".
-        let check = format!(
-            "test -r {q}/PG_VERSION || {{ echo 'cannot read {d}/PG_VERSION' >&2; exit 3; }}; \
-             command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}; \
-             {probe} && echo gnu-tar; exit 0",
-            q = shell_quote(&pgdata),
-            d = pgdata.replace('\'', ""),
-            probe = TAR_PROBE,
-        );
-        let out = s.exec(&check).map_err(|e| e.to_string())?;
-        if !out.success() {
-            return Err(format!("ssh {}: {}", t.display(), out.stderr_line()));
-        }
-        let tar = String::from_utf8_lossy(&out.stdout).contains("gnu-tar");
-        Ok((s, tar))
-    })
-    .await?;
+    stop: &'a mut watch::Receiver<bool>,
+    /// Set when `stop` interrupts a blocking job.
+    abort: Arc<AtomicBool>,
+    /// Workers (`parallel_jobs`, at least one).
+    jobs: usize,
+}
 
-    // 2. pg_backup_start, on the session held until pg_backup_stop.
-    let label = format!("pgbk backup {}", info.backup_id);
-    let start = format!(
-        "SELECT pg_backup_start({}, {}), extract(epoch FROM now())",
-        literal(&label),
-        req.immediate_checkpoint
-    );
-    let rows = tokio::select! {
-        r = sql.simple_query(&start) => r.map_err(|e| format!("pg_backup_start: {e}"))?,
-        _ = stopped(stop) => return Err("interrupted".into()),
-    };
-    let begin: Lsn = value(&rows, 0, "start LSN of pg_backup_start")?
-        .parse()
-        .map_err(|e| format!("pg_backup_start: {e}"))?;
-    let seg = facts.seg_size;
-    // The server's clock (the transaction's start, before the checkpoint): the next
-    // backup compares file mtimes, written by that host's clock, with it.
-    info.server_begin_time = value(&rows, 1, "now()")?
-        .parse::<f64>()
-        .ok()
-        .and_then(|t| DateTime::from_timestamp_millis((t * 1000.0) as i64));
-    info.begin_lsn = Some(begin);
-    info.begin_wal = Some(segment_name(info.timeline, begin.segno(seg), seg));
-    save(repo, catalog, info).map_err(|e| e.to_string())?;
-    tracing::info!(backup = %info.backup_id, "pg_backup_start: backup starts at {begin}");
+/// A remote tree to copy (the data directory, or a tablespace by oid) with where
+/// it lives on the server.
+type Tree = (Option<u32>, String);
 
-    // 3. The remote file lists.
-    let mut trees: Vec<(Option<u32>, String)> = vec![(None, facts.data_directory.clone())];
-    trees.extend(
-        facts
-            .tablespaces
-            .iter()
-            .map(|t| (Some(t.oid), t.location.clone())),
-    );
-    let listing_trees = trees.clone();
-    let listings = blocking(stop, abort.clone(), move || {
-        let mut all = Vec::new();
-        for (oid, remote) in listing_trees {
-            let out = session
-                .exec(&listing_command(&remote))
-                .map_err(|e| e.to_string())?;
-            if !out.success() && !only_vanished(&out.stderr) {
-                return Err(format!("listing {remote} over ssh: {}", out.stderr_line()));
-            }
-            let entries: Vec<RemoteEntry> = parse_listing(&out.stdout)?
-                .into_iter()
-                .filter(|e| !excluded(&e.path, oid.is_some()))
-                .collect();
-            all.push(entries);
+impl Copy<'_> {
+    /// Runs every step in order.
+    async fn run(&mut self, sql: &mut Connection, info: &mut BackupInfo) -> Result<(), String> {
+        let (session, tar_possible) = self.check_host().await?;
+        let begin = self.backup_start(sql, info).await?;
+        let (listings, session) = self.list_remote(session).await?;
+        let mut roots = self.local_roots(listings)?;
+        let early = self.transfer(session, tar_possible, &roots, info).await?;
+        let stopped_at = self.backup_stop(sql, info, begin, &mut roots[0].1).await?;
+        let size_bytes = self.store_file_list(roots, early, stopped_at, info).await?;
+        if self.dir.is_remote() {
+            self.upload(info, size_bytes).await?;
         }
-        Ok((all, session))
-    })
-    .await?;
-    let (listings, session) = listings;
-
-    // 4. Local folders, then the balanced lists and the workers.
-    let prev_dir = previous.map(|p| BackupDir::new(repo, &p.backup_id));
-    let mut roots = Vec::new();
-    for ((oid, remote), entries) in trees.into_iter().zip(listings) {
-        let (local, object_prefix, prev) = match oid {
-            None => (
-                dir.data_dir(),
-                "data".to_string(),
-                prev_dir.as_ref().map(|d| d.data_dir()),
-            ),
-            Some(o) => (
-                dir.tablespace_dir(o),
-                format!("tablespaces/{o}"),
-                prev_dir
-                    .as_ref()
-                    .filter(|_| previous.is_some_and(|p| p.tablespaces.iter().any(|t| t.oid == o)))
-                    .map(|d| d.tablespace_dir(o)),
-            ),
-        };
-        let prev = prev.filter(|p| p.is_dir());
-        create_dir_all_private(&local).map_err(|e| format!("{}: {e}", local.display()))?;
-        for e in entries.iter().filter(|e| e.is_dir) {
-            let p = local.join(&e.path);
-            create_dir_all_private(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        }
-        roots.push((
-            remote,
-            CopiedRoot {
-                tablespace: oid,
-                local,
-                object_prefix,
-                previous: prev,
-                entries,
-            },
-        ));
+        Ok(())
     }
-    let jobs = req.jobs.max(1);
-    // Files that may have changed within the second the previous backup saw them.
-    let suspect_after = previous.map(|p| {
-        let began = match p.server_begin_time {
-            Some(server) => server.min(p.begin_time),
-            None => p.begin_time,
+
+    /// Step 1: The host key, the data directory and rsync, before the server is touched.
+    /// Returns the SSH session and whether GNU tar is there.
+    async fn check_host(&mut self) -> Result<(SshSession, bool), String> {
+        let pgdata = self.facts.data_directory.clone();
+        let t = self.target.clone();
+        blocking(self.stop, self.abort.clone(), move || {
+            let s = SshSession::connect(&t).map_err(|e| e.to_string())?;
+            // GNU tar (which streams first copies, see rsync_tar) answers "gnu-tar".
+            let check = format!(
+                "test -r {q}/PG_VERSION || {{ echo 'cannot read {d}/PG_VERSION' >&2; exit 3; }}; \
+                 command -v rsync >/dev/null || {{ echo 'rsync is not installed' >&2; exit 4; }}; \
+                 {probe} && echo gnu-tar; exit 0",
+                q = shell_quote(&pgdata),
+                d = pgdata.replace('\'', ""),
+                probe = TAR_PROBE,
+            );
+            let out = s.exec(&check).map_err(|e| e.to_string())?;
+            if !out.success() {
+                return Err(format!("ssh {}: {}", t.display(), out.stderr_line()));
+            }
+            let tar = String::from_utf8_lossy(&out.stdout).contains("gnu-tar");
+            Ok((s, tar))
+        })
+        .await
+    }
+
+    /// Step 2: pg_backup_start, on the session held until pg_backup_stop. Returns the
+    /// backup's start LSN.
+    async fn backup_start(
+        &mut self,
+        sql: &mut Connection,
+        info: &mut BackupInfo,
+    ) -> Result<Lsn, String> {
+        let label = format!("pgbk backup {}", info.backup_id);
+        let start = format!(
+            "SELECT pg_backup_start({}, {}), extract(epoch FROM now())",
+            literal(&label),
+            self.req.immediate_checkpoint
+        );
+        let rows = tokio::select! {
+            r = sql.simple_query(&start) => r.map_err(|e| format!("pg_backup_start: {e}"))?,
+            _ = stopped(self.stop) => return Err("interrupted".into()),
         };
-        began.timestamp() as f64 - 2.0
-    });
-    let mut copy_jobs = Vec::new();
-    for (r, (remote, root)) in roots.iter().enumerate() {
-        let suspects: Vec<bool> = root
-            .entries
-            .iter()
-            .map(|e| match (&root.previous, suspect_after) {
-                (Some(prev), Some(t)) if !e.is_dir && e.mtime >= t => {
-                    quick_check_equal(&prev.join(&e.path), e)
+        let begin: Lsn = value(&rows, 0, "start LSN of pg_backup_start")?
+            .parse()
+            .map_err(|e| format!("pg_backup_start: {e}"))?;
+        let seg = self.facts.seg_size;
+        // The server's clock (the transaction's start, before the checkpoint): the next
+        // backup compares file mtimes, written by that host's clock, with it.
+        info.server_begin_time = value(&rows, 1, "now()")?
+            .parse::<f64>()
+            .ok()
+            .and_then(|t| DateTime::from_timestamp_millis((t * 1000.0) as i64));
+        info.begin_lsn = Some(begin);
+        info.begin_wal = Some(segment_name(info.timeline, begin.segno(seg), seg));
+        save(self.repo, self.catalog, info).map_err(|e| e.to_string())?;
+        tracing::info!(backup = %info.backup_id, "pg_backup_start: backup starts at {begin}");
+        Ok(begin)
+    }
+
+    /// Step 3: The remote file lists, one per tree (the data directory first), without
+    /// what is never copied. Hands the SSH session back.
+    async fn list_remote(
+        &mut self,
+        session: SshSession,
+    ) -> Result<(Vec<(Tree, Vec<RemoteEntry>)>, SshSession), String> {
+        let mut trees: Vec<Tree> = vec![(None, self.facts.data_directory.clone())];
+        trees.extend(
+            self.facts
+                .tablespaces
+                .iter()
+                .map(|t| (Some(t.oid), t.location.clone())),
+        );
+        blocking(self.stop, self.abort.clone(), move || {
+            let mut all = Vec::new();
+            for (oid, remote) in trees {
+                let out = session
+                    .exec(&listing_command(&remote))
+                    .map_err(|e| e.to_string())?;
+                if !out.success() && !only_vanished(&out.stderr) {
+                    return Err(format!("listing {remote} over ssh: {}", out.stderr_line()));
                 }
-                _ => false,
-            })
-            .collect();
-        for checksum in [false, true] {
-            let files: Vec<(usize, u64)> = root
+                let entries: Vec<RemoteEntry> = parse_listing(&out.stdout)?
+                    .into_iter()
+                    .filter(|e| !excluded(&e.path, oid.is_some()))
+                    .collect();
+                all.push(((oid, remote), entries));
+            }
+            Ok((all, session))
+        })
+        .await
+    }
+
+    /// Step 4a: The local folders of each tree, and the previous backup's copy to compare
+    /// against.
+    fn local_roots(
+        &self,
+        listings: Vec<(Tree, Vec<RemoteEntry>)>,
+    ) -> Result<Vec<(String, CopiedRoot)>, String> {
+        let prev_dir = self.previous_dir();
+        let mut roots = Vec::new();
+        for ((oid, remote), entries) in listings {
+            let (local, object_prefix, prev) = match oid {
+                None => (
+                    self.dir.data_dir(),
+                    "data".to_string(),
+                    prev_dir.as_ref().map(|d| d.data_dir()),
+                ),
+                Some(o) => (
+                    self.dir.tablespace_dir(o),
+                    format!("tablespaces/{o}"),
+                    prev_dir
+                        .as_ref()
+                        .filter(|_| {
+                            self.previous
+                                .is_some_and(|p| p.tablespaces.iter().any(|t| t.oid == o))
+                        })
+                        .map(|d| d.tablespace_dir(o)),
+                ),
+            };
+            let prev = prev.filter(|p| p.is_dir());
+            create_dir_all_private(&local).map_err(|e| format!("{}: {e}", local.display()))?;
+            for e in entries.iter().filter(|e| e.is_dir) {
+                let p = local.join(&e.path);
+                create_dir_all_private(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            roots.push((
+                remote,
+                CopiedRoot {
+                    tablespace: oid,
+                    local,
+                    object_prefix,
+                    previous: prev,
+                    entries,
+                },
+            ));
+        }
+        Ok(roots)
+    }
+
+    /// The previous backup's folder.
+    fn previous_dir(&self) -> Option<BackupDir> {
+        self.previous
+            .map(|p| BackupDir::new(self.repo, &p.backup_id))
+    }
+
+    /// Step 4b: The balanced file lists of the workers, written next to the backup: per
+    /// tree, files compared by size and mtime, then files that may have changed
+    /// within the second the previous backup saw them (compared by content).
+    /// `pg_control` is left out: it goes last.
+    fn plan_jobs(&self, roots: &[(String, CopiedRoot)]) -> Result<Vec<(usize, CopyJob)>, String> {
+        // Files that may have changed within the second the previous backup saw them.
+        let suspect_after = self.previous.map(|p| {
+            let began = match p.server_begin_time {
+                Some(server) => server.min(p.begin_time),
+                None => p.begin_time,
+            };
+            began.timestamp() as f64 - 2.0
+        });
+        let mut copy_jobs = Vec::new();
+        for (r, (remote, root)) in roots.iter().enumerate() {
+            let suspects: Vec<bool> = root
                 .entries
                 .iter()
-                .enumerate()
-                .filter(|(_, e)| !e.is_dir)
-                .filter(|(_, e)| root.tablespace.is_some() || e.path != PG_CONTROL)
-                .filter(|(i, _)| suspects[*i] == checksum)
-                .map(|(i, e)| (i, e.size))
+                .map(|e| match (&root.previous, suspect_after) {
+                    (Some(prev), Some(t)) if !e.is_dir && e.mtime >= t => {
+                        quick_check_equal(&prev.join(&e.path), e)
+                    }
+                    _ => false,
+                })
                 .collect();
-            if files.is_empty() {
-                continue;
-            }
-            for (k, share) in balanced_shares(&files, jobs).into_iter().enumerate() {
-                if share.is_empty() {
+            for checksum in [false, true] {
+                let files: Vec<(usize, u64)> = root
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.is_dir)
+                    .filter(|(_, e)| root.tablespace.is_some() || e.path != PG_CONTROL)
+                    .filter(|(i, _)| suspects[*i] == checksum)
+                    .map(|(i, e)| (i, e.size))
+                    .collect();
+                if files.is_empty() {
                     continue;
                 }
-                let list = dir.root().join(format!(
-                    ".rsync-{r}-{}-{k}.list.tmp.{}",
-                    u8::from(checksum),
-                    std::process::id()
-                ));
-                let paths: Vec<&str> = share
-                    .iter()
-                    .map(|&i| root.entries[i].path.as_str())
-                    .collect();
-                write_list(&list, &paths).map_err(|e| format!("{}: {e}", list.display()))?;
-                copy_jobs.push((
-                    k,
-                    CopyJob {
-                        remote_dir: remote.clone(),
-                        local_dir: root.local.clone(),
-                        reuse_dir: root.previous.clone(),
-                        list,
-                        checksum,
-                        bytes: share.iter().map(|&i| root.entries[i].size).sum(),
-                    },
-                ));
+                for (k, share) in balanced_shares(&files, self.jobs).into_iter().enumerate() {
+                    if share.is_empty() {
+                        continue;
+                    }
+                    let list = self.dir.root().join(format!(
+                        ".rsync-{r}-{}-{k}.list.tmp.{}",
+                        u8::from(checksum),
+                        std::process::id()
+                    ));
+                    let paths: Vec<&str> = share
+                        .iter()
+                        .map(|&i| root.entries[i].path.as_str())
+                        .collect();
+                    write_list(&list, &paths).map_err(|e| format!("{}: {e}", list.display()))?;
+                    copy_jobs.push((
+                        k,
+                        CopyJob {
+                            remote_dir: remote.clone(),
+                            local_dir: root.local.clone(),
+                            reuse_dir: root.previous.clone(),
+                            list,
+                            checksum,
+                            bytes: share.iter().map(|&i| root.entries[i].size).sum(),
+                        },
+                    ));
+                }
             }
         }
-    }
-    // pg_control goes last, after every other file (as in pg_basebackup): a backup of
-    // a standby depends on it.
-    // pg_control is read last through the SSH session already open (8 KiB: a new
-    // connection would cost more than the copy).
-    let control = match roots[0].1.entries.iter().find(|e| e.path == PG_CONTROL) {
-        Some(e) => (
-            format!("{}/{PG_CONTROL}", roots[0].0.trim_end_matches('/')),
-            roots[0].1.local.join(PG_CONTROL),
-            e.mtime,
-        ),
-        None => {
-            return Err(format!(
-                "{PG_CONTROL} is missing from the data directory listing"
-            ))
-        }
-    };
-    // Lists with nothing to compare against go through tar (see rsync_tar), unless
-    // the link is said to be slow (rsync's -z and --bwlimit then matter).
-    let tar_first = whole_file(opts.network_compression, opts.bandwidth_limit) && tar_possible;
-    if !tar_possible {
-        tracing::info!(backup = %info.backup_id, "no GNU tar on the server: first copies go through rsync too");
-    }
-    let first = copy_jobs
-        .iter()
-        .filter(|(_, j)| j.reuse_dir.is_none())
-        .count();
-    if tar_first && first > 0 {
-        tracing::info!(
-            backup = %info.backup_id,
-            "{first} of {} file list(s) have no previous copy to compare with: streamed with tar",
-            copy_jobs.len()
-        );
-    }
-    let setup = RsyncSetup {
-        shell: shell.to_string(),
-        remote: remote_prefix(target),
-        reuse: opts.reuse,
-        bwlimit: opts.bandwidth_limit.map(|bw| (bw / jobs as u64).max(1)),
-        compress: opts.network_compression,
-        whole_file: whole_file(opts.network_compression, opts.bandwidth_limit),
-    };
-    let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
-    progress.start(&format!("backup {}", info.backup_id), Some(total));
-    let lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
-    let worker_progress = progress.clone();
-    let worker_abort = abort.clone();
-    // Each file is checksummed as soon as rsync has stored it, while the copy goes on.
-    let early = Arc::new(EarlySums::default());
-    let hook_sums = early.clone();
-    let hook: StoredHook = Arc::new(move |p: &std::path::Path| hook_sums.record(p));
-    let tar_sums = early.clone();
-    let tar_to = tar_first.then(|| destination(target));
-    let stats = blocking(stop, abort.clone(), move || {
-        let tar = tar_to.as_deref().map(|d| (d, &*tar_sums));
-        let mut stats = run_workers(
-            &setup,
-            tar,
-            copy_jobs,
-            jobs,
-            &worker_abort,
-            &*worker_progress,
-            &hook,
-        )?;
-        let (remote, local, mtime) = control;
-        stats.bytes += copy_control(&session, &remote, &local, mtime, &tar_sums)?;
-        stats.files += 1;
-        Ok(stats)
-    })
-    .await;
-    for l in &lists {
-        let _ = std::fs::remove_file(l);
-    }
-    let stats = stats?;
-    progress.finish();
-    info.transferred_files = Some(stats.files);
-    info.transferred_bytes = Some(stats.bytes);
-
-    // 5. pg_backup_stop: the backup_label and tablespace_map to restore.
-    let rows = tokio::select! {
-        r = sql.simple_query("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)") =>
-            r.map_err(|e| format!("pg_backup_stop: {e}"))?,
-        _ = stopped(stop) => return Err("interrupted".into()),
-    };
-    let end: Lsn = value(&rows, 0, "end LSN of pg_backup_stop")?
-        .parse()
-        .map_err(|e| format!("pg_backup_stop: {e}"))?;
-    let labelfile = value(&rows, 1, "backup_label")?;
-    let spcmap = rows
-        .first()
-        .and_then(|r| r.get_idx(2))
-        .unwrap_or("")
-        .to_string();
-    if let Some(tli) = label_timeline(&labelfile) {
-        info.timeline = tli;
-        info.begin_wal = Some(segment_name(tli, begin.segno(seg), seg));
-    }
-    info.end_lsn = Some(end);
-    info.end_timeline = Some(info.timeline);
-    info.end_wal = Some(segment_name(
-        info.timeline,
-        end.prev_segno(seg).max(begin.segno(seg)),
-        seg,
-    ));
-    tracing::info!(backup = %info.backup_id, "pg_backup_stop: backup ends at {end}");
-    let now = Utc::now().timestamp() as f64;
-    let data_root = &mut roots[0].1;
-    for (name, text) in [
-        ("backup_label", labelfile.as_str()),
-        ("tablespace_map", spcmap.as_str()),
-    ] {
-        if text.is_empty() {
-            continue;
-        }
-        let p = data_root.local.join(name);
-        write_atomic(&p, text.as_bytes()).map_err(|e| format!("{}: {e}", p.display()))?;
-        data_root.entries.push(RemoteEntry {
-            path: name.to_string(),
-            is_dir: false,
-            mode: 0o600,
-            mtime: now,
-            size: text.len() as u64,
-        });
+        Ok(copy_jobs)
     }
 
-    // 6. Checksums and files.jsonl, everything flushed, then the list committed.
-    let links: Vec<FileEntry> = facts
-        .tablespaces
-        .iter()
-        .map(|t| FileEntry {
-            path: format!("pg_tblspc/{}", t.oid),
-            tablespace: None,
-            kind: FileKind::Symlink,
-            mode: 0o777,
-            mtime: now as i64,
-            size: 0,
-            checksum: None,
-            object: None,
-            compression: None,
-            stored_size: 0,
-            stored_checksum: None,
-            offset: None,
-            length: None,
-            target: Some(t.location.clone()),
+    /// Step 4c: The workers (rsync, or tar for first copies), then `pg_control`. Returns
+    /// the checksums taken as files were stored.
+    async fn transfer(
+        &mut self,
+        session: SshSession,
+        tar_possible: bool,
+        roots: &[(String, CopiedRoot)],
+        info: &mut BackupInfo,
+    ) -> Result<Arc<EarlySums>, String> {
+        let copy_jobs = self.plan_jobs(roots)?;
+        // pg_control goes last, after every other file (as in pg_basebackup): a backup of
+        // a standby depends on it.
+        // pg_control is read last through the SSH session already open (8 KiB: a new
+        // connection would cost more than the copy).
+        let control = match roots[0].1.entries.iter().find(|e| e.path == PG_CONTROL) {
+            Some(e) => (
+                format!("{}/{PG_CONTROL}", roots[0].0.trim_end_matches('/')),
+                roots[0].1.local.join(PG_CONTROL),
+                e.mtime,
+            ),
+            None => {
+                return Err(format!(
+                    "{PG_CONTROL} is missing from the data directory listing"
+                ))
+            }
+        };
+        let opts = self.opts;
+        // Lists with nothing to compare against go through tar (see rsync_tar), unless
+        // the link is said to be slow (rsync's -z and --bwlimit then matter).
+        let tar_first = whole_file(opts.network_compression, opts.bandwidth_limit) && tar_possible;
+        if !tar_possible {
+            tracing::info!(backup = %info.backup_id, "no GNU tar on the server: first copies go through rsync too");
+        }
+        let first = copy_jobs
+            .iter()
+            .filter(|(_, j)| j.reuse_dir.is_none())
+            .count();
+        if tar_first && first > 0 {
+            tracing::info!(
+                backup = %info.backup_id,
+                "{first} of {} file list(s) have no previous copy to compare with: streamed with tar",
+                copy_jobs.len()
+            );
+        }
+        let jobs = self.jobs;
+        let setup = RsyncSetup {
+            shell: self.shell.to_string(),
+            remote: remote_prefix(self.target),
+            reuse: opts.reuse,
+            bwlimit: opts.bandwidth_limit.map(|bw| (bw / jobs as u64).max(1)),
+            compress: opts.network_compression,
+            whole_file: whole_file(opts.network_compression, opts.bandwidth_limit),
+        };
+        let total: u64 = copy_jobs.iter().map(|(_, j)| j.bytes).sum();
+        self.progress
+            .start(&format!("backup {}", info.backup_id), Some(total));
+        let lists: Vec<PathBuf> = copy_jobs.iter().map(|(_, j)| j.list.clone()).collect();
+        let worker_progress = self.progress.clone();
+        let worker_abort = self.abort.clone();
+        // Each file is checksummed as soon as rsync has stored it, while the copy goes on.
+        let early = Arc::new(EarlySums::default());
+        let hook_sums = early.clone();
+        let hook: StoredHook = Arc::new(move |p: &std::path::Path| hook_sums.record(p));
+        let tar_sums = early.clone();
+        let tar_to = tar_first.then(|| destination(self.target));
+        let stats = blocking(self.stop, self.abort.clone(), move || {
+            let tar = tar_to.as_deref().map(|d| (d, &*tar_sums));
+            let mut stats = run_workers(
+                &setup,
+                tar,
+                copy_jobs,
+                jobs,
+                &worker_abort,
+                &*worker_progress,
+                &hook,
+            )?;
+            let (remote, local, mtime) = control;
+            stats.bytes += copy_control(&session, &remote, &local, mtime, &tar_sums)?;
+            stats.files += 1;
+            Ok(stats)
         })
-        .collect();
-    let prev_sums: PreviousSums = match &prev_dir {
-        Some(d) if opts.reuse == ReuseBackup::Link => previous_sums(d),
-        _ => PreviousSums::new(),
-    };
-    let roots: Vec<CopiedRoot> = roots.into_iter().map(|(_, r)| r).collect();
-    let dir2 = dir.clone();
-    let threads = jobs;
-    let p2 = progress.clone();
-    let (files, totals) = blocking(stop, abort.clone(), move || {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("pgbk-blake3-{i}"))
-            .build()
-            .map_err(|e| format!("starting checksum threads: {e}"))?;
-        let (files, totals) = index(&dir2, &roots, links, &prev_sums, &early, &pool, &*p2)?;
-        sync_filesystem(dir2.root()).map_err(|e| format!("{}: {e}", dir2.root().display()))?;
-        Ok((files, totals))
-    })
-    .await?;
-    files
-        .commit()
-        .map_err(|e| format!("{}: {e}", dir.files_path().display()))?;
-    info.size_bytes = totals.size_bytes;
-    info.stored_bytes = totals.new_bytes;
-    info.reused_bytes = Some(totals.reused_bytes);
-    info.file_count = totals.file_count;
-    info.has_manifest = false;
-    if dir.is_remote() {
-        // 7. On object storage, the staged copy goes up as a streamed backup's would.
-        let (dir2, store_opts, p2) = (dir.clone(), req.store.clone(), progress.clone());
-        let tablespaces: Vec<(u32, String)> = facts
+        .await;
+        for l in &lists {
+            let _ = std::fs::remove_file(l);
+        }
+        let stats = stats?;
+        self.progress.finish();
+        info.transferred_files = Some(stats.files);
+        info.transferred_bytes = Some(stats.bytes);
+        Ok(early)
+    }
+
+    /// Step 5: pg_backup_stop: the backup_label and tablespace_map to restore, written
+    /// into the data directory's copy (`data_root`). Returns when they were written
+    /// (their mtime in files.jsonl, and the tablespace links').
+    async fn backup_stop(
+        &mut self,
+        sql: &mut Connection,
+        info: &mut BackupInfo,
+        begin: Lsn,
+        data_root: &mut CopiedRoot,
+    ) -> Result<f64, String> {
+        let rows = tokio::select! {
+            r = sql.simple_query("SELECT lsn, labelfile, spcmapfile FROM pg_backup_stop(false)") =>
+                r.map_err(|e| format!("pg_backup_stop: {e}"))?,
+            _ = stopped(self.stop) => return Err("interrupted".into()),
+        };
+        let end: Lsn = value(&rows, 0, "end LSN of pg_backup_stop")?
+            .parse()
+            .map_err(|e| format!("pg_backup_stop: {e}"))?;
+        let labelfile = value(&rows, 1, "backup_label")?;
+        let spcmap = rows
+            .first()
+            .and_then(|r| r.get_idx(2))
+            .unwrap_or("")
+            .to_string();
+        let seg = self.facts.seg_size;
+        if let Some(tli) = label_timeline(&labelfile) {
+            info.timeline = tli;
+            info.begin_wal = Some(segment_name(tli, begin.segno(seg), seg));
+        }
+        info.end_lsn = Some(end);
+        info.end_timeline = Some(info.timeline);
+        info.end_wal = Some(segment_name(
+            info.timeline,
+            end.prev_segno(seg).max(begin.segno(seg)),
+            seg,
+        ));
+        tracing::info!(backup = %info.backup_id, "pg_backup_stop: backup ends at {end}");
+        let now = Utc::now().timestamp() as f64;
+        for (name, text) in [
+            ("backup_label", labelfile.as_str()),
+            ("tablespace_map", spcmap.as_str()),
+        ] {
+            if text.is_empty() {
+                continue;
+            }
+            let p = data_root.local.join(name);
+            write_atomic(&p, text.as_bytes()).map_err(|e| format!("{}: {e}", p.display()))?;
+            data_root.entries.push(RemoteEntry {
+                path: name.to_string(),
+                is_dir: false,
+                mode: 0o600,
+                mtime: now,
+                size: text.len() as u64,
+            });
+        }
+        Ok(now)
+    }
+
+    /// Step 6: Checksums and files.jsonl, everything flushed, then the list committed.
+    /// Returns the backup's size in bytes.
+    async fn store_file_list(
+        &mut self,
+        roots: Vec<(String, CopiedRoot)>,
+        early: Arc<EarlySums>,
+        stopped_at: f64,
+        info: &mut BackupInfo,
+    ) -> Result<u64, String> {
+        let links: Vec<FileEntry> = self
+            .facts
+            .tablespaces
+            .iter()
+            .map(|t| FileEntry {
+                path: format!("pg_tblspc/{}", t.oid),
+                tablespace: None,
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                mtime: stopped_at as i64,
+                size: 0,
+                checksum: None,
+                object: None,
+                compression: None,
+                stored_size: 0,
+                stored_checksum: None,
+                offset: None,
+                length: None,
+                target: Some(t.location.clone()),
+            })
+            .collect();
+        let prev_sums: PreviousSums = match &self.previous_dir() {
+            Some(d) if self.opts.reuse == ReuseBackup::Link => previous_sums(d),
+            _ => PreviousSums::new(),
+        };
+        let roots: Vec<CopiedRoot> = roots.into_iter().map(|(_, r)| r).collect();
+        let dir2 = self.dir.clone();
+        let threads = self.jobs;
+        let p2 = self.progress.clone();
+        let (files, totals) = blocking(self.stop, self.abort.clone(), move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("pgbk-blake3-{i}"))
+                .build()
+                .map_err(|e| format!("starting checksum threads: {e}"))?;
+            let (files, totals) = index(&dir2, &roots, links, &prev_sums, &early, &pool, &*p2)?;
+            sync_filesystem(dir2.root()).map_err(|e| format!("{}: {e}", dir2.root().display()))?;
+            Ok((files, totals))
+        })
+        .await?;
+        files
+            .commit()
+            .map_err(|e| format!("{}: {e}", self.dir.files_path().display()))?;
+        info.size_bytes = totals.size_bytes;
+        info.stored_bytes = totals.new_bytes;
+        info.reused_bytes = Some(totals.reused_bytes);
+        info.file_count = totals.file_count;
+        info.has_manifest = false;
+        Ok(totals.size_bytes)
+    }
+
+    /// Step 7: On object storage, the staged copy goes up as a streamed backup's would.
+    async fn upload(&mut self, info: &mut BackupInfo, size_bytes: u64) -> Result<(), String> {
+        let (dir2, store_opts, p2) = (
+            self.dir.clone(),
+            self.req.store.clone(),
+            self.progress.clone(),
+        );
+        let tablespaces: Vec<(u32, String)> = self
+            .facts
             .tablespaces
             .iter()
             .map(|t| (t.oid, t.location.clone()))
             .collect();
-        let abort2 = abort.clone();
-        let backups_dir = repo.backups_dir();
-        let stored_bytes = blocking(stop, abort.clone(), move || {
+        let abort2 = self.abort.clone();
+        let backups_dir = self.repo.backups_dir();
+        let threads = self.jobs;
+        let stored_bytes = blocking(self.stop, self.abort.clone(), move || {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("pgbk-zstd-{i}"))
                 .build()
                 .map_err(|e| format!("starting compression threads: {e}"))?;
-            p2.start(&format!("upload {}", dir2.id()), Some(totals.size_bytes));
+            p2.start(&format!("upload {}", dir2.id()), Some(size_bytes));
             let stored = upload_staged(&dir2, &tablespaces, &pool, &store_opts, &abort2, &*p2)
                 .map_err(|e| {
                     if let UploadError::Staged(_) = e {
@@ -707,13 +802,13 @@ async fn copy(
         info.stored_bytes = stored_bytes;
         info.reused_bytes = Some(0);
         // The newest staged copy is the next backup's base, unless nothing reuses it.
-        let keep = match opts.reuse {
+        let keep = match self.opts.reuse {
             ReuseBackup::Off => "",
             _ => info.backup_id.as_str(),
         };
-        remove_older_staged(&repo.backups_dir(), keep);
+        remove_older_staged(&self.repo.backups_dir(), keep);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Copies `global/pg_control` (after every other file, as pg_basebackup sends it:

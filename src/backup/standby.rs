@@ -10,7 +10,7 @@
 //! switch WAL. A standby promoted during the backup makes PostgreSQL fail it,
 //! and the backup is recorded FAILED with that reason.
 
-use super::take::{connect, BackupRequest, TakeError};
+use super::run::{connect, BackupRequest, TakeError};
 use crate::pg::PgError;
 use crate::wal::{Lsn, SystemId};
 use std::time::{Duration, Instant};

@@ -12,126 +12,25 @@
 use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
 };
-use super::incremental::{decide, Decision, IncrementalPlan, ServerSide};
-use super::lifecycle::{backup_lock_path, mark_failed};
-use super::tar_store::{store_stream, StoreError, StoreOptions, Stored, StreamMsg};
-use super::wal_range::missing_segments;
-use super::{
-    backup_id_at, is_backup_id, save, BackupDir, BackupError, BackupInfo, BackupStatus,
-    TablespaceInfo,
-};
-use crate::catalog::{Catalog, CatalogError};
-use crate::lock::{JobLock, LockError};
-use crate::pg::{ConnInfo, ConnectOptions, Connection, PgError};
+use super::incremental::{decide, Decision, ServerSide};
+use super::lifecycle::backup_lock_path;
+use super::run::{connect, fail, new_backup_id, segment_name, stopped, wait_for_wal};
+pub use super::run::{BackupRequest, Outcome, TakeError, WalWait};
+use super::tar_store::{store_stream, StoreError, Stored, StreamMsg};
+use super::{is_backup_id, save, BackupDir, BackupInfo, BackupStatus, TablespaceInfo};
+use crate::catalog::Catalog;
+use crate::lock::JobLock;
+use crate::pg::{Connection, PgError};
 use crate::progress::Progress;
 use crate::repo::durable::create_dir_all_private;
 use crate::repo::ServerRepo;
-use crate::wal::{Lsn, SystemId, TimeLineId, WalSegment};
+use crate::wal::{Lsn, SystemId, TimeLineId};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// How long `backup` waits for the WAL the backup needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WalWait {
-    /// Return as soon as the files are stored (`--no-wait`).
-    No,
-    /// Up to this long.
-    Timeout(Duration),
-    /// Until it arrives.
-    Forever,
-}
-
-/// Everything a backup needs, validated by the caller.
-#[derive(Debug, Clone)]
-pub struct BackupRequest {
-    /// The repository's home.
-    pub home: PathBuf,
-    /// Where the backup's objects go (the home itself, or a bucket).
-    pub repository: crate::repo::Repository,
-    /// Server (config section) name.
-    pub server: String,
-    /// Ordinary SQL connection (pg_switch_wal, tablespace names).
-    pub conninfo: ConnInfo,
-    /// Replication connection (BASE_BACKUP).
-    pub streaming_conninfo: ConnInfo,
-    /// When `conninfo` names a hot standby: the primary, where the WAL switch and
-    /// checkpoint go ([`super::standby`]).
-    pub primary_conninfo: Option<ConnInfo>,
-    /// `application_name` of the replication connection.
-    pub application_name: String,
-    /// Optional friendly name (checked with [`validate_name`]).
-    pub name: Option<String>,
-    /// `CHECKPOINT 'fast'`.
-    pub immediate_checkpoint: bool,
-    /// Compression threads.
-    pub jobs: usize,
-    /// `MAX_RATE` in kB/s.
-    pub max_rate: Option<u32>,
-    /// Waiting for WAL at the end.
-    pub wait: WalWait,
-    /// Storage tuning.
-    pub store: StoreOptions,
-    /// `Some` for `backup_method = rsync`: copy over SSH instead of BASE_BACKUP.
-    pub rsync: Option<super::rsync::RsyncOptions>,
-    /// `Some` for an incremental backup (`--incremental`, `backup_type = incremental`).
-    pub incremental: Option<IncrementalPlan>,
-}
-
-/// How a backup that did not fail ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Every file and every WAL segment it needs is stored.
-    Done(BackupInfo),
-    /// Files stored; WAL not all archived yet (`--no-wait`).
-    WaitingForWals(BackupInfo),
-    /// Files stored; the wait for WAL timed out or was interrupted.
-    WalNotArchived {
-        /// The backup, `WAITING_FOR_WALS`.
-        info: BackupInfo,
-        /// What is still missing.
-        missing: Vec<WalSegment>,
-        /// Interrupted by a signal rather than timed out.
-        interrupted: bool,
-    },
-}
-
-/// Why a backup could not be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum TakeError {
-    /// Another backup of the server is running.
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    /// The request is not acceptable (name in use, server too old...).
-    #[error("{0}")]
-    Refused(String),
-    /// Talking to the server failed before the backup started.
-    #[error("server '{server}': {source}")]
-    Pg { server: String, source: PgError },
-    /// The server answered, but not what the backup needs (rsync method: a fact
-    /// queried before the backup started).
-    #[error("server '{server}': {msg}")]
-    Server { server: String, msg: String },
-    /// Reading or writing metadata failed before the backup started.
-    #[error(transparent)]
-    Backup(#[from] BackupError),
-    /// The catalog failed before the backup started.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// A folder of the repository could not be created.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The backup started and failed: it is recorded `FAILED` with the reason.
-    #[error("backup {} of server '{}' failed: {}", .0.backup_id, .0.server, .0.error.as_deref().unwrap_or("unknown error"))]
-    Failed(Box<BackupInfo>),
-}
 
 /// Refuses a `--name` that could be mistaken for an id or a keyword.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -160,31 +59,6 @@ const CHANNEL_DEPTH: usize = 16;
 
 /// Archive bytes gathered into one message for the tar thread.
 const BATCH_BYTES: usize = 512 * 1024;
-
-pub(super) async fn connect(
-    info: &ConnInfo,
-    replication: bool,
-    app: &str,
-) -> Result<Connection, PgError> {
-    let opts = ConnectOptions {
-        replication,
-        application_name: Some(app.to_string()),
-        connect_timeout: Some(Duration::from_secs(10)),
-    };
-    Connection::connect(info, &opts).await
-}
-
-/// Resolves once `stop` says so (never if its sender is gone).
-pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
 
 /// What the server tells before the backup starts.
 struct ServerFacts {
@@ -247,24 +121,6 @@ async fn server_facts(
         summarize_wal,
         tablespace_names,
     })
-}
-
-/// A fresh id (the current second, UTC), waiting for the next second if a backup
-/// already has this one.
-pub(super) async fn new_backup_id(
-    repo: &ServerRepo,
-    existing: &[BackupInfo],
-) -> (String, DateTime<Utc>) {
-    loop {
-        let now = Utc::now();
-        let id = backup_id_at(now);
-        if !existing.iter().any(|b| b.backup_id == id) && !BackupDir::new(repo, &id).root().exists()
-        {
-            return (id, now);
-        }
-        let ms = 1000 - u64::from(now.timestamp_subsec_millis()).min(999);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
 }
 
 /// A backup's hold on its server's repository: the backup lock, taken before
@@ -434,83 +290,6 @@ pub async fn take_held(
     wait_for_wal(req, info, &repo, &catalog, facts.in_recovery, &mut stop).await
 }
 
-/// After the files are stored: switches WAL (on a primary) so the end segment gets
-/// archived, then waits as `req.wait` says until every segment the backup needs is
-/// in the archive, marking it `DONE`. Shared by both backup methods.
-pub(super) async fn wait_for_wal(
-    req: &BackupRequest,
-    mut info: BackupInfo,
-    repo: &ServerRepo,
-    catalog: &Catalog,
-    in_recovery: bool,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<Outcome, TakeError> {
-    let id = info.backup_id.clone();
-    // A standby cannot switch WAL: its primary does, when configured.
-    let switch_on = match (&req.primary_conninfo, in_recovery) {
-        (Some(primary), _) => Some(primary),
-        (None, false) => Some(&req.conninfo),
-        (None, true) => None,
-    };
-    if let Some(on) = switch_on {
-        if let Err(e) = switch_wal(on).await {
-            tracing::warn!(server = %req.server, "pg_switch_wal() failed: {e}; the end segment is archived once the server fills it");
-        }
-    }
-    let deadline = match req.wait {
-        WalWait::No => return Ok(Outcome::WaitingForWals(info)),
-        WalWait::Timeout(d) => Some(Instant::now() + d),
-        WalWait::Forever => None,
-    };
-    let started = Instant::now();
-    let mut poll = Duration::from_millis(5);
-    loop {
-        let missing = missing_segments(&info, repo, catalog)?;
-        if missing.is_empty() {
-            info.status = BackupStatus::Done;
-            save(repo, catalog, &info)?;
-            tracing::info!(server = %req.server, backup = %id, "backup DONE");
-            return Ok(Outcome::Done(info));
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(Outcome::WalNotArchived {
-                info,
-                missing,
-                interrupted: false,
-            });
-        }
-        // The end segment usually arrives within tens of milliseconds of the
-        // switch: poll every 5 ms for the first second (a catalog query and a few
-        // stats), then back off.
-        let pause = poll;
-        if started.elapsed() >= Duration::from_secs(1) {
-            poll = (poll * 2).min(Duration::from_millis(500));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stopped(stop) => {
-                return Ok(Outcome::WalNotArchived { info, missing, interrupted: true });
-            }
-        }
-    }
-}
-
-/// Records the failure (removing the partial files) and builds the error.
-pub(super) fn fail(
-    repo: &ServerRepo,
-    catalog: &Catalog,
-    mut info: BackupInfo,
-    reason: &str,
-) -> TakeError {
-    tracing::error!(server = %info.server, backup = %info.backup_id, "backup failed: {reason}");
-    if let Err(e) = mark_failed(repo, catalog, &mut info, reason) {
-        tracing::error!(backup = %info.backup_id, "could not record the failure completely: {e}");
-        info.status = BackupStatus::Failed;
-        info.error = Some(format!("{reason} (and recording the failure: {e})"));
-    }
-    TakeError::Failed(Box::new(info))
-}
-
 /// `UPLOAD_MANIFEST`: hands the server the parent's `backup_manifest`, read from
 /// the repository in chunks on a blocking thread (the store may be a bucket).
 async fn upload_manifest(repl: &mut Connection, parent: &BackupDir) -> Result<(), String> {
@@ -550,22 +329,6 @@ async fn upload_manifest(repl: &mut Connection, parent: &BackupDir) -> Result<()
         PgError::InvalidArgument(why) => why,
         e => format!("UPLOAD_MANIFEST: {e}"),
     })
-}
-
-async fn switch_wal(on: &ConnInfo) -> Result<(), PgError> {
-    let mut sql = connect(on, false, "pgbk").await?;
-    let r = sql.simple_query("SELECT pg_switch_wal()").await;
-    sql.close().await;
-    r.map(|_| ())
-}
-
-pub(super) fn segment_name(tli: TimeLineId, segno: u64, seg_size: u64) -> String {
-    WalSegment {
-        tli,
-        segno,
-        seg_size,
-    }
-    .name()
 }
 
 /// Keeps memory the stream frees in the process instead of handing it back to

@@ -1,12 +1,14 @@
-//! `demo`: runs [`crate::demo`] and prints each step as it happens, then the summary.
+//! `demo`: runs [`scenario`] and prints each step as it happens, then the summary.
 //! Needs no configuration file: the demo writes its own in its scratch folder.
 
 use super::ExitCode;
 use crate::cli::DemoArgs;
-use crate::demo::{run_demo, DemoOptions, Reporter};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use anyhow::{Context as _, Result};
+use scenario::{run_demo, DemoOptions, Reporter};
+
+mod scenario;
 
 /// Prints steps and notes on stdout (stderr with `--format json`, so stdout holds
 /// only the summary document).

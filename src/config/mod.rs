@@ -866,216 +866,285 @@ fn build_server(
     inputs: &ServerInputs<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Option<ServerConfig>, ConfigError> {
-    let section = inputs.section;
-    let label = format!("server '{}'", section.name);
-
-    if let Some(model) = section.entries.get("model") {
-        let is_model =
-            values::parse_bool(&model.value).map_err(|m| bad_value(model, &label, "model", m))?;
-        if is_model {
-            warnings.push(format!(
-                "{}:{}: section [{}] is a Barman model (model = true); pgbk does not support models, ignored",
-                section.file.display(),
-                section.line,
-                section.name
-            ));
-            return Ok(None);
-        }
+    let label = format!("server '{}'", inputs.section.name);
+    if inputs.is_model(&label, warnings)? {
+        return Ok(None);
     }
-
-    // Effective options: the section, then [DEFAULT], then defaults from the main section.
-    let own_scope = Scope {
-        layers: vec![&section.entries, inputs.defaults],
-        extra: inputs.builtins,
-    };
-    let main_scope = Scope {
-        layers: vec![inputs.main, inputs.defaults],
-        extra: inputs.builtins,
-    };
-    let mut opts: BTreeMap<String, Resolved> = BTreeMap::new();
-    let mut resolve = |key: &str, entry: &Entry, scope: &Scope<'_>| -> Result<(), ConfigError> {
-        let value = match ini::interpolate(&entry.value, scope) {
-            Ok(v) => v,
-            Err(message) if is_server_option(key) => {
-                return Err(bad_value(entry, &label, key, message))
-            }
-            // Barman never reads an unknown option, so a bad '%' in one is no error.
-            Err(_) => entry.value.clone(),
-        };
-        opts.insert(
-            key.to_string(),
-            Resolved {
-                value,
-                file: entry.file.clone(),
-                line: entry.line,
-            },
-        );
-        Ok(())
-    };
-    for (key, entry) in &section.entries {
-        if !is_server_option(key) {
-            let what = if MAIN_OPTIONS.contains(&key.as_str()) {
-                format!("option '{key}' only applies to the [{MAIN_SECTION}] section; ignored in server '{}'", section.name)
-            } else {
-                format!(
-                    "unknown option '{key}' in server '{}' ignored",
-                    section.name
-                )
-            };
-            warnings.push(format!("{}:{}: {what}", entry.file.display(), entry.line));
-        }
-        resolve(key, entry, &own_scope)?;
-    }
-    for (key, entry) in inputs.defaults {
-        if !section.entries.contains_key(key) {
-            resolve(key, entry, &own_scope)?;
-        }
-    }
-    for (key, entry) in inputs.main {
-        if is_inherited_option(key)
-            && !section.entries.contains_key(key)
-            && !inputs.defaults.contains_key(key)
-        {
-            resolve(key, entry, &main_scope)?;
-        }
-    }
-
+    let opts = inputs.effective_options(&label, warnings)?;
     let f = Fields {
         label: &label,
         opts: &opts,
     };
-    let conninfo = match f.text("conninfo") {
-        Some(r) => r.value.clone(),
-        // A passive server (replicate) never connects to PostgreSQL.
-        None if f.text("primary_ssh_command").is_some() => String::new(),
-        None => {
-            return Err(ConfigError::Missing {
+    f.server(inputs.section, warnings).map(Some)
+}
+
+impl ServerInputs<'_> {
+    /// Whether the section is a Barman model (`model = true`): pgbk skips it with a
+    /// warning.
+    fn is_model(&self, label: &str, warnings: &mut Vec<String>) -> Result<bool, ConfigError> {
+        let section = self.section;
+        if let Some(model) = section.entries.get("model") {
+            let is_model = values::parse_bool(&model.value)
+                .map_err(|m| bad_value(model, label, "model", m))?;
+            if is_model {
+                warnings.push(format!(
+                    "{}:{}: section [{}] is a Barman model (model = true); pgbk does not support models, ignored",
+                    section.file.display(),
+                    section.line,
+                    section.name
+                ));
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The server's effective options (the section, then [DEFAULT], then defaults
+    /// from the main section), each interpolated in its own scope; unknown options
+    /// and options of the main section alone are warned about.
+    fn effective_options(
+        &self,
+        label: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, Resolved>, ConfigError> {
+        let (inputs, section) = (self, self.section);
+        let own_scope = Scope {
+            layers: vec![&section.entries, inputs.defaults],
+            extra: inputs.builtins,
+        };
+        let main_scope = Scope {
+            layers: vec![inputs.main, inputs.defaults],
+            extra: inputs.builtins,
+        };
+        let mut opts: BTreeMap<String, Resolved> = BTreeMap::new();
+        let mut resolve =
+            |key: &str, entry: &Entry, scope: &Scope<'_>| -> Result<(), ConfigError> {
+                let value = match ini::interpolate(&entry.value, scope) {
+                    Ok(v) => v,
+                    Err(message) if is_server_option(key) => {
+                        return Err(bad_value(entry, label, key, message))
+                    }
+                    // Barman never reads an unknown option, so a bad '%' in one is no error.
+                    Err(_) => entry.value.clone(),
+                };
+                opts.insert(
+                    key.to_string(),
+                    Resolved {
+                        value,
+                        file: entry.file.clone(),
+                        line: entry.line,
+                    },
+                );
+                Ok(())
+            };
+        for (key, entry) in &section.entries {
+            if !is_server_option(key) {
+                let what = if MAIN_OPTIONS.contains(&key.as_str()) {
+                    format!("option '{key}' only applies to the [{MAIN_SECTION}] section; ignored in server '{}'", section.name)
+                } else {
+                    format!(
+                        "unknown option '{key}' in server '{}' ignored",
+                        section.name
+                    )
+                };
+                warnings.push(format!("{}:{}: {what}", entry.file.display(), entry.line));
+            }
+            resolve(key, entry, &own_scope)?;
+        }
+        for (key, entry) in inputs.defaults {
+            if !section.entries.contains_key(key) {
+                resolve(key, entry, &own_scope)?;
+            }
+        }
+        for (key, entry) in inputs.main {
+            if is_inherited_option(key)
+                && !section.entries.contains_key(key)
+                && !inputs.defaults.contains_key(key)
+            {
+                resolve(key, entry, &main_scope)?;
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// The steps from effective options to a server.
+impl Fields<'_> {
+    /// The server's typed settings, checked against each other.
+    fn server(
+        &self,
+        section: &Section,
+        warnings: &mut Vec<String>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let f = self;
+        let conninfo = f.conninfo(section)?;
+        let (slot_name, create_slot) = f.slot()?;
+        let (retention_policy, minimum_redundancy) = f.retention(section, warnings)?;
+        let only = |expected: &'static str| {
+            move |s: &str| {
+                let lower = s.to_ascii_lowercase();
+                if lower == expected {
+                    Ok(lower)
+                } else {
+                    Err(format!("only '{expected}' is supported, got '{s}'"))
+                }
+            }
+        };
+
+        let server = ServerConfig {
+            name: section.name.clone(),
+            file: section.file.clone(),
+            line: section.line,
+            description: f
+                .text("description")
+                .map(|r| unquote(r.value.trim()).to_string())
+                .unwrap_or_default(),
+            active: f.bool("active", true)?,
+            streaming_conninfo: f
+                .text("streaming_conninfo")
+                .map_or_else(|| conninfo.clone(), |r| r.value.clone()),
+            conninfo,
+            primary_conninfo: f.string("primary_conninfo"),
+            wal_streaming_conninfo: f.string("wal_streaming_conninfo"),
+            wal_conninfo: f.string("wal_conninfo"),
+            streaming_archiver: f.bool("streaming_archiver", false)?,
+            streaming_archiver_name: f
+                .string("streaming_archiver_name")
+                .unwrap_or_else(|| "pgbk_receive_wal".to_string()),
+            slot_name,
+            create_slot: create_slot.unwrap_or_default(),
+            backup_method: f
+                .parse("backup_method", |s| {
+                    s.parse::<BackupMethod>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            ssh_command: f.string("ssh_command"),
+            archiver: f.bool("archiver", false)?,
+            parallel_jobs: f
+                .parse("parallel_jobs", |s| values::parse_u32(s, 1))?
+                .unwrap_or(2),
+            compression: f.parse("compression", values::parse_compression)?,
+            bandwidth_limit: f
+                .parse("bandwidth_limit", |s| values::parse_u64(s, 0))?
+                .filter(|&n| n > 0),
+            network_compression: f.bool("network_compression", false)?,
+            immediate_checkpoint: f.bool("immediate_checkpoint", false)?,
+            basebackup_retry_times: f
+                .parse("basebackup_retry_times", |s| values::parse_u32(s, 0))?
+                .unwrap_or(0),
+            basebackup_retry_sleep: f
+                .parse("basebackup_retry_sleep", |s| values::parse_u64(s, 0))?
+                .unwrap_or(30),
+            retention_policy,
+            minimum_redundancy,
+            wal_retention_policy: f
+                .parse("wal_retention_policy", only("main"))?
+                .unwrap_or_else(|| "main".to_string()),
+            retention_policy_mode: f
+                .parse("retention_policy_mode", only("auto"))?
+                .unwrap_or_else(|| "auto".to_string()),
+            last_backup_maximum_age: f.parse("last_backup_maximum_age", values::parse_interval)?,
+            last_wal_maximum_age: f.parse("last_wal_maximum_age", values::parse_interval)?,
+            path_prefix: f.string("path_prefix"),
+            primary_ssh_command: f.string("primary_ssh_command"),
+            primary_pgbk_command: f
+                .string("primary_pgbk_command")
+                .unwrap_or_else(|| "pgbk".to_string()),
+            reuse_backup: f
+                .parse("reuse_backup", |s| {
+                    s.parse::<ReuseBackup>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            backup_type: f
+                .parse("backup_type", |s| {
+                    s.parse::<BackupType>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            full_backup_every: f.parse("full_backup_every", |s| values::parse_u32(s, 1))?,
+            incremental_fallback: f
+                .parse("incremental_fallback", |s| {
+                    s.parse::<IncrementalFallback>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            repository: repository::s3_repository(f, &section.name, warnings)?,
+            drill: f.drill()?,
+            settings: f
+                .opts
+                .iter()
+                .map(|(k, r)| (k.clone(), r.value.clone()))
+                .collect(),
+        };
+        Ok(server)
+    }
+
+    /// `conninfo`, which only a passive server (replicate) may leave out.
+    fn conninfo(&self, section: &Section) -> Result<String, ConfigError> {
+        let f = self;
+        match f.text("conninfo") {
+            Some(r) => Ok(r.value.clone()),
+            // A passive server (replicate) never connects to PostgreSQL.
+            None if f.text("primary_ssh_command").is_some() => Ok(String::new()),
+            None => Err(ConfigError::Missing {
                 file: section.file.clone(),
                 line: section.line,
                 server: section.name.clone(),
                 option: "conninfo".to_string(),
-            })
-        }
-    };
-    let slot_name = f.parse("slot_name", |s| {
-        values::check_slot_name(s).map(|()| s.to_string())
-    })?;
-    let create_slot = f.parse("create_slot", |s| {
-        s.parse::<CreateSlot>().map_err(|e| e.to_string())
-    })?;
-    if let (Some(CreateSlot::Auto), None) = (create_slot, &slot_name) {
-        if let Some(r) = f.text("create_slot") {
-            return Err(f.err(
-                r,
-                "create_slot",
-                "'auto' needs slot_name to be set".to_string(),
-            ));
+            }),
         }
     }
-    let retention_policy = f.parse("retention_policy", |s| {
-        values::check_retention_policy(s).map(|n| (s.to_string(), n))
-    })?;
-    let minimum_redundancy = f
-        .parse("minimum_redundancy", |s| values::parse_u32(s, 0))?
-        .unwrap_or(0);
-    if let (Some((_, Some(n))), Some(r)) = (&retention_policy, f.text("retention_policy")) {
-        if *n < u64::from(minimum_redundancy) {
-            warnings.push(format!(
-                "{}:{}: server '{}': retention policy redundancy ({n}) is lower than minimum_redundancy ({minimum_redundancy}); {minimum_redundancy} backups are kept",
-                r.file.display(),
-                r.line,
-                section.name
-            ));
-        }
-    }
-    let only = |expected: &'static str| {
-        move |s: &str| {
-            let lower = s.to_ascii_lowercase();
-            if lower == expected {
-                Ok(lower)
-            } else {
-                Err(format!("only '{expected}' is supported, got '{s}'"))
+
+    /// `slot_name` and `create_slot`: `auto` needs a slot name.
+    fn slot(&self) -> Result<(Option<String>, Option<CreateSlot>), ConfigError> {
+        let f = self;
+        let slot_name = f.parse("slot_name", |s| {
+            values::check_slot_name(s).map(|()| s.to_string())
+        })?;
+        let create_slot = f.parse("create_slot", |s| {
+            s.parse::<CreateSlot>().map_err(|e| e.to_string())
+        })?;
+        if let (Some(CreateSlot::Auto), None) = (create_slot, &slot_name) {
+            if let Some(r) = f.text("create_slot") {
+                return Err(f.err(
+                    r,
+                    "create_slot",
+                    "'auto' needs slot_name to be set".to_string(),
+                ));
             }
         }
-    };
+        Ok((slot_name, create_slot))
+    }
 
-    let server = ServerConfig {
-        name: section.name.clone(),
-        file: section.file.clone(),
-        line: section.line,
-        description: f
-            .text("description")
-            .map(|r| unquote(r.value.trim()).to_string())
-            .unwrap_or_default(),
-        active: f.bool("active", true)?,
-        streaming_conninfo: f
-            .text("streaming_conninfo")
-            .map_or_else(|| conninfo.clone(), |r| r.value.clone()),
-        conninfo,
-        primary_conninfo: f.string("primary_conninfo"),
-        wal_streaming_conninfo: f.string("wal_streaming_conninfo"),
-        wal_conninfo: f.string("wal_conninfo"),
-        streaming_archiver: f.bool("streaming_archiver", false)?,
-        streaming_archiver_name: f
-            .string("streaming_archiver_name")
-            .unwrap_or_else(|| "pgbk_receive_wal".to_string()),
-        slot_name,
-        create_slot: create_slot.unwrap_or_default(),
-        backup_method: f
-            .parse("backup_method", |s| {
-                s.parse::<BackupMethod>().map_err(|e| e.to_string())
-            })?
-            .unwrap_or_default(),
-        ssh_command: f.string("ssh_command"),
-        archiver: f.bool("archiver", false)?,
-        parallel_jobs: f
-            .parse("parallel_jobs", |s| values::parse_u32(s, 1))?
-            .unwrap_or(2),
-        compression: f.parse("compression", values::parse_compression)?,
-        bandwidth_limit: f
-            .parse("bandwidth_limit", |s| values::parse_u64(s, 0))?
-            .filter(|&n| n > 0),
-        network_compression: f.bool("network_compression", false)?,
-        immediate_checkpoint: f.bool("immediate_checkpoint", false)?,
-        basebackup_retry_times: f
-            .parse("basebackup_retry_times", |s| values::parse_u32(s, 0))?
-            .unwrap_or(0),
-        basebackup_retry_sleep: f
-            .parse("basebackup_retry_sleep", |s| values::parse_u64(s, 0))?
-            .unwrap_or(30),
-        retention_policy: retention_policy.map(|(text, _)| text),
-        minimum_redundancy,
-        wal_retention_policy: f
-            .parse("wal_retention_policy", only("main"))?
-            .unwrap_or_else(|| "main".to_string()),
-        retention_policy_mode: f
-            .parse("retention_policy_mode", only("auto"))?
-            .unwrap_or_else(|| "auto".to_string()),
-        last_backup_maximum_age: f.parse("last_backup_maximum_age", values::parse_interval)?,
-        last_wal_maximum_age: f.parse("last_wal_maximum_age", values::parse_interval)?,
-        path_prefix: f.string("path_prefix"),
-        primary_ssh_command: f.string("primary_ssh_command"),
-        primary_pgbk_command: f
-            .string("primary_pgbk_command")
-            .unwrap_or_else(|| "pgbk".to_string()),
-        reuse_backup: f
-            .parse("reuse_backup", |s| {
-                s.parse::<ReuseBackup>().map_err(|e| e.to_string())
-            })?
-            .unwrap_or_default(),
-        backup_type: f
-            .parse("backup_type", |s| {
-                s.parse::<BackupType>().map_err(|e| e.to_string())
-            })?
-            .unwrap_or_default(),
-        full_backup_every: f.parse("full_backup_every", |s| values::parse_u32(s, 1))?,
-        incremental_fallback: f
-            .parse("incremental_fallback", |s| {
-                s.parse::<IncrementalFallback>().map_err(|e| e.to_string())
-            })?
-            .unwrap_or_default(),
-        repository: repository::s3_repository(&f, &section.name, warnings)?,
-        drill: DrillSettings {
+    /// `retention_policy` and `minimum_redundancy`, warned about when a policy by
+    /// redundancy keeps fewer backups.
+    fn retention(
+        &self,
+        section: &Section,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Option<String>, u32), ConfigError> {
+        let f = self;
+        let retention_policy = f.parse("retention_policy", |s| {
+            values::check_retention_policy(s).map(|n| (s.to_string(), n))
+        })?;
+        let minimum_redundancy = f
+            .parse("minimum_redundancy", |s| values::parse_u32(s, 0))?
+            .unwrap_or(0);
+        if let (Some((_, Some(n))), Some(r)) = (&retention_policy, f.text("retention_policy")) {
+            if *n < u64::from(minimum_redundancy) {
+                warnings.push(format!(
+                    "{}:{}: server '{}': retention policy redundancy ({n}) is lower than minimum_redundancy ({minimum_redundancy}); {minimum_redundancy} backups are kept",
+                    r.file.display(),
+                    r.line,
+                    section.name
+                ));
+            }
+        }
+        Ok((retention_policy.map(|(text, _)| text), minimum_redundancy))
+    }
+
+    /// The `drill_*` settings and the recovery objectives.
+    fn drill(&self) -> Result<DrillSettings, ConfigError> {
+        let f = self;
+        Ok(DrillSettings {
             workdir: f.string("drill_workdir").map(PathBuf::from),
             pg_bin: f.string("drill_pg_bin"),
             check_query: f.string("drill_check_query"),
@@ -1092,13 +1161,8 @@ fn build_server(
             rpo: f.parse("recovery_point_objective", values::parse_objective)?,
             schedule: f.parse("drill_schedule", values::parse_schedule)?,
             ssh_command: f.string("drill_ssh_command"),
-        },
-        settings: opts
-            .iter()
-            .map(|(k, r)| (k.clone(), r.value.clone()))
-            .collect(),
-    };
-    Ok(Some(server))
+        })
+    }
 }
 
 /// Typed access to one server's effective options. An empty value counts as unset,

@@ -12,7 +12,6 @@
 //! fails at once without touching the network and the pass stops with one error
 //! instead of one per object.
 
-use super::replicate::THROTTLE_ENV;
 use super::sftp_batch::{self, Batcher, SshChannel};
 use super::transfer::{self, Expected, TransferError};
 use super::work_queue::{Lane, WorkQueue};
@@ -20,6 +19,14 @@ use crate::ssh::{SshSession, SshTarget};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
+
+/// Test hook, documented as such in pgbk(1): milliseconds each transfer worker waits
+/// after each object, so a test can interrupt a copy in the middle.
+pub const THROTTLE_ENV: &str = "PGBK_TEST_REPLICATE_THROTTLE_MS";
+
+/// How long one SSH operation (a read, the sync-info answer) may block before the
+/// primary is considered gone.
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// One object to fetch.
 pub struct Job {
@@ -90,7 +97,7 @@ impl Pool {
                     let t = std::time::Instant::now();
                     let session = SshSession::connect(&target).map_err(|e| e.to_string());
                     if let Ok(s) = &session {
-                        s.set_timeout(super::replicate::IO_TIMEOUT);
+                        s.set_timeout(IO_TIMEOUT);
                     }
                     let sftp = session
                         .as_ref()

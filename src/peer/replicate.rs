@@ -28,7 +28,7 @@
 //! passive side's own retention removed it (or never needed it).
 
 use super::paths::{self, check_backup_id, check_relative, check_wal, ensure_real_dirs};
-use super::pool::{Done, Job, Pool, Work};
+use super::pool::{Done, Job, Pool, Work, IO_TIMEOUT};
 use super::sftp_batch::{batch_full, MAX_OBJECT};
 use crate::backup::bundle;
 
@@ -38,7 +38,7 @@ use super::sync_info::{wal_position, SyncInfo, SYNC_INFO_VERSION};
 use super::transfer::{self, already_there, commit_batch, temp_path, Expected, TransferError};
 use super::PeerError;
 use crate::backup::wal_range::missing_segments;
-use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileKind};
+use crate::backup::{save, BackupDir, BackupInfo, BackupStatus, FileEntry, FileKind};
 use crate::catalog::{Catalog, PeerState, WalKind, WalRecord};
 use crate::config::ServerConfig;
 use crate::repo::durable::{
@@ -50,21 +50,13 @@ use crate::ssh::{shell_quote, SshSession, SshTarget};
 use crate::wal::{Lsn, WalFileName};
 use chrono::Utc;
 use serde::Serialize;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Test hook, documented as such in pgbk(1): milliseconds each transfer worker waits
-/// after each object, so a test can interrupt a copy in the middle.
-pub const THROTTLE_ENV: &str = "PGBK_TEST_REPLICATE_THROTTLE_MS";
-
-/// How long one SSH operation (a read, the sync-info answer) may block before the
-/// primary is considered gone.
-pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -125,6 +117,344 @@ struct Pass<'a> {
     batch: Vec<PathBuf>,
     /// When `batch` was last committed.
     committed_at: Instant,
+}
+
+/// One backup's copy within a pass: what its steps share, so that each step
+/// (backup.json `SYNCING`, the file lists, the objects queued, the workers waited
+/// for, `DONE`) is one method.
+struct BackupCopy<'p, 'a> {
+    pass: &'p mut Pass<'a>,
+    id: String,
+    dir: BackupDir,
+    /// `backups/<id>`, relative to the primary's home.
+    remote_dir: String,
+    /// The primary's backup.json, recorded here `SYNCING` until the copy is whole.
+    info: BackupInfo,
+    /// Folders checked to be real folders under the home (fsynced before `DONE`).
+    seen: HashSet<PathBuf>,
+    /// On object storage, what the bucket already holds of this backup (a pass
+    /// resumed after an interruption skips it), by key: one listing, not a
+    /// request per object.
+    present: Option<HashMap<String, u64>>,
+    /// Objects that failed (reported) or were not queued.
+    failures: u64,
+    /// The list could not be read to its end, or the pass was stopped.
+    halted: bool,
+    /// Small objects waiting to go to the workers in one batch, and their bytes.
+    small: Vec<Job>,
+    small_bytes: u64,
+    /// Objects too large for a batch, gathered to be queued largest first.
+    large: Vec<Job>,
+    /// Large objects held back, queued beside the batches.
+    held: VecDeque<Job>,
+}
+
+impl<'p, 'a> BackupCopy<'p, 'a> {
+    /// The backup's folder, its backup.json `SYNCING` (rewritten only if it changed).
+    fn start(pass: &'p mut Pass<'a>, remote: BackupInfo) -> Result<Self, PeerError> {
+        let id = remote.backup_id.clone();
+        let mut seen = HashSet::new();
+        let rel_root = PathBuf::from("backups").join(&id);
+        ensure_real_dirs(pass.repo.root(), &rel_root, &mut seen)
+            .map_err(Pass::io(&pass.repo.root().join(&rel_root)))?;
+        let dir = BackupDir::new(&pass.repo, &id);
+        let mut info = remote;
+        info.server = pass.name().to_string();
+        info.status = BackupStatus::Syncing;
+        info.pid = None;
+        let on_disk = dir.read_info().ok();
+        if on_disk.as_ref() != Some(&info) {
+            save(&pass.repo, &pass.catalog, &info)?;
+        }
+        Ok(BackupCopy {
+            pass,
+            remote_dir: format!("backups/{id}"),
+            id,
+            dir,
+            info,
+            seen,
+            present: None,
+            failures: 0,
+            halted: false,
+            small: Vec::new(),
+            small_bytes: 0,
+            large: Vec::new(),
+            held: VecDeque::new(),
+        })
+    }
+
+    /// The file list and the manifest (and the bundle list of a backup with bundled
+    /// small files), unless a previous pass stored them. `false` when one could not
+    /// be fetched (reported).
+    fn fetch_lists(&mut self) -> Result<bool, PeerError> {
+        let (id, dir) = (&self.id, &self.dir);
+        let mut metadata = vec![("files.jsonl", dir.files_path(), false)];
+        if self.info.has_manifest {
+            metadata.push(("backup_manifest", dir.manifest_path(), false));
+        }
+        // Only a backup with bundled small files has a bundle list.
+        metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
+        let pass = &mut *self.pass;
+        for (file, dest, optional) in metadata {
+            if pass.stored_at(&dest)? {
+                continue;
+            }
+            let remote = pass.remote(&format!("{}/{file}", self.remote_dir));
+            let result = pass
+                .main_sftp()
+                .and_then(|sftp| match sftp.open(Path::new(&remote)) {
+                    Err(e) if optional && e.code() == ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE) => {
+                        Ok(None)
+                    }
+                    Err(e) => Err(TransferError::Remote {
+                        path: remote.clone(),
+                        msg: e.message().to_string(),
+                    }),
+                    Ok(f) => Ok(Some(f)),
+                })
+                .and_then(|f| match f {
+                    Some(f) => {
+                        transfer::receive_plain(f, &remote, &dest, &pass.moved).map(|()| true)
+                    }
+                    None => Ok(false),
+                });
+            match result {
+                Ok(true) => pass.publish(std::slice::from_ref(&dest))?,
+                Ok(false) => {}
+                Err(e) => {
+                    pass.error(format!("backup {id}: {e}"));
+                    return Ok(false);
+                }
+            }
+        }
+        self.present = pass.stored_objects(id)?;
+        tracing::debug!(server = %pass.server.name, backup = %id, "file list here");
+        Ok(true)
+    }
+
+    /// Queues every object files.jsonl names, streamed (never the whole list in
+    /// memory): the list is read twice. The first round collects the objects too
+    /// large for a batch (queued largest first, LARGEST_FIRST at a time), so the
+    /// largest copies start first and do not end last; the second queues the small
+    /// ones in batches and, from the first batch on, the large ones held back beside
+    /// them: the pool's two lanes then keep one worker creating small files while
+    /// the others read large objects. `false` when the list cannot be opened
+    /// (reported).
+    fn queue_objects(&mut self) -> Result<bool, PeerError> {
+        for big_round in [true, false] {
+            if !self.queue_round(big_round)? {
+                return Ok(false);
+            }
+            if self.halted {
+                return Ok(true);
+            }
+            if big_round {
+                self.large
+                    .sort_by_key(|j| std::cmp::Reverse(j.expect.stored_size));
+                self.held.extend(self.large.drain(..));
+            }
+        }
+        if !self.small.is_empty() {
+            let batch = std::mem::take(&mut self.small);
+            self.failures +=
+                self.pass
+                    .queue_beside(&self.id, Work::Batch(batch), &mut self.held)?;
+        }
+        for job in self.held.drain(..) {
+            self.failures += self.pass.queue_work(&self.id, Work::One(Box::new(job)))?;
+        }
+        if let Some(e) = self.pass.lost_error() {
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// One reading of the list: the large objects (`big_round`) or the small ones.
+    /// `false` when the list cannot be opened (reported).
+    fn queue_round(&mut self, big_round: bool) -> Result<bool, PeerError> {
+        let id = self.id.clone();
+        let dir = self.dir.clone();
+        // The objects: every file's own, then the bundles small files share
+        // (each verified whole against bundles.jsonl).
+        let entries = match dir
+            .files()
+            .and_then(|f| Ok(f.chain(bundle::list(&dir)?.map(|b| b.map(|b| b.as_entry())))))
+        {
+            Ok(it) => it,
+            Err(e) => {
+                self.pass.error(format!("backup {id}: {e}"));
+                return Ok(false);
+            }
+        };
+        for entry in entries {
+            if self.pass.stop.load(Ordering::Relaxed) {
+                self.failures += 1;
+                self.halted = true;
+                break;
+            }
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    // An unreadable list is fetched again by the next pass.
+                    self.pass.error(format!("backup {id}: {e}"));
+                    let _ = remove_durable(&dir.files_path());
+                    if dir.is_remote() {
+                        let _ = dir.store().delete(&[dir.key("files.jsonl")]);
+                    }
+                    self.failures += 1;
+                    self.halted = true;
+                    break;
+                }
+            };
+            if entry.kind != FileKind::File
+                || entry.offset.is_some()
+                || (entry.stored_size > MAX_OBJECT) != big_round
+            {
+                continue;
+            }
+            let Some(job) = self.job(&entry) else {
+                continue;
+            };
+            if !self.enqueue(job)? {
+                continue;
+            }
+            if let Some(e) = self.pass.lost_error() {
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The fetch of one listed object, or `None` when it is already here or
+    /// cannot be fetched (counted as a failure and reported).
+    fn job(&mut self, entry: &FileEntry) -> Option<Job> {
+        let id = &self.id;
+        let object = entry.object.as_deref()?;
+        let rel = match check_relative("object path", object) {
+            Ok(r) => r,
+            Err(e) => {
+                self.pass.error(format!("backup {id}: {e}"));
+                self.failures += 1;
+                return None;
+            }
+        };
+        let compressed = match entry.compression.as_deref() {
+            Some("zstd") => true,
+            Some("none") => false,
+            None => object.ends_with(".zst"),
+            Some(other) => {
+                self.pass.error(format!(
+                    "backup {id}: {object} uses unknown compression '{other}'"
+                ));
+                self.failures += 1;
+                return None;
+            }
+        };
+        let dest = self.dir.root().join(&rel);
+        if let Some(parent) = rel.parent() {
+            if let Err(e) = ensure_real_dirs(self.dir.root(), parent, &mut self.seen) {
+                self.pass.error(format!("backup {id}: {e}"));
+                self.failures += 1;
+                return None;
+            }
+        }
+        let expect = Expected {
+            stored_size: entry.stored_size,
+            size: entry.size,
+            checksum: entry.checksum.clone(),
+            stored_checksum: entry.stored_checksum.clone(),
+            compressed,
+        };
+        let there = match &self.present {
+            Some(keys) => {
+                keys.get(&self.dir.key(&rel.to_string_lossy())) == Some(&expect.stored_size)
+            }
+            None => already_there(&dest, &expect),
+        };
+        if there {
+            self.pass.report.files_present += 1;
+            return None;
+        }
+        Some(Job {
+            remote: self.pass.remote(&format!("{}/{object}", self.remote_dir)),
+            dest,
+            expect,
+            tag: 0,
+            unsynced: true,
+        })
+    }
+
+    /// Small objects go to the workers in batches read with pipelined requests;
+    /// large ones are gathered and queued largest first. `true` when this queued
+    /// work (a full batch, or a round of large objects).
+    fn enqueue(&mut self, job: Job) -> Result<bool, PeerError> {
+        if job.expect.stored_size <= MAX_OBJECT {
+            self.small_bytes += job.expect.stored_size;
+            self.small.push(job);
+            if !batch_full(self.small.len(), self.small_bytes) {
+                return Ok(false);
+            }
+            self.small_bytes = 0;
+            let batch = std::mem::take(&mut self.small);
+            self.failures +=
+                self.pass
+                    .queue_beside(&self.id, Work::Batch(batch), &mut self.held)?;
+        } else {
+            self.large.push(job);
+            if self.large.len() < LARGEST_FIRST {
+                return Ok(false);
+            }
+            self.failures += self.pass.queue_largest_first(&self.id, &mut self.large)?;
+        }
+        Ok(true)
+    }
+
+    /// The last objects: committed as they finish (every COMMIT_INTERVAL), not all
+    /// at the end, so a pass killed now keeps what was verified.
+    fn wait_for_workers(&mut self) -> Result<(), PeerError> {
+        while let Some(pool) = self.pass.pool.as_mut() {
+            let mut some = pool.wait_some();
+            if some.is_empty() {
+                break;
+            }
+            self.failures += self.pass.tally(&self.id, &mut some)?;
+        }
+        self.pass.commit()
+    }
+
+    /// `DONE` when every object arrived and every WAL segment the backup needs is
+    /// here: the folders made durable first.
+    fn finish(mut self) -> Result<bool, PeerError> {
+        if self.failures > 0 {
+            return Ok(false);
+        }
+        let (id, dir) = (&self.id, &self.dir);
+        let missing = missing_segments(&self.info, &self.pass.repo, &self.pass.catalog)?;
+        if !missing.is_empty() {
+            self.pass.error(format!(
+                "backup {id}: {} WAL segment(s) it needs are not here yet (first {}); it stays SYNCING",
+                missing.len(),
+                missing[0].name()
+            ));
+            return Ok(false);
+        }
+        // Temporary files a killed pass left for objects copied since are removed,
+        // and every folder is fsynced once, so the objects' names are durable
+        // before backup.json says DONE.
+        for d in self.seen.iter().filter(|d| d.starts_with(dir.root())) {
+            remove_stale_temp_files(d).map_err(Pass::io(d))?;
+            fsync_dir(d).map_err(Pass::io(d))?;
+        }
+        remove_stale_temp_files(dir.root()).map_err(Pass::io(dir.root()))?;
+        fsync_dir(dir.root()).map_err(Pass::io(dir.root()))?;
+        self.info.status = BackupStatus::Done;
+        save(&self.pass.repo, &self.pass.catalog, &self.info)?;
+        if dir.is_remote() {
+            // Only emptied folders are left here; the backup is in the bucket.
+            let _ = std::fs::remove_dir_all(dir.root());
+        }
+        Ok(true)
+    }
 }
 
 /// Objects too large for a batch ([`MAX_OBJECT`]) are queued largest first, this
@@ -615,255 +945,12 @@ impl Pass<'_> {
 
     /// Copies one backup; `true` when it is `DONE` here afterwards.
     fn copy_backup(&mut self, remote: BackupInfo) -> Result<bool, PeerError> {
-        let id = remote.backup_id.clone();
-        let mut seen = HashSet::new();
-        let rel_root = PathBuf::from("backups").join(&id);
-        ensure_real_dirs(self.repo.root(), &rel_root, &mut seen)
-            .map_err(Self::io(&self.repo.root().join(&rel_root)))?;
-        let dir = BackupDir::new(&self.repo, &id);
-        let mut info = remote;
-        info.server = self.name().to_string();
-        info.status = BackupStatus::Syncing;
-        info.pid = None;
-        let on_disk = dir.read_info().ok();
-        if on_disk.as_ref() != Some(&info) {
-            save(&self.repo, &self.catalog, &info)?;
-        }
-        let remote_dir = format!("backups/{id}");
-        // The file list and the manifest, unless a previous pass stored them.
-        let mut metadata = vec![("files.jsonl", dir.files_path(), false)];
-        if info.has_manifest {
-            metadata.push(("backup_manifest", dir.manifest_path(), false));
-        }
-        // Only a backup with bundled small files has a bundle list.
-        metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
-        for (file, dest, optional) in metadata {
-            if self.stored_at(&dest)? {
-                continue;
-            }
-            let remote = self.remote(&format!("{remote_dir}/{file}"));
-            let result = self
-                .main_sftp()
-                .and_then(|sftp| match sftp.open(Path::new(&remote)) {
-                    Err(e) if optional && e.code() == ssh2::ErrorCode::SFTP(SFTP_NO_SUCH_FILE) => {
-                        Ok(None)
-                    }
-                    Err(e) => Err(TransferError::Remote {
-                        path: remote.clone(),
-                        msg: e.message().to_string(),
-                    }),
-                    Ok(f) => Ok(Some(f)),
-                })
-                .and_then(|f| match f {
-                    Some(f) => {
-                        transfer::receive_plain(f, &remote, &dest, &self.moved).map(|()| true)
-                    }
-                    None => Ok(false),
-                });
-            match result {
-                Ok(true) => self.publish(std::slice::from_ref(&dest))?,
-                Ok(false) => {}
-                Err(e) => {
-                    self.error(format!("backup {id}: {e}"));
-                    return Ok(false);
-                }
-            }
-        }
-        // On object storage, what the bucket already holds of this backup (a pass
-        // resumed after an interruption skips it), by key: one listing, not a
-        // request per object.
-        let present = self.stored_objects(&id)?;
-        tracing::debug!(server = %self.server.name, backup = %id, "file list here");
-        // Every object files.jsonl names, streamed (never the whole list in memory):
-        // the list is read twice. The first round collects the objects too large for
-        // a batch (queued largest first, LARGEST_FIRST at a time), so the largest
-        // copies start first and do not end last; the second queues the small ones
-        // in batches and, from the first batch on, the large ones held back beside
-        // them: the pool's two lanes then keep one worker creating small files while
-        // the others read large objects.
-        let mut failures = 0u64;
-        let mut done = Vec::new();
-        let mut halted = false;
-        // Small objects go to the workers in batches read with pipelined requests.
-        let mut small: Vec<Job> = Vec::new();
-        let mut small_bytes = 0u64;
-        let mut large: Vec<Job> = Vec::new();
-        let mut held: VecDeque<Job> = VecDeque::new();
-        for big_round in [true, false] {
-            if halted {
-                break;
-            }
-            // The objects: every file's own, then the bundles small files share
-            // (each verified whole against bundles.jsonl).
-            let entries = match dir
-                .files()
-                .and_then(|f| Ok(f.chain(bundle::list(&dir)?.map(|b| b.map(|b| b.as_entry())))))
-            {
-                Ok(it) => it,
-                Err(e) => {
-                    self.error(format!("backup {id}: {e}"));
-                    return Ok(false);
-                }
-            };
-            for entry in entries {
-                if self.stop.load(Ordering::Relaxed) {
-                    failures += 1;
-                    halted = true;
-                    break;
-                }
-                let entry = match entry {
-                    Ok(e) => e,
-                    Err(e) => {
-                        // An unreadable list is fetched again by the next pass.
-                        self.error(format!("backup {id}: {e}"));
-                        let _ = remove_durable(&dir.files_path());
-                        if dir.is_remote() {
-                            let _ = dir.store().delete(&[dir.key("files.jsonl")]);
-                        }
-                        failures += 1;
-                        halted = true;
-                        break;
-                    }
-                };
-                if entry.kind != FileKind::File
-                    || entry.offset.is_some()
-                    || (entry.stored_size > MAX_OBJECT) != big_round
-                {
-                    continue;
-                }
-                let Some(object) = entry.object.as_deref() else {
-                    continue;
-                };
-                let rel = match check_relative("object path", object) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.error(format!("backup {id}: {e}"));
-                        failures += 1;
-                        continue;
-                    }
-                };
-                let compressed = match entry.compression.as_deref() {
-                    Some("zstd") => true,
-                    Some("none") => false,
-                    None => object.ends_with(".zst"),
-                    Some(other) => {
-                        self.error(format!(
-                            "backup {id}: {object} uses unknown compression '{other}'"
-                        ));
-                        failures += 1;
-                        continue;
-                    }
-                };
-                let dest = dir.root().join(&rel);
-                if let Some(parent) = rel.parent() {
-                    if let Err(e) = ensure_real_dirs(dir.root(), parent, &mut seen) {
-                        self.error(format!("backup {id}: {e}"));
-                        failures += 1;
-                        continue;
-                    }
-                }
-                let expect = Expected {
-                    stored_size: entry.stored_size,
-                    size: entry.size,
-                    checksum: entry.checksum.clone(),
-                    stored_checksum: entry.stored_checksum.clone(),
-                    compressed,
-                };
-                let there = match &present {
-                    Some(keys) => {
-                        keys.get(&dir.key(&rel.to_string_lossy())) == Some(&expect.stored_size)
-                    }
-                    None => already_there(&dest, &expect),
-                };
-                if there {
-                    self.report.files_present += 1;
-                    continue;
-                }
-                let job = Job {
-                    remote: self.remote(&format!("{remote_dir}/{object}")),
-                    dest,
-                    expect,
-                    tag: 0,
-                    unsynced: true,
-                };
-                if job.expect.stored_size <= MAX_OBJECT {
-                    small_bytes += job.expect.stored_size;
-                    small.push(job);
-                    if !batch_full(small.len(), small_bytes) {
-                        continue;
-                    }
-                    small_bytes = 0;
-                    let batch = std::mem::take(&mut small);
-                    failures += self.queue_beside(&id, Work::Batch(batch), &mut held)?;
-                } else {
-                    large.push(job);
-                    if large.len() < LARGEST_FIRST {
-                        continue;
-                    }
-                    failures += self.queue_largest_first(&id, &mut large)?;
-                }
-                if let Some(e) = self.lost_error() {
-                    return Err(e);
-                }
-            }
-            if halted {
-                break;
-            }
-            if big_round {
-                large.sort_by_key(|j| std::cmp::Reverse(j.expect.stored_size));
-                held.extend(large.drain(..));
-            }
-        }
-        if !halted {
-            if !small.is_empty() {
-                failures += self.queue_beside(&id, Work::Batch(small), &mut held)?;
-            }
-            for job in held.drain(..) {
-                failures += self.queue_work(&id, Work::One(Box::new(job)))?;
-            }
-            if let Some(e) = self.lost_error() {
-                return Err(e);
-            }
-        }
-        // The last objects: committed as they finish (every COMMIT_INTERVAL), not all
-        // at the end, so a pass killed now keeps what was verified.
-        while let Some(pool) = self.pool.as_mut() {
-            let mut some = pool.wait_some();
-            if some.is_empty() {
-                break;
-            }
-            failures += self.tally(&id, &mut some)?;
-        }
-        failures += self.tally(&id, &mut done)?;
-        self.commit()?;
-        if failures > 0 {
+        let mut copy = BackupCopy::start(self, remote)?;
+        if !copy.fetch_lists()? || !copy.queue_objects()? {
             return Ok(false);
         }
-        let missing = missing_segments(&info, &self.repo, &self.catalog)?;
-        if !missing.is_empty() {
-            self.error(format!(
-                "backup {id}: {} WAL segment(s) it needs are not here yet (first {}); it stays SYNCING",
-                missing.len(),
-                missing[0].name()
-            ));
-            return Ok(false);
-        }
-        // Temporary files a killed pass left for objects copied since are removed,
-        // and every folder is fsynced once, so the objects' names are durable
-        // before backup.json says DONE.
-        for d in seen.iter().filter(|d| d.starts_with(dir.root())) {
-            remove_stale_temp_files(d).map_err(Self::io(d))?;
-            fsync_dir(d).map_err(Self::io(d))?;
-        }
-        remove_stale_temp_files(dir.root()).map_err(Self::io(dir.root()))?;
-        fsync_dir(dir.root()).map_err(Self::io(dir.root()))?;
-        info.status = BackupStatus::Done;
-        save(&self.repo, &self.catalog, &info)?;
-        if dir.is_remote() {
-            // Only emptied folders are left here; the backup is in the bucket.
-            let _ = std::fs::remove_dir_all(dir.root());
-        }
-        Ok(true)
+        copy.wait_for_workers()?;
+        copy.finish()
     }
 
     /// Whether the object received at `dest` (a path under the home) is stored:
@@ -879,15 +966,12 @@ impl Pass<'_> {
     }
 
     /// On object storage, the objects of backup `id` in the bucket with their sizes.
-    fn stored_objects(
-        &self,
-        id: &str,
-    ) -> Result<Option<std::collections::HashMap<String, u64>>, PeerError> {
+    fn stored_objects(&self, id: &str) -> Result<Option<HashMap<String, u64>>, PeerError> {
         if !self.repo.repository().is_remote() {
             return Ok(None);
         }
         let prefix = self.repo.backup_key(id, "");
-        let mut keys = std::collections::HashMap::new();
+        let mut keys = HashMap::new();
         for m in self.repo.store().list(&prefix) {
             let m = m.map_err(store_err)?;
             keys.insert(m.key, m.size);

@@ -23,6 +23,7 @@ pub mod peer;
 mod pgbk;
 pub mod rsync;
 pub mod seaweed;
+pub mod source;
 pub mod sshd;
 
 pub use cluster::{Auth, Cluster, ClusterOptions, PASSWORD};

@@ -206,6 +206,14 @@ impl Pgbk {
         }
     }
 
+    /// Starts `receive-wal <server>` in the background and returns once it streams
+    /// from `cluster` (see [`super::wait_receive_wal`]).
+    pub fn start_receive_wal(&self, server: &str, cluster: &Cluster) -> BackgroundPgbk {
+        let rw = self.spawn(&["receive-wal", server]);
+        super::wait_receive_wal(cluster);
+        rw
+    }
+
     /// `home/<server>/wals`.
     pub fn wals_dir(&self, server: &str) -> PathBuf {
         self.home.join(server).join("wals")
