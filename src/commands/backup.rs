@@ -73,7 +73,7 @@ fn run_one(
     args: &BackupArgs,
     mut collect: Option<&mut Vec<serde_json::Value>>,
 ) -> Result<ExitCode> {
-    super::replicate::refuse_passive(s, "backup")?;
+    super::refuse_passive(s, "backup")?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
         (BackupMethod::Rsync, None) => {

@@ -2,36 +2,12 @@
 //! following the timeline history) archived and readable? Exit 1 listing each one
 //! that is not.
 
-use super::{Context, ExitCode};
-use crate::backup::{BackupInfo, BackupStatus};
+use super::{in_pool, refuse_failed, Context, ExitCode};
 use crate::outln;
 use crate::output::{print_json, Format};
 use crate::verify::backup_check::check_backup_wal;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
-
-/// Runs `f` on a rayon pool of the server's `parallel_jobs` threads.
-pub fn in_pool<T: Send>(ctx: &Context, server: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let jobs = super::server_config(ctx, server)?.parallel_jobs.max(1) as usize;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .build()
-        .context("starting worker threads")?;
-    Ok(pool.install(f))
-}
-
-/// Refuses a backup whose content was removed because it failed.
-pub fn refuse_failed(b: &BackupInfo) -> Result<()> {
-    if b.status == BackupStatus::Failed {
-        bail!(
-            "server '{}': backup {} is FAILED ({}): there is nothing to check",
-            b.server,
-            b.backup_id,
-            b.error.as_deref().unwrap_or("no reason recorded")
-        );
-    }
-    Ok(())
-}
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {

@@ -1,22 +1,11 @@
 //! `delete`: remove a backup and the archived WAL no remaining backup needs. Refuses a
 //! backup being taken, a kept one, and the last DONE one without `--force`.
 
-use super::{Context, ExitCode};
-use crate::lock::JobLock;
+use super::{retention_lock, Context, ExitCode};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
-use crate::repo::ServerRepo;
 use crate::retention::{delete_backup, refuse_delete};
 use anyhow::{bail, Context as _, Result};
-
-/// The lock `delete` and `keep` hold while they change a server's backups.
-pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
-    let repo = ServerRepo::new(&ctx.config.home, server);
-    Ok(JobLock::acquire(
-        &repo.lock_dir().join("retention.lock"),
-        &format!("delete or keep for server '{server}'"),
-    )?)
-}
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {

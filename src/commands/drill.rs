@@ -3,7 +3,6 @@
 //! when a check fails (the drill is recorded either way).
 
 use super::{Context, ExitCode, UsageError};
-use crate::backup::lifecycle::backup_lock_path;
 use crate::cli::DrillArgs;
 use crate::config::ServerConfig;
 use crate::drill::{run_drill, DrillError, DrillReport, DrillRequest, QueryCheck};
@@ -12,11 +11,6 @@ use crate::outln;
 use crate::output::{human_seconds, print_json, Format};
 use crate::restore::target::RecoveryTarget;
 use anyhow::Result;
-
-/// The lock that keeps drills one at a time on this host.
-pub fn drill_lock_path(home: &std::path::Path) -> std::path::PathBuf {
-    home.join("drill.lock")
-}
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
@@ -27,7 +21,7 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
     };
     let target = a.target.target();
     let _host = JobLock::acquire(
-        &drill_lock_path(&ctx.config.home),
+        &crate::lock::drill_lock(&ctx.config.home),
         "a restore drill (one at a time on this host)",
     )?;
     let mut reports = Vec::new();
@@ -110,7 +104,7 @@ pub fn request(
 pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<DrillReport> {
     let repository = super::repository(ctx, s)?;
     let repo = repository.server(&s.name);
-    if let Ok(Some(pid)) = JobLock::holder(&backup_lock_path(&repo)) {
+    if let Ok(Some(pid)) = JobLock::holder(&crate::lock::backup_lock(&repo)) {
         return Err(UsageError(format!(
             "server '{}': a backup is running (pid {pid}): the drill waits for the next occasion",
             s.name

@@ -1,8 +1,7 @@
 //! `generate-manifest`: PostgreSQL's `backup_manifest` for a backup taken without
 //! one (rsync), written beside backup.json and restored by `recover` from then on.
 
-use super::delete::retention_lock;
-use super::{Context, ExitCode};
+use super::{retention_lock, Context, ExitCode};
 use crate::backup::manifest::generate_manifest;
 use crate::backup::{save, BackupDir};
 use crate::outln;

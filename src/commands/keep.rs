@@ -1,8 +1,7 @@
 //! `keep`: mark a DONE backup as kept outside retention (`--target full|standalone`),
 //! release it (`--release`) or show its annotation (`--status`), as Barman does.
 
-use super::delete::retention_lock;
-use super::{Context, ExitCode, UsageError};
+use super::{retention_lock, Context, ExitCode, UsageError};
 use crate::backup::{save, BackupDir, BackupStatus, KeepTarget};
 use crate::cli::KeepArgs;
 use crate::outln;

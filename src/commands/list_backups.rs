@@ -2,35 +2,13 @@
 //! newest first, one line each as Barman prints them; backups outside the retention
 //! policy are marked OBSOLETE (judged at display time, backup.json keeps DONE).
 
+use super::describe::{show_time, status_text, wal_span};
 use super::{Context, ExitCode};
-use crate::backup::{BackupInfo, BackupStatus};
+use crate::backup::BackupInfo;
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
 use crate::retention::obsolete_now;
 use anyhow::Result;
-use chrono::{DateTime, Utc};
-
-/// A time as backup listings show it (UTC, like backup ids): `Wed Nov 25 01:02:09 2026`.
-pub fn show_time(t: DateTime<Utc>) -> String {
-    t.format("%a %b %e %H:%M:%S %Y").to_string()
-}
-
-/// `begin_wal..end_wal`, or `-` while unknown.
-pub fn wal_span(b: &BackupInfo) -> String {
-    match (&b.begin_wal, &b.end_wal) {
-        (Some(a), Some(z)) => format!("{a}..{z}"),
-        (Some(a), None) => format!("{a}.."),
-        _ => "-".to_string(),
-    }
-}
-
-/// The status, with the reason of a failure.
-pub fn status_text(b: &BackupInfo) -> String {
-    match (&b.status, &b.error) {
-        (BackupStatus::Failed, Some(e)) => format!("FAILED ({e})"),
-        (s, _) => s.to_string(),
-    }
-}
 
 fn line(b: &BackupInfo, obsolete: bool) -> String {
     let name = b

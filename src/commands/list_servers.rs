@@ -80,7 +80,7 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             let rto = estimate_from_catalog(home, &s.name);
             l.rto = Some(match &rto {
                 Ok(Some(r)) => serde_json::json!({ "seconds": r.seconds, "basis": r.basis }),
-                _ => super::status::rto_json(&rto),
+                _ => super::describe::rto_json(&rto),
             });
             l.last_drill = Some(match crate::verify::probe::LastDrill::read(home, &s.name) {
                 Ok(d) => d.map(|d| d.json(chrono::Utc::now())).unwrap_or_default(),

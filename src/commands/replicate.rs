@@ -3,13 +3,10 @@
 
 use super::{Context, ExitCode, UsageError};
 use crate::config::ServerConfig;
-use crate::lock::JobLock;
 use crate::output::{human_bytes, print_json, Format};
-use crate::peer::{replicate_pass, PassReport};
-use crate::repo::ServerRepo;
+use crate::peer::{replicate_pass_locked, PassReport};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,27 +15,6 @@ use std::time::Duration;
 /// copy's RPO).
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The replicate lock of a server.
-pub fn replicate_lock(home: &Path, server: &str) -> PathBuf {
-    ServerRepo::new(home, server)
-        .lock_dir()
-        .join("replicate.lock")
-}
-
-/// Refuses a verb that only an active server can run (`backup`, `receive-wal`) on a
-/// passive one: a usage error naming the server and its primary manager.
-pub fn refuse_passive(s: &ServerConfig, verb: &str) -> Result<()> {
-    match &s.primary_ssh_command {
-        None => Ok(()),
-        Some(cmd) => Err(UsageError(format!(
-            "server '{}': {verb} refused: it is a passive copy of the primary manager at '{cmd}' (primary_ssh_command in {}); run {verb} there, or 'replicate' here",
-            s.name,
-            s.file.display()
-        ))
-        .into()),
-    }
-}
-
 /// One server's outcome, as printed.
 #[derive(Debug, Serialize)]
 struct Outcome {
@@ -46,16 +22,6 @@ struct Outcome {
     ok: bool,
     error: Option<String>,
     report: Option<PassReport>,
-}
-
-/// One pass for one passive server under its lock; errors come back as text.
-pub fn pass_locked(home: &Path, server: &ServerConfig, stop: &AtomicBool) -> Result<PassReport> {
-    let lock_path = replicate_lock(home, &server.name);
-    let _lock = JobLock::acquire(
-        &lock_path,
-        &format!("replicate for server '{}'", server.name),
-    )?;
-    Ok(replicate_pass(home, server, stop)?)
 }
 
 fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
@@ -100,7 +66,7 @@ fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
 fn one_round(ctx: &Context, servers: &[&ServerConfig], stop: &AtomicBool) -> Vec<Outcome> {
     servers
         .iter()
-        .map(|s| match pass_locked(&ctx.config.home, s, stop) {
+        .map(|s| match replicate_pass_locked(&ctx.config.home, s, stop) {
             Ok(r) => Outcome {
                 server: s.name.clone(),
                 ok: r.errors.is_empty(),

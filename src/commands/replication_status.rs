@@ -1,8 +1,9 @@
 //! `replication-status`: the standbys and WAL streamers of a server and how far
 //! behind each one is, as Barman's verb of the same name shows them.
 
-use super::{connect_sql, runtime, Context, ExitCode};
+use super::{connect_error, runtime, Context, ExitCode};
 use crate::config::ServerConfig;
+use crate::connect::connect_sql;
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};
 use crate::verify::standbys::{replication_status, ReplicationStatus, StandbyKind};
@@ -28,7 +29,7 @@ pub fn run(ctx: &Context, target: &str, kind: &str, minimal: bool) -> Result<Exi
     let mut all = Vec::new();
     for s in servers {
         let st = rt.block_on(async {
-            let mut conn = connect_sql(s).await?;
+            let mut conn = connect_sql(s).await.map_err(connect_error)?;
             let st = replication_status(&s.name, &mut conn, kind)
                 .await
                 .with_context(|| format!("server '{}': pg_stat_replication", s.name));

@@ -1,7 +1,7 @@
 //! `show-backup`: everything about one backup — all of backup.json, plus duration,
 //! throughput, compression ratio, the WAL range it needs and whether it is archived.
 
-use super::list_backups::{show_time, status_text};
+use super::describe::{show_time, status_text};
 use super::{Context, ExitCode};
 use crate::backup::wal_range::{missing_segments, required_segments};
 use crate::backup::BackupInfo;

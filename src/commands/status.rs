@@ -1,11 +1,12 @@
 //! `status`: what a DBA wants at a glance — versions, WAL position, the archive, and
 //! the live RPO (how much WAL the backup host is missing right now).
 
+use super::describe::{rto_json, rto_text};
 use super::{runtime, Context, ExitCode};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
 use crate::verify::probe::probe;
-use crate::verify::rto::{estimate_from_catalog, Rto};
+use crate::verify::rto::estimate_from_catalog;
 use anyhow::Result;
 use chrono::Utc;
 
@@ -166,29 +167,4 @@ fn print_peer(p: &crate::verify::peer_check::PeerStatus) -> Result<()> {
         outln!("\tLast replication error: {e}")?;
     }
     Ok(())
-}
-
-/// The RTO as JSON: the estimate, `null` without a DONE backup, `{"error"}` when the
-/// catalog could not be read.
-pub fn rto_json(rto: &Result<Option<Rto>, String>) -> serde_json::Value {
-    match rto {
-        Ok(r) => serde_json::to_value(r).unwrap_or_default(),
-        Err(e) => serde_json::json!({ "error": e }),
-    }
-}
-
-/// The RTO on one line of text.
-pub fn rto_text(rto: &Result<Option<Rto>, String>) -> String {
-    match rto {
-        Ok(Some(r)) => format!(
-            "{} (restore of {}, {} + {} of WAL; {})",
-            human_seconds(r.seconds),
-            r.backup_id,
-            human_bytes(r.backup_bytes),
-            human_bytes(r.wal_bytes),
-            r.basis
-        ),
-        Ok(None) => "unknown (no DONE backup)".into(),
-        Err(e) => format!("unknown ({e})"),
-    }
 }

@@ -3,8 +3,7 @@
 //! backup_manifest is there. Exit 1 naming each bad or missing file. An incremental
 //! backup is verified with every backup it is built on: a restore reads them all.
 
-use super::check_backup::{in_pool, refuse_failed};
-use super::{Context, ExitCode};
+use super::{in_pool, refuse_failed, Context, ExitCode};
 use crate::backup::{chain, BackupDir, BackupInfo, BackupStatus};
 use crate::outln;
 use crate::output::{human_bytes, print_json, Format};

@@ -3,3 +3,5 @@
 //! catalog from the repository, and cron's maintenance pass. Only the verbs that
 //! own the repository (`backup`, `delete`, `cron`, `rebuild-catalog`) call into it;
 //! reading verbs only report what it would do.
+
+pub mod cron;

@@ -655,7 +655,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     let mut st = LocalState {
         not_writable: writable(&repo, home).err(),
         disk: DiskSpace::of(home),
-        receive_wal_pid: JobLock::holder(&repo.lock_dir().join("receive-wal.lock"))
+        receive_wal_pid: JobLock::holder(&crate::lock::receive_wal_lock(&repo))
             .ok()
             .flatten(),
         ..Default::default()

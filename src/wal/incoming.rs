@@ -74,13 +74,6 @@ pub struct IncomingReport {
     pub left: Vec<String>,
 }
 
-/// The archive-wal lock of a server.
-pub fn archive_wal_lock(home: &Path, server: &str) -> PathBuf {
-    ServerRepo::new(home, server)
-        .lock_dir()
-        .join("archive-wal.lock")
-}
-
 /// Sort key putting WAL files in WAL order: history files first, then by position
 /// (the last 16 hex digits) and timeline.
 fn wal_order(name: &str) -> (u8, String, String) {
@@ -119,7 +112,7 @@ pub fn archive_incoming(
 ) -> Result<IncomingReport, IncomingError> {
     let home = repository.home();
     let _lock = JobLock::acquire(
-        &archive_wal_lock(home, server),
+        &crate::lock::archive_wal_lock(&ServerRepo::new(home, server)),
         &format!("archive-wal for server '{server}'"),
     )?;
     let mut report = IncomingReport {

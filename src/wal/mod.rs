@@ -9,6 +9,7 @@ pub mod incoming;
 pub mod lsn;
 pub mod put;
 pub mod receiver;
+pub mod receiver_state;
 pub mod segment;
 
 pub use lsn::{Lsn, SystemId, TimeLineId};
