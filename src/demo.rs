@@ -582,8 +582,8 @@ fn scenario(d: &Demo, out: &mut dyn Reporter) -> Result<DemoSummary> {
     out.note(&format!(
         "{} backup {backup_id}: {} stored as {} in {:.1}s",
         d.elapsed(),
-        crate::output::human_bytes(backup_bytes),
-        crate::output::human_bytes(stored_bytes),
+        crate::units::human_bytes(backup_bytes),
+        crate::units::human_bytes(stored_bytes),
         backup_secs
     ));
     let t = Instant::now();
@@ -642,7 +642,7 @@ fn scenario(d: &Demo, out: &mut dyn Reporter) -> Result<DemoSummary> {
     out.note(&format!(
         "{} RPO now (status): {} behind, {}",
         d.elapsed(),
-        crate::output::human_bytes(rpo_bytes),
+        crate::units::human_bytes(rpo_bytes),
         rpo_secs
             .map(|s| format!("{s:.3}s"))
             .unwrap_or_else(|| "-".into())

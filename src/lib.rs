@@ -22,5 +22,6 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod ssh;
+pub mod units;
 pub mod verify;
 pub mod wal;

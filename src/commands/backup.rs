@@ -1,6 +1,7 @@
 //! `backup`: take a base backup of a server (BASE_BACKUP streamed into the
 //! repository), then wait for the WAL it needs.
 
+use super::progress::for_cli;
 use super::{runtime, Context, ExitCode, UsageError};
 use crate::backup::base_backup::max_rate_for;
 use crate::backup::incremental::IncrementalPlan;
@@ -12,7 +13,7 @@ use crate::cli::BackupArgs;
 use crate::config::{BackupMethod, BackupType, IncrementalFallback, ServerConfig};
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format};
-use crate::progress::{for_cli, Progress};
+use crate::progress::Progress;
 use anyhow::{anyhow, Result};
 use std::sync::Arc;
 use std::time::Duration;

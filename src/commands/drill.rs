@@ -114,7 +114,7 @@ pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<
     let Some((catalog, _)) = super::backups_of(ctx, &s.name)? else {
         return Err(UsageError(format!("server '{}': no backup to drill", s.name)).into());
     };
-    let progress = crate::progress::for_cli(ctx.quiet);
+    let progress = super::progress::for_cli(ctx.quiet);
     match run_drill(&repository, &catalog, req, progress.as_ref()) {
         Ok(r) => Ok(r),
         Err(DrillError::Refused(m)) => Err(UsageError(m).into()),

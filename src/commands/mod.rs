@@ -21,6 +21,7 @@ pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
 pub mod processes;
+pub mod progress;
 pub mod put_wal;
 pub mod rebuild_catalog;
 pub mod receive_wal;

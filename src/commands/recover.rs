@@ -105,7 +105,7 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
             .ok()
             .map(|c| (c.host(), c.port())),
     };
-    let progress = crate::progress::for_cli(ctx.quiet);
+    let progress = super::progress::for_cli(ctx.quiet);
     let dest = a.destination.clone();
     if req.remote.is_none() {
         on_interrupt_say_incomplete(&dest);

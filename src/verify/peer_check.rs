@@ -8,7 +8,7 @@ use super::probe::ServerState;
 use super::server_check::CheckItem;
 use crate::catalog::Catalog;
 use crate::config::ServerConfig;
-use crate::output::{human_bytes, human_seconds};
+use crate::units::{human_bytes, human_seconds};
 use crate::wal::Lsn;
 use chrono::{DateTime, Utc};
 use serde::Serialize;

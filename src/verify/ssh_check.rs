@@ -6,8 +6,8 @@
 use super::probe::ServerState;
 use super::server_check::CheckItem;
 use crate::config::ServerConfig;
-use crate::output::human_seconds;
 use crate::ssh::{shell_quote, SshSession, SshTarget};
+use crate::units::human_seconds;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
