@@ -1,5 +1,8 @@
 //! One output formatter for every verb: plain text for people, `--format json` for
-//! programs, and the Nagios one-liner for monitoring.
+//! programs, and the Nagios one-liner for monitoring. A verb builds a [`Report`] (its
+//! result: serialisable, with a text form) and hands it to [`emit`]; errors are
+//! printed by [`print_error`]. Only the command layer (`commands`, `cli`, `main`)
+//! uses this module.
 
 pub use crate::units::{human_bytes, human_seconds};
 use serde::Serialize;
@@ -13,6 +16,57 @@ pub enum Format {
     Text,
     /// One JSON document on stdout.
     Json,
+}
+
+/// A verb's result: serialised as is for `--format json`, written by [`Report::text`]
+/// for people.
+pub trait Report: Serialize {
+    /// Writes the text form (each line ends with a newline).
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()>;
+
+    /// The Nagios plugin output (state, status line, long-output lines), for
+    /// verbs that monitor; `None` for the others.
+    fn nagios(&self) -> Option<(NagiosState, Vec<String>)> {
+        None
+    }
+}
+
+/// Prints a verb's report in the chosen format: the one place that decides between
+/// text and JSON.
+pub fn emit<R: Report>(format: Format, report: &R) -> std::io::Result<()> {
+    match format {
+        Format::Json => print_json(report),
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            report.text(&mut out)?;
+            out.flush()
+        }
+    }
+}
+
+/// Prints a report as Nagios plugin output; returns the plugin's state (whose exit
+/// code the verb returns), `Unknown` for a report with no Nagios form.
+pub fn emit_nagios<R: Report>(report: &R) -> std::io::Result<NagiosState> {
+    let (state, lines) = report.nagios().unwrap_or((
+        NagiosState::Unknown,
+        vec!["PGBK UNKNOWN - no Nagios output".into()],
+    ));
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(state)
+}
+
+/// Prints a failed verb's error: one line on stderr, and with `--format json` the
+/// JSON error document on stdout unless the verb already printed its own.
+pub fn print_error(e: &anyhow::Error, format: Format) {
+    let message = error_line(e);
+    eprintln!("pgbk: {message}");
+    if format == Format::Json && !json_printed() {
+        print_json_error(&message);
+    }
 }
 
 /// An error chain as one line, each cause added only when it says something the

@@ -40,7 +40,7 @@ use crate::catalog::Catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
 use crate::connect::ConnectError;
-use crate::output::Format;
+use crate::output::{Format, Report};
 use crate::pg::ConnInfo;
 use crate::repo::{Repository, ServerRepo};
 use anyhow::{Context as _, Result};
@@ -76,6 +76,13 @@ pub struct Context {
     pub quiet: bool,
     /// `--format html` (drill-report's page).
     pub html: bool,
+}
+
+impl Context {
+    /// Prints a verb's report as text or JSON ([`crate::output::emit`]).
+    pub fn emit<R: Report>(&self, report: &R) -> Result<()> {
+        Ok(crate::output::emit(self.format, report)?)
+    }
 }
 
 /// Exit codes: 0 ok, 1 a failed check or operation, 2 bad usage or configuration.

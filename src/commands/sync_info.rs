@@ -2,9 +2,12 @@
 //! `replicate`); JSON is the only useful output, text prints a short summary.
 
 use super::{Context, ExitCode, UsageError};
-use crate::output::{print_json, Format};
+use crate::output::Report;
 use crate::peer::sync_info::{build, parse_cursor};
+use crate::peer::SyncInfo;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
@@ -18,10 +21,24 @@ pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
         })?,
     };
     let doc = build(&ctx.config.home, &a.server, since)?;
-    match ctx.format {
-        Format::Json => print_json(&doc)?,
-        Format::Text => {
-            crate::outln!(
+    ctx.emit(&Since { doc, since })?;
+    Ok(0)
+}
+
+/// The document, and the cursor it was asked from (for the text summary).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Since {
+    doc: SyncInfo,
+    #[serde(skip)]
+    since: i64,
+}
+
+impl Report for Since {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let (doc, since) = (&self.doc, self.since);
+        writeln!(
+                w,
                 "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
                 doc.server,
                 doc.backups.len(),
@@ -34,8 +51,6 @@ pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
                     .map(|l| l.to_string())
                     .unwrap_or_else(|| "unknown".into()),
                 doc.cursor
-            )?;
-        }
+        )
     }
-    Ok(0)
 }
