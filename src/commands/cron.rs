@@ -7,9 +7,10 @@
 use super::{runtime, stop_on_signal, Context, ExitCode};
 use crate::lock::{JobLock, LockError};
 use crate::maintenance::cron::{pass, Action};
-use crate::outln;
-use crate::output::{print_json, Format};
+use crate::output::Report;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 use std::process::Child;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ pub fn run(ctx: &Context, foreground: bool, keep_descriptors: bool) -> Result<Ex
                 message,
                 serde_json::json!({ "holder_pid": pid }),
             );
-            print_actions(ctx, &[a])?;
+            ctx.emit(&Actions(&[a]))?;
             return Ok(0);
         }
         Err(e) => return Err(e.into()),
@@ -63,22 +64,23 @@ pub fn run(ctx: &Context, foreground: bool, keep_descriptors: bool) -> Result<Ex
 /// One pass; prints what it did and returns whether a step failed.
 fn print_pass(ctx: &Context, keep_descriptors: bool, children: &mut Vec<Child>) -> Result<bool> {
     let outcome = pass(&ctx.config, keep_descriptors, children);
-    print_actions(ctx, &outcome.actions)?;
+    ctx.emit(&Actions(&outcome.actions))?;
     Ok(outcome.failed)
 }
 
-fn print_actions(ctx: &Context, actions: &[Action]) -> Result<()> {
-    match ctx.format {
-        Format::Json => print_json(&actions)?,
-        Format::Text => {
-            for a in actions {
-                if a.server.is_empty() {
-                    outln!("{}", a.message)?;
-                } else {
-                    outln!("{}: {}", a.server, a.message)?;
-                }
+/// What a pass did, action by action.
+#[derive(Serialize)]
+struct Actions<'a>(&'a [Action]);
+
+impl Report for Actions<'_> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for a in self.0 {
+            if a.server.is_empty() {
+                writeln!(w, "{}", a.message)?;
+            } else {
+                writeln!(w, "{}: {}", a.server, a.message)?;
             }
         }
+        Ok(())
     }
-    Ok(())
 }

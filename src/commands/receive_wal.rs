@@ -5,11 +5,13 @@ use crate::cli::ReceiveWalArgs;
 use crate::config::ServerConfig;
 use crate::connect::connect_replication;
 use crate::lock::JobLock;
-use crate::outln;
+use crate::output::Report;
 use crate::repo::ServerRepo;
 use crate::wal::receiver::{receive_wal, ReceiverOptions};
 use crate::wal::receiver_state::{lock_receiver, reset_receiver};
 use anyhow::{anyhow, Context as _, Result};
+use serde::Serialize;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Prints what an administrative action did: a sentence, or with `--format json` an
@@ -21,16 +23,29 @@ fn report(
     detail: serde_json::Value,
     text: &str,
 ) -> Result<()> {
-    if ctx.format == crate::output::Format::Json {
-        let mut obj = serde_json::json!({ "server": server, "action": action });
-        if let (Some(o), serde_json::Value::Object(d)) = (obj.as_object_mut(), detail) {
-            o.extend(d);
-        }
-        crate::output::print_json(&obj)?;
-    } else {
-        outln!("{text}")?;
+    let mut doc = serde_json::json!({ "server": server, "action": action });
+    if let (Some(o), serde_json::Value::Object(d)) = (doc.as_object_mut(), detail) {
+        o.extend(d);
     }
-    Ok(())
+    ctx.emit(&Done {
+        doc,
+        text: text.to_string(),
+    })
+}
+
+/// What an administrative action did: a JSON object, and its sentence.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Done {
+    doc: serde_json::Value,
+    #[serde(skip)]
+    text: String,
+}
+
+impl Report for Done {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(w, "{}", self.text)
+    }
 }
 
 fn slot_name(s: &ServerConfig) -> Result<&str> {
