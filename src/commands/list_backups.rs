@@ -5,10 +5,11 @@
 use super::describe::{show_time, status_text, wal_span};
 use super::{Context, ExitCode};
 use crate::backup::BackupInfo;
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
+use crate::output::{human_bytes, Report};
 use crate::retention::obsolete_now;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 fn line(b: &BackupInfo, obsolete: bool) -> String {
     let name = b
@@ -67,29 +68,50 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
             }));
         }
     }
-    match ctx.format {
-        Format::Json => {
-            let mut out = Vec::with_capacity(rows.len());
-            for (b, o, c) in &rows {
-                let mut v = serde_json::to_value(b)?;
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("obsolete".into(), (*o).into());
-                    obj.insert("backup_type".into(), b.backup_type().into());
-                    obj.insert("chain_stored_bytes".into(), (*c).into());
-                }
-                out.push(v);
-            }
-            print_json(&out)?
+    let mut docs = Vec::with_capacity(rows.len());
+    for (b, o, c) in &rows {
+        let mut v = serde_json::to_value(b)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("obsolete".into(), (*o).into());
+            obj.insert("backup_type".into(), b.backup_type().into());
+            obj.insert("chain_stored_bytes".into(), (*c).into());
         }
-        Format::Text => {
-            for (b, o, _) in &rows {
-                match (minimal, target == "all") {
-                    (true, true) => outln!("{} {}", b.server, b.backup_id)?,
-                    (true, false) => outln!("{}", b.backup_id)?,
-                    (false, _) => outln!("{}", line(b, *o))?,
-                }
-            }
-        }
+        docs.push(v);
     }
+    ctx.emit(&Listing {
+        docs,
+        rows,
+        minimal,
+        all: target == "all",
+    })?;
     Ok(0)
+}
+
+/// The backups, newest first: a JSON document each, and for the text each backup
+/// and whether it is obsolete.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Listing {
+    docs: Vec<serde_json::Value>,
+    /// (backup, obsolete, bytes stored by its chain).
+    #[serde(skip)]
+    rows: Vec<(BackupInfo, bool, u64)>,
+    #[serde(skip)]
+    minimal: bool,
+    /// Every server listed (`--minimal` then names the server).
+    #[serde(skip)]
+    all: bool,
+}
+
+impl Report for Listing {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for (b, o, _) in &self.rows {
+            match (self.minimal, self.all) {
+                (true, true) => writeln!(w, "{} {}", b.server, b.backup_id)?,
+                (true, false) => writeln!(w, "{}", b.backup_id)?,
+                (false, _) => writeln!(w, "{}", line(b, *o))?,
+            }
+        }
+        Ok(())
+    }
 }
