@@ -19,16 +19,16 @@ impl Report for IncomingReport {
     fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
         let r = self;
         writeln!(
-                w,
-                "{}: {} WAL file(s) archived ({}, {} on disk), {} already archived, {} refused, {} left in incoming",
-                r.server,
-                r.archived.len(),
-                human_bytes(r.bytes),
-                human_bytes(r.stored_bytes),
-                r.already_present.len(),
-                r.refused.len(),
-                r.left.len()
-            )?;
+            w,
+            "{}: {} WAL file(s) archived ({}, {} on disk), {} already archived, {} refused, {} left in incoming",
+            r.server,
+            r.archived.len(),
+            human_bytes(r.bytes),
+            human_bytes(r.stored_bytes),
+            r.already_present.len(),
+            r.refused.len(),
+            r.left.len()
+        )?;
         for f in &r.refused {
             writeln!(w, "\trefused {}: {} (moved to errors/)", f.name, f.reason)?;
         }

@@ -38,19 +38,19 @@ impl Report for Since {
     fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
         let (doc, since) = (&self.doc, self.since);
         writeln!(
-                w,
-                "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
-                doc.server,
-                doc.backups.len(),
-                doc.wals.len(),
-                doc.partial
-                    .as_ref()
-                    .map(|p| format!("{} ({} bytes)", p.name, p.size))
-                    .unwrap_or_else(|| "none".into()),
-                doc.last_lsn
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                doc.cursor
+            w,
+            "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
+            doc.server,
+            doc.backups.len(),
+            doc.wals.len(),
+            doc.partial
+                .as_ref()
+                .map(|p| format!("{} ({} bytes)", p.name, p.size))
+                .unwrap_or_else(|| "none".into()),
+            doc.last_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            doc.cursor
         )
     }
 }
