@@ -31,6 +31,33 @@ pub trait Report: Serialize {
     }
 }
 
+/// The reports of a verb run for one server or for `all`: JSON shows one server's
+/// report as an object and `all` as an array; the text is each report's in turn.
+pub struct PerServer<T> {
+    /// One report per server, in order.
+    pub reports: Vec<T>,
+    /// The verb was run for `all`.
+    pub all: bool,
+}
+
+impl<T: Serialize> Serialize for PerServer<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.all, self.reports.as_slice()) {
+            (false, [one]) => one.serialize(s),
+            _ => self.reports.serialize(s),
+        }
+    }
+}
+
+impl<T: Report> Report for PerServer<T> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for r in &self.reports {
+            r.text(w)?;
+        }
+        Ok(())
+    }
+}
+
 /// Prints a verb's report in the chosen format: the one place that decides between
 /// text and JSON.
 pub fn emit<R: Report>(format: Format, report: &R) -> std::io::Result<()> {

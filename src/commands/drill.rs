@@ -7,10 +7,11 @@ use crate::cli::DrillArgs;
 use crate::config::ServerConfig;
 use crate::drill::{run_drill, DrillError, DrillReport, DrillRequest, QueryCheck};
 use crate::lock::JobLock;
-use crate::outln;
-use crate::output::{human_seconds, print_json, Format};
+use crate::output::{human_seconds, PerServer, Report};
 use crate::restore::target::RecoveryTarget;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
@@ -30,17 +31,10 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
         reports.push(drill_one(ctx, s, &req)?);
     }
     let ok = reports.iter().all(|r| r.ok);
-    if ctx.format == Format::Json {
-        if a.server == "all" {
-            print_json(&reports)?;
-        } else if let Some(r) = reports.first() {
-            print_json(r)?;
-        }
-    } else {
-        for r in &reports {
-            print_text(r)?;
-        }
-    }
+    ctx.emit(&PerServer {
+        reports: reports.into_iter().map(Drilled).collect(),
+        all: a.server == "all",
+    })?;
     Ok(if ok { 0 } else { 1 })
 }
 
@@ -122,49 +116,61 @@ pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<
     }
 }
 
-fn print_text(r: &DrillReport) -> Result<()> {
-    outln!(
-        "Drill {} of server '{}', backup {}: {}",
-        r.id,
-        r.server,
-        r.backup_id.as_deref().unwrap_or("-"),
-        if r.ok { "PASSED" } else { "FAILED" }
-    )?;
-    if let Some(t) = &r.target {
-        outln!("  recovery target: {t}")?;
-    }
-    for p in &r.phases {
-        outln!("  {:<8} {}", p.name, human_seconds(p.seconds))?;
-    }
-    for c in &r.checks {
-        outln!("  check {:<9} {:<7} {}", c.name, c.status, c.detail)?;
-    }
-    match r.rto_secs {
-        Some(s) => outln!(
-            "  measured RTO: {} (wall clock {})",
-            human_seconds(s),
-            human_seconds(r.wall_secs)
-        )?,
-        None => outln!("  measured RTO: none (the drill did not get that far)")?,
-    }
-    match (r.rpo_secs, r.last_commit) {
-        (Some(s), Some(at)) => outln!(
-            "  achieved RPO: {} (newest commit recovered {})",
-            human_seconds(s),
-            at.format("%Y-%m-%d %H:%M:%S UTC")
-        )?,
-        _ => outln!("  achieved RPO: unknown")?,
-    }
-    if let Some(k) = &r.kept {
-        outln!(
-            "  kept: {} (server running: psql \"{}\"; stop it with pg_ctl -D {}/data stop)",
-            k.folder.display(),
-            k.conninfo,
-            k.folder.display()
+/// A drill's report, with its text form.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Drilled(DrillReport);
+
+impl Report for Drilled {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let r = &self.0;
+        writeln!(
+            w,
+            "Drill {} of server '{}', backup {}: {}",
+            r.id,
+            r.server,
+            r.backup_id.as_deref().unwrap_or("-"),
+            if r.ok { "PASSED" } else { "FAILED" }
         )?;
+        if let Some(t) = &r.target {
+            writeln!(w, "  recovery target: {t}")?;
+        }
+        for p in &r.phases {
+            writeln!(w, "  {:<8} {}", p.name, human_seconds(p.seconds))?;
+        }
+        for c in &r.checks {
+            writeln!(w, "  check {:<9} {:<7} {}", c.name, c.status, c.detail)?;
+        }
+        match r.rto_secs {
+            Some(s) => writeln!(
+                w,
+                "  measured RTO: {} (wall clock {})",
+                human_seconds(s),
+                human_seconds(r.wall_secs)
+            )?,
+            None => writeln!(w, "  measured RTO: none (the drill did not get that far)")?,
+        }
+        match (r.rpo_secs, r.last_commit) {
+            (Some(s), Some(at)) => writeln!(
+                w,
+                "  achieved RPO: {} (newest commit recovered {})",
+                human_seconds(s),
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            )?,
+            _ => writeln!(w, "  achieved RPO: unknown")?,
+        }
+        if let Some(k) = &r.kept {
+            writeln!(
+                w,
+                "  kept: {} (server running: psql \"{}\"; stop it with pg_ctl -D {}/data stop)",
+                k.folder.display(),
+                k.conninfo,
+                k.folder.display()
+            )?;
+        }
+        if let Some(e) = &r.error {
+            writeln!(w, "  error: {e}")?;
+        }
+        Ok(())
     }
-    if let Some(e) = &r.error {
-        outln!("  error: {e}")?;
-    }
-    Ok(())
 }
