@@ -24,6 +24,12 @@ pub trait Report: Serialize {
     /// Writes the text form (each line ends with a newline).
     fn text(&self, w: &mut dyn Write) -> std::io::Result<()>;
 
+    /// Lines the text form puts on stderr after it (errors of a job that went on;
+    /// JSON carries them in the document).
+    fn text_errors(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The Nagios plugin output (state, status line, long-output lines), for
     /// verbs that monitor; `None` for the others.
     fn nagios(&self) -> Option<(NagiosState, Vec<String>)> {
@@ -66,7 +72,11 @@ pub fn emit<R: Report>(format: Format, report: &R) -> std::io::Result<()> {
         Format::Text => {
             let mut out = std::io::stdout().lock();
             report.text(&mut out)?;
-            out.flush()
+            out.flush()?;
+            for line in report.text_errors() {
+                eprintln!("{line}");
+            }
+            Ok(())
         }
     }
 }

@@ -3,10 +3,11 @@
 
 use super::{Context, ExitCode, UsageError};
 use crate::config::ServerConfig;
-use crate::output::{human_bytes, print_json, Format};
+use crate::output::{human_bytes, Report};
 use crate::peer::{replicate_pass_locked, PassReport};
 use anyhow::Result;
 use serde::Serialize;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,19 +25,23 @@ struct Outcome {
     report: Option<PassReport>,
 }
 
-fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
-    if ctx.format == Format::Json {
-        print_json(&outcomes)?;
-        return Ok(());
-    }
-    for o in outcomes {
-        if let Some(e) = &o.error {
-            eprintln!("pgbk: {e}");
-            continue;
+/// One round of passes, as printed.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Round {
+    outcomes: Vec<Outcome>,
+    #[serde(skip)]
+    quiet: bool,
+}
+
+impl Report for Round {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.quiet {
+            return Ok(());
         }
-        let Some(r) = &o.report else { continue };
-        if !ctx.quiet {
-            crate::outln!(
+        for r in self.outcomes.iter().filter_map(|o| o.report.as_ref()) {
+            writeln!(
+                w,
                 "server '{}': from {}: {} WAL file(s) copied ({} already here), {} backup(s) copied{}, {} object(s) copied ({} already here), {} moved; lag {}",
                 r.server,
                 r.primary,
@@ -56,11 +61,21 @@ fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
                     .unwrap_or_else(|| "unknown".into())
             )?;
         }
-        for e in &r.errors {
-            eprintln!("pgbk: server '{}': {e}", r.server);
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn text_errors(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for o in &self.outcomes {
+            if let Some(e) = &o.error {
+                lines.push(format!("pgbk: {e}"));
+            }
+            for e in o.report.iter().flat_map(|r| &r.errors) {
+                lines.push(format!("pgbk: server '{}': {e}", o.server));
+            }
+        }
+        lines
+    }
 }
 
 fn one_round(ctx: &Context, servers: &[&ServerConfig], stop: &AtomicBool) -> Vec<Outcome> {
@@ -114,8 +129,12 @@ pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
     if !a.follow {
         let stop = AtomicBool::new(false);
         let outcomes = one_round(ctx, &servers, &stop);
-        print(ctx, &outcomes)?;
-        return Ok(if outcomes.iter().all(|o| o.ok) { 0 } else { 1 });
+        let ok = outcomes.iter().all(|o| o.ok);
+        ctx.emit(&Round {
+            outcomes,
+            quiet: ctx.quiet,
+        })?;
+        return Ok(if ok { 0 } else { 1 });
     }
     // Signals are watched on a thread of their own, so a pass in progress sees the
     // request between two objects and ends cleanly (nothing half-named is left).
@@ -140,7 +159,10 @@ pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
     while !stop.load(Ordering::Relaxed) {
         let outcomes = one_round(ctx, &servers, &stop);
         last_ok = outcomes.iter().all(|o| o.ok);
-        print(ctx, &outcomes)?;
+        ctx.emit(&Round {
+            outcomes,
+            quiet: ctx.quiet,
+        })?;
         let deadline = std::time::Instant::now() + FOLLOW_INTERVAL;
         while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
