@@ -1,5 +1,8 @@
-//! One small file per verb: each wires the library modules together and formats the
-//! result (text or `--format json`). Nothing here knows PostgreSQL's wire format or
+//! One small file per verb: each wires the library modules together and hands its
+//! result, a [`crate::output::Report`], to [`Context::emit`], which prints it as text
+//! or `--format json`. Verbs never import each other: what several share is here
+//! (looking servers and backups up, locks, connection errors) or in [`describe`]
+//! (text forms of library values). Nothing here knows PostgreSQL's wire format or
 //! the repository layout beyond calling the modules that do.
 
 pub mod archive_wal;

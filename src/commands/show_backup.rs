@@ -93,7 +93,7 @@ impl Report for Shown<'_> {
         writeln!(w, "Backup {}:", b.backup_id)?;
         writeln!(w, "  Server Name            : {}", b.server)?;
         writeln!(w, "  Name                   : {}", opt(b.name.clone()))?;
-        writeln!(w, "  Status                 : {}", status_text(&b))?;
+        writeln!(w, "  Status                 : {}", status_text(b))?;
         writeln!(w, "  PostgreSQL Version     : {}", b.server_version)?;
         writeln!(w, "  System Id              : {}", b.system_id)?;
         writeln!(w, "  Backup Method          : {}", b.method)?;
