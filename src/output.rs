@@ -187,3 +187,39 @@ impl NagiosState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct One {
+        server: &'static str,
+    }
+
+    impl Report for One {
+        fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+            writeln!(w, "server {}", self.server)
+        }
+    }
+
+    #[test]
+    fn per_server_is_an_object_for_one_and_an_array_for_all() {
+        let one = PerServer {
+            reports: vec![One { server: "pg1" }],
+            all: false,
+        };
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"server":"pg1"}"#);
+        let all = PerServer {
+            reports: vec![One { server: "pg1" }],
+            all: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"[{"server":"pg1"}]"#
+        );
+        let mut text = Vec::new();
+        all.text(&mut text).unwrap();
+        assert_eq!(text, b"server pg1\n");
+    }
+}

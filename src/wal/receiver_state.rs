@@ -55,3 +55,24 @@ pub fn reset_receiver(repo: &ServerRepo) -> Result<usize, ResetError> {
     .map_err(err("writing", dir.clone()))?;
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_removes_partial_segments_and_leaves_the_marker() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(home.path(), "pg1");
+        repo.ensure_dirs().unwrap();
+        let dir = repo.streaming_dir();
+        std::fs::write(dir.join("000000010000000000000003.partial"), b"x").unwrap();
+        std::fs::write(dir.join("000000010000000000000002"), b"x").unwrap();
+        let _lock = lock_receiver(&repo).unwrap();
+        assert!(lock_receiver(&repo).is_err(), "one receiver per server");
+        assert_eq!(reset_receiver(&repo).unwrap(), 1);
+        assert!(dir.join(RESET_MARKER).exists());
+        assert!(dir.join("000000010000000000000002").exists());
+        assert!(!dir.join("000000010000000000000003.partial").exists());
+    }
+}
