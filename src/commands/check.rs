@@ -32,6 +32,13 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
         results.insert(s.name.clone(), items);
     }
     let report = CheckReport {
+        doc: results
+            .iter()
+            .map(|(n, items)| {
+                let doc = serde_json::json!({ "ok": items.iter().all(|i| i.ok), "checks": items });
+                (n.clone(), doc)
+            })
+            .collect(),
         servers: results
             .into_iter()
             .map(|(n, checks)| {
@@ -52,18 +59,20 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
     })
 }
 
-/// Each checked server's items, by server name.
+/// Each checked server's items, by server name: the JSON document, and the items
+/// for the text and Nagios forms.
 #[derive(Serialize)]
 #[serde(transparent)]
 struct CheckReport {
+    doc: BTreeMap<String, serde_json::Value>,
+    #[serde(skip)]
     servers: BTreeMap<String, ServerChecks>,
     /// Barman's perfdata of every readable server, for `--nagios`.
     #[serde(skip)]
     perfdata: String,
 }
 
-/// One server's items (fields in the JSON document's order).
-#[derive(Serialize)]
+/// One server's items.
 struct ServerChecks {
     checks: Vec<CheckItem>,
     ok: bool,

@@ -7,6 +7,7 @@ use crate::output::Report;
 use crate::repo::ServerRepo;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+use serde_json::json;
 use std::io::Write;
 use std::time::Duration;
 
@@ -20,16 +21,21 @@ pub fn list(ctx: &Context, name: &str) -> Result<ExitCode> {
     let jobs =
         running_jobs(&dir).with_context(|| format!("server '{}': {}", s.name, dir.display()))?;
     ctx.emit(&Processes {
+        doc: json!({ "server": s.name, "processes": jobs }),
         processes: jobs,
         server: s.name.clone(),
     })?;
     Ok(0)
 }
 
-/// A server's running jobs (fields in the JSON document's order).
+/// A server's running jobs: the JSON document, and the jobs for the text.
 #[derive(Serialize)]
+#[serde(transparent)]
 struct Processes {
+    doc: serde_json::Value,
+    #[serde(skip)]
     processes: Vec<RunningJob>,
+    #[serde(skip)]
     server: String,
 }
 
