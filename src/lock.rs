@@ -3,11 +3,70 @@
 //! refused second run can name it.
 
 use crate::repo::durable::create_dir_all_private;
+use crate::repo::ServerRepo;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+/// The ending of every lock file's name; the part before it names the job.
+const SUFFIX: &str = ".lock";
+
+/// The lock file of job `task` in a lock folder (`<dir>/<task>.lock`).
+pub fn lock_file(dir: &Path, task: &str) -> PathBuf {
+    dir.join(format!("{task}{SUFFIX}"))
+}
+
+/// The lock a backup of the server holds while it runs.
+pub fn backup_lock(repo: &ServerRepo) -> PathBuf {
+    lock_file(&repo.lock_dir(), "backup")
+}
+
+/// The lock the server's WAL receiver (`receive-wal`) holds.
+pub fn receive_wal_lock(repo: &ServerRepo) -> PathBuf {
+    lock_file(&repo.lock_dir(), "receive-wal")
+}
+
+/// The lock `archive-wal` holds while it moves the server's incoming WAL.
+pub fn archive_wal_lock(repo: &ServerRepo) -> PathBuf {
+    lock_file(&repo.lock_dir(), "archive-wal")
+}
+
+/// The lock a `replicate` pass of a passive server holds.
+pub fn replicate_lock(repo: &ServerRepo) -> PathBuf {
+    lock_file(&repo.lock_dir(), "replicate")
+}
+
+/// The lock `delete`, `keep`, `generate-manifest` and cron's retention hold while
+/// they change the server's backups.
+pub fn retention_lock(repo: &ServerRepo) -> PathBuf {
+    lock_file(&repo.lock_dir(), "retention")
+}
+
+/// Takes the server's retention lock (see [`retention_lock`]).
+pub fn acquire_retention(repo: &ServerRepo) -> Result<JobLock, LockError> {
+    JobLock::acquire(
+        &retention_lock(repo),
+        &format!("delete or keep for server '{}'", repo.server()),
+    )
+}
+
+/// The host-wide lock that keeps `cron` passes one at a time.
+pub fn cron_lock(home: &Path) -> PathBuf {
+    lock_file(home, "cron")
+}
+
+/// The host-wide lock that keeps restore drills one at a time.
+pub fn drill_lock(home: &Path) -> PathBuf {
+    lock_file(home, "drill")
+}
+
+/// The lock `get-wal`'s prefetch holds in its spool folder (hidden: the spool
+/// holds WAL files).
+pub fn prefetch_lock(spool: &Path) -> PathBuf {
+    lock_file(spool, ".prefetch")
+}
 
 /// A lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +200,7 @@ pub fn running_jobs(lock_dir: &Path) -> io::Result<Vec<RunningJob>> {
         let Some(task) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".lock"))
+            .and_then(|n| n.strip_suffix(SUFFIX))
         else {
             continue;
         };
@@ -197,7 +256,7 @@ pub fn terminate(
         task: task.to_string(),
         source,
     };
-    let path = lock_dir.join(format!("{task}.lock"));
+    let path = lock_file(lock_dir, task);
     let pid = match JobLock::holder(&path).map_err(io)? {
         Some(pid) if pid > 0 => pid,
         _ => {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let json = cli.format == pgbk::cli::OutputFormat::Json;
+    let format = cli.format.format();
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -35,11 +35,7 @@ fn main() -> ExitCode {
             } else {
                 1
             };
-            let message = pgbk::output::error_line(&e);
-            eprintln!("pgbk: {message}");
-            if json && !pgbk::output::json_printed() {
-                pgbk::output::print_json_error(&message);
-            }
+            pgbk::output::print_error(&e, format);
             ExitCode::from(code)
         }
     }

@@ -1,6 +1,10 @@
 //! One output formatter for every verb: plain text for people, `--format json` for
-//! programs, and the Nagios one-liner for monitoring.
+//! programs, and the Nagios one-liner for monitoring. A verb builds a [`Report`] (its
+//! result: serialisable, with a text form) and hands it to [`emit`]; errors are
+//! printed by [`print_error`]. Only the command layer (`commands`, `cli`, `main`)
+//! uses this module.
 
+pub use crate::units::{human_bytes, human_seconds};
 use serde::Serialize;
 use std::io::Write;
 
@@ -12,6 +16,94 @@ pub enum Format {
     Text,
     /// One JSON document on stdout.
     Json,
+}
+
+/// A verb's result: serialised as is for `--format json`, written by [`Report::text`]
+/// for people.
+pub trait Report: Serialize {
+    /// Writes the text form (each line ends with a newline).
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()>;
+
+    /// Lines the text form puts on stderr after it (errors of a job that went on;
+    /// JSON carries them in the document).
+    fn text_errors(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The Nagios plugin output (state, status line, long-output lines), for
+    /// verbs that monitor; `None` for the others.
+    fn nagios(&self) -> Option<(NagiosState, Vec<String>)> {
+        None
+    }
+}
+
+/// The reports of a verb run for one server or for `all`: JSON shows one server's
+/// report as an object and `all` as an array; the text is each report's in turn.
+pub struct PerServer<T> {
+    /// One report per server, in order.
+    pub reports: Vec<T>,
+    /// The verb was run for `all`.
+    pub all: bool,
+}
+
+impl<T: Serialize> Serialize for PerServer<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.all, self.reports.as_slice()) {
+            (false, [one]) => one.serialize(s),
+            _ => self.reports.serialize(s),
+        }
+    }
+}
+
+impl<T: Report> Report for PerServer<T> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for r in &self.reports {
+            r.text(w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints a verb's report in the chosen format: the one place that decides between
+/// text and JSON.
+pub fn emit<R: Report>(format: Format, report: &R) -> std::io::Result<()> {
+    match format {
+        Format::Json => print_json(report),
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            report.text(&mut out)?;
+            out.flush()?;
+            for line in report.text_errors() {
+                eprintln!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints a report as Nagios plugin output; returns the plugin's state (whose exit
+/// code the verb returns), `Unknown` for a report with no Nagios form.
+pub fn emit_nagios<R: Report>(report: &R) -> std::io::Result<NagiosState> {
+    let (state, lines) = report.nagios().unwrap_or((
+        NagiosState::Unknown,
+        vec!["PGBK UNKNOWN - no Nagios output".into()],
+    ));
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(state)
+}
+
+/// Prints a failed verb's error: one line on stderr, and with `--format json` the
+/// JSON error document on stdout unless the verb already printed its own.
+pub fn print_error(e: &anyhow::Error, format: Format) {
+    let message = error_line(e);
+    eprintln!("pgbk: {message}");
+    if format == Format::Json && !json_printed() {
+        print_json_error(&message);
+    }
 }
 
 /// An error chain as one line, each cause added only when it says something the
@@ -96,45 +188,38 @@ impl NagiosState {
     }
 }
 
-/// Bytes in binary units, as `du -h` would print them.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// A duration in seconds as `1h 02m 03s` / `4m 05s` / `6.0s`.
-pub fn human_seconds(s: f64) -> String {
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let t = s as u64;
-    let (h, m, sec) = (t / 3600, (t % 3600) / 60, t % 60);
-    if h > 0 {
-        format!("{h}h {m:02}m {sec:02}s")
-    } else {
-        format!("{m}m {sec:02}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[derive(Serialize)]
+    struct One {
+        server: &'static str,
+    }
+
+    impl Report for One {
+        fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+            writeln!(w, "server {}", self.server)
+        }
+    }
+
     #[test]
-    fn human_units() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(16 << 20), "16.0 MiB");
-        assert_eq!(human_seconds(3.25), "3.2s");
-        assert_eq!(human_seconds(3723.0), "1h 02m 03s");
+    fn per_server_is_an_object_for_one_and_an_array_for_all() {
+        let one = PerServer {
+            reports: vec![One { server: "pg1" }],
+            all: false,
+        };
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"server":"pg1"}"#);
+        let all = PerServer {
+            reports: vec![One { server: "pg1" }],
+            all: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&all).unwrap(),
+            r#"[{"server":"pg1"}]"#
+        );
+        let mut text = Vec::new();
+        all.text(&mut text).unwrap();
+        assert_eq!(text, b"server pg1\n");
     }
 }

@@ -1,6 +1,7 @@
 //! `backup`: take a base backup of a server (BASE_BACKUP streamed into the
 //! repository), then wait for the WAL it needs.
 
+use super::progress::for_cli;
 use super::{runtime, Context, ExitCode, UsageError};
 use crate::backup::base_backup::max_rate_for;
 use crate::backup::incremental::IncrementalPlan;
@@ -12,9 +13,11 @@ use crate::cli::BackupArgs;
 use crate::config::{BackupMethod, BackupType, IncrementalFallback, ServerConfig};
 use crate::maintenance::take_backup;
 use crate::outln;
-use crate::output::{human_bytes, human_seconds, print_json, Format};
-use crate::progress::{for_cli, Progress};
+use crate::output::{human_bytes, human_seconds, print_json, Format, Report};
+use crate::progress::Progress;
 use anyhow::{anyhow, Result};
+use serde::Serialize;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +77,7 @@ fn run_one(
     args: &BackupArgs,
     mut collect: Option<&mut Vec<serde_json::Value>>,
 ) -> Result<ExitCode> {
-    super::replicate::refuse_passive(s, "backup")?;
+    super::refuse_passive(s, "backup")?;
     let rsync = match (&s.backup_method, &s.ssh_command) {
         (BackupMethod::Postgres, _) => None,
         (BackupMethod::Rsync, None) => {
@@ -187,8 +190,12 @@ fn run_one(
         Err(TakeError::Failed(info)) => {
             match collect {
                 Some(docs) => docs.push(serde_json::to_value(&*info)?),
-                None if ctx.format == Format::Json => print_json(&*info)?,
-                None => {}
+                // Text says nothing more: the error names the backup and why.
+                None => ctx.emit(&Taken {
+                    info: &info,
+                    note: None,
+                    silent: true,
+                })?,
             }
             Err(TakeError::Failed(info).into())
         }
@@ -226,78 +233,107 @@ fn show(
         docs.push(serde_json::to_value(info)?);
         return Ok(());
     }
-    if ctx.format == Format::Json {
-        print_json(info)?;
-        return Ok(());
-    }
-    let secs = info
-        .end_time
-        .map(|e| (e - info.begin_time).num_milliseconds().max(1) as f64 / 1000.0)
-        .unwrap_or(0.0);
-    let ratio = if info.stored_bytes > 0 {
-        info.size_bytes as f64 / info.stored_bytes as f64
-    } else {
-        0.0
-    };
-    outln!(
-        "Backup {} of server '{}'{}: {}",
-        info.backup_id,
-        info.server,
-        info.name
-            .as_deref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default(),
-        info.status
-    )?;
-    outln!(
-        "  Size: {} ({} stored, ratio {ratio:.2}), {} files{}",
-        human_bytes(info.size_bytes),
-        human_bytes(info.stored_bytes),
-        info.file_count,
-        if info.tablespaces.is_empty() {
-            String::new()
-        } else {
-            format!(", {} tablespace(s)", info.tablespaces.len())
+    ctx.emit(&Taken {
+        info,
+        note,
+        silent: false,
+    })
+}
+
+/// A backup as the verb reports it: backup.json, and a few lines of text.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Taken<'a> {
+    info: &'a BackupInfo,
+    /// A last line of text (what happens next).
+    #[serde(skip)]
+    note: Option<&'a str>,
+    /// No text (a FAILED backup: the error says it all).
+    #[serde(skip)]
+    silent: bool,
+}
+
+impl Report for Taken<'_> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.silent {
+            return Ok(());
         }
-    )?;
-    if let Some(parent) = &info.parent {
-        outln!("  Incremental, built on backup {parent}")?;
-    }
-    if let (Some(files), Some(bytes)) = (info.transferred_files, info.transferred_bytes) {
-        outln!(
-            "  rsync: {} transferred in {files} files, {} reused from the previous backup",
-            human_bytes(bytes),
-            human_bytes(info.reused_bytes.unwrap_or(0))
+        let info = self.info;
+        let secs = info
+            .end_time
+            .map(|e| (e - info.begin_time).num_milliseconds().max(1) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let ratio = if info.stored_bytes > 0 {
+            info.size_bytes as f64 / info.stored_bytes as f64
+        } else {
+            0.0
+        };
+        writeln!(
+            w,
+            "Backup {} of server '{}'{}: {}",
+            info.backup_id,
+            info.server,
+            info.name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            info.status
         )?;
-    }
-    if let Some(ms) = info.copy_millis.filter(|&ms| ms > 0) {
-        let copy = ms as f64 / 1000.0;
-        outln!(
-            "  Copy time: {} ({}/s)",
-            human_seconds(copy),
-            human_bytes((info.size_bytes as f64 / copy) as u64)
+        writeln!(
+            w,
+            "  Size: {} ({} stored, ratio {ratio:.2}), {} files{}",
+            human_bytes(info.size_bytes),
+            human_bytes(info.stored_bytes),
+            info.file_count,
+            if info.tablespaces.is_empty() {
+                String::new()
+            } else {
+                format!(", {} tablespace(s)", info.tablespaces.len())
+            }
         )?;
-    }
-    if secs > 0.0 {
-        outln!(
-            "  Duration: {} (checkpoint, copy and WAL wait)",
-            human_seconds(secs)
+        if let Some(parent) = &info.parent {
+            writeln!(w, "  Incremental, built on backup {parent}")?;
+        }
+        if let (Some(files), Some(bytes)) = (info.transferred_files, info.transferred_bytes) {
+            writeln!(
+                w,
+                "  rsync: {} transferred in {files} files, {} reused from the previous backup",
+                human_bytes(bytes),
+                human_bytes(info.reused_bytes.unwrap_or(0))
+            )?;
+        }
+        if let Some(ms) = info.copy_millis.filter(|&ms| ms > 0) {
+            let copy = ms as f64 / 1000.0;
+            writeln!(
+                w,
+                "  Copy time: {} ({}/s)",
+                human_seconds(copy),
+                human_bytes((info.size_bytes as f64 / copy) as u64)
+            )?;
+        }
+        if secs > 0.0 {
+            writeln!(
+                w,
+                "  Duration: {} (checkpoint, copy and WAL wait)",
+                human_seconds(secs)
+            )?;
+        }
+        writeln!(
+            w,
+            "  WAL: {} to {} (LSN {} to {}, timeline {})",
+            info.begin_wal.as_deref().unwrap_or("?"),
+            info.end_wal.as_deref().unwrap_or("?"),
+            info.begin_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into()),
+            info.end_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into()),
+            info.end_timeline.unwrap_or(info.timeline)
         )?;
+        if let Some(n) = self.note {
+            writeln!(w, "  Note: {n}")?;
+        }
+        Ok(())
     }
-    outln!(
-        "  WAL: {} to {} (LSN {} to {}, timeline {})",
-        info.begin_wal.as_deref().unwrap_or("?"),
-        info.end_wal.as_deref().unwrap_or("?"),
-        info.begin_lsn
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "?".into()),
-        info.end_lsn
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "?".into()),
-        info.end_timeline.unwrap_or(info.timeline)
-    )?;
-    if let Some(n) = note {
-        outln!("  Note: {n}")?;
-    }
-    Ok(())
 }

@@ -3,12 +3,13 @@
 use super::{runtime, Context, ExitCode};
 use crate::backup::BackupStatus;
 use crate::config::ServerConfig;
-use crate::outln;
-use crate::output::{print_json, Format, NagiosState};
+use crate::output::{emit_nagios, NagiosState, Report};
 use crate::verify::probe::{probe, ServerState};
 use crate::verify::server_check::{application_name_item, check_items, CheckItem};
 use anyhow::Result;
+use serde::Serialize;
 use std::collections::BTreeMap;
+use std::io::Write;
 
 /// Runs the verb for one server or `all` (active servers).
 pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
@@ -30,45 +31,77 @@ pub fn run(ctx: &Context, target: &str, nagios: bool) -> Result<ExitCode> {
         }
         results.insert(s.name.clone(), items);
     }
-    let failed: Vec<(&String, Vec<&CheckItem>)> = results
-        .iter()
-        .map(|(n, items)| (n, items.iter().filter(|i| !i.ok).collect::<Vec<_>>()))
-        .filter(|(_, f)| !f.is_empty())
-        .collect();
+    let report = CheckReport {
+        doc: results
+            .iter()
+            .map(|(n, items)| {
+                let doc = serde_json::json!({ "ok": items.iter().all(|i| i.ok), "checks": items });
+                (n.clone(), doc)
+            })
+            .collect(),
+        servers: results
+            .into_iter()
+            .map(|(n, checks)| {
+                let ok = checks.iter().all(|i| i.ok);
+                (n, ServerChecks { checks, ok })
+            })
+            .collect(),
+        perfdata: perfdata.join(" "),
+    };
     if nagios {
-        let (state, lines) = nagios_report(&results, &failed, &perfdata.join(" "));
-        for line in lines {
-            outln!("{line}")?;
-        }
-        return Ok(state.exit_code());
+        return Ok(emit_nagios(&report)?.exit_code());
     }
-    match ctx.format {
-        Format::Json => {
-            let doc: BTreeMap<&String, serde_json::Value> = results
-                .iter()
-                .map(|(n, items)| {
-                    (
-                        n,
-                        serde_json::json!({ "ok": items.iter().all(|i| i.ok), "checks": items }),
-                    )
-                })
-                .collect();
-            print_json(&doc)?;
-        }
-        Format::Text => {
-            for (n, items) in &results {
-                outln!("Server {n}:")?;
-                for i in items {
-                    let state = i.state();
-                    match &i.hint {
-                        Some(h) => outln!("\t{}: {state} ({h})", i.name)?,
-                        None => outln!("\t{}: {state}", i.name)?,
-                    }
+    ctx.emit(&report)?;
+    Ok(if report.servers.values().all(|c| c.ok) {
+        0
+    } else {
+        1
+    })
+}
+
+/// Each checked server's items, by server name: the JSON document, and the items
+/// for the text and Nagios forms.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct CheckReport {
+    doc: BTreeMap<String, serde_json::Value>,
+    #[serde(skip)]
+    servers: BTreeMap<String, ServerChecks>,
+    /// Barman's perfdata of every readable server, for `--nagios`.
+    #[serde(skip)]
+    perfdata: String,
+}
+
+/// One server's items.
+struct ServerChecks {
+    checks: Vec<CheckItem>,
+    ok: bool,
+}
+
+impl Report for CheckReport {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for (n, c) in &self.servers {
+            writeln!(w, "Server {n}:")?;
+            for i in &c.checks {
+                let state = i.state();
+                match &i.hint {
+                    Some(h) => writeln!(w, "\t{}: {state} ({h})", i.name)?,
+                    None => writeln!(w, "\t{}: {state}", i.name)?,
                 }
             }
         }
+        Ok(())
     }
-    Ok(if failed.is_empty() { 0 } else { 1 })
+
+    fn nagios(&self) -> Option<(NagiosState, Vec<String>)> {
+        let failed: Vec<(&String, Vec<&CheckItem>)> = self
+            .servers
+            .iter()
+            .map(|(n, c)| (n, c.checks.iter().filter(|i| !i.ok).collect::<Vec<_>>()))
+            .filter(|(_, f)| !f.is_empty())
+            .collect();
+        Some(nagios_report(&self.servers, &failed, &self.perfdata))
+    }
 }
 
 /// Barman's perfdata for one server: its DONE backups' and its archived WAL's bytes
@@ -91,7 +124,7 @@ fn nagios_perfdata(server: &str, st: &ServerState) -> String {
 /// servers, perfdata after `|`), then one `server.item: FAILED (hint)` line per
 /// failed or unknown item for Nagios' long output.
 fn nagios_report(
-    results: &BTreeMap<String, Vec<CheckItem>>,
+    results: &BTreeMap<String, ServerChecks>,
     failed: &[(&String, Vec<&CheckItem>)],
     perfdata: &str,
 ) -> (NagiosState, Vec<String>) {

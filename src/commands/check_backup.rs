@@ -2,36 +2,13 @@
 //! following the timeline history) archived and readable? Exit 1 listing each one
 //! that is not.
 
-use super::{Context, ExitCode};
-use crate::backup::{BackupInfo, BackupStatus};
-use crate::outln;
-use crate::output::{print_json, Format};
-use crate::verify::backup_check::check_backup_wal;
-use anyhow::{bail, Context as _, Result};
+use super::{in_pool, refuse_failed, Context, ExitCode};
+use crate::output::Report;
+use crate::verify::backup_check::{check_backup_wal, WalCheck};
+use anyhow::{bail, Result};
+use serde::Serialize;
 use serde_json::json;
-
-/// Runs `f` on a rayon pool of the server's `parallel_jobs` threads.
-pub fn in_pool<T: Send>(ctx: &Context, server: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let jobs = super::server_config(ctx, server)?.parallel_jobs.max(1) as usize;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .build()
-        .context("starting worker threads")?;
-    Ok(pool.install(f))
-}
-
-/// Refuses a backup whose content was removed because it failed.
-pub fn refuse_failed(b: &BackupInfo) -> Result<()> {
-    if b.status == BackupStatus::Failed {
-        bail!(
-            "server '{}': backup {} is FAILED ({}): there is nothing to check",
-            b.server,
-            b.backup_id,
-            b.error.as_deref().unwrap_or("no reason recorded")
-        );
-    }
-    Ok(())
-}
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
@@ -48,42 +25,69 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
     let archived = catalog.wal_files(server)?;
     let report = in_pool(ctx, server, || check_backup_wal(&b, &repo, &archived))?;
     let code = if report.ok() { 0 } else { 1 };
-    if ctx.format == Format::Json {
-        print_json(&json!({
-            "server": server,
-            "backup_id": b.backup_id,
-            "ok": report.ok(),
-            "wal": report,
-        }))?;
-        return Ok(code);
-    }
-    let range = format!(
-        "{} to {}",
-        report.first.as_deref().unwrap_or("-"),
-        report.last.as_deref().unwrap_or("-")
-    );
-    if report.ok() {
-        outln!(
-            "Backup {} of server '{server}': all {} WAL segment(s) it needs ({range}) are archived and readable",
-            b.backup_id,
-            report.segments
-        )?;
-    } else {
-        outln!(
-            "Backup {} of server '{server}': {} of the {} WAL segment(s) it needs ({range}) are missing or unreadable:",
-            b.backup_id,
-            report.problems.len(),
-            report.segments
-        )?;
-        for p in &report.problems {
-            let issue = serde_json::to_value(p.issue)?;
-            outln!(
-                "\t{} {}: {}",
-                issue.as_str().unwrap_or("bad"),
-                p.segment,
-                p.detail
-            )?;
-        }
-    }
+    let doc = json!({
+        "server": server,
+        "backup_id": b.backup_id,
+        "ok": report.ok(),
+        "wal": report,
+    });
+    ctx.emit(&Checked {
+        doc,
+        server: server.to_string(),
+        backup_id: b.backup_id.clone(),
+        report,
+    })?;
     Ok(code)
+}
+
+/// The check: the JSON document, and what its text needs.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Checked {
+    doc: serde_json::Value,
+    #[serde(skip)]
+    server: String,
+    #[serde(skip)]
+    backup_id: String,
+    #[serde(skip)]
+    report: WalCheck,
+}
+
+impl Report for Checked {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let (server, report) = (&self.server, &self.report);
+        let b = self;
+        let range = format!(
+            "{} to {}",
+            report.first.as_deref().unwrap_or("-"),
+            report.last.as_deref().unwrap_or("-")
+        );
+        if report.ok() {
+            writeln!(
+                w,
+                "Backup {} of server '{server}': all {} WAL segment(s) it needs ({range}) are archived and readable",
+                b.backup_id,
+                report.segments
+            )?;
+        } else {
+            writeln!(
+                w,
+                "Backup {} of server '{server}': {} of the {} WAL segment(s) it needs ({range}) are missing or unreadable:",
+                b.backup_id,
+                report.problems.len(),
+                report.segments
+            )?;
+            for p in &report.problems {
+                let issue = serde_json::to_value(p.issue).map_err(std::io::Error::other)?;
+                writeln!(
+                    w,
+                    "\t{} {}: {}",
+                    issue.as_str().unwrap_or("bad"),
+                    p.segment,
+                    p.detail
+                )?;
+            }
+        }
+        Ok(())
+    }
 }

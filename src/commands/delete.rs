@@ -1,22 +1,11 @@
 //! `delete`: remove a backup and the archived WAL no remaining backup needs. Refuses a
 //! backup being taken, a kept one, and the last DONE one without `--force`.
 
-use super::{Context, ExitCode};
-use crate::lock::JobLock;
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
-use crate::repo::ServerRepo;
-use crate::retention::{delete_backup, refuse_delete};
+use super::{retention_lock, Context, ExitCode};
+use crate::output::{human_bytes, Report};
+use crate::retention::{delete_backup, refuse_delete, Deleted};
 use anyhow::{bail, Context as _, Result};
-
-/// The lock `delete` and `keep` hold while they change a server's backups.
-pub fn retention_lock(ctx: &Context, server: &str) -> Result<JobLock> {
-    let repo = ServerRepo::new(&ctx.config.home, server);
-    Ok(JobLock::acquire(
-        &repo.lock_dir().join("retention.lock"),
-        &format!("delete or keep for server '{server}'"),
-    )?)
-}
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<ExitCode> {
@@ -35,25 +24,35 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, force: bool) -> Result<Exi
     let repo = super::server_repo(ctx, server)?;
     let d = delete_backup(&repo, &catalog, &b)
         .with_context(|| format!("server '{server}': deleting backup {}", b.backup_id))?;
-    if ctx.format == Format::Json {
-        print_json(&d)?;
-        return Ok(0);
-    }
-    outln!(
-        "Deleted backup {} of server '{server}' ({} freed)",
-        d.backup_id,
-        human_bytes(d.freed_bytes)
-    )?;
-    match (d.removed_wal.first(), d.removed_wal.last()) {
-        _ if d.no_backup_left => {
-            outln!("No backup of server '{server}' remains: archived WAL kept")?
-        }
-        (Some(first), Some(last)) => outln!(
-            "Removed {} WAL file(s) no remaining backup needs ({}): {first} to {last}",
-            d.removed_wal.len(),
-            human_bytes(d.removed_wal_bytes)
-        )?,
-        _ => outln!("No WAL file to remove: the remaining backups need all of it")?,
-    }
+    ctx.emit(&d)?;
     Ok(0)
+}
+
+impl Report for Deleted {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let d = self;
+        let server = &d.server;
+        writeln!(
+            w,
+            "Deleted backup {} of server '{server}' ({} freed)",
+            d.backup_id,
+            human_bytes(d.freed_bytes)
+        )?;
+        match (d.removed_wal.first(), d.removed_wal.last()) {
+            _ if d.no_backup_left => writeln!(
+                w,
+                "No backup of server '{server}' remains: archived WAL kept"
+            ),
+            (Some(first), Some(last)) => writeln!(
+                w,
+                "Removed {} WAL file(s) no remaining backup needs ({}): {first} to {last}",
+                d.removed_wal.len(),
+                human_bytes(d.removed_wal_bytes)
+            ),
+            _ => writeln!(
+                w,
+                "No WAL file to remove: the remaining backups need all of it"
+            ),
+        }
+    }
 }

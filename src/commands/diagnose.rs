@@ -1,7 +1,7 @@
 //! `diagnose`: one JSON document for bug reports — versions, configuration with
 //! passwords masked, every server's status and checks, and the catalog.
 
-use super::show_server::effective_settings;
+use super::describe::{effective_settings, rto_json};
 use super::{runtime, Context, ExitCode};
 use crate::catalog::Catalog;
 use crate::output::print_json;
@@ -82,7 +82,7 @@ pub fn run(ctx: &Context) -> Result<ExitCode> {
                 "settings": effective_settings(s, &cfg.home),
                 "status": st,
                 "rpo": st.rpo(),
-                "rto": super::status::rto_json(&rto),
+                "rto": rto_json(&rto),
                 "checks": checks,
             }),
         );

@@ -3,20 +3,15 @@
 //! when a check fails (the drill is recorded either way).
 
 use super::{Context, ExitCode, UsageError};
-use crate::backup::lifecycle::backup_lock_path;
 use crate::cli::DrillArgs;
 use crate::config::ServerConfig;
 use crate::drill::{run_drill, DrillError, DrillReport, DrillRequest, QueryCheck};
 use crate::lock::JobLock;
-use crate::outln;
-use crate::output::{human_seconds, print_json, Format};
+use crate::output::{human_seconds, PerServer, Report};
 use crate::restore::target::RecoveryTarget;
 use anyhow::Result;
-
-/// The lock that keeps drills one at a time on this host.
-pub fn drill_lock_path(home: &std::path::Path) -> std::path::PathBuf {
-    home.join("drill.lock")
-}
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
@@ -27,7 +22,7 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
     };
     let target = a.target.target();
     let _host = JobLock::acquire(
-        &drill_lock_path(&ctx.config.home),
+        &crate::lock::drill_lock(&ctx.config.home),
         "a restore drill (one at a time on this host)",
     )?;
     let mut reports = Vec::new();
@@ -36,17 +31,10 @@ pub fn run(ctx: &Context, a: &DrillArgs) -> Result<ExitCode> {
         reports.push(drill_one(ctx, s, &req)?);
     }
     let ok = reports.iter().all(|r| r.ok);
-    if ctx.format == Format::Json {
-        if a.server == "all" {
-            print_json(&reports)?;
-        } else if let Some(r) = reports.first() {
-            print_json(r)?;
-        }
-    } else {
-        for r in &reports {
-            print_text(r)?;
-        }
-    }
+    ctx.emit(&PerServer {
+        reports: reports.into_iter().map(Drilled).collect(),
+        all: a.server == "all",
+    })?;
     Ok(if ok { 0 } else { 1 })
 }
 
@@ -110,7 +98,7 @@ pub fn request(
 pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<DrillReport> {
     let repository = super::repository(ctx, s)?;
     let repo = repository.server(&s.name);
-    if let Ok(Some(pid)) = JobLock::holder(&backup_lock_path(&repo)) {
+    if let Ok(Some(pid)) = JobLock::holder(&crate::lock::backup_lock(&repo)) {
         return Err(UsageError(format!(
             "server '{}': a backup is running (pid {pid}): the drill waits for the next occasion",
             s.name
@@ -120,7 +108,7 @@ pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<
     let Some((catalog, _)) = super::backups_for(ctx, &s.name, super::Access::Change)? else {
         return Err(UsageError(format!("server '{}': no backup to drill", s.name)).into());
     };
-    let progress = crate::progress::for_cli(ctx.quiet);
+    let progress = super::progress::for_cli(ctx.quiet);
     match run_drill(&repository, &catalog, req, progress.as_ref()) {
         Ok(r) => Ok(r),
         Err(DrillError::Refused(m)) => Err(UsageError(m).into()),
@@ -128,49 +116,61 @@ pub fn drill_one(ctx: &Context, s: &ServerConfig, req: &DrillRequest) -> Result<
     }
 }
 
-fn print_text(r: &DrillReport) -> Result<()> {
-    outln!(
-        "Drill {} of server '{}', backup {}: {}",
-        r.id,
-        r.server,
-        r.backup_id.as_deref().unwrap_or("-"),
-        if r.ok { "PASSED" } else { "FAILED" }
-    )?;
-    if let Some(t) = &r.target {
-        outln!("  recovery target: {t}")?;
-    }
-    for p in &r.phases {
-        outln!("  {:<8} {}", p.name, human_seconds(p.seconds))?;
-    }
-    for c in &r.checks {
-        outln!("  check {:<9} {:<7} {}", c.name, c.status, c.detail)?;
-    }
-    match r.rto_secs {
-        Some(s) => outln!(
-            "  measured RTO: {} (wall clock {})",
-            human_seconds(s),
-            human_seconds(r.wall_secs)
-        )?,
-        None => outln!("  measured RTO: none (the drill did not get that far)")?,
-    }
-    match (r.rpo_secs, r.last_commit) {
-        (Some(s), Some(at)) => outln!(
-            "  achieved RPO: {} (newest commit recovered {})",
-            human_seconds(s),
-            at.format("%Y-%m-%d %H:%M:%S UTC")
-        )?,
-        _ => outln!("  achieved RPO: unknown")?,
-    }
-    if let Some(k) = &r.kept {
-        outln!(
-            "  kept: {} (server running: psql \"{}\"; stop it with pg_ctl -D {}/data stop)",
-            k.folder.display(),
-            k.conninfo,
-            k.folder.display()
+/// A drill's report, with its text form.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Drilled(DrillReport);
+
+impl Report for Drilled {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let r = &self.0;
+        writeln!(
+            w,
+            "Drill {} of server '{}', backup {}: {}",
+            r.id,
+            r.server,
+            r.backup_id.as_deref().unwrap_or("-"),
+            if r.ok { "PASSED" } else { "FAILED" }
         )?;
+        if let Some(t) = &r.target {
+            writeln!(w, "  recovery target: {t}")?;
+        }
+        for p in &r.phases {
+            writeln!(w, "  {:<8} {}", p.name, human_seconds(p.seconds))?;
+        }
+        for c in &r.checks {
+            writeln!(w, "  check {:<9} {:<7} {}", c.name, c.status, c.detail)?;
+        }
+        match r.rto_secs {
+            Some(s) => writeln!(
+                w,
+                "  measured RTO: {} (wall clock {})",
+                human_seconds(s),
+                human_seconds(r.wall_secs)
+            )?,
+            None => writeln!(w, "  measured RTO: none (the drill did not get that far)")?,
+        }
+        match (r.rpo_secs, r.last_commit) {
+            (Some(s), Some(at)) => writeln!(
+                w,
+                "  achieved RPO: {} (newest commit recovered {})",
+                human_seconds(s),
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            )?,
+            _ => writeln!(w, "  achieved RPO: unknown")?,
+        }
+        if let Some(k) = &r.kept {
+            writeln!(
+                w,
+                "  kept: {} (server running: psql \"{}\"; stop it with pg_ctl -D {}/data stop)",
+                k.folder.display(),
+                k.conninfo,
+                k.folder.display()
+            )?;
+        }
+        if let Some(e) = &r.error {
+            writeln!(w, "  error: {e}")?;
+        }
+        Ok(())
     }
-    if let Some(e) = &r.error {
-        outln!("  error: {e}")?;
-    }
-    Ok(())
 }

@@ -6,9 +6,10 @@ use super::{Context, ExitCode, UsageError};
 use crate::catalog::Catalog;
 use crate::cli::DrillReportArgs;
 use crate::drill::DrillReport;
-use crate::outln;
-use crate::output::{human_seconds, print_json, Format};
+use crate::output::{human_seconds, Format, Report};
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &DrillReportArgs) -> Result<ExitCode> {
@@ -32,56 +33,72 @@ pub fn run(ctx: &Context, a: &DrillReportArgs) -> Result<ExitCode> {
             }
         }
     }
-    if a.html || ctx.html {
-        if ctx.format == Format::Json {
-            return Err(UsageError(
-                "drill-report: --html and --format json exclude each other".into(),
-            )
-            .into());
-        }
-        let title = if a.server == "all" {
+    let html = a.html || ctx.html;
+    if html && ctx.format == Format::Json {
+        return Err(
+            UsageError("drill-report: --html and --format json exclude each other".into()).into(),
+        );
+    }
+    let html_title = html.then(|| {
+        if a.server == "all" {
             "every server".to_string()
         } else {
             format!("server {}", a.server)
-        };
-        outln!("{}", html_page(&title, &reports))?;
-        return Ok(0);
-    }
-    if ctx.format == Format::Json {
-        print_json(&reports)?;
-        return Ok(0);
-    }
-    if reports.is_empty() {
-        outln!("No drill recorded for {}", servers.join(", "))?;
-        return Ok(0);
-    }
-    outln!(
-        "{:>5}  {:<10} {:<20} {:<16} {:<6} {:>12} {:>12}",
-        "id",
-        "server",
-        "started (UTC)",
-        "backup",
-        "result",
-        "RTO",
-        "RPO"
-    )?;
-    for r in &reports {
-        outln!(
-            "{:>5}  {:<10} {:<20} {:<16} {:<6} {:>12} {:>12}{}",
-            r.id,
-            r.server,
-            r.started_at.format("%Y-%m-%d %H:%M:%S"),
-            r.backup_id.as_deref().unwrap_or("-"),
-            if r.ok { "passed" } else { "FAILED" },
-            r.rto_secs.map(human_seconds).unwrap_or_else(|| "-".into()),
-            r.rpo_secs.map(human_seconds).unwrap_or_else(|| "-".into()),
-            r.error
-                .as_deref()
-                .map(|e| format!("  {}", e.lines().next().unwrap_or_default()))
-                .unwrap_or_default()
-        )?;
-    }
+        }
+    });
+    ctx.emit(&History {
+        reports,
+        servers,
+        html_title,
+    })?;
     Ok(0)
+}
+
+/// The drills of the servers asked for, oldest first.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct History {
+    reports: Vec<DrillReport>,
+    /// The servers asked for (named when none has a drill).
+    #[serde(skip)]
+    servers: Vec<String>,
+    /// With `--html`: the text is the HTML page, with this title.
+    #[serde(skip)]
+    html_title: Option<String>,
+}
+
+impl Report for History {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if let Some(title) = &self.html_title {
+            return writeln!(w, "{}", html_page(title, &self.reports));
+        }
+        if self.reports.is_empty() {
+            return writeln!(w, "No drill recorded for {}", self.servers.join(", "));
+        }
+        writeln!(
+            w,
+            "{:>5}  {:<10} {:<20} {:<16} {:<6} {:>12} {:>12}",
+            "id", "server", "started (UTC)", "backup", "result", "RTO", "RPO"
+        )?;
+        for r in &self.reports {
+            writeln!(
+                w,
+                "{:>5}  {:<10} {:<20} {:<16} {:<6} {:>12} {:>12}{}",
+                r.id,
+                r.server,
+                r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                r.backup_id.as_deref().unwrap_or("-"),
+                if r.ok { "passed" } else { "FAILED" },
+                r.rto_secs.map(human_seconds).unwrap_or_else(|| "-".into()),
+                r.rpo_secs.map(human_seconds).unwrap_or_else(|| "-".into()),
+                r.error
+                    .as_deref()
+                    .map(|e| format!("  {}", e.lines().next().unwrap_or_default()))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Text made safe inside HTML.

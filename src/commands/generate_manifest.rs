@@ -1,14 +1,13 @@
 //! `generate-manifest`: PostgreSQL's `backup_manifest` for a backup taken without
 //! one (rsync), written beside backup.json and restored by `recover` from then on.
 
-use super::delete::retention_lock;
-use super::{Context, ExitCode};
+use super::{retention_lock, Context, ExitCode};
 use crate::backup::manifest::generate_manifest;
 use crate::backup::{save, BackupDir};
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
+use crate::output::{human_bytes, Report};
 use anyhow::{Context as _, Result};
-use serde_json::json;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
@@ -23,22 +22,37 @@ pub fn run(ctx: &Context, server: &str, backup_id: &str) -> Result<ExitCode> {
         .with_context(|| format!("server '{server}': generate-manifest"))?;
     info.has_manifest = true;
     save(&repo, &catalog, &info)?;
-    match ctx.format {
-        Format::Json => print_json(&json!({
-            "server": server,
-            "backup_id": info.backup_id,
-            "files": report.files,
-            "bytes": report.bytes,
-            "manifest_bytes": report.manifest_bytes,
-            "path": dir.describe("backup_manifest"),
-        }))?,
-        Format::Text => outln!(
-            "Wrote {} for backup {} ({} files, {} verified)",
-            dir.describe("backup_manifest"),
-            info.backup_id,
-            report.files,
-            human_bytes(report.bytes)
-        )?,
-    }
+    ctx.emit(&Written {
+        backup_id: info.backup_id,
+        bytes: report.bytes,
+        files: report.files,
+        manifest_bytes: report.manifest_bytes,
+        path: dir.describe("backup_manifest"),
+        server: server.to_string(),
+    })?;
     Ok(0)
+}
+
+/// The manifest written (fields in the JSON document's order).
+#[derive(Serialize)]
+struct Written {
+    backup_id: String,
+    bytes: u64,
+    files: u64,
+    manifest_bytes: u64,
+    path: String,
+    server: String,
+}
+
+impl Report for Written {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            w,
+            "Wrote {} for backup {} ({} files, {} verified)",
+            self.path,
+            self.backup_id,
+            self.files,
+            human_bytes(self.bytes)
+        )
+    }
 }

@@ -1,14 +1,13 @@
 //! `keep`: mark a DONE backup as kept outside retention (`--target full|standalone`),
 //! release it (`--release`) or show its annotation (`--status`), as Barman does.
 
-use super::delete::retention_lock;
-use super::{Context, ExitCode, UsageError};
+use super::{retention_lock, Context, ExitCode, UsageError};
 use crate::backup::{save, BackupDir, BackupStatus, KeepTarget};
 use crate::cli::KeepArgs;
-use crate::outln;
-use crate::output::{print_json, Format};
+use crate::output::Report;
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
@@ -26,16 +25,7 @@ pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
     super::server_config(ctx, server)?;
     if a.status {
         let (_, b) = super::find_backup(ctx, server, &a.backup_id)?;
-        let keep = b
-            .keep
-            .map(|k| k.to_string())
-            .unwrap_or_else(|| "nokeep".into());
-        match ctx.format {
-            Format::Json => {
-                print_json(&json!({ "server": server, "backup_id": b.backup_id, "keep": keep }))?
-            }
-            Format::Text => outln!("{keep}")?,
-        }
+        ctx.emit(&Kept::new(server, &b.backup_id, b.keep, Change::Status))?;
         return Ok(0);
     }
     let _lock = retention_lock(ctx, server)?;
@@ -60,22 +50,62 @@ pub fn run(ctx: &Context, a: &KeepArgs) -> Result<ExitCode> {
     if b.keep != before {
         save(&repo, &catalog, &b)?;
     }
-    let keep = b
-        .keep
-        .map(|k| k.to_string())
-        .unwrap_or_else(|| "nokeep".into());
-    match ctx.format {
-        Format::Json => {
-            print_json(&json!({ "server": server, "backup_id": b.backup_id, "keep": keep }))?
-        }
-        Format::Text => match (target, before) {
-            (Some(t), _) => outln!("Backup {} of server '{server}' is kept ({t})", b.backup_id)?,
-            (None, Some(k)) => outln!(
-                "Keep annotation ({k}) released from backup {} of server '{server}'",
-                b.backup_id
-            )?,
-            (None, None) => outln!("Backup {} of server '{server}' was not kept", b.backup_id)?,
-        },
-    }
+    let change = match (target, before) {
+        (Some(t), _) => Change::Kept(t),
+        (None, Some(k)) => Change::Released(k),
+        (None, None) => Change::NotKept,
+    };
+    ctx.emit(&Kept::new(server, &b.backup_id, b.keep, change))?;
     Ok(0)
+}
+
+/// A backup's keep annotation after the verb (fields in the JSON document's order).
+#[derive(Serialize)]
+struct Kept {
+    backup_id: String,
+    /// `full`, `standalone` or `nokeep`.
+    keep: String,
+    server: String,
+    #[serde(skip)]
+    change: Change,
+}
+
+/// What the verb did to the annotation.
+enum Change {
+    /// `--status`: nothing.
+    Status,
+    /// Kept with this target.
+    Kept(KeepTarget),
+    /// This annotation was released.
+    Released(KeepTarget),
+    /// `--release` of a backup that was not kept.
+    NotKept,
+}
+
+impl Kept {
+    fn new(server: &str, backup_id: &str, keep: Option<KeepTarget>, change: Change) -> Kept {
+        Kept {
+            backup_id: backup_id.to_string(),
+            keep: keep
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "nokeep".into()),
+            server: server.to_string(),
+            change,
+        }
+    }
+}
+
+impl Report for Kept {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let (id, server) = (&self.backup_id, &self.server);
+        match &self.change {
+            Change::Status => writeln!(w, "{}", self.keep),
+            Change::Kept(t) => writeln!(w, "Backup {id} of server '{server}' is kept ({t})"),
+            Change::Released(k) => writeln!(
+                w,
+                "Keep annotation ({k}) released from backup {id} of server '{server}'"
+            ),
+            Change::NotKept => writeln!(w, "Backup {id} of server '{server}' was not kept"),
+        }
+    }
 }

@@ -2,35 +2,14 @@
 //! newest first, one line each as Barman prints them; backups outside the retention
 //! policy are marked OBSOLETE (judged at display time, backup.json keeps DONE).
 
+use super::describe::{show_time, status_text, wal_span};
 use super::{Context, ExitCode};
-use crate::backup::{BackupInfo, BackupStatus};
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
+use crate::backup::BackupInfo;
+use crate::output::{human_bytes, Report};
 use crate::retention::obsolete_now;
 use anyhow::Result;
-use chrono::{DateTime, Utc};
-
-/// A time as backup listings show it (UTC, like backup ids): `Wed Nov 25 01:02:09 2026`.
-pub fn show_time(t: DateTime<Utc>) -> String {
-    t.format("%a %b %e %H:%M:%S %Y").to_string()
-}
-
-/// `begin_wal..end_wal`, or `-` while unknown.
-pub fn wal_span(b: &BackupInfo) -> String {
-    match (&b.begin_wal, &b.end_wal) {
-        (Some(a), Some(z)) => format!("{a}..{z}"),
-        (Some(a), None) => format!("{a}.."),
-        _ => "-".to_string(),
-    }
-}
-
-/// The status, with the reason of a failure.
-pub fn status_text(b: &BackupInfo) -> String {
-    match (&b.status, &b.error) {
-        (BackupStatus::Failed, Some(e)) => format!("FAILED ({e})"),
-        (s, _) => s.to_string(),
-    }
-}
+use serde::Serialize;
+use std::io::Write;
 
 fn line(b: &BackupInfo, obsolete: bool) -> String {
     let name = b
@@ -89,29 +68,50 @@ pub fn run(ctx: &Context, target: &str, minimal: bool) -> Result<ExitCode> {
             }));
         }
     }
-    match ctx.format {
-        Format::Json => {
-            let mut out = Vec::with_capacity(rows.len());
-            for (b, o, c) in &rows {
-                let mut v = serde_json::to_value(b)?;
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("obsolete".into(), (*o).into());
-                    obj.insert("backup_type".into(), b.backup_type().into());
-                    obj.insert("chain_stored_bytes".into(), (*c).into());
-                }
-                out.push(v);
-            }
-            print_json(&out)?
+    let mut docs = Vec::with_capacity(rows.len());
+    for (b, o, c) in &rows {
+        let mut v = serde_json::to_value(b)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("obsolete".into(), (*o).into());
+            obj.insert("backup_type".into(), b.backup_type().into());
+            obj.insert("chain_stored_bytes".into(), (*c).into());
         }
-        Format::Text => {
-            for (b, o, _) in &rows {
-                match (minimal, target == "all") {
-                    (true, true) => outln!("{} {}", b.server, b.backup_id)?,
-                    (true, false) => outln!("{}", b.backup_id)?,
-                    (false, _) => outln!("{}", line(b, *o))?,
-                }
-            }
-        }
+        docs.push(v);
     }
+    ctx.emit(&Listing {
+        docs,
+        rows,
+        minimal,
+        all: target == "all",
+    })?;
     Ok(0)
+}
+
+/// The backups, newest first: a JSON document each, and for the text each backup
+/// and whether it is obsolete.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Listing {
+    docs: Vec<serde_json::Value>,
+    /// (backup, obsolete, bytes stored by its chain).
+    #[serde(skip)]
+    rows: Vec<(BackupInfo, bool, u64)>,
+    #[serde(skip)]
+    minimal: bool,
+    /// Every server listed (`--minimal` then names the server).
+    #[serde(skip)]
+    all: bool,
+}
+
+impl Report for Listing {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for (b, o, _) in &self.rows {
+            match (self.minimal, self.all) {
+                (true, true) => writeln!(w, "{} {}", b.server, b.backup_id)?,
+                (true, false) => writeln!(w, "{}", b.backup_id)?,
+                (false, _) => writeln!(w, "{}", line(b, *o))?,
+            }
+        }
+        Ok(())
+    }
 }

@@ -2,12 +2,12 @@
 
 use super::{Context, ExitCode};
 use crate::config::ServerConfig;
-use crate::outln;
-use crate::output::{print_json, Format};
+use crate::output::{Format, Report};
 use crate::verify::probe::{live_rpo, Rpo};
 use crate::verify::rto::estimate_from_catalog;
 use anyhow::Result;
 use serde::Serialize;
+use std::io::Write;
 use std::path::Path;
 
 async fn live_rpos(servers: &[&ServerConfig], home: &Path) -> Vec<Option<Rpo>> {
@@ -80,7 +80,7 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             let rto = estimate_from_catalog(home, &s.name);
             l.rto = Some(match &rto {
                 Ok(Some(r)) => serde_json::json!({ "seconds": r.seconds, "basis": r.basis }),
-                _ => super::status::rto_json(&rto),
+                _ => super::describe::rto_json(&rto),
             });
             l.last_drill = Some(match crate::verify::probe::LastDrill::read(home, &s.name) {
                 Ok(d) => d.map(|d| d.json(chrono::Utc::now())).unwrap_or_default(),
@@ -88,19 +88,30 @@ pub fn run(ctx: &Context, minimal: bool) -> Result<ExitCode> {
             });
         }
     }
-    match ctx.format {
-        Format::Json => print_json(&lines)?,
-        Format::Text => {
-            for l in &lines {
-                if minimal {
-                    outln!("{}", l.name)?;
-                } else {
-                    let inactive = if l.active { "" } else { " (inactive)" };
-                    let passive = if l.passive { " (passive)" } else { "" };
-                    outln!("{} - {}{}{}", l.name, l.description, inactive, passive)?;
-                }
+    ctx.emit(&Servers { lines, minimal })?;
+    Ok(0)
+}
+
+/// Every server's line; `--minimal` text shows names only.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Servers<'a> {
+    lines: Vec<ServerLine<'a>>,
+    #[serde(skip)]
+    minimal: bool,
+}
+
+impl Report for Servers<'_> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for l in &self.lines {
+            if self.minimal {
+                writeln!(w, "{}", l.name)?;
+            } else {
+                let inactive = if l.active { "" } else { " (inactive)" };
+                let passive = if l.passive { " (passive)" } else { "" };
+                writeln!(w, "{} - {}{}{}", l.name, l.description, inactive, passive)?;
             }
         }
+        Ok(())
     }
-    Ok(0)
 }

@@ -1,5 +1,8 @@
-//! One small file per verb: each wires the library modules together and formats the
-//! result (text or `--format json`). Nothing here knows PostgreSQL's wire format or
+//! One small file per verb: each wires the library modules together and hands its
+//! result, a [`crate::output::Report`], to [`Context::emit`], which prints it as text
+//! or `--format json`. Verbs never import each other: what several share is here
+//! (looking servers and backups up, locks, connection errors) or in [`describe`]
+//! (text forms of library values). Nothing here knows PostgreSQL's wire format or
 //! the repository layout beyond calling the modules that do.
 
 pub mod archive_wal;
@@ -10,6 +13,7 @@ pub mod check_wal_archive;
 pub mod cron;
 pub mod delete;
 pub mod demo;
+pub mod describe;
 pub mod diagnose;
 pub mod drill;
 pub mod drill_report;
@@ -20,6 +24,7 @@ pub mod list_backups;
 pub mod list_files;
 pub mod list_servers;
 pub mod processes;
+pub mod progress;
 pub mod put_wal;
 pub mod rebuild_catalog;
 pub mod receive_wal;
@@ -33,15 +38,15 @@ pub mod switch_wal;
 pub mod sync_info;
 pub mod verify_backup;
 
-use crate::backup::BackupInfo;
+use crate::backup::{BackupInfo, BackupStatus};
 use crate::catalog::Catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, ServerConfig};
-use crate::output::Format;
-use crate::pg::{ConnInfo, ConnectOptions, Connection};
+use crate::connect::ConnectError;
+use crate::output::{Format, Report};
+use crate::pg::ConnInfo;
 use crate::repo::{Repository, ServerRepo};
 use anyhow::{Context as _, Result};
-use std::path::Path;
 use std::time::Duration;
 
 /// A user mistake (bad arguments or configuration): exit code 2.
@@ -74,6 +79,13 @@ pub struct Context {
     pub quiet: bool,
     /// `--format html` (drill-report's page).
     pub html: bool,
+}
+
+impl Context {
+    /// Prints a verb's report as text or JSON ([`crate::output::emit`]).
+    pub fn emit<R: Report>(&self, report: &R) -> Result<()> {
+        Ok(crate::output::emit(self.format, report)?)
+    }
 }
 
 /// Exit codes: 0 ok, 1 a failed check or operation, 2 bad usage or configuration.
@@ -245,6 +257,52 @@ pub fn server_repo(ctx: &Context, name: &str) -> Result<ServerRepo> {
     Ok(repository(ctx, s)?.server(&s.name))
 }
 
+/// Refuses a verb that only an active server can run (`backup`, `receive-wal`) on a
+/// passive one: a usage error naming the server and its primary manager.
+pub fn refuse_passive(s: &ServerConfig, verb: &str) -> Result<()> {
+    match &s.primary_ssh_command {
+        None => Ok(()),
+        Some(cmd) => Err(UsageError(format!(
+            "server '{}': {verb} refused: it is a passive copy of the primary manager at '{cmd}' (primary_ssh_command in {}); run {verb} there, or 'replicate' here",
+            s.name,
+            s.file.display()
+        ))
+        .into()),
+    }
+}
+
+/// Takes the server's retention lock, which `delete`, `keep` and
+/// `generate-manifest` hold while they change its backups.
+pub fn retention_lock(ctx: &Context, server: &str) -> Result<crate::lock::JobLock> {
+    Ok(crate::lock::acquire_retention(&ServerRepo::new(
+        &ctx.config.home,
+        server,
+    ))?)
+}
+
+/// Runs `f` on a rayon pool of the server's `parallel_jobs` threads.
+pub fn in_pool<T: Send>(ctx: &Context, server: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let jobs = server_config(ctx, server)?.parallel_jobs.max(1) as usize;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .context("starting worker threads")?;
+    Ok(pool.install(f))
+}
+
+/// Refuses a backup whose content was removed because it failed.
+pub fn refuse_failed(b: &BackupInfo) -> Result<()> {
+    if b.status == BackupStatus::Failed {
+        anyhow::bail!(
+            "server '{}': backup {} is FAILED ({}): there is nothing to check",
+            b.server,
+            b.backup_id,
+            b.error.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a server whose `repository` is on object storage for `sync-info`, which
 /// serves a passive peer files under the home over SFTP.
 pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
@@ -260,57 +318,18 @@ pub fn refuse_object_storage(s: &ServerConfig) -> Result<()> {
     }
 }
 
-/// Parses one of a server's connection strings, naming the option on failure.
-pub fn conninfo(server: &ServerConfig, option: &str, text: &str) -> Result<ConnInfo> {
-    ConnInfo::parse(text).map_err(|e| {
-        UsageError(format!(
-            "server '{}': option '{option}' in {}: {e}",
-            server.name,
-            server.file.display()
-        ))
-        .into()
-    })
-}
-
-/// Opens an ordinary SQL connection (`conninfo`).
-pub async fn connect_sql(server: &ServerConfig) -> Result<Connection> {
-    connect_sql_to(server, "conninfo", &server.conninfo).await
-}
-
-/// Opens an ordinary SQL connection to the primary: `primary_conninfo` when the
-/// server's `conninfo` names a standby, else `conninfo` (WAL switches).
-pub async fn connect_primary_sql(server: &ServerConfig) -> Result<Connection> {
-    match &server.primary_conninfo {
-        Some(p) => connect_sql_to(server, "primary_conninfo", p).await,
-        None => connect_sql(server).await,
+/// A connection error as the user sees it: a connection string that does not parse
+/// is a usage error (exit code 2).
+pub fn connect_error(e: ConnectError) -> anyhow::Error {
+    match e {
+        e @ ConnectError::Conninfo { .. } => UsageError(e.to_string()).into(),
+        e => e.into(),
     }
 }
 
-async fn connect_sql_to(server: &ServerConfig, option: &str, text: &str) -> Result<Connection> {
-    let info = conninfo(server, option, text)?;
-    let opts = ConnectOptions {
-        replication: false,
-        application_name: Some("pgbk".into()),
-        connect_timeout: Some(Duration::from_secs(10)),
-    };
-    Connection::connect(&info, &opts)
-        .await
-        .with_context(|| format!("server '{}'", server.name))
-}
-
-/// Opens receive-wal's replication connection (`wal_streaming_conninfo`, else
-/// `streaming_conninfo`).
-pub async fn connect_replication(server: &ServerConfig) -> Result<Connection> {
-    let (option, text) = server.wal_streaming();
-    let info = conninfo(server, option, text)?;
-    let opts = ConnectOptions {
-        replication: true,
-        application_name: Some(server.streaming_archiver_name.clone()),
-        connect_timeout: Some(Duration::from_secs(10)),
-    };
-    Connection::connect(&info, &opts)
-        .await
-        .with_context(|| format!("server '{}' (streaming)", server.name))
+/// Parses one of a server's connection strings, naming the option on failure.
+pub fn conninfo(server: &ServerConfig, option: &str, text: &str) -> Result<ConnInfo> {
+    crate::connect::conninfo(server, option, text).map_err(connect_error)
 }
 
 /// A single-threaded tokio runtime for one verb.
@@ -341,13 +360,6 @@ pub fn stop_on_signal(what: &'static str) -> tokio::sync::watch::Receiver<bool> 
         let _ = tx.send(true);
     });
     rx
-}
-
-/// The receive-wal lock file of a server.
-pub fn receive_wal_lock(home: &Path, server: &str) -> std::path::PathBuf {
-    crate::repo::ServerRepo::new(home, server)
-        .lock_dir()
-        .join("receive-wal.lock")
 }
 
 /// Quotes a string as an SQL literal.

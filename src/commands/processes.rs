@@ -2,12 +2,13 @@
 //! the locks they hold, and stopping one of them cleanly (SIGTERM).
 
 use super::{Context, ExitCode};
-use crate::lock::{running_jobs, terminate as terminate_job, TerminateError};
-use crate::outln;
-use crate::output::{print_json, Format};
+use crate::lock::{running_jobs, terminate as terminate_job, RunningJob, TerminateError};
+use crate::output::Report;
 use crate::repo::ServerRepo;
 use anyhow::{Context as _, Result};
+use serde::Serialize;
 use serde_json::json;
+use std::io::Write;
 use std::time::Duration;
 
 /// How long `terminate-process` waits for the job to end after SIGTERM.
@@ -19,19 +20,55 @@ pub fn list(ctx: &Context, name: &str) -> Result<ExitCode> {
     let dir = ServerRepo::new(&ctx.config.home, &s.name).lock_dir();
     let jobs =
         running_jobs(&dir).with_context(|| format!("server '{}': {}", s.name, dir.display()))?;
-    match ctx.format {
-        Format::Json => print_json(&json!({ "server": s.name, "processes": jobs }))?,
-        Format::Text if jobs.is_empty() => {
-            outln!("No pgbk process is running for server '{}'", s.name)?
-        }
-        Format::Text => {
-            outln!("Active pgbk processes for server '{}':", s.name)?;
-            for j in &jobs {
-                outln!("  {} {}", j.pid, j.task)?;
-            }
-        }
-    }
+    ctx.emit(&Processes {
+        doc: json!({ "server": s.name, "processes": jobs }),
+        processes: jobs,
+        server: s.name.clone(),
+    })?;
     Ok(0)
+}
+
+/// A server's running jobs: the JSON document, and the jobs for the text.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Processes {
+    doc: serde_json::Value,
+    #[serde(skip)]
+    processes: Vec<RunningJob>,
+    #[serde(skip)]
+    server: String,
+}
+
+impl Report for Processes {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.processes.is_empty() {
+            return writeln!(w, "No pgbk process is running for server '{}'", self.server);
+        }
+        writeln!(w, "Active pgbk processes for server '{}':", self.server)?;
+        for j in &self.processes {
+            writeln!(w, "  {} {}", j.pid, j.task)?;
+        }
+        Ok(())
+    }
+}
+
+/// A job stopped (fields in the JSON document's order).
+#[derive(Serialize)]
+struct Terminated {
+    pid: i32,
+    server: String,
+    task: String,
+    terminated: bool,
+}
+
+impl Report for Terminated {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            w,
+            "Stopped {} of server '{}' (pid {})",
+            self.task, self.server, self.pid
+        )
+    }
 }
 
 /// Runs `terminate-process`: exit 0 once the job has ended, 1 when none was running
@@ -41,12 +78,12 @@ pub fn terminate(ctx: &Context, name: &str, task: &str) -> Result<ExitCode> {
     let dir = ServerRepo::new(&ctx.config.home, &s.name).lock_dir();
     match terminate_job(&dir, task, TERMINATE_WAIT) {
         Ok(pid) => {
-            match ctx.format {
-                Format::Json => print_json(
-                    &json!({ "server": s.name, "task": task, "pid": pid, "terminated": true }),
-                )?,
-                Format::Text => outln!("Stopped {task} of server '{}' (pid {pid})", s.name)?,
-            }
+            ctx.emit(&Terminated {
+                pid,
+                server: s.name.clone(),
+                task: task.to_string(),
+                terminated: true,
+            })?;
             Ok(0)
         }
         Err(e @ TerminateError::NotRunning { .. }) => {

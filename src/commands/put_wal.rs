@@ -2,10 +2,11 @@
 //! `archive_command = 'ssh pgbk@backup pgbk put-wal pg1 --name %f < %p'`.
 
 use super::{Context, ExitCode, UsageError};
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
-use crate::wal::put::{put_wal, PutError, PutStatus};
+use crate::output::{human_bytes, Report};
+use crate::wal::put::{put_wal, PutError, PutOutcome, PutStatus};
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb: exit 0 only once the file is stored and fsynced (or was already
 /// archived with the same content).
@@ -26,21 +27,37 @@ pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
         Err(e @ PutError::BadName { .. }) => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),
     };
-    match ctx.format {
-        Format::Json => print_json(&o)?,
-        Format::Text if !ctx.quiet => {
-            let what = match o.status {
-                PutStatus::Stored => format!(
-                    "stored ({}, {} on disk)",
-                    human_bytes(o.size),
-                    human_bytes(o.stored_size)
-                ),
-                PutStatus::AlreadyPresent => "already archived with the same content".into(),
-                PutStatus::Ignored => "backup history file accepted, not stored".into(),
-            };
-            outln!("{}: {} {what}", o.server, o.name)?;
-        }
-        Format::Text => {}
-    }
+    ctx.emit(&Stored {
+        outcome: o,
+        quiet: ctx.quiet,
+    })?;
     Ok(0)
+}
+
+/// put-wal's outcome; its text is one line, none with `--quiet`.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Stored {
+    outcome: PutOutcome,
+    #[serde(skip)]
+    quiet: bool,
+}
+
+impl Report for Stored {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        let o = &self.outcome;
+        let what = match o.status {
+            PutStatus::Stored => format!(
+                "stored ({}, {} on disk)",
+                human_bytes(o.size),
+                human_bytes(o.stored_size)
+            ),
+            PutStatus::AlreadyPresent => "already archived with the same content".into(),
+            PutStatus::Ignored => "backup history file accepted, not stored".into(),
+        };
+        writeln!(w, "{}: {} {what}", o.server, o.name)
+    }
 }

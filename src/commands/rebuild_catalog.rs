@@ -3,9 +3,10 @@
 use super::{Context, ExitCode};
 use crate::catalog::Catalog;
 use crate::maintenance::rebuild::{rebuild_server, RebuildSummary};
-use crate::outln;
-use crate::output::{print_json, Format};
+use crate::output::Report;
 use anyhow::{Context as _, Result};
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb for one server or `all` (every configured server).
 pub fn run(ctx: &Context, target: &str) -> Result<ExitCode> {
@@ -25,18 +26,23 @@ pub fn run(ctx: &Context, target: &str) -> Result<ExitCode> {
         }
         done.push(summary);
     }
-    match ctx.format {
-        Format::Json => print_json(&done)?,
-        Format::Text => {
-            for s in &done {
-                outln!(
-                    "Rebuilt the catalog of server '{}': {} backup(s), {} archived WAL file(s)",
-                    s.server,
-                    s.backups,
-                    s.wal_files
-                )?;
-            }
-        }
-    }
+    ctx.emit(&Rebuilt(done))?;
     Ok(0)
+}
+
+/// Each rebuilt server's summary.
+#[derive(Serialize)]
+struct Rebuilt(Vec<RebuildSummary>);
+
+impl Report for Rebuilt {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for s in &self.0 {
+            writeln!(
+                w,
+                "Rebuilt the catalog of server '{}': {} backup(s), {} archived WAL file(s)",
+                s.server, s.backups, s.wal_files
+            )?;
+        }
+        Ok(())
+    }
 }

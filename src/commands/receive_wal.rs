@@ -1,15 +1,17 @@
 //! `receive-wal`: run the WAL receiver for one server, or manage its slot and state.
 
-use super::{connect_replication, receive_wal_lock, runtime, Context, ExitCode, UsageError};
+use super::{connect_error, refuse_passive, runtime, Context, ExitCode, UsageError};
 use crate::cli::ReceiveWalArgs;
 use crate::config::ServerConfig;
+use crate::connect::connect_replication;
 use crate::lock::JobLock;
-use crate::outln;
-use crate::repo::durable::{remove_durable, write_atomic};
+use crate::output::Report;
 use crate::repo::ServerRepo;
-use crate::wal::receiver::{receive_wal, ReceiverOptions, RESET_MARKER};
-use crate::wal::WalFileName;
+use crate::wal::receiver::{receive_wal, ReceiverOptions};
+use crate::wal::receiver_state::{lock_receiver, reset_receiver};
 use anyhow::{anyhow, Context as _, Result};
+use serde::Serialize;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Prints what an administrative action did: a sentence, or with `--format json` an
@@ -21,16 +23,29 @@ fn report(
     detail: serde_json::Value,
     text: &str,
 ) -> Result<()> {
-    if ctx.format == crate::output::Format::Json {
-        let mut obj = serde_json::json!({ "server": server, "action": action });
-        if let (Some(o), serde_json::Value::Object(d)) = (obj.as_object_mut(), detail) {
-            o.extend(d);
-        }
-        crate::output::print_json(&obj)?;
-    } else {
-        outln!("{text}")?;
+    let mut doc = serde_json::json!({ "server": server, "action": action });
+    if let (Some(o), serde_json::Value::Object(d)) = (doc.as_object_mut(), detail) {
+        o.extend(d);
     }
-    Ok(())
+    ctx.emit(&Done {
+        doc,
+        text: text.to_string(),
+    })
+}
+
+/// What an administrative action did: a JSON object, and its sentence.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Done {
+    doc: serde_json::Value,
+    #[serde(skip)]
+    text: String,
+}
+
+impl Report for Done {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(w, "{}", self.text)
+    }
 }
 
 fn slot_name(s: &ServerConfig) -> Result<&str> {
@@ -47,15 +62,16 @@ fn slot_name(s: &ServerConfig) -> Result<&str> {
 /// Runs the verb.
 pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
     let s = super::server_config(ctx, &args.server)?;
-    super::replicate::refuse_passive(s, "receive-wal")?;
-    let lock_path = receive_wal_lock(&ctx.config.home, &s.name);
+    refuse_passive(s, "receive-wal")?;
+    let repo = ServerRepo::new(&ctx.config.home, &s.name);
+    let lock_path = crate::lock::receive_wal_lock(&repo);
     if args.stop {
         return stop(ctx, s, &lock_path);
     }
     if args.create_slot || args.drop_slot {
         let slot = slot_name(s)?.to_string();
         return runtime()?.block_on(async {
-            let mut conn = connect_replication(s).await?;
+            let mut conn = connect_replication(s).await.map_err(connect_error)?;
             if args.create_slot {
                 match conn.create_physical_slot(&slot, true).await {
                     Ok(()) => report(
@@ -103,7 +119,7 @@ pub fn run(ctx: &Context, args: &ReceiveWalArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let lock = JobLock::acquire(&lock_path, &format!("receive-wal for server '{}'", s.name))?;
+    let lock = lock_receiver(&repo)?;
     if args.reset {
         reset(ctx, s)?;
         drop(lock);
@@ -189,31 +205,7 @@ fn stop(ctx: &Context, s: &ServerConfig, lock_path: &std::path::Path) -> Result<
 /// `--reset`: drop the in-progress partial segment and start next time from the
 /// server's current position (or the slot's).
 fn reset(ctx: &Context, s: &ServerConfig) -> Result<()> {
-    let repo = ServerRepo::new(&ctx.config.home, &s.name);
-    repo.ensure_dirs()
-        .with_context(|| format!("creating {}", repo.root().display()))?;
-    let dir = repo.streaming_dir();
-    let mut removed = 0;
-    for e in std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-    {
-        let name = e.file_name().to_string_lossy().to_string();
-        if matches!(
-            WalFileName::parse(&name, 1 << 24),
-            Some(WalFileName::Partial(_))
-        ) || name.ends_with(".partial")
-        {
-            remove_durable(&e.path())
-                .with_context(|| format!("removing {}", e.path().display()))?;
-            removed += 1;
-        }
-    }
-    write_atomic(
-        &dir.join(RESET_MARKER),
-        b"start at the server's current position\n",
-    )
-    .with_context(|| format!("writing {}", dir.display()))?;
+    let removed = reset_receiver(&ServerRepo::new(&ctx.config.home, &s.name))?;
     report(
         ctx,
         &s.name,

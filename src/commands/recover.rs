@@ -3,11 +3,12 @@
 
 use super::{Context, ExitCode, UsageError};
 use crate::cli::RecoverArgs;
-use crate::outln;
-use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::output::{human_bytes, human_seconds, Report};
 use crate::restore::target::shell_quote;
-use crate::restore::{self, RecoverRequest, RestoreError, WalSource};
+use crate::restore::{self, RecoverRequest, RecoverSummary, RestoreError, WalSource};
 use anyhow::{Context as _, Result};
+use serde::Serialize;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Parses `NAME:LOCATION` (the location may itself hold colons).
@@ -105,7 +106,7 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
             .ok()
             .map(|c| (c.host(), c.port())),
     };
-    let progress = crate::progress::for_cli(ctx.quiet);
+    let progress = super::progress::for_cli(ctx.quiet);
     let dest = a.destination.clone();
     if req.remote.is_none() {
         on_interrupt_say_incomplete(&dest);
@@ -123,91 +124,129 @@ pub fn run(ctx: &Context, a: &RecoverArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
     };
-    if ctx.format == Format::Json {
-        print_json(&summary)?;
-        return Ok(0);
-    }
-    if ctx.quiet {
-        return Ok(0);
-    }
-    let f = &summary.files;
-    outln!(
-        "Recovered backup {} of server '{}' into {}{}",
-        summary.backup_id,
-        summary.server,
-        summary.destination.display(),
-        match &summary.remote {
-            Some(r) => format!(" on {r}"),
-            None => String::new(),
-        }
-    )?;
-    if summary.delta {
-        outln!(
-            "  files: {} written ({}), {} unchanged ({} skipped), {} removed",
-            f.files_written,
-            human_bytes(f.bytes_written),
-            f.files_skipped,
-            human_bytes(f.bytes_skipped),
-            f.removed
-        )?;
-    } else {
-        outln!(
-            "  files: {} ({}), {} directories",
-            f.files_written,
-            human_bytes(f.bytes_written),
-            f.dirs
-        )?;
-    }
-    for t in &summary.tablespaces {
-        outln!(
-            "  tablespace {} ({}): {}",
-            t.name.as_deref().unwrap_or("-"),
-            t.oid,
-            t.location.display()
-        )?;
-    }
-    if summary.wal_files > 0 {
-        outln!(
-            "  WAL: {} file{} ({}) in {}",
-            summary.wal_files,
-            if summary.wal_files == 1 { "" } else { "s" },
-            human_bytes(summary.wal_bytes),
-            summary.destination.join(restore::wal::WAL_DIR).display()
-        )?;
-    }
-    outln!(
-        "  duration: {}, throughput {}/s",
-        human_seconds(summary.duration_secs),
-        human_bytes(summary.bytes_per_sec as u64)
-    )?;
-    match &summary.target {
-        Some(t) => outln!("  recovery target: {t}")?,
-        None => outln!("  recovery target: none (replays all available WAL)")?,
-    }
-    outln!(
-        "  recovery settings appended to postgresql.auto.conf; {} created",
-        summary.signal_file
-    )?;
-    outln!("  restore_command = {}", summary.settings.restore_command)?;
-    if summary.settings.disable_archive_command {
-        outln!("  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
-    }
-    for w in &summary.warnings {
-        outln!("Warning: {w}")?;
-    }
-    let dest = shell_quote(&summary.destination.to_string_lossy());
     let root_owned = summary.remote.is_none()
         && std::fs::metadata(&summary.destination)
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
             .unwrap_or(false);
-    if root_owned {
-        outln!("The files belong to root: give them to the PostgreSQL user first (chown -R postgres: {dest}), or recover into a directory that user owns")?;
-    }
-    match &summary.remote {
-        Some(r) => outln!("Start PostgreSQL on it (on {r}) to recover: pg_ctl -D {dest} start")?,
-        None => outln!("Start PostgreSQL on it to recover: pg_ctl -D {dest} start")?,
-    }
+    ctx.emit(&Recovered {
+        summary,
+        quiet: ctx.quiet,
+        root_owned,
+    })?;
     Ok(0)
+}
+
+/// The recovery's summary; its text says how to start PostgreSQL on the copy
+/// (nothing with `--quiet`).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Recovered {
+    summary: RecoverSummary,
+    #[serde(skip)]
+    quiet: bool,
+    /// The local destination belongs to root (PostgreSQL will not start on it).
+    #[serde(skip)]
+    root_owned: bool,
+}
+
+impl Report for Recovered {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        let summary = &self.summary;
+        let f = &summary.files;
+        writeln!(
+            w,
+            "Recovered backup {} of server '{}' into {}{}",
+            summary.backup_id,
+            summary.server,
+            summary.destination.display(),
+            match &summary.remote {
+                Some(r) => format!(" on {r}"),
+                None => String::new(),
+            }
+        )?;
+        if summary.delta {
+            writeln!(
+                w,
+                "  files: {} written ({}), {} unchanged ({} skipped), {} removed",
+                f.files_written,
+                human_bytes(f.bytes_written),
+                f.files_skipped,
+                human_bytes(f.bytes_skipped),
+                f.removed
+            )?;
+        } else {
+            writeln!(
+                w,
+                "  files: {} ({}), {} directories",
+                f.files_written,
+                human_bytes(f.bytes_written),
+                f.dirs
+            )?;
+        }
+        for t in &summary.tablespaces {
+            writeln!(
+                w,
+                "  tablespace {} ({}): {}",
+                t.name.as_deref().unwrap_or("-"),
+                t.oid,
+                t.location.display()
+            )?;
+        }
+        if summary.wal_files > 0 {
+            writeln!(
+                w,
+                "  WAL: {} file{} ({}) in {}",
+                summary.wal_files,
+                if summary.wal_files == 1 { "" } else { "s" },
+                human_bytes(summary.wal_bytes),
+                summary.destination.join(restore::wal::WAL_DIR).display()
+            )?;
+        }
+        writeln!(
+            w,
+            "  duration: {}, throughput {}/s",
+            human_seconds(summary.duration_secs),
+            human_bytes(summary.bytes_per_sec as u64)
+        )?;
+        match &summary.target {
+            Some(t) => writeln!(w, "  recovery target: {t}")?,
+            None => writeln!(w, "  recovery target: none (replays all available WAL)")?,
+        }
+        writeln!(
+            w,
+            "  recovery settings appended to postgresql.auto.conf; {} created",
+            summary.signal_file
+        )?;
+        writeln!(
+            w,
+            "  restore_command = {}",
+            summary.settings.restore_command
+        )?;
+        if summary.settings.disable_archive_command {
+            writeln!(w, "  archive_command = false: the copy must not archive into the server's repository; set it again once the copy is meant to replace the server")?;
+        }
+        for warning in &summary.warnings {
+            writeln!(w, "Warning: {warning}")?;
+        }
+        let dest = shell_quote(&summary.destination.to_string_lossy());
+        if self.root_owned {
+            writeln!(w, "The files belong to root: give them to the PostgreSQL user first (chown -R postgres: {dest}), or recover into a directory that user owns")?;
+        }
+        match &summary.remote {
+            Some(r) => writeln!(
+                w,
+                "Start PostgreSQL on it (on {r}) to recover: pg_ctl -D {dest} start"
+            )?,
+            None => writeln!(
+                w,
+                "Start PostgreSQL on it to recover: pg_ctl -D {dest} start"
+            )?,
+        }
+        Ok(())
+    }
 }
 
 /// The line printed when SIGINT or SIGTERM ends a recovery (prepared before the

@@ -3,13 +3,11 @@
 
 use super::{Context, ExitCode, UsageError};
 use crate::config::ServerConfig;
-use crate::lock::JobLock;
-use crate::output::{human_bytes, print_json, Format};
-use crate::peer::{replicate_pass, PassReport};
-use crate::repo::ServerRepo;
+use crate::output::{human_bytes, Report};
+use crate::peer::{replicate_pass_locked, PassReport};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,27 +15,6 @@ use std::time::Duration;
 /// Seconds between two passes of `--follow` (the partial segment's freshness is the
 /// copy's RPO).
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The replicate lock of a server.
-pub fn replicate_lock(home: &Path, server: &str) -> PathBuf {
-    ServerRepo::new(home, server)
-        .lock_dir()
-        .join("replicate.lock")
-}
-
-/// Refuses a verb that only an active server can run (`backup`, `receive-wal`) on a
-/// passive one: a usage error naming the server and its primary manager.
-pub fn refuse_passive(s: &ServerConfig, verb: &str) -> Result<()> {
-    match &s.primary_ssh_command {
-        None => Ok(()),
-        Some(cmd) => Err(UsageError(format!(
-            "server '{}': {verb} refused: it is a passive copy of the primary manager at '{cmd}' (primary_ssh_command in {}); run {verb} there, or 'replicate' here",
-            s.name,
-            s.file.display()
-        ))
-        .into()),
-    }
-}
 
 /// One server's outcome, as printed.
 #[derive(Debug, Serialize)]
@@ -48,29 +25,23 @@ struct Outcome {
     report: Option<PassReport>,
 }
 
-/// One pass for one passive server under its lock; errors come back as text.
-pub fn pass_locked(home: &Path, server: &ServerConfig, stop: &AtomicBool) -> Result<PassReport> {
-    let lock_path = replicate_lock(home, &server.name);
-    let _lock = JobLock::acquire(
-        &lock_path,
-        &format!("replicate for server '{}'", server.name),
-    )?;
-    Ok(replicate_pass(home, server, stop)?)
+/// One round of passes, as printed.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Round {
+    outcomes: Vec<Outcome>,
+    #[serde(skip)]
+    quiet: bool,
 }
 
-fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
-    if ctx.format == Format::Json {
-        print_json(&outcomes)?;
-        return Ok(());
-    }
-    for o in outcomes {
-        if let Some(e) = &o.error {
-            eprintln!("pgbk: {e}");
-            continue;
+impl Report for Round {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        if self.quiet {
+            return Ok(());
         }
-        let Some(r) = &o.report else { continue };
-        if !ctx.quiet {
-            crate::outln!(
+        for r in self.outcomes.iter().filter_map(|o| o.report.as_ref()) {
+            writeln!(
+                w,
                 "server '{}': from {}: {} WAL file(s) copied ({} already here), {} backup(s) copied{}, {} object(s) copied ({} already here), {} moved; lag {}",
                 r.server,
                 r.primary,
@@ -90,17 +61,27 @@ fn print(ctx: &Context, outcomes: &[Outcome]) -> Result<()> {
                     .unwrap_or_else(|| "unknown".into())
             )?;
         }
-        for e in &r.errors {
-            eprintln!("pgbk: server '{}': {e}", r.server);
-        }
+        Ok(())
     }
-    Ok(())
+
+    fn text_errors(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for o in &self.outcomes {
+            if let Some(e) = &o.error {
+                lines.push(format!("pgbk: {e}"));
+            }
+            for e in o.report.iter().flat_map(|r| &r.errors) {
+                lines.push(format!("pgbk: server '{}': {e}", o.server));
+            }
+        }
+        lines
+    }
 }
 
 fn one_round(ctx: &Context, servers: &[&ServerConfig], stop: &AtomicBool) -> Vec<Outcome> {
     servers
         .iter()
-        .map(|s| match pass_locked(&ctx.config.home, s, stop) {
+        .map(|s| match replicate_pass_locked(&ctx.config.home, s, stop) {
             Ok(r) => Outcome {
                 server: s.name.clone(),
                 ok: r.errors.is_empty(),
@@ -148,8 +129,12 @@ pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
     if !a.follow {
         let stop = AtomicBool::new(false);
         let outcomes = one_round(ctx, &servers, &stop);
-        print(ctx, &outcomes)?;
-        return Ok(if outcomes.iter().all(|o| o.ok) { 0 } else { 1 });
+        let ok = outcomes.iter().all(|o| o.ok);
+        ctx.emit(&Round {
+            outcomes,
+            quiet: ctx.quiet,
+        })?;
+        return Ok(if ok { 0 } else { 1 });
     }
     // Signals are watched on a thread of their own, so a pass in progress sees the
     // request between two objects and ends cleanly (nothing half-named is left).
@@ -174,7 +159,10 @@ pub fn run(ctx: &Context, a: &crate::cli::ReplicateArgs) -> Result<ExitCode> {
     while !stop.load(Ordering::Relaxed) {
         let outcomes = one_round(ctx, &servers, &stop);
         last_ok = outcomes.iter().all(|o| o.ok);
-        print(ctx, &outcomes)?;
+        ctx.emit(&Round {
+            outcomes,
+            quiet: ctx.quiet,
+        })?;
         let deadline = std::time::Instant::now() + FOLLOW_INTERVAL;
         while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));

@@ -1,15 +1,15 @@
 //! `show-backup`: everything about one backup — all of backup.json, plus duration,
 //! throughput, compression ratio, the WAL range it needs and whether it is archived.
 
-use super::list_backups::{show_time, status_text};
+use super::describe::{show_time, status_text};
 use super::{Context, ExitCode};
 use crate::backup::wal_range::{missing_segments, required_segments};
 use crate::backup::BackupInfo;
-use crate::outln;
-use crate::output::{human_bytes, human_seconds, print_json, Format};
+use crate::output::{human_bytes, human_seconds, Report};
 use crate::wal::WalSegment;
 use anyhow::Result;
 use serde::Serialize;
+use std::io::Write;
 
 /// The WAL a backup needs and what of it the archive holds.
 #[derive(Serialize)]
@@ -82,138 +82,172 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
             missing,
         },
     };
-    if ctx.format == Format::Json {
-        print_json(&shown)?;
-        return Ok(0);
-    }
-    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    outln!("Backup {}:", b.backup_id)?;
-    outln!("  Server Name            : {}", b.server)?;
-    outln!("  Name                   : {}", opt(b.name.clone()))?;
-    outln!("  Status                 : {}", status_text(&b))?;
-    outln!("  PostgreSQL Version     : {}", b.server_version)?;
-    outln!("  System Id              : {}", b.system_id)?;
-    outln!("  Backup Method          : {}", b.method)?;
-    outln!("  Backup Type            : {}", b.backup_type())?;
-    if let Some(parent) = &b.parent {
-        outln!("  Parent Backup          : {parent}")?;
-        if shown.chain.len() < 2 || shown.chain.get(shown.chain.len() - 2) != Some(parent) {
-            outln!("  Chain                  : broken (a backup it is built on is missing or not DONE)")?;
-        } else {
-            outln!(
-                "  Chain                  : {} ({} backups, {} stored)",
-                shown.chain.join(" <- "),
-                shown.chain.len(),
-                human_bytes(shown.chain_stored_bytes)
-            )?;
-        }
-    }
-    outln!(
-        "  Keep                   : {}",
-        b.keep
-            .map(|k| k.to_string())
-            .unwrap_or_else(|| "nokeep".into())
-    )?;
-    if let Some(pid) = b.pid {
-        outln!("  Taken by pid           : {pid}")?;
-    }
-    if !b.tablespaces.is_empty() {
-        outln!("  Tablespaces:")?;
-        for t in &b.tablespaces {
-            outln!(
-                "    {} (oid {}): {}",
-                t.name.as_deref().unwrap_or("-"),
-                t.oid,
-                t.location
-            )?;
-        }
-    }
-    outln!()?;
-    outln!("  Base backup information:")?;
-    outln!("    Size                 : {}", human_bytes(b.size_bytes))?;
-    outln!("    Stored size          : {}", human_bytes(b.stored_bytes))?;
-    if b.parent.is_some() {
-        outln!("    Added by this backup : {}", human_bytes(b.stored_bytes))?;
-    }
-    outln!(
-        "    Compression ratio    : {}",
-        opt(shown.compression_ratio.map(|r| format!("{r:.2}")))
-    )?;
-    outln!("    Files                : {}", b.file_count)?;
-    if let (Some(files), Some(bytes)) = (b.transferred_files, b.transferred_bytes) {
-        outln!(
-            "    Transferred (rsync)  : {} in {files} files",
-            human_bytes(bytes)
-        )?;
-    }
-    if let Some(reused) = b.reused_bytes {
-        outln!("    Reused (hard links)  : {}", human_bytes(reused))?;
-    }
-    outln!("    Timeline             : {}", b.timeline)?;
-    if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {
-        outln!("    End timeline         : {t}")?;
-    }
-    outln!(
-        "    WAL segment size     : {}",
-        human_bytes(b.wal_segment_size)
-    )?;
-    outln!("    Begin WAL            : {}", opt(b.begin_wal.clone()))?;
-    outln!("    End WAL              : {}", opt(b.end_wal.clone()))?;
-    outln!(
-        "    Begin LSN            : {}",
-        opt(b.begin_lsn.map(|l| l.to_string()))
-    )?;
-    outln!(
-        "    End LSN              : {}",
-        opt(b.end_lsn.map(|l| l.to_string()))
-    )?;
-    outln!("    Begin time           : {}", show_time(b.begin_time))?;
-    outln!(
-        "    End time             : {}",
-        opt(b.end_time.map(show_time))
-    )?;
-    outln!(
-        "    Duration             : {}",
-        opt(duration.map(human_seconds))
-    )?;
-    outln!(
-        "    Throughput           : {}",
-        opt(shown
-            .throughput_bytes_per_second
-            .map(|t| format!("{}/s", human_bytes(t as u64))))
-    )?;
-    outln!(
-        "    Checksums            : {} (files.jsonl)",
-        b.checksum_algorithm
-    )?;
-    outln!(
-        "    backup_manifest      : {}",
-        if b.has_manifest { "stored" } else { "none" }
-    )?;
-    outln!()?;
-    outln!("  WAL information:")?;
-    let w = &shown.wal;
-    match (&w.first, &w.last) {
-        (Some(first), Some(last)) => {
-            outln!(
-                "    Needed               : {} segment(s), {first} to {last}",
-                w.segments
-            )?;
-            if w.missing.is_empty() {
-                outln!("    Archived             : all")?;
+    ctx.emit(&shown)?;
+    Ok(0)
+}
+
+impl Report for Shown<'_> {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let (shown, b, duration) = (self, self.info, self.duration_seconds);
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        writeln!(w, "Backup {}:", b.backup_id)?;
+        writeln!(w, "  Server Name            : {}", b.server)?;
+        writeln!(w, "  Name                   : {}", opt(b.name.clone()))?;
+        writeln!(w, "  Status                 : {}", status_text(b))?;
+        writeln!(w, "  PostgreSQL Version     : {}", b.server_version)?;
+        writeln!(w, "  System Id              : {}", b.system_id)?;
+        writeln!(w, "  Backup Method          : {}", b.method)?;
+        writeln!(w, "  Backup Type            : {}", b.backup_type())?;
+        if let Some(parent) = &b.parent {
+            writeln!(w, "  Parent Backup          : {parent}")?;
+            if shown.chain.len() < 2 || shown.chain.get(shown.chain.len() - 2) != Some(parent) {
+                writeln!(w, "  Chain                  : broken (a backup it is built on is missing or not DONE)")?;
             } else {
-                outln!(
-                    "    Archived             : no, {} missing: {}",
-                    w.missing.len(),
-                    w.missing.join(", ")
+                writeln!(
+                    w,
+                    "  Chain                  : {} ({} backups, {} stored)",
+                    shown.chain.join(" <- "),
+                    shown.chain.len(),
+                    human_bytes(shown.chain_stored_bytes)
                 )?;
             }
         }
-        _ => outln!("    Needed               : unknown (the backup has no WAL range)")?,
+        writeln!(
+            w,
+            "  Keep                   : {}",
+            b.keep
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "nokeep".into())
+        )?;
+        if let Some(pid) = b.pid {
+            writeln!(w, "  Taken by pid           : {pid}")?;
+        }
+        if !b.tablespaces.is_empty() {
+            writeln!(w, "  Tablespaces:")?;
+            for t in &b.tablespaces {
+                writeln!(
+                    w,
+                    "    {} (oid {}): {}",
+                    t.name.as_deref().unwrap_or("-"),
+                    t.oid,
+                    t.location
+                )?;
+            }
+        }
+        writeln!(w)?;
+        writeln!(w, "  Base backup information:")?;
+        writeln!(
+            w,
+            "    Size                 : {}",
+            human_bytes(b.size_bytes)
+        )?;
+        writeln!(
+            w,
+            "    Stored size          : {}",
+            human_bytes(b.stored_bytes)
+        )?;
+        if b.parent.is_some() {
+            writeln!(
+                w,
+                "    Added by this backup : {}",
+                human_bytes(b.stored_bytes)
+            )?;
+        }
+        writeln!(
+            w,
+            "    Compression ratio    : {}",
+            opt(shown.compression_ratio.map(|r| format!("{r:.2}")))
+        )?;
+        writeln!(w, "    Files                : {}", b.file_count)?;
+        if let (Some(files), Some(bytes)) = (b.transferred_files, b.transferred_bytes) {
+            writeln!(
+                w,
+                "    Transferred (rsync)  : {} in {files} files",
+                human_bytes(bytes)
+            )?;
+        }
+        if let Some(reused) = b.reused_bytes {
+            writeln!(w, "    Reused (hard links)  : {}", human_bytes(reused))?;
+        }
+        writeln!(w, "    Timeline             : {}", b.timeline)?;
+        if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {
+            writeln!(w, "    End timeline         : {t}")?;
+        }
+        writeln!(
+            w,
+            "    WAL segment size     : {}",
+            human_bytes(b.wal_segment_size)
+        )?;
+        writeln!(w, "    Begin WAL            : {}", opt(b.begin_wal.clone()))?;
+        writeln!(w, "    End WAL              : {}", opt(b.end_wal.clone()))?;
+        writeln!(
+            w,
+            "    Begin LSN            : {}",
+            opt(b.begin_lsn.map(|l| l.to_string()))
+        )?;
+        writeln!(
+            w,
+            "    End LSN              : {}",
+            opt(b.end_lsn.map(|l| l.to_string()))
+        )?;
+        writeln!(w, "    Begin time           : {}", show_time(b.begin_time))?;
+        writeln!(
+            w,
+            "    End time             : {}",
+            opt(b.end_time.map(show_time))
+        )?;
+        writeln!(
+            w,
+            "    Duration             : {}",
+            opt(duration.map(human_seconds))
+        )?;
+        writeln!(
+            w,
+            "    Throughput           : {}",
+            opt(shown
+                .throughput_bytes_per_second
+                .map(|t| format!("{}/s", human_bytes(t as u64))))
+        )?;
+        writeln!(
+            w,
+            "    Checksums            : {} (files.jsonl)",
+            b.checksum_algorithm
+        )?;
+        writeln!(
+            w,
+            "    backup_manifest      : {}",
+            if b.has_manifest { "stored" } else { "none" }
+        )?;
+        writeln!(w)?;
+        writeln!(w, "  WAL information:")?;
+        let wn = &shown.wal;
+        match (&wn.first, &wn.last) {
+            (Some(first), Some(last)) => {
+                writeln!(
+                    w,
+                    "    Needed               : {} segment(s), {first} to {last}",
+                    wn.segments
+                )?;
+                if wn.missing.is_empty() {
+                    writeln!(w, "    Archived             : all")?;
+                } else {
+                    writeln!(
+                        w,
+                        "    Archived             : no, {} missing: {}",
+                        wn.missing.len(),
+                        wn.missing.join(", ")
+                    )?;
+                }
+            }
+            _ => writeln!(
+                w,
+                "    Needed               : unknown (the backup has no WAL range)"
+            )?,
+        }
+        if let Some(e) = &b.error {
+            writeln!(w)?;
+            writeln!(w, "  Error                  : {e}")?;
+        }
+        Ok(())
     }
-    if let Some(e) = &b.error {
-        outln!()?;
-        outln!("  Error                  : {e}")?;
-    }
-    Ok(0)
 }

@@ -1,11 +1,11 @@
 //! `switch-wal`: close the current WAL segment on the server, and with `--archive`
 //! wait until that segment is safely in the archive.
 
-use super::{connect_primary_sql, runtime, Context, ExitCode};
+use super::{connect_error, runtime, Context, ExitCode};
 use crate::catalog::Catalog;
+use crate::connect::connect_primary_sql;
 use crate::outln;
 use crate::output::{print_json, Format};
-use crate::wal::Lsn;
 use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -28,46 +28,16 @@ pub fn run(
     timeout: Duration,
 ) -> Result<ExitCode> {
     let s = super::server_config(ctx, name)?;
-    let (switched, wal_file) = runtime()?.block_on(async {
-        let mut conn = connect_primary_sql(s).await?;
-        let q = |r: Vec<crate::pg::Row>, what: &str| -> Result<String> {
-            r.first()
-                .and_then(|row| row.get_idx(0))
-                .map(str::to_string)
-                .ok_or_else(|| anyhow!("server '{}': no answer to {what}", s.name))
-        };
-        let seg_size: u64 = q(
-            conn.simple_query("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
-                .await?,
-            "wal_segment_size",
-        )?
-        .parse()
-        .context("wal_segment_size")?;
-        if force {
-            conn.simple_query("CHECKPOINT")
-                .await
-                .with_context(|| format!("server '{}': CHECKPOINT", s.name))?;
-        }
-        let before: Lsn = q(
-            conn.simple_query("SELECT pg_current_wal_insert_lsn()")
-                .await?,
-            "pg_current_wal_insert_lsn",
-        )?
-        .parse()?;
-        let rows = conn
-            .simple_query("SELECT pg_walfile_name(l) FROM pg_switch_wal() AS l")
+    let done = runtime()?.block_on(async {
+        let mut conn = connect_primary_sql(s).await.map_err(connect_error)?;
+        let done = conn
+            .switch_wal(force)
             .await
-            .with_context(|| format!("server '{}': pg_switch_wal()", s.name))?;
-        let wal_file = q(rows, "pg_switch_wal")?;
-        let after: Lsn = q(
-            conn.simple_query("SELECT pg_current_wal_insert_lsn()")
-                .await?,
-            "pg_current_wal_insert_lsn",
-        )?
-        .parse()?;
+            .with_context(|| format!("server '{}'", s.name));
         conn.close().await;
-        Ok::<_, anyhow::Error>((after.segno(seg_size) > before.segno(seg_size), wal_file))
+        done
     })?;
+    let (switched, wal_file) = (done.switched, done.wal_file);
     if ctx.format == Format::Text {
         if switched {
             outln!(

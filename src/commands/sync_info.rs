@@ -2,9 +2,12 @@
 //! `replicate`); JSON is the only useful output, text prints a short summary.
 
 use super::{Context, ExitCode, UsageError};
-use crate::output::{print_json, Format};
+use crate::output::Report;
 use crate::peer::sync_info::{build, parse_cursor};
+use crate::peer::SyncInfo;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
@@ -18,24 +21,36 @@ pub fn run(ctx: &Context, a: &crate::cli::SyncInfoArgs) -> Result<ExitCode> {
         })?,
     };
     let doc = build(&ctx.config.home, &a.server, since)?;
-    match ctx.format {
-        Format::Json => print_json(&doc)?,
-        Format::Text => {
-            crate::outln!(
-                "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
-                doc.server,
-                doc.backups.len(),
-                doc.wals.len(),
-                doc.partial
-                    .as_ref()
-                    .map(|p| format!("{} ({} bytes)", p.name, p.size))
-                    .unwrap_or_else(|| "none".into()),
-                doc.last_lsn
-                    .map(|l| l.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                doc.cursor
-            )?;
-        }
-    }
+    ctx.emit(&Since { doc, since })?;
     Ok(0)
+}
+
+/// The document, and the cursor it was asked from (for the text summary).
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Since {
+    doc: SyncInfo,
+    #[serde(skip)]
+    since: i64,
+}
+
+impl Report for Since {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let (doc, since) = (&self.doc, self.since);
+        writeln!(
+            w,
+            "server '{}': {} DONE backup(s), {} WAL file(s) since cursor {since}, partial {}, last WAL position {}; cursor {}",
+            doc.server,
+            doc.backups.len(),
+            doc.wals.len(),
+            doc.partial
+                .as_ref()
+                .map(|p| format!("{} ({} bytes)", p.name, p.size))
+                .unwrap_or_else(|| "none".into()),
+            doc.last_lsn
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            doc.cursor
+        )
+    }
 }

@@ -3,14 +3,14 @@
 //! backup_manifest is there. Exit 1 naming each bad or missing file. An incremental
 //! backup is verified with every backup it is built on: a restore reads them all.
 
-use super::check_backup::{in_pool, refuse_failed};
-use super::{Context, ExitCode};
+use super::{in_pool, refuse_failed, Context, ExitCode};
 use crate::backup::{chain, BackupDir, BackupInfo, BackupStatus};
-use crate::outln;
-use crate::output::{human_bytes, print_json, Format};
+use crate::output::{human_bytes, Report};
 use crate::verify::backup_check::{verify_backup_files, FileCheck};
 use anyhow::{anyhow, bail, Result};
+use serde::Serialize;
 use serde_json::json;
+use std::io::Write;
 
 /// Runs the verb.
 pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
@@ -39,59 +39,89 @@ pub fn run(ctx: &Context, server: &str, wanted: &str) -> Result<ExitCode> {
     }
     let ok = reports.iter().all(|(_, r)| r.ok());
     let code = if ok { 0 } else { 1 };
-    if ctx.format == Format::Json {
-        let Some((_, own)) = reports.last() else {
-            return Ok(code);
-        };
-        let parents: Vec<serde_json::Value> = reports[..reports.len() - 1]
-            .iter()
-            .map(|(m, r)| json!({ "backup_id": m.backup_id, "ok": r.ok(), "files": r }))
-            .collect();
-        let mut doc = json!({
-            "server": server,
-            "backup_id": b.backup_id,
-            "ok": ok,
-            "files": own,
-        });
-        if !parents.is_empty() {
-            doc["chain"] = parents.into();
+    let doc = match reports.last() {
+        None => serde_json::Value::Null,
+        Some((_, own)) => {
+            let parents: Vec<serde_json::Value> = reports[..reports.len() - 1]
+                .iter()
+                .map(|(m, r)| json!({ "backup_id": m.backup_id, "ok": r.ok(), "files": r }))
+                .collect();
+            let mut doc = json!({
+                "server": server,
+                "backup_id": b.backup_id,
+                "ok": ok,
+                "files": own,
+            });
+            if !parents.is_empty() {
+                doc["chain"] = parents.into();
+            }
+            doc
         }
-        print_json(&doc)?;
-        return Ok(code);
-    }
-    for (m, report) in &reports {
-        print_report(server, m, report)?;
-    }
+    };
+    ctx.emit(&Verified {
+        doc,
+        server: server.to_string(),
+        reports,
+    })?;
     Ok(code)
 }
 
-fn print_report(server: &str, b: &BackupInfo, report: &FileCheck) -> Result<()> {
+/// The verification: the JSON document, and each backup of the chain's check for
+/// the text.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Verified {
+    doc: serde_json::Value,
+    #[serde(skip)]
+    server: String,
+    #[serde(skip)]
+    reports: Vec<(BackupInfo, FileCheck)>,
+}
+
+impl Report for Verified {
+    fn text(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for (m, report) in &self.reports {
+            print_report(w, &self.server, m, report)?;
+        }
+        Ok(())
+    }
+}
+
+fn print_report(
+    w: &mut dyn Write,
+    server: &str,
+    b: &BackupInfo,
+    report: &FileCheck,
+) -> std::io::Result<()> {
     let manifest = match report.manifest_files {
         Some(n) => format!(", {n} file(s) of backup_manifest present"),
         None => String::new(),
     };
     if report.ok() {
-        outln!(
+        writeln!(
+            w,
             "Backup {} of server '{server}': {} file(s), {} verified{manifest}",
             b.backup_id,
             report.files,
             human_bytes(report.bytes)
         )?;
     } else {
-        outln!(
+        writeln!(
+            w,
             "Backup {} of server '{server}': {} bad or missing file(s) among {} checked:",
             b.backup_id,
             report.problems.len(),
             report.files
         )?;
         for p in &report.problems {
-            let issue = serde_json::to_value(p.issue)?;
+            let issue = serde_json::to_value(p.issue).map_err(std::io::Error::other)?;
             let object = p
                 .object
                 .as_deref()
                 .map(|o| format!(" ({o})"))
                 .unwrap_or_default();
-            outln!(
+            writeln!(
+                w,
                 "\t{} {}{object}: {}",
                 issue.as_str().unwrap_or("bad"),
                 p.path,

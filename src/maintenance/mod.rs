@@ -4,6 +4,7 @@
 //! own the repository (`backup`, `delete`, `cron`, `rebuild-catalog`) call into it;
 //! reading verbs only report what it would do.
 
+pub mod cron;
 pub mod rebuild;
 pub mod reconcile;
 pub mod take;

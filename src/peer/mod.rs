@@ -23,6 +23,11 @@ pub use sync_info::SyncInfo;
 
 use crate::backup::BackupError;
 use crate::catalog::CatalogError;
+use crate::config::ServerConfig;
+use crate::lock::{JobLock, LockError};
+use crate::repo::ServerRepo;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 /// Why a replication step failed as a whole (single objects that fail are reported
 /// in the pass's report instead).
@@ -60,4 +65,21 @@ pub enum PeerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// Another pass of the server (`replicate --follow`, cron) holds its lock.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// One replication pass of a passive server under its replicate lock, so passes of
+/// `replicate`, `replicate --follow` and `cron` never overlap.
+pub fn replicate_pass_locked(
+    home: &Path,
+    server: &ServerConfig,
+    stop: &AtomicBool,
+) -> Result<PassReport, PeerError> {
+    let _lock = JobLock::acquire(
+        &crate::lock::replicate_lock(&ServerRepo::new(home, &server.name)),
+        &format!("replicate for server '{}'", server.name),
+    )?;
+    replicate_pass(home, server, stop)
 }

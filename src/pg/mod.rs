@@ -13,6 +13,7 @@
 //! - `copy_in`: commands that read COPY data from the client (`UPLOAD_MANIFEST`).
 //! - [`replication`]: `IDENTIFY_SYSTEM`, `TIMELINE_HISTORY`, slots and the physical
 //!   replication stream, including both answers `START_REPLICATION` can give.
+//! - [`wal_switch`]: `pg_switch_wal()`, and whether it closed a segment.
 //!
 //! Every error is a [`PgError`], one line, never showing a password.
 
@@ -26,6 +27,7 @@ pub mod pgpass;
 pub mod query;
 pub mod replication;
 mod tls;
+pub mod wal_switch;
 
 pub use connection::{CancelToken, ConnectOptions, Connection, Row};
 pub use conninfo::{mask_conninfo, ConnInfo, SslMode};

@@ -664,7 +664,7 @@ pub fn with_prefetch_lock<T>(repo: &ServerRepo, f: impl FnOnce() -> T) -> Option
     use std::os::fd::AsRawFd;
     let spool = spool_dir(repo);
     let _ = fs::DirBuilder::new().mode(0o700).create(&spool);
-    let path = spool.join(".prefetch.lock");
+    let path = crate::lock::prefetch_lock(&spool);
     let file = OpenOptions::new()
         .write(true)
         .create(true)

@@ -8,7 +8,7 @@ use super::item::CheckItem;
 pub use super::peer_probe::{peer_status, PeerStatus};
 use super::probe::ServerState;
 use crate::config::ServerConfig;
-use crate::output::{human_bytes, human_seconds};
+use crate::units::{human_bytes, human_seconds};
 
 fn item(name: &str, ok: bool, hint: Option<String>) -> CheckItem {
     CheckItem::new(name, ok, hint)

@@ -181,14 +181,14 @@ impl LastDrill {
     pub fn text(&self, now: DateTime<Utc>) -> String {
         let age = (now - self.started_at).num_seconds().max(0) as f64;
         let secs = |v: Option<f64>| {
-            v.map(crate::output::human_seconds)
+            v.map(crate::units::human_seconds)
                 .unwrap_or_else(|| "unknown".into())
         };
         format!(
             "drill {} {} {} ago (backup {}): measured RTO {}, achieved RPO {}{}",
             self.id,
             if self.ok { "passed" } else { "FAILED" },
-            crate::output::human_seconds(age),
+            crate::units::human_seconds(age),
             self.backup_id.as_deref().unwrap_or("-"),
             secs(self.rto_secs),
             secs(self.rpo_secs),
@@ -446,12 +446,12 @@ impl Rpo {
         match (self.bytes, self.seconds) {
             (Some(b), Some(s)) => format!(
                 "{} ({})",
-                crate::output::human_bytes(b),
-                crate::output::human_seconds(s)
+                crate::units::human_bytes(b),
+                crate::units::human_seconds(s)
             ),
             (Some(b), None) => format!(
                 "{} (age unknown: {})",
-                crate::output::human_bytes(b),
+                crate::units::human_bytes(b),
                 self.unknown.as_deref().unwrap_or("no WAL stored yet")
             ),
             _ => format!(
@@ -655,7 +655,7 @@ fn local_state(server: &ServerConfig, home: &Path) -> Result<LocalState, String>
     let mut st = LocalState {
         not_writable: writable(&repo, home).err(),
         disk: DiskSpace::of(home),
-        receive_wal_pid: JobLock::holder(&repo.lock_dir().join("receive-wal.lock"))
+        receive_wal_pid: JobLock::holder(&crate::lock::receive_wal_lock(&repo))
             .ok()
             .flatten(),
         ..Default::default()

@@ -3,7 +3,7 @@
 use super::probe::{DiskSpace, ServerState};
 use crate::backup::BackupStatus;
 use crate::config::ServerConfig;
-use crate::output::{human_bytes, human_seconds};
+use crate::units::{human_bytes, human_seconds};
 use chrono::{DateTime, Utc};
 
 /// `disk space` fails when less than this many bytes are available in `home`…

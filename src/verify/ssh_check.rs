@@ -10,7 +10,7 @@ pub use super::ssh_probe::{
     archiving_from_row, probe_ssh, ArchivingState, SshState, ARCHIVING_QUERY, PROBE_CONNECT_TIMEOUT,
 };
 use crate::config::ServerConfig;
-use crate::output::human_seconds;
+use crate::units::human_seconds;
 use chrono::{DateTime, Utc};
 
 /// Files in `incoming/` older than this mean archive-wal is not running.

@@ -76,13 +76,6 @@ pub struct IncomingReport {
     pub left: Vec<String>,
 }
 
-/// The archive-wal lock of a server.
-pub fn archive_wal_lock(home: &Path, server: &str) -> PathBuf {
-    ServerRepo::new(home, server)
-        .lock_dir()
-        .join("archive-wal.lock")
-}
-
 /// Sort key putting WAL files in WAL order: history files first, then by position
 /// (the segment number, read by the one WAL name parser) and name (timeline).
 fn wal_order(name: &str) -> (u8, u64, String) {
@@ -122,7 +115,7 @@ pub fn archive_incoming(
 ) -> Result<IncomingReport, IncomingError> {
     let home = repository.home();
     let _lock = JobLock::acquire(
-        &archive_wal_lock(home, server),
+        &crate::lock::archive_wal_lock(&ServerRepo::new(home, server)),
         &format!("archive-wal for server '{server}'"),
     )?;
     let mut report = IncomingReport {

@@ -9,6 +9,7 @@ pub mod incoming;
 pub mod put;
 pub mod receiver;
 pub mod stored;
+pub mod receiver_state;
 
 pub use crate::types::{history_file_name, Lsn, SystemId, TimeLineId, WalFileName, WalSegment};
 pub use crate::types::{lsn, segment};

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::output::human_bytes;
+use crate::units::human_bytes;
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
 
 /// The server name the demo configures.
