@@ -21,7 +21,7 @@ pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
 pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| BackupError::Io { path, source }
+        move |source| BackupError::Io(crate::error::IoError::new(path, source))
     };
     if dir.is_remote() {
         remove_stored_objects(dir, true)?;

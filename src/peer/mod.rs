@@ -55,9 +55,6 @@ pub enum PeerError {
     #[error(transparent)]
     Backup(#[from] BackupError),
     /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
 }

@@ -5,6 +5,7 @@ pub mod compress;
 pub mod durable;
 pub mod store;
 
+use crate::error::IoResultExt;
 use crate::wal::{history_file_name, TimeLineId, WalSegment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -149,8 +150,7 @@ impl ServerRepo {
             Err(e) => return Err(e),
         };
         let mut text = String::new();
-        r.read_to_string(&mut text)
-            .map_err(|source| store::StoreError::Io { path: key, source })?;
+        r.read_to_string(&mut text).at(&key)?;
         Ok(Some(text))
     }
 
