@@ -516,7 +516,8 @@ fn drill_steps(
         Host::Local { .. } => {
             for d in [folder, &socket] {
                 crate::repo::durable::create_dir_all_private(d)
-                    .map_err(|e| fail("restore", format!("{}: {e}", d.display())))?;
+                    .at(d)
+                    .map_err(|e| fail("restore", e.to_string()))?;
             }
         }
         Host::Remote(_) => {
