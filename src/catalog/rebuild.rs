@@ -2,6 +2,7 @@
 
 use super::{Catalog, CatalogError, WalKind, WalRecord};
 use crate::backup::{is_backup_id, BackupDir, BackupInfo};
+use crate::error::{IoError, IoResultExt};
 use crate::lock::{JobLock, LockError};
 use crate::repo::compress::{checksum, inspect_object, parse_trailer, TRAILER_LEN};
 use crate::repo::store::{ObjectMeta, Store, StoreError};
@@ -13,7 +14,6 @@ use rayon::prelude::*;
 use rusqlite::params;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// The backups whose folder (with a `backup.json` past STARTED) is in the repository
 /// (its local folder or its bucket) but that the catalog does not list (`catalog`
@@ -173,13 +173,8 @@ pub enum RebuildError {
         source: LockError,
     },
     /// A repository file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The repository's store could not be listed or read.
     #[error(transparent)]
     Store(Box<StoreError>),
@@ -214,11 +209,6 @@ struct Found {
     segno: Option<u64>,
 }
 
-fn io_err(store: &dyn Store, key: &str) -> impl FnOnce(std::io::Error) -> RebuildError {
-    let path = PathBuf::from(store.describe(key));
-    move |source| RebuildError::Io { path, source }
-}
-
 /// The first bytes of a stored segment, decompressed (its long page header).
 fn segment_head(store: &dyn Store, key: &str) -> Option<Vec<u8>> {
     use std::io::Read;
@@ -246,7 +236,7 @@ fn describe_wal(store: &dyn Store, f: &Found, remote: bool) -> Result<WalRecord,
             .get(key)
             .map_err(store_err)?
             .read_to_end(&mut data)
-            .map_err(io_err(store, key))?;
+            .at(store.describe(key))?;
         let sum = checksum(&data);
         (data.len() as u64, sum.clone(), Some(sum))
     } else {
@@ -262,7 +252,7 @@ fn describe_wal(store: &dyn Store, f: &Found, remote: bool) -> Result<WalRecord,
             Some(rec) => (rec.size, rec.checksum, None),
             None => {
                 let object = store.get(key).map_err(store_err)?;
-                let s = inspect_object(object).map_err(io_err(store, key))?;
+                let s = inspect_object(object).at(store.describe(key))?;
                 (s.size, s.checksum, Some(s.stored_checksum))
             }
         }
@@ -304,11 +294,7 @@ pub fn rebuild_server(
     // (the locks live on the manager host); a local repository without its folder
     // has nothing to rebuild (and gets none).
     if remote {
-        repo.ensure_local_dirs()
-            .map_err(|source| RebuildError::Io {
-                path: repo.root().to_path_buf(),
-                source,
-            })?;
+        repo.ensure_local_dirs().at(repo.root())?;
     }
     let _locks = if repo.root().exists() {
         Some((

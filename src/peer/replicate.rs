@@ -182,9 +182,9 @@ pub fn replicate_pass(
         msg: format!("primary_ssh_command: {e}"),
     })?;
     let repository =
-        Repository::open(home, server.repository.as_ref()).map_err(|msg| PeerError::Store {
+        Repository::open(home, server.repository.as_ref()).map_err(|e| PeerError::Store {
             server: name.clone(),
-            msg,
+            msg: e.to_string(),
         })?;
     let catalog = Catalog::open(home)?;
     let moved = Arc::new(AtomicU64::new(0));

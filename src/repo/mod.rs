@@ -36,12 +36,14 @@ impl Repository {
 
     /// The repository a server's configuration names: `s3` when it has
     /// `repository = s3://...`, else the local `home`.
-    pub fn open(home: &Path, s3: Option<&S3Settings>) -> Result<Repository, String> {
+    pub fn open(home: &Path, s3: Option<&S3Settings>) -> Result<Repository, store::StoreError> {
         match s3 {
             None => Ok(Repository::local(home)),
             Some(settings) => Ok(Repository {
                 home: home.to_path_buf(),
-                store: Arc::new(S3Store::new(settings.clone())?),
+                store: Arc::new(
+                    S3Store::new(settings.clone()).map_err(store::StoreError::Settings)?,
+                ),
                 remote: true,
             }),
         }

@@ -77,6 +77,10 @@ pub enum StoreError {
         /// What did not match.
         detail: String,
     },
+    /// The repository's settings cannot be used (an `s3_*` option, the
+    /// credentials); nothing was sent.
+    #[error("{0}")]
+    Settings(String),
     /// A local file operation failed (the path is the file, or the key read).
     #[error(transparent)]
     Io(#[from] IoError),
