@@ -16,6 +16,12 @@
 //!    boundary and the module above may need to tell it apart. An error that is only
 //!    ever printed gets a message variant (`Refused(String)`, `Invalid(String)`): a
 //!    typed error still, but no finer than its callers need.
+//!
+//!    Text is right where the failure is data rather than an error that propagates:
+//!    a probe's outcome in `check`'s report (`{"error": "…"}`), the reason recorded
+//!    in a FAILED backup's `backup.json`, the CopyFail message sent to the server,
+//!    a value parser's message that `ConfigError::BadValue` wraps with file, line
+//!    and option.
 //! 3. **How a path or a server is attached: once, by the layer that knows it.**
 //!    - A path to an I/O error: where the I/O happens, with [`IoResultExt::at`]
 //!      (`fs::read(&p).at(&p)?`). It gives an [`IoError`], shown as
