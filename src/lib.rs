@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod drill;
+pub mod error;
 pub mod lock;
 pub mod maintenance;
 pub mod output;

@@ -13,6 +13,7 @@
 
 use super::object_file::StoreError;
 use super::{BackupDir, BackupError, FileEntry};
+use crate::error::IoResultExt;
 use crate::repo::durable::AtomicFile;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -87,7 +88,7 @@ pub fn list(
     let reader = match dir.open_object(LIST) {
         Ok(r) => Some(io::BufReader::new(r)),
         Err(BackupError::Store(e)) if e.is_not_found() => None,
-        Err(BackupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+        Err(BackupError::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
     Ok(reader
@@ -298,10 +299,6 @@ impl<'a> BundleWriter<'a> {
         }
     }
 
-    fn io(path: PathBuf) -> impl FnOnce(io::Error) -> StoreError {
-        move |source| StoreError::Io { path, source }
-    }
-
     /// Starts a small file: the open bundle (opened now if there is none) and the
     /// offset its frames start at.
     pub(super) fn start_file(&mut self) -> Result<(String, u64), StoreError> {
@@ -313,7 +310,7 @@ impl<'a> BundleWriter<'a> {
                 Sink::Memory(Vec::with_capacity((BUNDLE_TARGET + SMALL_FILE) as usize))
             } else {
                 let disk = self.dir.root().join(&rel);
-                let f = super::object_file::create_file(&disk).map_err(Self::io(disk.clone()))?;
+                let f = super::object_file::create_file(&disk).at(disk.clone())?;
                 Sink::Disk(BufWriter::with_capacity(256 * 1024, f), disk)
             };
             self.open = Some(Open {
@@ -336,7 +333,7 @@ impl<'a> BundleWriter<'a> {
             return Err(StoreError::Invalid("a frame outside a bundle".into()));
         };
         match &mut o.sink {
-            Sink::Disk(w, disk) => w.write_all(frame).map_err(Self::io(disk.clone()))?,
+            Sink::Disk(w, disk) => w.write_all(frame).at(disk.clone())?,
             Sink::Memory(v) => v.extend_from_slice(frame),
         }
         o.hasher.update(frame);
@@ -369,7 +366,7 @@ impl<'a> BundleWriter<'a> {
         let rel = bundle_object(o.n);
         let list_path = self.dir.root().join(LIST);
         if self.list.is_none() {
-            let f = AtomicFile::create(&list_path).map_err(Self::io(list_path.clone()))?;
+            let f = AtomicFile::create(&list_path).at(list_path.clone())?;
             self.list = Some(BufWriter::with_capacity(64 * 1024, f));
         }
         let line = BundleInfo {
@@ -382,13 +379,11 @@ impl<'a> BundleWriter<'a> {
             serde_json::to_writer(&mut *list, &line)
                 .map_err(io::Error::other)
                 .and_then(|()| list.write_all(b"\n"))
-                .map_err(Self::io(list_path))?;
+                .at(list_path)?;
         }
         match o.sink {
             Sink::Disk(w, disk) => {
-                let f = w
-                    .into_inner()
-                    .map_err(|e| Self::io(disk.clone())(e.into_error()))?;
+                let f = w.into_inner().map_err(|e| e.into_error()).at(&disk)?;
                 super::object_file::start_file_writeback(&f);
                 Ok(None)
             }
@@ -406,7 +401,9 @@ impl<'a> BundleWriter<'a> {
         self.list
             .map(|l| {
                 l.into_inner()
-                    .map_err(|e| Self::io(path)(io::Error::new(e.error().kind(), e.to_string())))
+                    .map_err(|e| io::Error::new(e.error().kind(), e.to_string()))
+                    .at(&path)
+                    .map_err(StoreError::from)
             })
             .transpose()
     }

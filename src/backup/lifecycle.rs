@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// The lock a running backup of the server holds.
 pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
-    repo.lock_dir().join("backup.lock")
+    crate::lock::backup_lock(repo)
 }
 
 /// Removes a backup's stored content (data, tablespaces, file list, manifest and
@@ -23,7 +23,7 @@ pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
 pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| BackupError::Io { path, source }
+        move |source| BackupError::Io(crate::error::IoError::new(path, source))
     };
     if dir.is_remote() {
         remove_stored_objects(dir, true)?;

@@ -24,6 +24,7 @@ pub mod wal_range;
 pub use info::{BackupInfo, BackupStatus, FileEntry, FileKind, KeepTarget, TablespaceInfo};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::error::{IoError, IoResultExt};
 use crate::repo::durable::write_atomic;
 use crate::repo::ServerRepo;
 use chrono::{DateTime, Utc};
@@ -34,11 +35,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// backup.json or a files.jsonl line does not parse.
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
@@ -134,9 +132,8 @@ impl BackupDir {
             return self.store().get(&self.key(rel)).map_err(store_err);
         }
         let path = self.root.join(rel);
-        std::fs::File::open(&path)
-            .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
-            .map_err(|source| BackupError::Io { path, source })
+        let f = std::fs::File::open(&path).at(&path)?;
+        Ok(Box::new(f))
     }
 
     /// `len` bytes of the backup's object `rel` from `offset` (fewer at its end): on
@@ -150,15 +147,11 @@ impl BackupDir {
         }
         use std::io::{Seek, SeekFrom};
         let path = self.root.join(rel);
-        let io = |source| BackupError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = std::fs::File::open(&path).map_err(io)?;
+        let mut f = std::fs::File::open(&path).at(&path)?;
         let mut out = Vec::new();
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.take(len).read_to_end(&mut out))
-            .map_err(io)?;
+            .at(&path)?;
         Ok(out)
     }
 
@@ -167,18 +160,11 @@ impl BackupDir {
         let mut r = match self.open_object(rel) {
             Ok(r) => r,
             Err(BackupError::Store(e)) if e.is_not_found() => return Ok(None),
-            Err(BackupError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(None)
-            }
+            Err(BackupError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut data = Vec::new();
-        r.read_to_end(&mut data).map_err(|source| BackupError::Io {
-            path: PathBuf::from(self.describe(rel)),
-            source,
-        })?;
+        r.read_to_end(&mut data).at(self.describe(rel))?;
         Ok(Some(data))
     }
 
@@ -202,10 +188,7 @@ impl BackupDir {
             return Ok(());
         }
         let path = self.root.join(rel);
-        let mut f = std::fs::File::open(&path).map_err(|source| BackupError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let mut f = std::fs::File::open(&path).at(&path)?;
         self.store()
             .put_reader(&self.key(rel), &mut f, crate::repo::store::PutMode::Create)
             .map_err(store_err)?;
@@ -244,10 +227,7 @@ impl BackupDir {
         let mut text = String::new();
         self.open_object("backup.json")?
             .read_to_string(&mut text)
-            .map_err(|source| BackupError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            .at(&path)?;
         serde_json::from_str(&text).map_err(|e| BackupError::Corrupt {
             path,
             message: e.to_string(),
@@ -273,7 +253,7 @@ impl BackupDir {
                 .map_err(store_err)?;
             return Ok(());
         }
-        write_atomic(&path, &text).map_err(|source| BackupError::Io { path, source })
+        Ok(write_atomic(&path, &text).at(&path)?)
     }
 
     /// Streams `files.jsonl` one entry at a time (never the whole list in memory).
@@ -297,10 +277,7 @@ pub(crate) fn json_lines<T: serde::de::DeserializeOwned>(
         .lines()
         .enumerate()
         .filter_map(move |(i, line)| match line {
-            Err(source) => Some(Err(BackupError::Io {
-                path: path.clone(),
-                source,
-            })),
+            Err(source) => Some(Err(IoError::new(&path, source).into())),
             Ok(l) if l.trim().is_empty() => None,
             Ok(l) => Some(serde_json::from_str(&l).map_err(|e| BackupError::Corrupt {
                 path: path.clone(),

@@ -6,14 +6,14 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Why storing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Reading or writing a file of the repository failed.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// The stream holds something pgbk refuses to store.
     #[error("{0}")]
     Invalid(String),

@@ -31,8 +31,8 @@
 
 use super::rsync_copy::{
     accepts_fast_ciphers, balanced_shares, excluded, listing_command, only_vanished, parse_listing,
-    remote_prefix, rsync_shell, run_job, whole_file, write_list, CopyJob, RemoteEntry, RsyncSetup,
-    StoredHook, TransferStats,
+    remote_prefix, rsync_shell, run_job, whole_file, write_list, CopyJob, RemoteEntry, RsyncError,
+    RsyncSetup, StoredHook, TransferStats,
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
@@ -858,7 +858,7 @@ fn copy_one(
     abort: &AtomicBool,
     advanced: &dyn Fn(u64),
     stored: Option<StoredHook>,
-) -> Result<TransferStats, String> {
+) -> Result<TransferStats, RsyncError> {
     match tar {
         Some((dest, sums)) if job.reuse_dir.is_none() => {
             run_tar_job(setup, dest, job, abort, advanced, sums)
@@ -883,7 +883,7 @@ fn run_workers(
         per_worker[k % jobs].push(j);
     }
     let done = AtomicU64::new(0);
-    let results: Vec<Result<TransferStats, String>> = std::thread::scope(|s| {
+    let results: Vec<Result<TransferStats, RsyncError>> = std::thread::scope(|s| {
         let handles: Vec<_> = per_worker
             .iter()
             .map(|list| {
@@ -911,12 +911,12 @@ fn run_workers(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err("an rsync worker panicked".into()))
+                    .unwrap_or_else(|_| Err(RsyncError::Failed("an rsync worker panicked".into())))
             })
             .collect()
     });
     let mut total = TransferStats::default();
-    let mut first_err: Option<String> = None;
+    let mut first_err: Option<RsyncError> = None;
     for r in results {
         match r {
             Ok(st) => {
@@ -924,14 +924,14 @@ fn run_workers(
                 total.bytes += st.bytes;
             }
             // "interrupted" is only the echo of another worker's failure.
-            Err(e) if first_err.is_none() || first_err.as_deref() == Some("interrupted") => {
+            Err(e) if matches!(first_err, None | Some(RsyncError::Interrupted)) => {
                 first_err = Some(e)
             }
             Err(_) => {}
         }
     }
     match first_err {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(total),
     }
 }

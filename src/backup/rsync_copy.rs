@@ -8,6 +8,7 @@
 
 use crate::backup::tar_store::safe_path;
 use crate::config::ReuseBackup;
+use crate::error::IoError;
 use crate::ssh::{shell_quote, split_shell, SshTarget};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,28 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a copy worker (rsync, tar over ssh) or the index of its files failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RsyncError {
+    /// `abort` was set: another worker failed or the backup was stopped. The
+    /// caller reports the other worker's error rather than this echo of it.
+    #[error("interrupted")]
+    Interrupted,
+    /// A local file could not be read or written.
+    #[error(transparent)]
+    Io(#[from] IoError),
+    /// rsync, ssh or the stream failed (the message says which and why).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The rsync method's steps still pass errors on as text (`rsync.rs`).
+impl From<RsyncError> for String {
+    fn from(e: RsyncError) -> String {
+        e.to_string()
+    }
+}
 
 /// One file or directory of the server, as the remote listing reported it.
 #[derive(Debug, Clone, PartialEq)]
@@ -474,7 +497,7 @@ pub fn run_job(
     abort: &AtomicBool,
     advanced: &dyn Fn(u64),
     stored: Option<StoredHook>,
-) -> Result<TransferStats, String> {
+) -> Result<TransferStats, RsyncError> {
     let mut cmd = rsync_command(setup, job);
     own_process_group(&mut cmd);
     let mut child = cmd
@@ -482,7 +505,7 @@ pub fn run_job(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run rsync on this host: {e}"))?;
+        .map_err(|e| RsyncError::Failed(format!("cannot run rsync on this host: {e}")))?;
     let seen = Arc::new(AtomicU64::new(0));
     let out = child.stdout.take().map(|o| {
         let seen = seen.clone();
@@ -539,7 +562,7 @@ pub fn run_job(
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) => {}
-            Err(e) => return Err(format!("waiting for rsync: {e}")),
+            Err(e) => return Err(RsyncError::Failed(format!("waiting for rsync: {e}"))),
         }
         if abort.load(Ordering::Relaxed) {
             // SAFETY: kill(2) on the process group rsync leads (its pid).
@@ -547,7 +570,7 @@ pub fn run_job(
                 libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
             }
             let _ = child.wait();
-            return Err("interrupted".into());
+            return Err(RsyncError::Interrupted);
         }
         tell(seen.load(Ordering::Relaxed));
         std::thread::sleep(Duration::from_millis(50));
@@ -567,12 +590,12 @@ pub fn run_job(
                 .or(stderr.last())
                 .cloned()
                 .unwrap_or_default();
-            Err(format!(
+            Err(RsyncError::Failed(format!(
                 "rsync of {} exited with {}: {}",
                 job.remote_dir,
                 code.map_or("a signal".to_string(), |c| format!("status {c}")),
                 why.trim()
-            ))
+            )))
         }
     }
 }

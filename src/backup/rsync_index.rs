@@ -9,8 +9,9 @@
 //! on ([`EarlySums`]); the index reads again only files whose early checksum is
 //! missing or whose identity (inode, size, mtime) changed since.
 
-use super::rsync_copy::RemoteEntry;
+use super::rsync_copy::{RemoteEntry, RsyncError};
 use super::{BackupDir, FileEntry, FileKind};
+use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use crate::repo::durable::AtomicFile;
 use rayon::prelude::*;
@@ -155,7 +156,7 @@ pub fn index(
     early: &EarlySums,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
-) -> Result<(AtomicFile, IndexTotals), String> {
+) -> Result<(AtomicFile, IndexTotals), RsyncError> {
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     for root in roots {
@@ -194,7 +195,7 @@ pub fn index(
         .sum();
     progress.start("checksums", Some(total));
     let done = AtomicU64::new(0);
-    let checked: Vec<Result<Option<(FileEntry, u64)>, String>> = pool.install(|| {
+    let checked: Vec<Result<Option<(FileEntry, u64)>, IoError>> = pool.install(|| {
         files
             .into_par_iter()
             .map(|(root, mut entry)| {
@@ -202,10 +203,11 @@ pub fn index(
                 let meta = match std::fs::symlink_metadata(&local) {
                     Ok(m) => m,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(format!("{}: {e}", local.display())),
+                    Err(e) => return Err(IoError::new(&local, e)),
                 };
                 if !meta.is_file() {
-                    return Err(format!("{}: not a regular file", local.display()));
+                    let e = std::io::Error::other("not a regular file");
+                    return Err(IoError::new(&local, e));
                 }
                 let reused = meta.nlink() > 1
                     && root.previous.as_ref().is_some_and(|p| {
@@ -219,9 +221,7 @@ pub fn index(
                     Some(sum) => (meta.len(), sum.clone()),
                     None => match early.get(&local, &meta) {
                         Some(taken) => taken,
-                        None => {
-                            blake3_file(&local).map_err(|e| format!("{}: {e}", local.display()))?
-                        }
+                        None => blake3_file(&local).at(&local)?,
                     },
                 };
                 entry.size = size;
@@ -238,14 +238,13 @@ pub fn index(
     });
     progress.finish();
     let path = dir.files_path();
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut out = AtomicFile::create(&path).map_err(io)?;
+    let mut out = AtomicFile::create(&path).at(&path)?;
     let mut totals = IndexTotals::default();
     {
         let mut w = std::io::BufWriter::new(&mut out);
         dirs.sort_by(|a, b| (a.tablespace, &a.path).cmp(&(b.tablespace, &b.path)));
         for e in dirs.iter().chain(links.iter()) {
-            e.write_line(&mut w).map_err(io)?;
+            e.write_line(&mut w).at(&path)?;
         }
         for r in checked {
             let Some((e, new)) = r? else { continue };
@@ -253,9 +252,9 @@ pub fn index(
             totals.new_bytes += new;
             totals.reused_bytes += e.size - new;
             totals.file_count += 1;
-            e.write_line(&mut w).map_err(io)?;
+            e.write_line(&mut w).at(&path)?;
         }
-        w.flush().map_err(io)?;
+        w.flush().at(&path)?;
     }
     Ok((out, totals))
 }

@@ -19,10 +19,11 @@
 //! as PostgreSQL's own base backup pads it (WAL replay truncates it again).
 
 use super::rsync_copy::{
-    last_lines, own_process_group, start_writeback, CopyJob, RsyncSetup, TransferStats,
+    last_lines, own_process_group, start_writeback, CopyJob, RsyncError, RsyncSetup, TransferStats,
 };
 use super::rsync_index::EarlySums;
 use super::tar_store::{create_file, safe_path};
+use crate::error::IoResultExt;
 use crate::ssh::{shell_quote, SshTarget};
 use std::collections::HashSet;
 use std::fs::File;
@@ -69,11 +70,11 @@ pub fn run_tar_job(
     abort: &AtomicBool,
     advanced: &dyn Fn(u64),
     sums: &EarlySums,
-) -> Result<TransferStats, String> {
-    let list = File::open(&job.list).map_err(|e| format!("{}: {e}", job.list.display()))?;
+) -> Result<TransferStats, RsyncError> {
+    let list = File::open(&job.list).at(&job.list)?;
     // Only the files asked for are written: a server cannot add others.
     let wanted: HashSet<String> = std::fs::read(&job.list)
-        .map_err(|e| format!("{}: {e}", job.list.display()))?
+        .at(&job.list)?
         .split(|&b| b == 0)
         .filter(|p| !p.is_empty())
         .map(|p| String::from_utf8_lossy(p).into_owned())
@@ -91,7 +92,7 @@ pub fn run_tar_job(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run ssh on this host: {e}"))?;
+        .map_err(|e| RsyncError::Failed(format!("cannot run ssh on this host: {e}")))?;
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -124,7 +125,7 @@ pub fn run_tar_job(
             Some(o) => store_members(o, &job.local_dir, &wanted, advanced, sums, &|p: &Path| {
                 let _ = written.send(p.to_path_buf());
             }),
-            None => Err("no output from ssh".to_string()),
+            None => Err(RsyncError::Failed("no output from ssh".to_string())),
         };
         if stored.is_err() {
             // SAFETY: as above.
@@ -136,9 +137,11 @@ pub fn run_tar_job(
         let errors = err.and_then(|h| h.join().ok()).unwrap_or_default();
         (stored, errors)
     });
-    let status = child.wait().map_err(|e| format!("waiting for ssh: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| RsyncError::Failed(format!("waiting for ssh: {e}")))?;
     if abort.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
+        return Err(RsyncError::Interrupted);
     }
     let why = || {
         errors
@@ -153,15 +156,16 @@ pub fn run_tar_job(
     match status.code() {
         Some(0) | Some(1) => {}
         code => {
-            return Err(format!(
+            return Err(RsyncError::Failed(format!(
                 "tar of {} over ssh exited with {}: {}",
                 job.remote_dir,
                 code.map_or("a signal".to_string(), |c| format!("status {c}")),
                 why().trim()
-            ))
+            )))
         }
     }
-    let stats = stored.map_err(|e| format!("tar of {}: {e}", job.remote_dir))?;
+    let stats =
+        stored.map_err(|e| RsyncError::Failed(format!("tar of {}: {e}", job.remote_dir)))?;
     // Files that vanished on the server count as done for progress.
     advanced(job.bytes.saturating_sub(stats.bytes));
     Ok(stats)
@@ -176,7 +180,8 @@ fn store_members(
     advanced: &dyn Fn(u64),
     sums: &EarlySums,
     stored: &dyn Fn(&Path),
-) -> Result<TransferStats, String> {
+) -> Result<TransferStats, RsyncError> {
+    let failed = RsyncError::Failed;
     let throttle = std::env::var(THROTTLE_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -186,32 +191,33 @@ fn store_members(
     let mut buf = vec![0u8; PIECE];
     let entries = archive
         .entries()
-        .map_err(|e| format!("reading the stream: {e}"))?;
+        .map_err(|e| failed(format!("reading the stream: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("reading the stream: {e}"))?;
+        let mut entry = entry.map_err(|e| failed(format!("reading the stream: {e}")))?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_contiguous()) {
             continue;
         }
-        let name = safe_path(&entry.path_bytes()[..]).map_err(|e| e.to_string())?;
+        let name = safe_path(&entry.path_bytes()[..]).map_err(|e| failed(e.to_string()))?;
         if !wanted.contains(&name) {
-            return Err(format!("the server sent '{name}', which was not asked for"));
+            return Err(failed(format!(
+                "the server sent '{name}', which was not asked for"
+            )));
         }
         let mtime = entry.header().mtime().unwrap_or(0);
         let path = root.join(&name);
-        let local = |e: std::io::Error| format!("{}: {e}", path.display());
-        let mut file = create_file(&path).map_err(local)?;
+        let mut file = create_file(&path).at(&path)?;
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         loop {
             let n = entry
                 .read(&mut buf)
-                .map_err(|e| format!("reading {name} from the stream: {e}"))?;
+                .map_err(|e| failed(format!("reading {name} from the stream: {e}")))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(local)?;
+            file.write_all(&buf[..n]).at(&path)?;
             size += n as u64;
             advanced(n as u64);
             if let Some(pause) = throttle {
@@ -222,7 +228,7 @@ fn store_members(
             std::fs::FileTimes::new()
                 .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime)),
         )
-        .map_err(local)?;
+        .at(&path)?;
         drop(file);
         sums.insert(&path, size, hasher.finalize().to_hex().to_string());
         stored(&path);
@@ -308,8 +314,9 @@ mod tests {
         });
         let sums = EarlySums::default();
         let wanted = names(&["there", "../escape"]);
-        let err =
-            store_members(&evil[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {}).unwrap_err();
+        let err = store_members(&evil[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {})
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(".."), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
         std::fs::write(dir.path().join("there"), b"old").unwrap();
@@ -325,8 +332,9 @@ mod tests {
             b.append_data(&mut h, "postmaster.pid", &b"123"[..])
                 .unwrap();
         });
-        let err =
-            store_members(&extra[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {}).unwrap_err();
+        let err = store_members(&extra[..], dir.path(), &wanted, &|_| {}, &sums, &|_| {})
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not asked for"), "{err}");
         assert!(!dir.path().join("postmaster.pid").exists());
     }

@@ -16,6 +16,7 @@
 
 use super::tar_store::{store_stream, StoreOptions, Stored, StreamMsg};
 use super::{json_lines, BackupDir, FileEntry, FileKind};
+use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use bytes::Bytes;
 use std::io::{self, Read, Write};
@@ -36,6 +37,9 @@ pub enum UploadError {
     /// The store, the stream or this host failed.
     #[error("{0}")]
     Failed(String),
+    /// A local file (the staged copy, its index) could not be read or moved.
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// Bytes handed to the store per message.
@@ -57,8 +61,7 @@ pub fn upload_staged(
     progress: &dyn Progress,
 ) -> Result<Stored, UploadError> {
     let plain = dir.root().join(STAGED_INDEX);
-    std::fs::rename(dir.files_path(), &plain)
-        .map_err(|e| UploadError::Failed(format!("{}: {e}", dir.files_path().display())))?;
+    std::fs::rename(dir.files_path(), &plain).at(dir.files_path())?;
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamMsg>(QUEUE);
     std::thread::scope(|scope| {
         let producer = scope.spawn(|| {
@@ -143,8 +146,7 @@ fn send_archives(
             Some(oid) => dir.tablespace_dir(oid),
         };
         let mut tar = tar::Builder::new(&mut *out);
-        let file =
-            std::fs::File::open(plain).map_err(|e| failed(format!("{}: {e}", plain.display())))?;
+        let file = std::fs::File::open(plain).at(plain)?;
         let entries = json_lines::<FileEntry>(
             io::BufReader::with_capacity(256 * 1024, file),
             plain.to_path_buf(),
@@ -181,23 +183,22 @@ fn append(
     h.set_mtime(e.mtime.max(0) as u64);
     h.set_uid(0);
     h.set_gid(0);
-    let at = |err: io::Error| failed(format!("{}: {err}", local.join(&e.path).display()));
+    let path = local.join(&e.path);
     match e.kind {
         FileKind::Dir => {
             h.set_entry_type(tar::EntryType::Directory);
             h.set_size(0);
-            tar.append_data(&mut h, &e.path, io::empty()).map_err(at)
+            Ok(tar.append_data(&mut h, &e.path, io::empty()).at(&path)?)
         }
         FileKind::Symlink => {
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_size(0);
             let target = e.target.as_deref().unwrap_or_default();
-            tar.append_link(&mut h, &e.path, target).map_err(at)
+            Ok(tar.append_link(&mut h, &e.path, target).at(&path)?)
         }
         FileKind::File => {
-            let path = local.join(&e.path);
-            let f = std::fs::File::open(&path).map_err(at)?;
-            let len = f.metadata().map_err(at)?.len();
+            let f = std::fs::File::open(&path).at(&path)?;
+            let len = f.metadata().at(&path)?.len();
             if len != e.size {
                 return Err(UploadError::Staged(format!(
                     "{}: the staged file changed ({len} bytes, indexed with {})",
@@ -211,7 +212,7 @@ fn append(
                 inner: f.take(e.size),
                 hasher: blake3::Hasher::new(),
             };
-            tar.append_data(&mut h, &e.path, &mut hashed).map_err(at)?;
+            tar.append_data(&mut h, &e.path, &mut hashed).at(&path)?;
             let sum = hashed.hasher.finalize().to_hex().to_string();
             if e.checksum.as_deref() != Some(sum.as_str()) {
                 return Err(UploadError::Staged(format!(

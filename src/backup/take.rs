@@ -32,23 +32,36 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Why a `--name` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackupNameError {
+    /// Empty or only blanks.
+    #[error("a backup name cannot be empty")]
+    Empty,
+    /// It reads as a backup id (`YYYYMMDDTHHMMSS`).
+    #[error("backup name '{0}' looks like a backup id; choose another name")]
+    LooksLikeId(String),
+    /// One of the words that pick a backup.
+    #[error("backup name '{0}' is reserved (latest/last/oldest/first); choose another name")]
+    Reserved(String),
+    /// It holds control characters.
+    #[error("a backup name cannot hold control characters")]
+    ControlCharacters,
+}
+
 /// Refuses a `--name` that could be mistaken for an id or a keyword.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), BackupNameError> {
     if name.trim().is_empty() {
-        return Err("a backup name cannot be empty".to_string());
+        return Err(BackupNameError::Empty);
     }
     if is_backup_id(name) {
-        return Err(format!(
-            "backup name '{name}' looks like a backup id; choose another name"
-        ));
+        return Err(BackupNameError::LooksLikeId(name.to_string()));
     }
     if matches!(name, "latest" | "last" | "oldest" | "first") {
-        return Err(format!(
-            "backup name '{name}' is reserved (latest/last/oldest/first); choose another name"
-        ));
+        return Err(BackupNameError::Reserved(name.to_string()));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err("a backup name cannot hold control characters".to_string());
+        return Err(BackupNameError::ControlCharacters);
     }
     Ok(())
 }
@@ -168,7 +181,7 @@ pub async fn take_held(
     } = held;
     let io = |path: PathBuf| move |source| TakeError::Io { path, source };
     if let Some(name) = &req.name {
-        validate_name(name).map_err(TakeError::Refused)?;
+        validate_name(name).map_err(|e| TakeError::Refused(e.to_string()))?;
         if let Some(b) = existing
             .iter()
             .find(|b| b.name.as_deref() == Some(name.as_str()))

@@ -22,6 +22,7 @@ pub use super::object_file::StoreError;
 pub(super) use super::object_file::{create_file, start_file_writeback};
 use super::object_upload::{Streamed, Uploads, WHOLE_UP_TO};
 use super::{BackupDir, FileEntry, FileKind};
+use crate::error::IoResultExt;
 use crate::progress::Progress;
 use crate::repo::compress::CHUNK_SIZE;
 use crate::repo::durable::{create_dir_all_private, AtomicFile};
@@ -56,15 +57,8 @@ pub enum StreamMsg {
 fn upload_err(e: super::BackupError) -> StoreError {
     match e {
         super::BackupError::Store(e) => StoreError::Upload(e),
-        super::BackupError::Io { path, source } => StoreError::Io { path, source },
+        super::BackupError::Io(e) => StoreError::Io(e),
         other => StoreError::Invalid(other.to_string()),
-    }
-}
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -130,18 +124,18 @@ impl Stored {
         let remote = self.dir.is_remote();
         if !remote {
             let root = self.dir.root();
-            sync_filesystem(root).map_err(io_at(root))?;
+            sync_filesystem(root).at(root)?;
         }
         if let Some(b) = self.bundles {
             let path = b.dest().to_path_buf();
-            b.commit().map_err(io_at(&path))?;
+            b.commit().at(&path)?;
             self.dir.upload_local("bundles.jsonl").map_err(upload_err)?;
         }
         let files = self.files.dest().to_path_buf();
-        self.files.commit().map_err(io_at(&files))?;
+        self.files.commit().at(&files)?;
         if let Some(m) = self.manifest {
             let path = m.dest().to_path_buf();
-            m.commit().map_err(io_at(&path))?;
+            m.commit().at(&path)?;
             self.dir
                 .upload_local("backup_manifest")
                 .map_err(upload_err)?;
@@ -377,12 +371,12 @@ pub fn store_stream(
 ) -> Result<Stored, StoreError> {
     let data = dir.data_dir();
     if dir.is_remote() {
-        create_dir_all_private(dir.root()).map_err(io_at(dir.root()))?;
+        create_dir_all_private(dir.root()).at(dir.root())?;
     } else {
-        create_dir_all_private(&data).map_err(io_at(&data))?;
+        create_dir_all_private(&data).at(&data)?;
     }
     let files_path = dir.files_path();
-    let files = AtomicFile::create(&files_path).map_err(io_at(&files_path))?;
+    let files = AtomicFile::create(&files_path).at(&files_path)?;
     let budget = Budget::new(opts.in_flight.max(opts.chunk_size + MIN_CHARGE));
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
     let mut feed = Feed {
@@ -399,10 +393,7 @@ pub fn store_stream(
             .spawn_scoped(scope, || {
                 write_jobs(dir, jobs_rx, files, &files_path, &budget, progress)
             })
-            .map_err(|e| StoreError::Io {
-                path: files_path.clone(),
-                source: e,
-            })?;
+            .at(&files_path)?;
         let (spare_tx, spare) = mpsc::channel();
         let mut reader = Reader {
             dir,
@@ -500,12 +491,12 @@ impl Reader<'_> {
                         return Err(StoreError::Invalid("a second manifest".into()));
                     }
                     let path = self.dir.manifest_path();
-                    self.manifest = Some(AtomicFile::create(&path).map_err(io_at(&path))?);
+                    self.manifest = Some(AtomicFile::create(&path).at(&path)?);
                 }
                 Some(StreamMsg::ManifestData(b)) => {
                     let path = self.dir.manifest_path();
                     match self.manifest.as_mut() {
-                        Some(m) => m.write_all(&b).map_err(io_at(&path))?,
+                        Some(m) => m.write_all(&b).at(&path)?,
                         None => {
                             return Err(StoreError::Invalid(
                                 "manifest data before the manifest".into(),
@@ -530,7 +521,7 @@ impl Reader<'_> {
             Target::Tablespace(oid) => {
                 let root = self.dir.tablespace_dir(oid);
                 if !self.dir.is_remote() {
-                    create_dir_all_private(&root).map_err(io_at(&root))?;
+                    create_dir_all_private(&root).at(&root)?;
                 }
                 (root, format!("tablespaces/{oid}"), Some(oid))
             }
@@ -740,7 +731,7 @@ fn write_jobs(
     };
     let mut list = BufWriter::with_capacity(256 * 1024, files);
     let record = |list: &mut BufWriter<AtomicFile>, e: &FileEntry| -> Result<(), StoreError> {
-        e.write_line(list).map_err(io_at(files_path))
+        Ok(e.write_line(list).at(files_path)?)
     };
     // The open object: where it goes, bytes written and the BLAKE3 of those bytes
     // (the object checksum: frames are hashed as written, in order).
@@ -764,7 +755,7 @@ fn write_jobs(
                             .recursive(true)
                             .mode(0o700)
                             .create(&disk)
-                            .map_err(io_at(&disk))?;
+                            .at(&disk)?;
                     }
                     record(&mut list, &entry)?;
                 }
@@ -779,7 +770,7 @@ fn write_jobs(
                             let (name, offset) = bundles.start_file()?;
                             Out::Bundled(name, offset)
                         }
-                        None => Out::Disk(create_file(&disk).map_err(io_at(&disk))?, disk),
+                        None => Out::Disk(create_file(&disk).at(&disk)?, disk),
                         Some(_) if raw <= WHOLE_UP_TO => Out::Whole(Vec::new(), dir.key(&object)),
                         Some(u) => Out::Stream(u.stream(dir.key(&object))),
                     };
@@ -796,7 +787,7 @@ fn write_jobs(
                     object.update(&frame);
                     *written += frame.len() as u64;
                     match out {
-                        Out::Disk(f, disk) => f.write_all(&frame).map_err(io_at(disk))?,
+                        Out::Disk(f, disk) => f.write_all(&frame).at(disk)?,
                         Out::Whole(buf, _) => buf.extend_from_slice(&frame),
                         Out::Bundled(..) => bundles.write(&frame)?,
                         Out::Nothing => {}
@@ -869,10 +860,10 @@ fn write_jobs(
         (Err(e), Ok(())) => return Err(e),
         (Ok(()), Ok(())) => {}
     }
-    let files = list.into_inner().map_err(|e| StoreError::Io {
-        path: files_path.to_path_buf(),
-        source: io::Error::new(e.error().kind(), e.error().to_string()),
-    })?;
+    let files = list
+        .into_inner()
+        .map_err(|e| io::Error::new(e.error().kind(), e.error().to_string()))
+        .at(files_path)?;
     let bundle_list = bundles.into_list()?;
     Ok(Written {
         files,

@@ -23,6 +23,7 @@ pub mod cluster;
 
 use crate::backup::BackupInfo;
 use crate::catalog::{Catalog, CatalogError, DrillRow, Measurement, WalKind};
+use crate::error::{IoError, IoResultExt};
 use crate::pg::local::{chown_tree, free_port, postgres_user};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -48,18 +49,8 @@ pub enum DrillError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> DrillError + '_ {
-    move |source| DrillError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// The server's `drill_check_query` and what it must return.
@@ -269,7 +260,7 @@ pub fn run_drill(
     };
     let free = match &host {
         Host::Local { .. } => {
-            make_workdir(&workdir, owner.is_some()).map_err(io_at(&workdir))?;
+            make_workdir(&workdir, owner.is_some()).at(&workdir)?;
             crate::verify::probe::DiskSpace::of(&workdir)
                 .map(|d| d.available_bytes)
                 .unwrap_or(u64::MAX)
@@ -525,7 +516,8 @@ fn drill_steps(
         Host::Local { .. } => {
             for d in [folder, &socket] {
                 crate::repo::durable::create_dir_all_private(d)
-                    .map_err(|e| fail("restore", format!("{}: {e}", d.display())))?;
+                    .at(d)
+                    .map_err(|e| fail("restore", e.to_string()))?;
             }
         }
         Host::Remote(_) => {

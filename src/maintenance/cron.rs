@@ -171,7 +171,7 @@ impl ServerPass<'_> {
             Repository::open(home, s.repository.as_ref()).map_err(|msg| CronError::Repository {
                 server: s.name.clone(),
                 file: s.file.clone(),
-                msg,
+                msg: msg.to_string(),
             })?;
         let repo = repository.server(&s.name);
         if s.primary_ssh_command.is_some() {

@@ -3,6 +3,7 @@
 
 use crate::backup::{is_backup_id, BackupDir, BackupInfo};
 use crate::catalog::{Catalog, CatalogError, ServerRows, WalKind, WalRecord};
+use crate::error::{IoError, IoResultExt};
 use crate::lock::{JobLock, LockError};
 use crate::repo::compress::{checksum, inspect_object, parse_trailer, TRAILER_LEN};
 use crate::repo::store::{Store, StoreError};
@@ -13,7 +14,6 @@ use crate::wal::stored::{archived_wal_objects, segment_head, WalObject};
 use chrono::{DateTime, Utc};
 use rayon::prelude::*;
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// The backups whose folder (with a `backup.json` past STARTED) is in the repository
 /// (its local folder or its bucket) but that the catalog does not list (`catalog`
@@ -69,13 +69,8 @@ pub enum RebuildError {
         source: LockError,
     },
     /// A repository file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The repository's store could not be listed or read.
     #[error(transparent)]
     Store(Box<StoreError>),
@@ -110,11 +105,6 @@ struct Found {
     segno: Option<u64>,
 }
 
-fn io_err(store: &dyn Store, key: &str) -> impl FnOnce(std::io::Error) -> RebuildError {
-    let path = PathBuf::from(store.describe(key));
-    move |source| RebuildError::Io { path, source }
-}
-
 /// What the catalog records about one stored WAL object. Locally the object is read
 /// whole (its frames decompressed, its trailer compared); from a bucket, its
 /// trailer alone is fetched (one small ranged GET instead of downloading the whole
@@ -129,7 +119,7 @@ fn describe_wal(store: &dyn Store, f: &Found, remote: bool) -> Result<WalRecord,
             .get(key)
             .map_err(store_err)?
             .read_to_end(&mut data)
-            .map_err(io_err(store, key))?;
+            .at(store.describe(key))?;
         let sum = checksum(&data);
         (data.len() as u64, sum.clone(), Some(sum))
     } else {
@@ -145,7 +135,7 @@ fn describe_wal(store: &dyn Store, f: &Found, remote: bool) -> Result<WalRecord,
             Some(rec) => (rec.size, rec.checksum, None),
             None => {
                 let object = store.get(key).map_err(store_err)?;
-                let s = inspect_object(object).map_err(io_err(store, key))?;
+                let s = inspect_object(object).at(store.describe(key))?;
                 (s.size, s.checksum, Some(s.stored_checksum))
             }
         }
@@ -187,17 +177,12 @@ pub fn rebuild_server(
     // (the locks live on the manager host); a local repository without its folder
     // has nothing to rebuild (and gets none).
     if remote {
-        repo.ensure_local_dirs()
-            .map_err(|source| RebuildError::Io {
-                path: repo.root().to_path_buf(),
-                source,
-            })?;
+        repo.ensure_local_dirs().at(repo.root())?;
     }
     let _locks = if repo.root().exists() {
         Some((
-            JobLock::acquire(&repo.lock_dir().join("receive-wal.lock"), "receive-wal")
-                .map_err(busy)?,
-            JobLock::acquire(&repo.lock_dir().join("backup.lock"), "a backup").map_err(busy)?,
+            JobLock::acquire(&crate::lock::receive_wal_lock(repo), "receive-wal").map_err(busy)?,
+            JobLock::acquire(&crate::lock::backup_lock(repo), "a backup").map_err(busy)?,
         ))
     } else {
         None

@@ -42,7 +42,7 @@ pub fn finish_interrupted_deletes(
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(BackupError::Io { path: dir, source }),
+        Err(source) => return Err(crate::error::IoError::new(dir, source).into()),
     };
     let mut done = Vec::new();
     for e in entries.flatten() {

@@ -60,11 +60,8 @@ pub enum PeerError {
     #[error(transparent)]
     Backup(#[from] BackupError),
     /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::error::IoError),
     /// Another pass of the server (`replicate --follow`, cron) holds its lock.
     #[error(transparent)]
     Lock(#[from] LockError),

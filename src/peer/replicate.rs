@@ -480,11 +480,11 @@ pub const WAL_BATCH: usize = 1000;
 /// A failed commit of verified objects (only local failures are possible).
 fn transfer_io(e: TransferError) -> PeerError {
     match e {
-        TransferError::Local { path, source } => PeerError::Io { path, source },
-        other => PeerError::Io {
-            path: PathBuf::new(),
-            source: std::io::Error::other(other.to_string()),
-        },
+        TransferError::Local(e) => PeerError::Io(e),
+        other => PeerError::Io(crate::error::IoError::new(
+            PathBuf::new(),
+            std::io::Error::other(other.to_string()),
+        )),
     }
 }
 
@@ -512,9 +512,9 @@ pub fn replicate_pass(
         msg: format!("primary_ssh_command: {e}"),
     })?;
     let repository =
-        Repository::open(home, server.repository.as_ref()).map_err(|msg| PeerError::Store {
+        Repository::open(home, server.repository.as_ref()).map_err(|e| PeerError::Store {
             server: name.clone(),
-            msg,
+            msg: e.to_string(),
         })?;
     let catalog = Catalog::open(home)?;
     let moved = Arc::new(AtomicU64::new(0));
@@ -683,10 +683,7 @@ impl Pass<'_> {
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PeerError + '_ {
-        move |source| PeerError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| PeerError::Io(crate::error::IoError::new(path, source))
     }
 
     fn run(&mut self) -> Result<(), PeerError> {
@@ -985,9 +982,9 @@ impl Pass<'_> {
         let home = self.repo.repository().home();
         path.strip_prefix(home)
             .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|_| PeerError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other("not under the home"),
+            .map_err(|_| {
+                let source = std::io::Error::other("not under the home");
+                PeerError::Io(crate::error::IoError::new(path, source))
             })
     }
 
@@ -1013,10 +1010,7 @@ impl Pass<'_> {
                         return;
                     }
                     let put = std::fs::File::open(&dests[i])
-                        .map_err(|source| PeerError::Io {
-                            path: dests[i].clone(),
-                            source,
-                        })
+                        .map_err(|e| PeerError::Io(crate::error::IoError::new(&dests[i], e)))
                         .and_then(|mut f| {
                             store
                                 .put_reader(&keys[i], &mut f, PutMode::Create)

@@ -12,6 +12,7 @@
 //! place, so a final name always holds a verified object — which is what lets an
 //! interrupted copy resume by skipping it.
 
+use crate::error::{IoError, IoResultExt};
 use crate::repo::durable::fsync_dir;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -45,8 +46,8 @@ pub enum TransferError {
     #[error("reading {path} on the primary: {msg}")]
     Remote { path: String, msg: String },
     /// Writing the local copy failed.
-    #[error("{path}: {source}")]
-    Local { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Local(#[from] IoError),
     /// The bytes received are not what the primary recorded; nothing was kept.
     #[error("{path}: refused, {why}")]
     Mismatch { path: String, why: String },
@@ -130,16 +131,10 @@ pub fn receive(
 ) -> Result<String, TransferError> {
     let object_sum = receive_unsynced(src, remote_name, dest, expect, moved)?;
     let tmp = temp_path(dest);
-    let local = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TransferError::Local { path, source }
-    };
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(local(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(local(dest))?;
+    File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+    std::fs::rename(&tmp, dest).at(dest)?;
     let dir = dest.parent().unwrap_or(Path::new("."));
-    fsync_dir(dir).map_err(local(dir))?;
+    fsync_dir(dir).at(dir)?;
     Ok(object_sum)
 }
 
@@ -161,10 +156,7 @@ pub fn receive_unsynced(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|source| TransferError::Local {
-            path: tmp.clone(),
-            source,
-        })?;
+        .at(&tmp)?;
     let result = receive_into(src, remote_name, &file, expect, moved);
     if result.is_ok() {
         // Start writing the object to disk now (asynchronously), so the batch's
@@ -195,17 +187,13 @@ pub fn commit_batch(root: &Path, dests: &[PathBuf]) -> Result<(), TransferError>
     if dests.is_empty() {
         return Ok(());
     }
-    let local = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TransferError::Local { path, source }
-    };
-    let dir = File::open(root).map_err(local(root))?;
+    let dir = File::open(root).at(root)?;
     // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
     if unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&dir)) } != 0 {
-        return Err(local(root)(io::Error::last_os_error()));
+        return Err(IoError::new(root, io::Error::last_os_error()).into());
     }
     for dest in dests {
-        std::fs::rename(temp_path(dest), dest).map_err(local(dest))?;
+        std::fs::rename(temp_path(dest), dest).at(dest)?;
     }
     Ok(())
 }
@@ -235,11 +223,7 @@ fn receive_object(
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n])
-            .map_err(|source| TransferError::Local {
-                path: PathBuf::from(remote_name),
-                source,
-            })?;
+        file.write_all(&buf[..n]).at(remote_name)?;
         hasher.update(&buf[..n]);
         moved.fetch_add(n as u64, Ordering::Relaxed);
         received += n as u64;
@@ -273,10 +257,7 @@ fn receive_into(
     // when neither marker is there, the decoder's: the object is not valid zstd.
     let classify = |e: io::Error| {
         if e.get_ref().is_some_and(|r| r.is::<LocalWrite>()) {
-            TransferError::Local {
-                path: PathBuf::from(remote_name),
-                source: e,
-            }
+            TransferError::Local(IoError::new(remote_name, e))
         } else if e.get_ref().is_some_and(|r| r.is::<RemoteRead>()) {
             TransferError::Remote {
                 path: remote_name.to_string(),
@@ -335,10 +316,7 @@ fn receive_into(
         let sum = raw.finalize().to_hex().to_string();
         (stored, sum.clone(), stored, sum)
     };
-    out.flush().map_err(|source| TransferError::Local {
-        path: PathBuf::from(remote_name),
-        source,
-    })?;
+    out.flush().at(remote_name)?;
     if let Some(want) = &expect.checksum {
         if *want != content_sum {
             return Err(mismatch(format!(
@@ -429,17 +407,13 @@ pub fn receive_plain(
     moved: &AtomicU64,
 ) -> Result<(), TransferError> {
     let tmp = temp_path(dest);
-    let local = |source: io::Error| TransferError::Local {
-        path: tmp.clone(),
-        source,
-    };
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(local)?;
+        .at(&tmp)?;
     let copied = {
         let mut out = BufWriter::new(&mut file);
         let mut tee = Tee {
@@ -459,10 +433,10 @@ pub fn receive_plain(
             msg: e.to_string(),
         });
     }
-    file.sync_all().map_err(local)?;
+    file.sync_all().at(&tmp)?;
     drop(file);
-    std::fs::rename(&tmp, dest).map_err(local)?;
-    fsync_dir(dest.parent().unwrap_or(Path::new("."))).map_err(local)
+    std::fs::rename(&tmp, dest).at(&tmp)?;
+    Ok(fsync_dir(dest.parent().unwrap_or(Path::new("."))).at(&tmp)?)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod compress;
 pub mod durable;
 pub mod store;
 
+use crate::error::IoResultExt;
 use crate::types::{history_file_name, TimeLineId, WalSegment};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,12 +36,14 @@ impl Repository {
 
     /// The repository a server's configuration names: `s3` when it has
     /// `repository = s3://...`, else the local `home`.
-    pub fn open(home: &Path, s3: Option<&S3Settings>) -> Result<Repository, String> {
+    pub fn open(home: &Path, s3: Option<&S3Settings>) -> Result<Repository, store::StoreError> {
         match s3 {
             None => Ok(Repository::local(home)),
             Some(settings) => Ok(Repository {
                 home: home.to_path_buf(),
-                store: Arc::new(S3Store::new(settings.clone())?),
+                store: Arc::new(
+                    S3Store::new(settings.clone()).map_err(store::StoreError::Settings)?,
+                ),
                 remote: true,
             }),
         }
@@ -149,8 +152,7 @@ impl ServerRepo {
             Err(e) => return Err(e),
         };
         let mut text = String::new();
-        r.read_to_string(&mut text)
-            .map_err(|source| store::StoreError::Io { path: key, source })?;
+        r.read_to_string(&mut text).at(&key)?;
         Ok(Some(text))
     }
 

@@ -17,9 +17,10 @@
 //! length, or after its highest block.
 
 use super::files::{check_content, copy_entry, corrupt, safe_relative};
-use super::{io_err, RestoreError};
+use super::RestoreError;
 use crate::backup::bundle::BundleReader;
 use crate::backup::{BackupDir, BackupInfo, FileEntry, FileKind};
+use crate::error::{IoError, IoResultExt};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
@@ -162,7 +163,7 @@ impl Chain {
             ));
         }
         let size = u64::from(state.block_length) * BLCKSZ;
-        out.set_len(size).map_err(io_err(out_path))?;
+        out.set_len(size).at(out_path)?;
         Ok(size)
     }
 }
@@ -220,7 +221,7 @@ impl<'a> Rebuild<'a> {
         if let Some(f) = parser.failure.take() {
             return Err(match f {
                 Failure::Format(m) => corrupt(info, format!("'{}': {m}", e.path)),
-                Failure::Write(err) => io_err(out_path)(err),
+                Failure::Write(err) => IoError::new(out_path, err).into(),
             });
         }
         let (size, sum) = copied?;
@@ -229,7 +230,7 @@ impl<'a> Rebuild<'a> {
             .map_err(|m| corrupt(info, format!("'{}': {m}", e.path)))?;
         let truncation = parser.header.as_ref().map(|h| h.truncation);
         check_content(info, e, size, &sum)?;
-        self.source_done(truncation).map_err(io_err(out_path))
+        Ok(self.source_done(truncation).at(out_path)?)
     }
 
     /// After a source: its truncation length limits what older sources give (not

@@ -3,8 +3,9 @@
 //! into a directory someone prepared, and the small files written after the data
 //! (`backup_manifest`, `tablespace_map`, recovery settings, signal file).
 
-use super::{io_err, RecoverPlan, RestoreError, TablespacePlan};
+use super::{RecoverPlan, RestoreError, TablespacePlan};
 use crate::backup::BackupInfo;
+use crate::error::{IoError, IoResultExt};
 use crate::repo::durable::{fsync_dir, write_atomic};
 use std::fs;
 use std::io;
@@ -21,7 +22,7 @@ impl Owner {
     /// Gives an open file to the owner.
     pub fn apply_file(&self, f: &fs::File, path: &Path) -> Result<(), RestoreError> {
         match self.0 {
-            Some((u, g)) => std::os::unix::fs::fchown(f, Some(u), Some(g)).map_err(io_err(path)),
+            Some((u, g)) => Ok(std::os::unix::fs::fchown(f, Some(u), Some(g)).at(path)?),
             None => Ok(()),
         }
     }
@@ -29,7 +30,7 @@ impl Owner {
     /// Gives a path (not following a final symlink) to the owner.
     pub fn apply_path(&self, path: &Path) -> Result<(), RestoreError> {
         match self.0 {
-            Some((u, g)) => std::os::unix::fs::lchown(path, Some(u), Some(g)).map_err(io_err(path)),
+            Some((u, g)) => Ok(std::os::unix::fs::lchown(path, Some(u), Some(g)).at(path)?),
             None => Ok(()),
         }
     }
@@ -52,9 +53,7 @@ pub fn absolute(dest: &Path) -> Result<PathBuf, RestoreError> {
     let abs = if dest.is_absolute() {
         dest.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map_err(io_err(Path::new(".")))?
-            .join(dest)
+        std::env::current_dir().at(Path::new("."))?.join(dest)
     };
     Ok(abs
         .components()
@@ -85,7 +84,7 @@ pub fn running_postmaster(dir: &Path) -> Option<i32> {
 }
 
 fn is_empty_dir(dir: &Path) -> Result<bool, RestoreError> {
-    Ok(fs::read_dir(dir).map_err(io_err(dir))?.next().is_none())
+    Ok(fs::read_dir(dir).at(dir)?.next().is_none())
 }
 
 /// Refuses a destination that is not a directory, holds a running cluster, or is
@@ -99,7 +98,7 @@ pub fn check(dest: &Path, delta: bool) -> Result<DestinationState, RestoreError>
                 owner: Owner(None),
             })
         }
-        Err(e) => return Err(io_err(dest)(e)),
+        Err(e) => return Err(IoError::new(dest, e).into()),
     };
     if !meta.is_dir() {
         return Err(RestoreError::Refused(format!(
@@ -140,7 +139,7 @@ pub fn check(dest: &Path, delta: bool) -> Result<DestinationState, RestoreError>
 pub fn check_tablespace_location(loc: &Path, oid: u32, delta: bool) -> Result<(), RestoreError> {
     match fs::metadata(loc) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(loc)(e)),
+        Err(e) => Err(IoError::new(loc, e).into()),
         Ok(m) if !m.is_dir() => Err(RestoreError::Refused(format!(
             "tablespace location {} (oid {oid}) exists and is not a directory",
             loc.display()
@@ -238,21 +237,21 @@ pub fn plan_tablespaces(
 pub fn create(dir: &Path, owner: Owner) -> Result<(), RestoreError> {
     if !dir.is_dir() {
         if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
+            fs::create_dir_all(parent).at(parent)?;
         }
         match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-            Err(e) => return Err(io_err(dir)(e)),
+            Err(e) => return Err(IoError::new(dir, e).into()),
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).at(dir)?;
     owner.apply_path(dir)
 }
 
 /// Writes a small file into the destination (atomically, mode 0600, owned right).
 fn write_small(path: &Path, data: &[u8], owner: Owner) -> Result<(), RestoreError> {
-    write_atomic(path, data).map_err(io_err(path))?;
+    write_atomic(path, data).at(path)?;
     owner.apply_path(path)
 }
 
@@ -351,7 +350,7 @@ pub fn write_settings(plan: &RecoverPlan) -> Result<String, RestoreError> {
     let existing = match fs::read_to_string(&conf) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err(&conf)(e)),
+        Err(e) => return Err(IoError::new(&conf, e).into()),
     };
     let text = auto_conf_with_settings(plan, existing);
     write_small(&conf, text.as_bytes(), plan.owner)?;
@@ -377,15 +376,15 @@ pub fn mark_incomplete(plan: &RecoverPlan) -> Result<PathBuf, RestoreError> {
         std::process::id()
     );
     write_small(&path, text.as_bytes(), plan.owner)?;
-    fsync_dir(&plan.destination).map_err(io_err(&plan.destination))?;
+    fsync_dir(&plan.destination).at(&plan.destination)?;
     Ok(path)
 }
 
 /// Removes the marker once the recovery is complete and durable.
 pub fn clear_incomplete(marker: &Path) -> Result<(), RestoreError> {
-    fs::remove_file(marker).map_err(io_err(marker))?;
+    fs::remove_file(marker).at(marker)?;
     if let Some(dir) = marker.parent() {
-        fsync_dir(dir).map_err(io_err(dir))?;
+        fsync_dir(dir).at(dir)?;
     }
     Ok(())
 }
@@ -394,12 +393,12 @@ pub fn clear_incomplete(marker: &Path) -> Result<(), RestoreError> {
 /// instead of an fsync per file).
 pub fn sync(dir: &Path) -> Result<(), RestoreError> {
     use std::os::fd::AsRawFd;
-    let f = fs::File::open(dir).map_err(io_err(dir))?;
+    let f = fs::File::open(dir).at(dir)?;
     // SAFETY: syncfs on a valid open descriptor.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(io_err(dir)(io::Error::last_os_error()));
+        return Err(IoError::new(dir, io::Error::last_os_error()).into());
     }
-    fsync_dir(dir).map_err(io_err(dir))
+    Ok(fsync_dir(dir).at(dir)?)
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@
 
 use super::combine::{self, Chain};
 use super::destination::Owner;
-use super::{io_err, RestoreError};
+use super::RestoreError;
 use crate::backup::bundle::{self, BundleReader};
 use crate::backup::{BackupDir, BackupInfo, FileEntry, FileKind};
+use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -155,9 +156,9 @@ fn place(ctx: &Ctx, e: &FileEntry) -> Result<(PathBuf, PathBuf), RestoreError> {
 fn remove_any(path: &Path) -> Result<(), RestoreError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err(path)),
-        Ok(_) => fs::remove_file(path).map_err(io_err(path)),
+        Err(e) => Err(IoError::new(path, e).into()),
+        Ok(m) if m.is_dir() => Ok(fs::remove_dir_all(path).at(path)?),
+        Ok(_) => Ok(fs::remove_file(path).at(path)?),
     }
 }
 
@@ -188,7 +189,7 @@ fn create_dir(path: &Path, owner: Owner) -> Result<(), RestoreError> {
             create_dir(path, owner)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
+        Err(e) => Err(IoError::new(path, e).into()),
     }
 }
 
@@ -219,7 +220,7 @@ fn make_link(ctx: &Ctx, e: &FileEntry) -> Result<bool, RestoreError> {
     if let Some(parent) = path.parent() {
         create_dir(parent, ctx.opts.owner)?;
     }
-    std::os::unix::fs::symlink(&target, &path).map_err(io_err(&path))?;
+    std::os::unix::fs::symlink(&target, &path).at(&path)?;
     ctx.opts.owner.apply_path(&path)?;
     Ok(true)
 }
@@ -248,7 +249,7 @@ fn set_mtime(f: &File, path: &Path, mtime: i64) -> Result<(), RestoreError> {
     let times = [t, t];
     // SAFETY: futimens on a valid open descriptor with a two-element array.
     if unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) } != 0 {
-        return Err(io_err(path)(io::Error::last_os_error()));
+        return Err(IoError::new(path, io::Error::last_os_error()).into());
     }
     Ok(())
 }
@@ -313,34 +314,34 @@ pub(crate) fn copy_entry(
         let sum = blake3::hash(&data).to_hex().to_string();
         check_content(info, e, data.len() as u64, &sum)?;
         let what = PathBuf::from(dir.describe(&rel.to_string_lossy()));
-        out.write_all(&data).map_err(io_err(&what))?;
+        out.write_all(&data).at(&what)?;
         return Ok((data.len() as u64, sum));
     }
     if dir.is_remote() {
         let rel = rel.to_string_lossy();
         let what = PathBuf::from(dir.describe(&rel));
         let object = dir.open_object(&rel)?;
-        return if zstd {
+        let copied = if zstd {
             crate::repo::compress::decompress_reader_to(object, out)
         } else {
             crate::repo::compress::hash_copy(object, out)
-        }
-        .map_err(io_err(&what));
+        };
+        return Ok(copied.at(&what)?);
     }
     if zstd {
-        crate::repo::compress::decompress_to(&src, out).map_err(io_err(&src))
+        Ok(crate::repo::compress::decompress_to(&src, out).at(&src)?)
     } else {
-        let mut f = File::open(&src).map_err(io_err(&src))?;
+        let mut f = File::open(&src).at(&src)?;
         let mut h = blake3::Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut n_total = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(io_err(&src))?;
+            let n = f.read(&mut buf).at(&src)?;
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err(&src))?;
+            out.write_all(&buf[..n]).at(&src)?;
             n_total += n as u64;
         }
         Ok((n_total, h.finalize().to_hex().to_string()))
@@ -381,9 +382,9 @@ fn create_file(ctx: &Ctx, path: &Path) -> Result<File, RestoreError> {
             if let Some(parent) = path.parent() {
                 create_dir(parent, ctx.opts.owner)?;
             }
-            open_for_write(path, 0o600).map_err(io_err(path))
+            Ok(open_for_write(path, 0o600).at(path)?)
         }
-        Err(err) => Err(io_err(path)(err)),
+        Err(err) => Err(IoError::new(path, err).into()),
     }
 }
 
@@ -458,8 +459,7 @@ fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<
                 })
             {
                 if m.permissions().mode() & 0o7777 != mode {
-                    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                        .map_err(io_err(&path))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).at(&path)?;
                 }
                 ctx.opts.owner.apply_path(&path)?;
                 ctx.files_skipped.fetch_add(1, Ordering::Relaxed);
@@ -481,18 +481,16 @@ fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<
         let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut label, bundles)?;
         check_content(ctx.info, e, size, &sum)?;
         let label = combine::label_without_incremental(&label);
-        w.write_all(&label).map_err(io_err(&path))?;
+        w.write_all(&label).at(&path)?;
         label.len() as u64
     } else {
         let (size, sum) = copy_entry(ctx.dir, ctx.info, e, &mut w, bundles)?;
         check_content(ctx.info, e, size, &sum)?;
         size
     };
-    let file = w
-        .into_inner()
-        .map_err(|err| io_err(&path)(err.into_error()))?;
+    let file = w.into_inner().map_err(|err| err.into_error()).at(&path)?;
     file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(&path))?;
+        .at(&path)?;
     ctx.opts.owner.apply_file(&file, &path)?;
     set_mtime(&file, &path, e.mtime)?;
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
@@ -530,7 +528,7 @@ fn rebuild_file(
     let file = create_file(ctx, &path)?;
     let size = chain.rebuild(ctx.dir, ctx.info, e, &file, &path)?;
     file.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))
-        .map_err(io_err(&path))?;
+        .at(&path)?;
     ctx.opts.owner.apply_file(&file, &path)?;
     set_mtime(&file, &path, e.mtime)?;
     ctx.files_written.fetch_add(1, Ordering::Relaxed);
@@ -555,10 +553,10 @@ fn sweep(
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err(&dir)(e)),
+            Err(e) => return Err(IoError::new(&dir, e).into()),
         };
         for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
+            let entry = entry.at(&dir)?;
             let rel = rel_dir.join(entry.file_name());
             if pg_dirs_only
                 && rel_dir.as_os_str().is_empty()
@@ -573,9 +571,7 @@ fn sweep(
                 continue;
             }
             let path = root.join(&rel);
-            let ft = fs::symlink_metadata(&path)
-                .map_err(io_err(&path))?
-                .file_type();
+            let ft = fs::symlink_metadata(&path).at(&path)?.file_type();
             let keep = match wanted.get(&key(tablespace, &rel)) {
                 Some(FileKind::Dir) => ft.is_dir(),
                 Some(FileKind::File) => ft.is_file(),
@@ -629,7 +625,7 @@ pub fn restore(
         match fs::remove_file(&old) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&old)(e)),
+            Err(e) => return Err(IoError::new(&old, e).into()),
         }
     }
     let control = std::sync::Mutex::new(None);
@@ -701,7 +697,7 @@ pub fn restore(
         } else {
             e.mode & 0o7777
         };
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).at(&path)?;
         let t = libc::timespec {
             tv_sec: e.mtime as libc::time_t,
             tv_nsec: 0,

@@ -7,8 +7,9 @@
 //! Prefetch decompresses the next segments into `<home>/<server>/spool/` so the next
 //! requests are a plain copy.
 
-use super::{io_err, RestoreError};
+use super::RestoreError;
 use crate::catalog::Catalog;
+use crate::error::{IoError, IoResultExt};
 use crate::repo::compress::{parse_trailer, Recorded, TRAILER_LEN};
 use crate::repo::store::{Store, StoreError};
 use crate::repo::{Repository, ServerRepo};
@@ -164,11 +165,11 @@ fn write_via_temp(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io_err(&tmp))?;
+        .at(&tmp)?;
     let mut w = io::BufWriter::with_capacity(256 * 1024, file);
     let result = fill(&mut w)
-        .and_then(|_| w.flush().map_err(io_err(&tmp)))
-        .and_then(|_| fs::rename(&tmp, path).map_err(io_err(path)));
+        .and_then(|_| Ok(w.flush().at(&tmp)?))
+        .and_then(|_| Ok(fs::rename(&tmp, path).at(path)?));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -462,7 +463,7 @@ pub fn serve(
         });
     }
     if finished.is_file() {
-        let data = fs::read(&finished).map_err(io_err(&finished))?;
+        let data = fs::read(&finished).at(&finished)?;
         let seg = segment_of(&name, &data);
         let checked = seg
             .ok_or_else(|| "no valid long page header".to_string())
@@ -482,7 +483,7 @@ pub fn serve(
         });
     }
     if partial && in_progress.is_file() {
-        let data = fs::read(&in_progress).map_err(io_err(&in_progress))?;
+        let data = fs::read(&in_progress).at(&in_progress)?;
         let seg = segment_of(&name, &data).filter(|s| data.len() as u64 <= s.seg_size);
         let Some(seg) = seg else {
             return Err(RestoreError::Refused(format!(
@@ -541,7 +542,7 @@ fn serve_spooled(
     let mut bytes = 0;
     deliver(dest, |w| {
         let mut h = Head::new(w);
-        let mut f = File::open(spooled).map_err(io_err(spooled))?;
+        let mut f = File::open(spooled).at(spooled)?;
         copy_checked(&mut f, &mut h, src.server, &what)?;
         check_delivered(&h, &want, src.server, &what)?;
         head = h.head;
@@ -613,7 +614,7 @@ pub fn prefetch(src: &WalSource, after: &WalSegment, n: u32) -> Result<usize, Re
         match fs::DirBuilder::new().mode(0o700).create(&spool) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&spool)(e)),
+            Err(e) => return Err(IoError::new(&spool, e).into()),
         }
     }
     clean_spool(&spool, after);

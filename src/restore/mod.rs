@@ -21,23 +21,21 @@ pub use target::{RecoverySettings, RecoveryTarget, TargetAction, TargetTimeline}
 use crate::backup::lifecycle::current;
 use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus};
 use crate::catalog::{Catalog, CatalogError, Measurement};
+use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use crate::repo::{Repository, ServerRepo};
 use chrono::Utc;
 use destination::Owner;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Why a recovery (or get-wal) could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// Reading the backup's metadata failed.
     #[error(transparent)]
     Backup(#[from] BackupError),
@@ -62,13 +60,6 @@ pub enum RestoreError {
     /// The SSH connection to a remote destination failed.
     #[error(transparent)]
     Ssh(#[from] crate::ssh::SshError),
-}
-
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Where PostgreSQL gets its WAL from during recovery.
@@ -541,10 +532,8 @@ fn execute_local(plan: &RecoverPlan, progress: &dyn Progress) -> Result<Written,
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.jobs.max(1))
         .build()
-        .map_err(|e| RestoreError::Io {
-            path: plan.destination.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .at(&plan.destination)?;
     let layout = files::Layout {
         data: plan.destination.clone(),
         tablespaces: plan

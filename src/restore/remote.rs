@@ -17,6 +17,7 @@ use super::tar_stream::TarStream;
 use super::{destination, wal, RecoverPlan, RecoverRequest, RestoreError, WalSource, Written};
 use crate::backup::bundle::{self, BundleReader};
 use crate::backup::{FileEntry, FileKind};
+use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use crate::ssh::{shell_quote, ExecOutput, RemoteStdin, SshError, SshSession, SshTarget};
 use crate::wal::history_file_name;
@@ -278,7 +279,7 @@ fn send_root(
                 }
             }
             Err(match err {
-                RestoreError::Io { path, source } if path.as_os_str().is_empty() => {
+                RestoreError::Io(IoError { path, source }) if path.as_os_str().is_empty() => {
                     stream_err(session, &what, source)
                 }
                 e => e,
@@ -302,10 +303,7 @@ fn store_refused(
 }
 
 fn io_stream(e: std::io::Error) -> RestoreError {
-    RestoreError::Io {
-        path: Default::default(),
-        source: e,
-    }
+    RestoreError::Io(IoError::new(PathBuf::new(), e))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -457,8 +455,8 @@ fn send_extras(
             let object = plan.repo.store().get(&key).map_err(store_refused(plan))?;
             tar.file(&name, 0o600, now, seg.seg_size)
                 .map_err(io_stream)?;
-            let (n, have) = crate::repo::compress::decompress_reader_to(object, &mut *tar)
-                .map_err(super::io_err(&src))?;
+            let (n, have) =
+                crate::repo::compress::decompress_reader_to(object, &mut *tar).at(&src)?;
             if !have.eq_ignore_ascii_case(sum) || n != seg.seg_size {
                 return Err(RestoreError::Corrupt(format!(
                     "{}: decompresses to {n} bytes with checksum {have}, the catalog records {sum}",
@@ -501,10 +499,11 @@ fn send_extras(
             .map_err(store_refused(plan))?;
         tar.file("backup_manifest", 0o600, now, meta.size)
             .map_err(io_stream)?;
-        let n = std::io::copy(&mut f, tar).map_err(super::io_err(&manifest))?;
+        let n = std::io::copy(&mut f, tar).at(&manifest)?;
         if n != meta.size {
-            return Err(super::io_err(&manifest)(std::io::Error::other(
-                "changed size while being sent",
+            return Err(RestoreError::Io(IoError::new(
+                &manifest,
+                std::io::Error::other("changed size while being sent"),
             )));
         }
         written.manifest = true;

@@ -5,10 +5,11 @@
 
 use super::destination::Owner;
 use super::target::{RecoveryTarget, TargetTimeline};
-use super::{io_err, RestoreError};
+use super::RestoreError;
 use crate::backup::wal_range::required_segments;
 use crate::backup::BackupInfo;
 use crate::catalog::{Catalog, WalKind, WalRecord};
+use crate::error::IoResultExt;
 use crate::progress::Progress;
 use crate::repo::ServerRepo;
 use crate::wal::continuity::segment_timeline;
@@ -91,7 +92,7 @@ fn read_history(repo: &ServerRepo, tli: TimeLineId) -> Result<Vec<HistoryEntry>,
                 ))
             })?
     } else {
-        fs::read_to_string(&path).map_err(io_err(&path))?
+        fs::read_to_string(&path).at(&path)?
     };
     parse_history(&text).map_err(|e| RestoreError::Corrupt(format!("{}: {e}", path.display())))
 }
@@ -269,7 +270,8 @@ pub fn copy_into(
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(io_err(path))
+            .at(path)
+            .map_err(RestoreError::from)
     };
     let result = pool.install(|| {
         plan.segments.par_iter().try_for_each(|(seg, sum)| {
@@ -281,9 +283,8 @@ pub fn copy_into(
             let dest = dir.join(seg.name());
             let file = open(&dest)?;
             let mut w = BufWriter::with_capacity(256 * 1024, file);
-            let (n, have) = crate::repo::compress::decompress_reader_to(object, &mut w)
-                .map_err(io_err(&src))?;
-            let file = w.into_inner().map_err(|e| io_err(&dest)(e.into_error()))?;
+            let (n, have) = crate::repo::compress::decompress_reader_to(object, &mut w).at(&src)?;
+            let file = w.into_inner().map_err(|e| e.into_error()).at(&dest)?;
             if !have.eq_ignore_ascii_case(sum) || n != seg.seg_size {
                 return Err(RestoreError::Corrupt(format!(
                     "{}: decompresses to {n} bytes with checksum {have}, the catalog records {sum}",
@@ -309,7 +310,7 @@ pub fn copy_into(
             continue;
         };
         let file = open(&dest)?;
-        io::Write::write_all(&mut &file, &data).map_err(io_err(&dest))?;
+        io::Write::write_all(&mut &file, &data).at(&dest)?;
         owner.apply_file(&file, &dest)?;
         bytes += data.len() as u64;
     }

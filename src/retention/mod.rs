@@ -194,10 +194,7 @@ pub struct Deleted {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
-    move |source| BackupError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| BackupError::Io(crate::error::IoError::new(path, source))
 }
 
 /// The folder a backup is moved to while it is deleted.

@@ -390,9 +390,7 @@ fn verify_file(
                     format!("bundle {object} does not exist"),
                 )
             }
-            Err(BackupError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(BackupError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return problem(
                     FileIssue::Missing,
                     format!("bundle {object} does not exist"),

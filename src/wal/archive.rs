@@ -5,6 +5,7 @@ use super::header::{validate_segment, HeaderError};
 use super::segment::{history_file_name, WalSegment};
 use super::{SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError, WalKind, WalRecord};
+use crate::error::{IoError, IoResultExt};
 use crate::repo::compress::{
     checksum, compress_to_vec, inspect_object, CompressingReader, StoredFile, DEFAULT_LEVEL,
 };
@@ -30,11 +31,8 @@ pub enum ArchiveError {
         new: String,
     },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The repository's store failed.
     #[error("server '{server}': {source}")]
     Store {
@@ -44,13 +42,6 @@ pub enum ArchiveError {
     /// The catalog refused the record.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The WAL archive of one server: its objects in the repository's store, its
@@ -87,7 +78,7 @@ impl WalArchive {
         } else {
             repo.ensure_dirs()
         }
-        .map_err(io_err(repo.root()))?;
+        .at(repo.root())?;
         let catalog = Catalog::open(repository.home())?;
         Ok(WalArchive {
             server: server.to_string(),
@@ -144,11 +135,7 @@ impl WalArchive {
                 };
                 (std::borrow::Cow::Borrowed(data), stored)
             } else {
-                let (object, stored) =
-                    compress_to_vec(data, DEFAULT_LEVEL).map_err(|source| StoreError::Io {
-                        path: key.to_string(),
-                        source,
-                    })?;
+                let (object, stored) = compress_to_vec(data, DEFAULT_LEVEL).at(key)?;
                 (std::borrow::Cow::Owned(object), stored)
             };
             store
@@ -263,7 +250,7 @@ impl WalArchive {
         } else {
             (seg.name(), WalKind::Segment, self.repo.segment_key(seg))
         };
-        let input = fs::File::open(src).map_err(io_err(src))?;
+        let input = fs::File::open(src).at(src)?;
         self.store_with(&name, kind, seg.tli, Some(seg.segno), sum, &key, |store| {
             let mut reader = CompressingReader::new(input, DEFAULT_LEVEL, Some(sum.to_string()));
             let outcome = store.put_reader(&key, &mut reader, PutMode::Create)?;
@@ -323,10 +310,10 @@ impl WalArchive {
         path: &Path,
         seg: &WalSegment,
     ) -> Result<Archived, ArchiveError> {
-        let data = fs::read(path).map_err(io_err(path))?;
+        let data = fs::read(path).at(path)?;
         match self.store_segment(seg, &data) {
             Ok(a) => {
-                remove_durable(path).map_err(io_err(path))?;
+                remove_durable(path).at(path)?;
                 Ok(a)
             }
             Err(e @ (ArchiveError::Header(_) | ArchiveError::Conflict { .. })) => {
@@ -343,9 +330,9 @@ impl WalArchive {
         path: &Path,
         seg: &WalSegment,
     ) -> Result<Archived, ArchiveError> {
-        let data = fs::read(path).map_err(io_err(path))?;
+        let data = fs::read(path).at(path)?;
         let a = self.store_partial(seg, &data)?;
-        remove_durable(path).map_err(io_err(path))?;
+        remove_durable(path).at(path)?;
         Ok(a)
     }
 

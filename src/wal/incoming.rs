@@ -10,6 +10,7 @@
 
 use super::archive::{ArchiveError, WalArchive};
 use super::put::{put_wal, PutError, PutStatus};
+use crate::error::{IoError, IoResultExt};
 use crate::lock::{JobLock, LockError};
 use crate::repo::durable::remove_durable;
 use crate::repo::{Repository, ServerRepo};
@@ -17,7 +18,7 @@ use crate::types::segment::MIN_SEG_SIZE;
 use crate::types::WalFileName;
 use serde::Serialize;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// A truncated file younger than this is assumed still being copied.
@@ -39,11 +40,8 @@ pub enum IncomingError {
     #[error(transparent)]
     Put(#[from] PutError),
     /// incoming/ could not be read, or a file not removed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// A file that was refused and moved to `errors/`.
@@ -126,14 +124,11 @@ pub fn archive_incoming(
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
-        Err(source) => return Err(IncomingError::Io { path: dir, source }),
+        Err(source) => return Err(IoError::new(dir, source).into()),
     };
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| IncomingError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let entry = entry.at(&dir)?;
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with(".put-wal.") {
             remove_if_stale(&entry.path());
@@ -159,7 +154,7 @@ pub fn archive_incoming(
         let mut file = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(IncomingError::Io { path, source }),
+            Err(source) => return Err(IoError::new(path, source).into()),
         };
         let modified = file.metadata().and_then(|m| m.modified()).ok();
         match put_wal(repository, server, Some(&name), &mut file) {
@@ -174,10 +169,7 @@ pub fn archive_incoming(
                     PutStatus::Ignored => report.ignored.push(name.clone()),
                 }
                 drop(file);
-                remove_durable(&path).map_err(|source| IncomingError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                remove_durable(&path).at(&path)?;
             }
             Err(e @ PutError::Truncated { .. })
                 if modified.is_some_and(|m| {
@@ -197,10 +189,7 @@ pub fn archive_incoming(
                 let reason = e.to_string();
                 if matches!(e, PutError::Archive(ArchiveError::Conflict { .. })) {
                     // put-wal already kept this content in errors/.
-                    remove_durable(&path).map_err(|source| IncomingError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                    remove_durable(&path).at(&path)?;
                 } else {
                     archive.quarantine(&path, &reason);
                 }

@@ -8,8 +8,8 @@ pub mod history;
 pub mod incoming;
 pub mod put;
 pub mod receiver;
-pub mod stored;
 pub mod receiver_state;
+pub mod stored;
 
 pub use crate::types::{history_file_name, Lsn, SystemId, TimeLineId, WalFileName, WalSegment};
 pub use crate::types::{lsn, segment};

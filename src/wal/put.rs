@@ -19,6 +19,7 @@ use super::history::parse_history;
 use super::segment::{WalFileName, WalSegment};
 use super::{Lsn, SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError};
+use crate::error::{IoError, IoResultExt};
 use crate::repo::compress::read_full;
 use crate::repo::{Repository, ServerRepo};
 use serde::Serialize;
@@ -85,8 +86,8 @@ pub enum PutError {
         source: io::Error,
     },
     /// A local file (the spool) could not be written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl PutError {
@@ -439,11 +440,7 @@ impl Put<'_> {
         // Too large for memory: spool to a dot-file in incoming/, checking each page and
         // hashing as it arrives.
         let dir = ServerRepo::new(self.home, self.server).incoming_dir();
-        let io_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| PutError::Io { path, source }
-        };
-        crate::repo::durable::create_dir_all_private(&dir).map_err(io_err(&dir))?;
+        crate::repo::durable::create_dir_all_private(&dir).at(&dir)?;
         let spool = Spool {
             path: dir.join(format!(".put-wal.{full_name}.{}", std::process::id())),
         };
@@ -455,7 +452,7 @@ impl Put<'_> {
                 .truncate(true)
                 .mode(0o600)
                 .open(&spool.path)
-                .map_err(io_err(&spool.path))?
+                .at(&spool.path)?
         };
         let mut checker = PageChecker::new(&seg, &hdr, expected_id, &head).map_err(identity)?;
         let mut hasher = blake3::Hasher::new();
@@ -474,8 +471,7 @@ impl Put<'_> {
             }
             checker.feed(&chunk[..filled]).map_err(identity)?;
             hasher.update(&chunk[..filled]);
-            out.write_all(&chunk[..filled])
-                .map_err(io_err(&spool.path))?;
+            out.write_all(&chunk[..filled]).at(&spool.path)?;
             let short = filled < chunk.len();
             filled = 0;
             if short {

@@ -8,6 +8,7 @@ use super::archive::{ArchiveError, WalArchive};
 use super::segment::{WalFileName, WalSegment};
 use super::{Lsn, SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError};
+use crate::error::{IoError, IoResultExt};
 use crate::pg::{
     ConnInfo, ConnectOptions, Connection, PgError, ReplicationMessage, StartReplication,
 };
@@ -15,7 +16,7 @@ use crate::repo::durable::{fsync_dir, remove_stale_temp_files, rename_durable};
 use crate::repo::{Repository, ServerRepo};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,11 +62,8 @@ pub enum ReceiveError {
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// A condition retrying cannot fix.
     #[error("server '{server}': {message}")]
     Fatal { server: String, message: String },
@@ -95,13 +93,6 @@ impl ReceiveError {
             ReceiveError::Catalog(CatalogError::Sqlite { .. }) => true,
             _ => false,
         }
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReceiveError + '_ {
-    move |source| ReceiveError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -233,9 +224,9 @@ impl Writer {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .at(&path)?;
         if !existed {
-            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            fsync_dir(&self.dir).at(&self.dir)?;
         }
         self.current = Some(PartialSegment {
             seg,
@@ -261,9 +252,7 @@ impl Writer {
                 server: String::new(),
                 message: "no open segment".into(),
             })?;
-            cur.file
-                .write_all_at(&data[..n], offset)
-                .map_err(io_err(&cur.path))?;
+            cur.file.write_all_at(&data[..n], offset).at(&cur.path)?;
             start = Lsn(start.0 + n as u64);
             cur.written = cur.written.max(start);
             data = &data[n..];
@@ -286,9 +275,9 @@ impl Writer {
         let Some(cur) = self.current.take() else {
             return Ok(());
         };
-        cur.file.sync_data().map_err(io_err(&cur.path))?;
+        cur.file.sync_data().at(&cur.path)?;
         let done = self.dir.join(cur.seg.name());
-        rename_durable(&cur.path, &done).map_err(io_err(&done))?;
+        rename_durable(&cur.path, &done).at(&done)?;
         self.flushed = self.flushed.max(cur.seg.end_lsn());
         self.archiver.submit(ArchiveJob::Segment(done, cur.seg))
     }
@@ -297,7 +286,7 @@ impl Writer {
     fn flush(&mut self) -> Result<Lsn, ReceiveError> {
         if let Some(cur) = self.current.as_mut() {
             if cur.written > cur.flushed {
-                cur.file.sync_data().map_err(io_err(&cur.path))?;
+                cur.file.sync_data().at(&cur.path)?;
                 cur.flushed = cur.written;
             }
             self.flushed = self.flushed.max(cur.flushed);
@@ -395,8 +384,8 @@ pub async fn receive_wal(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReceiveError> {
     let repo = ServerRepo::new(opts.repository.home(), &opts.server);
-    repo.ensure_dirs().map_err(io_err(repo.root()))?;
-    remove_stale_temp_files(&repo.streaming_dir()).map_err(io_err(&repo.streaming_dir()))?;
+    repo.ensure_dirs().at(repo.root())?;
+    remove_stale_temp_files(&repo.streaming_dir()).at(repo.streaming_dir())?;
     let catalog = Catalog::open(opts.repository.home())?;
     let mut r = Receiver {
         opts,
@@ -454,7 +443,7 @@ impl Receiver {
     fn recover_leftovers(&self, archive: &WalArchive, seg_size: u64) -> Result<(), ReceiveError> {
         let dir = self.repo.streaming_dir();
         let mut partials = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+        for e in fs::read_dir(&dir).at(&dir)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             match WalFileName::parse(&name, seg_size) {
                 Some(WalFileName::Segment(seg)) => {

@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::units::human_bytes;
 use crate::pg::{ConnInfo, ConnectOptions, Connection};
+use crate::units::human_bytes;
 
 /// The server name the demo configures.
 pub const SERVER: &str = "demo";

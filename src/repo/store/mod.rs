@@ -13,6 +13,7 @@ pub mod posix;
 pub mod s3;
 pub mod s3_settings;
 
+use crate::error::{IoError, IoResultExt};
 use std::io::Read;
 use std::time::SystemTime;
 
@@ -76,14 +77,13 @@ pub enum StoreError {
         /// What did not match.
         detail: String,
     },
-    /// A local file operation failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What failed.
-        source: std::io::Error,
-    },
+    /// The repository's settings cannot be used (an `s3_*` option, the
+    /// credentials); nothing was sent.
+    #[error("{0}")]
+    Settings(String),
+    /// A local file operation failed (the path is the file, or the key read).
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The object store answered with an error.
     #[error("{location}: {operation} {key}: {message}")]
     Remote {
@@ -164,12 +164,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let data = b"pgbk write test\n";
         self.put(&key, data, PutMode::Overwrite)?;
         let mut back = Vec::new();
-        self.get(&key)?
-            .read_to_end(&mut back)
-            .map_err(|e| StoreError::Io {
-                path: key.clone(),
-                source: e,
-            })?;
+        self.get(&key)?.read_to_end(&mut back).at(&key)?;
         self.delete(std::slice::from_ref(&key))?;
         if back != data {
             return Err(StoreError::Integrity {

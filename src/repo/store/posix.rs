@@ -4,6 +4,7 @@
 //! or a `rename`, then fsync the directory. Files 0600, folders 0700.
 
 use super::{check_key, check_prefix, ObjectMeta, PutMode, PutOutcome, Store, StoreError};
+use crate::error::{IoError, IoResultExt};
 use crate::repo::durable::{create_dir_all_private, fsync_dir};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -33,13 +34,6 @@ impl PosixStore {
         Ok(self.root.join(key))
     }
 
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
-
     /// Opens the object's file; a missing one is NotFound.
     fn open(&self, key: &str) -> Result<(File, PathBuf), StoreError> {
         let path = self.path(key)?;
@@ -49,7 +43,7 @@ impl PosixStore {
                 key: key.to_string(),
                 location: self.location(),
             }),
-            Err(e) => Err(Self::io(&path)(e)),
+            Err(e) => Err(IoError::new(&path, e).into()),
         }
     }
 
@@ -60,7 +54,7 @@ impl PosixStore {
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<(PathBuf, String), StoreError> {
         let dir = dest.parent().unwrap_or(Path::new("."));
-        create_dir_all_private(dir).map_err(Self::io(dir))?;
+        create_dir_all_private(dir).at(dir)?;
         let name = dest.file_name().map(|n| n.to_string_lossy().to_string());
         let tmp = dir.join(format!(
             ".{}.tmp.{}.{}",
@@ -87,10 +81,7 @@ impl PosixStore {
             Ok(hash) => Ok((tmp, hash)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                Err(StoreError::Io {
-                    path: tmp.display().to_string(),
-                    source: e,
-                })
+                Err(IoError::new(tmp, e).into())
             }
         }
     }
@@ -106,7 +97,7 @@ impl PosixStore {
         let dir = dest.parent().unwrap_or(Path::new("."));
         let outcome = match mode {
             PutMode::Overwrite => {
-                fs::rename(tmp, dest).map_err(Self::io(dest))?;
+                fs::rename(tmp, dest).at(dest)?;
                 PutOutcome::Stored
             }
             PutMode::Create => {
@@ -115,7 +106,7 @@ impl PosixStore {
                 match linked {
                     Ok(()) => PutOutcome::Stored,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let existing = hash_file(dest).map_err(Self::io(dest))?;
+                        let existing = hash_file(dest).at(dest)?;
                         if existing != hash {
                             return Err(StoreError::Conflict {
                                 key: key.to_string(),
@@ -124,11 +115,11 @@ impl PosixStore {
                         }
                         return Ok(PutOutcome::AlreadyIdentical);
                     }
-                    Err(e) => return Err(Self::io(dest)(e)),
+                    Err(e) => return Err(IoError::new(dest, e).into()),
                 }
             }
         };
-        fsync_dir(dir).map_err(Self::io(dir))?;
+        fsync_dir(dir).at(dir)?;
         Ok(outcome)
     }
 }
@@ -191,7 +182,7 @@ impl Store for PosixStore {
         let mut out = Vec::new();
         f.seek(SeekFrom::Start(offset))
             .and_then(|_| f.take(len).read_to_end(&mut out))
-            .map_err(Self::io(&path))?;
+            .at(&path)?;
         Ok(out)
     }
 
@@ -205,7 +196,7 @@ impl Store for PosixStore {
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Self::io(&path)(e)),
+            Err(e) => Err(IoError::new(&path, e).into()),
         }
     }
 
@@ -238,11 +229,11 @@ impl Store for PosixStore {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Self::io(&dir)(e)),
+            Err(e) => return Err(IoError::new(&dir, e).into()),
         };
         let mut out = Vec::new();
         for e in rd {
-            let e = e.map_err(Self::io(&dir))?;
+            let e = e.at(&dir)?;
             let name = e.file_name().to_string_lossy().to_string();
             if !name.starts_with('.') && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 out.push(name);
@@ -265,11 +256,11 @@ impl Store for PosixStore {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Self::io(&path)(e)),
+                Err(e) => return Err(IoError::new(&path, e).into()),
             }
         }
         for d in dirs {
-            fsync_dir(&d).map_err(Self::io(&d))?;
+            fsync_dir(&d).at(&d)?;
         }
         Ok(())
     }
@@ -298,13 +289,13 @@ impl Iterator for Walk<'_> {
                     let rd = match fs::read_dir(&dir) {
                         Ok(rd) => rd,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Some(Err(PosixStore::io(&dir)(e))),
+                        Err(e) => return Some(Err(IoError::new(&dir, e).into())),
                     };
                     let mut entries = Vec::new();
                     for e in rd {
                         let e = match e {
                             Ok(e) => e,
-                            Err(err) => return Some(Err(PosixStore::io(&dir)(err))),
+                            Err(err) => return Some(Err(IoError::new(&dir, err).into())),
                         };
                         let name = e.file_name().to_string_lossy().to_string();
                         // Temporary names of puts in progress are not objects.
