@@ -12,9 +12,7 @@
 //! - `--no-wait` leaves it WAITING_FOR_WALS until receive-wal archives its WAL.
 
 mod common;
-use common::{
-    pg_scratch_dir, scratch_dir, wait_until, BackgroundPgbk, Cluster, ClusterOptions, Pgbk,
-};
+use common::{pg_scratch_dir, scratch_dir, Cluster, ClusterOptions, Pgbk};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,39 +44,6 @@ fn read_json(path: &Path) -> Value {
 
 fn info_of(pg: &Pgbk, id: &str) -> Value {
     read_json(&backups_dir(pg).join(id).join("backup.json"))
-}
-
-/// The backup being taken (STARTED, past its checkpoint, with files arriving).
-fn started_backup(pg: &Pgbk) -> Option<String> {
-    let dir = backups_dir(pg);
-    for e in std::fs::read_dir(&dir).ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path().join("backup.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        let has_files =
-            std::fs::read_dir(e.path().join("data")).is_ok_and(|mut d| d.next().is_some());
-        if v["status"] == "STARTED" && !v["begin_lsn"].is_null() && has_files {
-            return v["backup_id"].as_str().map(str::to_string);
-        }
-    }
-    None
-}
-
-fn wait_started(pg: &Pgbk, bg: &mut BackgroundPgbk) -> String {
-    let mut id = None;
-    wait_until(
-        Duration::from_secs(30),
-        "the backup to be under way",
-        || {
-            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(40));
-            id = started_backup(pg);
-            id.is_some()
-        },
-    );
-    id.unwrap_or_default()
 }
 
 /// Nothing of a failed backup is left but its backup.json.
@@ -358,7 +323,7 @@ fn a_killed_backup_is_failed_by_the_next_one_which_is_done_and_a_concurrent_one_
     let _rw = pg.start_receive_wal("pg1", &cluster);
 
     let mut first = pg.spawn(&["backup", "pg1"]);
-    let old = wait_started(&pg, &mut first);
+    let old = pg.wait_backup_started("pg1", &mut first);
     assert_eq!(info_of(&pg, &old)["pid"], first.pid());
 
     let second = pg.run(&["backup", "pg1"]);
@@ -404,7 +369,7 @@ fn the_server_stopping_mid_backup_leaves_it_failed_with_the_reason() {
     let pg = Pgbk::new();
     configure(&pg, &cluster, "bandwidth_limit = 1024\n");
     let mut bg = pg.spawn(&["backup", "pg1"]);
-    let id = wait_started(&pg, &mut bg);
+    let id = pg.wait_backup_started("pg1", &mut bg);
     cluster.stop("immediate");
     let code = bg.wait_timeout(Duration::from_secs(30));
     assert_eq!(code, Some(1), "{}", bg.log_tail(30));
@@ -433,7 +398,7 @@ fn sigterm_mid_backup_leaves_it_failed_interrupted_and_frees_the_lock() {
     let pg = Pgbk::new();
     configure(&pg, &cluster, "bandwidth_limit = 1024\n");
     let mut bg = pg.spawn(&["backup", "pg1"]);
-    let id = wait_started(&pg, &mut bg);
+    let id = pg.wait_backup_started("pg1", &mut bg);
     assert_eq!(bg.term(), 1, "{}", bg.log_tail(30));
     let info = info_of(&pg, &id);
     assert_eq!(info["status"], "FAILED", "{info}");

@@ -9,7 +9,7 @@
 //! mount of itself (`mount --bind`, then `remount,ro,bind`).
 
 mod common;
-use common::{wait_receive_wal, wait_until, BackgroundPgbk, Cluster, ClusterOptions, Pgbk};
+use common::{wait_receive_wal, Cluster, ClusterOptions, Pgbk};
 use pgbk::backup::BackupInfo;
 use pgbk::catalog::Catalog;
 use serde_json::Value;
@@ -32,41 +32,6 @@ fn configure(pg: &Pgbk, cluster: &Cluster, extra: &str) {
 
 fn backup_json(pg: &Pgbk, id: &str) -> PathBuf {
     pg.home.join("pg1/backups").join(id).join("backup.json")
-}
-
-/// The backup being taken (STARTED, past its checkpoint, with files arriving).
-fn started_backup(pg: &Pgbk) -> Option<String> {
-    for e in std::fs::read_dir(pg.home.join("pg1/backups"))
-        .ok()?
-        .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(e.path().join("backup.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        let has_files =
-            std::fs::read_dir(e.path().join("data")).is_ok_and(|mut d| d.next().is_some());
-        if v["status"] == "STARTED" && !v["begin_lsn"].is_null() && has_files {
-            return v["backup_id"].as_str().map(str::to_string);
-        }
-    }
-    None
-}
-
-fn wait_started(pg: &Pgbk, bg: &mut BackgroundPgbk) -> String {
-    let mut id = None;
-    wait_until(
-        Duration::from_secs(30),
-        "the backup to be under way",
-        || {
-            assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(40));
-            id = started_backup(pg);
-            id.is_some()
-        },
-    );
-    id.unwrap_or_default()
 }
 
 /// The catalog's row of a backup (read-only, so it works on the mounted home too).
@@ -126,7 +91,7 @@ fn reading_verbs_work_on_a_read_only_home_and_report_a_stale_backup_without_rewr
     std::thread::sleep(Duration::from_millis(1100));
     configure(&pg, &cluster, "bandwidth_limit = 1024\n");
     let mut bg = pg.spawn(&["backup", "pg1"]);
-    let stale = wait_started(&pg, &mut bg);
+    let stale = pg.wait_backup_started("pg1", &mut bg);
     let pid = bg.pid();
     bg.kill9();
     // Nothing writes to the home from here on.

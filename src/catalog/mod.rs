@@ -221,6 +221,25 @@ pub struct WalRecord {
     pub archived_at: DateTime<Utc>,
 }
 
+#[cfg(test)]
+impl WalRecord {
+    /// A 16 MiB segment of timeline 1 archived now, for tests of what the catalog
+    /// does with rows.
+    pub fn test_segment(name: &str, segno: u64) -> WalRecord {
+        WalRecord {
+            name: name.into(),
+            kind: WalKind::Segment,
+            timeline: TimeLineId(1),
+            segno: Some(segno),
+            size: 16 << 20,
+            stored_size: 100,
+            checksum: "x".into(),
+            stored_checksum: None,
+            archived_at: chrono::Utc::now(),
+        }
+    }
+}
+
 /// An open catalog.
 pub struct Catalog {
     conn: Connection,

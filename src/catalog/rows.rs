@@ -64,8 +64,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::WalKind;
-    use crate::types::TimeLineId;
     use chrono::{DateTime, Utc};
 
     /// A backup record as small as the catalog allows (the tests below store none).
@@ -90,33 +88,25 @@ mod tests {
         }
     }
 
-    fn wal(name: &str, segno: u64) -> WalRecord {
-        WalRecord {
-            name: name.into(),
-            kind: WalKind::Segment,
-            timeline: TimeLineId(1),
-            segno: Some(segno),
-            size: 16 << 20,
-            stored_size: 100,
-            checksum: "x".into(),
-            stored_checksum: None,
-            archived_at: Utc::now(),
-        }
-    }
-
     #[test]
     fn replacing_a_servers_rows_leaves_the_others_alone() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        cat.insert_wal("pg1", &wal("000000010000000000000001", 1))
-            .unwrap();
-        cat.insert_wal("pg2", &wal("000000010000000000000001", 1))
-            .unwrap();
+        cat.insert_wal(
+            "pg1",
+            &WalRecord::test_segment("000000010000000000000001", 1),
+        )
+        .unwrap();
+        cat.insert_wal(
+            "pg2",
+            &WalRecord::test_segment("000000010000000000000001", 1),
+        )
+        .unwrap();
         cat.check_server_identity("pg1", SystemId(7), 16 << 20)
             .unwrap();
         let rows = [
-            wal("000000010000000000000005", 5),
-            wal("000000010000000000000006", 6),
+            WalRecord::test_segment("000000010000000000000005", 5),
+            WalRecord::test_segment("000000010000000000000006", 6),
         ];
         cat.replace_server_rows(
             "pg1",

@@ -265,26 +265,15 @@ pub fn rebuild_server(
 mod tests {
     use super::*;
 
-    fn wal(name: &str, segno: u64) -> WalRecord {
-        WalRecord {
-            name: name.into(),
-            kind: WalKind::Segment,
-            timeline: TimeLineId(1),
-            segno: Some(segno),
-            size: 16 << 20,
-            stored_size: 100,
-            checksum: "x".into(),
-            stored_checksum: None,
-            archived_at: Utc::now(),
-        }
-    }
-
     #[test]
     fn a_server_without_a_repository_folder_gets_no_rows_and_no_folder() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Catalog::open(dir.path()).unwrap();
-        cat.insert_wal("ghost", &wal("000000010000000000000001", 1))
-            .unwrap();
+        cat.insert_wal(
+            "ghost",
+            &WalRecord::test_segment("000000010000000000000001", 1),
+        )
+        .unwrap();
         let s = rebuild_server(&ServerRepo::new(dir.path(), "ghost"), &cat).unwrap();
         assert_eq!((s.backups, s.wal_files), (0, 0));
         assert!(cat.wal_files("ghost").unwrap().is_empty());

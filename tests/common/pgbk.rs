@@ -215,6 +215,44 @@ impl Pgbk {
     }
 
     /// `home/<server>/wals`.
+    /// The id of the backup of `server` being taken: STARTED, past its
+    /// checkpoint, with files arriving (`None` before that).
+    pub fn started_backup(&self, server: &str) -> Option<String> {
+        for e in fs::read_dir(self.home.join(server).join("backups"))
+            .ok()?
+            .flatten()
+        {
+            let Ok(text) = fs::read_to_string(e.path().join("backup.json")) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let has_files =
+                fs::read_dir(e.path().join("data")).is_ok_and(|mut d| d.next().is_some());
+            if v["status"] == "STARTED" && !v["begin_lsn"].is_null() && has_files {
+                return v["backup_id"].as_str().map(str::to_string);
+            }
+        }
+        None
+    }
+
+    /// Waits (30 s at most) until `bg`'s backup of `server` is under way, and
+    /// returns its id; fails the test if `bg` ends first.
+    pub fn wait_backup_started(&self, server: &str, bg: &mut BackgroundPgbk) -> String {
+        let mut id = None;
+        super::wait_until(
+            Duration::from_secs(30),
+            "the backup to be under way",
+            || {
+                assert!(bg.is_running(), "backup ended early\n{}", bg.log_tail(40));
+                id = self.started_backup(server);
+                id.is_some()
+            },
+        );
+        id.unwrap_or_default()
+    }
+
     pub fn wals_dir(&self, server: &str) -> PathBuf {
         self.home.join(server).join("wals")
     }
