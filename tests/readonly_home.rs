@@ -17,19 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// `conf.d/pg1.conf` streaming from `cluster`, plus `extra` lines.
-fn configure(pg: &Pgbk, cluster: &Cluster, extra: &str) {
-    pg.add_server(
-        "pg1",
-        &format!(
-            "conninfo = {}\nstreaming_conninfo = %(conninfo)s\nbackup_method = postgres\n\
-             streaming_archiver = on\nslot_name = pgbk\ncreate_slot = auto\n\
-             immediate_checkpoint = on\n{extra}",
-            cluster.conninfo()
-        ),
-    );
-}
-
 fn backup_json(pg: &Pgbk, id: &str) -> PathBuf {
     pg.home.join("pg1/backups").join(id).join("backup.json")
 }
@@ -80,7 +67,7 @@ impl Drop for ReadOnly {
 fn reading_verbs_work_on_a_read_only_home_and_report_a_stale_backup_without_rewriting_it() {
     let cluster = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
-    configure(&pg, &cluster, "");
+    pg.streaming_server_with("pg1", &cluster, "immediate_checkpoint = on\n");
     let rw = pg.spawn(&["receive-wal", "pg1"]);
     wait_receive_wal(&cluster);
     let done = pg.json(&["backup", "pg1"]);
@@ -89,7 +76,11 @@ fn reading_verbs_work_on_a_read_only_home_and_report_a_stale_backup_without_rewr
 
     // A second backup killed mid-way stays STARTED: stale.
     std::thread::sleep(Duration::from_millis(1100));
-    configure(&pg, &cluster, "bandwidth_limit = 1024\n");
+    pg.streaming_server_with(
+        "pg1",
+        &cluster,
+        "immediate_checkpoint = on\nbandwidth_limit = 1024\n",
+    );
     let mut bg = pg.spawn(&["backup", "pg1"]);
     let stale = pg.wait_backup_started("pg1", &mut bg);
     let pid = bg.pid();
@@ -153,7 +144,7 @@ fn reading_verbs_work_on_a_read_only_home_and_report_a_stale_backup_without_rewr
     drop(ro);
 
     // The next backup owns the repository: it marks the stale one FAILED.
-    configure(&pg, &cluster, "");
+    pg.streaming_server_with("pg1", &cluster, "immediate_checkpoint = on\n");
     let next = pg.json(&["backup", "pg1", "--no-wait"]);
     assert_ne!(next["status"], "FAILED", "{next}");
     let after = catalog_row(&pg.home, &stale);
