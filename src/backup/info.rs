@@ -309,6 +309,33 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// An entry with nothing stored yet: no content, object or checksums (a
+    /// directory, a symlink with its `target` set after, or a file before it is stored).
+    pub fn bare(
+        path: String,
+        tablespace: Option<u32>,
+        kind: FileKind,
+        mode: u32,
+        mtime: i64,
+    ) -> FileEntry {
+        FileEntry {
+            path,
+            tablespace,
+            kind,
+            mode,
+            mtime,
+            size: 0,
+            checksum: None,
+            object: None,
+            compression: None,
+            stored_size: 0,
+            stored_checksum: None,
+            offset: None,
+            length: None,
+            target: None,
+        }
+    }
+
     /// Appends the entry to `files.jsonl` as one JSON line: the one writer of the
     /// format, for streamed and rsync backups alike.
     pub fn write_line(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {

@@ -715,20 +715,14 @@ impl Copy<'_> {
             .tablespaces
             .iter()
             .map(|t| FileEntry {
-                path: format!("pg_tblspc/{}", t.oid),
-                tablespace: None,
-                kind: FileKind::Symlink,
-                mode: 0o777,
-                mtime: stopped_at as i64,
-                size: 0,
-                checksum: None,
-                object: None,
-                compression: None,
-                stored_size: 0,
-                stored_checksum: None,
-                offset: None,
-                length: None,
                 target: Some(t.location.clone()),
+                ..FileEntry::bare(
+                    format!("pg_tblspc/{}", t.oid),
+                    None,
+                    FileKind::Symlink,
+                    0o777,
+                    stopped_at as i64,
+                )
             })
             .collect();
         let prev_sums: PreviousSums = match &self.previous_dir() {

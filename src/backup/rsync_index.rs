@@ -161,26 +161,17 @@ pub fn index(
     let mut files = Vec::new();
     for root in roots {
         for e in &root.entries {
-            let entry = FileEntry {
-                path: e.path.clone(),
-                tablespace: root.tablespace,
-                kind: if e.is_dir {
+            let entry = FileEntry::bare(
+                e.path.clone(),
+                root.tablespace,
+                if e.is_dir {
                     FileKind::Dir
                 } else {
                     FileKind::File
                 },
-                mode: e.mode,
-                mtime: e.mtime as i64,
-                size: 0,
-                checksum: None,
-                object: None,
-                compression: None,
-                stored_size: 0,
-                stored_checksum: None,
-                offset: None,
-                length: None,
-                target: None,
-            };
+                e.mode,
+                e.mtime as i64,
+            );
             if e.is_dir {
                 dirs.push(entry);
             } else {

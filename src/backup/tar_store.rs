@@ -535,22 +535,7 @@ impl Reader<'_> {
                 let mode = header.mode().unwrap_or(0o600) & 0o7777;
                 let mtime = header.mtime().unwrap_or(0) as i64;
                 let path = safe_path(&entry.path_bytes())?;
-                let base = FileEntry {
-                    path: path.clone(),
-                    tablespace,
-                    kind: FileKind::File,
-                    mode,
-                    mtime,
-                    size: 0,
-                    checksum: None,
-                    object: None,
-                    compression: None,
-                    stored_size: 0,
-                    stored_checksum: None,
-                    offset: None,
-                    length: None,
-                    target: None,
-                };
+                let base = FileEntry::bare(path.clone(), tablespace, FileKind::File, mode, mtime);
                 match kind {
                     tar::EntryType::Directory => self.send(Job::Dir {
                         disk: root.join(&path),

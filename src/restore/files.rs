@@ -810,22 +810,7 @@ mod tests {
     }
 
     fn entry(path: &str, tbs: Option<u32>, kind: FileKind, mode: u32) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            tablespace: tbs,
-            kind,
-            mode,
-            mtime: 1_700_000_000,
-            size: 0,
-            checksum: None,
-            object: None,
-            compression: None,
-            stored_size: 0,
-            stored_checksum: None,
-            offset: None,
-            length: None,
-            target: None,
-        }
+        FileEntry::bare(path.into(), tbs, kind, mode, 1_700_000_000)
     }
 
     /// A backup folder with a data directory, an empty dir, an empty file, a big
