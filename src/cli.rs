@@ -375,7 +375,7 @@ pub struct BackupArgs {
     /// Seconds to wait for the WAL the backup needs (0 = forever).
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub wait_timeout: u64,
-    /// An incremental backup (PostgreSQL 17+, summarize_wal = on) built on PARENT
+    /// An incremental backup (PostgreSQL 17+ with summarize_wal = on, or 15/16 by block maps) built on PARENT
     /// (id, name or latest; default: the newest backup it can be built on).
     #[arg(long, value_name = "PARENT", num_args = 0..=1, default_missing_value = "latest", conflicts_with = "full")]
     pub incremental: Option<String>,

@@ -12,13 +12,11 @@
 //! - `--no-wait` leaves it WAITING_FOR_WALS until receive-wal archives its WAL.
 
 mod common;
-use common::{pg_scratch_dir, scratch_dir, Cluster, ClusterOptions, Pgbk};
+use common::{pg_scratch_dir, pg_verifybackup, scratch_dir, Cluster, ClusterOptions, Pgbk};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const PG_VERIFYBACKUP: &str = "/usr/lib/postgresql/15/bin/pg_verifybackup";
 
 /// `conf.d/pg1.conf` streaming from `cluster`, plus `extra` lines.
 fn configure(pg: &Pgbk, cluster: &Cluster, extra: &str) {
@@ -137,21 +135,6 @@ fn zstd_restore(dir: &Path, tablespace: Option<u32>, dest: &Path) {
     dirs(&src, dest);
 }
 
-fn pg_verifybackup(dir: &Path) {
-    let out = Command::new(PG_VERIFYBACKUP)
-        .arg("-n")
-        .arg(dir)
-        .output()
-        .expect("run pg_verifybackup");
-    assert!(
-        out.status.success(),
-        "pg_verifybackup -n {} failed:\n{}{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn files_jsonl(pg: &Pgbk, id: &str) -> Vec<Value> {
     std::fs::read_to_string(backups_dir(pg).join(id).join("files.jsonl"))
         .unwrap()
@@ -221,7 +204,7 @@ fn backup_under_pgbench_load_is_done_and_plain_zstd_gives_a_directory_pg_verifyb
     std::fs::copy(dir.join("backup_manifest"), target.join("backup_manifest")).unwrap();
     assert!(target.join("pg_wal").is_dir());
     assert!(target.join("backup_label").is_file());
-    pg_verifybackup(&target);
+    pg_verifybackup(&target, &[]);
 }
 
 #[test]
@@ -311,7 +294,7 @@ fn a_tablespace_outside_the_data_directory_is_stored_and_listed() {
     std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
     std::os::unix::fs::symlink(&tsr, data.join(format!("pg_tblspc/{oid}"))).unwrap();
     std::fs::copy(dir.join("backup_manifest"), data.join("backup_manifest")).unwrap();
-    pg_verifybackup(&data);
+    pg_verifybackup(&data, &[]);
 }
 
 #[test]

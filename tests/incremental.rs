@@ -1,6 +1,7 @@
 //! Incremental backups on PostgreSQL 17 and 18 (`summarize_wal = on`, the parent's
-//! `backup_manifest` uploaded, `BASE_BACKUP ... INCREMENTAL`), on real servers from
-//! `.ci/install-pg-majors`:
+//! `backup_manifest` uploaded, `BASE_BACKUP ... INCREMENTAL`) and on 15 and 16
+//! (pgbk's block maps: every streamed block compared with the parent's checksum),
+//! on real servers from `.ci/install-pg-majors` and Debian's 15:
 //!
 //! - a full backup, then pgbench work plus an update of one contiguous 1% range
 //!   of `pgbench_accounts`, an incremental backup; then a relation created, one
@@ -14,13 +15,16 @@
 //! - `verify-backup` checks the whole chain, `show-backup` reports it; deleting a
 //!   parent is refused; retention keeps a chain holding a kept incremental whole
 //!   and removes a chain whole;
-//! - refusals in one line: PostgreSQL 15, `summarize_wal = off`, nothing to build
-//!   on; `incremental_fallback = full` takes a full backup instead.
+//! - on 15 and 16 the same chain recovers exactly, and the restored directory
+//!   (with the chain's manifest) passes `pg_verifybackup`; a parent whose block
+//!   map is gone is refused in one line;
+//! - refusals in one line: `summarize_wal = off`, nothing to build on;
+//!   `incremental_fallback = full` takes a full backup instead.
 
 mod common;
 use common::{
-    chown_to_postgres, pg_command, pg_scratch_dir, run_checked, BackgroundPgbk, Cluster,
-    ClusterOptions, Pgbk, Sshd,
+    chown_to_postgres, pg_command, pg_scratch_dir, pg_verifybackup, run_checked, BackgroundPgbk,
+    Cluster, ClusterOptions, Pgbk, Sshd,
 };
 use serde_json::Value;
 use std::fs;
@@ -29,7 +33,11 @@ use std::time::Duration;
 fn options(major: u32) -> ClusterOptions {
     ClusterOptions {
         major: Some(major),
-        extra_conf: vec!["summarize_wal = on".into()],
+        extra_conf: if major >= 17 {
+            vec!["summarize_wal = on".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     }
 }
@@ -301,9 +309,83 @@ fn an_incremental_chain_on_postgresql_18_recovers_through_sshd() {
     check_recovered(&ch, dir, 18);
 }
 
+/// A PostgreSQL 15/16 chain: verified, recovered with its manifest (locally on
+/// 15, through sshd on 16), `pg_verifybackup` passes, and the rows are exact.
+fn block_map_chain(major: u32) {
+    let sshd = (major != 15).then(Sshd::start);
+    let ch = build_chain(major, "");
+    let pg = &ch.pg;
+    for b in [&ch.full, &ch.inc1, &ch.inc2] {
+        assert!(b["block_map"].is_string(), "{b}");
+    }
+    let verified = pg.json(&["verify-backup", "pg1", id(&ch.inc2)]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["chain"].as_array().unwrap().len(), 2, "{verified}");
+    pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
+
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    let mut args = vec![
+        "recover".to_string(),
+        "pg1".into(),
+        "latest".into(),
+        data.to_str().unwrap().into(),
+        "--target-time".into(),
+        ch.target.clone(),
+        "--target-action".into(),
+        "promote".into(),
+    ];
+    if let Some(sshd) = &sshd {
+        fs::create_dir(&data).unwrap();
+        chown_to_postgres(&data, false);
+        args.push("--remote-ssh-command".into());
+        args.push(sshd.ssh_command("postgres"));
+    }
+    let out = pg.json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    assert_eq!(out["manifest"], true, "{out}");
+    let incremental_files = walk(&data)
+        .into_iter()
+        .filter(|p| p.contains("INCREMENTAL."))
+        .collect::<Vec<_>>();
+    assert!(incremental_files.is_empty(), "{incremental_files:?}");
+    // Every rebuilt file is what the server sent for the newest backup.
+    pg_verifybackup(&data, &["pgbk_wal"]);
+    check_recovered(&ch, dir, major);
+
+    // A parent whose block map is gone: refused in one line, nothing recorded.
+    fs::remove_file(
+        pg.home
+            .join("pg1/backups")
+            .join(id(&ch.inc2))
+            .join("blocks.map"),
+    )
+    .unwrap();
+    let before = backup_ids(pg).len();
+    let out = pg.run(&["backup", "pg1", "--incremental"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("block map") && out.stderr.contains(id(&ch.inc2)),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(backup_ids(pg).len(), before);
+}
+
+#[test]
+fn a_block_map_chain_on_postgresql_15_recovers_exactly_and_passes_pg_verifybackup() {
+    block_map_chain(15);
+}
+
+#[test]
+fn a_block_map_chain_on_postgresql_16_recovers_through_sshd() {
+    block_map_chain(16);
+}
+
 #[test]
 fn incremental_refusals_and_the_full_fallback() {
-    // PostgreSQL 15 has no incremental BASE_BACKUP.
+    // PostgreSQL 15: nothing to build on yet.
     let c = Cluster::new(ClusterOptions::default());
     let pg = Pgbk::new();
     pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
@@ -312,23 +394,21 @@ fn incremental_refusals_and_the_full_fallback() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(out.error_lines().len(), 1, "{}", out.stderr);
     assert!(
-        out.stderr.contains("PostgreSQL 17 or later"),
+        out.stderr.contains("take a full backup first"),
         "{}",
         out.stderr
     );
     assert!(backup_ids(&pg).is_empty());
-    // backup_type = incremental with incremental_fallback = full: a full backup,
-    // with a notice.
+    // backup_type = incremental: a full backup first, with a notice, then
+    // incrementals built on it.
     pg.streaming_server_with(
         "pg1",
         &c,
-        "immediate_checkpoint = on\nbackup_type = incremental\nincremental_fallback = full\n",
+        "immediate_checkpoint = on\nbackup_type = incremental\n",
     );
     let check = pg.run(&["check", "pg1"]);
-    assert_ne!(check.code, 0, "{}", check.stdout);
     assert!(
-        check.stdout.contains("incremental backups: FAILED")
-            && check.stdout.contains("PostgreSQL 17 or later"),
+        check.stdout.contains("incremental backups: OK"),
         "{}",
         check.stdout
     );
@@ -339,7 +419,11 @@ fn incremental_refusals_and_the_full_fallback() {
         "{}",
         out.stderr
     );
-    assert_eq!(backup_ids(&pg).len(), 1);
+    let full = backup_ids(&pg);
+    assert_eq!(full.len(), 1);
+    let next = pg.json(&["backup", "pg1"]);
+    assert_eq!(next["status"], "DONE", "{next}");
+    assert_eq!(next["parent"], full[0].as_str(), "{next}");
     drop(rw);
 
     // PostgreSQL 17: nothing to build on yet.

@@ -14,19 +14,16 @@
 mod common;
 use common::source::StreamingSource;
 use common::{
-    chown_to_postgres, pg_scratch_dir, postgres_user, wait_until, Cluster, ClusterOptions, Output,
-    Pgbk,
+    chown_to_postgres, pg_scratch_dir, pg_verifybackup, postgres_user, wait_until, Cluster,
+    ClusterOptions, Output, Pgbk,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
-
-const PG_VERIFYBACKUP: &str = "/usr/lib/postgresql/15/bin/pg_verifybackup";
 
 /// A source cluster with pgbench tables, pgbk streaming its WAL.
 fn source() -> StreamingSource {
@@ -202,7 +199,7 @@ fn get_wal_replays_all_archived_wal_and_partial_reaches_the_last_streamed_row() 
         "{js}"
     );
     assert!(restore_command.starts_with('/'), "{js}");
-    verifybackup(&data, &[]);
+    pg_verifybackup(&data, &[]);
     let r = start_recovered(dir);
     assert_eq!(markers(&r), "archived", "{}", r.log_tail(40));
     assert_eq!(history_count(&r), archived_count);
@@ -441,23 +438,6 @@ fn missing_line(o: &Output) -> String {
         .join("\n")
 }
 
-/// `pg_verifybackup -n` (no WAL parsing) accepts the directory.
-fn verifybackup(data: &Path, ignore: &[&str]) {
-    let mut cmd = Command::new(PG_VERIFYBACKUP);
-    cmd.arg("-n");
-    for i in ignore {
-        cmd.args(["-i", i]);
-    }
-    let out = cmd.arg(data).output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_verifybackup -n {}: {}{}",
-        data.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every file, directory and link under `root`: kind, mode, owner, content digest or
 /// link target (with `root`'s parent shown as `<dir>`).
 fn tree(root: &Path) -> BTreeMap<String, String> {
@@ -559,7 +539,7 @@ fn delta_over_an_older_started_copy_equals_a_fresh_recovery() {
         fs::read_link(fresh.join("pg_tblspc").join(&oid)).unwrap(),
         fresh_ts
     );
-    verifybackup(&fresh, &["pgbk_wal"]);
+    pg_verifybackup(&fresh, &["pgbk_wal"]);
 
     // An older copy: recovered, started (it promotes and writes), changed, extended.
     let (old_dir, old) = destination();

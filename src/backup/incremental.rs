@@ -1,8 +1,9 @@
 //! Choosing what an incremental backup is built on, and whether it can be taken
-//! at all (PostgreSQL 17's `BASE_BACKUP ... INCREMENTAL`: the server compares the
+//! at all. PostgreSQL 17's `BASE_BACKUP ... INCREMENTAL`: the server compares the
 //! parent's `backup_manifest` with its WAL summaries, so it needs
 //! `summarize_wal = on` and a parent taken by BASE_BACKUP of the same cluster and
-//! major version).
+//! major version. PostgreSQL 15 and 16: pgbk compares every streamed block with
+//! the parent's block map ([`super::block_map`]), so the parent needs one.
 //!
 //! [`decide`] is pure: the server's facts and the server's backups in, a full or
 //! an incremental backup (with its parent) out, or a refusal.
@@ -10,7 +11,8 @@
 use super::{chain, BackupInfo, BackupStatus};
 use crate::wal::{SystemId, TimeLineId};
 
-/// The oldest server version with incremental BASE_BACKUP.
+/// The oldest server version with incremental BASE_BACKUP; older servers get
+/// pgbk's block-map incrementals.
 pub const MIN_INCREMENTAL_VERSION: u32 = 170000;
 
 /// What the user asked for.
@@ -63,7 +65,14 @@ pub fn unfit_parent(parent: &BackupInfo, server: &ServerSide) -> Option<String> 
             parent.system_id, server.system_id
         ));
     }
-    if parent.method != "postgres" || !parent.has_manifest {
+    if server.version < MIN_INCREMENTAL_VERSION {
+        if parent.method != "postgres" || parent.block_map.is_none() {
+            return Some(format!(
+                "backup {id} has no block map (method {}; streamed backups of PostgreSQL 15 and 16 record one)",
+                parent.method
+            ));
+        }
+    } else if parent.method != "postgres" || !parent.has_manifest {
         return Some(format!(
             "backup {id} has no backup_manifest from BASE_BACKUP (method {})",
             parent.method
@@ -102,13 +111,7 @@ pub fn decide(
             Err(format!("server '{server_name}': {why}"))
         }
     };
-    if server.version < MIN_INCREMENTAL_VERSION {
-        return refuse_or_full(format!(
-            "incremental backups need PostgreSQL 17 or later (the server runs {})",
-            server.version / 10000
-        ));
-    }
-    if server.summarize_wal != Some(true) {
+    if server.version >= MIN_INCREMENTAL_VERSION && server.summarize_wal != Some(true) {
         return refuse_or_full(
             "incremental backups need summarize_wal = on on the server \
              (ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a full backup to build on)"
@@ -148,7 +151,7 @@ pub fn decide(
                 None => {
                     return Err(format!(
                         "server '{server_name}': no DONE backup of this cluster (timeline {}, \
-                         taken by BASE_BACKUP with a manifest) to build an incremental on; take a full backup first",
+                         streamed by BASE_BACKUP) to build an incremental on; take a full backup first",
                         server.timeline
                     ))
                 }
@@ -245,8 +248,29 @@ mod tests {
     fn refusals_and_fallbacks() {
         let all = vec![backup("1", None, 10)];
         let plan = IncrementalPlan::default();
+        // PostgreSQL 15 and 16 build on a backup with a block map, of the same major.
         let e = decide("pg", &plan, &server(150000, None), &all).unwrap_err();
-        assert!(e.contains("PostgreSQL 17 or later"), "{e}");
+        assert!(e.contains("take a full backup first"), "{e}");
+        let mapped = BackupInfo {
+            server_version: 150004,
+            block_map: Some("ab".into()),
+            ..backup("2", None, 20)
+        };
+        let unmapped = BackupInfo {
+            server_version: 150004,
+            ..backup("3", None, 30)
+        };
+        let both = [mapped, unmapped.clone()];
+        assert_eq!(
+            parent_of(decide("pg", &plan, &server(150010, None), &both).unwrap()),
+            "2"
+        );
+        let named = IncrementalPlan {
+            parent: Some("3".into()),
+            ..plan.clone()
+        };
+        let e = decide("pg", &named, &server(150010, None), &[unmapped]).unwrap_err();
+        assert!(e.contains("has no block map"), "{e}");
         let e = decide("pg", &plan, &server(170010, Some(false)), &all).unwrap_err();
         assert!(e.contains("summarize_wal = on"), "{e}");
         let fallback = IncrementalPlan {

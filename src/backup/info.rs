@@ -158,6 +158,11 @@ pub struct BackupInfo {
     /// `None` for a full backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// PostgreSQL 15 and 16: the BLAKE3 (hex) of the backup's `blocks.map`, the
+    /// checksums of every block of its relation files, which the next incremental
+    /// compares the streamed blocks with. `None` when the backup has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_map: Option<String>,
     /// rsync backups: regular files rsync transferred (its `--stats`); files reused
     /// from the previous backup are not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,6 +204,20 @@ impl crate::catalog::BackupRecord for BackupInfo {
 }
 
 impl BackupInfo {
+    /// An incremental of PostgreSQL 15 or 16: the server sent every file whole and
+    /// pgbk kept the changed blocks of its relation files (see `block_map`).
+    pub fn is_block_incremental(&self) -> bool {
+        self.parent.is_some() && self.server_version < super::incremental::MIN_INCREMENTAL_VERSION
+    }
+
+    /// Whether PostgreSQL's `backup_manifest` describes the data directory a
+    /// restore gives: not for a PostgreSQL 17+ incremental, whose manifest lists
+    /// its `INCREMENTAL.*` files; a block-map incremental's does (the server sent
+    /// every file whole, and the chain rebuilds them byte for byte).
+    pub fn manifest_fits_restore(&self) -> bool {
+        self.parent.is_none() || self.is_block_incremental()
+    }
+
     /// `incremental` when the backup is built on a parent, else `full`.
     pub fn backup_type(&self) -> &'static str {
         if self.parent.is_some() {
@@ -238,6 +257,7 @@ impl BackupInfo {
             checksum_algorithm: "blake3".to_string(),
             has_manifest: false,
             parent: None,
+            block_map: None,
             transferred_files: None,
             transferred_bytes: None,
             reused_bytes: None,

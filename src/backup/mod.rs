@@ -2,6 +2,7 @@
 //! each backup in the repository, and the catalog index kept in step with them.
 
 pub mod base_backup;
+pub mod block_map;
 pub mod bundle;
 pub mod chain;
 pub mod incremental;

@@ -77,7 +77,7 @@ pub fn upload_staged(
             // A closed channel means the store stopped first: its error is the cause.
             (sent, out.tx.is_closed())
         });
-        let stored = store_stream(rx, dir, pool, opts, progress);
+        let stored = store_stream(rx, dir, pool, opts, progress, None);
         let (sent, store_stopped) = producer
             .join()
             .unwrap_or_else(|_| (Err(failed("the staged-copy reader panicked")), false));

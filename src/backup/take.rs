@@ -12,6 +12,7 @@
 use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
 };
+use super::block_map::{BlockDiff, MapWriter, ParentMap};
 use super::incremental::{decide, Decision, ServerSide};
 use super::lifecycle::backup_lock_path;
 use super::run::{connect, fail, new_backup_id, segment_name, stopped, wait_for_wal};
@@ -222,7 +223,7 @@ pub async fn take_held(
                 timeline: facts.timeline,
             };
             match decide(&req.server, plan, &side, &existing).map_err(TakeError::Refused)? {
-                Decision::Incremental(p) => Some(BackupDir::new(&repo, &p.backup_id)),
+                Decision::Incremental(p) => Some(*p),
                 Decision::Full(notice) => {
                     if let Some(n) = notice {
                         tracing::warn!(server = %req.server, "{n}");
@@ -231,6 +232,29 @@ pub async fn take_held(
                 }
             }
         }
+    };
+    // PostgreSQL 15/16: the parent's block map is opened (and verified) before
+    // anything is recorded, so an unusable one is a refusal, not a FAILED backup.
+    let (parent, parent_map) = match parent {
+        Some(p) if facts.version < super::incremental::MIN_INCREMENTAL_VERSION => {
+            match open_parent_map(&repo, &p) {
+                Ok(map) => (Some(p), Some(map)),
+                Err(why) if req.incremental.as_ref().is_some_and(|i| i.fallback_full) => {
+                    tracing::warn!(
+                        server = %req.server,
+                        "{why}; taking a full backup (incremental_fallback = full)"
+                    );
+                    (None, None)
+                }
+                Err(why) => {
+                    return Err(TakeError::Refused(format!(
+                        "server '{}': {why}; take a full backup (--full) to build on",
+                        req.server
+                    )))
+                }
+            }
+        }
+        other => (other, None),
     };
 
     let (id, begin_time) = new_backup_id(&repo, &existing).await;
@@ -242,7 +266,7 @@ pub async fn take_held(
         timeline: facts.timeline,
         wal_segment_size: facts.seg_size,
         pid: Some(std::process::id()),
-        parent: parent.as_ref().map(|p| p.id().to_string()),
+        parent: parent.as_ref().map(|p| p.backup_id.clone()),
         ..BackupInfo::new(&id, &req.server, begin_time)
     };
     create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
@@ -263,6 +287,7 @@ pub async fn take_held(
         &catalog,
         &facts,
         parent.as_ref(),
+        parent_map,
         progress.clone(),
         &mut stop,
     )
@@ -279,6 +304,7 @@ pub async fn take_held(
         stored.file_count,
         stored.has_manifest(),
     );
+    info.block_map = stored.block_map().map(str::to_string);
     if let Err(e) = stored.commit() {
         return Err(fail(&repo, &catalog, info, &e.to_string()));
     }
@@ -368,11 +394,27 @@ async fn receive(
     repo: &ServerRepo,
     catalog: &Catalog,
     facts: &ServerFacts,
-    parent: Option<&BackupDir>,
+    parent: Option<&BackupInfo>,
+    parent_map: Option<ParentMap>,
     progress: Arc<dyn Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stored, String> {
     keep_freed_memory();
+    let blocks = if facts.version < super::incremental::MIN_INCREMENTAL_VERSION {
+        let map = MapWriter::create(dir).map_err(|e| e.to_string())?;
+        Some(BlockDiff {
+            map,
+            parent: parent_map,
+            scratch: dir.root().to_path_buf(),
+        })
+    } else {
+        None
+    };
+    // PostgreSQL 17+ compares the parent's manifest itself; 15 and 16 send every
+    // file whole and the block map keeps only what changed.
+    let server_parent = parent
+        .filter(|_| blocks.is_none())
+        .map(|p| BackupDir::new(repo, &p.backup_id));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.jobs.max(1))
         .thread_name(|i| format!("pgbk-zstd-{i}"))
@@ -385,11 +427,20 @@ async fn receive(
         let progress = progress.clone();
         std::thread::Builder::new()
             .name("pgbk-tar".into())
-            .spawn(move || store_stream(rx, &dir, &pool, &opts, &*progress))
+            .spawn(move || store_stream(rx, &dir, &pool, &opts, &*progress, blocks))
             .map_err(|e| format!("starting the tar thread: {e}"))?
     };
     let streamed = stream(
-        req, repl, info, repo, catalog, facts, parent, &*progress, tx, stop,
+        req,
+        repl,
+        info,
+        repo,
+        catalog,
+        facts,
+        server_parent.as_ref(),
+        &*progress,
+        tx,
+        stop,
     )
     .await;
     // The channel is closed now: the tar thread ends whatever happened.
@@ -404,6 +455,25 @@ async fn receive(
         (Err(Failure::StoreGone), Ok(_)) => Err("the tar thread stopped early".into()),
         (Err(Failure::Reason(r)), _) => Err(r),
     }
+}
+
+/// The parent's block map (PostgreSQL 15/16), checked against backup.json; from
+/// a bucket it is copied under the home first.
+fn open_parent_map(repo: &ServerRepo, parent: &BackupInfo) -> Result<ParentMap, String> {
+    let id = &parent.backup_id;
+    let sum = parent
+        .block_map
+        .as_deref()
+        .ok_or_else(|| format!("backup {id} has no block map to compare with"))?;
+    let scratch = repo.repository().home();
+    let map =
+        ParentMap::open(&BackupDir::new(repo, id), sum, scratch).map_err(|e| e.to_string())?;
+    tracing::info!(
+        server = %repo.server(),
+        "incremental: comparing every block with backup {id} ({} relation files in its block map)",
+        map.len()
+    );
+    Ok(map)
 }
 
 enum Failure {

@@ -17,6 +17,7 @@
 //! are refused (`.` components are dropped), symlinks are never created, an existing file is never
 //! overwritten.
 
+use super::block_map::{self, BlockDiff, BlockHash, BLCKSZ};
 use super::bundle::{is_bundled, BundleWriter, Closed};
 pub use super::object_file::StoreError;
 pub(super) use super::object_file::{create_file, start_file_writeback};
@@ -97,6 +98,8 @@ pub struct Stored {
     files: AtomicFile,
     bundles: Option<AtomicFile>,
     manifest: Option<AtomicFile>,
+    /// `blocks.map` (PostgreSQL 15/16) and its BLAKE3.
+    block_map: Option<(AtomicFile, String)>,
 }
 
 impl std::fmt::Debug for Stored {
@@ -116,6 +119,11 @@ impl Stored {
         self.manifest.is_some()
     }
 
+    /// The BLAKE3 of the backup's `blocks.map`, when one was recorded.
+    pub fn block_map(&self) -> Option<&str> {
+        self.block_map.as_ref().map(|(_, sum)| sum.as_str())
+    }
+
     /// Flushes every stored file to disk at once (`syncfs` on the backup's
     /// filesystem rather than an fsync per file), then puts `files.jsonl` and
     /// `backup_manifest` in place atomically and durably. On object storage the
@@ -130,6 +138,11 @@ impl Stored {
             let path = b.dest().to_path_buf();
             b.commit().at(&path)?;
             self.dir.upload_local("bundles.jsonl").map_err(upload_err)?;
+        }
+        if let Some((m, _)) = self.block_map {
+            let path = m.dest().to_path_buf();
+            m.commit().at(&path)?;
+            self.dir.upload_local(block_map::NAME).map_err(upload_err)?;
         }
         let files = self.files.dest().to_path_buf();
         self.files.commit().at(&files)?;
@@ -361,13 +374,16 @@ fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 
 /// Receives the whole stream and stores it under `dir`. Returns once the
 /// protocol task sent [`StreamMsg::End`]; [`StoreError::Aborted`] if the channel
-/// closes before.
+/// closes before. With `blocks` (PostgreSQL 15/16), relation files are hashed
+/// block by block into the backup's map, and against a parent's map only their
+/// changed blocks are stored.
 pub fn store_stream(
     rx: tokio::sync::mpsc::Receiver<StreamMsg>,
     dir: &BackupDir,
     pool: &rayon::ThreadPool,
     opts: &StoreOptions,
     progress: &dyn Progress,
+    blocks: Option<BlockDiff>,
 ) -> Result<Stored, StoreError> {
     let data = dir.data_dir();
     if dir.is_remote() {
@@ -405,12 +421,14 @@ pub fn store_stream(
             tablespaces: Vec::new(),
             spare,
             spare_tx,
+            blocks,
         };
         let read = reader.run(&mut feed);
         let Reader {
             jobs,
             manifest,
             tablespaces,
+            blocks,
             ..
         } = reader;
         drop(jobs);
@@ -427,6 +445,10 @@ pub fn store_stream(
             (_, Err(e)) => Err(e),
             (Err(e), Ok(_)) => Err(e),
             (Ok(()), Ok(w)) => Ok(Stored {
+                block_map: match blocks {
+                    Some(b) => Some(b.map.finish()?),
+                    None => None,
+                },
                 size_bytes: w.size,
                 stored_bytes: w.stored,
                 file_count: w.count,
@@ -451,6 +473,7 @@ struct Reader<'a> {
     /// Chunk buffers back from compression, for reuse.
     spare: mpsc::Receiver<Vec<u8>>,
     spare_tx: mpsc::Sender<Vec<u8>>,
+    blocks: Option<BlockDiff>,
 }
 
 impl Reader<'_> {
@@ -558,9 +581,7 @@ impl Reader<'_> {
                         })?
                     }
                     tar::EntryType::Regular | tar::EntryType::Continuous => {
-                        let object = format!("{object_prefix}/{path}.zst");
-                        let disk = root.join(format!("{path}.zst"));
-                        self.file(&mut entry, disk, base, object, name)?;
+                        self.regular(&mut entry, &root, &object_prefix, base, name)?;
                     }
                     other => {
                         return Err(StoreError::Invalid(format!(
@@ -598,15 +619,84 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn file(
+    /// A regular file of the stream: stored whole, or (a relation file with a
+    /// parent's block map) as an `INCREMENTAL.*` file of its changed blocks.
+    fn regular(
         &mut self,
         entry: &mut tar::Entry<'_, &mut Feed>,
+        root: &Path,
+        prefix: &str,
+        meta: FileEntry,
+        archive: &str,
+    ) -> Result<(), StoreError> {
+        let size = entry.size();
+        let relation = self.blocks.is_some()
+            && size > 0
+            && size % BLCKSZ as u64 == 0
+            && block_map::is_relation_file(&meta.path, meta.tablespace);
+        if !relation {
+            let (disk, object) = (
+                root.join(format!("{}.zst", meta.path)),
+                format!("{prefix}/{}.zst", meta.path),
+            );
+            return self.file(entry, size, disk, meta, object, archive, None);
+        }
+        let (path, tablespace) = (meta.path.clone(), meta.tablespace);
+        let parent = match self.blocks.as_ref().and_then(|b| b.parent.as_ref()) {
+            Some(p) => p
+                .blocks(tablespace, &path)
+                .map_err(|e| StoreError::Invalid(format!("reading the parent's block map: {e}")))?,
+            None => None,
+        };
+        let mut hashes: Vec<BlockHash> = Vec::with_capacity((size / BLCKSZ as u64) as usize);
+        match parent {
+            None => {
+                let (disk, object) = (
+                    root.join(format!("{path}.zst")),
+                    format!("{prefix}/{path}.zst"),
+                );
+                self.file(entry, size, disk, meta, object, archive, Some(&mut hashes))?;
+            }
+            Some(old) => {
+                let scratch = self
+                    .blocks
+                    .as_ref()
+                    .map(|b| b.scratch.clone())
+                    .unwrap_or_default();
+                let changed = block_map::diff(entry, size, &old, &mut hashes, &scratch)
+                    .map_err(|e| stream_error(e, archive))?;
+                let name = block_map::incremental_name(&path);
+                let (disk, object) = (
+                    root.join(format!("{name}.zst")),
+                    format!("{prefix}/{name}.zst"),
+                );
+                let stored = changed.size();
+                let mut src = changed
+                    .into_reader()
+                    .map_err(|e| StoreError::Invalid(format!("{name}: {e}")))?;
+                let meta = FileEntry { path: name, ..meta };
+                self.file(&mut src, stored, disk, meta, object, archive, None)?;
+            }
+        }
+        if let Some(b) = self.blocks.as_mut() {
+            b.map.add(tablespace, &path, &hashes)?;
+        }
+        Ok(())
+    }
+
+    /// Stores `size` bytes of `src` as one file (an object of zstd frames, or a
+    /// piece of a bundle), hashing its blocks into `hashes` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn file(
+        &mut self,
+        src: &mut dyn Read,
+        size: u64,
         disk: PathBuf,
         mut meta: FileEntry,
         object: String,
         archive: &str,
+        mut hashes: Option<&mut Vec<BlockHash>>,
     ) -> Result<(), StoreError> {
-        let size = entry.size();
         if size == 0 {
             // An empty file has no object: its entry says everything.
             meta.checksum = Some(blake3::hash(b"").to_hex().to_string());
@@ -641,15 +731,14 @@ impl Reader<'_> {
             } else {
                 vec![0u8; n]
             };
-            if let Err(e) = entry.read_exact(&mut buf[..n]) {
+            if let Err(e) = src.read_exact(&mut buf[..n]) {
                 self.budget.release(charge);
-                return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                    StoreError::Aborted
-                } else {
-                    StoreError::Invalid(format!("archive {archive}: {e}"))
-                });
+                return Err(stream_error(e, archive));
             }
             hasher.update(&buf[..n]);
+            if let Some(h) = hashes.as_deref_mut() {
+                h.extend(buf[..n].chunks(BLCKSZ).map(block_map::block_hash));
+            }
             let (tx, rx) = mpsc::sync_channel(1);
             let level = self.opts.level;
             let recycle = large.then(|| self.spare_tx.clone());
@@ -671,6 +760,15 @@ impl Reader<'_> {
         meta.object = Some(object);
         meta.compression = Some("zstd".to_string());
         self.send(Job::FileEnd { entry: meta })
+    }
+}
+
+/// A read of the stream that failed: cut short (the connection ended), or broken.
+fn stream_error(e: io::Error, archive: &str) -> StoreError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        StoreError::Aborted
+    } else {
+        StoreError::Invalid(format!("archive {archive}: {e}"))
     }
 }
 
@@ -938,7 +1036,7 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let r = store_stream(rx, &dir, &pool, &opts, &NoProgress);
+        let r = store_stream(rx, &dir, &pool, &opts, &NoProgress, None);
         sender.join().unwrap();
         (tmp, dir, r)
     }

@@ -146,7 +146,7 @@ pub struct ServerConfig {
     /// this many backups (a full one and its incrementals); `None`: no limit.
     pub full_backup_every: Option<u32>,
     /// `incremental_fallback`: what an incremental backup does on a server that
-    /// cannot take one (before PostgreSQL 17, `summarize_wal = off`).
+    /// cannot take one (`summarize_wal = off`, no parent to build on).
     pub incremental_fallback: IncrementalFallback,
     /// `repository = s3://...`: the repository on object storage; `None`: the
     /// local `home`.
@@ -248,7 +248,7 @@ word_enum!(
         /// Every backup is a full one.
         #[default]
         Full => "full",
-        /// Only the blocks changed since the previous backup (PostgreSQL 17+).
+        /// Only the blocks changed since the previous backup.
         Incremental => "incremental",
     }
 );

@@ -194,6 +194,12 @@ impl<'p, 'a> BackupCopy<'p, 'a> {
         }
         // Only a backup with bundled small files has a bundle list.
         metadata.push(("bundles.jsonl", dir.root().join(bundle::LIST), true));
+        // A PostgreSQL 15/16 backup's block map, for incrementals taken here after a
+        // switchover (missing on the other side: an incremental here refuses it).
+        if self.info.block_map.is_some() {
+            let map = crate::backup::block_map::NAME;
+            metadata.push((map, dir.root().join(map), true));
+        }
         let pass = &mut *self.pass;
         for (file, dest, optional) in metadata {
             if pass.stored_at(&dest)? {

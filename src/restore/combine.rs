@@ -27,33 +27,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+pub use crate::backup::block_map::{reconstructed_path, INCREMENTAL_MAGIC, INCREMENTAL_PREFIX};
+
 /// PostgreSQL's block size (the default build, which every supported package uses).
-pub const BLCKSZ: u64 = 8192;
-
-/// What PostgreSQL 17 puts in front of the name of an incremental relation file.
-pub const INCREMENTAL_PREFIX: &str = "INCREMENTAL.";
-
-const INCREMENTAL_MAGIC: u32 = 0xd3ae_1f0d;
+pub const BLCKSZ: u64 = crate::backup::block_map::BLCKSZ as u64;
 
 /// Blocks in a 1 GiB relation segment: no header may list more.
 const MAX_BLOCKS: u32 = (1 << 30) / BLCKSZ as u32;
-
-/// The path an `INCREMENTAL.*` file restores to (its name without the prefix);
-/// `None` for any other path.
-pub fn reconstructed_path(path: &str) -> Option<String> {
-    let (dir, name) = match path.rsplit_once('/') {
-        Some((d, n)) => (Some(d), n),
-        None => (None, path),
-    };
-    let name = name.strip_prefix(INCREMENTAL_PREFIX)?;
-    if name.is_empty() {
-        return None;
-    }
-    Some(match dir {
-        Some(d) => format!("{d}/{name}"),
-        None => name.to_string(),
-    })
-}
 
 /// The backups an incremental backup is built on, each with the entries of its
 /// file list that a rebuild may need (only those: the lists are streamed).

@@ -258,7 +258,7 @@ fn write_small(path: &Path, data: &[u8], owner: Owner) -> Result<(), RestoreErro
 /// Copies the backup's `backup_manifest` into the destination (for `pg_verifybackup`
 /// and the DBA); false when the backup has none.
 pub fn write_manifest(plan: &RecoverPlan) -> Result<bool, RestoreError> {
-    if plan.info.parent.is_some() {
+    if !plan.info.manifest_fits_restore() {
         // It lists the INCREMENTAL.* files, not the rebuilt ones.
         return Ok(false);
     }

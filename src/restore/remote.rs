@@ -483,9 +483,9 @@ fn send_extras(
     let manifest_key = plan.dir.key("backup_manifest");
     let manifest = PathBuf::from(plan.dir.describe("backup_manifest"));
     // An incremental backup's manifest lists its INCREMENTAL.* files: not sent.
-    let stat = match plan.info.parent {
-        Some(_) => None,
-        None => plan
+    let stat = match plan.info.manifest_fits_restore() {
+        false => None,
+        true => plan
             .dir
             .store()
             .stat(&manifest_key)

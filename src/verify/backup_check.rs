@@ -270,8 +270,21 @@ pub fn verify_backup_files(dir: &BackupDir, info: &BackupInfo) -> Result<FileChe
         if let Some(entry) = next {
             let entry = entry?;
             if let Some(m) = manifest.as_mut() {
-                if let Some(size) = m.remove(&manifest_path(&entry)) {
-                    if entry.kind == FileKind::File && size != entry.size {
+                // A block-map incremental stores a relation file as
+                // INCREMENTAL.<name>; the manifest names the file it rebuilds.
+                let rebuilt = info
+                    .is_block_incremental()
+                    .then(|| crate::backup::block_map::reconstructed_path(&entry.path))
+                    .flatten();
+                let listed = match &rebuilt {
+                    Some(path) => manifest_path(&FileEntry {
+                        path: path.clone(),
+                        ..entry.clone()
+                    }),
+                    None => manifest_path(&entry),
+                };
+                if let Some(size) = m.remove(&listed) {
+                    if entry.kind == FileKind::File && rebuilt.is_none() && size != entry.size {
                         report.problems.push(FileProblem {
                             path: manifest_path(&entry),
                             object: entry.object.clone(),

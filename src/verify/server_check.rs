@@ -80,12 +80,10 @@ pub fn check_items(server: &ServerConfig, st: &ServerState) -> Vec<CheckItem> {
     }
     if server.backup_type == crate::config::BackupType::Incremental {
         if let Ok(sql) = &st.sql {
-            let hint = if sql.version_num < crate::backup::incremental::MIN_INCREMENTAL_VERSION {
-                Some(format!(
-                    "backup_type = incremental needs PostgreSQL 17 or later, the server runs {}",
-                    sql.version
-                ))
-            } else if sql.summarize_wal != Some(true) {
+            // Before PostgreSQL 17 pgbk compares blocks itself: nothing to check.
+            let hint = if sql.version_num >= crate::backup::incremental::MIN_INCREMENTAL_VERSION
+                && sql.summarize_wal != Some(true)
+            {
                 Some("backup_type = incremental needs summarize_wal = on on the server".to_string())
             } else {
                 None

@@ -428,3 +428,22 @@ pub fn wait_receive_wal(cluster: &Cluster) {
             .unwrap_or(false)
     });
 }
+
+/// `pg_verifybackup -n` (Debian's 15, no WAL parsing; it reads the version 1
+/// manifests of 15 and 16) accepts the restored directory `data`, leaving out
+/// `ignore` (e.g. `pgbk_wal`, where a copy-mode recovery puts the WAL).
+pub fn pg_verifybackup(data: &Path, ignore: &[&str]) {
+    let mut cmd = Command::new("/usr/lib/postgresql/15/bin/pg_verifybackup");
+    cmd.arg("-n");
+    for i in ignore {
+        cmd.args(["-i", i]);
+    }
+    let out = cmd.arg(data).output().expect("run pg_verifybackup");
+    assert!(
+        out.status.success(),
+        "pg_verifybackup -n {} failed:\n{}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
