@@ -44,11 +44,93 @@ const MAGIC: &[u8; 8] = b"PGBKBLK1";
 /// One block's checksum.
 pub type BlockHash = [u8; BLOCK_HASH_LEN];
 
-/// The checksum of one block.
-pub fn block_hash(block: &[u8]) -> BlockHash {
+/// The checksum of block `number` of a file: its BLAKE3 chaining value, the
+/// interior node that the file's own BLAKE3 is built from, so a file's content
+/// checksum and its blocks' come from one pass ([`BlockTree`]).
+pub fn block_hash(number: u64, block: &[u8]) -> BlockHash {
+    short(&block_cv(number, block))
+}
+
+fn block_cv(number: u64, block: &[u8]) -> blake3::hazmat::ChainingValue {
+    use blake3::hazmat::HasherExt;
+    blake3::Hasher::new()
+        .set_input_offset(number * BLCKSZ as u64)
+        .update(block)
+        .finalize_non_root()
+}
+
+fn short(cv: &blake3::hazmat::ChainingValue) -> BlockHash {
     let mut out = [0u8; BLOCK_HASH_LEN];
-    out.copy_from_slice(&blake3::hash(block).as_bytes()[..BLOCK_HASH_LEN]);
+    out.copy_from_slice(&cv[..BLOCK_HASH_LEN]);
     out
+}
+
+/// The BLAKE3 of a file whose length is a whole number of blocks, computed from
+/// its blocks' chaining values as they pass (BLAKE3's tree, merged the way its
+/// own hasher does): the blocks' checksums cost no second pass over the data.
+pub struct BlockTree {
+    stack: Vec<blake3::hazmat::ChainingValue>,
+    last: Option<blake3::hazmat::ChainingValue>,
+    blocks: u64,
+    /// A one-block file's hash is that block's root hash.
+    single: Option<blake3::Hash>,
+    size: u64,
+}
+
+impl BlockTree {
+    /// For a file of `size` bytes (a multiple of [`BLCKSZ`], not 0).
+    pub fn new(size: u64) -> BlockTree {
+        BlockTree {
+            stack: Vec::new(),
+            last: None,
+            blocks: 0,
+            single: None,
+            size,
+        }
+    }
+
+    /// Adds the next block (exactly [`BLCKSZ`] bytes) and returns its checksum.
+    pub fn push(&mut self, block: &[u8]) -> BlockHash {
+        use blake3::hazmat::{merge_subtrees_non_root, Mode};
+        if self.size == BLCKSZ as u64 {
+            self.single = Some(blake3::hash(block));
+        }
+        let cv = block_cv(self.blocks, block);
+        if let Some(mut done) = self.last.take() {
+            // `done` is block blocks-1: it completes one subtree per trailing
+            // zero bit of the number of blocks before the new one.
+            let mut total = self.blocks;
+            while total & 1 == 0 {
+                let Some(left) = self.stack.pop() else { break };
+                done = merge_subtrees_non_root(&left, &done, Mode::Hash);
+                total >>= 1;
+            }
+            self.stack.push(done);
+        }
+        self.last = Some(cv);
+        self.blocks += 1;
+        short(&cv)
+    }
+
+    /// The file's BLAKE3.
+    pub fn finalize(self) -> blake3::Hash {
+        use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
+        if let Some(h) = self.single {
+            return h;
+        }
+        let Some(mut cv) = self.last else {
+            return blake3::hash(b"");
+        };
+        let mut stack = self.stack;
+        while let Some(left) = stack.pop() {
+            if stack.is_empty() {
+                return merge_subtrees_root(&left, &cv, Mode::Hash);
+            }
+            cv = merge_subtrees_non_root(&left, &cv, Mode::Hash);
+        }
+        // Only reached for a single block whose size was not announced.
+        blake3::Hash::from_bytes(cv)
+    }
 }
 
 /// Whether a member of the stream is a relation segment (`base/<db>/<relfilenode>`
@@ -415,7 +497,7 @@ pub fn diff(
         let piece = &mut buf[..n * BLCKSZ];
         src.read_exact(piece)?;
         for data in piece.chunks_exact(BLCKSZ) {
-            let h = block_hash(data);
+            let h = block_hash(u64::from(block), data);
             hashes.push(h);
             if parent.get(block as usize) != Some(&h) {
                 kept.push(block);
@@ -494,6 +576,25 @@ mod tests {
             incremental_name("base/5/16384.1"),
             "base/5/INCREMENTAL.16384.1"
         );
+    }
+
+    #[test]
+    fn a_files_checksum_from_its_blocks_is_blake3s() {
+        for n in [1usize, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 33, 100] {
+            let data: Vec<u8> = (0..n * BLCKSZ).map(|i| (i * 7 + i / 8191) as u8).collect();
+            let mut tree = BlockTree::new(data.len() as u64);
+            for (i, b) in data.chunks(BLCKSZ).enumerate() {
+                assert_eq!(
+                    tree.push(b),
+                    block_hash(i as u64, b),
+                    "{n} blocks, block {i}"
+                );
+            }
+            assert_eq!(tree.finalize(), blake3::hash(&data), "{n} blocks");
+        }
+        // The same bytes at another place have another checksum.
+        let b = vec![1u8; BLCKSZ];
+        assert_ne!(block_hash(0, &b), block_hash(1, &b));
     }
 
     #[test]

@@ -708,6 +708,8 @@ impl Reader<'_> {
             size,
         })?;
         let mut hasher = blake3::Hasher::new();
+        // A relation file's checksum is built from its blocks' (one pass for both).
+        let mut tree = hashes.is_some().then(|| block_map::BlockTree::new(size));
         let mut remaining = size;
         let mut first = true;
         while remaining > 0 || first {
@@ -735,9 +737,11 @@ impl Reader<'_> {
                 self.budget.release(charge);
                 return Err(stream_error(e, archive));
             }
-            hasher.update(&buf[..n]);
-            if let Some(h) = hashes.as_deref_mut() {
-                h.extend(buf[..n].chunks(BLCKSZ).map(block_map::block_hash));
+            match (tree.as_mut(), hashes.as_deref_mut()) {
+                (Some(t), Some(h)) => h.extend(buf[..n].chunks(BLCKSZ).map(|b| t.push(b))),
+                _ => {
+                    hasher.update(&buf[..n]);
+                }
             }
             let (tx, rx) = mpsc::sync_channel(1);
             let level = self.opts.level;
@@ -756,7 +760,11 @@ impl Reader<'_> {
             remaining -= n as u64;
         }
         meta.size = size;
-        meta.checksum = Some(hasher.finalize().to_hex().to_string());
+        let checksum = match tree {
+            Some(t) => t.finalize(),
+            None => hasher.finalize(),
+        };
+        meta.checksum = Some(checksum.to_hex().to_string());
         meta.object = Some(object);
         meta.compression = Some("zstd".to_string());
         self.send(Job::FileEnd { entry: meta })
