@@ -71,6 +71,8 @@ pub struct StoreOptions {
     pub chunk_size: usize,
     /// Uncompressed bytes allowed in flight between the tar reader and the writer.
     pub in_flight: usize,
+    /// A streamed backup's journal, and what an interrupted run of it left to reuse.
+    pub resume: Option<std::sync::Arc<super::resume::Session>>,
 }
 
 impl Default for StoreOptions {
@@ -79,6 +81,7 @@ impl Default for StoreOptions {
             level: crate::repo::compress::DEFAULT_LEVEL,
             chunk_size: CHUNK_SIZE,
             in_flight: 64 * 1024 * 1024,
+            resume: None,
         }
     }
 }
@@ -273,6 +276,10 @@ enum Job {
     FileEnd {
         entry: FileEntry,
     },
+    /// A file whose object an interrupted run stored (`backup --resume`).
+    Reused {
+        entry: FileEntry,
+    },
 }
 
 /// The archive bytes of the channel as a `Read`, stopping at the next control message.
@@ -391,7 +398,8 @@ pub fn store_stream(
         let writer = std::thread::Builder::new()
             .name("pgbk-writer".into())
             .spawn_scoped(scope, || {
-                write_jobs(dir, jobs_rx, files, &files_path, &budget, progress)
+                let resume = opts.resume.as_deref();
+                write_jobs(dir, jobs_rx, files, &files_path, &budget, progress, resume)
             })
             .at(&files_path)?;
         let (spare_tx, spare) = mpsc::channel();
@@ -612,6 +620,20 @@ impl Reader<'_> {
             meta.checksum = Some(blake3::hash(b"").to_hex().to_string());
             return self.send(Job::FileEnd { entry: meta });
         }
+        // Resuming: a file the interrupted run stored is not stored again.
+        let mut spool = None;
+        if let Some(resume) = &self.opts.resume {
+            use super::resume::Check;
+            match resume.check(entry, size, &meta, &object, archive)? {
+                Check::Reused(entry) => return self.send(Job::Reused { entry }),
+                Check::Spooled(s) => spool = Some(s),
+                Check::Stream => {}
+            }
+        }
+        let src: &mut dyn Read = match spool.as_mut() {
+            Some(s) => s,
+            None => entry,
+        };
         self.send(Job::FileStart {
             disk,
             object: object.clone(),
@@ -641,7 +663,7 @@ impl Reader<'_> {
             } else {
                 vec![0u8; n]
             };
-            if let Err(e) = entry.read_exact(&mut buf[..n]) {
+            if let Err(e) = src.read_exact(&mut buf[..n]) {
                 self.budget.release(charge);
                 return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
                     StoreError::Aborted
@@ -706,6 +728,7 @@ fn write_jobs(
     files_path: &Path,
     budget: &Budget,
     progress: &dyn Progress,
+    resume: Option<&super::resume::Session>,
 ) -> Result<Written, StoreError> {
     let _close = CloseOnDrop(budget);
     let uploads = dir.is_remote().then(|| Uploads::new(dir.shared_store()));
@@ -790,6 +813,16 @@ fn write_jobs(
                     size += raw as u64;
                     progress.set(size);
                 }
+                Job::Reused { entry } => {
+                    if let Some(r) = resume {
+                        r.record(&entry)?;
+                    }
+                    size += entry.size;
+                    stored += entry.stored_size;
+                    count += 1;
+                    record(&mut list, &entry)?;
+                    progress.set(size);
+                }
                 Job::FileEnd { mut entry } => {
                     let Some((out, written, object)) = current.take().or_else(|| {
                         // An empty file: no FileStart, no object.
@@ -828,6 +861,9 @@ fn write_jobs(
                     stored += written;
                     count += 1;
                     record(&mut list, &entry)?;
+                    if let Some(r) = resume {
+                        r.record(&entry)?;
+                    }
                     put_bundle(uploads.as_ref(), closed);
                 }
             }
