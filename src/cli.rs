@@ -382,6 +382,11 @@ pub struct BackupArgs {
     /// A full backup, whatever backup_type says.
     #[arg(long)]
     pub full: bool,
+    /// Take up an interrupted backup (the newest FAILED one that kept stored files,
+    /// or ID): a new BASE_BACKUP, where files already stored and verified are not
+    /// stored again.
+    #[arg(long, value_name = "ID", num_args = 0..=1, default_missing_value = "latest", conflicts_with_all = ["incremental", "full"])]
+    pub resume: Option<String>,
 }
 
 /// Options of `keep`.

@@ -3,12 +3,13 @@
 //! - taken under pgbench load it ends DONE, and plain `zstd -d` of its files gives a
 //!   data directory `pg_verifybackup` accepts;
 //! - a tablespace outside the data directory is stored and listed;
-//! - a backup killed with SIGKILL is marked FAILED by the next one, which is DONE,
-//!   and a second concurrent backup is refused naming the first one's pid;
+//! - a backup killed with SIGKILL is marked FAILED by the next one, which is DONE
+//!   (and removes what the killed one kept for `--resume`), and a second concurrent
+//!   backup is refused naming the first one's pid;
 //! - the server stopping mid-backup leaves it FAILED with the reason, SIGTERM leaves
-//!   it FAILED "interrupted";
-//! - a full filesystem fails it cleanly (catalog consistent, nothing left behind),
-//!   and a backup after growing the filesystem is DONE;
+//!   it FAILED "interrupted", each keeping only what `--resume` can reuse;
+//! - a full filesystem fails it cleanly (catalog consistent, nothing partial left
+//!   behind), and a backup after growing the filesystem is DONE;
 //! - `--no-wait` leaves it WAITING_FOR_WALS until receive-wal archives its WAL.
 
 mod common;
@@ -58,6 +59,40 @@ fn assert_only_backup_json_left(pg: &Pgbk, id: &str) {
         "left in {}",
         dir.display()
     );
+}
+
+/// A FAILED backup keeps backup.json and, for `backup --resume`, only the objects its
+/// resume journal names (stored whole before it stopped) and the journal itself.
+fn assert_only_resumable_left(pg: &Pgbk, id: &str) {
+    let dir = backups_dir(pg).join(id);
+    let journal = std::fs::read_to_string(dir.join("resume.jsonl")).unwrap_or_default();
+    let named: Vec<String> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["object"].as_str().map(str::to_string))
+        .collect();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                rel == "backup.json"
+                    || (rel == "resume.jsonl" && !named.is_empty())
+                    || named.contains(&rel),
+                "{rel} left in {}",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// Every catalog row matches its backup.json (the truth).
@@ -371,7 +406,7 @@ fn the_server_stopping_mid_backup_leaves_it_failed_with_the_reason() {
         )),
         "{log}"
     );
-    assert_only_backup_json_left(&pg, &id);
+    assert_only_resumable_left(&pg, &id);
     assert_catalog_matches_disk(&pg);
 }
 
@@ -386,7 +421,7 @@ fn sigterm_mid_backup_leaves_it_failed_interrupted_and_frees_the_lock() {
     let info = info_of(&pg, &id);
     assert_eq!(info["status"], "FAILED", "{info}");
     assert_eq!(info["error"], "interrupted");
-    assert_only_backup_json_left(&pg, &id);
+    assert_only_resumable_left(&pg, &id);
     assert_catalog_matches_disk(&pg);
     // The lock went with the process: the next backup runs (and waits for no WAL).
     configure(&pg, &cluster, "");
@@ -462,7 +497,7 @@ fn a_full_filesystem_fails_the_backup_cleanly_and_one_after_growing_it_is_done()
     assert!(out.stderr.contains("No space left on device"), "{out:?}");
     let old = failed["backup_id"].as_str().unwrap().to_string();
     assert_eq!(info_of(&pg, &old), failed);
-    assert_only_backup_json_left(&pg, &old);
+    assert_only_resumable_left(&pg, &old);
     assert_catalog_matches_disk(&pg);
 
     // receive-wal rides out the full disk (it retries; the slot keeps the WAL) and

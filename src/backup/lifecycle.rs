@@ -18,8 +18,9 @@ pub fn backup_lock_path(repo: &ServerRepo) -> PathBuf {
     crate::lock::backup_lock(repo)
 }
 
-/// Removes a backup's stored content (data, tablespaces, file list, manifest and
-/// leftover temporary files), keeping backup.json so the failure stays on record.
+/// Removes a backup's stored content (data, tablespaces, file list, manifest, resume
+/// journal and leftover temporary files), keeping backup.json so the failure stays
+/// on record.
 pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -34,6 +35,7 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
                 dir.manifest_path(),
                 dir.root().join(super::bundle::LIST),
                 dir.root().join(super::rsync_upload::STAGED_INDEX),
+                super::resume::journal_path(dir),
             ] {
                 remove_durable(&f).map_err(io(&f))?;
             }
@@ -63,6 +65,8 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
     remove_durable(&dir.manifest_path()).map_err(io(&dir.manifest_path()))?;
     let bundles = dir.root().join(super::bundle::LIST);
     remove_durable(&bundles).map_err(io(&bundles))?;
+    let journal = super::resume::journal_path(dir);
+    remove_durable(&journal).map_err(io(&journal))?;
     // files.jsonl / backup_manifest / bundles.jsonl still under their temporary
     // names (a killed backup).
     remove_stale_temp_files(dir.root()).map_err(io(dir.root()))?;
@@ -103,7 +107,10 @@ pub fn remove_stored_objects(dir: &BackupDir, keep_info: bool) -> Result<(), Bac
     Ok(())
 }
 
-/// Marks a backup `FAILED` with a reason and removes its partial content.
+/// Marks a backup `FAILED` with a reason and removes its partial content: all of
+/// it, or, for a streamed backup whose resume journal names stored files, all but
+/// those files (kept for `backup --resume`; the next backup that does not resume
+/// removes them).
 pub fn mark_failed(
     repo: &ServerRepo,
     catalog: &Catalog,
@@ -114,7 +121,11 @@ pub fn mark_failed(
     info.error = Some(reason.to_string());
     info.pid = None;
     let dir = BackupDir::new(repo, &info.backup_id);
-    let removed = remove_content(&dir);
+    let removed = if super::resume::is_resumable(&dir, info) {
+        super::resume::keep_for_resume(&dir)
+    } else {
+        remove_content(&dir)
+    };
     if !dir.is_remote() {
         save(repo, catalog, info)?;
         return removed;

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod object_file;
 mod object_upload;
+pub mod resume;
 pub mod rsync;
 pub mod rsync_copy;
 pub mod rsync_index;

@@ -65,6 +65,8 @@ pub struct BackupRequest {
     pub rsync: Option<RsyncOptions>,
     /// `Some` for an incremental backup (`--incremental`, `backup_type = incremental`).
     pub incremental: Option<IncrementalPlan>,
+    /// Whether an interrupted backup is taken up again (`--resume`, `backup_resume`).
+    pub resume: super::resume::ResumePlan,
 }
 
 /// How a backup that did not fail ended.

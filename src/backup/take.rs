@@ -7,7 +7,8 @@
 //! backup_manifest and backup.json `WAITING_FOR_WALS` are written; the server
 //! switches WAL so the end segment gets archived; the backup becomes `DONE` when
 //! every segment from `begin_wal` to `end_wal` is in the archive. Any failure
-//! while receiving marks it `FAILED` with the reason and removes its files.
+//! while receiving marks it `FAILED` with the reason and removes its files but
+//! those its resume journal names, which `--resume` takes up ([`super::resume`]).
 
 use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
@@ -15,6 +16,7 @@ use super::base_backup::{
 use super::block_map::{BlockDiff, MapWriter, ParentMap};
 use super::incremental::{decide, Decision, ServerSide};
 use super::lifecycle::backup_lock_path;
+use super::resume::{ResumePlan, Session};
 use super::run::{connect, fail, new_backup_id, segment_name, stopped, wait_for_wal};
 pub use super::run::{BackupRequest, Outcome, TakeError, WalWait};
 use super::tar_store::{store_stream, StoreError, Stored, StreamMsg};
@@ -195,6 +197,13 @@ pub async fn take_held(
     }
 
     if let Some(opts) = &req.rsync {
+        if matches!(req.resume, ResumePlan::Newest | ResumePlan::Named(_)) {
+            return Err(TakeError::Refused(format!(
+                "server '{}': --resume takes up streamed backups (backup_method = postgres)",
+                req.server
+            )));
+        }
+        discard_interrupted(&repo, &existing);
         if req.incremental.is_some() {
             return Err(TakeError::Refused(format!(
                 "server '{}': incremental backups need backup_method = postgres (rsync backups reuse unchanged files with reuse_backup instead)",
@@ -213,15 +222,19 @@ pub async fn take_held(
     crate::wal::stored::adopt_repository_identity(&repo, &catalog)?;
     catalog.check_server_identity(&req.server, facts.system_id, facts.seg_size)?;
     super::standby::prepare(req, facts.system_id).await?;
-    let parent = match &req.incremental {
-        None => None,
-        Some(plan) => {
-            let side = ServerSide {
-                version: facts.version,
-                summarize_wal: facts.summarize_wal,
-                system_id: facts.system_id,
-                timeline: facts.timeline,
-            };
+    let side = ServerSide {
+        version: facts.version,
+        summarize_wal: facts.summarize_wal,
+        system_id: facts.system_id,
+        timeline: facts.timeline,
+    };
+    let resumed = super::resume::pick(&req.server, &req.resume, &repo, &existing, facts.system_id)
+        .map_err(TakeError::Refused)?
+        .cloned();
+    let parent = match (&resumed, &req.incremental) {
+        (Some(old), _) => resumed_parent(&req.server, old, &side, &existing)?,
+        (None, None) => None,
+        (None, Some(plan)) => {
             match decide(&req.server, plan, &side, &existing).map_err(TakeError::Refused)? {
                 Decision::Incremental(p) => Some(*p),
                 Decision::Full(notice) => {
@@ -257,10 +270,20 @@ pub async fn take_held(
         other => (other, None),
     };
 
-    let (id, begin_time) = new_backup_id(&repo, &existing).await;
+    if resumed.is_none() {
+        discard_interrupted(&repo, &existing);
+    }
+    // A resumed backup keeps its id (its objects are under it); it begins now.
+    let (id, begin_time) = match &resumed {
+        Some(old) => (old.backup_id.clone(), Utc::now()),
+        None => new_backup_id(&repo, &existing).await,
+    };
     let dir = BackupDir::new(&repo, &id);
     let mut info = BackupInfo {
-        name: req.name.clone(),
+        name: req
+            .name
+            .clone()
+            .or_else(|| resumed.as_ref().and_then(|o| o.name.clone())),
         server_version: facts.version,
         system_id: facts.system_id,
         timeline: facts.timeline,
@@ -271,12 +294,23 @@ pub async fn take_held(
     };
     create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
     if let Err(e) = save(&repo, &catalog, &info) {
-        // Nothing was stored: leave no trace but the error.
-        let _ = std::fs::remove_dir_all(dir.root());
-        let _ = catalog.delete_backup(&req.server, &id);
+        // Nothing was stored: leave no trace but the error (a resumed backup stays
+        // as it was, FAILED with its stored files).
+        if resumed.is_none() {
+            let _ = std::fs::remove_dir_all(dir.root());
+            let _ = catalog.delete_backup(&req.server, &id);
+        }
         return Err(e.into());
     }
-    tracing::info!(server = %req.server, backup = %id, "backup started");
+    let session = match resumed {
+        Some(_) => Session::resume(&dir),
+        None => Session::start(&dir),
+    };
+    let session = match session {
+        Ok(s) => Arc::new(s),
+        Err(e) => return Err(fail(&repo, &catalog, info, &e.to_string())),
+    };
+    tracing::info!(server = %req.server, backup = %id, "backup {}", if resumed.is_some() { "resumed" } else { "started" });
 
     let received = receive(
         req,
@@ -288,6 +322,7 @@ pub async fn take_held(
         &facts,
         parent.as_ref(),
         parent_map,
+        session.clone(),
         progress.clone(),
         &mut stop,
     )
@@ -298,6 +333,20 @@ pub async fn take_held(
         Ok(s) => s,
         Err(reason) => return Err(fail(&repo, &catalog, info, &reason)),
     };
+    if resumed.is_some() {
+        // The interrupted run's objects of files the server no longer sent go.
+        if let Err(e) = session.finish() {
+            return Err(fail(&repo, &catalog, info, &e.to_string()));
+        }
+        info.reused_bytes = Some(session.reused_bytes());
+        tracing::info!(
+            server = %req.server,
+            backup = %id,
+            "resumed: {} file(s), {} bytes, reused from the interrupted run",
+            session.reused_files(),
+            session.reused_bytes()
+        );
+    }
     let (size, stored_bytes, count, has_manifest) = (
         stored.size_bytes,
         stored.stored_bytes,
@@ -318,6 +367,8 @@ pub async fn take_held(
     if let Err(e) = save(&repo, &catalog, &info) {
         return Err(fail(&repo, &catalog, info, &e.to_string()));
     }
+    // Every file is listed in files.jsonl now: nothing is left to resume.
+    super::resume::forget(&dir);
     tracing::info!(
         server = %req.server,
         backup = %id,
@@ -327,6 +378,44 @@ pub async fn take_held(
     );
 
     wait_for_wal(req, info, &repo, &catalog, facts.in_recovery, &mut stop).await
+}
+
+/// The parent a resumed backup is built on: the interrupted run's, still fit.
+fn resumed_parent(
+    server: &str,
+    old: &BackupInfo,
+    side: &ServerSide,
+    existing: &[BackupInfo],
+) -> Result<Option<BackupInfo>, TakeError> {
+    let Some(parent) = &old.parent else {
+        return Ok(None);
+    };
+    let why = match existing.iter().find(|b| &b.backup_id == parent) {
+        None => format!("its parent {parent} is gone"),
+        Some(p) => match super::incremental::unfit_parent(p, side) {
+            None => return Ok(Some(p.clone())),
+            Some(why) => format!("its parent: {why}"),
+        },
+    };
+    Err(TakeError::Refused(format!(
+        "server '{server}': backup {} cannot be resumed: {why}",
+        old.backup_id
+    )))
+}
+
+/// A new backup supersedes an interrupted one: the files it kept for `--resume`
+/// are removed (its backup.json stays, FAILED). A failure is only reported.
+fn discard_interrupted(repo: &ServerRepo, existing: &[BackupInfo]) {
+    for b in existing {
+        let dir = BackupDir::new(repo, &b.backup_id);
+        if b.status != BackupStatus::Failed || !super::resume::is_resumable(&dir, b) {
+            continue;
+        }
+        tracing::info!(server = %b.server, "backup {}: removing the files its interrupted run stored (not resumed)", b.backup_id);
+        if let Err(e) = super::lifecycle::remove_content(&dir) {
+            tracing::warn!(server = %b.server, "backup {}: {e}", b.backup_id);
+        }
+    }
 }
 
 /// `UPLOAD_MANIFEST`: hands the server the parent's `backup_manifest`, read from
@@ -396,6 +485,7 @@ async fn receive(
     facts: &ServerFacts,
     parent: Option<&BackupInfo>,
     parent_map: Option<ParentMap>,
+    session: Arc<Session>,
     progress: Arc<dyn Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stored, String> {
@@ -423,7 +513,10 @@ async fn receive(
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamMsg>(CHANNEL_DEPTH);
     let store = {
         let dir = dir.clone();
-        let opts = req.store.clone();
+        let opts = super::tar_store::StoreOptions {
+            resume: Some(session),
+            ..req.store.clone()
+        };
         let progress = progress.clone();
         std::thread::Builder::new()
             .name("pgbk-tar".into())

@@ -72,6 +72,8 @@ pub struct StoreOptions {
     pub chunk_size: usize,
     /// Uncompressed bytes allowed in flight between the tar reader and the writer.
     pub in_flight: usize,
+    /// A streamed backup's journal, and what an interrupted run of it left to reuse.
+    pub resume: Option<std::sync::Arc<super::resume::Session>>,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +82,7 @@ impl Default for StoreOptions {
             level: crate::repo::compress::DEFAULT_LEVEL,
             chunk_size: CHUNK_SIZE,
             in_flight: 64 * 1024 * 1024,
+            resume: None,
         }
     }
 }
@@ -286,6 +289,10 @@ enum Job {
     FileEnd {
         entry: FileEntry,
     },
+    /// A file whose object an interrupted run stored (`backup --resume`).
+    Reused {
+        entry: FileEntry,
+    },
 }
 
 /// The archive bytes of the channel as a `Read`, stopping at the next control message.
@@ -407,7 +414,8 @@ pub fn store_stream(
         let writer = std::thread::Builder::new()
             .name("pgbk-writer".into())
             .spawn_scoped(scope, || {
-                write_jobs(dir, jobs_rx, files, &files_path, &budget, progress)
+                let resume = opts.resume.as_deref();
+                write_jobs(dir, jobs_rx, files, &files_path, &budget, progress, resume)
             })
             .at(&files_path)?;
         let (spare_tx, spare) = mpsc::channel();
@@ -702,6 +710,20 @@ impl Reader<'_> {
             meta.checksum = Some(blake3::hash(b"").to_hex().to_string());
             return self.send(Job::FileEnd { entry: meta });
         }
+        // Resuming: a file the interrupted run stored is not stored again.
+        let mut spool = None;
+        if let Some(resume) = &self.opts.resume {
+            use super::resume::Check;
+            match resume.check(src, size, &meta, &object, archive, hashes.as_deref_mut())? {
+                Check::Reused(entry) => return self.send(Job::Reused { entry }),
+                Check::Spooled(s) => spool = Some(s),
+                Check::Stream => {}
+            }
+        }
+        let src: &mut dyn Read = match spool.as_mut() {
+            Some(s) => s,
+            None => src,
+        };
         self.send(Job::FileStart {
             disk,
             object: object.clone(),
@@ -812,6 +834,7 @@ fn write_jobs(
     files_path: &Path,
     budget: &Budget,
     progress: &dyn Progress,
+    resume: Option<&super::resume::Session>,
 ) -> Result<Written, StoreError> {
     let _close = CloseOnDrop(budget);
     let uploads = dir.is_remote().then(|| Uploads::new(dir.shared_store()));
@@ -896,6 +919,16 @@ fn write_jobs(
                     size += raw as u64;
                     progress.set(size);
                 }
+                Job::Reused { entry } => {
+                    if let Some(r) = resume {
+                        r.record(&entry)?;
+                    }
+                    size += entry.size;
+                    stored += entry.stored_size;
+                    count += 1;
+                    record(&mut list, &entry)?;
+                    progress.set(size);
+                }
                 Job::FileEnd { mut entry } => {
                     let Some((out, written, object)) = current.take().or_else(|| {
                         // An empty file: no FileStart, no object.
@@ -934,6 +967,9 @@ fn write_jobs(
                     stored += written;
                     count += 1;
                     record(&mut list, &entry)?;
+                    if let Some(r) = resume {
+                        r.record(&entry)?;
+                    }
                     put_bundle(uploads.as_ref(), closed);
                 }
             }

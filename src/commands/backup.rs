@@ -5,6 +5,7 @@ use super::progress::for_cli;
 use super::{runtime, Context, ExitCode, UsageError};
 use crate::backup::base_backup::max_rate_for;
 use crate::backup::incremental::IncrementalPlan;
+use crate::backup::resume::ResumePlan;
 use crate::backup::rsync::RsyncOptions;
 use crate::backup::take::{validate_name, BackupRequest, Outcome, TakeError, WalWait};
 use crate::backup::tar_store::StoreOptions;
@@ -31,6 +32,15 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<ExitCode> {
     }
     if args.name.is_some() {
         return Err(UsageError("backup all: --name names one backup; give a server".into()).into());
+    }
+    if args
+        .resume
+        .as_deref()
+        .is_some_and(|r| !matches!(r, "latest" | "last"))
+    {
+        return Err(
+            UsageError("backup all: --resume ID names one backup; give a server".into()).into(),
+        );
     }
     let servers: Vec<&ServerConfig> = ctx
         .config
@@ -144,6 +154,7 @@ fn run_one(
         store: StoreOptions::default(),
         rsync,
         incremental: incremental_plan(s, args),
+        resume: resume_plan(s, args),
     };
     let progress: Arc<dyn Progress> = Arc::from(for_cli(ctx.quiet));
     let result = runtime()?.block_on(async {
@@ -200,6 +211,19 @@ fn run_one(
             Err(TakeError::Failed(info).into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the backup takes up an interrupted one (`--resume [ID]`, or
+/// `backup_resume = on` when there is one); `backup all --resume` resumes each
+/// server that has one.
+fn resume_plan(s: &ServerConfig, args: &BackupArgs) -> ResumePlan {
+    match args.resume.as_deref() {
+        None if s.backup_resume && !args.full && args.incremental.is_none() => ResumePlan::IfAny,
+        None => ResumePlan::Off,
+        Some(_) if args.server == "all" => ResumePlan::IfAny,
+        Some("latest" | "last") => ResumePlan::Newest,
+        Some(id) => ResumePlan::Named(id.to_string()),
     }
 }
 
@@ -300,6 +324,12 @@ impl Report for Taken<'_> {
                 "  rsync: {} transferred in {files} files, {} reused from the previous backup",
                 human_bytes(bytes),
                 human_bytes(info.reused_bytes.unwrap_or(0))
+            )?;
+        } else if let Some(reused) = info.reused_bytes {
+            writeln!(
+                w,
+                "  Resumed: {} reused from the interrupted run (stored and verified already)",
+                human_bytes(reused)
             )?;
         }
         if let Some(ms) = info.copy_millis.filter(|&ms| ms > 0) {

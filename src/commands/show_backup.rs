@@ -167,7 +167,11 @@ impl Report for Shown<'_> {
             )?;
         }
         if let Some(reused) = b.reused_bytes {
-            writeln!(w, "    Reused (hard links)  : {}", human_bytes(reused))?;
+            if b.method == "rsync" {
+                writeln!(w, "    Reused (hard links)  : {}", human_bytes(reused))?;
+            } else {
+                writeln!(w, "    Reused (resumed)     : {}", human_bytes(reused))?;
+            }
         }
         writeln!(w, "    Timeline             : {}", b.timeline)?;
         if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {

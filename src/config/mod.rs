@@ -115,6 +115,8 @@ pub struct ServerConfig {
     pub network_compression: bool,
     /// Whether a backup asks PostgreSQL for an immediate (fast) checkpoint.
     pub immediate_checkpoint: bool,
+    /// `backup_resume`: a backup takes up an interrupted one by itself, as `--resume`.
+    pub backup_resume: bool,
     /// How many times a failed base backup copy is retried.
     pub basebackup_retry_times: u32,
     /// Seconds to wait between those retries.
@@ -434,6 +436,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "bandwidth_limit",
     "network_compression",
     "immediate_checkpoint",
+    "backup_resume",
     "basebackup_retry_times",
     "basebackup_retry_sleep",
     "retention_policy",
@@ -1029,6 +1032,7 @@ impl Fields<'_> {
                 .filter(|&n| n > 0),
             network_compression: f.bool("network_compression", false)?,
             immediate_checkpoint: f.bool("immediate_checkpoint", false)?,
+            backup_resume: f.bool("backup_resume", false)?,
             basebackup_retry_times: f
                 .parse("basebackup_retry_times", |s| values::parse_u32(s, 0))?
                 .unwrap_or(0),
