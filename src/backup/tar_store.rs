@@ -289,6 +289,11 @@ enum Job {
     FileEnd {
         entry: FileEntry,
     },
+    /// Bytes of the stream a block-map incremental compared and left out: counted
+    /// in the progress only.
+    Compared {
+        bytes: u64,
+    },
     /// A file whose object an interrupted run stored (`backup --resume`).
     Reused {
         entry: FileEntry,
@@ -679,6 +684,9 @@ impl Reader<'_> {
                     format!("{prefix}/{name}.zst"),
                 );
                 let stored = changed.size();
+                self.send(Job::Compared {
+                    bytes: size.saturating_sub(stored),
+                })?;
                 let mut src = changed
                     .into_reader()
                     .map_err(|e| StoreError::Invalid(format!("{name}: {e}")))?;
@@ -857,6 +865,7 @@ fn write_jobs(
         }
     };
     let (mut size, mut stored, mut count) = (0u64, 0u64, 0u64);
+    let mut compared = 0u64;
     let result = (|| {
         for job in jobs {
             if uploads.as_ref().is_some_and(Uploads::has_failed) {
@@ -917,7 +926,11 @@ fn write_jobs(
                     }
                     budget.release(charge);
                     size += raw as u64;
-                    progress.set(size);
+                    progress.set(size + compared);
+                }
+                Job::Compared { bytes } => {
+                    compared += bytes;
+                    progress.set(size + compared);
                 }
                 Job::Reused { entry } => {
                     if let Some(r) = resume {
@@ -927,7 +940,7 @@ fn write_jobs(
                     stored += entry.stored_size;
                     count += 1;
                     record(&mut list, &entry)?;
-                    progress.set(size);
+                    progress.set(size + compared);
                 }
                 Job::FileEnd { mut entry } => {
                     let Some((out, written, object)) = current.take().or_else(|| {
