@@ -78,31 +78,38 @@ pub fn remove_content(dir: &BackupDir) -> Result<(), BackupError> {
 /// `keep_info`, `backup.json` goes first, so the bucket stops listing the backup
 /// before any of its files disappear.
 pub fn remove_stored_objects(dir: &BackupDir, keep_info: bool) -> Result<(), BackupError> {
-    let store = dir.store();
-    let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
     let keep = dir.key("backup.json");
     if !keep_info {
-        store
+        dir.store()
             .delete(std::slice::from_ref(&keep))
             .map_err(|e| BackupError::Store(Box::new(e)))?;
     }
+    delete_objects_but(dir, &|rel| rel == "backup.json")
+}
+
+/// Deletes every object of the backup in its store, in batches of 1000, but those
+/// whose name in the backup (`rel`) `keep` says to leave.
+pub(super) fn delete_objects_but(
+    dir: &BackupDir,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(), BackupError> {
+    let store = dir.store();
+    let err = |e| BackupError::Store(Box::new(e));
+    let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
     let mut batch = Vec::new();
     for meta in store.list(&prefix) {
-        let meta = meta.map_err(|e| BackupError::Store(Box::new(e)))?;
-        if meta.key != keep {
+        let meta = meta.map_err(err)?;
+        let rel = meta.key.strip_prefix(&prefix).unwrap_or(&meta.key);
+        if !keep(rel) {
             batch.push(meta.key);
         }
         if batch.len() >= 1000 {
-            store
-                .delete(&batch)
-                .map_err(|e| BackupError::Store(Box::new(e)))?;
+            store.delete(&batch).map_err(err)?;
             batch.clear();
         }
     }
     if !batch.is_empty() {
-        store
-            .delete(&batch)
-            .map_err(|e| BackupError::Store(Box::new(e)))?;
+        store.delete(&batch).map_err(err)?;
     }
     Ok(())
 }

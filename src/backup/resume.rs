@@ -159,28 +159,9 @@ type Key = (Option<u32>, String);
 /// (paths relative to the backup folder), and the local leftovers of its run
 /// (temporary files, file lists not yet uploaded).
 fn prune(dir: &BackupDir, keep: &HashSet<String>) -> Result<(), BackupError> {
-    let store = dir.store();
-    let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
-    let mut batch = Vec::new();
-    for meta in store.list(&prefix) {
-        let meta = meta.map_err(|e| BackupError::Store(Box::new(e)))?;
-        let rel = meta.key.strip_prefix(&prefix).unwrap_or(&meta.key);
-        if rel == "backup.json" || rel == JOURNAL || keep.contains(rel) {
-            continue;
-        }
-        batch.push(meta.key);
-        if batch.len() >= 1000 {
-            store
-                .delete(&batch)
-                .map_err(|e| BackupError::Store(Box::new(e)))?;
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        store
-            .delete(&batch)
-            .map_err(|e| BackupError::Store(Box::new(e)))?;
-    }
+    super::lifecycle::delete_objects_but(dir, &|rel| {
+        rel == "backup.json" || rel == JOURNAL || keep.contains(rel)
+    })?;
     let root = dir.root();
     remove_stale_temp_files(root).at(root)?;
     if dir.is_remote() {
