@@ -295,6 +295,8 @@ impl ParentMap {
             let mut src = parent.open_object(NAME).map_err(read_err)?;
             let mut temp = tempfile::NamedTempFile::new_in(scratch).at(scratch)?;
             io::copy(&mut src, temp.as_file_mut()).at(&what)?;
+            // Read back from its start for the index.
+            io::Seek::seek(temp.as_file_mut(), io::SeekFrom::Start(0)).at(&what)?;
             let (file, path) = temp.into_parts();
             (file, Some(path))
         } else {
