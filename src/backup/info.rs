@@ -392,3 +392,35 @@ impl FileEntry {
         w.write_all(b"\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incremental_method_follows_how_the_backup_was_taken() {
+        let inc = |version: u32, method: Option<IncrementalMethod>| BackupInfo {
+            server_version: version,
+            parent: Some("20260101T000000".into()),
+            incremental_method: method,
+            ..BackupInfo::new("20260102T000000", "pg", Utc::now())
+        };
+        // Written by an older pgbk: the major decides.
+        assert!(inc(160004, None).is_block_incremental());
+        assert!(!inc(170004, None).is_block_incremental());
+        assert!(!inc(170004, None).manifest_fits_restore());
+        // A block-map incremental of 17+ (the server's was found unsafe).
+        let mapped = inc(170004, Some(IncrementalMethod::BlockMap));
+        assert!(mapped.is_block_incremental() && mapped.manifest_fits_restore());
+        let json = serde_json::to_string(&mapped).unwrap();
+        assert!(
+            json.contains(r#""incremental_method":"block_map""#),
+            "{json}"
+        );
+        let full = BackupInfo::new("20260103T000000", "pg", Utc::now());
+        assert_eq!(full.incremental_method(), None);
+        assert!(!serde_json::to_string(&full)
+            .unwrap()
+            .contains("incremental_method"));
+    }
+}
