@@ -18,6 +18,10 @@
 //! - on 15 and 16 the same chain recovers exactly, and the restored directory
 //!   (with the chain's manifest) passes `pg_verifybackup`; a parent whose block
 //!   map is gone is refused in one line;
+//! - on 17 and 18, a VACUUM truncation then a re-extension in later WAL
+//!   summaries, which the server's incremental can miss (it merges summaries in
+//!   directory order): pgbk notices it and takes a block-map incremental that
+//!   recovers exactly;
 //! - refusals in one line: `summarize_wal = off`, nothing to build on;
 //!   `incremental_fallback = full` takes a full backup instead.
 
