@@ -18,6 +18,10 @@
 //! - on 15 and 16 the same chain recovers exactly, and the restored directory
 //!   (with the chain's manifest) passes `pg_verifybackup`; a parent whose block
 //!   map is gone is refused in one line;
+//! - on 17 and 18, a VACUUM truncation then a re-extension in later WAL
+//!   summaries, which the server's incremental can miss (it merges summaries in
+//!   directory order): pgbk notices it and takes a block-map incremental that
+//!   recovers exactly;
 //! - refusals in one line: `summarize_wal = off`, nothing to build on;
 //!   `incremental_fallback = full` takes a full backup instead.
 
@@ -620,4 +624,155 @@ fn replicate_copies_a_chain_that_recovers_on_the_passive_side() {
         r.log_tail(30)
     );
     drop(rw);
+}
+
+/// `X/Y` as a number.
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Start LSNs of the WAL summaries in the order PostgreSQL's `GetWalSummaries`
+/// lists them: the directory's own (readdir) order, which `read_dir` gives too.
+fn summaries_in_directory_order(c: &Cluster) -> Vec<u64> {
+    fs::read_dir(c.pg_wal().join("summaries"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let hex = name.strip_suffix(".summary").filter(|h| h.len() == 40)?;
+            Some(u64::from_str_radix(&hex[8..24], 16).unwrap())
+        })
+        .collect()
+}
+
+/// A checkpoint, then waits until the WAL summarizer has written the summary
+/// that ends at its redo point: a summary boundary.
+fn summary_boundary(c: &Cluster) {
+    c.psql("checkpoint");
+    let redo = lsn(&c.psql("select redo_lsn from pg_control_checkpoint()"));
+    for _ in 0..600 {
+        let end = c.psql("select coalesce(max(end_lsn), '0/0') from pg_available_wal_summaries()");
+        if lsn(&end) >= redo {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the WAL summarizer did not reach {redo:X}");
+}
+
+/// PostgreSQL 17's `PrepareForIncrementalBackup` merges the summaries in
+/// directory order, each one's limit block first and its modified blocks after:
+/// an older summary's truncation read after a newer summary's re-extension
+/// forgets the re-extended blocks, and the server's INCREMENTAL file lacks them.
+/// The scenario: a full backup, a VACUUM truncating `t1`, then summaries each
+/// extending it again, until one of them comes before the truncation's in the
+/// directory; the incremental must still recover exactly.
+fn truncation_then_reextension(major: u32) {
+    let c = Cluster::new(ClusterOptions {
+        extra_conf: vec!["summarize_wal = on".into(), "autovacuum = off".into()],
+        ..options(major)
+    });
+    c.psql(
+        "create table t1 as select g, md5(g::text) || md5((g + 1)::text) as pad \
+         from generate_series(1, 30000) g; vacuum freeze t1",
+    );
+    let pg = Pgbk::new();
+    pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
+    let mut rw = pg.start_receive_wal("pg1", &c);
+    let full = pg.json(&["backup", "pg1"]);
+    assert_eq!(full["status"], "DONE", "{full}");
+    assert!(full["block_map"].is_string(), "{full}");
+    let filenode = c.psql("select pg_relation_filenode('t1')");
+
+    // Nothing reads t1 until the backup: a hint bit's full-page image in a later
+    // summary would mark the lost blocks again and hide the bug.
+    let mut hazard = false;
+    'cycles: for cycle in 0..4u32 {
+        c.psql(&format!(
+            "delete from t1 where g > {}; vacuum t1",
+            25000 - cycle * 2000
+        ));
+        summary_boundary(&c);
+        let truncated = c.psql(&format!(
+            "select s.start_lsn from pg_available_wal_summaries() s, \
+             pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) w \
+             where w.relfilenode = {filenode} and w.relforknumber = 0 and w.is_limit_block \
+             and w.relblocknumber > 0 order by s.start_lsn desc limit 1"
+        ));
+        assert!(!truncated.is_empty(), "VACUUM did not truncate t1");
+        let truncated = lsn(&truncated);
+        for round in 0..24u32 {
+            let from = 1_000_000 * (cycle + 1) + 1000 * round;
+            c.psql(&format!(
+                "insert into t1 select g, md5(g::text) || md5((g + 1)::text) \
+                 from generate_series({from}, {from} + 999) g"
+            ));
+            summary_boundary(&c);
+            let order = summaries_in_directory_order(&c);
+            let at = order.iter().position(|s| *s == truncated).unwrap();
+            if order[..at].iter().any(|s| *s > truncated) {
+                hazard = true;
+                break 'cycles;
+            }
+        }
+    }
+    assert!(
+        hazard,
+        "no summary came before the truncation's in the directory"
+    );
+
+    // pgbk reads the pattern in the summaries and compares every block with the
+    // full backup's block map instead, saying so in one line.
+    let out = pg.run(&["backup", "pg1", "--incremental", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let notice: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("block-map incremental"))
+        .collect();
+    assert_eq!(notice.len(), 1, "{}", out.stderr);
+    assert!(
+        notice[0].contains(&format!("/{filenode} (t1)")) && notice[0].contains("truncate"),
+        "{}",
+        notice[0]
+    );
+    let inc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(inc["status"], "DONE", "{inc}");
+    assert_eq!(inc["parent"], id(&full), "{inc}");
+    assert_eq!(inc["incremental_method"], "block_map", "{inc}");
+    assert!(
+        inc["stored_bytes"].as_u64().unwrap() * 4 < full["stored_bytes"].as_u64().unwrap(),
+        "{inc} against {full}"
+    );
+    let verified = pg.json(&["verify-backup", "pg1", id(&inc)]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let facts = "select count(*) || '/' || sum(g) from t1";
+    let expected = c.psql(facts);
+    pg.archive_now("pg1");
+    rw.term();
+
+    let dir = pg_scratch_dir("pgbk-inc-trunc-");
+    let data = dir.path().join("data");
+    pg.ok(&[
+        "recover",
+        "pg1",
+        id(&inc),
+        data.to_str().unwrap(),
+        "--target-immediate",
+        "--target-action",
+        "promote",
+    ]);
+    let r = Cluster::from_datadir(dir, options(major));
+    r.wait_promoted();
+    assert_eq!(r.psql(facts), expected, "{}", r.log_tail(30));
+}
+
+#[test]
+fn an_incremental_after_a_truncation_and_a_reextension_recovers_exactly_on_postgresql_17() {
+    truncation_then_reextension(17);
+}
+
+#[test]
+fn an_incremental_after_a_truncation_and_a_reextension_recovers_exactly_on_postgresql_18() {
+    truncation_then_reextension(18);
 }

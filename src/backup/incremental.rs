@@ -9,7 +9,7 @@
 //! an incremental backup (with its parent) out, or a refusal.
 
 use super::{chain, BackupInfo, BackupStatus};
-use crate::wal::{SystemId, TimeLineId};
+use crate::wal::{Lsn, SystemId, TimeLineId};
 
 /// The oldest server version with incremental BASE_BACKUP; older servers get
 /// pgbk's block-map incrementals.
@@ -173,6 +173,59 @@ pub fn decide(
     Ok(Decision::Incremental(Box::new(parent.clone())))
 }
 
+/// The query finding, among the WAL summaries from `from` (the parent's start)
+/// to `to` (the new backup's), a relation fork truncated to a length above zero
+/// in one summary and written at or past that length in a later one.
+///
+/// PostgreSQL 17 and 18 (`PrepareForIncrementalBackup`) merge the summaries in
+/// the order `GetWalSummaries` lists them, the directory's and not the LSNs',
+/// and apply each one's limit block (`BlockRefTableSetLimitBlock`, which forgets
+/// the modified blocks at or past it) before marking its blocks: an older
+/// truncation merged after a newer re-extension forgets the re-extended blocks,
+/// and the INCREMENTAL file misses them while its truncation length keeps them,
+/// so they are rebuilt from the parent. A limit of 0 (created or dropped) sends
+/// the file whole whatever the order, and a later truncation legitimately
+/// forgets older writes, so only this pattern is a hazard. The row: tablespace,
+/// database, relfilenode, fork, limit block, and the relation's name when it
+/// is in the connection's database.
+pub fn summary_hazard_query(from: Lsn, to: Lsn) -> String {
+    format!(
+        "WITH s AS (SELECT tli, start_lsn, end_lsn FROM pg_available_wal_summaries() \
+                    WHERE end_lsn > '{from}'::pg_lsn AND start_lsn < '{to}'::pg_lsn), \
+              c AS (SELECT s.start_lsn, w.* FROM s, \
+                    pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) w), \
+              l AS (SELECT * FROM c WHERE is_limit_block AND relblocknumber > 0) \
+         SELECT l.reltablespace, l.reldatabase, l.relfilenode, l.relforknumber, l.relblocknumber, \
+                CASE WHEN l.reldatabase = d.oid THEN pg_filenode_relation( \
+                  CASE WHEN l.reltablespace = d.dattablespace THEN 0 ELSE l.reltablespace END, \
+                  l.relfilenode)::regclass::text END \
+         FROM l, (SELECT oid, dattablespace FROM pg_database \
+                  WHERE datname = current_database()) d \
+         WHERE EXISTS (SELECT 1 FROM c WHERE c.reltablespace = l.reltablespace \
+                AND c.reldatabase = l.reldatabase AND c.relfilenode = l.relfilenode \
+                AND c.relforknumber = l.relforknumber AND c.start_lsn > l.start_lsn \
+                AND NOT c.is_limit_block AND c.relblocknumber >= l.relblocknumber) \
+         LIMIT 1"
+    )
+}
+
+/// A relation fork's file as the data directory names it (its first segment):
+/// `base/<db>/<relfilenode>[_fsm|_vm|_init]`, `global/…` or
+/// `pg_tblspc/<oid>/…/<db>/…`.
+pub fn relation_path(tablespace: u32, database: u32, relfilenode: u32, fork: u32) -> String {
+    let fork = match fork {
+        1 => "_fsm",
+        2 => "_vm",
+        3 => "_init",
+        _ => "",
+    };
+    match tablespace {
+        1663 => format!("base/{database}/{relfilenode}{fork}"),
+        1664 => format!("global/{relfilenode}{fork}"),
+        t => format!("pg_tblspc/{t}/<version>/{database}/{relfilenode}{fork}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +258,19 @@ mod tests {
             Decision::Incremental(p) => p.backup_id,
             Decision::Full(n) => panic!("full: {n:?}"),
         }
+    }
+
+    #[test]
+    fn relation_paths_name_the_fork_and_the_tablespace() {
+        assert_eq!(relation_path(1663, 5, 16387, 0), "base/5/16387");
+        assert_eq!(relation_path(1663, 5, 16387, 2), "base/5/16387_vm");
+        assert_eq!(relation_path(1664, 0, 1262, 0), "global/1262");
+        assert!(relation_path(16400, 5, 16401, 0).starts_with("pg_tblspc/16400/"));
+        let q = summary_hazard_query(Lsn(0x1_0000_0028), Lsn(0x2_0000_0000));
+        assert!(
+            q.contains("'1/28'::pg_lsn") && q.contains("'2/0'::pg_lsn"),
+            "{q}"
+        );
     }
 
     #[test]

@@ -88,6 +88,17 @@ impl FromStr for KeepTarget {
     }
 }
 
+/// How an incremental backup was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncrementalMethod {
+    /// PostgreSQL 17+'s `BASE_BACKUP ... INCREMENTAL`: the server chose the blocks
+    /// from its WAL summaries and sent `INCREMENTAL.*` files.
+    Server,
+    /// pgbk compared every streamed block with the parent's block map.
+    BlockMap,
+}
+
 /// A tablespace as the server reported it at backup time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TablespaceInfo {
@@ -158,11 +169,16 @@ pub struct BackupInfo {
     /// `None` for a full backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
-    /// PostgreSQL 15 and 16: the BLAKE3 (hex) of the backup's `blocks.map`, the
-    /// checksums of every block of its relation files, which the next incremental
-    /// compares the streamed blocks with. `None` when the backup has none.
+    /// The BLAKE3 (hex) of the backup's `blocks.map`, the checksums of every block
+    /// of its relation files, which a block-map incremental built on it compares
+    /// the streamed blocks with. `None` when the backup has none (a server-side
+    /// incremental, whose relation files are mostly `INCREMENTAL.*`, records none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_map: Option<String>,
+    /// How an incremental was taken. Absent in backups of an older pgbk, which
+    /// took block-map incrementals below PostgreSQL 17 and server ones from 17.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental_method: Option<IncrementalMethod>,
     /// rsync backups: regular files rsync transferred (its `--stats`); files reused
     /// from the previous backup are not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,10 +220,22 @@ impl crate::catalog::BackupRecord for BackupInfo {
 }
 
 impl BackupInfo {
-    /// An incremental of PostgreSQL 15 or 16: the server sent every file whole and
-    /// pgbk kept the changed blocks of its relation files (see `block_map`).
+    /// How the incremental was taken (`None` for a full backup).
+    pub fn incremental_method(&self) -> Option<IncrementalMethod> {
+        self.parent.as_ref()?;
+        Some(self.incremental_method.unwrap_or(
+            if self.server_version < super::incremental::MIN_INCREMENTAL_VERSION {
+                IncrementalMethod::BlockMap
+            } else {
+                IncrementalMethod::Server
+            },
+        ))
+    }
+
+    /// A block-map incremental: the server sent every file whole and pgbk kept
+    /// the changed blocks of its relation files (see `block_map`).
     pub fn is_block_incremental(&self) -> bool {
-        self.parent.is_some() && self.server_version < super::incremental::MIN_INCREMENTAL_VERSION
+        self.incremental_method() == Some(IncrementalMethod::BlockMap)
     }
 
     /// Whether PostgreSQL's `backup_manifest` describes the data directory a
@@ -258,6 +286,7 @@ impl BackupInfo {
             has_manifest: false,
             parent: None,
             block_map: None,
+            incremental_method: None,
             transferred_files: None,
             transferred_bytes: None,
             reused_bytes: None,
@@ -361,5 +390,37 @@ impl FileEntry {
     pub fn write_line(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         serde_json::to_writer(&mut *w, self)?;
         w.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_incremental_method_follows_how_the_backup_was_taken() {
+        let inc = |version: u32, method: Option<IncrementalMethod>| BackupInfo {
+            server_version: version,
+            parent: Some("20260101T000000".into()),
+            incremental_method: method,
+            ..BackupInfo::new("20260102T000000", "pg", Utc::now())
+        };
+        // Written by an older pgbk: the major decides.
+        assert!(inc(160004, None).is_block_incremental());
+        assert!(!inc(170004, None).is_block_incremental());
+        assert!(!inc(170004, None).manifest_fits_restore());
+        // A block-map incremental of 17+ (the server's was found unsafe).
+        let mapped = inc(170004, Some(IncrementalMethod::BlockMap));
+        assert!(mapped.is_block_incremental() && mapped.manifest_fits_restore());
+        let json = serde_json::to_string(&mapped).unwrap();
+        assert!(
+            json.contains(r#""incremental_method":"block_map""#),
+            "{json}"
+        );
+        let full = BackupInfo::new("20260103T000000", "pg", Utc::now());
+        assert_eq!(full.incremental_method(), None);
+        assert!(!serde_json::to_string(&full)
+            .unwrap()
+            .contains("incremental_method"));
     }
 }

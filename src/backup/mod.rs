@@ -23,7 +23,9 @@ pub mod take;
 pub mod tar_store;
 pub mod wal_range;
 
-pub use info::{BackupInfo, BackupStatus, FileEntry, FileKind, KeepTarget, TablespaceInfo};
+pub use info::{
+    BackupInfo, BackupStatus, FileEntry, FileKind, IncrementalMethod, KeepTarget, TablespaceInfo,
+};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{IoError, IoResultExt};

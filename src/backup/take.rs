@@ -14,13 +14,15 @@ use super::base_backup::{
     BaseBackupEvent, BaseBackupOptions, BaseBackupStream, MIN_SERVER_VERSION,
 };
 use super::block_map::{BlockDiff, MapWriter, ParentMap};
-use super::incremental::{decide, Decision, ServerSide};
+use super::incremental::{decide, relation_path, summary_hazard_query, Decision, ServerSide};
 use super::lifecycle::backup_lock_path;
 use super::resume::{ResumePlan, Session};
 use super::run::{connect, fail, new_backup_id, segment_name, stopped, wait_for_wal};
 pub use super::run::{BackupRequest, Outcome, TakeError, WalWait};
 use super::tar_store::{store_stream, StoreError, Stored, StreamMsg};
-use super::{is_backup_id, save, BackupDir, BackupInfo, BackupStatus, TablespaceInfo};
+use super::{
+    is_backup_id, save, BackupDir, BackupInfo, BackupStatus, IncrementalMethod, TablespaceInfo,
+};
 use crate::catalog::Catalog;
 use crate::lock::JobLock;
 use crate::pg::{Connection, PgError};
@@ -246,28 +248,35 @@ pub async fn take_held(
             }
         }
     };
-    // PostgreSQL 15/16: the parent's block map is opened (and verified) before
-    // anything is recorded, so an unusable one is a refusal, not a FAILED backup.
-    let (parent, parent_map) = match parent {
-        Some(p) if facts.version < super::incremental::MIN_INCREMENTAL_VERSION => {
-            match open_parent_map(&repo, &p) {
-                Ok(map) => (Some(p), Some(map)),
-                Err(why) if req.incremental.as_ref().is_some_and(|i| i.fallback_full) => {
-                    tracing::warn!(
-                        server = %req.server,
-                        "{why}; taking a full backup (incremental_fallback = full)"
-                    );
-                    (None, None)
-                }
-                Err(why) => {
-                    return Err(TakeError::Refused(format!(
-                        "server '{}': {why}; take a full backup (--full) to build on",
-                        req.server
-                    )))
-                }
+    // A block-map incremental (PostgreSQL 15/16, or a resumed one): the parent's
+    // block map is opened (and verified) before anything is recorded, so an
+    // unusable one is a refusal, not a FAILED backup.
+    let block_mapped = facts.version < super::incremental::MIN_INCREMENTAL_VERSION
+        || resumed
+            .as_ref()
+            .is_some_and(|o| o.incremental_method == Some(IncrementalMethod::BlockMap));
+    let (parent, mode) = match parent {
+        Some(p) if block_mapped => match open_parent_map(&repo, &p) {
+            Ok(map) => (Some(p), Mode::BlockMap(map)),
+            Err(why) if req.incremental.as_ref().is_some_and(|i| i.fallback_full) => {
+                tracing::warn!(
+                    server = %req.server,
+                    "{why}; taking a full backup (incremental_fallback = full)"
+                );
+                (None, Mode::Full)
             }
+            Err(why) => {
+                return Err(TakeError::Refused(format!(
+                    "server '{}': {why}; take a full backup (--full) to build on",
+                    req.server
+                )))
+            }
+        },
+        Some(p) => {
+            let dir = BackupDir::new(&repo, &p.backup_id);
+            (Some(p), Mode::Server(dir))
         }
-        other => (other, None),
+        None => (None, Mode::Full),
     };
 
     if resumed.is_none() {
@@ -290,6 +299,7 @@ pub async fn take_held(
         wal_segment_size: facts.seg_size,
         pid: Some(std::process::id()),
         parent: parent.as_ref().map(|p| p.backup_id.clone()),
+        incremental_method: mode.method(),
         ..BackupInfo::new(&id, &req.server, begin_time)
     };
     create_dir_all_private(dir.root()).map_err(io(dir.root().to_path_buf()))?;
@@ -312,6 +322,7 @@ pub async fn take_held(
     };
     tracing::info!(server = %req.server, backup = %id, "backup {}", if resumed.is_some() { "resumed" } else { "started" });
 
+    let server_side = matches!(mode, Mode::Server(_));
     let received = receive(
         req,
         &mut repl,
@@ -320,8 +331,7 @@ pub async fn take_held(
         &repo,
         &catalog,
         &facts,
-        parent.as_ref(),
-        parent_map,
+        mode,
         session.clone(),
         progress.clone(),
         &mut stop,
@@ -329,11 +339,41 @@ pub async fn take_held(
     .await;
     progress.finish();
     drop(repl);
-    let stored = match received {
+    let mut stored = match received {
         Ok(s) => s,
         Err(reason) => return Err(fail(&repo, &catalog, info, &reason)),
     };
-    if resumed.is_some() {
+    // PostgreSQL's incremental may miss blocks (see `summary_hazard_query`): when
+    // its WAL summaries show the pattern, the files are taken again, compared
+    // block by block with the parent's block map, or whole.
+    let hazard = match (&parent, server_side) {
+        (Some(p), true) => summary_hazard(req, p, info.begin_lsn).await,
+        _ => None,
+    };
+    let retaken = hazard.is_some();
+    if let (Some(why), Some(p)) = (hazard, &parent) {
+        drop(stored);
+        let retaken = retake(
+            req,
+            &mut info,
+            &dir,
+            &repo,
+            &catalog,
+            &facts,
+            p,
+            &why,
+            progress.clone(),
+            &mut stop,
+        )
+        .await;
+        progress.finish();
+        stored = match retaken {
+            Ok(s) => s,
+            Err(reason) => return Err(fail(&repo, &catalog, info, &reason)),
+        };
+    }
+    // A retaken backup removed the interrupted run's objects with its own.
+    if resumed.is_some() && !retaken {
         // The interrupted run's objects of files the server no longer sent go.
         if let Err(e) = session.finish() {
             return Err(fail(&repo, &catalog, info, &e.to_string()));
@@ -483,28 +523,33 @@ async fn receive(
     repo: &ServerRepo,
     catalog: &Catalog,
     facts: &ServerFacts,
-    parent: Option<&BackupInfo>,
-    parent_map: Option<ParentMap>,
+    mode: Mode,
     session: Arc<Session>,
     progress: Arc<dyn Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stored, String> {
     keep_freed_memory();
-    let blocks = if facts.version < super::incremental::MIN_INCREMENTAL_VERSION {
-        let map = MapWriter::create(dir).map_err(|e| e.to_string())?;
-        Some(BlockDiff {
-            map,
-            parent: parent_map,
-            scratch: dir.root().to_path_buf(),
-        })
-    } else {
-        None
+    // A server incremental's relation files are mostly INCREMENTAL.* files: it
+    // records no block map. Every other backup does, as its files pass.
+    let (blocks, server_parent) = match mode {
+        Mode::Server(parent) => (None, Some(parent)),
+        Mode::Full | Mode::BlockMap(_) => {
+            let map = MapWriter::create(dir).map_err(|e| e.to_string())?;
+            let parent = match mode {
+                Mode::BlockMap(m) => Some(m),
+                _ => None,
+            };
+            let scratch = dir.root().to_path_buf();
+            (
+                Some(BlockDiff {
+                    map,
+                    parent,
+                    scratch,
+                }),
+                None,
+            )
+        }
     };
-    // PostgreSQL 17+ compares the parent's manifest itself; 15 and 16 send every
-    // file whole and the block map keeps only what changed.
-    let server_parent = parent
-        .filter(|_| blocks.is_none())
-        .map(|p| BackupDir::new(repo, &p.backup_id));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(req.jobs.max(1))
         .thread_name(|i| format!("pgbk-zstd-{i}"))
@@ -567,6 +612,122 @@ fn open_parent_map(repo: &ServerRepo, parent: &BackupInfo) -> Result<ParentMap, 
         map.len()
     );
     Ok(map)
+}
+
+/// How a backup's files are taken.
+enum Mode {
+    /// Every file whole, its relation blocks recorded in a block map.
+    Full,
+    /// PostgreSQL 17+'s `BASE_BACKUP ... INCREMENTAL` against this parent's manifest.
+    Server(BackupDir),
+    /// Every file streamed whole, relation blocks compared with the parent's map.
+    BlockMap(ParentMap),
+}
+
+impl Mode {
+    fn method(&self) -> Option<IncrementalMethod> {
+        match self {
+            Mode::Full => None,
+            Mode::Server(_) => Some(IncrementalMethod::Server),
+            Mode::BlockMap(_) => Some(IncrementalMethod::BlockMap),
+        }
+    }
+}
+
+/// Why the server's incremental from `parent` to a backup starting at `begin`
+/// cannot be trusted, from its WAL summaries ([`summary_hazard_query`]): a
+/// relation truncated then extended again, or summaries that cannot be read.
+async fn summary_hazard(
+    req: &BackupRequest,
+    parent: &BackupInfo,
+    begin: Option<Lsn>,
+) -> Option<String> {
+    let (Some(from), Some(to)) = (parent.begin_lsn, begin) else {
+        return Some("the backups' start LSNs are unknown".into());
+    };
+    let rows = match connect(&req.conninfo, false, "pgbk").await {
+        Ok(mut sql) => {
+            let r = sql.simple_query(&summary_hazard_query(from, to)).await;
+            sql.close().await;
+            r
+        }
+        Err(e) => Err(e),
+    };
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            return Some(format!(
+                "its WAL summaries could not be checked ({e}; GRANT EXECUTE ON FUNCTION \
+                 pg_available_wal_summaries, pg_wal_summary_contents to the backup role)"
+            ))
+        }
+    };
+    let row = rows.first()?;
+    let num = |i: usize| {
+        row.get_idx(i)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let path = relation_path(num(0), num(1), num(2), num(3));
+    let name = row
+        .get_idx(5)
+        .filter(|n| !n.is_empty())
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    Some(format!(
+        "WAL summaries from {from} to {to} truncate {path}{name} to {} blocks, then extend it \
+         again: PostgreSQL's incremental could miss the blocks written again",
+        num(4)
+    ))
+}
+
+/// Takes the files again after the server's incremental was found unsafe
+/// (`why`): its stored files are removed, then every file is streamed whole and
+/// compared with the parent's block map, or stored whole when it has none.
+#[allow(clippy::too_many_arguments)]
+async fn retake(
+    req: &BackupRequest,
+    info: &mut BackupInfo,
+    dir: &BackupDir,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    facts: &ServerFacts,
+    parent: &BackupInfo,
+    why: &str,
+    progress: Arc<dyn Progress>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Stored, String> {
+    let mode = match parent
+        .block_map
+        .as_ref()
+        .map(|_| open_parent_map(repo, parent))
+    {
+        Some(Ok(map)) => {
+            tracing::warn!(server = %req.server, backup = %info.backup_id, "{why}; taking a block-map incremental on backup {} instead", parent.backup_id);
+            Mode::BlockMap(map)
+        }
+        other => {
+            let no_map = match other {
+                Some(Err(e)) => e,
+                _ => format!("backup {} has no block map", parent.backup_id),
+            };
+            tracing::warn!(server = %req.server, backup = %info.backup_id, "{why}; {no_map}: taking a full backup instead");
+            Mode::Full
+        }
+    };
+    if matches!(mode, Mode::Full) {
+        info.parent = None;
+    }
+    info.incremental_method = mode.method();
+    super::lifecycle::remove_content(dir).map_err(|e| e.to_string())?;
+    let session = Arc::new(Session::start(dir).map_err(|e| e.to_string())?);
+    let mut repl = connect(&req.streaming_conninfo, true, &req.application_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    receive(
+        req, &mut repl, info, dir, repo, catalog, facts, mode, session, progress, stop,
+    )
+    .await
 }
 
 enum Failure {
