@@ -84,34 +84,7 @@ pub fn remove_stored_objects(dir: &BackupDir, keep_info: bool) -> Result<(), Bac
             .delete(std::slice::from_ref(&keep))
             .map_err(|e| BackupError::Store(Box::new(e)))?;
     }
-    delete_objects_but(dir, &|rel| rel == "backup.json")
-}
-
-/// Deletes every object of the backup in its store, in batches of 1000, but those
-/// whose name in the backup (`rel`) `keep` says to leave.
-pub(super) fn delete_objects_but(
-    dir: &BackupDir,
-    keep: &dyn Fn(&str) -> bool,
-) -> Result<(), BackupError> {
-    let store = dir.store();
-    let err = |e| BackupError::Store(Box::new(e));
-    let prefix = format!("{}/", dir.key("").trim_end_matches('/'));
-    let mut batch = Vec::new();
-    for meta in store.list(&prefix) {
-        let meta = meta.map_err(err)?;
-        let rel = meta.key.strip_prefix(&prefix).unwrap_or(&meta.key);
-        if !keep(rel) {
-            batch.push(meta.key);
-        }
-        if batch.len() >= 1000 {
-            store.delete(&batch).map_err(err)?;
-            batch.clear();
-        }
-    }
-    if !batch.is_empty() {
-        store.delete(&batch).map_err(err)?;
-    }
-    Ok(())
+    dir.delete_objects_but(&|rel| rel == "backup.json")
 }
 
 /// Marks a backup `FAILED` with a reason and removes its partial content: all of

@@ -200,6 +200,30 @@ impl BackupDir {
         Ok(())
     }
 
+    /// Deletes every object of the backup in its store, in batches of 1000, but those
+    /// whose name in the backup (`rel`) `keep` says to leave.
+    pub fn delete_objects_but(&self, keep: &dyn Fn(&str) -> bool) -> Result<(), BackupError> {
+        let store = self.store();
+        let err = |e| BackupError::Store(Box::new(e));
+        let prefix = format!("{}/", self.key("").trim_end_matches('/'));
+        let mut batch = Vec::new();
+        for meta in store.list(&prefix) {
+            let meta = meta.map_err(err)?;
+            let rel = meta.key.strip_prefix(&prefix).unwrap_or(&meta.key);
+            if !keep(rel) {
+                batch.push(meta.key);
+            }
+            if batch.len() >= 1000 {
+                store.delete(&batch).map_err(err)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            store.delete(&batch).map_err(err)?;
+        }
+        Ok(())
+    }
+
     /// `backup.json`.
     pub fn info_path(&self) -> PathBuf {
         self.root.join("backup.json")

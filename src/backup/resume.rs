@@ -159,9 +159,7 @@ type Key = (Option<u32>, String);
 /// (paths relative to the backup folder), and the local leftovers of its run
 /// (temporary files, file lists not yet uploaded).
 fn prune(dir: &BackupDir, keep: &HashSet<String>) -> Result<(), BackupError> {
-    super::lifecycle::delete_objects_but(dir, &|rel| {
-        rel == "backup.json" || rel == JOURNAL || keep.contains(rel)
-    })?;
+    dir.delete_objects_but(&|rel| rel == "backup.json" || rel == JOURNAL || keep.contains(rel))?;
     let root = dir.root();
     remove_stale_temp_files(root).at(root)?;
     if dir.is_remote() {
