@@ -452,6 +452,33 @@ fn incremental_refusals_and_the_full_fallback() {
     drop(rw17);
 }
 
+/// Recovers pg1's `backup` up to its end (`--target-immediate`), lets `check` look
+/// at recover's JSON and the data directory before it starts, then starts it and
+/// waits for the promotion.
+fn recover_immediate(
+    pg: &Pgbk,
+    backup: &str,
+    major: u32,
+    check: impl FnOnce(&Value, &std::path::Path),
+) -> Cluster {
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    let out = pg.json(&[
+        "recover",
+        "pg1",
+        backup,
+        data.to_str().unwrap(),
+        "--target-immediate",
+        "--target-action",
+        "promote",
+    ]);
+    assert_eq!(out["backup_id"], backup, "{out}");
+    check(&out, &data);
+    let r = Cluster::from_datadir(dir, options(major));
+    r.wait_promoted();
+    r
+}
+
 fn backup_ids(pg: &Pgbk) -> Vec<String> {
     pg.json(&["list-backups", "pg1"])
         .as_array()
@@ -532,25 +559,13 @@ fn chain_in_a_bucket(major: u32) {
     let verified = pg.json(&["verify-backup", "pg1", id(&inc)]);
     assert_eq!(verified["ok"], true, "{verified}");
 
-    let dir = pg_scratch_dir("pgbk-inc-s3-");
-    let data = dir.path().join("data");
-    let out = pg.json(&[
-        "recover",
-        "pg1",
-        id(&inc),
-        data.to_str().unwrap(),
-        "--target-action",
-        "promote",
-        "--target-immediate",
-    ]);
-    assert_eq!(out["backup_id"], id(&inc), "{out}");
-    assert_eq!(out["manifest"], major < 17, "{out}");
-    if major < 17 {
-        // Copy mode: the WAL recovery needs is in pgbk_wal/.
-        pg_verifybackup(&data, &["pgbk_wal"]);
-    }
-    let r = Cluster::from_datadir(dir, options(major));
-    r.wait_promoted();
+    let r = recover_immediate(&pg, id(&inc), major, |out, data| {
+        assert_eq!(out["manifest"], major < 17, "{out}");
+        if major < 17 {
+            // Copy mode: the WAL recovery needs is in pgbk_wal/.
+            pg_verifybackup(data, &["pgbk_wal"]);
+        }
+    });
     // --target-immediate stops at the incremental's end: everything up to it.
     let at_backup = r.psql(
         "select (select count(*) || '/' || sum(g) from shrinks), \
@@ -604,19 +619,7 @@ fn replicate_copies_a_chain_that_recovers_on_the_passive_side() {
     let verified = b.json(&["verify-backup", "pg1", id(&inc)]);
     assert_eq!(verified["ok"], true, "{verified}");
 
-    let dir = pg_scratch_dir("pgbk-inc-peer-");
-    let data = dir.path().join("data");
-    b.ok(&[
-        "recover",
-        "pg1",
-        id(&inc),
-        data.to_str().unwrap(),
-        "--target-immediate",
-        "--target-action",
-        "promote",
-    ]);
-    let r = Cluster::from_datadir(dir, options(17));
-    r.wait_promoted();
+    let r = recover_immediate(&b, id(&inc), 17, |_, _| {});
     assert_eq!(
         r.psql("select sum(abalance), (select count(*) from marker) from pgbench_accounts"),
         expected,
@@ -751,19 +754,7 @@ fn truncation_then_reextension(major: u32) {
     pg.archive_now("pg1");
     rw.term();
 
-    let dir = pg_scratch_dir("pgbk-inc-trunc-");
-    let data = dir.path().join("data");
-    pg.ok(&[
-        "recover",
-        "pg1",
-        id(&inc),
-        data.to_str().unwrap(),
-        "--target-immediate",
-        "--target-action",
-        "promote",
-    ]);
-    let r = Cluster::from_datadir(dir, options(major));
-    r.wait_promoted();
+    let r = recover_immediate(&pg, id(&inc), major, |_, _| {});
     assert_eq!(r.psql(facts), expected, "{}", r.log_tail(30));
 }
 
