@@ -2,6 +2,7 @@
 //! receiver (`receive-wal`).
 
 pub mod archive;
+pub mod block_refs;
 pub mod continuity;
 pub mod header;
 pub mod history;
