@@ -323,6 +323,25 @@ impl Decoder {
         self.feed_bytes(segment, &buf)
     }
 
+    /// Decodes the complete record `p` into `out`; true at an XLOG_SWITCH, after
+    /// which the rest of the segment is padding and the next one starts afresh.
+    fn complete(
+        &mut self,
+        p: &Partial,
+        end: Lsn,
+        segment: &WalSegment,
+        out: &mut Vec<WalRecord>,
+    ) -> Result<bool, DecodeError> {
+        let rec = decode_record(p.lsn, end, &p.buf, self.prev)?;
+        self.prev = Some(rec.lsn);
+        let switch = is_switch(&rec);
+        out.push(rec);
+        if switch {
+            self.next = Some(segment.next());
+        }
+        Ok(switch)
+    }
+
     /// Decodes one whole segment: returns every record that ends in it and starts in
     /// it or in the segment fed just before (the previous segment's unfinished
     /// record). Decoding of the segment stops at `XLOG_SWITCH` or at a zeroed record
@@ -426,13 +445,7 @@ impl Decoder {
                     continue;
                 }
                 let end = Lsn(page_lsn.0 + cur as u64);
-                let rec = decode_record(p.lsn, end, &p.buf, self.prev)?;
-                self.prev = Some(rec.lsn);
-                let switch = is_switch(&rec);
-                out.push(rec);
-                if switch {
-                    // The rest of the segment is padding; the next one starts afresh.
-                    self.next = Some(segment.next());
+                if self.complete(&p, end, segment, &mut out)? {
                     return Ok(out);
                 }
                 cur = maxalign(cur);
@@ -469,13 +482,7 @@ impl Decoder {
                     break;
                 }
                 let end = Lsn(page_lsn.0 + cur as u64);
-                let rec = decode_record(p.lsn, end, &p.buf, self.prev)?;
-                self.prev = Some(rec.lsn);
-                let switch = is_switch(&rec);
-                out.push(rec);
-                if switch {
-                    // The rest of the segment is padding; the next one starts afresh.
-                    self.next = Some(segment.next());
+                if self.complete(&p, end, segment, &mut out)? {
                     return Ok(out);
                 }
                 cur = maxalign(cur);
