@@ -89,12 +89,18 @@ pub fn run(
     Ok(0)
 }
 
-/// Polls the catalog until the segment is recorded (and its file is there).
+/// Polls the catalog until the segment is recorded (and its file is there), and
+/// until no older finished segment is still waiting to be stored: `--archive`
+/// means all the WAL up to the switch is archived.
 fn wait_archived(ctx: &Context, server: &str, wal_file: &str, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
+    let repo = crate::repo::ServerRepo::new(&ctx.config.home, server);
     loop {
         if let Some(cat) = Catalog::open_existing(&ctx.config.home)? {
-            if cat.wal_file(server, wal_file)?.is_some() {
+            if cat.wal_file(server, wal_file)?.is_some()
+                && crate::wal::receiver_state::stored_through(&repo, wal_file)
+                    .with_context(|| format!("reading {}", repo.streaming_dir().display()))?
+            {
                 return Ok(true);
             }
         }

@@ -56,6 +56,28 @@ pub fn reset_receiver(repo: &ServerRepo) -> Result<usize, ResetError> {
     Ok(removed)
 }
 
+/// Whether every finished segment up to `wal_file` (a segment name) has left
+/// `streaming/`: receive-wal stores finished segments on two workers, so one can
+/// be stored before an older one, and a finished segment stays in `streaming/`
+/// until it is stored. The partial segment being written does not count.
+pub fn stored_through(repo: &ServerRepo, wal_file: &str) -> io::Result<bool> {
+    let dir = repo.streaming_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let finished = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if finished && *name <= *wal_file {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +96,19 @@ mod tests {
         assert!(dir.join(RESET_MARKER).exists());
         assert!(dir.join("000000010000000000000002").exists());
         assert!(!dir.join("000000010000000000000003.partial").exists());
+    }
+
+    #[test]
+    fn a_segment_is_stored_through_once_no_older_finished_one_waits() {
+        let home = tempfile::tempdir().unwrap();
+        let repo = ServerRepo::new(home.path(), "pg1");
+        assert!(stored_through(&repo, "000000010000000000000004").unwrap());
+        repo.ensure_dirs().unwrap();
+        let dir = repo.streaming_dir();
+        std::fs::write(dir.join("000000010000000000000005.partial"), b"x").unwrap();
+        std::fs::write(dir.join("000000010000000000000006"), b"x").unwrap();
+        assert!(stored_through(&repo, "000000010000000000000004").unwrap());
+        std::fs::write(dir.join("000000010000000000000003"), b"x").unwrap();
+        assert!(!stored_through(&repo, "000000010000000000000004").unwrap());
     }
 }
