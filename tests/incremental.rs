@@ -168,6 +168,15 @@ fn build_chain(major: u32, extra_conf: &str) -> Chain {
     }
 }
 
+/// `verify-backup` re-reads the newest incremental's whole chain (its two
+/// ancestors listed) and `check-backup` passes.
+fn verify_chain(pg: &Pgbk, ch: &Chain) {
+    let verified = pg.json(&["verify-backup", "pg1", id(&ch.inc2)]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["chain"].as_array().unwrap().len(), 2, "{verified}");
+    pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
+}
+
 /// Starts the recovered copy, waits for the end of recovery, and checks its rows
 /// and every btree index.
 fn check_recovered(ch: &Chain, dir: tempfile::TempDir, major: u32) {
@@ -220,10 +229,7 @@ fn an_incremental_chain_on_postgresql_17_recovers_exactly_and_retention_keeps_ch
         "{list}"
     );
 
-    let verified = pg.json(&["verify-backup", "pg1", id(&ch.inc2)]);
-    assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(verified["chain"].as_array().unwrap().len(), 2, "{verified}");
-    pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
+    verify_chain(pg, &ch);
 
     // The full backup first, then the chain with --delta over it: every rebuilt
     // file is written (its checksum is only known source by source), the rest is
@@ -322,10 +328,7 @@ fn block_map_chain(major: u32) {
     for b in [&ch.full, &ch.inc1, &ch.inc2] {
         assert!(b["block_map"].is_string(), "{b}");
     }
-    let verified = pg.json(&["verify-backup", "pg1", id(&ch.inc2)]);
-    assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(verified["chain"].as_array().unwrap().len(), 2, "{verified}");
-    pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
+    verify_chain(pg, &ch);
 
     let dir = pg_scratch_dir("pgbk-inc-");
     let data = dir.path().join("data");
