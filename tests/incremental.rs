@@ -323,7 +323,10 @@ fn an_incremental_chain_on_postgresql_18_recovers_through_sshd() {
 /// 15, through sshd on 16), `pg_verifybackup` passes, and the rows are exact.
 fn block_map_chain(major: u32) {
     let sshd = (major != 15).then(Sshd::start);
-    let ch = build_chain(major, "");
+    let ch = build_chain(major, "incremental_read = stream");
+    for inc in [&ch.inc1, &ch.inc2] {
+        assert!(inc.get("sql_read_bytes").is_none(), "{inc}");
+    }
     let pg = &ch.pg;
     for b in [&ch.full, &ch.inc1, &ch.inc2] {
         assert!(b["block_map"].is_string(), "{b}");
@@ -388,6 +391,156 @@ fn a_block_map_chain_on_postgresql_15_recovers_exactly_and_passes_pg_verifybacku
 #[test]
 fn a_block_map_chain_on_postgresql_16_recovers_through_sshd() {
     block_map_chain(16);
+}
+
+/// PostgreSQL 15 with `incremental_read = sql` (the default) and a superuser:
+/// each incremental reads under 10% of the database over SQL (only the blocks
+/// the WAL archive says changed, and the small files whole), the relation
+/// created, the one truncated and the one dropped between the backups come back
+/// right, and the chain recovers exactly.
+#[test]
+fn a_chain_read_over_sql_on_postgresql_15_reads_under_10_percent_and_recovers_exactly() {
+    let ch = build_chain(15, "");
+    let pg = &ch.pg;
+    let db: u64 =
+        ch.c.psql("select pg_database_size('postgres')")
+            .parse()
+            .unwrap();
+    for inc in [&ch.inc1, &ch.inc2] {
+        let read = inc["sql_read_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("not read over SQL: {inc}"));
+        assert!(
+            read > 0 && read * 10 < db,
+            "incremental {} read {read} bytes of a {db}-byte database",
+            id(inc)
+        );
+        assert!(inc["block_map"].is_string(), "{inc}");
+    }
+    let shown = pg.ok(&["show-backup", "pg1", id(&ch.inc2)]);
+    assert!(shown.contains("Read over SQL"), "{shown}");
+    verify_chain(pg, &ch);
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    let out = pg.json(&[
+        "recover",
+        "pg1",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &ch.target,
+        "--target-action",
+        "promote",
+    ]);
+    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    check_recovered(&ch, dir, 15);
+}
+
+/// The SQL path falls back to streaming, with a one-line notice, when the role
+/// lacks the grants and when a WAL segment between the parent and the new
+/// backup is missing from the repository (the change map cannot be trusted):
+/// both backups are DONE and the newest recovers exactly.
+#[test]
+fn the_sql_path_falls_back_without_grants_or_with_a_wal_segment_missing() {
+    let c = Cluster::new(options(15));
+    c.pgbench_init(5);
+    c.psql(
+        "create role nogrant login replication; \
+         grant execute on function pg_switch_wal() to nogrant; \
+         create table marker (id int)",
+    );
+    let pg = Pgbk::new();
+    let server = |user: &str| {
+        let conninfo = c
+            .conninfo()
+            .replace("user=postgres", &format!("user={user}"));
+        pg.add_server(
+            "pg1",
+            &format!(
+                "conninfo = {conninfo}\n\
+                 streaming_conninfo = {}\n\
+                 backup_method = postgres\n\
+                 streaming_archiver = on\n\
+                 slot_name = pgbk\n\
+                 create_slot = auto\n\
+                 immediate_checkpoint = on\n",
+                c.conninfo()
+            ),
+        );
+    };
+    server("nogrant");
+    let _rw = pg.start_receive_wal("pg1", &c);
+    let full = pg.json(&["backup", "pg1"]);
+    assert_eq!(full["status"], "DONE", "{full}");
+    let notices = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.contains("not reading over SQL"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    pgbench_transactions(&c, 100);
+    let out = pg.run(&["backup", "pg1", "--incremental", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let inc1: Value = serde_json::from_str(&out.stdout).unwrap();
+    let said = notices(&out.stderr);
+    assert_eq!(said.len(), 1, "{}", out.stderr);
+    assert!(
+        said[0].contains("nogrant") && said[0].contains("pg_read_binary_file"),
+        "{said:?}"
+    );
+    assert_eq!(inc1["status"], "DONE", "{inc1}");
+    assert_eq!(inc1["parent"], id(&full), "{inc1}");
+    assert!(inc1.get("sql_read_bytes").is_none(), "{inc1}");
+
+    // A superuser now, but a segment written after inc1 began is gone.
+    server("postgres");
+    let begin = inc1["begin_wal"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        pgbench_transactions(&c, 30);
+        pg.archive_now("pg1");
+    }
+    let gone = pg
+        .archived_segments("pg1")
+        .into_iter()
+        .find(|s| *s > begin)
+        .expect("a segment after the incremental's start");
+    let wals = pg.wals_dir("pg1");
+    let file = walk(&wals).into_iter().find(|p| p.contains(&gone)).unwrap();
+    fs::remove_file(&file).unwrap();
+    c.psql("update pgbench_accounts set abalance = abalance + 3 where aid <= 5000");
+    let out = pg.run(&["backup", "pg1", "--incremental", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let inc2: Value = serde_json::from_str(&out.stdout).unwrap();
+    let said = notices(&out.stderr);
+    assert_eq!(said.len(), 1, "{}", out.stderr);
+    assert!(
+        said[0].contains(&gone) && said[0].contains("not in the repository"),
+        "{said:?}"
+    );
+    assert_eq!(inc2["status"], "DONE", "{inc2}");
+    assert_eq!(inc2["parent"], id(&inc1), "{inc2}");
+    assert!(inc2.get("sql_read_bytes").is_none(), "{inc2}");
+
+    c.psql("insert into marker values (1)");
+    let expected = c.psql(
+        "select (select sum(abalance) from pgbench_accounts), \
+                (select count(*) from pgbench_history), (select count(*) from marker)",
+    );
+    pg.archive_now("pg1");
+    let r = recover_immediate(&pg, id(&inc2), 15, |_, _| {});
+    let at_backup = r.psql(
+        "select (select sum(abalance) from pgbench_accounts), \
+                (select count(*) from pgbench_history), (select count(*) from marker)",
+    );
+    // --target-immediate: everything up to the backup's end, not the marker.
+    assert_eq!(
+        at_backup.rsplit_once('|').map(|x| x.0),
+        expected.rsplit_once('|').map(|x| x.0),
+        "{}",
+        r.log_tail(30)
+    );
 }
 
 #[test]
@@ -562,9 +715,13 @@ fn chain_in_a_bucket(major: u32) {
     let verified = pg.json(&["verify-backup", "pg1", id(&inc)]);
     assert_eq!(verified["ok"], true, "{verified}");
 
+    // PostgreSQL 15 reads the incremental over SQL (the default), its WAL map
+    // from the bucket: no BASE_BACKUP, no manifest.
+    let over_sql = major < 17;
+    assert_eq!(inc["sql_read_bytes"].is_u64(), over_sql, "{inc}");
     let r = recover_immediate(&pg, id(&inc), major, |out, data| {
-        assert_eq!(out["manifest"], major < 17, "{out}");
-        if major < 17 {
+        assert_eq!(out["manifest"], major < 17 && !over_sql, "{out}");
+        if major < 17 && !over_sql {
             // Copy mode: the WAL recovery needs is in pgbk_wal/.
             pg_verifybackup(data, &["pgbk_wal"]);
         }

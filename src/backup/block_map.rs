@@ -401,6 +401,12 @@ impl ParentMap {
         ))
     }
 
+    /// Whether the parent's map has this file.
+    pub fn contains(&self, tablespace: Option<u32>, path: &str) -> bool {
+        self.index
+            .contains_key(&(tablespace.unwrap_or(0), path.to_string()))
+    }
+
     /// Relation files the parent's map holds.
     pub fn len(&self) -> usize {
         self.index.len()
@@ -437,10 +443,18 @@ pub struct BlockDiff {
     /// This backup's map.
     pub map: MapWriter,
     /// The parent's, for an incremental backup.
-    pub parent: Option<ParentMap>,
+    pub parent: Option<std::sync::Arc<ParentMap>>,
     /// Where spilled blocks go (the backup's local folder).
     pub scratch: PathBuf,
+    /// Block checksums of `INCREMENTAL.*` files a reader built itself (the SQL
+    /// path, which reads only changed blocks): the file's whole map, keyed by
+    /// tablespace oid (0 for the data directory) and the relation file's path,
+    /// put here before the file enters the stream and taken when it is stored.
+    pub supplied: Option<std::sync::Arc<Supplied>>,
 }
+
+/// See [`BlockDiff::supplied`].
+pub type Supplied = std::sync::Mutex<HashMap<(u32, String), Vec<BlockHash>>>;
 
 /// The blocks of one relation file that differ from the parent's, ready to be
 /// stored as an `INCREMENTAL.*` file.
@@ -476,6 +490,52 @@ impl Changed {
     }
 }
 
+/// The kept blocks of one relation file, gathered in block order: in memory up
+/// to [`SPOOL_IN_MEMORY`], then in an unnamed scratch file.
+pub struct Patch {
+    kept: Vec<u32>,
+    spool: Spool,
+    scratch: PathBuf,
+}
+
+impl Patch {
+    /// An empty patch spilling under `scratch`.
+    pub fn new(scratch: &Path) -> Patch {
+        Patch {
+            kept: Vec::new(),
+            spool: Spool::Memory(Vec::new()),
+            scratch: scratch.to_path_buf(),
+        }
+    }
+
+    /// Keeps block `number` (exactly [`BLCKSZ`] bytes); numbers must ascend.
+    pub fn keep(&mut self, number: u32, data: &[u8]) -> io::Result<()> {
+        if let Spool::Memory(v) = &self.spool {
+            if v.len() + BLCKSZ > SPOOL_IN_MEMORY {
+                let mut f = tempfile::tempfile_in(&self.scratch)?;
+                f.write_all(v)?;
+                self.spool = Spool::File(f);
+            }
+        }
+        match &mut self.spool {
+            Spool::Memory(v) => v.extend_from_slice(data),
+            Spool::File(f) => f.write_all(data)?,
+        }
+        self.kept.push(number);
+        Ok(())
+    }
+
+    /// The `INCREMENTAL.*` file of the kept blocks, for a file now `truncation`
+    /// blocks long.
+    pub fn finish(self, truncation: u32) -> Changed {
+        Changed {
+            header: incremental_header(&self.kept, truncation),
+            blocks: self.kept.len() as u32,
+            spool: self.spool,
+        }
+    }
+}
+
 /// Reads a relation file of `size` bytes from `src`, pushes every block's
 /// checksum onto `hashes`, and keeps the blocks whose checksum differs from the
 /// parent's at the same place (`parent`), or that lie past the parent's end.
@@ -487,11 +547,8 @@ pub fn diff(
     scratch: &Path,
 ) -> io::Result<Changed> {
     let total = size / BLCKSZ as u64;
-    let truncation = u32::try_from(total).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidData, "a relation segment over 32 TiB")
-    })?;
-    let mut kept: Vec<u32> = Vec::new();
-    let mut spool = Spool::Memory(Vec::new());
+    let truncation = blocks_of(size)?;
+    let mut patch = Patch::new(scratch);
     let mut buf = vec![0u8; 128 * BLCKSZ];
     let mut block = 0u32;
     while u64::from(block) < total {
@@ -502,27 +559,18 @@ pub fn diff(
             let h = block_hash(u64::from(block), data);
             hashes.push(h);
             if parent.get(block as usize) != Some(&h) {
-                kept.push(block);
-                if let Spool::Memory(v) = &spool {
-                    if v.len() + BLCKSZ > SPOOL_IN_MEMORY {
-                        let mut f = tempfile::tempfile_in(scratch)?;
-                        f.write_all(v)?;
-                        spool = Spool::File(f);
-                    }
-                }
-                match &mut spool {
-                    Spool::Memory(v) => v.extend_from_slice(data),
-                    Spool::File(f) => f.write_all(data)?,
-                }
+                patch.keep(block, data)?;
             }
             block += 1;
         }
     }
-    Ok(Changed {
-        header: incremental_header(&kept, truncation),
-        blocks: kept.len() as u32,
-        spool,
-    })
+    Ok(patch.finish(truncation))
+}
+
+/// The number of blocks of a relation segment of `size` bytes.
+pub fn blocks_of(size: u64) -> io::Result<u32> {
+    u32::try_from(size / BLCKSZ as u64)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a relation segment over 32 TiB"))
 }
 
 /// The header of an `INCREMENTAL.*` file holding `blocks` of a relation file now

@@ -30,6 +30,9 @@ pub struct IncrementalPlan {
     /// `incremental_fallback = full`: a server that cannot take an incremental
     /// backup gets a full one, with a notice, instead of a refusal.
     pub fallback_full: bool,
+    /// `incremental_read = sql`: on PostgreSQL 15 and 16, read only the changed
+    /// blocks over SQL when the WAL archive and the role's grants allow it.
+    pub sql_read: bool,
 }
 
 /// What the server says about itself.

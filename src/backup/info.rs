@@ -190,6 +190,11 @@ pub struct BackupInfo {
     /// (`reuse_backup = link`); `stored_bytes` counts only the others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_bytes: Option<u64>,
+    /// Incrementals of PostgreSQL 15 and 16 read over SQL (`incremental_read =
+    /// sql`): bytes of file content read from the server, only the changed
+    /// blocks of relation files and every other file whole. `None`: streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_read_bytes: Option<u64>,
     /// rsync backups: the PostgreSQL host's clock when the backup began; the next
     /// backup compares file mtimes (that host's clock) with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +295,7 @@ impl BackupInfo {
             transferred_files: None,
             transferred_bytes: None,
             reused_bytes: None,
+            sql_read_bytes: None,
             server_begin_time: None,
             copy_millis: None,
         }

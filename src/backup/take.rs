@@ -323,6 +323,16 @@ pub async fn take_held(
     tracing::info!(server = %req.server, backup = %id, "backup {}", if resumed.is_some() { "resumed" } else { "started" });
 
     let server_side = matches!(mode, Mode::Server(_));
+    // PostgreSQL 15/16: only the changed blocks read over SQL, when it can be.
+    let sql = match (&mode, &parent) {
+        (Mode::BlockMap(_), Some(p))
+            if facts.version < super::incremental::MIN_INCREMENTAL_VERSION
+                && req.incremental.as_ref().is_some_and(|i| i.sql_read) =>
+        {
+            sql_start(req, &repo, &catalog, &facts, p, &mut info, &mut stop).await
+        }
+        _ => None,
+    };
     let received = receive(
         req,
         &mut repl,
@@ -332,6 +342,7 @@ pub async fn take_held(
         &catalog,
         &facts,
         mode,
+        sql,
         session.clone(),
         progress.clone(),
         &mut stop,
@@ -513,7 +524,86 @@ fn keep_freed_memory() {
     }
 }
 
-/// Runs BASE_BACKUP and stores what it sends. Returns the reason on failure.
+/// Starts an incremental read over SQL ([`super::sql_incremental`]) on
+/// `parent`, recording the backup's start; `None`, with a notice, when it
+/// cannot be (the backup is then streamed).
+async fn sql_start(
+    req: &BackupRequest,
+    repo: &ServerRepo,
+    catalog: &Catalog,
+    facts: &ServerFacts,
+    parent: &BackupInfo,
+    info: &mut BackupInfo,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<super::sql_incremental::Prepared> {
+    let fallback = |why: &str| {
+        tracing::warn!(
+            server = %req.server,
+            backup = %info.backup_id,
+            "incremental: not reading over SQL: {why}; streaming every file instead (only changed blocks are stored)"
+        );
+    };
+    let Some(parent_start) = parent.begin_lsn else {
+        fallback(&format!("backup {} has no start LSN", parent.backup_id));
+        return None;
+    };
+    let conn = match connect(&req.conninfo, false, "pgbk").await {
+        Ok(c) => c,
+        Err(e) => {
+            fallback(&e.to_string());
+            return None;
+        }
+    };
+    let ctx = super::sql_incremental::Context {
+        repo,
+        catalog,
+        parent_start,
+        parent_timeline: parent.timeline,
+        timeline: facts.timeline,
+        seg_size: facts.seg_size,
+        user_tablespaces: facts
+            .tablespace_names
+            .keys()
+            .any(|&oid| oid != 1663 && oid != 1664),
+        label: format!("pgbk backup {}", info.backup_id),
+        fast_checkpoint: req.immediate_checkpoint,
+    };
+    if !req.immediate_checkpoint {
+        tracing::info!(
+            backup = %info.backup_id,
+            "waiting for PostgreSQL's checkpoint (spread; --immediate-checkpoint or immediate_checkpoint = on skips the wait)"
+        );
+    }
+    match super::sql_incremental::prepare(conn, &ctx, stop).await {
+        Ok(p) => {
+            let seg = facts.seg_size;
+            info.begin_lsn = Some(p.start);
+            info.timeline = facts.timeline;
+            info.begin_wal = Some(segment_name(facts.timeline, p.start.segno(seg), seg));
+            if let Err(e) = save(repo, catalog, info) {
+                fallback(&e.to_string());
+                return None;
+            }
+            tracing::info!(
+                server = %req.server,
+                backup = %info.backup_id,
+                "incremental: backup starts at {} on timeline {}; reading over SQL only what changed since backup {}: {}",
+                p.start,
+                facts.timeline,
+                parent.backup_id,
+                p.describe()
+            );
+            Some(p)
+        }
+        Err(why) => {
+            fallback(&why);
+            None
+        }
+    }
+}
+
+/// Runs BASE_BACKUP (or, with `sql`, reads the server over SQL) and stores what
+/// it sends. Returns the reason on failure.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     req: &BackupRequest,
@@ -524,29 +614,35 @@ async fn receive(
     catalog: &Catalog,
     facts: &ServerFacts,
     mode: Mode,
+    sql: Option<super::sql_incremental::Prepared>,
     session: Arc<Session>,
     progress: Arc<dyn Progress>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Stored, String> {
     keep_freed_memory();
+    let supplied = sql
+        .as_ref()
+        .map(|_| Arc::new(super::block_map::Supplied::default()));
     // A server incremental's relation files are mostly INCREMENTAL.* files: it
     // records no block map. Every other backup does, as its files pass.
-    let (blocks, server_parent) = match mode {
-        Mode::Server(parent) => (None, Some(parent)),
+    let (blocks, server_parent, parent_map) = match mode {
+        Mode::Server(parent) => (None, Some(parent), None),
         Mode::Full | Mode::BlockMap(_) => {
             let map = MapWriter::create(dir).map_err(|e| e.to_string())?;
             let parent = match mode {
-                Mode::BlockMap(m) => Some(m),
+                Mode::BlockMap(m) => Some(Arc::new(m)),
                 _ => None,
             };
             let scratch = dir.root().to_path_buf();
             (
                 Some(BlockDiff {
                     map,
-                    parent,
+                    parent: parent.clone(),
                     scratch,
+                    supplied: supplied.clone(),
                 }),
                 None,
+                parent,
             )
         }
     };
@@ -568,19 +664,29 @@ async fn receive(
             .spawn(move || store_stream(rx, &dir, &pool, &opts, &*progress, blocks))
             .map_err(|e| format!("starting the tar thread: {e}"))?
     };
-    let streamed = stream(
-        req,
-        repl,
-        info,
-        repo,
-        catalog,
-        facts,
-        server_parent.as_ref(),
-        &*progress,
-        tx,
-        stop,
-    )
-    .await;
+    let streamed = match (sql, parent_map, supplied) {
+        (Some(prepared), Some(parent), Some(supplied)) => {
+            read_sql(
+                prepared, parent, supplied, dir, info, facts, &*progress, tx, stop,
+            )
+            .await
+        }
+        _ => {
+            stream(
+                req,
+                repl,
+                info,
+                repo,
+                catalog,
+                facts,
+                server_parent.as_ref(),
+                &*progress,
+                tx,
+                stop,
+            )
+            .await
+        }
+    };
     // The channel is closed now: the tar thread ends whatever happened.
     let stored = match store.join() {
         Ok(r) => r,
@@ -725,7 +831,7 @@ async fn retake(
         .await
         .map_err(|e| e.to_string())?;
     receive(
-        req, &mut repl, info, dir, repo, catalog, facts, mode, session, progress, stop,
+        req, &mut repl, info, dir, repo, catalog, facts, mode, None, session, progress, stop,
     )
     .await
 }
@@ -733,6 +839,56 @@ async fn retake(
 enum Failure {
     StoreGone,
     Reason(String),
+}
+
+/// The SQL path's read into the store, and the backup's end recorded.
+#[allow(clippy::too_many_arguments)]
+async fn read_sql(
+    prepared: super::sql_incremental::Prepared,
+    parent: Arc<ParentMap>,
+    supplied: Arc<super::block_map::Supplied>,
+    dir: &BackupDir,
+    info: &mut BackupInfo,
+    facts: &ServerFacts,
+    progress: &dyn Progress,
+    tx: tokio::sync::mpsc::Sender<StreamMsg>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    use super::sql_incremental::ReadFailure;
+    let started = std::time::Instant::now();
+    let read = super::sql_incremental::read(
+        prepared,
+        parent,
+        supplied,
+        dir.root().to_path_buf(),
+        &info.backup_id,
+        progress,
+        tx,
+        stop,
+    )
+    .await
+    .map_err(|e| match e {
+        ReadFailure::StoreGone => Failure::StoreGone,
+        ReadFailure::Reason(r) => Failure::Reason(r),
+    })?;
+    let seg = facts.seg_size;
+    let lsn = read.stopped.lsn;
+    info.copy_millis = Some(started.elapsed().as_millis() as u64);
+    info.end_lsn = Some(lsn);
+    info.end_timeline = Some(info.timeline);
+    let begin = info.begin_lsn.unwrap_or(lsn).segno(seg);
+    info.end_wal = Some(segment_name(
+        info.timeline,
+        lsn.prev_segno(seg).max(begin),
+        seg,
+    ));
+    info.sql_read_bytes = Some(read.read_bytes);
+    tracing::info!(
+        backup = %info.backup_id,
+        "read {} bytes over SQL; the backup ends at {lsn}",
+        read.read_bytes
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -643,6 +643,25 @@ impl Reader<'_> {
         archive: &str,
     ) -> Result<(), StoreError> {
         let size = entry.size();
+        if let Some(hashes) = self.supplied_hashes(&meta) {
+            // Built by the reader from the parent's map and the blocks it read:
+            // stored as it is, its map recorded for the file it rebuilds.
+            let real = block_map::reconstructed_path(&meta.path).unwrap_or_default();
+            let whole = hashes.len() as u64 * BLCKSZ as u64;
+            self.send(Job::Compared {
+                bytes: whole.saturating_sub(size),
+            })?;
+            let tablespace = meta.tablespace;
+            let (disk, object) = (
+                root.join(format!("{}.zst", meta.path)),
+                format!("{prefix}/{}.zst", meta.path),
+            );
+            self.file(entry, size, disk, meta, object, archive, None)?;
+            if let Some(b) = self.blocks.as_mut() {
+                b.map.add(tablespace, &real, &hashes)?;
+            }
+            return Ok(());
+        }
         let relation = self.blocks.is_some()
             && size > 0
             && size % BLCKSZ as u64 == 0
@@ -698,6 +717,14 @@ impl Reader<'_> {
             b.map.add(tablespace, &path, &hashes)?;
         }
         Ok(())
+    }
+
+    /// The block checksums the reader supplied for this `INCREMENTAL.*` member.
+    fn supplied_hashes(&self, meta: &FileEntry) -> Option<Vec<BlockHash>> {
+        let supplied = self.blocks.as_ref()?.supplied.as_ref()?;
+        let real = block_map::reconstructed_path(&meta.path)?;
+        let mut map = supplied.lock().ok()?;
+        map.remove(&(meta.tablespace.unwrap_or(0), real))
     }
 
     /// Stores `size` bytes of `src` as one file (an object of zstd frames, or a

@@ -11,7 +11,7 @@ use crate::backup::take::{validate_name, BackupRequest, Outcome, TakeError, WalW
 use crate::backup::tar_store::StoreOptions;
 use crate::backup::BackupInfo;
 use crate::cli::BackupArgs;
-use crate::config::{BackupMethod, BackupType, IncrementalFallback, ServerConfig};
+use crate::config::{BackupMethod, BackupType, IncrementalFallback, IncrementalRead, ServerConfig};
 use crate::maintenance::take_backup;
 use crate::outln;
 use crate::output::{human_bytes, human_seconds, print_json, Format, Report};
@@ -230,12 +230,14 @@ fn resume_plan(s: &ServerConfig, args: &BackupArgs) -> ResumePlan {
 /// What kind of backup the command line and the server's configuration ask for.
 fn incremental_plan(s: &ServerConfig, args: &BackupArgs) -> Option<IncrementalPlan> {
     let fallback_full = s.incremental_fallback == IncrementalFallback::Full;
+    let sql_read = s.incremental_read == IncrementalRead::Sql;
     if let Some(parent) = &args.incremental {
         return Some(IncrementalPlan {
             parent: Some(parent.clone()),
             from_config: false,
             full_backup_every: None,
             fallback_full,
+            sql_read,
         });
     }
     (!args.full && s.backup_type == BackupType::Incremental).then_some(IncrementalPlan {
@@ -243,6 +245,7 @@ fn incremental_plan(s: &ServerConfig, args: &BackupArgs) -> Option<IncrementalPl
         from_config: true,
         full_backup_every: s.full_backup_every,
         fallback_full,
+        sql_read,
     })
 }
 

@@ -173,6 +173,9 @@ impl Report for Shown<'_> {
                 writeln!(w, "    Reused (resumed)     : {}", human_bytes(reused))?;
             }
         }
+        if let Some(read) = b.sql_read_bytes {
+            writeln!(w, "    Read over SQL        : {}", human_bytes(read))?;
+        }
         writeln!(w, "    Timeline             : {}", b.timeline)?;
         if let Some(t) = b.end_timeline.filter(|t| *t != b.timeline) {
             writeln!(w, "    End timeline         : {t}")?;

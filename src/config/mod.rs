@@ -150,6 +150,9 @@ pub struct ServerConfig {
     /// `incremental_fallback`: what an incremental backup does on a server that
     /// cannot take one (`summarize_wal = off`, no parent to build on).
     pub incremental_fallback: IncrementalFallback,
+    /// `incremental_read`: how an incremental of PostgreSQL 15 or 16 reads the
+    /// server.
+    pub incremental_read: IncrementalRead,
     /// `repository = s3://...`: the repository on object storage; `None`: the
     /// local `home`.
     pub repository: Option<crate::repo::store::s3_settings::S3Settings>,
@@ -263,6 +266,20 @@ word_enum!(
         Error => "error",
         /// Take a full backup instead, with a notice.
         Full => "full",
+    }
+);
+
+word_enum!(
+    /// `incremental_read`: how an incremental backup of PostgreSQL 15 or 16 reads
+    /// the server.
+    IncrementalRead, "sql or stream", {
+        /// Only the blocks pgbk's WAL archive says changed, over an SQL session
+        /// (`pg_read_binary_file`); streamed instead, with a notice, when that
+        /// cannot be trusted or the role lacks the grants.
+        #[default]
+        Sql => "sql",
+        /// Every file streamed by BASE_BACKUP, only changed blocks stored.
+        Stream => "stream",
     }
 );
 
@@ -452,6 +469,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "backup_type",
     "full_backup_every",
     "incremental_fallback",
+    "incremental_read",
     "repository",
     "drill_workdir",
     "drill_pg_bin",
@@ -1068,6 +1086,11 @@ impl Fields<'_> {
             incremental_fallback: f
                 .parse("incremental_fallback", |s| {
                     s.parse::<IncrementalFallback>().map_err(|e| e.to_string())
+                })?
+                .unwrap_or_default(),
+            incremental_read: f
+                .parse("incremental_read", |s| {
+                    s.parse::<IncrementalRead>().map_err(|e| e.to_string())
                 })?
                 .unwrap_or_default(),
             repository: repository::s3_repository(f, &section.name, warnings)?,
