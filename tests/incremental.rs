@@ -197,6 +197,23 @@ fn check_recovered(ch: &Chain, dir: tempfile::TempDir, major: u32) {
     assert!(checked.parse::<u32>().unwrap() > 10, "{checked}");
     // Every page of every table reads back (checksums are verified on 18).
     r.psql("select count(*) from pgbench_accounts where filler is not null");
+    // No page the visibility map calls all-visible holds a tuple that is not:
+    // the map's bits are cleared without WAL of their own.
+    r.psql("create extension pg_visibility");
+    let wrong = r.psql(
+        "select count(*) from pg_class c, pg_check_visible(c.oid) \
+         where c.relkind = 'r' and c.relpersistence = 'p'",
+    );
+    assert_eq!(
+        wrong,
+        "0",
+        "tuples not all-visible on all-visible pages: {}",
+        r.psql(
+            "select string_agg(relname || ':' || n, ' ') from (select c.relname, count(*) n \
+             from pg_class c, pg_check_visible(c.oid) where c.relkind = 'r' \
+             and c.relpersistence = 'p' group by 1) x"
+        )
+    );
 }
 
 #[test]

@@ -5,15 +5,22 @@
 //! A block the map does not name is, on the server, what it was when the parent
 //! started: every WAL-logged change to it would have named it. So the parent's
 //! copy of it is the one the new backup needs, and WAL replay from the new
-//! backup's start repairs whatever changes after. Only the main fork is mapped:
-//! the free space map is not fully WAL-logged and clearing visibility map bits
-//! is not logged at all, so the caller reads those forks (and init forks) whole,
-//! as PostgreSQL 17's own incremental does for the first.
+//! backup's start repairs whatever changes after.
 //!
-//! What makes a whole relation unsafe to map block by block, PostgreSQL's WAL
+//! The main fork and the visibility map are mapped exactly. Clearing a
+//! visibility map bit is never WAL-logged itself, but it only ever happens
+//! with a logged change to the heap page it covers, so each changed heap block
+//! also marks the map block covering it ([`HEAP_BLOCKS_PER_VM_BLOCK`]). The free
+//! space map is not fully WAL-logged either: it is a hint PostgreSQL corrects as
+//! it goes (as after a crash), so the parent's copy of a block the WAL does not
+//! name is as good as any, and the fork is read whole when it was created,
+//! truncated or dropped.
+//!
+//! What makes a whole fork unsafe to map block by block, PostgreSQL's WAL
 //! summarizer's rules: a fork created (`XLOG_SMGR_CREATE`) or a relation dropped
-//! (commit or abort) is read whole; a truncation marks every block from its new
-//! length on; a database created or dropped marks all of its relations.
+//! (commit or abort) is read whole; a truncation marks every block of the main
+//! fork from its new length on (the maps are read whole); a database created or
+//! dropped marks all of its relations.
 //!
 //! Nothing here trusts a segment it cannot verify: a segment missing from the
 //! repository, one whose content does not match its recorded checksum, or WAL
@@ -35,7 +42,11 @@ pub const RELSEG_BLOCKS: u32 = 131_072;
 /// reading every file whole costs about the same, and memory stays bounded.
 pub const MAX_BLOCKS: usize = 32 << 20;
 
-/// What the WAL says about one relation's main fork.
+/// Heap blocks one visibility map block covers: two bits per heap block in
+/// what follows the page header (`HEAPBLOCKS_PER_PAGE` for 8 KiB pages).
+pub const HEAP_BLOCKS_PER_VM_BLOCK: u32 = (8192 - 24) * 4;
+
+/// What the WAL says about one relation fork.
 #[derive(Debug, Default)]
 struct RelChanges {
     /// Blocks named by block references (sorted and deduplicated by `finish`).
@@ -50,7 +61,7 @@ struct RelChanges {
 /// Which blocks of the WAL range's relations changed.
 #[derive(Debug, Default)]
 pub struct ChangeMap {
-    rels: HashMap<RelFileLocator, RelChanges>,
+    rels: HashMap<(RelFileLocator, Fork), RelChanges>,
     /// Databases created or dropped in the range (database oid).
     databases: HashSet<u32>,
     /// Block references counted (with repeats).
@@ -61,7 +72,7 @@ pub struct ChangeMap {
     pub records: u64,
 }
 
-/// What to read of one relation segment file of the main fork.
+/// What to read of one relation segment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilePlan {
     /// Every block.
@@ -75,29 +86,42 @@ pub enum FilePlan {
 }
 
 impl ChangeMap {
-    fn rel(&mut self, rel: RelFileLocator) -> &mut RelChanges {
-        self.rels.entry(rel).or_default()
+    fn fork(&mut self, rel: RelFileLocator, fork: Fork) -> &mut RelChanges {
+        self.rels.entry((rel, fork)).or_default()
     }
 
     fn add_record(&mut self, blocks: &[crate::wal::block_refs::BlockRef], events: &[RelEvent]) {
         for b in blocks {
+            self.fork(b.rel, b.fork).blocks.push(b.block);
+            self.refs += 1;
             if b.fork == Fork::Main {
-                self.rel(b.rel).blocks.push(b.block);
+                // The visibility map bits of a changed heap page may have been
+                // cleared, unlogged.
+                let vm = b.block / HEAP_BLOCKS_PER_VM_BLOCK;
+                self.fork(b.rel, Fork::VisibilityMap).blocks.push(vm);
                 self.refs += 1;
             }
         }
         for e in events {
             match e {
-                RelEvent::Create { rel, fork } if *fork == Fork::Main => {
-                    self.rel(*rel).whole = true
+                RelEvent::Create { rel, fork } => self.fork(*rel, *fork).whole = true,
+                RelEvent::Truncate { rel, blocks, forks } => {
+                    if forks.main {
+                        let r = self.fork(*rel, Fork::Main);
+                        r.limit = Some(r.limit.map_or(*blocks, |l| l.min(*blocks)));
+                    }
+                    if forks.fsm {
+                        self.fork(*rel, Fork::Fsm).whole = true;
+                    }
+                    if forks.vm {
+                        self.fork(*rel, Fork::VisibilityMap).whole = true;
+                    }
                 }
-                RelEvent::Create { .. } => {}
-                RelEvent::Truncate { rel, blocks, forks } if forks.main => {
-                    let r = self.rel(*rel);
-                    r.limit = Some(r.limit.map_or(*blocks, |l| l.min(*blocks)));
+                RelEvent::Drop { rel } => {
+                    for f in [Fork::Main, Fork::Fsm, Fork::VisibilityMap, Fork::Init] {
+                        self.fork(*rel, f).whole = true;
+                    }
                 }
-                RelEvent::Truncate { .. } => {}
-                RelEvent::Drop { rel } => self.rel(*rel).whole = true,
                 RelEvent::Database { db_oid } => {
                     self.databases.insert(*db_oid);
                 }
@@ -126,12 +150,12 @@ impl ChangeMap {
         self.rels.values().map(|r| r.blocks.len()).sum()
     }
 
-    /// What to read of segment file `segno` of relation `rel`'s main fork.
-    pub fn plan(&self, rel: RelFileLocator, segno: u32) -> FilePlan {
-        if self.databases.contains(&rel.db_oid) {
+    /// What to read of segment file `segno` of fork `fork` of relation `rel`.
+    pub fn plan(&self, rel: RelFileLocator, fork: Fork, segno: u32) -> FilePlan {
+        if self.databases.contains(&rel.db_oid) || fork == Fork::Init {
             return FilePlan::Whole;
         }
-        let Some(r) = self.rels.get(&rel) else {
+        let Some(r) = self.rels.get(&(rel, fork)) else {
             return FilePlan::Blocks {
                 changed: Vec::new(),
                 from: None,
@@ -366,14 +390,14 @@ mod tests {
         );
         m.compact();
         assert_eq!(
-            m.plan(rel(1), 0),
+            m.plan(rel(1), Fork::Main, 0),
             FilePlan::Blocks {
                 changed: vec![3, 7],
                 from: None
             }
         );
         assert_eq!(
-            m.plan(rel(1), 1),
+            m.plan(rel(1), Fork::Main, 1),
             FilePlan::Blocks {
                 changed: vec![2],
                 from: None
@@ -381,22 +405,40 @@ mod tests {
         );
         // Blocks past a truncation are read whatever the references say.
         assert_eq!(
-            m.plan(rel(2), 0),
+            m.plan(rel(2), Fork::Main, 0),
             FilePlan::Blocks {
                 changed: vec![4],
                 from: Some(10)
             }
         );
-        assert_eq!(m.plan(rel(3), 0), FilePlan::Whole);
+        assert_eq!(m.plan(rel(3), Fork::Main, 0), FilePlan::Whole);
         assert_eq!(
-            m.plan(rel(9), 0),
+            m.plan(rel(9), Fork::Main, 0),
             FilePlan::Blocks {
                 changed: vec![],
                 from: None
             }
         );
+        // A changed heap block marks the visibility map block covering it; the
+        // maps of a truncated relation are read whole.
+        assert_eq!(
+            m.plan(rel(1), Fork::VisibilityMap, 0),
+            FilePlan::Blocks {
+                changed: vec![0, 4],
+                from: None
+            }
+        );
+        assert_eq!(m.plan(rel(2), Fork::VisibilityMap, 0), FilePlan::Whole);
+        assert_eq!(m.plan(rel(2), Fork::Fsm, 0), FilePlan::Whole);
+        assert_eq!(
+            m.plan(rel(1), Fork::Fsm, 0),
+            FilePlan::Blocks {
+                changed: vec![],
+                from: None
+            }
+        );
+        assert_eq!(m.plan(rel(1), Fork::Init, 0), FilePlan::Whole);
         m.add_record(&[], &[RelEvent::Database { db_oid: 5 }]);
-        assert_eq!(m.plan(rel(9), 0), FilePlan::Whole);
-        assert_eq!(m.blocks(), 5);
+        assert_eq!(m.plan(rel(9), Fork::Main, 0), FilePlan::Whole);
     }
 }

@@ -8,8 +8,9 @@
 //! tar store stores it with the same code: a relation file of the parent's map
 //! goes in as the `INCREMENTAL.*` file of the blocks that differ from the
 //! parent's, with its whole block map supplied beside it ([`BlockDiff::supplied`]);
-//! anything read whole (new relation files, FSM, visibility map and init forks,
-//! files that are not relation files) goes in whole and the store compares it.
+//! anything read whole (new relation files, forks created, truncated or dropped
+//! since the parent, init forks, files that are not relation files) goes in
+//! whole and the store compares it.
 //! The backup is restored like any block-map incremental.
 //!
 //! When the SQL path cannot be trusted or used ([`prepare`]'s refusal), the
@@ -24,7 +25,7 @@ use super::tar_store::StreamMsg;
 use crate::catalog::Catalog;
 use crate::progress::Progress;
 use crate::repo::ServerRepo;
-use crate::wal::block_refs::RelFileLocator;
+use crate::wal::block_refs::{Fork, RelFileLocator};
 use crate::wal::{Lsn, TimeLineId, WalSegment};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -253,9 +254,11 @@ enum Take {
     Dir,
     /// Every byte.
     Whole,
-    /// A main-fork segment file the parent's map has: the change map decides.
+    /// A segment file of a main, FSM or visibility map fork the parent's map
+    /// has: the change map decides.
     Mapped {
         rel: RelFileLocator,
+        fork: Fork,
         segno: u32,
     },
 }
@@ -346,14 +349,17 @@ fn classify(listing: &[Listed], parent: &ParentMap) -> Vec<Take> {
             if fork != "init" && unlogged.contains(&(dir.to_string(), rel.rel_number)) {
                 return Take::Skip;
             }
-            // The FSM is not fully WAL-logged and visibility map bits are
-            // cleared without WAL: both are read whole, like init forks.
-            if !fork.is_empty() || l.size % BLCKSZ as u64 != 0 || segno >= u32::MAX / RELSEG_BLOCKS
-            {
+            let fork = match fork {
+                "" => Fork::Main,
+                "fsm" => Fork::Fsm,
+                "vm" => Fork::VisibilityMap,
+                _ => return Take::Whole,
+            };
+            if l.size % BLCKSZ as u64 != 0 || segno >= u32::MAX / RELSEG_BLOCKS {
                 return Take::Whole;
             }
             if parent.contains(None, &l.path) {
-                Take::Mapped { rel, segno }
+                Take::Mapped { rel, fork, segno }
             } else {
                 Take::Whole
             }
@@ -480,9 +486,9 @@ async fn read_all(
                 flush_pending(source, &mut pending, &mut out).await?;
                 read_whole(source, l, &mut out).await?;
             }
-            Take::Mapped { rel, segno } => {
+            Take::Mapped { rel, fork, segno } => {
                 flush_pending(source, &mut pending, &mut out).await?;
-                match map.plan(rel, segno) {
+                match map.plan(rel, fork, segno) {
                     FilePlan::Whole => read_whole(source, l, &mut out).await?,
                     FilePlan::Blocks { changed, from } => {
                         read_changed(

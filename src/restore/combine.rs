@@ -40,6 +40,25 @@ const MAX_BLOCKS: u32 = (1 << 30) / BLCKSZ as u32;
 pub struct Chain {
     /// Parent first, the full backup last.
     levels: Vec<Level>,
+    /// Visibility map forks left out of the restore (tablespace, `<dir>/<relfilenode>_vm`):
+    /// see [`Chain::drops`].
+    stale_vm: HashSet<(Option<u32>, String)>,
+}
+
+/// `<dir>/<relfilenode>_vm` for the main fork file `<dir>/<relfilenode>[.N]`.
+fn vm_of_main(path: &str) -> Option<String> {
+    let (dir, name) = path.rsplit_once('/')?;
+    let rel = name.split_once('.').map_or(name, |(r, _)| r);
+    (!rel.is_empty() && rel.bytes().all(|b| b.is_ascii_digit())).then(|| format!("{dir}/{rel}_vm"))
+}
+
+/// `<dir>/<relfilenode>_vm` for a visibility map file `<dir>/<relfilenode>_vm[.N]`.
+fn vm_base(path: &str) -> Option<&str> {
+    let base = match path.rsplit_once('.') {
+        Some((b, seg)) if seg.bytes().all(|c| c.is_ascii_digit()) && b.ends_with("_vm") => b,
+        _ => path,
+    };
+    base.ends_with("_vm").then_some(base)
 }
 
 struct Level {
@@ -54,12 +73,35 @@ impl Chain {
     /// `INCREMENTAL.*`.
     pub fn build(
         newest: &BackupDir,
+        newest_info: &BackupInfo,
         ancestors: Vec<(BackupDir, BackupInfo)>,
     ) -> Result<Chain, RestoreError> {
         let mut wanted: HashSet<(Option<u32>, String)> = HashSet::new();
+        let mut stale_vm = HashSet::new();
+        let server_side = |i: &BackupInfo| {
+            i.incremental_method() == Some(crate::backup::IncrementalMethod::Server)
+        };
+        // A relation whose heap changed in a server-side incremental: its main
+        // fork is there whole (new, or changed too much to send in part), or as
+        // an INCREMENTAL file holding blocks (more than the 12-byte header).
+        let mut note_change = |e: &FileEntry, info: &BackupInfo| {
+            if !server_side(info) {
+                return;
+            }
+            let (path, changed) = match reconstructed_path(&e.path) {
+                Some(p) => (p, e.size > 12),
+                None => (e.path.clone(), true),
+            };
+            if changed && crate::backup::block_map::is_relation_file(&path, e.tablespace) {
+                if let Some(vm) = vm_of_main(&path) {
+                    stale_vm.insert((e.tablespace, vm));
+                }
+            }
+        };
         for e in newest.files()? {
             let e = e?;
             if e.kind == FileKind::File {
+                note_change(&e, newest_info);
                 if let Some(p) = reconstructed_path(&e.path) {
                     wanted.insert((e.tablespace, p));
                 }
@@ -73,6 +115,7 @@ impl Chain {
                 if e.kind != FileKind::File {
                     continue;
                 }
+                note_change(&e, &info);
                 let key = (
                     e.tablespace,
                     reconstructed_path(&e.path).unwrap_or_else(|| e.path.clone()),
@@ -83,7 +126,25 @@ impl Chain {
             }
             levels.push(Level { dir, info, files });
         }
-        Ok(Chain { levels })
+        Ok(Chain { levels, stale_vm })
+    }
+
+    /// Whether the restore leaves out this file (its path as restored): the
+    /// visibility map of a relation whose heap changed in a PostgreSQL 17+
+    /// server-side incremental of the chain. PostgreSQL clears visibility map
+    /// bits without WAL of their own, so its WAL summaries, and the incremental,
+    /// can miss a map block whose bits a heap change cleared (a PostgreSQL bug,
+    /// found in 2026): rebuilt from an older backup, the map would call pages
+    /// all-visible that are not, and index-only scans and VACUUM would trust it.
+    /// A missing map is a correct one (no bit set); VACUUM rebuilds it.
+    pub fn drops(&self, tablespace: Option<u32>, path: &str) -> bool {
+        !self.stale_vm.is_empty()
+            && vm_base(path).is_some_and(|b| self.stale_vm.contains(&(tablespace, b.to_string())))
+    }
+
+    /// Relations whose visibility map the restore leaves out ([`Chain::drops`]).
+    pub fn dropped_maps(&self) -> usize {
+        self.stale_vm.len()
     }
 
     /// About how many bytes restoring the chain writes (for progress): the full
@@ -438,6 +499,23 @@ pub fn is_backup_label(e: &FileEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visibility_maps_of_changed_relations() {
+        assert_eq!(
+            vm_of_main("base/5/16384").as_deref(),
+            Some("base/5/16384_vm")
+        );
+        assert_eq!(
+            vm_of_main("base/5/16384.2").as_deref(),
+            Some("base/5/16384_vm")
+        );
+        assert_eq!(vm_of_main("base/5/16384_fsm"), None);
+        assert_eq!(vm_base("base/5/16384_vm"), Some("base/5/16384_vm"));
+        assert_eq!(vm_base("base/5/16384_vm.1"), Some("base/5/16384_vm"));
+        assert_eq!(vm_base("base/5/16384"), None);
+        assert_eq!(vm_base("base/5/16384_fsm"), None);
+    }
 
     #[test]
     fn names_and_labels() {

@@ -434,7 +434,11 @@ fn restore_group(ctx: &Ctx, group: &[FileEntry]) -> Result<(), RestoreError> {
 fn restore_file(ctx: &Ctx, e: &FileEntry, bundles: &mut BundleReader) -> Result<(), RestoreError> {
     throttle();
     if let Some(chain) = ctx.chain {
-        if let Some(target) = combine::reconstructed_path(&e.path) {
+        let target = combine::reconstructed_path(&e.path);
+        if chain.drops(e.tablespace, target.as_deref().unwrap_or(&e.path)) {
+            return Ok(());
+        }
+        if let Some(target) = target {
             return rebuild_file(ctx, chain, e, target);
         }
     }
@@ -606,7 +610,14 @@ pub fn restore(
         for e in dir.files()? {
             let e = e?;
             let path = match chain {
-                Some(_) => combine::reconstructed_path(&e.path).unwrap_or(e.path),
+                Some(c) => {
+                    let p = combine::reconstructed_path(&e.path).unwrap_or(e.path);
+                    if c.drops(e.tablespace, &p) {
+                        // Left out: an older copy in the destination goes too.
+                        continue;
+                    }
+                    p
+                }
                 None => e.path,
             };
             let rel = safe_relative(&path)

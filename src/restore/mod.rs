@@ -162,7 +162,15 @@ impl RecoverPlan {
         if self.ancestors.is_empty() {
             return Ok(None);
         }
-        combine::Chain::build(&self.dir, self.ancestors.clone()).map(Some)
+        let chain = combine::Chain::build(&self.dir, &self.info, self.ancestors.clone())?;
+        if chain.dropped_maps() > 0 {
+            tracing::warn!(
+                backup = %self.info.backup_id,
+                "the visibility map of {} relation(s) changed in a PostgreSQL incremental is left out (PostgreSQL 17/18 incrementals can hold stale visibility map bits); VACUUM rebuilds it (vacuumdb --all after the recovery)",
+                chain.dropped_maps()
+            );
+        }
+        Ok(Some(chain))
     }
 }
 

@@ -377,6 +377,12 @@ fn send_entry(
         }
         FileKind::File => {
             let mode = e.mode & 0o7777;
+            if let Some(c) = chain {
+                let restored = combine::reconstructed_path(name);
+                if c.drops(e.tablespace, restored.as_deref().unwrap_or(name)) {
+                    return Ok(());
+                }
+            }
             if let Some((chain, target)) = chain.zip(combine::reconstructed_path(name)) {
                 // Rebuilt into an unnamed local file first: its blocks come in any
                 // order, a tar stream takes them in one.
