@@ -560,6 +560,71 @@ fn the_sql_path_falls_back_without_grants_or_with_a_wal_segment_missing() {
     );
 }
 
+/// PostgreSQL 15, SQL path, a tablespace: its files are listed and read under
+/// `pg_tblspc/<oid>/` (only the changed blocks of a table in it, a table created
+/// in it whole), stored as BASE_BACKUP would send them (`<oid>.tar`, the link in
+/// base.tar), and the chain recovers with the tablespace relocated.
+#[test]
+fn an_incremental_read_over_sql_takes_a_tablespace_that_recovers_relocated() {
+    let c = Cluster::new(options(15));
+    let ts = pg_scratch_dir("pgbk-ts-");
+    let loc = ts.path().join("loc");
+    fs::create_dir(&loc).unwrap();
+    chown_to_postgres(&loc, false);
+    c.psql(&format!(
+        "create tablespace tbs location '{}'",
+        loc.display()
+    ));
+    c.psql(
+        "create table in_ts tablespace tbs as \
+           select g as id, repeat('x', 200) as pad from generate_series(1, 50000) g",
+    );
+    let pg = Pgbk::new();
+    pg.streaming_server_with("pg1", &c, "immediate_checkpoint = on\n");
+    let _rw = pg.start_receive_wal("pg1", &c);
+    let full = pg.json(&["backup", "pg1"]);
+    assert_eq!(full["status"], "DONE", "{full}");
+    c.psql("update in_ts set id = id + 100000 where id <= 500");
+    c.psql("create table new_in_ts tablespace tbs as select g from generate_series(1, 3000) g");
+    let inc = pg.json(&["backup", "pg1", "--incremental"]);
+    assert_eq!(inc["status"], "DONE", "{inc}");
+    assert_eq!(inc["parent"], id(&full), "{inc}");
+    let read = inc["sql_read_bytes"].as_u64().expect("read over SQL");
+    let in_ts: u64 = c.psql("select pg_relation_size('in_ts')").parse().unwrap();
+    assert!(read < in_ts / 2, "read {read} bytes, in_ts is {in_ts}");
+    assert_eq!(
+        inc["tablespaces"][0]["location"],
+        loc.to_str().unwrap(),
+        "{inc}"
+    );
+    let facts = "select (select sum(id) from in_ts), (select count(*) from new_in_ts)";
+    let expected = c.psql(facts);
+    pg.archive_now("pg1");
+
+    let dir = pg_scratch_dir("pgbk-inc-");
+    let data = dir.path().join("data");
+    let moved = dir.path().join("ts");
+    pg.json(&[
+        "recover",
+        "pg1",
+        id(&inc),
+        data.to_str().unwrap(),
+        "--target-immediate",
+        "--target-action",
+        "promote",
+        "--tablespace",
+        &format!("tbs:{}", moved.display()),
+    ]);
+    let oid = c.psql("select oid from pg_tablespace where spcname = 'tbs'");
+    assert_eq!(
+        fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap(),
+        moved
+    );
+    let r = Cluster::from_datadir(dir, options(15));
+    r.wait_promoted();
+    assert_eq!(r.psql(facts), expected, "{}", r.log_tail(30));
+}
+
 #[test]
 fn incremental_refusals_and_the_full_fallback() {
     // PostgreSQL 15: nothing to build on yet.

@@ -78,8 +78,6 @@ pub struct Context<'a> {
     pub parent_timeline: TimeLineId,
     pub timeline: TimeLineId,
     pub seg_size: u64,
-    /// The cluster has tablespaces besides `pg_default` and `pg_global`.
-    pub user_tablespaces: bool,
     pub label: String,
     pub fast_checkpoint: bool,
 }
@@ -106,9 +104,6 @@ async fn prepare_on(
     ctx: &Context<'_>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(Lsn, ChangeMap), String> {
-    if ctx.user_tablespaces {
-        return Err("the cluster has tablespaces, which the SQL path does not read".into());
-    }
     if ctx.parent_timeline != ctx.timeline {
         return Err(format!(
             "the parent started on timeline {}, the server is on {}",
@@ -169,6 +164,8 @@ async fn prepare_on(
 /// What the read produced.
 pub struct SqlRead {
     pub stopped: Stopped,
+    /// The tablespaces read (`<oid>.tar` archives).
+    pub tablespaces: Vec<super::sql_read::Tablespace>,
     /// Bytes of file content read from the server.
     pub read_bytes: u64,
 }
@@ -233,6 +230,21 @@ impl Emitter<'_> {
         self.buf.extend_from_slice(h.as_bytes());
     }
 
+    /// A symbolic link member (a tablespace's `pg_tblspc/<oid>`).
+    fn link(&mut self, path: &str, target: &str, mtime: i64) -> Result<(), ReadFailure> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(mtime.max(0) as u64);
+        h.set_path(path)
+            .and_then(|_| h.set_link_name(target))
+            .map_err(|e| ReadFailure::Reason(format!("tablespace link {path} -> {target}: {e}")))?;
+        h.set_cksum();
+        self.buf.extend_from_slice(h.as_bytes());
+        Ok(())
+    }
+
     /// Zeros up to the next 512-byte boundary after `size` bytes of data.
     fn pad(&mut self, size: u64) {
         let rest = (512 - size % 512) % 512;
@@ -290,12 +302,14 @@ fn temp_relation(name: &str) -> bool {
     digits(backend) && rel.bytes().next().is_some_and(|b| b.is_ascii_digit())
 }
 
-/// The relation, fork suffix and segment of a relation file path.
-fn relation_of(path: &str) -> Option<(RelFileLocator, &str, u32)> {
+/// The relation, fork suffix and segment of a relation file path (relative to
+/// the data directory, or to tablespace `tablespace`).
+fn relation_of(path: &str, tablespace: Option<u32>) -> Option<(RelFileLocator, &str, u32)> {
     let parts: Vec<&str> = path.split('/').collect();
-    let (spc, db, name) = match parts.as_slice() {
-        ["base", db, name] => (1663, db.parse().ok()?, *name),
-        ["global", name] => (1664, 0, *name),
+    let (spc, db, name) = match (tablespace, parts.as_slice()) {
+        (None, ["base", db, name]) => (1663, db.parse().ok()?, *name),
+        (None, ["global", name]) => (1664, 0, *name),
+        (Some(oid), [_, db, name]) => (oid, db.parse().ok()?, *name),
         _ => return None,
     };
     let (rel, seg) = match name.split_once('.') {
@@ -318,13 +332,13 @@ fn relation_of(path: &str) -> Option<(RelFileLocator, &str, u32)> {
 }
 
 /// Decides what to take of every listed entry.
-fn classify(listing: &[Listed], parent: &ParentMap) -> Vec<Take> {
+fn classify(listing: &[Listed], tablespace: Option<u32>, parent: &ParentMap) -> Vec<Take> {
     // Unlogged relations: only their init fork is taken.
     let unlogged: HashSet<(String, u32)> = listing
         .iter()
         .filter(|l| !l.is_dir)
         .filter_map(|l| {
-            let (rel, fork, _) = relation_of(&l.path)?;
+            let (rel, fork, _) = relation_of(&l.path, tablespace)?;
             let dir = l.path.rsplit_once('/')?.0.to_string();
             (fork == "init").then_some((dir, rel.rel_number))
         })
@@ -339,10 +353,10 @@ fn classify(listing: &[Listed], parent: &ParentMap) -> Vec<Take> {
             if excluded_name(name) || temp_relation(name) {
                 return Take::Skip;
             }
-            if !block_map::is_relation_file(&l.path, None) {
+            if !block_map::is_relation_file(&l.path, tablespace) {
                 return Take::Whole;
             }
-            let Some((rel, fork, segno)) = relation_of(&l.path) else {
+            let Some((rel, fork, segno)) = relation_of(&l.path, tablespace) else {
                 return Take::Whole;
             };
             let dir = l.path.rsplit_once('/').map(|d| d.0).unwrap_or("");
@@ -358,7 +372,7 @@ fn classify(listing: &[Listed], parent: &ParentMap) -> Vec<Take> {
             if l.size % BLCKSZ as u64 != 0 || segno >= u32::MAX / RELSEG_BLOCKS {
                 return Take::Whole;
             }
-            if parent.contains(None, &l.path) {
+            if parent.contains(tablespace, &l.path) {
                 Take::Mapped { rel, fork, segno }
             } else {
                 Take::Whole
@@ -372,10 +386,18 @@ fn failed(path: &str) -> impl Fn(super::sql_read::ReadError) -> ReadFailure + '_
     move |e| ReadFailure::Reason(format!("reading {path} over SQL: {e}"))
 }
 
+/// What a queued entry is.
+enum Entry {
+    Dir,
+    File,
+    /// A symbolic link to this target.
+    Link(String),
+}
+
 /// Small files and directories waiting for one statement to read the files.
 #[derive(Default)]
 struct Pending {
-    entries: Vec<(Listed, bool)>,
+    entries: Vec<(Listed, Entry)>,
     ranges: Vec<Range>,
     bytes: u64,
 }
@@ -410,10 +432,30 @@ pub async fn read(
     .await;
     let read_bytes = source.read_bytes;
     source.close().await;
-    r.map(|stopped| SqlRead {
+    r.map(|(stopped, tablespaces)| SqlRead {
         stopped,
         read_bytes,
+        tablespaces,
     })
+}
+
+/// What every file of one archive is read with.
+struct Reading<'a> {
+    map: &'a ChangeMap,
+    parent: &'a ParentMap,
+    supplied: &'a Supplied,
+    scratch: &'a std::path::Path,
+}
+
+/// One archive: the data directory (`base.tar`) or a tablespace (`<oid>.tar`).
+struct Archive<'a> {
+    /// Where its paths are under the data directory (`pg_tblspc/<oid>/`, or "").
+    prefix: String,
+    tablespace: Option<u32>,
+    listing: Vec<Listed>,
+    takes: Vec<Take>,
+    /// Symbolic links `pg_tblspc/<oid>` to add after the `pg_tblspc` directory.
+    links: &'a [super::sql_read::Tablespace],
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -427,15 +469,32 @@ async fn read_all(
     progress: &dyn Progress,
     tx: &tokio::sync::mpsc::Sender<StreamMsg>,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Stopped, ReadFailure> {
-    let listing = source
-        .list()
-        .await
-        .map_err(|e| ReadFailure::Reason(format!("listing the data directory: {e}")))?;
-    let takes = classify(&listing, parent);
-    let total: u64 = listing
+) -> Result<(Stopped, Vec<super::sql_read::Tablespace>), ReadFailure> {
+    let listing_failed =
+        |e: crate::pg::PgError| ReadFailure::Reason(format!("listing the data directory: {e}"));
+    let tablespaces = source.tablespaces().await.map_err(listing_failed)?;
+    let mut archives = Vec::new();
+    for ts in &tablespaces {
+        let listing = source.list_tablespace(ts).await.map_err(listing_failed)?;
+        archives.push(Archive {
+            prefix: format!("pg_tblspc/{}/", ts.oid),
+            tablespace: Some(ts.oid),
+            takes: classify(&listing, Some(ts.oid), parent),
+            listing,
+            links: &[],
+        });
+    }
+    let listing = source.list().await.map_err(listing_failed)?;
+    archives.push(Archive {
+        prefix: String::new(),
+        tablespace: None,
+        takes: classify(&listing, None, parent),
+        listing,
+        links: &tablespaces,
+    });
+    let total: u64 = archives
         .iter()
-        .zip(&takes)
+        .flat_map(|a| a.listing.iter().zip(&a.takes))
         .filter(|(_, t)| !matches!(t, Take::Skip | Take::Dir))
         .map(|(l, _)| l.size)
         .sum();
@@ -444,83 +503,131 @@ async fn read_all(
         buf: Vec::with_capacity(2 * EMIT_BYTES),
         tx,
     };
-    out.send(StreamMsg::Archive {
-        name: "base.tar".into(),
-        location: String::new(),
-    })
-    .await?;
-    let mut pending = Pending::default();
+    let reading = Reading {
+        map,
+        parent,
+        supplied,
+        scratch,
+    };
     let mut control = None;
-    for (l, take) in listing.iter().zip(takes) {
-        if *stop.borrow() {
-            return Err(ReadFailure::Reason("interrupted".into()));
-        }
-        match take {
-            Take::Skip => {}
-            Take::Dir => {
-                pending.entries.push((l.clone(), true));
-                if l.path == "pg_wal" {
-                    let status = Listed {
-                        path: "pg_wal/archive_status".into(),
-                        ..l.clone()
-                    };
-                    pending.entries.push((status, true));
-                }
-            }
-            Take::Whole if l.path == "global/pg_control" => control = Some(l.clone()),
-            Take::Whole if l.size <= SMALL_FILE => {
-                if l.size > 0 {
-                    pending.ranges.push(Range {
-                        path: l.path.clone(),
-                        offset: 0,
-                        len: l.size,
-                    });
-                }
-                pending.bytes += l.size;
-                pending.entries.push((l.clone(), false));
-                if pending.bytes >= BATCH_BYTES || pending.ranges.len() >= BATCH_RANGES {
-                    flush_pending(source, &mut pending, &mut out).await?;
-                }
-            }
-            Take::Whole => {
-                flush_pending(source, &mut pending, &mut out).await?;
-                read_whole(source, l, &mut out).await?;
-            }
-            Take::Mapped { rel, fork, segno } => {
-                flush_pending(source, &mut pending, &mut out).await?;
-                match map.plan(rel, fork, segno) {
-                    FilePlan::Whole => read_whole(source, l, &mut out).await?,
-                    FilePlan::Blocks { changed, from } => {
-                        read_changed(
-                            source, l, &changed, from, parent, supplied, scratch, &mut out,
-                        )
-                        .await?;
-                    }
-                }
-            }
+    for a in &archives {
+        let (name, location) = match a.tablespace {
+            Some(oid) => (
+                format!("{oid}.tar"),
+                tablespaces
+                    .iter()
+                    .find(|t| t.oid == oid)
+                    .map(|t| t.location.clone())
+                    .unwrap_or_default(),
+            ),
+            None => ("base.tar".to_string(), String::new()),
+        };
+        out.send(StreamMsg::Archive { name, location }).await?;
+        read_archive(source, &reading, a, &mut out, &mut control, stop).await?;
+        if a.tablespace.is_some() {
+            end_archive(&mut out).await?;
         }
     }
-    flush_pending(source, &mut pending, &mut out).await?;
     // pg_control last, as PostgreSQL's base backup sends it.
     if let Some(l) = control {
-        read_whole(source, &l, &mut out).await?;
+        read_whole(source, &l, "", &mut out).await?;
     }
     let stopped = source
         .stop()
         .await
         .map_err(|e| ReadFailure::Reason(format!("pg_backup_stop: {e}")))?;
     let now = chrono::Utc::now().timestamp();
+    // No tablespace_map: the links are in the archive, as BASE_BACKUP sends
+    // them, so a restore may put the tablespaces elsewhere.
     out.member("backup_label", stopped.label.as_bytes(), now)
         .await?;
-    if !stopped.tablespace_map.is_empty() {
-        out.member("tablespace_map", stopped.tablespace_map.as_bytes(), now)
-            .await?;
-    }
-    // The end of the archive: two zero blocks.
-    out.buf.resize(out.buf.len() + 1024, 0);
-    out.flush(true).await?;
+    end_archive(&mut out).await?;
     out.send(StreamMsg::End).await?;
-    Ok(stopped)
+    Ok((stopped, tablespaces))
+}
+
+/// The end of an archive: two zero blocks, and everything handed on.
+async fn end_archive(out: &mut Emitter<'_>) -> Result<(), ReadFailure> {
+    out.buf.resize(out.buf.len() + 1024, 0);
+    out.flush(true).await
+}
+
+/// Reads every entry of one archive's listing into the stream (but the data
+/// directory's `global/pg_control`, kept in `control` for the end).
+async fn read_archive(
+    source: &mut SqlSource,
+    r: &Reading<'_>,
+    a: &Archive<'_>,
+    out: &mut Emitter<'_>,
+    control: &mut Option<Listed>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ReadFailure> {
+    let mut pending = Pending::default();
+    for (l, take) in a.listing.iter().zip(&a.takes) {
+        if *stop.borrow() {
+            return Err(ReadFailure::Reason("interrupted".into()));
+        }
+        match *take {
+            Take::Skip => {}
+            Take::Dir => {
+                pending.entries.push((l.clone(), Entry::Dir));
+                if a.tablespace.is_none() && l.path == "pg_wal" {
+                    let status = Listed {
+                        path: "pg_wal/archive_status".into(),
+                        ..l.clone()
+                    };
+                    pending.entries.push((status, Entry::Dir));
+                }
+                if a.tablespace.is_none() && l.path == "pg_tblspc" {
+                    for t in a.links {
+                        let link = Listed {
+                            path: format!("pg_tblspc/{}", t.oid),
+                            ..l.clone()
+                        };
+                        pending
+                            .entries
+                            .push((link, Entry::Link(t.location.clone())));
+                    }
+                }
+            }
+            Take::Whole if a.tablespace.is_none() && l.path == "global/pg_control" => {
+                *control = Some(l.clone())
+            }
+            Take::Whole if l.size <= SMALL_FILE => {
+                if l.size > 0 {
+                    pending.ranges.push(Range {
+                        path: format!("{}{}", a.prefix, l.path),
+                        offset: 0,
+                        len: l.size,
+                    });
+                }
+                pending.bytes += l.size;
+                pending.entries.push((l.clone(), Entry::File));
+                if pending.bytes >= BATCH_BYTES || pending.ranges.len() >= BATCH_RANGES {
+                    flush_pending(source, &mut pending, out).await?;
+                }
+            }
+            Take::Whole => {
+                flush_pending(source, &mut pending, out).await?;
+                read_whole(source, l, &a.prefix, out).await?;
+            }
+            Take::Mapped { rel, fork, segno } => {
+                flush_pending(source, &mut pending, out).await?;
+                match r.map.plan(rel, fork, segno) {
+                    FilePlan::Whole => read_whole(source, l, &a.prefix, out).await?,
+                    FilePlan::Blocks { changed, from } => {
+                        let file = Mapped {
+                            listed: l,
+                            prefix: &a.prefix,
+                            tablespace: a.tablespace,
+                        };
+                        read_changed(source, r, &file, &changed, from, out).await?;
+                    }
+                }
+            }
+        }
+    }
+    flush_pending(source, &mut pending, out).await
 }
 
 /// Reads the small files queued in `pending` in one statement and emits them
@@ -544,10 +651,17 @@ async fn flush_pending(
         .await
         .map_err(|e| ReadFailure::Reason(format!("reading small files: {e}")))?;
     let mut contents = contents.into_iter();
-    for (l, is_dir) in p.entries {
-        if is_dir {
-            out.header(&l.path, tar::EntryType::Directory, 0, l.mtime);
-            continue;
+    for (l, kind) in p.entries {
+        match kind {
+            Entry::Dir => {
+                out.header(&l.path, tar::EntryType::Directory, 0, l.mtime);
+                continue;
+            }
+            Entry::Link(target) => {
+                out.link(&l.path, &target, l.mtime)?;
+                continue;
+            }
+            Entry::File => {}
         }
         if l.size == 0 {
             out.member(&l.path, &[], l.mtime).await?;
@@ -567,8 +681,10 @@ async fn flush_pending(
 async fn read_whole(
     source: &mut SqlSource,
     l: &Listed,
+    prefix: &str,
     out: &mut Emitter<'_>,
 ) -> Result<(), ReadFailure> {
+    let server_path = format!("{prefix}{}", l.path);
     out.header(&l.path, tar::EntryType::Regular, l.size, l.mtime);
     let mut offset = 0u64;
     while offset < l.size {
@@ -577,7 +693,7 @@ async fn read_whole(
         while offset < l.size && batch < BATCH_BYTES {
             let len = RANGE_BYTES.min(l.size - offset);
             ranges.push(Range {
-                path: l.path.clone(),
+                path: server_path.clone(),
                 offset,
                 len,
             });
@@ -601,24 +717,30 @@ async fn read_whole(
     Ok(())
 }
 
+/// A mapped relation file of an archive.
+struct Mapped<'a> {
+    listed: &'a Listed,
+    prefix: &'a str,
+    tablespace: Option<u32>,
+}
+
 /// Reads the blocks of a mapped relation file that may differ from the parent's
 /// (the change map's, and every block past the parent's end or from a
 /// truncation on) and emits its `INCREMENTAL.*` file, its block map supplied.
-#[allow(clippy::too_many_arguments)]
 async fn read_changed(
     source: &mut SqlSource,
-    l: &Listed,
+    r: &Reading<'_>,
+    file: &Mapped<'_>,
     changed: &[u32],
     from: Option<u32>,
-    parent: &ParentMap,
-    supplied: &Supplied,
-    scratch: &std::path::Path,
     out: &mut Emitter<'_>,
 ) -> Result<(), ReadFailure> {
+    let (l, parent, supplied, scratch) = (file.listed, r.parent, r.supplied, r.scratch);
+    let server_path = format!("{}{}", file.prefix, l.path);
     let io = |e: std::io::Error| failed(&l.path)(super::sql_read::ReadError::Sink(e));
     let now = block_map::blocks_of(l.size).map_err(io)?;
     let old: Vec<BlockHash> = parent
-        .blocks(None, &l.path)
+        .blocks(file.tablespace, &l.path)
         .map_err(io)?
         .unwrap_or_default();
     let tail = from
@@ -657,7 +779,7 @@ async fn read_changed(
         let ranges: Vec<Range> = batch
             .iter()
             .map(|&(start, n)| Range {
-                path: l.path.clone(),
+                path: server_path.clone(),
                 offset: u64::from(start) * BLCKSZ as u64,
                 len: u64::from(n) * BLCKSZ as u64,
             })
@@ -690,7 +812,7 @@ async fn read_changed(
     let incremental = patch.finish(now);
     let name = block_map::incremental_name(&l.path);
     if let Ok(mut s) = supplied.lock() {
-        s.insert((0, l.path.clone()), hashes);
+        s.insert((file.tablespace.unwrap_or(0), l.path.clone()), hashes);
     }
     let size = incremental.size();
     out.header(&name, tar::EntryType::Regular, size, l.mtime);

@@ -48,6 +48,16 @@ pub struct Listed {
     pub mtime: i64,
 }
 
+/// A tablespace to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tablespace {
+    pub oid: u32,
+    /// Where it is on the server (`pg_tablespace_location`).
+    pub location: String,
+    /// This major's directory in it (`PG_15_202209061`).
+    pub version_dir: String,
+}
+
 /// A byte range of a file to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -169,26 +179,93 @@ impl SqlSource {
 
     /// The data directory, every entry, sorted by path. The contents of
     /// [`EMPTY_DIRS`] and of `pgsql_tmp*` directories are not listed, nor what
-    /// is under `pg_tblspc` (tablespaces).
+    /// is under `pg_tblspc` (tablespaces: [`SqlSource::list_tablespace`]).
     pub async fn list(&mut self) -> Result<Vec<Listed>, PgError> {
         let skip: Vec<String> = EMPTY_DIRS
             .iter()
             .chain(["pg_tblspc"].iter())
             .map(|d| literal(d))
             .collect();
+        let top = "SELECT n AS path, s.isdir, s.size, s.modification \
+                     FROM pg_ls_dir('.', true, false) AS n, pg_stat_file(n, true) AS s";
+        self.list_from(top, "", &format!("f.path NOT IN ({})", skip.join(", ")))
+            .await
+    }
+
+    /// The tablespaces besides `pg_default` and `pg_global`, each with its
+    /// location and the directory of this server's major in it (`PG_15_...`);
+    /// an error when that directory cannot be told apart.
+    pub async fn tablespaces(&mut self) -> Result<Vec<Tablespace>, PgError> {
+        let rows = self
+            .conn
+            .simple_query(
+                "SELECT t.oid, pg_tablespace_location(t.oid), \
+                        (SELECT string_agg(n, ',') FROM pg_ls_dir('pg_tblspc/' || t.oid, true, false) n \
+                          WHERE n LIKE 'PG\\_' || (current_setting('server_version_num')::int / 10000) || '\\_%') \
+                   FROM pg_tablespace t WHERE t.spcname NOT IN ('pg_default', 'pg_global') ORDER BY t.oid",
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let oid: u32 = r
+                .get_idx(0)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| PgError::Protocol("a tablespace without an oid".into()))?;
+            let dirs: Vec<&str> = r
+                .get_idx(2)
+                .unwrap_or("")
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .collect();
+            let [version_dir] = dirs.as_slice() else {
+                return Err(PgError::Protocol(format!(
+                    "tablespace {oid} holds {} directories for this major ({}), not one",
+                    dirs.len(),
+                    dirs.join(", ")
+                )));
+            };
+            out.push(Tablespace {
+                oid,
+                location: r.get_idx(1).unwrap_or("").to_string(),
+                version_dir: version_dir.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A tablespace's directory for this major, every entry, with paths relative
+    /// to the tablespace (`PG_15_.../<db>/<relfilenode>`), as BASE_BACKUP sends it.
+    pub async fn list_tablespace(&mut self, ts: &Tablespace) -> Result<Vec<Listed>, PgError> {
+        let base = format!("pg_tblspc/{}/", ts.oid);
+        let top = format!(
+            "SELECT {v} AS path, s.isdir, s.size, s.modification \
+               FROM pg_stat_file({p}, true) AS s",
+            v = literal(&ts.version_dir),
+            p = literal(&format!("{base}{}", ts.version_dir)),
+        );
+        self.list_from(&top, &base, "true").await
+    }
+
+    /// The recursive listing from the rows of `top`, paths relative to `base`
+    /// (a prefix of the data directory), descending where `descend` holds.
+    async fn list_from(
+        &mut self,
+        top: &str,
+        base: &str,
+        descend: &str,
+    ) -> Result<Vec<Listed>, PgError> {
+        let b = literal(base);
         let sql = format!(
             "WITH RECURSIVE f(path, isdir, size, mtime) AS ( \
-               SELECT n, s.isdir, s.size, s.modification \
-                 FROM pg_ls_dir('.', true, false) AS n, pg_stat_file(n, true) AS s \
+               {top} \
                UNION ALL \
                SELECT f.path || '/' || n, s.isdir, s.size, s.modification \
-                 FROM f, pg_ls_dir(f.path, true, false) AS n, \
-                      pg_stat_file(f.path || '/' || n, true) AS s \
-                WHERE f.isdir AND f.path NOT IN ({}) AND f.path !~ '(^|/)pgsql_tmp' \
+                 FROM f, pg_ls_dir({b} || f.path, true, false) AS n, \
+                      pg_stat_file({b} || f.path || '/' || n, true) AS s \
+                WHERE f.isdir AND {descend} AND f.path !~ '(^|/)pgsql_tmp' \
              ) \
              SELECT path, isdir, size, extract(epoch FROM mtime)::bigint \
-               FROM f WHERE isdir IS NOT NULL ORDER BY path COLLATE \"C\"",
-            skip.join(", ")
+               FROM f WHERE isdir IS NOT NULL ORDER BY path COLLATE \"C\""
         );
         let rows = self.conn.simple_query(&sql).await?;
         let mut out = Vec::with_capacity(rows.len());

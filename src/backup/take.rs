@@ -561,10 +561,6 @@ async fn sql_start(
         parent_timeline: parent.timeline,
         timeline: facts.timeline,
         seg_size: facts.seg_size,
-        user_tablespaces: facts
-            .tablespace_names
-            .keys()
-            .any(|&oid| oid != 1663 && oid != 1664),
         label: format!("pgbk backup {}", info.backup_id),
         fast_checkpoint: req.immediate_checkpoint,
     };
@@ -883,6 +879,15 @@ async fn read_sql(
         seg,
     ));
     info.sql_read_bytes = Some(read.read_bytes);
+    info.tablespaces = read
+        .tablespaces
+        .iter()
+        .map(|t| TablespaceInfo {
+            oid: t.oid,
+            name: facts.tablespace_names.get(&t.oid).cloned(),
+            location: t.location.clone(),
+        })
+        .collect();
     tracing::info!(
         backup = %info.backup_id,
         "read {} bytes over SQL; the backup ends at {lsn}",
