@@ -189,73 +189,145 @@ impl ChangeMap {
 #[error("{0}")]
 pub struct Untrusted(pub String);
 
-/// Reads the WAL of timeline `tli` from `from` (the parent's start) to `to` (the
-/// new backup's start) out of the repository and builds the change map. The
-/// segment holding `to` must be complete in the repository.
-pub fn build(
-    repo: &ServerRepo,
-    catalog: &crate::catalog::Catalog,
+/// Builds a change map segment by segment, in two stages: the segments already
+/// in the repository while the new backup's checkpoint runs
+/// ([`Builder::read_stored`], on another thread), then the rest up to the new
+/// backup's start ([`Builder::finish`]).
+pub struct Builder {
+    map: ChangeMap,
+    decoder: Decoder,
     tli: TimeLineId,
     from: Lsn,
-    to: Lsn,
     seg_size: u64,
-) -> Result<ChangeMap, Untrusted> {
-    if to < from {
-        return Err(Untrusted(format!(
-            "the new backup starts at {to}, before its parent ({from})"
-        )));
+    /// The next segment to read.
+    next: u64,
+}
+
+impl Builder {
+    /// A map of the WAL of timeline `tli` from `from` (the parent's start) on.
+    pub fn new(tli: TimeLineId, from: Lsn, seg_size: u64) -> Builder {
+        Builder {
+            map: ChangeMap::default(),
+            decoder: Decoder::new(),
+            tli,
+            from,
+            seg_size,
+            next: from.segno(seg_size),
+        }
     }
-    let mut map = ChangeMap::default();
-    let mut decoder = Decoder::new();
-    let first = from.segno(seg_size);
-    let last = to.segno(seg_size);
-    // Two segments are read ahead on another thread while one is decoded.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(WalSegment, Fetched), Untrusted>>(2);
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            for segno in first..=last {
-                let seg = WalSegment {
-                    tli,
-                    segno,
-                    seg_size,
-                };
-                let r = fetch_segment(repo, &seg).map(|d| (seg, d));
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    return;
-                }
+
+    fn segment(&self, segno: u64) -> WalSegment {
+        WalSegment {
+            tli: self.tli,
+            segno,
+            seg_size: self.seg_size,
+        }
+    }
+
+    /// Decodes one verified segment into the map; records from `to` on are
+    /// left out when it is known.
+    fn add(&mut self, seg: &WalSegment, data: &[u8], to: Option<Lsn>) -> Result<(), Untrusted> {
+        let records = self
+            .decoder
+            .feed_bytes(seg, data)
+            .map_err(|e| Untrusted(format!("segment {}: {e}", seg.name())))?;
+        self.map.segments += 1;
+        self.next = seg.segno + 1;
+        for rec in records {
+            if rec.end <= self.from || to.is_some_and(|t| rec.lsn >= t) {
+                continue;
             }
-        });
-        for got in rx {
-            let (seg, fetched) = got?;
-            let data = verified(repo, catalog, &seg, fetched)?;
-            let records = decoder
-                .feed_bytes(&seg, &data)
-                .map_err(|e| Untrusted(format!("segment {}: {e}", seg.name())))?;
-            map.segments += 1;
-            for rec in records {
-                if rec.end <= from || rec.lsn >= to {
-                    continue;
-                }
-                map.records += 1;
-                map.add_record(&rec.blocks, &rec.events);
-            }
-            if map.refs > MAX_BLOCKS {
-                map.compact();
-                if map.refs > MAX_BLOCKS {
-                    return Err(Untrusted(format!(
-                        "more than {MAX_BLOCKS} blocks changed since the parent: reading only changed blocks would not pay"
-                    )));
-                }
+            self.map.records += 1;
+            self.map.add_record(&rec.blocks, &rec.events);
+        }
+        if self.map.refs > MAX_BLOCKS {
+            self.map.compact();
+            if self.map.refs > MAX_BLOCKS {
+                return Err(Untrusted(format!(
+                    "more than {MAX_BLOCKS} blocks changed since the parent: reading only changed blocks would not pay"
+                )));
             }
         }
         Ok(())
-    })?;
-    if map.segments != last - first + 1 {
-        return Err(Untrusted("the WAL could not be read to its end".into()));
     }
-    map.compact();
-    Ok(map)
+
+    /// Reads the segments already in the repository, in order, until one is not
+    /// there yet (or carries no checksum of its own: [`Builder::finish`] checks
+    /// it against the catalog).
+    pub fn read_stored(&mut self, repo: &ServerRepo) -> Result<(), Untrusted> {
+        loop {
+            let seg = self.segment(self.next);
+            let fetched = match fetch_segment(repo, &seg) {
+                Ok(f) => f,
+                Err(Fetch::Missing(_)) => return Ok(()),
+                Err(Fetch::Failed(e)) => return Err(e),
+            };
+            let Some(recorded) = fetched.recorded.clone() else {
+                return Ok(());
+            };
+            let data = check(fetched, recorded)?;
+            self.add(&seg, &data, None)?;
+        }
+    }
+
+    /// Reads the rest of the WAL up to `to` (the new backup's start, whose
+    /// segment must be complete in the repository) and returns the map.
+    pub fn finish(
+        mut self,
+        repo: &ServerRepo,
+        catalog: &crate::catalog::Catalog,
+        to: Lsn,
+    ) -> Result<ChangeMap, Untrusted> {
+        if to < self.from {
+            return Err(Untrusted(format!(
+                "the new backup starts at {to}, before its parent ({})",
+                self.from
+            )));
+        }
+        let last = to.segno(self.seg_size);
+        let segments: Vec<WalSegment> = (self.next..=last).map(|n| self.segment(n)).collect();
+        // Two segments are read ahead on another thread while one is decoded.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(WalSegment, Fetched), Untrusted>>(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for seg in segments {
+                    let r = fetch_segment(repo, &seg)
+                        .map(|d| (seg, d))
+                        .map_err(Fetch::into_untrusted);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for got in rx {
+                let (seg, fetched) = got?;
+                let data = verified(repo, catalog, &seg, fetched)?;
+                self.add(&seg, &data, Some(to))?;
+            }
+            Ok::<(), Untrusted>(())
+        })?;
+        if self.next != last + 1 {
+            return Err(Untrusted("the WAL could not be read to its end".into()));
+        }
+        self.map.compact();
+        Ok(self.map)
+    }
+}
+
+/// Why a segment could not be fetched.
+enum Fetch {
+    /// Not in the repository.
+    Missing(Untrusted),
+    Failed(Untrusted),
+}
+
+impl Fetch {
+    fn into_untrusted(self) -> Untrusted {
+        match self {
+            Fetch::Missing(e) | Fetch::Failed(e) => e,
+        }
+    }
 }
 
 /// One archived segment, decompressed, with what was recorded for it.
@@ -269,27 +341,27 @@ struct Fetched {
     what: String,
 }
 
-fn fetch_segment(repo: &ServerRepo, seg: &WalSegment) -> Result<Fetched, Untrusted> {
+fn fetch_segment(repo: &ServerRepo, seg: &WalSegment) -> Result<Fetched, Fetch> {
     let name = seg.name();
     let key = repo.segment_key(seg);
     let what = repo.store().describe(&key);
     let mut object = match repo.store().get(&key) {
         Ok(r) => r,
         Err(e) if e.is_not_found() => {
-            return Err(Untrusted(format!(
+            return Err(Fetch::Missing(Untrusted(format!(
                 "WAL segment {name} is not in the repository"
-            )))
+            ))))
         }
-        Err(e) => return Err(Untrusted(format!("reading {what}: {e}"))),
+        Err(e) => return Err(Fetch::Failed(Untrusted(format!("reading {what}: {e}")))),
     };
     let mut raw = Vec::new();
     object
         .read_to_end(&mut raw)
         .at(&what)
-        .map_err(|e| Untrusted(e.to_string()))?;
+        .map_err(|e| Fetch::Failed(Untrusted(e.to_string())))?;
     let mut data = Vec::with_capacity(seg.seg_size as usize);
     let (size, sum) = crate::repo::compress::decompress_reader_to(&raw[..], &mut data)
-        .map_err(|e| Untrusted(format!("{what} does not decompress: {e}")))?;
+        .map_err(|e| Fetch::Failed(Untrusted(format!("{what} does not decompress: {e}"))))?;
     Ok(Fetched {
         data,
         size,
@@ -307,7 +379,7 @@ fn verified(
     seg: &WalSegment,
     f: Fetched,
 ) -> Result<Vec<u8>, Untrusted> {
-    let recorded = match f.recorded {
+    let recorded = match f.recorded.clone() {
         Some(r) => r,
         None => match catalog.wal_file(repo.server(), &seg.name()) {
             Ok(Some(rec)) => crate::repo::compress::Recorded {
@@ -322,6 +394,11 @@ fn verified(
             }
         },
     };
+    check(f, recorded)
+}
+
+/// The segment's content if it matches what was recorded for it.
+fn check(f: Fetched, recorded: crate::repo::compress::Recorded) -> Result<Vec<u8>, Untrusted> {
     if f.size != recorded.size || !f.sum.eq_ignore_ascii_case(&recorded.checksum) {
         return Err(Untrusted(format!(
             "{} is damaged: its content does not match its recorded checksum",

@@ -113,14 +113,28 @@ async fn prepare_on(
     if let Some(why) = source.unfit().await.map_err(|e| e.to_string())? {
         return Err(why);
     }
-    let start = source
-        .start(&ctx.label, ctx.fast_checkpoint)
-        .await
-        .map_err(|e| format!("pg_backup_start: {e}"))?;
+    // The WAL already stored is decoded while the checkpoint runs.
+    let early = {
+        let repo = ctx.repo.clone();
+        let mut b = change_map::Builder::new(ctx.timeline, ctx.parent_start, ctx.seg_size);
+        std::thread::spawn(move || b.read_stored(&repo).map(|_| b))
+    };
+    let started = source.start(&ctx.label, ctx.fast_checkpoint).await;
+    let builder = early
+        .join()
+        .map_err(|_| "the WAL reader thread panicked".to_string())?
+        .map_err(|e| {
+            format!(
+                "the WAL from {} on cannot be trusted: {e}",
+                ctx.parent_start
+            )
+        })?;
+    let start = started.map_err(|e| format!("pg_backup_start: {e}"))?;
     source
         .switch_wal()
         .await
         .map_err(|e| format!("pg_switch_wal: {e}"))?;
+    tracing::debug!("pg_backup_start: {start}; waiting for its WAL segment in the repository");
     let seg = WalSegment::containing(ctx.timeline, start, ctx.seg_size);
     let key = ctx.repo.segment_key(&seg);
     let deadline = Instant::now() + START_WAL_WAIT;
@@ -142,17 +156,10 @@ async fn prepare_on(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tracing::debug!("WAL segment {} stored; building the change map", seg.name());
     let (repo, catalog) = (ctx.repo, ctx.catalog);
     // Blocking, on purpose: the session waits, nothing else runs meanwhile.
-    let map = change_map::build(
-        repo,
-        catalog,
-        ctx.timeline,
-        ctx.parent_start,
-        start,
-        ctx.seg_size,
-    )
-    .map_err(|e| {
+    let map = builder.finish(repo, catalog, start).map_err(|e| {
         format!(
             "the WAL from {} to {start} cannot be trusted: {e}",
             ctx.parent_start
@@ -485,6 +492,7 @@ async fn read_all(
         });
     }
     let listing = source.list().await.map_err(listing_failed)?;
+    tracing::debug!("listed {} entries of the data directory", listing.len());
     archives.push(Archive {
         prefix: String::new(),
         tablespace: None,
@@ -532,6 +540,7 @@ async fn read_all(
     if let Some(l) = control {
         read_whole(source, &l, "", &mut out).await?;
     }
+    tracing::debug!("every file read; pg_backup_stop");
     let stopped = source
         .stop()
         .await
