@@ -1,6 +1,7 @@
 //! Incremental backups on PostgreSQL 17 and 18 (`summarize_wal = on`, the parent's
 //! `backup_manifest` uploaded, `BASE_BACKUP ... INCREMENTAL`) and on 15 and 16
-//! (pgbk's block maps: every streamed block compared with the parent's checksum),
+//! (pgbk's block maps: every streamed block compared with the parent's checksum,
+//! or only the changed blocks read over SQL),
 //! on real servers from `.ci/install-pg-majors` and Debian's 15:
 //!
 //! - a full backup, then pgbench work plus an update of one contiguous 1% range
@@ -22,6 +23,13 @@
 //!   summaries, which the server's incremental can miss (it merges summaries in
 //!   directory order): pgbk notices it and takes a block-map incremental that
 //!   recovers exactly;
+//! - on 15, `incremental_read = sql` (the default): each incremental reads under
+//!   10% of the database over SQL (the blocks pgbk's WAL archive says changed),
+//!   the chain recovers exactly; a tablespace is read and recovers relocated;
+//!   without the grants, or with an archived WAL segment missing, the backup is
+//!   streamed instead after a one-line notice and still recovers exactly;
+//! - every recovered chain passes `pg_check_visible` (PostgreSQL 17/18's own
+//!   incrementals can keep stale visibility map bits: pgbk leaves those maps out);
 //! - refusals in one line: `summarize_wal = off`, nothing to build on;
 //!   `incremental_fallback = full` takes a full backup instead.
 

@@ -446,14 +446,44 @@ impl Catalog {
                 found: seg_size,
             }),
             Some(_) => Ok(()),
-            None => self
-                .conn
-                .execute(
-                    "INSERT INTO servers (name, system_id, wal_segment_size, first_seen) VALUES (?1, ?2, ?3, ?4)",
-                    params![server, system_id.to_string(), seg_size as i64, Utc::now().to_rfc3339()],
-                )
-                .map(|_| ())
-                .map_err(|e| self.sql_err(e)),
+            None => {
+                // receive-wal and a backup may see a new server at the same
+                // moment: the second insert yields, then both compare with the
+                // identity that was recorded.
+                let inserted = self
+                    .conn
+                    .execute(
+                        "INSERT INTO servers (name, system_id, wal_segment_size, first_seen) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT(name) DO NOTHING",
+                        params![
+                            server,
+                            system_id.to_string(),
+                            seg_size as i64,
+                            Utc::now().to_rfc3339()
+                        ],
+                    )
+                    .map_err(|e| self.sql_err(e))?;
+                if inserted == 1 {
+                    return Ok(());
+                }
+                match self.server_identity(server)? {
+                    Some((expected, _)) if expected != system_id => {
+                        Err(CatalogError::SystemIdChanged {
+                            server: server.to_string(),
+                            expected,
+                            found: system_id,
+                        })
+                    }
+                    Some((_, expected)) if expected != seg_size => {
+                        Err(CatalogError::SegSizeChanged {
+                            server: server.to_string(),
+                            expected,
+                            found: seg_size,
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
