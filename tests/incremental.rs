@@ -425,7 +425,17 @@ fn a_block_map_chain_on_postgresql_16_recovers_through_sshd() {
 /// right, and the chain recovers exactly.
 #[test]
 fn a_chain_read_over_sql_on_postgresql_15_reads_under_10_percent_and_recovers_exactly() {
-    let ch = build_chain(15, "");
+    sql_chain(15);
+}
+
+/// The same on PostgreSQL 16 (its WAL decoded by pgbk, its files read over SQL).
+#[test]
+fn a_chain_read_over_sql_on_postgresql_16_reads_under_10_percent_and_recovers_exactly() {
+    sql_chain(16);
+}
+
+fn sql_chain(major: u32) {
+    let ch = build_chain(major, "");
     let pg = &ch.pg;
     let db: u64 =
         ch.c.psql("select pg_database_size('postgres')")
@@ -458,7 +468,7 @@ fn a_chain_read_over_sql_on_postgresql_15_reads_under_10_percent_and_recovers_ex
         "promote",
     ]);
     assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
-    check_recovered(&ch, dir, 15);
+    check_recovered(&ch, dir, major);
 }
 
 /// The SQL path falls back to streaming, with a one-line notice, when the role
