@@ -185,6 +185,25 @@ fn verify_chain(pg: &Pgbk, ch: &Chain) {
     pg.ok(&["check-backup", "pg1", id(&ch.inc2)]);
 }
 
+/// `recover pg1 latest DATA --target-time <the target> --target-action promote`
+/// and `extra`: the chain's newest incremental is the backup restored.
+fn recover_to_target(ch: &Chain, data: &std::path::Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "recover",
+        "pg1",
+        "latest",
+        data.to_str().unwrap(),
+        "--target-time",
+        &ch.target,
+        "--target-action",
+        "promote",
+    ];
+    args.extend_from_slice(extra);
+    let out = ch.pg.json(&args);
+    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    out
+}
+
 /// Starts the recovered copy, waits for the end of recovery, and checks its rows
 /// and every btree index.
 fn check_recovered(ch: &Chain, dir: tempfile::TempDir, major: u32) {
@@ -262,18 +281,7 @@ fn an_incremental_chain_on_postgresql_17_recovers_exactly_and_retention_keeps_ch
     let dir = pg_scratch_dir("pgbk-inc-");
     let data = dir.path().join("data");
     pg.ok(&["recover", "pg1", id(&ch.full), data.to_str().unwrap()]);
-    let out = pg.json(&[
-        "recover",
-        "pg1",
-        "latest",
-        data.to_str().unwrap(),
-        "--delta",
-        "--target-time",
-        &ch.target,
-        "--target-action",
-        "promote",
-    ]);
-    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    let out = recover_to_target(&ch, &data, &["--delta"]);
     assert!(out["files"]["files_skipped"].as_u64().unwrap() > 0, "{out}");
     let label = fs::read_to_string(data.join("backup_label")).unwrap();
     assert!(!label.contains("INCREMENTAL"), "{label}");
@@ -325,19 +333,11 @@ fn an_incremental_chain_on_postgresql_18_recovers_through_sshd() {
     let data = dir.path().join("data");
     fs::create_dir(&data).unwrap();
     chown_to_postgres(&data, false);
-    let out = ch.pg.json(&[
-        "recover",
-        "pg1",
-        "latest",
-        data.to_str().unwrap(),
-        "--target-time",
-        &ch.target,
-        "--target-action",
-        "promote",
-        "--remote-ssh-command",
-        &sshd.ssh_command("postgres"),
-    ]);
-    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    let out = recover_to_target(
+        &ch,
+        &data,
+        &["--remote-ssh-command", &sshd.ssh_command("postgres")],
+    );
     assert_eq!(out["manifest"], false, "{out}");
     let label = fs::read_to_string(data.join("backup_label")).unwrap();
     assert!(!label.contains("INCREMENTAL"), "{label}");
@@ -360,24 +360,15 @@ fn block_map_chain(major: u32) {
 
     let dir = pg_scratch_dir("pgbk-inc-");
     let data = dir.path().join("data");
-    let mut args = vec![
-        "recover".to_string(),
-        "pg1".into(),
-        "latest".into(),
-        data.to_str().unwrap().into(),
-        "--target-time".into(),
-        ch.target.clone(),
-        "--target-action".into(),
-        "promote".into(),
-    ];
-    if let Some(sshd) = &sshd {
-        fs::create_dir(&data).unwrap();
-        chown_to_postgres(&data, false);
-        args.push("--remote-ssh-command".into());
-        args.push(sshd.ssh_command("postgres"));
-    }
-    let out = pg.json(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    let remote = sshd.as_ref().map(|s| s.ssh_command("postgres"));
+    let out = match &remote {
+        Some(ssh) => {
+            fs::create_dir(&data).unwrap();
+            chown_to_postgres(&data, false);
+            recover_to_target(&ch, &data, &["--remote-ssh-command", ssh])
+        }
+        None => recover_to_target(&ch, &data, &[]),
+    };
     assert_eq!(out["manifest"], true, "{out}");
     let incremental_files = walk(&data)
         .into_iter()
@@ -457,17 +448,7 @@ fn sql_chain(major: u32) {
     verify_chain(pg, &ch);
     let dir = pg_scratch_dir("pgbk-inc-");
     let data = dir.path().join("data");
-    let out = pg.json(&[
-        "recover",
-        "pg1",
-        "latest",
-        data.to_str().unwrap(),
-        "--target-time",
-        &ch.target,
-        "--target-action",
-        "promote",
-    ]);
-    assert_eq!(out["backup_id"], id(&ch.inc2), "{out}");
+    recover_to_target(&ch, &data, &[]);
     check_recovered(&ch, dir, major);
 }
 

@@ -6,6 +6,7 @@ pub mod block_map;
 pub mod bundle;
 pub mod chain;
 pub mod change_map;
+pub mod exclude;
 pub mod incremental;
 pub mod info;
 pub mod lifecycle;

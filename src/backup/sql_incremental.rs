@@ -282,33 +282,6 @@ enum Take {
     },
 }
 
-/// File names a base backup leaves out wherever they are.
-fn excluded_name(name: &str) -> bool {
-    matches!(
-        name,
-        "postmaster.pid"
-            | "postmaster.opts"
-            | "postgresql.auto.conf.tmp"
-            | "current_logfiles.tmp"
-            | "backup_label"
-            | "tablespace_map"
-            | "backup_manifest"
-    ) || name.starts_with("pg_internal.init")
-        || name.starts_with("pgsql_tmp")
-}
-
-/// `t<backend>_<relfilenode>…`: a temporary relation's file.
-fn temp_relation(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('t') else {
-        return false;
-    };
-    let Some((backend, rel)) = rest.split_once('_') else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(backend) && rel.bytes().next().is_some_and(|b| b.is_ascii_digit())
-}
-
 /// The relation, fork suffix and segment of a relation file path (relative to
 /// the data directory, or to tablespace `tablespace`).
 fn relation_of(path: &str, tablespace: Option<u32>) -> Option<(RelFileLocator, &str, u32)> {
@@ -353,12 +326,11 @@ fn classify(listing: &[Listed], tablespace: Option<u32>, parent: &ParentMap) -> 
     listing
         .iter()
         .map(|l| {
+            if super::exclude::excluded(&l.path, tablespace.is_some()) {
+                return Take::Skip;
+            }
             if l.is_dir {
                 return Take::Dir;
-            }
-            let name = l.path.rsplit('/').next().unwrap_or(&l.path);
-            if excluded_name(name) || temp_relation(name) {
-                return Take::Skip;
             }
             if !block_map::is_relation_file(&l.path, tablespace) {
                 return Take::Whole;

@@ -9,6 +9,7 @@
 //! pg_switch_wal(), pg_ls_dir(text, boolean, boolean), pg_stat_file(text, boolean),
 //! pg_read_binary_file(text, bigint, bigint, boolean) TO <role>`.
 
+use super::exclude::{EMPTY_DIRS, TABLESPACE_LINKS};
 use crate::pg::{Connection, PgError, QueryEvent};
 use crate::wal::Lsn;
 use bytes::{Buf, BytesMut};
@@ -21,19 +22,6 @@ pub const NEEDED_FUNCTIONS: [&str; 6] = [
     "pg_ls_dir(text, boolean, boolean)",
     "pg_stat_file(text, boolean)",
     "pg_read_binary_file(text, bigint, bigint, boolean)",
-];
-
-/// Directories whose contents a backup leaves out (PostgreSQL's base backup
-/// keeps them empty): recreated, zeroed or useless at startup.
-pub const EMPTY_DIRS: [&str; 8] = [
-    "pg_wal",
-    "pg_stat_tmp",
-    "pg_replslot",
-    "pg_dynshmem",
-    "pg_notify",
-    "pg_serial",
-    "pg_snapshots",
-    "pg_subtrans",
 ];
 
 /// One entry of the data directory.
@@ -186,7 +174,7 @@ impl SqlSource {
     pub async fn list(&mut self) -> Result<Vec<Listed>, PgError> {
         let skip: Vec<String> = EMPTY_DIRS
             .iter()
-            .chain(["pg_tblspc"].iter())
+            .chain([TABLESPACE_LINKS].iter())
             .map(|d| literal(d))
             .collect();
         let top = "SELECT n AS path, s.isdir, s.size, s.modification \
