@@ -1020,7 +1020,7 @@ fn tls_to_the_store_is_verified_against_the_configured_ca() {
 }
 
 #[test]
-fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
+fn rsync_backups_in_s3_refer_to_unchanged_objects_survive_deletes_and_recover() {
     use common::rsync::{backup_dir, rsync_server};
     use common::{wait_until, Cluster, ClusterOptions, Sshd};
     let sw = SeaweedFs::start();
@@ -1053,15 +1053,41 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
         assert_eq!(out["status"], "DONE", "{out}");
         ids.push(out["backup_id"].as_str().unwrap().to_string());
         if ids.len() == 2 {
-            // rsync compared with the first's staged copy: the frozen table was not sent.
+            // rsync compared with the first's staged copy: the frozen table was not
+            // sent, and its object in the bucket is the first backup's, by reference.
             let sent = out["transferred_bytes"].as_u64().unwrap();
-            assert!(
-                sent + 4_000_000 < out["size_bytes"].as_u64().unwrap(),
-                "{out}"
-            );
+            let size = out["size_bytes"].as_u64().unwrap();
+            assert!(sent + 4_000_000 < size, "{out}");
+            let reused = out["reused_bytes"].as_u64().unwrap();
+            assert!(reused > 4_000_000, "{out}");
+            assert!(out["stored_bytes"].as_u64().unwrap() * 3 < size, "{out}");
         }
     }
     let store = S3Store::new(sw.settings("rsync-test")).unwrap();
+    let rel = c.psql("select pg_relation_filepath('still')");
+    let still_key = format!("pg/backups/{}/data/{rel}.zst", ids[0]);
+    let listed = |id: &str| -> Vec<serde_json::Value> {
+        let raw = read_all(&store, &format!("pg/backups/{id}/files.jsonl"));
+        String::from_utf8(raw)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let second = listed(&ids[1]);
+    let still = second.iter().find(|e| e["path"] == rel.as_str()).unwrap();
+    assert_eq!(still["in_backup"], ids[0].as_str(), "{still}");
+    assert!(store.stat(&still_key).unwrap().is_some());
+    assert!(store
+        .stat(&format!("pg/backups/{}/data/{rel}.zst", ids[1]))
+        .unwrap()
+        .is_none());
+    let info: serde_json::Value = serde_json::from_slice(&read_all(
+        &store,
+        &format!("pg/backups/{}/backup.json", ids[1]),
+    ))
+    .unwrap();
+    assert_eq!(info["references"], serde_json::json!([ids[0]]), "{info}");
     for id in &ids {
         let keys: Vec<String> = store
             .list(&format!("pg/backups/{id}/"))
@@ -1117,9 +1143,8 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
     drop(r);
 
     // A byte of the staged copy flipped behind pgbk's back (same size and mtime, so
-    // rsync links it unread): the next backup refuses to store it, and the one after
-    // starts from a fresh copy.
-    let rel = c.psql("select pg_relation_filepath('still')");
+    // rsync links it unread): the staged copy is only rsync's basis, and the next
+    // backup refers to the object the first one stored and verified.
     let victim = staged.join(&rel);
     let mtime = std::fs::metadata(&victim).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -1132,19 +1157,64 @@ fn rsync_backups_in_s3_recover_and_never_store_a_changed_staged_file() {
         .set_times(std::fs::FileTimes::new().set_modified(mtime))
         .unwrap();
     std::thread::sleep(Duration::from_millis(1100));
-    let bad = pg.run(&["backup", "pg"]);
-    assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(error_line(&bad).contains(&rel), "{bad:?}");
-    assert!(error_line(&bad).contains("checksum"), "{bad:?}");
-    std::thread::sleep(Duration::from_millis(1100));
     let again = pg.json(&["backup", "pg"]);
     assert_eq!(again["status"], "DONE", "{again}");
-    let id = again["backup_id"].as_str().unwrap();
-    let verified = pg.json(&["verify-backup", "pg", id]);
+    let id = again["backup_id"].as_str().unwrap().to_string();
+    let third = listed(&id);
+    let still = third.iter().find(|e| e["path"] == rel.as_str()).unwrap();
+    assert_eq!(still["in_backup"], ids[0].as_str(), "{still}");
+
+    // The backups the newest refers to are deleted, as retention would: each stays
+    // a shell holding only the objects a remaining backup refers to.
+    let objects = |id: &str| -> Vec<String> {
+        store
+            .list(&format!("pg/backups/{id}/"))
+            .map(|m| m.unwrap().key)
+            .collect()
+    };
+    let before = objects(&ids[0]);
+    pg.ok(&["delete", "pg", &ids[0]]);
+    let after = objects(&ids[0]);
+    assert!(after.contains(&still_key), "{after:?}");
+    assert!(
+        !after.iter().any(|k| k.ends_with("/backup.json")),
+        "{after:?}"
+    );
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    pg.ok(&["delete", "pg", &ids[1]]);
+    assert!(objects(&ids[0]).contains(&still_key));
+    let verified = pg.json(&["verify-backup", "pg", &id]);
     assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(
+        verified["files"]["files"].as_u64(),
+        Some(third.iter().filter(|e| e["kind"] == "file").count() as u64),
+        "{verified}"
+    );
+
+    // Recovered from the one backup left: the frozen table's file is the server's,
+    // byte for byte (read from the first backup's object), and every row is there.
+    c.psql("insert into t select generate_series(601, 650)");
+    let target = c.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql("insert into t select generate_series(651, 700)");
+    let last = c.current_wal_file();
+    c.psql("select pg_switch_wal()");
+    wait_until(Duration::from_secs(60), "the last segment archived", || {
+        bucket_segment(&sw, "rsync-test", "pg", &last).is_some()
+    });
+    let (dir, data) = recover_to_time(&pg, &target, "pgbk-s3-rsync-ref-");
+    assert!(
+        std::fs::read(data.join(&rel)).unwrap() == std::fs::read(c.datadir.join(&rel)).unwrap(),
+        "the restored {rel} differs from the server's"
+    );
+    let r = Cluster::from_datadir(dir, ClusterOptions::default());
+    r.wait_promoted();
+    assert_eq!(r.psql("select count(*) from t"), "650");
+    assert_eq!(r.psql("select count(*) from still"), "20000");
+    drop(r);
     rw.term();
     let list = pg.json(&["list-backups", "pg"]);
-    assert_eq!(done_backups(&list), 3, "{list}");
+    assert_eq!(done_backups(&list), 1, "{list}");
 }
 
 #[test]

@@ -76,6 +76,7 @@ impl BundleInfo {
             target: None,
             offset: None,
             length: None,
+            in_backup: None,
         }
     }
 }
@@ -109,7 +110,8 @@ pub fn range(e: &FileEntry) -> Option<(&str, u64, u64)> {
 pub struct BundleReader<'a> {
     dir: &'a BackupDir,
     read_ahead: u64,
-    cached: Option<(String, u64, Vec<u8>)>,
+    /// The last span read: the holding backup (empty: this one), bundle, offset, bytes.
+    cached: Option<(String, String, u64, Vec<u8>)>,
 }
 
 impl<'a> BundleReader<'a> {
@@ -135,14 +137,16 @@ impl<'a> BundleReader<'a> {
             return Ok(None);
         };
         let end = offset.saturating_add(length);
-        let hit = matches!(&self.cached, Some((o, start, data))
-            if o == object && offset >= *start && end <= *start + data.len() as u64);
+        let holder = e.in_backup.as_deref().unwrap_or_default();
+        let hit = matches!(&self.cached, Some((h, o, start, data))
+            if h == holder && o == object && offset >= *start && end <= *start + data.len() as u64);
         if !hit {
             let want = length.max(self.read_ahead);
-            let data = self.dir.read_range(object, offset, want)?;
+            let dir = self.dir.holder(e)?;
+            let data = dir.read_range(object, offset, want)?;
             if (data.len() as u64) < length {
                 return Err(BackupError::Corrupt {
-                    path: PathBuf::from(self.dir.describe(object)),
+                    path: PathBuf::from(dir.describe(object)),
                     message: format!(
                         "'{}' is recorded at bytes {offset}..{} but the bundle ends at {}",
                         e.path,
@@ -151,9 +155,9 @@ impl<'a> BundleReader<'a> {
                     ),
                 });
             }
-            self.cached = Some((object.to_string(), offset, data));
+            self.cached = Some((holder.to_string(), object.to_string(), offset, data));
         }
-        Ok(self.cached.as_ref().and_then(|(_, start, data)| {
+        Ok(self.cached.as_ref().and_then(|(_, _, start, data)| {
             let from = usize::try_from(offset - start).ok()?;
             data.get(from..from.checked_add(usize::try_from(length).ok()?)?)
         }))
@@ -171,6 +175,7 @@ fn joins(first: &FileEntry, count: usize, next: &FileEntry) -> bool {
     match (range(first), range(next)) {
         (Some((a, start, _)), Some((b, off, len))) => {
             a == b
+                && first.in_backup == next.in_backup
                 && off >= start
                 && off.saturating_add(len) - start <= GROUP_BYTES
                 && count < GROUP_FILES
@@ -431,6 +436,7 @@ mod tests {
             target: None,
             offset: Some(offset),
             length: Some(stored.len() as u64),
+            in_backup: None,
         }
     }
 

@@ -204,6 +204,12 @@ pub struct BackupInfo {
     /// "Copy time".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_millis: Option<u64>,
+    /// rsync backups on object storage: the earlier backups whose objects this
+    /// one's files.jsonl points to (files unchanged since they were stored, reused
+    /// by reference instead of uploaded again). Recorded when the backup starts, so
+    /// a delete of one of them keeps every object while the backup runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<String>,
 }
 
 impl crate::catalog::BackupRecord for BackupInfo {
@@ -298,6 +304,7 @@ impl BackupInfo {
             sql_read_bytes: None,
             server_begin_time: None,
             copy_millis: None,
+            references: Vec::new(),
         }
     }
 }
@@ -361,6 +368,12 @@ pub struct FileEntry {
     /// file's (`stored_size` and `stored_checksum` describe this range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// The earlier backup whose folder holds `object` (an rsync backup on object
+    /// storage reuses a file unchanged since that backup stored it, by reference);
+    /// absent: this backup's own. Always the backup that stored the object, never
+    /// one that refers to it in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_backup: Option<String>,
 }
 
 impl FileEntry {
@@ -388,6 +401,7 @@ impl FileEntry {
             offset: None,
             length: None,
             target: None,
+            in_backup: None,
         }
     }
 

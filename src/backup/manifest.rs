@@ -114,6 +114,12 @@ fn file_line(dir: &BackupDir, e: &FileEntry) -> Result<(String, u64), ManifestEr
             what: "object name",
         });
     };
+    // A file reused by reference is read from the backup that stored it.
+    let holder = dir.holder(e).map_err(|err| ManifestError::Io {
+        path: dir.root().to_path_buf(),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    let dir: &BackupDir = &holder;
     let stored = std::path::PathBuf::from(dir.describe(&object.to_string_lossy()));
     let io = |source| ManifestError::Io {
         path: stored.clone(),
@@ -298,6 +304,7 @@ mod tests {
                 stored_checksum: None,
                 offset: None,
                 length: None,
+                in_backup: None,
                 target: None,
             };
             list.push_str(&serde_json::to_string(&e).unwrap());
@@ -371,6 +378,7 @@ mod tests {
                 stored_checksum: None,
                 offset,
                 length: offset.map(|_| frame.len() as u64),
+                in_backup: None,
                 target: None,
             };
             list.push_str(&serde_json::to_string(&e).unwrap());

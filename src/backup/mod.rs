@@ -95,6 +95,27 @@ impl BackupDir {
         }
     }
 
+    /// The backup whose folder holds `e`'s object: this one, or the earlier backup
+    /// the entry refers to (`in_backup`, a name from the store checked as a backup
+    /// id before it becomes part of a key).
+    pub fn holder(&self, e: &FileEntry) -> Result<std::borrow::Cow<'_, BackupDir>, BackupError> {
+        match e.in_backup.as_deref() {
+            None => Ok(std::borrow::Cow::Borrowed(self)),
+            Some(id) if id == self.id => Ok(std::borrow::Cow::Borrowed(self)),
+            Some(id) if is_backup_id(id) => {
+                Ok(std::borrow::Cow::Owned(BackupDir::new(&self.repo, id)))
+            }
+            Some(id) => Err(BackupError::Corrupt {
+                path: PathBuf::from(self.describe("files.jsonl")),
+                message: format!(
+                    "'{}' refers to \"{}\", which is not a backup id",
+                    e.path,
+                    id.escape_debug()
+                ),
+            }),
+        }
+    }
+
     /// The local folder.
     pub fn root(&self) -> &Path {
         &self.root

@@ -36,7 +36,7 @@ use super::rsync_copy::{
 };
 use super::rsync_index::{index, previous_sums, CopiedRoot, EarlySums, PreviousSums};
 use super::rsync_tar::{destination, run_tar_job, TAR_PROBE};
-use super::rsync_upload::{remove_older_staged, upload_staged, UploadError};
+use super::rsync_upload::{referable, remove_older_staged, upload_staged, UploadError};
 pub use super::run::RsyncOptions;
 use super::run::{
     connect, fail, new_backup_id, segment_name, stopped, wait_for_wal, BackupRequest, Outcome,
@@ -216,6 +216,22 @@ pub(super) async fn take(
             .collect(),
         ..BackupInfo::new(&id, &req.server, begin_time)
     };
+    // The previous backup whose files this one may reuse.
+    let previous = match opts.reuse {
+        ReuseBackup::Off => None,
+        _ => existing
+            .iter()
+            .rev()
+            .find(|b| b.status == BackupStatus::Done && b.method == "rsync")
+            .cloned(),
+    };
+    // On object storage the unchanged files are that backup's objects, by
+    // reference: recorded before anything is read from it, so a delete of it (or
+    // of a backup it refers to) meanwhile keeps every object (see
+    // `retention::references`).
+    if let (Some(p), ReuseBackup::Link, true) = (&previous, opts.reuse, dir.is_remote()) {
+        info.references = super::rsync_upload::references_of(p);
+    }
     if let Err(e) = create_dir_all_private(dir.root()) {
         return Err(TakeError::Io {
             path: dir.root().to_path_buf(),
@@ -228,16 +244,6 @@ pub(super) async fn take(
         return Err(e.into());
     }
     tracing::info!(server = %req.server, backup = %id, "rsync backup started");
-
-    // The previous backup whose files this one may reuse.
-    let previous = match opts.reuse {
-        ReuseBackup::Off => None,
-        _ => existing
-            .iter()
-            .rev()
-            .find(|b| b.status == BackupStatus::Done && b.method == "rsync")
-            .cloned(),
-    };
     let copied = Copy {
         req,
         opts,
@@ -771,30 +777,47 @@ impl Copy<'_> {
         let abort2 = self.abort.clone();
         let backups_dir = self.repo.backups_dir();
         let threads = self.jobs;
-        let stored_bytes = blocking(self.stop, self.abort.clone(), move || {
+        // With `link`, files the previous backup stored with the same content are
+        // referred to, not uploaded (its backup.json named them in `references`).
+        let previous = match (self.previous, self.opts.reuse) {
+            (Some(p), ReuseBackup::Link) if info.references.contains(&p.backup_id) => {
+                Some(BackupDir::new(self.repo, &p.backup_id))
+            }
+            _ => None,
+        };
+        let (stored_bytes, referred) = blocking(self.stop, self.abort.clone(), move || {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .thread_name(|i| format!("pgbk-zstd-{i}"))
                 .build()
                 .map_err(|e| format!("starting compression threads: {e}"))?;
+            let referable = previous.as_ref().map(referable).unwrap_or_default();
             p2.start(&format!("upload {}", dir2.id()), Some(size_bytes));
-            let stored = upload_staged(&dir2, &tablespaces, &pool, &store_opts, &abort2, &*p2)
-                .map_err(|e| {
-                    if let UploadError::Staged(_) = e {
-                        // No staged copy is a base to trust: the next backup starts afresh.
-                        remove_older_staged(&backups_dir, dir2.id());
-                    }
-                    e.to_string()
-                })?;
+            let (stored, referred) = upload_staged(
+                &dir2,
+                &tablespaces,
+                &pool,
+                &store_opts,
+                &abort2,
+                &*p2,
+                &referable,
+            )
+            .map_err(|e| {
+                if let UploadError::Staged(_) = e {
+                    // No staged copy is a base to trust: the next backup starts afresh.
+                    remove_older_staged(&backups_dir, dir2.id());
+                }
+                e.to_string()
+            })?;
             p2.finish();
             let bytes = stored.stored_bytes;
             stored.commit().map_err(|e| e.to_string())?;
-            Ok(bytes)
+            Ok((bytes, referred))
         })
         .await?;
-        // Every file went up: nothing is shared with another backup in the bucket.
+        // Files referred to are shared with an earlier backup in the bucket.
         info.stored_bytes = stored_bytes;
-        info.reused_bytes = Some(0);
+        info.reused_bytes = Some(referred);
         // The newest staged copy is the next backup's base, unless nothing reuses it.
         let keep = match self.opts.reuse {
             ReuseBackup::Off => "",

@@ -13,12 +13,19 @@
 //! The staged copy of the newest backup stays in the home (with its plain index,
 //! [`STAGED_INDEX`]) for the next rsync to compare against (`--link-dest`); older
 //! staged copies are removed once a newer one is stored.
+//!
+//! With `reuse_backup = link`, a staged file whose content (its index checksum)
+//! is the one the previous backup stored under the same path is not uploaded
+//! again: its entry refers to that object (`in_backup`), as a hard link does on
+//! the local backend. The bucket keeps such an object while any backup refers to
+//! it (see `retention::references`).
 
 use super::tar_store::{store_stream, StoreOptions, Stored, StreamMsg};
-use super::{json_lines, BackupDir, FileEntry, FileKind};
+use super::{json_lines, BackupDir, BackupInfo, BackupStatus, FileEntry, FileKind};
 use crate::error::{IoError, IoResultExt};
 use crate::progress::Progress;
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,16 +49,103 @@ pub enum UploadError {
     Io(#[from] IoError),
 }
 
+/// The stored files of an earlier backup by (tablespace, path), each entry naming
+/// the backup that holds its object: what an unchanged staged file refers to.
+pub type Referable = HashMap<(Option<u32>, String), FileEntry>;
+
+/// Entries sent to the store per [`StreamMsg::Referenced`] message.
+const REFERENCED_BATCH: usize = 1000;
+
+/// The backups a backup reusing `previous`'s files may refer to: `previous` and
+/// those it refers to itself (an entry always names the backup that stored it).
+pub fn references_of(previous: &BackupInfo) -> Vec<String> {
+    let mut ids = previous.references.clone();
+    ids.push(previous.backup_id.clone());
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The stored files of `previous` a new backup may refer to, read from the store.
+/// Empty (everything is uploaded) when the backup is no longer `DONE` there, as
+/// when a delete removed it since this backup chose it, or its list is unreadable.
+pub fn referable(previous: &BackupDir) -> Referable {
+    let mut map = Referable::new();
+    match previous.read_info() {
+        Ok(i) if i.status == BackupStatus::Done => {}
+        Ok(i) => {
+            tracing::warn!(
+                "backup {} is {} now: every file is uploaded",
+                previous.id(),
+                i.status.as_str()
+            );
+            return map;
+        }
+        Err(e) => {
+            tracing::warn!("{e}: every file is uploaded");
+            return map;
+        }
+    }
+    let entries = match previous.files() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("{e}: every file is uploaded");
+            return map;
+        }
+    };
+    for e in entries {
+        let mut e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!("{err}: every file is uploaded");
+                return Referable::new();
+            }
+        };
+        if e.kind != FileKind::File || e.size == 0 || e.object.is_none() || e.checksum.is_none() {
+            continue;
+        }
+        if e.in_backup.is_none() {
+            e.in_backup = Some(previous.id().to_string());
+        }
+        map.insert((e.tablespace, e.path.clone()), e);
+    }
+    map
+}
+
+/// The entry of a staged file that refers to the earlier backup's object holding
+/// the same content, if there is one.
+fn reference(e: &FileEntry, referable: &Referable) -> Option<FileEntry> {
+    if e.kind != FileKind::File || e.size == 0 {
+        return None;
+    }
+    let old = referable.get(&(e.tablespace, e.path.clone()))?;
+    if old.size != e.size || old.checksum.is_none() || old.checksum != e.checksum {
+        return None;
+    }
+    Some(FileEntry {
+        object: old.object.clone(),
+        compression: old.compression.clone(),
+        stored_size: old.stored_size,
+        stored_checksum: old.stored_checksum.clone(),
+        offset: old.offset,
+        length: old.length,
+        in_backup: old.in_backup.clone(),
+        ..e.clone()
+    })
+}
+
 /// Bytes handed to the store per message.
 const PIECE: usize = 512 * 1024;
 
 /// Messages queued between the tar writer and the store.
 const QUEUE: usize = 16;
 
-/// Uploads the staged copy indexed in `dir`'s files.jsonl. On return the backup's
-/// objects are stored and files.jsonl and bundles.jsonl are written locally, not
-/// yet committed ([`Stored::commit`] uploads them). The plain index is kept as
-/// [`STAGED_INDEX`].
+/// Uploads the staged copy indexed in `dir`'s files.jsonl, but the files
+/// `referable` already holds with the same content, which are recorded as
+/// references to it. On return the backup's objects are stored and files.jsonl
+/// and bundles.jsonl are written locally, not yet committed ([`Stored::commit`]
+/// uploads them); the second value is the bytes of the files referred to. The
+/// plain index is kept as [`STAGED_INDEX`].
 pub fn upload_staged(
     dir: &BackupDir,
     tablespaces: &[(u32, String)],
@@ -59,7 +153,8 @@ pub fn upload_staged(
     opts: &StoreOptions,
     abort: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<Stored, UploadError> {
+    referable: &Referable,
+) -> Result<(Stored, u64), UploadError> {
     let plain = dir.root().join(STAGED_INDEX);
     std::fs::rename(dir.files_path(), &plain).at(dir.files_path())?;
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamMsg>(QUEUE);
@@ -69,7 +164,7 @@ pub fn upload_staged(
                 tx,
                 buf: Vec::with_capacity(PIECE),
             };
-            let sent = send_archives(dir, &plain, tablespaces, abort, &mut out);
+            let sent = send_archives(dir, &plain, tablespaces, abort, referable, &mut out);
             // Ending without End tells the store the stream was cut short.
             if sent.is_ok() {
                 let _ = out.tx.blocking_send(StreamMsg::End);
@@ -85,8 +180,8 @@ pub fn upload_staged(
             (Err(_), Err(e)) if store_stopped => Err(failed(e)),
             // The reader's own failure (a changed file) explains the store's.
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(failed(e)),
-            (Ok(()), Ok(s)) => Ok(s),
+            (Ok(_), Err(e)) => Err(failed(e)),
+            (Ok(referred), Ok(s)) => Ok((s, referred)),
         }
     })
 }
@@ -120,14 +215,25 @@ pub fn remove_older_staged(backups_dir: &Path, keep: &str) {
     }
 }
 
-/// Writes the data directory as `base.tar`, then each tablespace as `<oid>.tar`.
+/// Writes the data directory as `base.tar`, then each tablespace as `<oid>.tar`,
+/// each followed by the entries of its files that refer to an earlier backup's
+/// objects; returns the bytes of those files.
 fn send_archives(
     dir: &BackupDir,
     plain: &Path,
     tablespaces: &[(u32, String)],
     abort: &AtomicBool,
+    referable: &Referable,
     out: &mut ChannelWriter,
-) -> Result<(), UploadError> {
+) -> Result<u64, UploadError> {
+    let mut referred = 0;
+    let read_plain = || -> Result<_, UploadError> {
+        let file = std::fs::File::open(plain).at(plain)?;
+        Ok(json_lines::<FileEntry>(
+            io::BufReader::with_capacity(256 * 1024, file),
+            plain.to_path_buf(),
+        ))
+    };
     let roots = std::iter::once((None, "base.tar".to_string(), String::new())).chain(
         tablespaces
             .iter()
@@ -146,12 +252,7 @@ fn send_archives(
             Some(oid) => dir.tablespace_dir(oid),
         };
         let mut tar = tar::Builder::new(&mut *out);
-        let file = std::fs::File::open(plain).at(plain)?;
-        let entries = json_lines::<FileEntry>(
-            io::BufReader::with_capacity(256 * 1024, file),
-            plain.to_path_buf(),
-        );
-        for e in entries {
+        for e in read_plain()? {
             let e = e.map_err(failed)?;
             if e.tablespace != tablespace {
                 continue;
@@ -159,12 +260,43 @@ fn send_archives(
             if abort.load(Ordering::Relaxed) {
                 return Err(failed("interrupted"));
             }
-            append(&mut tar, &local, &e)?;
+            if reference(&e, referable).is_none() {
+                append(&mut tar, &local, &e)?;
+            }
         }
-        tar.finish()
+        tar.into_inner()
             .map_err(|e| failed(format!("archive {name}: {e}")))?;
+        if referable.is_empty() {
+            continue;
+        }
+        // A second pass over the index: the references, a batch at a time.
+        out.flush().map_err(failed)?;
+        let mut batch = Vec::with_capacity(REFERENCED_BATCH);
+        for e in read_plain()? {
+            let e = e.map_err(failed)?;
+            if e.tablespace != tablespace {
+                continue;
+            }
+            if let Some(r) = reference(&e, referable) {
+                referred += r.size;
+                batch.push(r);
+            }
+            if batch.len() >= REFERENCED_BATCH {
+                send_referenced(out, std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            send_referenced(out, batch)?;
+        }
     }
-    out.flush().map_err(failed)
+    out.flush().map_err(failed)?;
+    Ok(referred)
+}
+
+fn send_referenced(out: &mut ChannelWriter, batch: Vec<FileEntry>) -> Result<(), UploadError> {
+    out.tx
+        .blocking_send(StreamMsg::Referenced(batch))
+        .map_err(|_| failed("the store stopped"))
 }
 
 fn failed(e: impl std::fmt::Display) -> UploadError {

@@ -51,6 +51,10 @@ pub enum StreamMsg {
     ManifestStart,
     /// Bytes of `backup_manifest`.
     ManifestData(Bytes),
+    /// Files unchanged since an earlier backup stored them, between archives:
+    /// their entries point to that backup's objects (`in_backup`) and are recorded
+    /// as they are, nothing stored (an rsync backup on object storage).
+    Referenced(Vec<FileEntry>),
     /// The server confirmed the end of the backup.
     End,
 }
@@ -294,7 +298,8 @@ enum Job {
     Compared {
         bytes: u64,
     },
-    /// A file whose object an interrupted run stored (`backup --resume`).
+    /// A file whose object an interrupted run stored (`backup --resume`), or
+    /// another backup holds (`in_backup`).
     Reused {
         entry: FileEntry,
     },
@@ -538,6 +543,21 @@ impl Reader<'_> {
                                 "manifest data before the manifest".into(),
                             ))
                         }
+                    }
+                }
+                Some(StreamMsg::Referenced(entries)) => {
+                    for entry in entries {
+                        let elsewhere = entry
+                            .in_backup
+                            .as_deref()
+                            .is_some_and(|b| b != self.dir.id() && super::is_backup_id(b));
+                        if !elsewhere || entry.kind != FileKind::File || entry.object.is_none() {
+                            return Err(StoreError::Invalid(format!(
+                                "'{}' is not a file of another backup",
+                                entry.path
+                            )));
+                        }
+                        self.send(Job::Reused { entry })?;
                     }
                 }
                 Some(StreamMsg::End) if !base_seen => {
@@ -964,7 +984,10 @@ fn write_jobs(
                         r.record(&entry)?;
                     }
                     size += entry.size;
-                    stored += entry.stored_size;
+                    // An object of another backup adds nothing to the store.
+                    if entry.in_backup.is_none() {
+                        stored += entry.stored_size;
+                    }
                     count += 1;
                     record(&mut list, &entry)?;
                     progress.set(size + compared);

@@ -91,10 +91,9 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, target: &str) -> Result<Ex
         let mut bundles_listed = std::collections::HashSet::new();
         for entry in dir.files()? {
             let entry = entry?;
-            let stored = entry
-                .object
-                .as_deref()
-                .map(|o| dir.root().join(o).display().to_string());
+            // A file reused by reference is stored in the backup that first stored it.
+            let holder = dir.holder(&entry)?;
+            let stored = entry.object.as_deref().map(|o| holder.describe(o));
             // Text lists what a copy needs: the stored object of each regular file,
             // each bundle once (JSON has each file with its offset and length).
             let text = stored.clone().unwrap_or_default();
@@ -102,7 +101,7 @@ pub fn run(ctx: &Context, server: &str, wanted: &str, target: &str) -> Result<Ex
                 && entry
                     .object
                     .as_ref()
-                    .is_some_and(|o| !bundles_listed.insert(o.clone()));
+                    .is_some_and(|o| !bundles_listed.insert(holder.describe(o)));
             if sink.json || (stored.is_some() && !repeated) {
                 sink.item(
                     &DataLine {

@@ -62,7 +62,7 @@ fn finish_delete(repo: &ServerRepo, catalog: &Catalog, id: &str) -> Result<(), B
     let dir = repo.backups_dir();
     if is_backup_id(id) {
         catalog.delete_backup(server, id)?;
-        remove_objects(repo, id)?;
+        remove_objects(repo, catalog, id)?;
     }
     remove_tree(&dir.join(format!("{DELETING_PREFIX}{id}")), &dir)?;
     tracing::info!(server, "finished the interrupted delete of backup {id}");

@@ -336,6 +336,17 @@ impl<'p, 'a> BackupCopy<'p, 'a> {
     fn job(&mut self, entry: &FileEntry) -> Option<Job> {
         let id = &self.id;
         let object = entry.object.as_deref()?;
+        if let Some(other) = &entry.in_backup {
+            // Only a bucket's rsync backups refer to another backup's objects, and
+            // sync-info never serves a bucket.
+            self.pass.error(format!(
+                "backup {id}: '{}' refers to an object of backup {}, which replication does not copy",
+                entry.path,
+                other.escape_debug()
+            ));
+            self.failures += 1;
+            return None;
+        }
         let rel = match check_relative("object path", object) {
             Ok(r) => r,
             Err(e) => {

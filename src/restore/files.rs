@@ -277,6 +277,9 @@ pub(crate) fn copy_entry(
     let rel = safe_relative(object)
         .filter(|r| !r.as_os_str().is_empty())
         .ok_or_else(|| corrupt(info, format!("unsafe object path '{object}'")))?;
+    // The object may be an earlier backup's (an unchanged file reused by reference).
+    let holder = dir.holder(e)?;
+    let dir: &BackupDir = &holder;
     let src = dir.root().join(&rel);
     let zstd = match e.compression.as_deref() {
         Some("zstd") => true,

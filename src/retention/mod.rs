@@ -3,8 +3,10 @@
 //! WAL catalog, so they are tested without a repository.
 
 pub mod policy;
+pub mod references;
 
 pub use policy::{obsolete, RetentionPolicy, WindowUnit};
+pub use references::remove_objects;
 
 use crate::backup::{BackupDir, BackupError, BackupInfo, BackupStatus, KeepTarget};
 use crate::catalog::{Catalog, WalKind, WalRecord};
@@ -232,7 +234,9 @@ pub fn delete_backup(
         Err(e) => return Err(io_err(dir.root())(e)),
     }
     catalog.delete_backup(server, &info.backup_id)?;
-    remove_objects(repo, &info.backup_id)?;
+    // On object storage (the local `.deleting-<id>` folder is the record that the
+    // delete is under way, so a crash here is finished later).
+    remove_objects(repo, catalog, &info.backup_id)?;
     remove_tree(&hidden, &repo.backups_dir())?;
 
     let removed = remove_unneeded_wal(repo, catalog, server, info.wal_segment_size)?;
@@ -412,15 +416,6 @@ fn wal_key(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> String {
 /// below the home).
 fn wal_path(repo: &ServerRepo, w: &WalRecord, seg_size: u64) -> PathBuf {
     repo.repository().home().join(wal_key(repo, w, seg_size))
-}
-
-/// On object storage, deletes a backup's objects (the local `.deleting-<id>` folder
-/// is the record that the delete is under way, so a crash here is finished later).
-pub fn remove_objects(repo: &ServerRepo, id: &str) -> Result<(), BackupError> {
-    if !repo.repository().is_remote() {
-        return Ok(());
-    }
-    crate::backup::lifecycle::remove_stored_objects(&BackupDir::new(repo, id), false)
 }
 
 /// Removes a folder tree and makes its removal durable in `parent`.

@@ -305,7 +305,7 @@ pub fn verify_backup_files(dir: &BackupDir, info: &BackupInfo) -> Result<FileChe
             // The files of one bundle that follow one another are checked together,
             // with one read of the span they cover.
             let groups: Vec<&[FileEntry]> = batch
-                .chunk_by(|a, b| matches!((bundle::range(a), bundle::range(b)), (Some((x, ..)), Some((y, ..))) if x == y))
+                .chunk_by(|a, b| a.in_backup == b.in_backup && matches!((bundle::range(a), bundle::range(b)), (Some((x, ..)), Some((y, ..))) if x == y))
                 .collect();
             let found: Vec<Option<FileProblem>> = groups
                 .par_iter()
@@ -392,6 +392,18 @@ fn verify_file(
     let Some(expected) = entry.checksum.as_deref() else {
         return problem(FileIssue::Invalid, "files.jsonl records no checksum".into());
     };
+    // A file reused by reference is checked in the backup that stored it.
+    let holder = match dir.holder(entry) {
+        Ok(h) => h,
+        Err(e) => return problem(FileIssue::Invalid, e.to_string()),
+    };
+    let dir: &BackupDir = &holder;
+    let object_name = object;
+    let object = match &entry.in_backup {
+        Some(id) => format!("{object_name} (of backup {id})"),
+        None => object_name.to_string(),
+    };
+    let object = object.as_str();
     if let Some((_, offset, length)) = bundle::range(entry) {
         let at = format!("{object} bytes {offset}..{}", offset.saturating_add(length));
         let stored = match bundles.stored(entry) {
@@ -433,7 +445,7 @@ fn verify_file(
             Ok(_) => None,
         };
     }
-    match dir.has_object(object) {
+    match dir.has_object(object_name) {
         Ok(true) => {}
         Ok(false) => {
             return problem(
@@ -451,7 +463,7 @@ fn verify_file(
         }
     };
     let read = dir
-        .open_object(object)
+        .open_object(object_name)
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| {
             if plain {
@@ -526,6 +538,7 @@ mod tests {
                 stored_checksum: Some(s.stored_checksum),
                 offset: None,
                 length: None,
+                in_backup: None,
                 target: None,
             };
             writeln!(list, "{}", serde_json::to_string(&e).unwrap()).unwrap();
@@ -615,6 +628,7 @@ mod tests {
             stored_checksum: None,
             offset: None,
             length: None,
+            in_backup: None,
             target: None,
         };
         let good = crate::repo::compress::checksum(b"as is");
