@@ -426,6 +426,40 @@ fn wal_reaches_an_s3_repository_by_put_wal_archive_wal_and_receive_wal() {
     assert!(err.contains(a.as_str()), "{err}");
     assert!(bucket_segment(&sw, "wal-test", "pg", a).unwrap() == seg_a);
 
+    // On the database host (`< %p`): the segments PostgreSQL marked ready after the
+    // one asked for go up at the same time (put_wal_ahead, default 2), and their
+    // own calls find them archived; a segment not marked ready is left alone.
+    let more = completed_segments(&c, 7);
+    let later: Vec<&String> = more.iter().rev().take(4).rev().collect();
+    let host = common::scratch_dir("pgbk-ahead-");
+    let wal = host.path().join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    for (i, n) in later.iter().enumerate() {
+        std::fs::write(wal.join(n), read_segment(&c, n)).unwrap();
+        let status = if i < 3 { "ready" } else { "done" };
+        std::fs::write(wal.join(format!("archive_status/{n}.{status}")), b"").unwrap();
+    }
+    let put_file = |name: &str| -> serde_json::Value {
+        let out = pg
+            .cmd()
+            .args(["put-wal", "pg", "--name", name, "--format", "json"])
+            .stdin(std::fs::File::open(wal.join(name)).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(put_file(later[0])["status"], "stored");
+    for n in &later[..3] {
+        assert!(
+            bucket_segment(&sw, "wal-test", "pg", n).unwrap() == read_segment(&c, n),
+            "{n}"
+        );
+    }
+    assert!(bucket_segment(&sw, "wal-test", "pg", later[3]).is_none());
+    assert_eq!(put_file(later[1])["status"], "already_present");
+    assert_eq!(put_file(later[2])["status"], "already_present");
+
     // archive-wal: what archive_command copied into incoming/ goes up.
     let incoming = pg.home.join("pg").join("incoming");
     std::fs::create_dir_all(&incoming).unwrap();

@@ -3,7 +3,8 @@
 
 use super::{Context, ExitCode, UsageError};
 use crate::output::{human_bytes, Report};
-use crate::wal::put::{put_wal, PutError, PutOutcome, PutStatus};
+use crate::wal::put::{PutError, PutOutcome, PutStatus};
+use crate::wal::put_ahead::{put_wal_ahead, ready_after};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -21,8 +22,14 @@ pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    // On the database host with `< %p`, the segments PostgreSQL marked ready after
+    // this one are stored at the same time.
+    let ahead = match (&a.name, stdin_file()) {
+        (Some(name), Some(path)) => ready_after(&path, name, s.put_wal_ahead as usize),
+        _ => Vec::new(),
+    };
     let mut stdin = std::io::stdin().lock();
-    let o = match put_wal(&repository, &s.name, a.name.as_deref(), &mut stdin) {
+    let o = match put_wal_ahead(&repository, &s.name, a.name.as_deref(), &mut stdin, &ahead) {
         Ok(o) => o,
         Err(e @ PutError::BadName { .. }) => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),
@@ -32,6 +39,17 @@ pub fn run(ctx: &Context, a: &crate::cli::PutWalArgs) -> Result<ExitCode> {
         quiet: ctx.quiet,
     })?;
     Ok(0)
+}
+
+/// The file stdin is, when it is a regular file (`< %p`).
+fn stdin_file() -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    let fd = std::io::stdin().as_raw_fd();
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|_| path)
 }
 
 /// put-wal's outcome; its text is one line, none with `--quiet`.

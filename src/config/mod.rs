@@ -107,6 +107,9 @@ pub struct ServerConfig {
     pub archiver: bool,
     /// Parallel workers for backup and recovery (at least 1).
     pub parallel_jobs: u32,
+    /// Segments `put-wal` stores ahead of PostgreSQL's request when it runs on the
+    /// database host with `< %p` (those already marked ready); 0 turns it off.
+    pub put_wal_ahead: u32,
     /// Barman's WAL compression name, kept only for display: pgbk always stores zstd.
     pub compression: Option<String>,
     /// Transfer limit in KiB/s; `None` means unlimited (unset or 0).
@@ -449,6 +452,7 @@ const SERVER_OPTIONS: &[&str] = &[
     "ssh_command",
     "archiver",
     "parallel_jobs",
+    "put_wal_ahead",
     "compression",
     "bandwidth_limit",
     "network_compression",
@@ -1043,6 +1047,9 @@ impl Fields<'_> {
             archiver: f.bool("archiver", false)?,
             parallel_jobs: f
                 .parse("parallel_jobs", |s| values::parse_u32(s, 1))?
+                .unwrap_or(2),
+            put_wal_ahead: f
+                .parse("put_wal_ahead", |s| values::parse_u32(s, 0))?
                 .unwrap_or(2),
             compression: f.parse("compression", values::parse_compression)?,
             bandwidth_limit: f

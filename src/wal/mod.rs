@@ -8,6 +8,7 @@ pub mod header;
 pub mod history;
 pub mod incoming;
 pub mod put;
+pub mod put_ahead;
 pub mod receiver;
 pub mod receiver_state;
 pub mod stored;
