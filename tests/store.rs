@@ -1206,8 +1206,18 @@ fn rsync_backups_in_s3_refer_to_unchanged_objects_survive_deletes_and_recover() 
             .map(|m| m.unwrap().key)
             .collect()
     };
+    let bytes = |id: &str| -> u64 {
+        store
+            .list(&format!("pg/backups/{id}/"))
+            .map(|m| m.unwrap().size)
+            .sum()
+    };
     let before = objects(&ids[0]);
-    pg.ok(&["delete", "pg", &ids[0]]);
+    let held = bytes(&ids[0]);
+    let deleted = pg.json(&["delete", "pg", &ids[0]]);
+    // What was freed is what went: the objects a remaining backup refers to stay.
+    let freed = deleted["freed_bytes"].as_u64().unwrap();
+    assert_eq!(freed, held - bytes(&ids[0]), "{deleted}");
     let after = objects(&ids[0]);
     assert!(after.contains(&still_key), "{after:?}");
     assert!(

@@ -85,6 +85,7 @@ pub fn remove_stored_objects(dir: &BackupDir, keep_info: bool) -> Result<(), Bac
             .map_err(|e| BackupError::Store(Box::new(e)))?;
     }
     dir.delete_objects_but(&|rel| rel == "backup.json")
+        .map(|_| ())
 }
 
 /// Marks a backup `FAILED` with a reason and removes its partial content: all of

@@ -226,16 +226,19 @@ impl BackupDir {
     }
 
     /// Deletes every object of the backup in its store, in batches of 1000, but those
-    /// whose name in the backup (`rel`) `keep` says to leave.
-    pub fn delete_objects_but(&self, keep: &dyn Fn(&str) -> bool) -> Result<(), BackupError> {
+    /// whose name in the backup (`rel`) `keep` says to leave; returns the bytes
+    /// deleted.
+    pub fn delete_objects_but(&self, keep: &dyn Fn(&str) -> bool) -> Result<u64, BackupError> {
         let store = self.store();
         let err = |e| BackupError::Store(Box::new(e));
         let prefix = format!("{}/", self.key("").trim_end_matches('/'));
         let mut batch = Vec::new();
+        let mut bytes = 0;
         for meta in store.list(&prefix) {
             let meta = meta.map_err(err)?;
             let rel = meta.key.strip_prefix(&prefix).unwrap_or(&meta.key);
             if !keep(rel) {
+                bytes += meta.size;
                 batch.push(meta.key);
             }
             if batch.len() >= 1000 {
@@ -246,7 +249,7 @@ impl BackupDir {
         if !batch.is_empty() {
             store.delete(&batch).map_err(err)?;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// `backup.json`.

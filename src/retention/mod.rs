@@ -185,7 +185,9 @@ pub struct Deleted {
     pub server: String,
     /// The backup removed.
     pub backup_id: String,
-    /// Bytes the backup's stored files took (its `stored_bytes`).
+    /// Bytes the backup's stored files took (its `stored_bytes`); on object
+    /// storage, the bytes of the objects deleted (an object a remaining backup
+    /// refers to stays).
     pub freed_bytes: u64,
     /// The WAL files removed, in WAL order.
     pub removed_wal: Vec<String>,
@@ -236,8 +238,15 @@ pub fn delete_backup(
     catalog.delete_backup(server, &info.backup_id)?;
     // On object storage (the local `.deleting-<id>` folder is the record that the
     // delete is under way, so a crash here is finished later).
-    remove_objects(repo, catalog, &info.backup_id)?;
+    let deleted_bytes = remove_objects(repo, catalog, &info.backup_id)?;
     remove_tree(&hidden, &repo.backups_dir())?;
+    // In a bucket, what the objects deleted took: those a remaining backup refers
+    // to stay.
+    let freed_bytes = if repo.repository().is_remote() {
+        deleted_bytes
+    } else {
+        freed_bytes
+    };
 
     let removed = remove_unneeded_wal(repo, catalog, server, info.wal_segment_size)?;
     Ok(Deleted {

@@ -28,34 +28,34 @@ fn store_err(e: crate::repo::store::StoreError) -> BackupError {
 /// On object storage, deletes backup `id`'s objects (its catalog row is already
 /// gone): backup.json first, then every object no remaining backup refers to,
 /// then the objects of the shells it referred to that nothing refers to any more.
-pub fn remove_objects(repo: &ServerRepo, catalog: &Catalog, id: &str) -> Result<(), BackupError> {
+/// Returns the bytes deleted (0 on the local backend, where nothing is done).
+pub fn remove_objects(repo: &ServerRepo, catalog: &Catalog, id: &str) -> Result<u64, BackupError> {
     if !repo.repository().is_remote() {
-        return Ok(());
+        return Ok(0);
     }
     let dir = BackupDir::new(repo, id);
     // What it referred to, before its record goes (absent: already removed).
-    let referred = match dir.read_info() {
-        Ok(info) => info.references,
-        Err(BackupError::Store(e)) if e.is_not_found() => Vec::new(),
-        Err(BackupError::Corrupt { .. }) => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let record = dir.read_small("backup.json")?.unwrap_or_default();
+    let referred = serde_json::from_slice::<BackupInfo>(&record)
+        .map(|info| info.references)
+        .unwrap_or_default();
     dir.store()
         .delete(&[dir.key("backup.json")])
         .map_err(store_err)?;
     let remaining: Vec<BackupInfo> = catalog.backups(repo.server())?;
-    sweep(repo, &remaining, id)?;
+    let mut freed = record.len() as u64 + sweep(repo, &remaining, id)?;
     for r in referred {
         if r != id && is_backup_id(&r) && !remaining.iter().any(|b| b.backup_id == r) {
-            sweep(repo, &remaining, &r)?;
+            freed += sweep(repo, &remaining, &r)?;
         }
     }
-    Ok(())
+    Ok(freed)
 }
 
 /// Deletes the objects of the deleted backup `id` that none of `remaining` refers
-/// to; nothing while a backup that may refer to it is still being taken.
-fn sweep(repo: &ServerRepo, remaining: &[BackupInfo], id: &str) -> Result<(), BackupError> {
+/// to; nothing while a backup that may refer to it is still being taken. Returns
+/// the bytes deleted.
+fn sweep(repo: &ServerRepo, remaining: &[BackupInfo], id: &str) -> Result<u64, BackupError> {
     let users: Vec<&BackupInfo> = remaining
         .iter()
         .filter(|b| b.references.iter().any(|r| r == id))
@@ -67,7 +67,7 @@ fn sweep(repo: &ServerRepo, remaining: &[BackupInfo], id: &str) -> Result<(), Ba
         tracing::info!(
             "backup {id}: its objects stay while a backup that refers to them is being taken"
         );
-        return Ok(());
+        return Ok(0);
     }
     let mut keep: HashSet<String> = HashSet::new();
     for b in users.iter().filter(|b| b.status == BackupStatus::Done) {

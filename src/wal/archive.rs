@@ -7,7 +7,7 @@ use super::{SystemId, TimeLineId};
 use crate::catalog::{Catalog, CatalogError, WalKind, WalRecord};
 use crate::error::{IoError, IoResultExt};
 use crate::repo::compress::{
-    checksum, compress_to_vec, inspect_object, CompressingReader, StoredFile, DEFAULT_LEVEL,
+    checksum, compress_to_vec_hashed, inspect_object, CompressingReader, StoredFile, DEFAULT_LEVEL,
 };
 use crate::repo::durable::{create_dir_all_private, remove_durable, rename_durable, write_atomic};
 use crate::repo::store::{PutMode, PutOutcome, Store, StoreError};
@@ -123,7 +123,8 @@ impl WalArchive {
         data: &[u8],
         key: &str,
     ) -> Result<Archived, ArchiveError> {
-        let sum = checksum(data);
+        let content = blake3::hash(data);
+        let sum = content.to_hex().to_string();
         self.store_with(name, kind, tli, segno, &sum, key, |store| {
             let (object, stored) = if kind == WalKind::History {
                 // Stored as is: the object is the content.
@@ -135,7 +136,8 @@ impl WalArchive {
                 };
                 (std::borrow::Cow::Borrowed(data), stored)
             } else {
-                let (object, stored) = compress_to_vec(data, DEFAULT_LEVEL).at(key)?;
+                let (object, stored) =
+                    compress_to_vec_hashed(data, DEFAULT_LEVEL, content).at(key)?;
                 (std::borrow::Cow::Owned(object), stored)
             };
             store

@@ -6,12 +6,17 @@
 //! exactly as if PostgreSQL had handed it over. The archiver's own calls for them
 //! then find them archived with the same content and return at once.
 //!
+//! Only a call whose segment is not archived yet starts such a batch: the calls
+//! for the segments stored ahead return at once instead of each starting the next
+//! batch, so one wait on the store covers `1 + put_wal_ahead` segments.
+//!
 //! A ready segment is complete and stays in `pg_wal` until its own
 //! `archive_command` succeeds, so reading it early is safe. A failure ahead is only
 //! logged: the archiver's call for that segment stores it, or reports why not.
 
 use super::put::{put_wal, PutError, PutOutcome, IN_MEMORY_LIMIT};
 use super::segment::WalFileName;
+use crate::catalog::Catalog;
 use crate::repo::Repository;
 use crate::types::segment::MIN_SEG_SIZE;
 use std::io::Read;
@@ -64,8 +69,9 @@ pub fn ready_after(wal_file: &Path, name: &str, max: usize) -> Vec<(String, Path
 }
 
 /// Stores the WAL file `name` read from `input` ([`put_wal`]) while the segments
-/// of `ahead` are stored on threads of their own; returns once all are done, with
-/// the outcome of `name` alone.
+/// of `ahead` are stored on threads of their own, unless `name` is archived
+/// already (stored ahead by an earlier call); returns once all are done, with the
+/// outcome of `name` alone.
 pub fn put_wal_ahead(
     repository: &Repository,
     server: &str,
@@ -73,6 +79,15 @@ pub fn put_wal_ahead(
     input: &mut dyn Read,
     ahead: &[(String, PathBuf)],
 ) -> Result<PutOutcome, PutError> {
+    let archived = |n: &str| {
+        Catalog::open(repository.home())
+            .and_then(|c| c.wal_file(server, n))
+            .map_or(true, |row| row.is_some())
+    };
+    let ahead = match name {
+        Some(n) if !ahead.is_empty() && !archived(n) => ahead,
+        _ => &[],
+    };
     std::thread::scope(|scope| {
         for (n, path) in ahead {
             scope.spawn(move || {
