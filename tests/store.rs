@@ -343,6 +343,32 @@ fn recover_to_time(
     (dir, data)
 }
 
+/// Inserts `first..=mid` into `t`, takes the time, inserts up to `last`, closes the
+/// segment and waits until the bucket under `prefix` holds it; returns the time, a
+/// recovery target with exactly the first batch before it.
+fn target_between_batches(
+    c: &common::Cluster,
+    sw: &SeaweedFs,
+    prefix: &str,
+    (first, mid, last): (u32, u32, u32),
+) -> String {
+    c.psql(&format!(
+        "insert into t select generate_series({first}, {mid})"
+    ));
+    let target = c.psql("select clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    c.psql(&format!(
+        "insert into t select generate_series({}, {last})",
+        mid + 1
+    ));
+    let segment = c.current_wal_file();
+    c.psql("select pg_switch_wal()");
+    common::wait_until(Duration::from_secs(60), "the last segment archived", || {
+        bucket_segment(sw, prefix, "pg", &segment).is_some()
+    });
+    target
+}
+
 /// The one `pgbk:` line a failed command printed (panics unless exactly one).
 fn error_line(out: &common::Output) -> &str {
     let lines = out.error_lines();
@@ -1056,7 +1082,7 @@ fn tls_to_the_store_is_verified_against_the_configured_ca() {
 #[test]
 fn rsync_backups_in_s3_refer_to_unchanged_objects_survive_deletes_and_recover() {
     use common::rsync::{backup_dir, rsync_server};
-    use common::{wait_until, Cluster, ClusterOptions, Sshd};
+    use common::{Cluster, ClusterOptions, Sshd};
     let sw = SeaweedFs::start();
     let sshd = Sshd::start();
     let c = Cluster::new(ClusterOptions {
@@ -1154,15 +1180,7 @@ fn rsync_backups_in_s3_refer_to_unchanged_objects_survive_deletes_and_recover() 
     assert!(staged.join("PG_VERSION").is_file());
 
     // Point in time between two batches: exactly the rows committed before it.
-    c.psql("insert into t select generate_series(1, 500)");
-    let target = c.psql("select clock_timestamp()");
-    std::thread::sleep(Duration::from_millis(1100));
-    c.psql("insert into t select generate_series(501, 600)");
-    let last = c.current_wal_file();
-    c.psql("select pg_switch_wal()");
-    wait_until(Duration::from_secs(60), "the last segment archived", || {
-        bucket_segment(&sw, "rsync-test", "pg", &last).is_some()
-    });
+    let target = target_between_batches(&c, &sw, "rsync-test", (1, 500, 600));
     let (dir, data) = recover_to_time(&pg, &target, "pgbk-s3-rsync-");
     let verify = std::process::Command::new(format!("{}/pg_verifybackup", common::PG_BIN))
         .args(["-n", "-i", "pgbk_wal"])
@@ -1237,15 +1255,7 @@ fn rsync_backups_in_s3_refer_to_unchanged_objects_survive_deletes_and_recover() 
 
     // Recovered from the one backup left: the frozen table's file is the server's,
     // byte for byte (read from the first backup's object), and every row is there.
-    c.psql("insert into t select generate_series(601, 650)");
-    let target = c.psql("select clock_timestamp()");
-    std::thread::sleep(Duration::from_millis(1100));
-    c.psql("insert into t select generate_series(651, 700)");
-    let last = c.current_wal_file();
-    c.psql("select pg_switch_wal()");
-    wait_until(Duration::from_secs(60), "the last segment archived", || {
-        bucket_segment(&sw, "rsync-test", "pg", &last).is_some()
-    });
+    let target = target_between_batches(&c, &sw, "rsync-test", (601, 650, 700));
     let (dir, data) = recover_to_time(&pg, &target, "pgbk-s3-rsync-ref-");
     assert!(
         std::fs::read(data.join(&rel)).unwrap() == std::fs::read(c.datadir.join(&rel)).unwrap(),

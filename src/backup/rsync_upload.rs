@@ -49,9 +49,9 @@ pub enum UploadError {
     Io(#[from] IoError),
 }
 
-/// The stored files of an earlier backup by (tablespace, path), each entry naming
-/// the backup that holds its object: what an unchanged staged file refers to.
-pub type Referable = HashMap<(Option<u32>, String), FileEntry>;
+/// The stored files of an earlier backup by tablespace, then path, each entry
+/// naming the backup that holds its object: what an unchanged staged file refers to.
+pub type Referable = HashMap<Option<u32>, HashMap<String, FileEntry>>;
 
 /// Entries sent to the store per [`StreamMsg::Referenced`] message.
 const REFERENCED_BATCH: usize = 1000;
@@ -107,22 +107,26 @@ pub fn referable(previous: &BackupDir) -> Referable {
         if e.in_backup.is_none() {
             e.in_backup = Some(previous.id().to_string());
         }
-        map.insert((e.tablespace, e.path.clone()), e);
+        map.entry(e.tablespace)
+            .or_default()
+            .insert(e.path.clone(), e);
     }
     map
 }
 
-/// The entry of a staged file that refers to the earlier backup's object holding
-/// the same content, if there is one.
-fn reference(e: &FileEntry, referable: &Referable) -> Option<FileEntry> {
+/// The earlier backup's entry of the same path and content as the staged file
+/// `e`, if there is one.
+fn same_stored<'a>(e: &FileEntry, referable: &'a Referable) -> Option<&'a FileEntry> {
     if e.kind != FileKind::File || e.size == 0 {
         return None;
     }
-    let old = referable.get(&(e.tablespace, e.path.clone()))?;
-    if old.size != e.size || old.checksum.is_none() || old.checksum != e.checksum {
-        return None;
-    }
-    Some(FileEntry {
+    let old = referable.get(&e.tablespace)?.get(&e.path)?;
+    (old.size == e.size && old.checksum.is_some() && old.checksum == e.checksum).then_some(old)
+}
+
+/// The entry of staged file `e` referring to `old`'s object.
+fn reference(e: &FileEntry, old: &FileEntry) -> FileEntry {
+    FileEntry {
         object: old.object.clone(),
         compression: old.compression.clone(),
         stored_size: old.stored_size,
@@ -131,7 +135,7 @@ fn reference(e: &FileEntry, referable: &Referable) -> Option<FileEntry> {
         length: old.length,
         in_backup: old.in_backup.clone(),
         ..e.clone()
-    })
+    }
 }
 
 /// Bytes handed to the store per message.
@@ -260,7 +264,7 @@ fn send_archives(
             if abort.load(Ordering::Relaxed) {
                 return Err(failed("interrupted"));
             }
-            if reference(&e, referable).is_none() {
+            if same_stored(&e, referable).is_none() {
                 append(&mut tar, &local, &e)?;
             }
         }
@@ -277,9 +281,9 @@ fn send_archives(
             if e.tablespace != tablespace {
                 continue;
             }
-            if let Some(r) = reference(&e, referable) {
-                referred += r.size;
-                batch.push(r);
+            if let Some(old) = same_stored(&e, referable) {
+                referred += e.size;
+                batch.push(reference(&e, old));
             }
             if batch.len() >= REFERENCED_BATCH {
                 send_referenced(out, std::mem::take(&mut batch))?;
